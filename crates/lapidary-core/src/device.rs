@@ -1,0 +1,106 @@
+//! Device selection: which CubeCL runtime and which device a tensor lives on. The CPU runtime is
+//! always built; CUDA is built with the `cuda` feature and chosen at run time. Not a memory
+//! manager: CubeCL's client owns allocation.
+
+use crate::{Error, Result};
+use cubecl::client::Client;
+use std::fmt;
+
+/// Which runtime and device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceKind {
+    /// CubeCL's CPU runtime (kernels JIT-compiled by LLVM, one OS thread per unit).
+    Cpu,
+    /// A CUDA GPU, by index.
+    Cuda(usize),
+}
+
+/// A device and the CubeCL client that launches on it. Cheap to clone.
+#[derive(Clone)]
+pub struct Device {
+    kind: DeviceKind,
+    client: Client,
+}
+
+impl Device {
+    /// The CPU runtime.
+    pub fn cpu() -> Result<Self> {
+        let d = cubecl::Device::cpu().map_err(|e| Error::Device(format!("cpu: {e}")))?;
+        Ok(Device { kind: DeviceKind::Cpu, client: d.client() })
+    }
+
+    /// The CUDA GPU at `index`; an error when this build has no `cuda` feature or the machine
+    /// has no such GPU.
+    pub fn cuda(index: usize) -> Result<Self> {
+        let d = cubecl::Device::cuda(index).map_err(|e| Error::Device(format!("cuda:{index}: {e}")))?;
+        Ok(Device { kind: DeviceKind::Cuda(index), client: d.client() })
+    }
+
+    /// Parses `cpu`, `cuda` or `cuda:N`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        match spec.trim() {
+            "cpu" => Self::cpu(),
+            "cuda" | "gpu" => Self::cuda(0),
+            s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Self::cuda(i),
+                _ => Err(Error::Device(format!("unknown device '{s}': expected cpu, cuda or cuda:N"))),
+            },
+        }
+    }
+
+    /// The device named by `LAPIDARY_DEVICE` (`cpu`, `cuda`, `cuda:N`); without it, CUDA device 0
+    /// when this build has CUDA and the machine a GPU, else the CPU.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("LAPIDARY_DEVICE") {
+            Ok(spec) if !spec.trim().is_empty() => Self::parse(&spec),
+            _ => Self::cuda(0).or_else(|_| Self::cpu()),
+        }
+    }
+
+    /// Which runtime and device this is.
+    pub fn kind(&self) -> DeviceKind {
+        self.kind
+    }
+
+    /// True on the CPU runtime.
+    pub fn is_cpu(&self) -> bool {
+        self.kind == DeviceKind::Cpu
+    }
+
+    /// The CubeCL client, for launching kernels.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The most units one cube may have on this device (on the CPU runtime: the core count,
+    /// since each unit is an OS thread and barriers spin).
+    pub fn max_units_per_cube(&self) -> u32 {
+        self.client.properties().hardware.max_units_per_cube
+    }
+
+    /// Waits for every launched kernel to finish; reports a failed launch.
+    pub fn sync(&self) -> Result<()> {
+        cubecl::future::block_on(self.client.sync()).map_err(|e| Error::Runtime(format!("{e:?}")))
+    }
+}
+
+impl PartialEq for Device {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+    }
+}
+
+impl fmt::Debug for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            DeviceKind::Cpu => write!(f, "cpu"),
+            DeviceKind::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Launch sizing shared by kernels: how many cubes and units for a 1-D pass over `n` items, and
+//! which vector width divides a length. Pure arithmetic over device properties; launches nothing.
+
+use crate::Device;
+use cubecl::prelude::{CubeCount, CubeDim};
+
+/// Grid for a grid-stride loop over `n` work items: each unit handles items
+/// `ABSOLUTE_POS, ABSOLUTE_POS + CUBE_COUNT * CUBE_DIM, …`. On the CPU runtime a cube has at most
+/// one unit per core and few cubes are launched (each costs a scheduling step); on GPUs cubes of
+/// 256 units, enough to fill the card.
+pub fn grid_1d(device: &Device, n: usize) -> (CubeCount, CubeDim) {
+    let n = n.max(1);
+    if device.is_cpu() {
+        let units = device.max_units_per_cube().max(1);
+        let cubes = (n.div_ceil(units as usize * 4096)).clamp(1, 64) as u32;
+        (CubeCount::Static(cubes, 1, 1), CubeDim::new_1d(units))
+    } else {
+        let units = 256u32.min(device.max_units_per_cube());
+        let cubes = n.div_ceil(units as usize).min(65_535 * 4) as u32;
+        (CubeCount::Static(cubes, 1, 1), CubeDim::new_1d(units))
+    }
+}
+
+/// The widest of 8, 4, 2, 1 that divides every length given.
+pub fn vector_width(lens: &[usize]) -> usize {
+    [8usize, 4, 2].into_iter().find(|w| lens.iter().all(|l| l % w == 0)).unwrap_or(1)
+}

@@ -1,0 +1,129 @@
+//! GELU with the tanh approximation (`gelu_pytorch_tanh`, used by SigLIP's MLP and Gemma's
+//! GeGLU), forward and backward, side by side. Host references are in `reference.rs`.
+
+use cubecl::prelude::*;
+use lapidary_core::{Result, Tensor, launch};
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const COEF: f32 = 0.044_715;
+
+/// gelu_tanh(x) = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))), in f32.
+#[cube]
+pub(crate) fn gelu_tanh_f32<N: Size>(x: Vector<f32, N>) -> Vector<f32, N> {
+    let half = Vector::new(0.5f32);
+    let one = Vector::new(1.0f32);
+    let inner = Vector::new(SQRT_2_OVER_PI) * (x + Vector::new(COEF) * x * x * x);
+    half * x * (one + inner.tanh())
+}
+
+/// d gelu_tanh / dx, in f32.
+#[cube]
+pub(crate) fn gelu_tanh_grad_f32<N: Size>(x: Vector<f32, N>) -> Vector<f32, N> {
+    let half = Vector::new(0.5f32);
+    let one = Vector::new(1.0f32);
+    let c = Vector::new(SQRT_2_OVER_PI);
+    let a = Vector::new(COEF);
+    let t = (c * (x + a * x * x * x)).tanh();
+    half * (one + t) + half * x * (one - t * t) * c * (one + Vector::new(3.0f32) * a * x * x)
+}
+
+#[cube(launch_unchecked)]
+fn gelu_tanh_kernel<F: Float, N: Size>(x: &[Vector<F, N>], out: &mut [Vector<F, N>]) {
+    let stride = CUBE_DIM as usize * CUBE_COUNT;
+    let mut i = ABSOLUTE_POS;
+    while i < x.len() {
+        out[i] = Vector::cast_from(gelu_tanh_f32(Vector::<f32, N>::cast_from(x[i])));
+        i += stride;
+    }
+}
+
+#[cube(launch_unchecked)]
+fn gelu_tanh_backward_kernel<F: Float, N: Size>(x: &[Vector<F, N>], dy: &[Vector<F, N>], dx: &mut [Vector<F, N>]) {
+    let stride = CUBE_DIM as usize * CUBE_COUNT;
+    let mut i = ABSOLUTE_POS;
+    while i < x.len() {
+        let g = gelu_tanh_grad_f32(Vector::<f32, N>::cast_from(x[i]));
+        dx[i] = Vector::cast_from(g * Vector::<f32, N>::cast_from(dy[i]));
+        i += stride;
+    }
+}
+
+/// GELU (tanh approximation) of every element; same shape and dtype as `x`.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    let out = Tensor::uninit(x.device(), x.shape(), x.dtype())?;
+    let n = x.numel();
+    let w = launch::vector_width(&[n]);
+    let (count, dim) = launch::grid_1d(x.device(), n / w);
+    dispatch_float!(x.dtype(), F => unsafe {
+        gelu_tanh_kernel::launch_unchecked::<F>(
+            x.device().client(), count, dim, w,
+            BufferArg::from_raw_parts(x.handle().clone(), n),
+            BufferArg::from_raw_parts(out.handle().clone(), n),
+        )
+    });
+    Ok(out)
+}
+
+/// Backward of [`gelu_tanh`]: `dx = gelu_tanh'(x) * dy`. `dy` must match `x` in shape and dtype.
+pub fn gelu_tanh_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    super::same_layout("gelu_tanh_backward (dy vs x)", x, dy)?;
+    let dx = Tensor::uninit(x.device(), x.shape(), x.dtype())?;
+    let n = x.numel();
+    let w = launch::vector_width(&[n]);
+    let (count, dim) = launch::grid_1d(x.device(), n / w);
+    dispatch_float!(x.dtype(), F => unsafe {
+        gelu_tanh_backward_kernel::launch_unchecked::<F>(
+            x.device().client(), count, dim, w,
+            BufferArg::from_raw_parts(x.handle().clone(), n),
+            BufferArg::from_raw_parts(dy.handle().clone(), n),
+            BufferArg::from_raw_parts(dx.handle().clone(), n),
+        )
+    });
+    Ok(dx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::reference;
+    use crate::test_util::*;
+    use lapidary_core::DType;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn forward_and_backward_match_reference(shape in shape_strategy(3, 67), seed in any::<u64>(), dt in dtype_strategy()) {
+            let dev = device();
+            let x = random_tensor(&dev, &shape, dt, seed, 3.0);
+            let dy = random_tensor(&dev, &shape, dt, seed ^ 0x9e37, 1.0);
+            let xh = x.to_f32_vec().unwrap();
+            let dyh = dy.to_f32_vec().unwrap();
+            let y = super::gelu_tanh(&x).unwrap();
+            assert_close("gelu_tanh", &y.to_f32_vec().unwrap(), &reference::gelu_tanh(&xh), dt.tol());
+            let dx = super::gelu_tanh_backward(&x, &dy).unwrap();
+            assert_close("gelu_tanh_backward", &dx.to_f32_vec().unwrap(), &reference::gelu_tanh_backward(&xh, &dyh), dt.tol());
+        }
+    }
+
+    #[test]
+    fn backward_matches_finite_differences() {
+        let xs: Vec<f32> = (0..41).map(|i| -4.0 + i as f32 * 0.2).collect();
+        let ones = vec![1.0f32; xs.len()];
+        let analytic = reference::gelu_tanh_backward(&xs, &ones);
+        for (i, &x) in xs.iter().enumerate() {
+            let h = 1e-3f64;
+            let f = |v: f64| reference::gelu_tanh_f64(v);
+            let numeric = (f(x as f64 + h) - f(x as f64 - h)) / (2.0 * h);
+            assert!((analytic[i] as f64 - numeric).abs() < 1e-4, "x={x}: {} vs {numeric}", analytic[i]);
+        }
+    }
+
+    #[test]
+    fn mismatched_grad_is_a_clear_error() {
+        let dev = device();
+        let x = random_tensor(&dev, &[3, 4], DType::F32, 1, 1.0);
+        let dy = random_tensor(&dev, &[4, 3], DType::F32, 2, 1.0);
+        let e = super::gelu_tanh_backward(&x, &dy).unwrap_err().to_string();
+        assert!(e.contains("gelu_tanh_backward") && e.contains("[3, 4]") && e.contains("[4, 3]"), "{e}");
+    }
+}

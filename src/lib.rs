@@ -1,0 +1,25 @@
+//! lapidary: fine-tune Gemma 3 vision-language models (SigLIP encoder + projector + Gemma 3
+//! decoder) with LoRA, QLoRA or full fine-tuning, on kernels written once in CubeCL.
+//!
+//! This crate is the facade: it re-exports the workspace crates under short names and hosts the
+//! `lapidary` command-line tool. Each crate can also be used on its own.
+//!
+//! ```
+//! use lapidary::core::{Device, DType, Tensor};
+//! let dev = Device::cpu().unwrap();
+//! let x = Tensor::from_f32(&dev, &[0.5, -0.5], &[2], DType::F32).unwrap();
+//! let y = lapidary::kernels::elementwise::gelu_tanh(&x).unwrap();
+//! assert_eq!(y.shape(), &[2]);
+//! ```
+
+pub use lapidary_autograd as autograd;
+pub use lapidary_core as core;
+pub use lapidary_data as data;
+pub use lapidary_gemma3 as gemma3;
+pub use lapidary_kernels as kernels;
+pub use lapidary_lora as lora;
+pub use lapidary_nn as nn;
+pub use lapidary_siglip as siglip;
+pub use lapidary_train as train;
+
+pub mod demo;

@@ -1,0 +1,79 @@
+//! xtask: the project's tasks, run as `cargo xtask <task>`. It depends on none of the lapidary
+//! crates (so it builds in seconds, before LLVM is set up) and only drives cargo and the system.
+//!
+//! Tasks: `setup` (LLVM for CubeCL, offline), `test`, `bench`, `demo`.
+
+mod bench;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [args]
+
+tasks:
+  setup        install the system LLVM CubeCL links against (Debian packages) and lay the
+               offline shim CubeCL's build looks for; idempotent
+  test [args]  setup, then every test of the workspace (extra args go to `cargo test`)
+  bench [args] setup, then the criterion benchmarks, then a table of the results
+               (extra args go to criterion, e.g. a name filter)
+  demo [args]  setup, then the main job on the CPU (extra args go to `lapidary demo`)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(task) = args.first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let result = match task.as_str() {
+        "setup" => setup::run(),
+        "test" => setup::run().and_then(|_| test(rest)),
+        "bench" => setup::run().and_then(|_| bench::run(rest)),
+        "demo" => setup::run().and_then(|_| demo(rest)),
+        "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown task '{other}'\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {task}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(extra: &[String]) -> Result<(), String> {
+    let mut args = vec!["test", "--workspace", "--all-targets"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)?;
+    // Doc examples are part of each crate's promise to its users.
+    cargo(&["test", "--workspace", "--doc"])
+}
+
+fn demo(extra: &[String]) -> Result<(), String> {
+    let mut args = vec!["run", "--quiet", "--package", "lapidary", "--bin", "lapidary", "--", "demo"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}
+
+/// Runs cargo with `args` in the workspace root; an error when it fails.
+pub fn cargo(args: &[&str]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("`cargo {}` failed ({status})", args.join(" "))) }
+}
+
+/// The workspace root (the parent of this crate's manifest directory).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
