@@ -25,3 +25,17 @@ pub fn grid_1d(device: &Device, n: usize) -> (CubeCount, CubeDim) {
 pub fn vector_width(lens: &[usize]) -> usize {
     [8usize, 4, 2].into_iter().find(|w| lens.iter().all(|l| l % w == 0)).unwrap_or(1)
 }
+
+/// Grid for kernels whose units step grid-stride through `tiles` independent tiles of work
+/// (matmul). On the CPU runtime one cube with one unit per core; on GPUs cubes of 128 units.
+pub fn grid_tiles(device: &Device, tiles: usize) -> (CubeCount, CubeDim) {
+    let tiles = tiles.max(1);
+    if device.is_cpu() {
+        let units = device.max_units_per_cube().max(1).min(tiles as u32);
+        (CubeCount::Static(1, 1, 1), CubeDim::new_1d(units))
+    } else {
+        let units = 128u32.min(device.max_units_per_cube());
+        let cubes = tiles.div_ceil(units as usize).min(65_535 * 8) as u32;
+        (CubeCount::Static(cubes, 1, 1), CubeDim::new_1d(units))
+    }
+}

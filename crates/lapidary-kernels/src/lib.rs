@@ -31,6 +31,8 @@
 #[macro_use]
 mod dispatch;
 pub mod elementwise;
+pub mod matmul;
+pub mod reduce;
 
 pub use lapidary_core::{DType, Device, Error, Result, Tensor};
 

@@ -1,0 +1,363 @@
+//! The matmul kernel and its entry functions. Register blocking: every unit owns tiles of
+//! 4 rows × 2 vectors of C and walks K with fused multiply-adds in f32; A is read as scalars
+//! (any row/col stride, so a transposed A costs nothing), B and C along N in vectors of the
+//! widest width dividing N. Units step through tiles grid-stride, rows fastest, so one unit's
+//! consecutive tiles reuse the same panel of B from cache.
+
+use super::transpose;
+use crate::reduce;
+use cubecl::prelude::*;
+use lapidary_core::{Error, Result, Tensor, launch};
+
+#[cube(launch_unchecked)]
+fn matmul_kernel<F: Float, N: Size>(
+    a: &[F],
+    b: &[Vector<F, N>],
+    bias: &[Vector<F, N>],
+    c: &mut [Vector<F, N>],
+    batches: usize,
+    m: usize,
+    k: usize,
+    n_vec: usize,
+    a_row_stride: usize,
+    a_col_stride: usize,
+    a_batch_stride: usize,
+    b_batch_stride: usize,
+    #[comptime] has_bias: bool,
+) {
+    let tiles_m = (m + 3) / 4;
+    let tiles_n = (n_vec + 1) / 2;
+    let total = batches * tiles_m * tiles_n;
+    let stride = CUBE_DIM as usize * CUBE_COUNT;
+    let mut t = ABSOLUTE_POS;
+    while t < total {
+        let tm = t % tiles_m;
+        let rest = t / tiles_m;
+        let tn = rest % tiles_n;
+        let bi = rest / tiles_n;
+        let r0 = tm * 4;
+        // Rows and the second vector past the edge are clamped for loads, skipped for stores.
+        let r1 = min(r0 + 1, m - 1);
+        let r2 = min(r0 + 2, m - 1);
+        let r3 = min(r0 + 3, m - 1);
+        let j0 = tn * 2;
+        let j1 = min(j0 + 1, n_vec - 1);
+        let a_base = bi * a_batch_stride;
+        let a0 = a_base + r0 * a_row_stride;
+        let a1 = a_base + r1 * a_row_stride;
+        let a2 = a_base + r2 * a_row_stride;
+        let a3 = a_base + r3 * a_row_stride;
+        let b_base = bi * b_batch_stride;
+
+        let zero = Vector::<f32, N>::new(0.0f32);
+        let mut c00 = zero;
+        let mut c01 = zero;
+        let mut c10 = zero;
+        let mut c11 = zero;
+        let mut c20 = zero;
+        let mut c21 = zero;
+        let mut c30 = zero;
+        let mut c31 = zero;
+        for p in 0..k {
+            let brow = b_base + p * n_vec;
+            let b0 = Vector::<f32, N>::cast_from(b[brow + j0]);
+            let b1 = Vector::<f32, N>::cast_from(b[brow + j1]);
+            let ap = p * a_col_stride;
+            let v0 = Vector::<f32, N>::new(f32::cast_from(a[a0 + ap]));
+            let v1 = Vector::<f32, N>::new(f32::cast_from(a[a1 + ap]));
+            let v2 = Vector::<f32, N>::new(f32::cast_from(a[a2 + ap]));
+            let v3 = Vector::<f32, N>::new(f32::cast_from(a[a3 + ap]));
+            c00 = fma(v0, b0, c00);
+            c01 = fma(v0, b1, c01);
+            c10 = fma(v1, b0, c10);
+            c11 = fma(v1, b1, c11);
+            c20 = fma(v2, b0, c20);
+            c21 = fma(v2, b1, c21);
+            c30 = fma(v3, b0, c30);
+            c31 = fma(v3, b1, c31);
+        }
+        if has_bias {
+            let bias0 = Vector::<f32, N>::cast_from(bias[j0]);
+            let bias1 = Vector::<f32, N>::cast_from(bias[j1]);
+            c00 += bias0;
+            c01 += bias1;
+            c10 += bias0;
+            c11 += bias1;
+            c20 += bias0;
+            c21 += bias1;
+            c30 += bias0;
+            c31 += bias1;
+        }
+        let second = j0 + 1 < n_vec;
+        let out0 = (bi * m + r0) * n_vec + j0;
+        c[out0] = Vector::cast_from(c00);
+        if second {
+            c[out0 + 1] = Vector::cast_from(c01);
+        }
+        if r0 + 1 < m {
+            c[out0 + n_vec] = Vector::cast_from(c10);
+            if second {
+                c[out0 + n_vec + 1] = Vector::cast_from(c11);
+            }
+        }
+        if r0 + 2 < m {
+            c[out0 + 2 * n_vec] = Vector::cast_from(c20);
+            if second {
+                c[out0 + 2 * n_vec + 1] = Vector::cast_from(c21);
+            }
+        }
+        if r0 + 3 < m {
+            c[out0 + 3 * n_vec] = Vector::cast_from(c30);
+            if second {
+                c[out0 + 3 * n_vec + 1] = Vector::cast_from(c31);
+            }
+        }
+        t += stride;
+    }
+}
+
+/// `op(a) · op(b) (+ bias)`, where `op` transposes the last two dims when asked.
+///
+/// - `a`: `[..., M, K]` (`[..., K, M]` with `trans_a`)
+/// - `b`: `[..., K, N]` (`[..., N, K]` with `trans_b`), with the same leading dims as `a`, or
+///   rank 2 to share one matrix across the batch (a weight)
+/// - `bias`: `[N]`, added to every row
+///
+/// Returns `[..., M, N]` in `a`'s dtype; all operands must share dtype and device.
+pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    let op = "matmul";
+    if a.rank() < 2 {
+        return Err(Error::shape(format!("{op}: a"), "[..., M, K] (rank >= 2)", a.shape()));
+    }
+    if b.rank() < 2 {
+        return Err(Error::shape(format!("{op}: b"), "[..., K, N] (rank >= 2)", b.shape()));
+    }
+    for (name, t) in [("b", b)].into_iter().chain(bias.map(|t| ("bias", t))) {
+        if t.dtype() != a.dtype() {
+            return Err(Error::DType { context: format!("{op}: {name}"), expected: format!("{} (as a)", a.dtype()), got: t.dtype() });
+        }
+        if t.device() != a.device() {
+            return Err(Error::Device(format!("{op}: a on {}, {name} on {}", a.device(), t.device())));
+        }
+    }
+    let (m, k) = if trans_a { (a.dim(-1), a.dim(-2)) } else { (a.dim(-2), a.dim(-1)) };
+    let (kb, n) = if trans_b { (b.dim(-1), b.dim(-2)) } else { (b.dim(-2), b.dim(-1)) };
+    let lead = &a.shape()[..a.rank() - 2];
+    let batches: usize = lead.iter().product();
+    let b_shared = b.rank() == 2;
+    if kb != k || (!b_shared && &b.shape()[..b.rank() - 2] != lead) {
+        let want = match (trans_b, b_shared) {
+            (false, true) => format!("[{k}, N]"),
+            (true, true) => format!("[N, {k}]"),
+            (false, false) => format!("{:?} + [{k}, N]", lead),
+            (true, false) => format!("{:?} + [N, {k}]", lead),
+        };
+        return Err(Error::shape(format!("{op}: b (a is {:?}, trans_a={trans_a}, trans_b={trans_b})", a.shape()), want, b.shape()));
+    }
+    if let Some(bias) = bias {
+        bias.expect_shape(&format!("{op}: bias"), &[n])?;
+    }
+    let mut out_shape = lead.to_vec();
+    out_shape.extend([m, n]);
+    let c = Tensor::uninit(a.device(), &out_shape, a.dtype())?;
+    if m == 0 || n == 0 || batches == 0 {
+        return Ok(c);
+    }
+    let b_kn = if trans_b { transpose(b)? } else { b.clone() };
+    let w = launch::vector_width(&[n]);
+    let n_vec = n / w;
+    let (a_row_stride, a_col_stride) = if trans_a { (1, m) } else { (k, 1) };
+    let tiles = batches * m.div_ceil(4) * n_vec.div_ceil(2);
+    let (count, dim) = launch::grid_tiles(a.device(), tiles);
+    let bias_handle = bias.map_or_else(|| c.handle().clone(), |t| t.handle().clone());
+    let bias_len = if bias.is_some() { n } else { w };
+    dispatch_float!(a.dtype(), F => unsafe {
+        matmul_kernel::launch_unchecked::<F>(
+            a.device().client(), count, dim, w,
+            BufferArg::from_raw_parts(a.handle().clone(), a.numel()),
+            BufferArg::from_raw_parts(b_kn.handle().clone(), b_kn.numel()),
+            BufferArg::from_raw_parts(bias_handle, bias_len),
+            BufferArg::from_raw_parts(c.handle().clone(), c.numel()),
+            batches, m, k, n_vec,
+            a_row_stride, a_col_stride, m * k,
+            if b_shared { 0 } else { k * n_vec },
+            bias.is_some(),
+        )
+    });
+    Ok(c)
+}
+
+/// Gradients of [`matmul`] with respect to its inputs.
+#[derive(Debug)]
+pub struct MatmulGrads {
+    /// Gradient of `a`, in `a`'s layout.
+    pub a: Option<Tensor>,
+    /// Gradient of `b`, in `b`'s layout (summed over the batch when `b` is shared).
+    pub b: Option<Tensor>,
+    /// Gradient of the bias: `dC` summed over every row.
+    pub bias: Option<Tensor>,
+}
+
+/// Backward of [`matmul`] given `dc` (shape of its output). Computes only the gradients asked
+/// for (`need_a`, `need_b`, `need_bias`), each in its input's own layout.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward(
+    a: &Tensor,
+    b: &Tensor,
+    dc: &Tensor,
+    trans_a: bool,
+    trans_b: bool,
+    need_a: bool,
+    need_b: bool,
+    need_bias: bool,
+) -> Result<MatmulGrads> {
+    let n = dc.dim(-1);
+    let b_shared = b.rank() == 2 && a.rank() > 2;
+    // A = op_a(A'), C = A·B. dA = dC·Bᵀ; dA' = dAᵀ when trans_a.
+    let ga = if need_a {
+        // dop(A) = dC · op(B)ᵀ; stored transposed back when trans_a.
+        let g = matmul(dc, b, None, false, !trans_b)?;
+        Some(if trans_a { transpose(&g)? } else { g })
+    } else {
+        None
+    };
+    let gb = if need_b {
+        let (dc2, a2) = if b_shared { (flatten_rows(dc)?, flatten_rows_of(a, trans_a)?) } else { (dc.clone(), a.clone()) };
+        Some(if trans_b {
+            // dB' [N, K] = dCᵀ · A
+            matmul(&dc2, &a2, None, true, trans_a)?
+        } else {
+            // dB [K, N] = Aᵀ · dC
+            matmul(&a2, &dc2, None, !trans_a, false)?
+        })
+    } else {
+        None
+    };
+    let gbias = if need_bias { Some(reduce::sum_rows(&dc.reshape(&[dc.numel() / n.max(1), n])?)?) } else { None };
+    Ok(MatmulGrads { a: ga, b: gb, bias: gbias })
+}
+
+/// `[..., M, N]` -> `[prod(...) * M, N]`.
+fn flatten_rows(t: &Tensor) -> Result<Tensor> {
+    let n = t.dim(-1);
+    t.reshape(&[t.numel() / n.max(1), n])
+}
+
+/// For a shared-B gradient with `trans_a`, the batch of `[K, M]` blocks cannot be flattened into
+/// one matrix without a transpose; without `trans_a` it is a plain reshape.
+fn flatten_rows_of(a: &Tensor, trans_a: bool) -> Result<Tensor> {
+    if trans_a {
+        let t = transpose(a)?; // [..., M, K]
+        let t = flatten_rows(&t)?; // [B*M, K]
+        transpose(&t) // [K, B*M], read back with trans_a = true
+    } else {
+        flatten_rows(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::reference;
+    use crate::test_util::*;
+    use lapidary_core::DType;
+    use lapidary_testkit::{Tol, TolExt};
+    use proptest::prelude::*;
+
+    /// Tolerance for a dot product of `k` terms in [-1, 1) stored in `dt`.
+    fn tol(dt: DType, k: usize) -> Tol {
+        let t = dt.tol();
+        Tol { abs: t.abs * (k as f64).sqrt().max(1.0), rel: t.rel }
+    }
+
+    fn check(batch: usize, m: usize, k: usize, n: usize, ta: bool, tb: bool, shared: bool, bias: bool, dt: DType, seed: u64) {
+        let dev = device();
+        let a_shape = if ta { vec![batch, k, m] } else { vec![batch, m, k] };
+        let b_mat = if tb { vec![n, k] } else { vec![k, n] };
+        let b_shape = if shared { b_mat.clone() } else { [vec![batch], b_mat.clone()].concat() };
+        let a = random_tensor(&dev, &a_shape, dt, seed, 1.0);
+        let b = random_tensor(&dev, &b_shape, dt, seed.wrapping_add(1), 1.0);
+        let bias_t = bias.then(|| random_tensor(&dev, &[n], dt, seed.wrapping_add(2), 1.0));
+        let (ah, bh) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+        let biash = bias_t.as_ref().map(|t| t.to_f32_vec().unwrap());
+        let c = super::matmul(&a, &b, bias_t.as_ref(), ta, tb).unwrap();
+        assert_eq!(c.shape(), &[batch, m, n]);
+        let want = reference::matmul(&ah, &bh, biash.as_deref(), batch, m, k, n, ta, tb, shared);
+        let what = format!("matmul b{batch} m{m} k{k} n{n} ta{ta} tb{tb} shared{shared} bias{bias} {dt}");
+        assert_close(&what, &c.to_f32_vec().unwrap(), &want, tol(dt, k));
+
+        // Backward against the reference: dA = dC·op(B)ᵀ, dB = op(A)ᵀ·dC, in each input's layout.
+        let dc = random_tensor(&dev, &[batch, m, n], dt, seed.wrapping_add(3), 1.0);
+        let dch = dc.to_f32_vec().unwrap();
+        let g = super::matmul_backward(&a, &b, &dc, ta, tb, true, true, bias).unwrap();
+        // dop(A)[b] = dC[b] · op(B)ᵀ  ([m, n] · [n, k])
+        let d_opa = reference::matmul(&dch, &bh, None, batch, m, n, k, false, !tb, shared);
+        let want_a = if ta { transpose_host(&d_opa, batch, m, k) } else { d_opa };
+        assert_close(&format!("{what}: grad a"), &g.a.unwrap().to_f32_vec().unwrap(), &want_a, tol(dt, n));
+        // dop(B) = Σ_b op(A)ᵀ · dC  ([k, m] · [m, n])
+        let mut d_opb = vec![0f32; if shared { k * n } else { batch * k * n }];
+        for bi in 0..batch {
+            let ab = &ah[bi * m * k..(bi + 1) * m * k];
+            let cb = &dch[bi * m * n..(bi + 1) * m * n];
+            let part = reference::matmul(ab, cb, None, 1, k, m, n, !ta, false, false);
+            let off = if shared { 0 } else { bi * k * n };
+            for (o, p) in d_opb[off..off + k * n].iter_mut().zip(&part) {
+                *o += p;
+            }
+        }
+        let bb = if shared { 1 } else { batch };
+        let want_b = if tb { transpose_host(&d_opb, bb, k, n) } else { d_opb };
+        let rows = if shared { batch * m } else { m };
+        assert_close(&format!("{what}: grad b"), &g.b.unwrap().to_f32_vec().unwrap(), &want_b, tol(dt, rows));
+        if bias {
+            let want_bias = crate::reduce::reference::sum_rows(&dch, batch * m, n);
+            assert_close(&format!("{what}: grad bias"), &g.bias.unwrap().to_f32_vec().unwrap(), &want_bias, tol(dt, batch * m));
+        }
+    }
+
+    fn transpose_host(x: &[f32], batch: usize, r: usize, c: usize) -> Vec<f32> {
+        let mut y = vec![0f32; x.len()];
+        for b in 0..batch {
+            for i in 0..r {
+                for j in 0..c {
+                    y[b * r * c + j * r + i] = x[b * r * c + i * c + j];
+                }
+            }
+        }
+        y
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(40))]
+        #[test]
+        fn matmul_forward_backward_match_reference(
+            batch in 1usize..3, m in 1usize..23, k in 1usize..37, n in 1usize..41,
+            ta in any::<bool>(), tb in any::<bool>(), shared in any::<bool>(), bias in any::<bool>(),
+            dt in dtype_strategy(), seed in any::<u64>(),
+        ) {
+            check(batch, m, k, n, ta, tb, shared, bias, dt, seed);
+        }
+    }
+
+    #[test]
+    fn wide_vectors_and_edges() {
+        // n multiple of 8 (widest vector), m not a multiple of the 4-row tile, odd vector count.
+        check(2, 13, 64, 24, false, false, false, true, DType::F32, 11);
+        check(1, 5, 3, 8, true, true, true, false, DType::BF16, 12);
+    }
+
+    #[test]
+    fn shape_errors_name_the_operand() {
+        let dev = device();
+        let a = random_tensor(&dev, &[2, 3, 4], DType::F32, 1, 1.0);
+        let b = random_tensor(&dev, &[5, 6], DType::F32, 2, 1.0);
+        let e = super::matmul(&a, &b, None, false, false).unwrap_err().to_string();
+        assert!(e.contains("matmul: b") && e.contains("[4, N]") && e.contains("[5, 6]"), "{e}");
+        let b = random_tensor(&dev, &[4, 6], DType::BF16, 2, 1.0);
+        let e = super::matmul(&a, &b, None, false, false).unwrap_err().to_string();
+        assert!(e.contains("expected dtype F32") && e.contains("BF16"), "{e}");
+        let b = random_tensor(&dev, &[4, 6], DType::F32, 2, 1.0);
+        let bias = random_tensor(&dev, &[5], DType::F32, 3, 1.0);
+        let e = super::matmul(&a, &b, Some(&bias), false, false).unwrap_err().to_string();
+        assert!(e.contains("bias") && e.contains("[6]"), "{e}");
+    }
+}
