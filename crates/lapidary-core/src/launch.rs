@@ -23,7 +23,16 @@ pub fn grid_1d(device: &Device, n: usize) -> (CubeCount, CubeDim) {
 
 /// The widest of 8, 4, 2, 1 that divides every length given.
 pub fn vector_width(lens: &[usize]) -> usize {
-    [8usize, 4, 2].into_iter().find(|w| lens.iter().all(|l| l % w == 0)).unwrap_or(1)
+    vector_width_up_to(lens, 8)
+}
+
+/// The widest power of two up to `max` that divides every length given.
+pub fn vector_width_up_to(lens: &[usize], max: usize) -> usize {
+    let mut w = max.next_power_of_two();
+    while w > 1 && !lens.iter().all(|l| l % w == 0) {
+        w /= 2;
+    }
+    w.max(1)
 }
 
 /// Grid for kernels whose units step grid-stride through `tiles` independent tiles of work

@@ -25,3 +25,27 @@ pub fn gelu_tanh_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
         })
         .collect()
 }
+
+/// `f(a, b)` with `b` repeated over `a` (its shape a suffix of `a`'s).
+pub fn broadcast(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
+    a.iter().enumerate().map(|(i, &x)| f(x, b[i % b.len()])).collect()
+}
+
+/// Sums `g` over repeats of a block of `len` values: the gradient of a broadcast operand.
+pub fn sum_to(g: &[f32], len: usize) -> Vec<f32> {
+    let mut out = vec![0f64; len];
+    for (i, &v) in g.iter().enumerate() {
+        out[i % len] += v as f64;
+    }
+    out.into_iter().map(|v| v as f32).collect()
+}
+
+/// GeGLU forward and backward: `(gelu(g) * u, d/dg, d/du)` for upstream `dy`.
+pub fn geglu(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let act = gelu_tanh(g);
+    let dact = gelu_tanh_backward(g, &vec![1.0; g.len()]);
+    let y = act.iter().zip(u).map(|(a, u)| a * u).collect();
+    let dg = dact.iter().zip(u).zip(dy).map(|((d, u), dy)| (*d as f64 * *u as f64 * *dy as f64) as f32).collect();
+    let du = act.iter().zip(dy).map(|(a, dy)| a * dy).collect();
+    (y, dg, du)
+}

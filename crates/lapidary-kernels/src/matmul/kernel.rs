@@ -164,7 +164,7 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
         return Ok(c);
     }
     let b_kn = if trans_b { transpose(b)? } else { b.clone() };
-    let w = launch::vector_width(&[n]);
+    let w = launch::vector_width_up_to(&[n], 16);
     let n_vec = n / w;
     let (a_row_stride, a_col_stride) = if trans_a { (1, m) } else { (k, 1) };
     let tiles = batches * m.div_ceil(4) * n_vec.div_ceil(2);
