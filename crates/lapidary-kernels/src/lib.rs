@@ -32,6 +32,7 @@
 mod dispatch;
 pub mod elementwise;
 pub mod matmul;
+pub mod norm;
 pub mod reduce;
 
 pub use lapidary_core::{DType, Device, Error, Result, Tensor};

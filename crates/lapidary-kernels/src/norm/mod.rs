@@ -1,0 +1,350 @@
+//! Normalization over the last axis, forward and backward side by side: Gemma's RMSNorm
+//! `x * rsqrt(mean(x²) + eps) * (1 + w)` (also used per head for q/k norm, with C = head_dim) and
+//! SigLIP's LayerNorm `(x - mean) * rstd * w + b`. Statistics in f32. Each unit owns whole rows;
+//! the weight gradients are a second, column-parallel pass (deterministic, no atomics), reading
+//! the per-row statistics the backward recomputes.
+
+pub mod reference;
+
+use cubecl::prelude::*;
+use lapidary_core::{DType, Error, Result, Tensor, launch};
+
+#[cube]
+fn hsum<N: Size>(v: Vector<f32, N>) -> f32 {
+    let mut s = 0.0f32;
+    #[unroll]
+    for l in 0..N::value() {
+        s += v.extract(l);
+    }
+    s
+}
+
+/// Forward of both norms. `mode` 0 = Gemma RMSNorm (1 + w), 1 = LayerNorm with bias.
+#[cube(launch_unchecked)]
+fn norm_forward_kernel<F: Float, N: Size>(
+    x: &[Vector<F, N>],
+    w: &[Vector<F, N>],
+    b: &[Vector<F, N>],
+    y: &mut [Vector<F, N>],
+    rows: usize,
+    cols_vec: usize,
+    cols: f32,
+    eps: f32,
+    #[comptime] layer_norm: bool,
+) {
+    let stride = CUBE_DIM as usize * CUBE_COUNT;
+    let mut r = ABSOLUTE_POS;
+    while r < rows {
+        let base = r * cols_vec;
+        let mut mean = 0.0f32;
+        if layer_norm {
+            let mut s = Vector::<f32, N>::new(0.0f32);
+            for j in 0..cols_vec {
+                s += Vector::<f32, N>::cast_from(x[base + j]);
+            }
+            mean = hsum(s) / cols;
+        }
+        let mv = Vector::<f32, N>::new(mean);
+        let mut ss = Vector::<f32, N>::new(0.0f32);
+        for j in 0..cols_vec {
+            let d = Vector::<f32, N>::cast_from(x[base + j]) - mv;
+            ss = fma(d, d, ss);
+        }
+        let rstd = Vector::<f32, N>::new(1.0f32 / f32::sqrt(hsum(ss) / cols + eps));
+        for j in 0..cols_vec {
+            let xhat = (Vector::<f32, N>::cast_from(x[base + j]) - mv) * rstd;
+            let wv = Vector::<f32, N>::cast_from(w[j]);
+            let out = if layer_norm {
+                xhat * wv + Vector::<f32, N>::cast_from(b[j])
+            } else {
+                xhat * (wv + Vector::new(1.0f32))
+            };
+            y[base + j] = Vector::cast_from(out);
+        }
+        r += stride;
+    }
+}
+
+/// Backward, pass 1 (row-parallel): dx, and each row's mean and rstd for pass 2.
+#[cube(launch_unchecked)]
+fn norm_backward_rows_kernel<F: Float, N: Size>(
+    x: &[Vector<F, N>],
+    w: &[Vector<F, N>],
+    dy: &[Vector<F, N>],
+    dx: &mut [Vector<F, N>],
+    stats: &mut [f32],
+    rows: usize,
+    cols_vec: usize,
+    cols: f32,
+    eps: f32,
+    #[comptime] layer_norm: bool,
+) {
+    let stride = CUBE_DIM as usize * CUBE_COUNT;
+    let mut r = ABSOLUTE_POS;
+    while r < rows {
+        let base = r * cols_vec;
+        let mut mean = 0.0f32;
+        if layer_norm {
+            let mut s = Vector::<f32, N>::new(0.0f32);
+            for j in 0..cols_vec {
+                s += Vector::<f32, N>::cast_from(x[base + j]);
+            }
+            mean = hsum(s) / cols;
+        }
+        let mv = Vector::<f32, N>::new(mean);
+        let mut ss = Vector::<f32, N>::new(0.0f32);
+        for j in 0..cols_vec {
+            let d = Vector::<f32, N>::cast_from(x[base + j]) - mv;
+            ss = fma(d, d, ss);
+        }
+        let rstd_s = 1.0f32 / f32::sqrt(hsum(ss) / cols + eps);
+        let rstd = Vector::<f32, N>::new(rstd_s);
+        // g = dy * w_eff; need mean(g) (LayerNorm only) and mean(g * xhat).
+        let mut sg = Vector::<f32, N>::new(0.0f32);
+        let mut sgx = Vector::<f32, N>::new(0.0f32);
+        for j in 0..cols_vec {
+            let xhat = (Vector::<f32, N>::cast_from(x[base + j]) - mv) * rstd;
+            let mut wv = Vector::<f32, N>::cast_from(w[j]);
+            if !layer_norm {
+                wv += Vector::new(1.0f32);
+            }
+            let g = Vector::<f32, N>::cast_from(dy[base + j]) * wv;
+            sg += g;
+            sgx = fma(g, xhat, sgx);
+        }
+        let mut mean_g_s = 0.0f32;
+        if layer_norm {
+            mean_g_s = hsum(sg) / cols;
+        }
+        let mean_g = Vector::<f32, N>::new(mean_g_s);
+        let mean_gx = Vector::<f32, N>::new(hsum(sgx) / cols);
+        for j in 0..cols_vec {
+            let xhat = (Vector::<f32, N>::cast_from(x[base + j]) - mv) * rstd;
+            let mut wv = Vector::<f32, N>::cast_from(w[j]);
+            if !layer_norm {
+                wv += Vector::new(1.0f32);
+            }
+            let g = Vector::<f32, N>::cast_from(dy[base + j]) * wv;
+            dx[base + j] = Vector::cast_from(rstd * (g - mean_g - xhat * mean_gx));
+        }
+        stats[2 * r] = mean;
+        stats[2 * r + 1] = rstd_s;
+        r += stride;
+    }
+}
+
+/// Backward, pass 2 (column-parallel): dw = Σ_rows dy · xhat, db = Σ_rows dy.
+#[cube(launch_unchecked)]
+fn norm_backward_cols_kernel<F: Float>(
+    x: &[F],
+    dy: &[F],
+    stats: &[f32],
+    dw: &mut [F],
+    db: &mut [F],
+    rows: usize,
+    cols: usize,
+    #[comptime] layer_norm: bool,
+) {
+    let stride = CUBE_DIM as usize * CUBE_COUNT;
+    let mut c = ABSOLUTE_POS;
+    while c < cols {
+        let mut sw = 0.0f32;
+        let mut sb = 0.0f32;
+        for r in 0..rows {
+            let g = f32::cast_from(dy[r * cols + c]);
+            let xhat = (f32::cast_from(x[r * cols + c]) - stats[2 * r]) * stats[2 * r + 1];
+            sw += g * xhat;
+            sb += g;
+        }
+        dw[c] = F::cast_from(sw);
+        if layer_norm {
+            db[c] = F::cast_from(sb);
+        }
+        c += stride;
+    }
+}
+
+fn check(op: &str, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<usize> {
+    if x.rank() == 0 {
+        return Err(Error::shape(format!("{op}: x"), "[..., C]", x.shape()));
+    }
+    let c = x.dim(-1);
+    w.expect_shape(&format!("{op}: weight"), &[c])?;
+    if let Some(b) = b {
+        b.expect_shape(&format!("{op}: bias"), &[c])?;
+    }
+    for (name, t) in [("weight", w)].into_iter().chain(b.map(|b| ("bias", b))) {
+        if t.dtype() != x.dtype() {
+            return Err(Error::DType { context: format!("{op}: {name}"), expected: format!("{} (as x)", x.dtype()), got: t.dtype() });
+        }
+    }
+    Ok(c)
+}
+
+fn forward(op: &str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+    let c = check(op, x, w, b)?;
+    let rows = x.numel() / c.max(1);
+    let y = Tensor::uninit(x.device(), x.shape(), x.dtype())?;
+    let vw = launch::vector_width(&[c]);
+    let (count, dim) = launch::grid_1d(x.device(), rows);
+    let bh = b.unwrap_or(w);
+    dispatch_float!(x.dtype(), F => unsafe {
+        norm_forward_kernel::launch_unchecked::<F>(
+            x.device().client(), count, dim, vw,
+            BufferArg::from_raw_parts(x.handle().clone(), x.numel()),
+            BufferArg::from_raw_parts(w.handle().clone(), c),
+            BufferArg::from_raw_parts(bh.handle().clone(), c),
+            BufferArg::from_raw_parts(y.handle().clone(), x.numel()),
+            rows, c / vw, c as f32, eps, b.is_some(),
+        )
+    });
+    Ok(y)
+}
+
+/// Gradients of a norm: input, weight and (LayerNorm only) bias.
+#[derive(Debug)]
+pub struct NormGrads {
+    /// Gradient of the input, shape of `x`.
+    pub x: Tensor,
+    /// Gradient of the weight, `[C]`.
+    pub weight: Tensor,
+    /// Gradient of the bias, `[C]` (LayerNorm only).
+    pub bias: Option<Tensor>,
+}
+
+fn backward(op: &str, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32, layer_norm: bool) -> Result<NormGrads> {
+    let c = check(op, x, w, None)?;
+    dy.expect_shape(&format!("{op}: dy"), x.shape())?;
+    let rows = x.numel() / c.max(1);
+    let dev = x.device();
+    let dx = Tensor::uninit(dev, x.shape(), x.dtype())?;
+    let stats = Tensor::uninit(dev, &[rows, 2], DType::F32)?;
+    let dw = Tensor::uninit(dev, &[c], x.dtype())?;
+    let db = if layer_norm { Tensor::uninit(dev, &[c], x.dtype())? } else { dw.clone() };
+    let vw = launch::vector_width(&[c]);
+    let (count, dim) = launch::grid_1d(dev, rows);
+    let (ccount, cdim) = launch::grid_1d(dev, c);
+    dispatch_float!(x.dtype(), F => unsafe {
+        norm_backward_rows_kernel::launch_unchecked::<F>(
+            dev.client(), count, dim, vw,
+            BufferArg::from_raw_parts(x.handle().clone(), x.numel()),
+            BufferArg::from_raw_parts(w.handle().clone(), c),
+            BufferArg::from_raw_parts(dy.handle().clone(), x.numel()),
+            BufferArg::from_raw_parts(dx.handle().clone(), x.numel()),
+            BufferArg::from_raw_parts(stats.handle().clone(), rows * 2),
+            rows, c / vw, c as f32, eps, layer_norm,
+        );
+        norm_backward_cols_kernel::launch_unchecked::<F>(
+            dev.client(), ccount, cdim,
+            BufferArg::from_raw_parts(x.handle().clone(), x.numel()),
+            BufferArg::from_raw_parts(dy.handle().clone(), x.numel()),
+            BufferArg::from_raw_parts(stats.handle().clone(), rows * 2),
+            BufferArg::from_raw_parts(dw.handle().clone(), c),
+            BufferArg::from_raw_parts(db.handle().clone(), c),
+            rows, c, layer_norm,
+        )
+    });
+    Ok(NormGrads { x: dx, weight: dw, bias: layer_norm.then_some(db) })
+}
+
+/// Gemma RMSNorm over the last axis: `x * rsqrt(mean(x²) + eps) * (1 + weight)`, `weight: [C]`.
+/// For q/k norm pass `x` as `[..., heads, head_dim]` and a `[head_dim]` weight.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    forward("rms_norm", x, weight, None, eps)
+}
+
+/// Backward of [`rms_norm`] (statistics recomputed from `x`).
+pub fn rms_norm_backward(x: &Tensor, weight: &Tensor, dy: &Tensor, eps: f32) -> Result<NormGrads> {
+    backward("rms_norm_backward", x, weight, dy, eps, false)
+}
+
+/// LayerNorm over the last axis: `(x - mean) * rsqrt(var + eps) * weight + bias`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
+    forward("layer_norm", x, weight, Some(bias), eps)
+}
+
+/// Backward of [`layer_norm`] (statistics recomputed from `x`).
+pub fn layer_norm_backward(x: &Tensor, weight: &Tensor, dy: &Tensor, eps: f32) -> Result<NormGrads> {
+    backward("layer_norm_backward", x, weight, dy, eps, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reference as r;
+    use crate::test_util::*;
+    use lapidary_core::DType;
+    use lapidary_testkit::Tol;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn norms_match_reference(rows in 1usize..20, c in 1usize..70, seed in any::<u64>(), dt in dtype_strategy(), ln in any::<bool>()) {
+            let dev = device();
+            let eps = 1e-6f32;
+            let x = random_tensor(&dev, &[rows, c], dt, seed, 2.0);
+            let w = random_tensor(&dev, &[c], dt, seed ^ 3, 1.0);
+            let b = random_tensor(&dev, &[c], dt, seed ^ 5, 1.0);
+            let dy = random_tensor(&dev, &[rows, c], dt, seed ^ 7, 1.0);
+            let (xh, wh, bh, dyh) = (x.to_f32_vec().unwrap(), w.to_f32_vec().unwrap(), b.to_f32_vec().unwrap(), dy.to_f32_vec().unwrap());
+            let want = r::norm(&xh, &wh, ln.then_some(&bh[..]), c, eps);
+            let (y, g) = if ln {
+                (super::layer_norm(&x, &w, &b, eps).unwrap(), super::layer_norm_backward(&x, &w, &dy, eps).unwrap())
+            } else {
+                (super::rms_norm(&x, &w, eps).unwrap(), super::rms_norm_backward(&x, &w, &dy, eps).unwrap())
+            };
+            // Normalized values can reach sqrt(C); gradients sum C or `rows` terms.
+            let t = dt.tol();
+            let tol = Tol { abs: t.abs * 4.0, rel: t.rel * 2.0 };
+            assert_close("norm forward", &y.to_f32_vec().unwrap(), &want, tol);
+            let (dx, dw, db) = r::norm_backward(&xh, &wh, &dyh, c, eps, ln);
+            let tg = Tol { abs: t.abs * 4.0 * (c.max(rows) as f64).sqrt(), rel: t.rel * 4.0 };
+            assert_close("norm dx", &g.x.to_f32_vec().unwrap(), &dx, tg);
+            assert_close("norm dweight", &g.weight.to_f32_vec().unwrap(), &dw, tg);
+            if ln {
+                assert_close("norm dbias", &g.bias.unwrap().to_f32_vec().unwrap(), &db, tg);
+            } else {
+                prop_assert!(g.bias.is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn backward_reference_matches_finite_differences() {
+        let (c, rows) = (7, 3);
+        let x = lapidary_testkit::random_values(rows * c, 1, 2.0);
+        let w = lapidary_testkit::random_values(c, 2, 1.0);
+        let b = lapidary_testkit::random_values(c, 3, 1.0);
+        let dy = lapidary_testkit::random_values(rows * c, 4, 1.0);
+        for ln in [false, true] {
+            let loss = |x: &[f32], w: &[f32]| -> f64 {
+                r::norm(x, w, ln.then_some(&b[..]), c, 1e-6).iter().zip(&dy).map(|(y, g)| *y as f64 * *g as f64).sum()
+            };
+            let (dx, dw, _) = r::norm_backward(&x, &w, &dy, c, 1e-6, ln);
+            let h = 1e-2f32;
+            for i in 0..x.len() {
+                let (mut xp, mut xm) = (x.clone(), x.clone());
+                xp[i] += h;
+                xm[i] -= h;
+                let num = (loss(&xp, &w) - loss(&xm, &w)) / (2.0 * h as f64);
+                assert!((num - dx[i] as f64).abs() < 2e-3, "ln={ln} dx[{i}]: {} vs {num}", dx[i]);
+            }
+            for i in 0..c {
+                let (mut wp, mut wm) = (w.clone(), w.clone());
+                wp[i] += h;
+                wm[i] -= h;
+                let num = (loss(&x, &wp) - loss(&x, &wm)) / (2.0 * h as f64);
+                assert!((num - dw[i] as f64).abs() < 2e-3, "ln={ln} dw[{i}]: {} vs {num}", dw[i]);
+            }
+        }
+    }
+
+    #[test]
+    fn weight_shape_error_names_it() {
+        let dev = device();
+        let x = random_tensor(&dev, &[2, 8], DType::F32, 1, 1.0);
+        let w = random_tensor(&dev, &[4], DType::F32, 2, 1.0);
+        let e = super::rms_norm(&x, &w, 1e-6).unwrap_err().to_string();
+        assert!(e.contains("rms_norm: weight") && e.contains("[8]") && e.contains("[4]"), "{e}");
+    }
+}
