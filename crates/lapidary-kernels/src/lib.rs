@@ -30,6 +30,7 @@
 
 #[macro_use]
 mod dispatch;
+pub mod attention;
 pub mod elementwise;
 pub mod matmul;
 pub mod norm;
