@@ -35,6 +35,7 @@ pub mod elementwise;
 pub mod matmul;
 pub mod norm;
 pub mod reduce;
+pub mod rope;
 
 pub use lapidary_core::{DType, Device, Error, Result, Tensor};
 
