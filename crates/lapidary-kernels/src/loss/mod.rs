@@ -1,0 +1,168 @@
+//! Token cross-entropy over a vocabulary with ignore index -100, computed in f32 from f32 / bf16 /
+//! f16 logits, forward and backward. The loss is returned as a sum with the count of counted
+//! tokens, so a caller can normalize by the count of one batch or of several (gradient
+//! accumulation divides by the total label count, not a mean of means).
+
+pub mod reference;
+
+use cubecl::prelude::*;
+use lapidary_core::{DType, Error, Result, Tensor, launch};
+
+/// Labels with this value are not counted.
+pub const IGNORE_INDEX: i64 = -100;
+
+#[cube(launch_unchecked)]
+fn ce_forward_kernel<F: Float>(logits: &[F], labels: &[f32], loss: &mut [f32], lse: &mut [f32], rows: usize, vocab: usize) {
+    let stride = CUBE_DIM as usize * CUBE_COUNT;
+    let mut r = ABSOLUTE_POS;
+    while r < rows {
+        let base = r * vocab;
+        let mut mx = f32::new(-3.0e38);
+        for j in 0..vocab {
+            mx = max(mx, f32::cast_from(logits[base + j]));
+        }
+        let mut s = 0.0f32;
+        for j in 0..vocab {
+            s += f32::exp(f32::cast_from(logits[base + j]) - mx);
+        }
+        let l = mx + f32::ln(s);
+        lse[r] = l;
+        let label = labels[r];
+        let mut v = 0.0f32;
+        if label >= 0.0 {
+            v = l - f32::cast_from(logits[base + u32::cast_from(label) as usize]);
+        }
+        loss[r] = v;
+        r += stride;
+    }
+}
+
+#[cube(launch_unchecked)]
+fn ce_backward_kernel<F: Float>(logits: &[F], labels: &[f32], lse: &[f32], dlogits: &mut [F], vocab: usize, scale: f32) {
+    let stride = CUBE_DIM as usize * CUBE_COUNT;
+    let mut i = ABSOLUTE_POS;
+    while i < logits.len() {
+        let r = i / vocab;
+        let j = i % vocab;
+        let label = labels[r];
+        let mut g = 0.0f32;
+        if label >= 0.0 {
+            let p = f32::exp(f32::cast_from(logits[i]) - lse[r]);
+            let mut hit = 0.0f32;
+            if u32::cast_from(label) as usize == j {
+                hit = 1.0;
+            }
+            g = (p - hit) * scale;
+        }
+        dlogits[i] = F::cast_from(g);
+        i += stride;
+    }
+}
+
+/// The forward result: summed loss, the number of counted tokens, and what the backward needs.
+#[derive(Debug, Clone)]
+pub struct CrossEntropy {
+    /// Sum of per-token losses, f32 `[1]`.
+    pub loss_sum: Tensor,
+    /// Per-token loss, f32 `[N]` (0 for ignored tokens).
+    pub per_token: Tensor,
+    /// Number of tokens whose label is not [`IGNORE_INDEX`].
+    pub count: usize,
+    /// Log-sum-exp per row, f32 `[N]`.
+    pub lse: Tensor,
+    /// Labels as uploaded, f32 `[N]`.
+    pub labels: Tensor,
+}
+
+/// Cross-entropy of `logits: [N, V]` against `labels` (N values in `0..V` or -100).
+pub fn cross_entropy(logits: &Tensor, labels: &[i64]) -> Result<CrossEntropy> {
+    if logits.rank() != 2 {
+        return Err(Error::shape("cross_entropy: logits", "[N, V]", logits.shape()));
+    }
+    let (rows, vocab) = (logits.dim(0), logits.dim(1));
+    if labels.len() != rows {
+        return Err(Error::invalid(format!("cross_entropy: {} labels for {rows} rows of logits", labels.len())));
+    }
+    if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| l != IGNORE_INDEX && (l < 0 || l as usize >= vocab)) {
+        return Err(Error::invalid(format!("cross_entropy: label {l} at position {i} is outside the vocabulary 0..{vocab} (and not -100)")));
+    }
+    let count = labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
+    let dev = logits.device();
+    let lab: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+    let labels_t = Tensor::from_f32(dev, &lab, &[rows], DType::F32)?;
+    let per_token = Tensor::uninit(dev, &[rows], DType::F32)?;
+    let lse = Tensor::uninit(dev, &[rows], DType::F32)?;
+    let (count_c, dim) = launch::grid_1d(dev, rows);
+    dispatch_float!(logits.dtype(), F => unsafe {
+        ce_forward_kernel::launch_unchecked::<F>(
+            dev.client(), count_c, dim,
+            BufferArg::from_raw_parts(logits.handle().clone(), logits.numel()),
+            BufferArg::from_raw_parts(labels_t.handle().clone(), rows),
+            BufferArg::from_raw_parts(per_token.handle().clone(), rows),
+            BufferArg::from_raw_parts(lse.handle().clone(), rows),
+            rows, vocab,
+        )
+    });
+    let loss_sum = crate::reduce::sum_last(&per_token)?;
+    Ok(CrossEntropy { loss_sum, per_token, count, lse, labels: labels_t })
+}
+
+/// Gradient of `scale * loss_sum` with respect to the logits: `(softmax - onehot) * scale` on
+/// counted rows, 0 on ignored ones. For a mean over this batch pass `scale = 1 / count`; under
+/// gradient accumulation, `1 / total count`.
+pub fn cross_entropy_backward(logits: &Tensor, ce: &CrossEntropy, scale: f32) -> Result<Tensor> {
+    let dev = logits.device();
+    let vocab = logits.dim(-1);
+    let d = Tensor::uninit(dev, logits.shape(), logits.dtype())?;
+    let (count, dim) = launch::grid_1d(dev, logits.numel());
+    dispatch_float!(logits.dtype(), F => unsafe {
+        ce_backward_kernel::launch_unchecked::<F>(
+            dev.client(), count, dim,
+            BufferArg::from_raw_parts(logits.handle().clone(), logits.numel()),
+            BufferArg::from_raw_parts(ce.labels.handle().clone(), ce.labels.numel()),
+            BufferArg::from_raw_parts(ce.lse.handle().clone(), ce.lse.numel()),
+            BufferArg::from_raw_parts(d.handle().clone(), logits.numel()),
+            vocab, scale,
+        )
+    });
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reference as r;
+    use crate::test_util::*;
+    use lapidary_core::DType;
+    use lapidary_testkit::Tol;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn cross_entropy_matches_reference(rows in 1usize..20, vocab in 2usize..90, dt in dtype_strategy(), seed in any::<u64>()) {
+            let dev = device();
+            let logits = random_tensor(&dev, &[rows, vocab], dt, seed, 4.0);
+            let lh = logits.to_f32_vec().unwrap();
+            let labels: Vec<i64> = lapidary_testkit::random_values(rows, seed ^ 5, 1.0).iter().enumerate()
+                .map(|(i, u)| if i % 3 == 1 { -100 } else { (((u + 1.0) / 2.0) * vocab as f32) as i64 % vocab as i64 }).collect();
+            let ce = super::cross_entropy(&logits, &labels).unwrap();
+            let (want_sum, want_count, want_grad) = r::cross_entropy(&lh, &labels, vocab);
+            prop_assert_eq!(ce.count, want_count);
+            assert_close("ce loss sum", &ce.loss_sum.to_f32_vec().unwrap(), &[want_sum], Tol { abs: 1e-4 * rows as f64, rel: 1e-5 });
+            let scale = 1.0 / want_count.max(1) as f32;
+            let g = super::cross_entropy_backward(&logits, &ce, scale).unwrap();
+            let want: Vec<f32> = want_grad.iter().map(|v| v * scale).collect();
+            assert_close("ce dlogits", &g.to_f32_vec().unwrap(), &want, Tol { abs: dt.tol().abs * 0.1, rel: dt.tol().rel });
+        }
+    }
+
+    #[test]
+    fn bad_labels_are_clear_errors() {
+        let dev = device();
+        let logits = random_tensor(&dev, &[2, 5], DType::F32, 1, 1.0);
+        let e = super::cross_entropy(&logits, &[1, 5]).unwrap_err().to_string();
+        assert!(e.contains("label 5 at position 1") && e.contains("0..5"), "{e}");
+        let e = super::cross_entropy(&logits, &[1]).unwrap_err().to_string();
+        assert!(e.contains("1 labels for 2 rows"), "{e}");
+    }
+}
