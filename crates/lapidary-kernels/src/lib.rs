@@ -32,6 +32,7 @@
 mod dispatch;
 pub mod attention;
 pub mod elementwise;
+pub mod gather;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
