@@ -36,6 +36,7 @@ pub mod gather;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod reduce;
 pub mod rope;
 
