@@ -1,49 +1,134 @@
 //! Kernel benchmarks (criterion), run by `cargo xtask bench`, which prints the table.
 //! Convention: throughput in elements counts floating-point operations, in bytes counts bytes
-//! moved. Where a peer exists on this machine it is measured in the same run.
+//! moved. Where a peer exists on this machine it is measured in the same run: the `gemm` crate
+//! (f32, the fastest CPU GEMM in Rust) next to the matmul kernel.
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use lapidary::core::{DType, Device, Tensor};
-use lapidary::kernels::elementwise;
+use lapidary::kernels::{attention, elementwise, loss, matmul, norm};
+use std::time::Duration;
 
 fn device() -> Device {
     Device::from_env().expect("a device")
 }
 
-fn values(n: usize) -> Vec<f32> {
-    (0..n).map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * 6.0).collect()
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0).collect()
 }
 
-fn bench_gelu(c: &mut Criterion) {
+fn sizes() -> Vec<usize> {
+    match std::env::var("LAPIDARY_BENCH_MATMUL") {
+        Ok(s) => s.split(',').filter_map(|v| v.trim().parse().ok()).collect(),
+        Err(_) => vec![256, 512, 1024, 2048],
+    }
+}
+
+fn bench_matmul(c: &mut Criterion) {
     let dev = device();
-    let mut g = c.benchmark_group(format!("gelu_tanh/{dev}"));
-    for dtype in [DType::F32, DType::BF16] {
-        let n = 1 << 22;
-        let x = Tensor::from_f32(&dev, &values(n), &[n], dtype).unwrap();
-        let dy = Tensor::from_f32(&dev, &values(n), &[n], dtype).unwrap();
-        g.throughput(Throughput::Bytes((2 * n * dtype.size()) as u64));
-        g.bench_function(format!("forward/{dtype}/{n}"), |b| {
-            b.iter(|| {
-                let y = elementwise::gelu_tanh(&x).unwrap();
-                dev.sync().unwrap();
-                y
-            })
-        });
-        g.throughput(Throughput::Bytes((3 * n * dtype.size()) as u64));
-        g.bench_function(format!("backward/{dtype}/{n}"), |b| {
-            b.iter(|| {
-                let y = elementwise::gelu_tanh_backward(&x, &dy).unwrap();
-                dev.sync().unwrap();
-                y
+    let mut g = c.benchmark_group(format!("matmul/{dev}"));
+    for s in sizes() {
+        g.throughput(Throughput::Elements(2 * (s * s * s) as u64));
+        if s >= 1024 {
+            g.sample_size(10);
+        }
+        let a = values(s * s, 1);
+        let b = values(s * s, 2);
+        for dtype in [DType::F32, DType::BF16] {
+            let ta = Tensor::from_f32(&dev, &a, &[s, s], dtype).unwrap();
+            let tb = Tensor::from_f32(&dev, &b, &[s, s], dtype).unwrap();
+            g.bench_with_input(BenchmarkId::new(format!("lapidary-{dtype}"), s), &s, |bch, _| {
+                bch.iter(|| {
+                    let c = matmul::matmul(&ta, &tb, None, false, false).unwrap();
+                    dev.sync().unwrap();
+                    c
+                })
+            });
+        }
+        let mut out = vec![0f32; s * s];
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        g.bench_with_input(BenchmarkId::new("gemm-crate-F32", s), &s, |bch, _| {
+            bch.iter(|| unsafe {
+                gemm::gemm(
+                    s, s, s, out.as_mut_ptr(), 1, s as isize, false, a.as_ptr(), 1, s as isize, b.as_ptr(), 1, s as isize,
+                    0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(threads),
+                )
             })
         });
     }
     g.finish();
 }
 
+fn bench_attention(c: &mut Criterion) {
+    let dev = device();
+    let mut g = c.benchmark_group(format!("attention/{dev}"));
+    // One Gemma-3-270M-like layer: 4 query heads, 1 kv head, head dim 256, 512 tokens, causal.
+    let (b, h, hkv, t, d) = (1, 4, 1, 512, 256);
+    let q = Tensor::from_f32(&dev, &values(b * h * t * d, 3), &[b, h, t, d], DType::F32).unwrap();
+    let k = Tensor::from_f32(&dev, &values(b * hkv * t * d, 4), &[b, hkv, t, d], DType::F32).unwrap();
+    let v = Tensor::from_f32(&dev, &values(b * hkv * t * d, 5), &[b, hkv, t, d], DType::F32).unwrap();
+    let mask = attention::AttentionMask::causal();
+    g.throughput(Throughput::Elements((4 * b * h * t * t * d) as u64));
+    g.bench_function(format!("forward/F32/h{h}-kv{hkv}-t{t}-d{d}"), |bch| {
+        bch.iter(|| {
+            let o = attention::attention(&q, &k, &v, 0.0625, &mask).unwrap();
+            dev.sync().unwrap();
+            o
+        })
+    });
+    let scores = Tensor::from_f32(&dev, &values(b * h * t * t, 6), &[b, h, t, t], DType::F32).unwrap();
+    g.throughput(Throughput::Bytes((2 * scores.size_bytes()) as u64));
+    g.bench_function(format!("masked_softmax/F32/{h}x{t}x{t}"), |bch| {
+        bch.iter(|| {
+            let p = attention::masked_softmax(&scores, 0.0625, &attention::AttentionMask::sliding(128)).unwrap();
+            dev.sync().unwrap();
+            p
+        })
+    });
+    g.finish();
+}
+
+fn bench_norm_loss(c: &mut Criterion) {
+    let dev = device();
+    let mut g = c.benchmark_group(format!("norm-loss/{dev}"));
+    let (rows, cols) = (2048, 640);
+    for dtype in [DType::F32, DType::BF16] {
+        let x = Tensor::from_f32(&dev, &values(rows * cols, 7), &[rows, cols], dtype).unwrap();
+        let w = Tensor::from_f32(&dev, &values(cols, 8), &[cols], dtype).unwrap();
+        g.throughput(Throughput::Bytes((2 * x.size_bytes()) as u64));
+        g.bench_function(format!("rms_norm/{dtype}/{rows}x{cols}"), |bch| {
+            bch.iter(|| {
+                let y = norm::rms_norm(&x, &w, 1e-6).unwrap();
+                dev.sync().unwrap();
+                y
+            })
+        });
+    }
+    let (n, vocab) = (256, 32_768);
+    let logits = Tensor::from_f32(&dev, &values(n * vocab, 9), &[n, vocab], DType::F32).unwrap();
+    let labels: Vec<i64> = (0..n as i64).map(|i| (i * 7919) % vocab as i64).collect();
+    g.throughput(Throughput::Bytes(logits.size_bytes() as u64));
+    g.bench_function(format!("cross_entropy/F32/{n}x{vocab}"), |bch| {
+        bch.iter(|| {
+            let ce = loss::cross_entropy(&logits, &labels).unwrap();
+            dev.sync().unwrap();
+            ce
+        })
+    });
+    let x = Tensor::from_f32(&dev, &values(1 << 22, 10), &[1 << 22], DType::F32).unwrap();
+    g.throughput(Throughput::Bytes((2 * x.size_bytes()) as u64));
+    g.bench_function("gelu_tanh/F32/4M", |bch| {
+        bch.iter(|| {
+            let y = elementwise::gelu_tanh(&x).unwrap();
+            dev.sync().unwrap();
+            y
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
-    targets = bench_gelu
+    config = Criterion::default().sample_size(15).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    targets = bench_matmul, bench_attention, bench_norm_loss
 }
 criterion_main!(benches);

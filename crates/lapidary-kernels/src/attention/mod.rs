@@ -3,6 +3,20 @@
 //! `O = softmax(scale · Q·Kᵀ, mask) · V`, built from matmul, the masked softmax and repeat_kv;
 //! the backward keeps the probabilities from the forward. Memory is O(T·S) per head: a fused
 //! (flash) kernel belongs beside this one, tested against it.
+//!
+//! ```
+//! use lapidary_core::{Device, DType, Tensor};
+//! use lapidary_kernels::attention::{attention, attention_backward, AttentionMask};
+//! let dev = Device::cpu().unwrap();
+//! // 1 batch, 2 query heads sharing 1 kv head, 3 tokens, head dim 2, causal.
+//! let q = Tensor::from_f32(&dev, &[0.1; 12], &[1, 2, 3, 2], DType::F32).unwrap();
+//! let kv = Tensor::from_f32(&dev, &[1., 0., 0., 1., 1., 1.], &[1, 1, 3, 2], DType::F32).unwrap();
+//! let (out, saved) = attention(&q, &kv, &kv, 0.5, &AttentionMask::causal()).unwrap();
+//! // The first token sees only itself.
+//! assert_eq!(&out.to_f32_vec().unwrap()[..2], &[1.0, 0.0]);
+//! let g = attention_backward(&q, &saved, &out, 0.5).unwrap();
+//! assert_eq!(g.k.shape(), &[1, 1, 3, 2]);
+//! ```
 
 mod mask;
 pub mod reference;

@@ -3,6 +3,17 @@
 //! the patch extraction of a non-overlapping convolution (im2col) and the projector's 2-D average
 //! pool. Indices come from the host (token ids and image positions are known there), so the
 //! scatter-add is grouped by index on the host and needs no atomics.
+//!
+//! ```
+//! use lapidary_core::{Device, DType, Tensor};
+//! use lapidary_kernels::gather;
+//! let dev = Device::cpu().unwrap();
+//! let table = Tensor::from_f32(&dev, &[1., 2., 3., 4., 5., 6.], &[3, 2], DType::F32).unwrap();
+//! let e = gather::gather_rows(&table, &[2, 0, 2]).unwrap();
+//! assert_eq!(e.to_f32_vec().unwrap(), vec![5., 6., 1., 2., 5., 6.]);
+//! let g = gather::gather_rows_backward(&e, &[2, 0, 2], 3).unwrap();
+//! assert_eq!(g.to_f32_vec().unwrap(), vec![1., 2., 0., 0., 10., 12.]);
+//! ```
 
 mod patches;
 pub mod reference;

@@ -2,6 +2,19 @@
 //! f16 logits, forward and backward. The loss is returned as a sum with the count of counted
 //! tokens, so a caller can normalize by the count of one batch or of several (gradient
 //! accumulation divides by the total label count, not a mean of means).
+//!
+//! ```
+//! use lapidary_core::{Device, DType, Tensor};
+//! use lapidary_kernels::loss;
+//! let dev = Device::cpu().unwrap();
+//! let logits = Tensor::from_f32(&dev, &[0., 0., 5., 1.], &[2, 2], DType::F32).unwrap();
+//! let ce = loss::cross_entropy(&logits, &[1, -100]).unwrap();
+//! assert_eq!(ce.count, 1);
+//! let l = ce.loss_sum.to_f32_vec().unwrap()[0];
+//! assert!((l - 2f32.ln()).abs() < 1e-6);
+//! let d = loss::cross_entropy_backward(&logits, &ce, 1.0 / ce.count as f32).unwrap();
+//! assert_eq!(d.to_f32_vec().unwrap(), vec![0.5, -0.5, 0.0, 0.0]);
+//! ```
 
 pub mod reference;
 

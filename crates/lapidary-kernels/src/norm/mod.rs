@@ -3,6 +3,19 @@
 //! SigLIP's LayerNorm `(x - mean) * rstd * w + b`. Statistics in f32. Each unit owns whole rows;
 //! the weight gradients are a second, column-parallel pass (deterministic, no atomics), reading
 //! the per-row statistics the backward recomputes.
+//!
+//! ```
+//! use lapidary_core::{Device, DType, Tensor};
+//! use lapidary_kernels::norm;
+//! let dev = Device::cpu().unwrap();
+//! let x = Tensor::from_f32(&dev, &[3., 4.], &[1, 2], DType::F32).unwrap();
+//! let w = Tensor::from_f32(&dev, &[0., 1.], &[2], DType::F32).unwrap(); // Gemma: scale 1 + w
+//! let y = norm::rms_norm(&x, &w, 0.0).unwrap().to_f32_vec().unwrap();
+//! let r = (12.5f32).sqrt(); // rms of [3, 4]
+//! assert!((y[0] - 3. / r).abs() < 1e-6 && (y[1] - 8. / r).abs() < 1e-6);
+//! let g = norm::rms_norm_backward(&x, &w, &Tensor::full(&dev, &[1, 2], 1.0, DType::F32).unwrap(), 0.0).unwrap();
+//! assert_eq!(g.x.shape(), &[1, 2]);
+//! ```
 
 pub mod reference;
 

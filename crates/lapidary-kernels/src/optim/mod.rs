@@ -2,6 +2,18 @@
 //! decay, bias-corrected moments, eps added after the square root), updating the parameter and
 //! its f32 moment buffers in place. Not the optimizer's bookkeeping (steps, schedules, groups):
 //! that is `lapidary-train`'s.
+//!
+//! ```
+//! use lapidary_core::{Device, DType, Tensor};
+//! use lapidary_kernels::optim::{adamw_step, AdamWStep};
+//! let dev = Device::cpu().unwrap();
+//! let p = Tensor::from_f32(&dev, &[1.0, -1.0], &[2], DType::F32).unwrap();
+//! let g = Tensor::from_f32(&dev, &[0.5, -0.5], &[2], DType::F32).unwrap();
+//! let (m, v) = (Tensor::zeros(&dev, &[2], DType::F32).unwrap(), Tensor::zeros(&dev, &[2], DType::F32).unwrap());
+//! adamw_step(&p, &g, &m, &v, AdamWStep { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step: 1 }).unwrap();
+//! let p = p.to_f32_vec().unwrap();
+//! assert!((p[0] - 0.9).abs() < 1e-6 && (p[1] + 0.9).abs() < 1e-6);
+//! ```
 
 pub mod reference;
 

@@ -2,6 +2,16 @@
 //! and the global sum of squares (gradient-norm clipping). Accumulation in f32; each unit owns
 //! whole outputs, so results are deterministic (no atomics). Not for softmax or norms, which
 //! fuse their own reductions.
+//!
+//! ```
+//! use lapidary_core::{Device, DType, Tensor};
+//! use lapidary_kernels::reduce;
+//! let dev = Device::cpu().unwrap();
+//! let x = Tensor::from_f32(&dev, &[1., 2., 3., 4.], &[2, 2], DType::F32).unwrap();
+//! assert_eq!(reduce::sum_rows(&x).unwrap().to_f32_vec().unwrap(), vec![4., 6.]);
+//! assert_eq!(reduce::sum_last(&x).unwrap().to_f32_vec().unwrap(), vec![3., 7.]);
+//! assert_eq!(reduce::sum_sq(&x).unwrap().to_f32_vec().unwrap(), vec![30.]);
+//! ```
 
 pub mod reference;
 

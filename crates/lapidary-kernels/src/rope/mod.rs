@@ -1,6 +1,19 @@
 //! Rotary position embedding (rotate-half, as HF's `apply_rotary_pos_emb`), forward and backward,
 //! applied to q or k laid out `[B, H, T, D]`, and the host builder of its cos/sin tables (f32,
 //! per-layer base, linear scaling). Not the choice of base per layer: the model decides that.
+//!
+//! ```
+//! use lapidary_core::{Device, DType, Tensor};
+//! use lapidary_kernels::rope;
+//! let dev = Device::cpu().unwrap();
+//! let (cos, sin) = rope::tables(&[0, 1], 2, 10_000.0, 1.0);
+//! let cos = Tensor::from_f32(&dev, &cos, &[1, 2, 2], DType::F32).unwrap();
+//! let sin = Tensor::from_f32(&dev, &sin, &[1, 2, 2], DType::F32).unwrap();
+//! let x = Tensor::from_f32(&dev, &[1., 0., 1., 0.], &[1, 1, 2, 2], DType::F32).unwrap();
+//! let y = rope::rope(&x, &cos, &sin).unwrap().to_f32_vec().unwrap();
+//! // Position 0 is unrotated; position 1 rotates (1, 0) by 1 radian.
+//! assert!((y[0] - 1.).abs() < 1e-6 && (y[2] - 1f32.cos()).abs() < 1e-6 && (y[3] - 1f32.sin()).abs() < 1e-6);
+//! ```
 
 pub mod reference;
 
