@@ -1,5 +1,41 @@
-//! lapidary-autograd: the reverse-mode tape every lapidary model and adapter runs on: trainable
-//! and frozen leaves, a gradient store, a no-grad scope, checkpointed segments that take their
-//! trainable parameters as explicit inputs, and a gradient-flow report after every backward.
+//! lapidary-autograd: the reverse-mode tape every lapidary model and adapter runs on.
 //!
-//! Not built yet: this crate is an empty library until the tape lands.
+//! - [`Tape`] records ops on [`Var`]s whose inputs require a gradient; leaves are explicitly
+//!   trainable or frozen ([`Tape::param`]), and frozen leaves never get a gradient buffer.
+//! - [`Tape::backward`] walks the tape in reverse, frees each intermediate gradient once used,
+//!   and returns a [`GradStore`] with a [`GradReport`]: for every trainable leaf, by name, whether
+//!   it got a gradient, whether it is finite, and its norm. A trainable leaf without a finite
+//!   gradient is an error naming it, unless explicitly allowed.
+//! - [`checkpoint`] runs a segment without keeping its activations and recomputes it during
+//!   backward. The segment receives the trainable parameters it uses as explicit inputs, so their
+//!   gradients never depend on whether its activation input requires a gradient (the case in
+//!   which reentrant checkpointing silently drops every vision-adapter gradient).
+//! - [`ops`] wraps the kernels of `lapidary-kernels` as differentiable ops. This crate launches
+//!   nothing itself.
+//!
+//! ```
+//! use lapidary_autograd::{ops, Tape, Trainable};
+//! use lapidary_core::{Device, DType, Tensor};
+//!
+//! let dev = Device::cpu().unwrap();
+//! let tape = Tape::new();
+//! let x = tape.input(Tensor::from_f32(&dev, &[1., 2., 3., 4.], &[2, 2], DType::F32).unwrap());
+//! let w = tape.param("w", Tensor::from_f32(&dev, &[0.5, -1., 1., 2.], &[2, 2], DType::F32).unwrap(), Trainable::Yes);
+//! let frozen = tape.param("frozen", Tensor::from_f32(&dev, &[1., 1.], &[2], DType::F32).unwrap(), Trainable::No);
+//! let y = ops::add(&ops::matmul(&x, &w, None, false, false).unwrap(), &frozen).unwrap();
+//! let loss = ops::sum_all(&y).unwrap();
+//! let (grads, report) = tape.backward(&loss).unwrap();
+//! // d sum(x·w) / dw = xᵀ · 1
+//! assert_eq!(grads.get(&w).unwrap().to_f32_vec().unwrap(), vec![4., 4., 6., 6.]);
+//! assert!(grads.get(&frozen).is_none());
+//! assert_eq!(report.rows.len(), 1);
+//! ```
+
+mod checkpoint;
+mod grad;
+pub mod ops;
+mod tape;
+
+pub use checkpoint::checkpoint;
+pub use grad::{BackwardOptions, GradReport, GradStore, LeafReport};
+pub use tape::{NoGradGuard, Tape, Trainable, Var, VarId};

@@ -1,0 +1,38 @@
+//! Matmul and the shape ops around it (reshape, transpose of the last two dims).
+
+use super::upstream;
+use crate::{Var, tape::BackwardFn};
+use lapidary_core::Result;
+use lapidary_kernels::matmul as mm;
+
+/// `op(a) · op(b) (+ bias)`; see `lapidary_kernels::matmul::matmul` for the layouts.
+pub fn matmul(a: &Var, b: &Var, bias: Option<&Var>, trans_a: bool, trans_b: bool) -> Result<Var> {
+    let out = mm::matmul(a.value(), b.value(), bias.map(Var::value), trans_a, trans_b)?;
+    let (av, bv) = (a.value().clone(), b.value().clone());
+    let has_bias = bias.is_some();
+    let backward: BackwardFn = Box::new(move |outs, needs| {
+        let need_bias = has_bias && needs[2];
+        let g = mm::matmul_backward(&av, &bv, &upstream(outs), trans_a, trans_b, needs[0], needs[1], need_bias)?;
+        let mut v = vec![g.a, g.b];
+        if has_bias {
+            v.push(g.bias);
+        }
+        Ok(v)
+    });
+    let mut inputs = vec![a, b];
+    inputs.extend(bias);
+    a.tape().record1(&inputs, out, backward)
+}
+
+/// The same values with another shape.
+pub fn reshape(x: &Var, shape: &[usize]) -> Result<Var> {
+    let out = x.value().reshape(shape)?;
+    let orig = x.shape().to_vec();
+    x.tape().record1(&[x], out, Box::new(move |outs, _| Ok(vec![Some(upstream(outs).reshape(&orig)?)])))
+}
+
+/// Swaps the last two dims.
+pub fn transpose(x: &Var) -> Result<Var> {
+    let out = mm::transpose(x.value())?;
+    x.tape().record1(&[x], out, Box::new(move |outs, _| Ok(vec![Some(mm::transpose(&upstream(outs))?)])))
+}
