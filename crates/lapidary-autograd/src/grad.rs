@@ -3,7 +3,7 @@
 //! leaves never appear in the store. Not the ops' own backward formulas (see `ops`).
 
 use crate::tape::{Tape, Var, VarId};
-use lapidary_core::{DType, Error, Result, Tensor};
+use lapidary_core::{Error, Result, Tensor};
 use lapidary_kernels::{elementwise, gather, reduce};
 use std::collections::HashMap;
 use std::fmt;
@@ -198,9 +198,4 @@ fn accumulate(grads: &mut HashMap<VarId, Tensor>, id: VarId, g: Tensor) -> Resul
     };
     grads.insert(id, g);
     Ok(())
-}
-
-/// A `[1]` f32 tensor holding `v`.
-pub(crate) fn scalar(dev: &lapidary_core::Device, v: f32) -> Result<Tensor> {
-    Tensor::from_f32(dev, &[v], &[1], DType::F32)
 }

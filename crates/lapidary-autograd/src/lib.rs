@@ -39,3 +39,6 @@ mod tape;
 pub use checkpoint::checkpoint;
 pub use grad::{BackwardOptions, GradReport, GradStore, LeafReport};
 pub use tape::{NoGradGuard, Tape, Trainable, Var, VarId};
+
+#[cfg(test)]
+mod tests;
