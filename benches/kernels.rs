@@ -13,7 +13,11 @@ fn device() -> Device {
 }
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
-    (0..n).map(|i| (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0).collect()
+    (0..n)
+        .map(|i| {
+            (((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0
+        })
+        .collect()
 }
 
 fn sizes() -> Vec<usize> {
@@ -49,8 +53,25 @@ fn bench_matmul(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("gemm-crate-F32", s), &s, |bch, _| {
             bch.iter(|| unsafe {
                 gemm::gemm(
-                    s, s, s, out.as_mut_ptr(), 1, s as isize, false, a.as_ptr(), 1, s as isize, b.as_ptr(), 1, s as isize,
-                    0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(threads),
+                    s,
+                    s,
+                    s,
+                    out.as_mut_ptr(),
+                    1,
+                    s as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    s as isize,
+                    b.as_ptr(),
+                    1,
+                    s as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(threads),
                 )
             })
         });

@@ -13,7 +13,8 @@ use std::process::Command;
 const BUNDLE_DIR: &str = "tracel/tracel-llvm-23.1.0-4";
 const SENTINEL: &str = ".tracel-llvm-installed";
 const LLVM_MAJOR: u32 = 22;
-const PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "libxml2-dev", "build-essential"];
+const PACKAGES: &[&str] =
+    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "libxml2-dev", "build-essential"];
 
 pub fn run() -> Result<(), String> {
     let llvm_config = find_or_install_llvm()?;
@@ -47,7 +48,13 @@ fn find_or_install_llvm() -> Result<PathBuf, String> {
     }
     let prefix = PathBuf::from(format!("/usr/lib/llvm-{LLVM_MAJOR}"));
     let llvm_config = prefix.join("bin/llvm-config");
-    let complete = |p: &Path| p.join("bin/llvm-config").exists() && p.join("lib/libPolly.a").exists() && has_lib("libzstd.so") && has_lib("libz.so") && has_lib("libxml2.so");
+    let complete = |p: &Path| {
+        p.join("bin/llvm-config").exists()
+            && p.join("lib/libPolly.a").exists()
+            && has_lib("libzstd.so")
+            && has_lib("libz.so")
+            && has_lib("libxml2.so")
+    };
     if complete(&prefix) {
         return Ok(llvm_config);
     }
@@ -95,7 +102,8 @@ fn shim_script(target: &Path) -> String {
 #[cfg(unix)]
 fn make_executable(p: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).map_err(|e| format!("chmod {}: {e}", p.display()))
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", p.display()))
 }
 
 #[cfg(not(unix))]

@@ -46,7 +46,13 @@ where
             .iter()
             .zip(need_in)
             .enumerate()
-            .map(|(i, (v, &n))| if n { tape.param(format!("checkpoint input {i}"), v.clone(), Trainable::Yes) } else { tape.input(v.clone()) })
+            .map(|(i, (v, &n))| {
+                if n {
+                    tape.param(format!("checkpoint input {i}"), v.clone(), Trainable::Yes)
+                } else {
+                    tape.input(v.clone())
+                }
+            })
             .collect();
         let ps: Vec<Var> = param_values
             .iter()
@@ -56,11 +62,19 @@ where
             .collect();
         let recomputed = segment(&tape, &ins, &ps)?;
         if recomputed.len() != n_out {
-            return Err(Error::invalid(format!("checkpoint: the segment returned {} outputs on recompute, {n_out} before", recomputed.len())));
+            return Err(Error::invalid(format!(
+                "checkpoint: the segment returned {} outputs on recompute, {n_out} before",
+                recomputed.len()
+            )));
         }
         let seeds: Vec<_> = recomputed.into_iter().zip(outs).filter_map(|(v, g)| g.clone().map(|g| (v, g))).collect();
         let store = tape.backward_seeded(&seeds)?;
-        Ok(ins.iter().chain(&ps).zip(needs).map(|(v, &n)| if n { store.by_id(v.id()).cloned() } else { None }).collect())
+        Ok(ins
+            .iter()
+            .chain(&ps)
+            .zip(needs)
+            .map(|(v, &n)| if n { store.by_id(v.id()).cloned() } else { None })
+            .collect())
     });
     let mut all: Vec<&Var> = inputs.to_vec();
     all.extend_from_slice(params);

@@ -33,7 +33,8 @@ impl GradStore {
 
     /// `(name, gradient)` of every named leaf that got one, sorted by name.
     pub fn named(&self) -> Vec<(&str, &Tensor)> {
-        let mut v: Vec<_> = self.names.iter().filter_map(|(n, id)| self.grads.get(id).map(|g| (n.as_str(), g))).collect();
+        let mut v: Vec<_> =
+            self.names.iter().filter_map(|(n, id)| self.grads.get(id).map(|g| (n.as_str(), g))).collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
         v
     }
@@ -123,7 +124,13 @@ impl Tape {
             .failures()
             .into_iter()
             .filter(|r| r.has_grad || !opts.allow_missing.contains(&r.name))
-            .map(|r| if r.has_grad { format!("{} (non-finite gradient)", r.name) } else { format!("{} (no gradient)", r.name) })
+            .map(|r| {
+                if r.has_grad {
+                    format!("{} (non-finite gradient)", r.name)
+                } else {
+                    format!("{} (no gradient)", r.name)
+                }
+            })
             .collect();
         if !missing.is_empty() || !report.frozen_touched.is_empty() {
             let mut msg = String::from("gradient flow check failed:");

@@ -18,13 +18,16 @@ fn t(v: &[f32], shape: &[usize]) -> Tensor {
 /// Checks `op` on inputs of the given shapes: the tape's gradient of `Σ op(x) · r` (random `r`)
 /// against central differences of the same forward.
 pub(crate) fn fd_check(name: &str, shapes: &[&[usize]], seed: u64, op: &dyn Fn(&[Var]) -> Result<Var>) -> f64 {
-    let inputs: Vec<Vec<f32>> = shapes.iter().enumerate().map(|(i, s)| random_values(s.iter().product(), seed + i as u64, 1.0)).collect();
+    let inputs: Vec<Vec<f32>> =
+        shapes.iter().enumerate().map(|(i, s)| random_values(s.iter().product(), seed + i as u64, 1.0)).collect();
     let loss_of = |vals: &[Vec<f32>], tape: &Tape, trainable: bool| -> Result<(Var, Vec<Var>)> {
         let vars: Vec<Var> = vals
             .iter()
             .zip(shapes)
             .enumerate()
-            .map(|(i, (v, s))| tape.param(format!("{name}.in{i}"), t(v, s), if trainable { Trainable::Yes } else { Trainable::No }))
+            .map(|(i, (v, s))| {
+                tape.param(format!("{name}.in{i}"), t(v, s), if trainable { Trainable::Yes } else { Trainable::No })
+            })
             .collect();
         let y = op(&vars)?;
         let r = tape.input(t(&random_values(y.value().numel(), seed ^ 0xabc, 1.0), y.shape()));
@@ -48,7 +51,12 @@ pub(crate) fn fd_check(name: &str, shapes: &[&[usize]], seed: u64, op: &dyn Fn(&
             1e-2,
         );
         let (excess, at) = worst_excess(&analytic, &numeric, Tol { abs: 5e-3, rel: 1e-2 });
-        assert!(excess <= 1.0, "{name}: input {i} element {at}: tape {} vs finite differences {}", analytic[at], numeric[at]);
+        assert!(
+            excess <= 1.0,
+            "{name}: input {i} element {at}: tape {} vs finite differences {}",
+            analytic[at],
+            numeric[at]
+        );
         worst = worst.max(excess);
     }
     worst
@@ -61,16 +69,35 @@ pub(crate) fn op_cases() -> Vec<(&'static str, Vec<Vec<usize>>, Box<dyn Fn(&[Var
         (t(&c, &[1, 3, 4]), t(&s, &[1, 3, 4]))
     };
     vec![
-        ("matmul", vec![vec![2, 3, 4], vec![5, 4], vec![5]], Box::new(|v: &[Var]| ops::matmul(&v[0], &v[1], Some(&v[2]), false, true))),
-        ("matmul_trans_a", vec![vec![2, 4, 3], vec![2, 4, 5]], Box::new(|v: &[Var]| ops::matmul(&v[0], &v[1], None, true, false))),
+        (
+            "matmul",
+            vec![vec![2, 3, 4], vec![5, 4], vec![5]],
+            Box::new(|v: &[Var]| ops::matmul(&v[0], &v[1], Some(&v[2]), false, true)),
+        ),
+        (
+            "matmul_trans_a",
+            vec![vec![2, 4, 3], vec![2, 4, 5]],
+            Box::new(|v: &[Var]| ops::matmul(&v[0], &v[1], None, true, false)),
+        ),
         ("add_broadcast", vec![vec![3, 4], vec![4]], Box::new(|v: &[Var]| ops::add(&v[0], &v[1]))),
         ("mul_broadcast", vec![vec![3, 4], vec![4]], Box::new(|v: &[Var]| ops::mul(&v[0], &v[1]))),
         ("scale", vec![vec![7]], Box::new(|v: &[Var]| ops::scale(&v[0], -1.5))),
         ("gelu_tanh", vec![vec![9]], Box::new(|v: &[Var]| ops::gelu_tanh(&v[0]))),
         ("geglu", vec![vec![2, 5], vec![2, 5]], Box::new(|v: &[Var]| ops::geglu(&v[0], &v[1]))),
         ("rms_norm", vec![vec![3, 6], vec![6]], Box::new(|v: &[Var]| ops::rms_norm(&v[0], &v[1], 1e-6))),
-        ("layer_norm", vec![vec![3, 6], vec![6], vec![6]], Box::new(|v: &[Var]| ops::layer_norm(&v[0], &v[1], &v[2], 1e-6))),
-        ("rope", vec![vec![1, 2, 3, 4]], Box::new(move |v: &[Var]| { let (c, s) = rope_tabs(); ops::rope(&v[0], &c, &s) })),
+        (
+            "layer_norm",
+            vec![vec![3, 6], vec![6], vec![6]],
+            Box::new(|v: &[Var]| ops::layer_norm(&v[0], &v[1], &v[2], 1e-6)),
+        ),
+        (
+            "rope",
+            vec![vec![1, 2, 3, 4]],
+            Box::new(move |v: &[Var]| {
+                let (c, s) = rope_tabs();
+                ops::rope(&v[0], &c, &s)
+            }),
+        ),
         (
             "attention_gqa_sliding_blocks",
             vec![vec![1, 2, 5, 3], vec![1, 1, 5, 3], vec![1, 1, 5, 3]],

@@ -94,11 +94,7 @@ impl Tensor {
     pub fn reshape(&self, shape: &[usize]) -> Result<Self> {
         let n: usize = shape.iter().product();
         if n != self.numel() {
-            return Err(Error::shape(
-                format!("reshape to {shape:?}"),
-                format!("{} elements", n),
-                &self.shape,
-            ));
+            return Err(Error::shape(format!("reshape to {shape:?}"), format!("{} elements", n), &self.shape));
         }
         Ok(Tensor { shape: shape.to_vec(), ..self.clone() })
     }

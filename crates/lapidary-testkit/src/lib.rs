@@ -77,10 +77,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: Tol) {
 
 /// Largest relative error `|g - w| / max(|w|, floor)` over all elements.
 pub fn max_rel_error(got: &[f32], want: &[f32], floor: f64) -> f64 {
-    got.iter()
-        .zip(want)
-        .map(|(&g, &w)| (g as f64 - w as f64).abs() / (w as f64).abs().max(floor))
-        .fold(0.0, f64::max)
+    got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).abs() / (w as f64).abs().max(floor)).fold(0.0, f64::max)
 }
 
 /// `n` seeded pseudo-random values uniform in [-scale, scale) (splitmix64; same seed, same values).

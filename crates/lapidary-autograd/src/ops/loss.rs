@@ -16,10 +16,14 @@ pub fn cross_entropy(logits: &Var, labels: &[i64], normalizer: Option<f32>) -> R
     }
     let loss = ew::scale(&ce.loss_sum, 1.0 / norm)?;
     let lv = logits.value().clone();
-    logits.tape().record1(&[logits], loss, Box::new(move |outs, _| {
-        let g = upstream(outs).to_f32_vec()?[0];
-        Ok(vec![Some(ls::cross_entropy_backward(&lv, &ce, g / norm)?)])
-    }))
+    logits.tape().record1(
+        &[logits],
+        loss,
+        Box::new(move |outs, _| {
+            let g = upstream(outs).to_f32_vec()?[0];
+            Ok(vec![Some(ls::cross_entropy_backward(&lv, &ce, g / norm)?)])
+        }),
+    )
 }
 
 /// Sum of every element, as a `[1]` value.
@@ -29,8 +33,12 @@ pub fn sum_all(x: &Var) -> Result<Var> {
     let shape = x.shape().to_vec();
     let dtype = x.value().dtype();
     let dev = x.value().device().clone();
-    x.tape().record1(&[x], out, Box::new(move |outs, _| {
-        let zeros = gather::fill(&dev, &[n, 1], 0.0, dtype)?;
-        Ok(vec![Some(ew::add(&zeros, &upstream(outs))?.reshape(&shape)?)])
-    }))
+    x.tape().record1(
+        &[x],
+        out,
+        Box::new(move |outs, _| {
+            let zeros = gather::fill(&dev, &[n, 1], 0.0, dtype)?;
+            Ok(vec![Some(ew::add(&zeros, &upstream(outs))?.reshape(&shape)?)])
+        }),
+    )
 }

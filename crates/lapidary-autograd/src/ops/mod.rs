@@ -13,7 +13,7 @@ pub use index::{avg_pool, gather_rows, im2col, scatter_rows};
 pub use linear::{matmul, reshape, transpose};
 pub use loss::{cross_entropy, sum_all};
 pub use nn::{attention, layer_norm, rms_norm, rope};
-pub use pointwise::{add, gelu_tanh, geglu, mul, scale};
+pub use pointwise::{add, geglu, gelu_tanh, mul, scale};
 
 use lapidary_core::Tensor;
 

@@ -9,20 +9,28 @@ use lapidary_kernels::{attention as at, norm as nm, rope as rp};
 pub fn rms_norm(x: &Var, w: &Var, eps: f32) -> Result<Var> {
     let out = nm::rms_norm(x.value(), w.value(), eps)?;
     let (xv, wv) = (x.value().clone(), w.value().clone());
-    x.tape().record1(&[x, w], out, Box::new(move |outs, needs| {
-        let g = nm::rms_norm_backward(&xv, &wv, &upstream(outs), eps)?;
-        Ok(vec![needs[0].then_some(g.x), needs[1].then_some(g.weight)])
-    }))
+    x.tape().record1(
+        &[x, w],
+        out,
+        Box::new(move |outs, needs| {
+            let g = nm::rms_norm_backward(&xv, &wv, &upstream(outs), eps)?;
+            Ok(vec![needs[0].then_some(g.x), needs[1].then_some(g.weight)])
+        }),
+    )
 }
 
 /// LayerNorm with weight and bias over the last axis.
 pub fn layer_norm(x: &Var, w: &Var, b: &Var, eps: f32) -> Result<Var> {
     let out = nm::layer_norm(x.value(), w.value(), b.value(), eps)?;
     let (xv, wv) = (x.value().clone(), w.value().clone());
-    x.tape().record1(&[x, w, b], out, Box::new(move |outs, needs| {
-        let g = nm::layer_norm_backward(&xv, &wv, &upstream(outs), eps)?;
-        Ok(vec![needs[0].then_some(g.x), needs[1].then_some(g.weight), if needs[2] { g.bias } else { None }])
-    }))
+    x.tape().record1(
+        &[x, w, b],
+        out,
+        Box::new(move |outs, needs| {
+            let g = nm::layer_norm_backward(&xv, &wv, &upstream(outs), eps)?;
+            Ok(vec![needs[0].then_some(g.x), needs[1].then_some(g.weight), if needs[2] { g.bias } else { None }])
+        }),
+    )
 }
 
 /// Rotate-half RoPE of `x: [B, H, T, D]` with constant tables `[1 or B, T, D]`.
@@ -36,8 +44,12 @@ pub fn rope(x: &Var, cos: &Tensor, sin: &Tensor) -> Result<Var> {
 pub fn attention(q: &Var, k: &Var, v: &Var, scale: f32, mask: &at::AttentionMask) -> Result<Var> {
     let (out, saved) = at::attention(q.value(), k.value(), v.value(), scale, mask)?;
     let qv = q.value().clone();
-    q.tape().record1(&[q, k, v], out, Box::new(move |outs, needs| {
-        let g = at::attention_backward(&qv, &saved, &upstream(outs), scale)?;
-        Ok(vec![needs[0].then_some(g.q), needs[1].then_some(g.k), needs[2].then_some(g.v)])
-    }))
+    q.tape().record1(
+        &[q, k, v],
+        out,
+        Box::new(move |outs, needs| {
+            let g = at::attention_backward(&qv, &saved, &upstream(outs), scale)?;
+            Ok(vec![needs[0].then_some(g.q), needs[1].then_some(g.k), needs[2].then_some(g.v)])
+        }),
+    )
 }

@@ -9,23 +9,31 @@ use lapidary_kernels::elementwise as ew;
 pub fn add(a: &Var, b: &Var) -> Result<Var> {
     let out = ew::add(a.value(), b.value())?;
     let b_shape = b.shape().to_vec();
-    a.tape().record1(&[a, b], out, Box::new(move |outs, needs| {
-        let g = upstream(outs);
-        let gb = if needs[1] { Some(ew::sum_to(&g, &b_shape)?) } else { None };
-        Ok(vec![needs[0].then_some(g), gb])
-    }))
+    a.tape().record1(
+        &[a, b],
+        out,
+        Box::new(move |outs, needs| {
+            let g = upstream(outs);
+            let gb = if needs[1] { Some(ew::sum_to(&g, &b_shape)?) } else { None };
+            Ok(vec![needs[0].then_some(g), gb])
+        }),
+    )
 }
 
 /// `a * b`, `b` broadcast over `a`'s leading dims.
 pub fn mul(a: &Var, b: &Var) -> Result<Var> {
     let out = ew::mul(a.value(), b.value())?;
     let (av, bv) = (a.value().clone(), b.value().clone());
-    a.tape().record1(&[a, b], out, Box::new(move |outs, needs| {
-        let g = upstream(outs);
-        let ga = if needs[0] { Some(ew::mul(&g, &bv)?) } else { None };
-        let gb = if needs[1] { Some(ew::sum_to(&ew::mul(&g, &av)?, bv.shape())?) } else { None };
-        Ok(vec![ga, gb])
-    }))
+    a.tape().record1(
+        &[a, b],
+        out,
+        Box::new(move |outs, needs| {
+            let g = upstream(outs);
+            let ga = if needs[0] { Some(ew::mul(&g, &bv)?) } else { None };
+            let gb = if needs[1] { Some(ew::sum_to(&ew::mul(&g, &av)?, bv.shape())?) } else { None };
+            Ok(vec![ga, gb])
+        }),
+    )
 }
 
 /// `s * x`.
@@ -45,8 +53,12 @@ pub fn gelu_tanh(x: &Var) -> Result<Var> {
 pub fn geglu(gate: &Var, up: &Var) -> Result<Var> {
     let out = ew::geglu(gate.value(), up.value())?;
     let (gv, uv) = (gate.value().clone(), up.value().clone());
-    gate.tape().record1(&[gate, up], out, Box::new(move |outs, needs| {
-        let (dg, du) = ew::geglu_backward(&gv, &uv, &upstream(outs))?;
-        Ok(vec![needs[0].then_some(dg), needs[1].then_some(du)])
-    }))
+    gate.tape().record1(
+        &[gate, up],
+        out,
+        Box::new(move |outs, needs| {
+            let (dg, du) = ew::geglu_backward(&gv, &uv, &upstream(outs))?;
+            Ok(vec![needs[0].then_some(dg), needs[1].then_some(du)])
+        }),
+    )
 }

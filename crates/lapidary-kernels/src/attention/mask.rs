@@ -63,7 +63,15 @@ impl AttentionMask {
 
     /// Whether query `q` (absolute) of batch row `b` sees key `k`, given host copies of the
     /// block ids and padding: the reference definition the kernel is tested against.
-    pub fn allows(&self, blocks: Option<&[f32]>, keep: Option<&[f32]>, s_len: usize, b: usize, q: usize, k: usize) -> bool {
+    pub fn allows(
+        &self,
+        blocks: Option<&[f32]>,
+        keep: Option<&[f32]>,
+        s_len: usize,
+        b: usize,
+        q: usize,
+        k: usize,
+    ) -> bool {
         let mut ok = !self.causal || k <= q;
         if let Some(w) = self.window {
             ok &= q < k + w;

@@ -56,7 +56,13 @@ pub struct AttentionGrads {
 
 /// Multi-head attention. `q: [B, H, T, D]`, `k, v: [B, Hkv, S, D]` with `H` a multiple of `Hkv`.
 /// Returns `[B, H, T, D]` and what the backward needs.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32, mask: &AttentionMask) -> Result<(Tensor, AttentionSaved)> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    mask: &AttentionMask,
+) -> Result<(Tensor, AttentionSaved)> {
     if q.rank() != 4 {
         return Err(Error::shape("attention: q", "[B, H, T, D]", q.shape()));
     }

@@ -20,7 +20,15 @@ pub struct Dims {
 }
 
 /// Attention probabilities `[B, H, T, S]` (f64) for host copies of q and k.
-pub fn probs(q: &[f32], k: &[f32], dims: Dims, scale: f32, mask: &AttentionMask, blocks: Option<&[f32]>, keep: Option<&[f32]>) -> Vec<f64> {
+pub fn probs(
+    q: &[f32],
+    k: &[f32],
+    dims: Dims,
+    scale: f32,
+    mask: &AttentionMask,
+    blocks: Option<&[f32]>,
+    keep: Option<&[f32]>,
+) -> Vec<f64> {
     let Dims { b, h, hkv, t, s, d } = dims;
     let g = h / hkv;
     let mut p = vec![0f64; b * h * t * s];
@@ -74,7 +82,15 @@ pub fn forward(p: &[f64], v: &[f32], dims: Dims) -> Vec<f32> {
 }
 
 /// Gradients `(dq, dk, dv)` for upstream `dout`.
-pub fn backward(q: &[f32], k: &[f32], v: &[f32], p: &[f64], dout: &[f32], dims: Dims, scale: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub fn backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    p: &[f64],
+    dout: &[f32],
+    dims: Dims,
+    scale: f32,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let Dims { b, h, hkv, t, s, d } = dims;
     let g = h / hkv;
     let mut dq = vec![0f64; q.len()];

@@ -60,7 +60,11 @@ pub fn repeat_kv_backward(dy: &Tensor, groups: usize) -> Result<Tensor> {
         return Ok(dy.clone());
     }
     if dy.rank() != 4 || dy.dim(1) % groups != 0 {
-        return Err(Error::shape(format!("repeat_kv_backward (groups {groups})"), "[B, Hkv * groups, S, D]", dy.shape()));
+        return Err(Error::shape(
+            format!("repeat_kv_backward (groups {groups})"),
+            "[B, Hkv * groups, S, D]",
+            dy.shape(),
+        ));
     }
     let (b, h, s, d) = (dy.dim(0), dy.dim(1) / groups, dy.dim(2), dy.dim(3));
     let dx = Tensor::uninit(dy.device(), &[b, h, s, d], dy.dtype())?;

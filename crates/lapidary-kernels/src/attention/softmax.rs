@@ -96,7 +96,14 @@ fn softmax_forward_kernel<F: Float>(
 }
 
 #[cube(launch_unchecked)]
-fn softmax_backward_kernel<F: Float>(probs: &[F], dprobs: &[F], dscores: &mut [F], rows: usize, s_len: usize, scale: f32) {
+fn softmax_backward_kernel<F: Float>(
+    probs: &[F],
+    dprobs: &[F],
+    dscores: &mut [F],
+    rows: usize,
+    s_len: usize,
+    scale: f32,
+) {
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let mut r = ABSOLUTE_POS;
     while r < rows {

@@ -9,7 +9,12 @@ use cubecl::prelude::*;
 use lapidary_core::{Error, Result, Tensor, launch};
 
 #[cube(launch_unchecked)]
-fn binary_kernel<F: Float, N: Size>(a: &[Vector<F, N>], b: &[Vector<F, N>], out: &mut [Vector<F, N>], #[comptime] op: u32) {
+fn binary_kernel<F: Float, N: Size>(
+    a: &[Vector<F, N>],
+    b: &[Vector<F, N>],
+    out: &mut [Vector<F, N>],
+    #[comptime] op: u32,
+) {
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let bl = b.len();
     let mut i = ABSOLUTE_POS;
@@ -67,7 +72,11 @@ fn geglu_backward_kernel<F: Float, N: Size>(
 fn check_broadcast(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     let (ra, rb) = (a.rank(), b.rank());
     if rb > ra || a.shape()[ra - rb..] != *b.shape() || b.numel() == 0 {
-        return Err(Error::shape(format!("{op}: b (a is {:?})", a.shape()), format!("a suffix of {:?}", a.shape()), b.shape()));
+        return Err(Error::shape(
+            format!("{op}: b (a is {:?})", a.shape()),
+            format!("a suffix of {:?}", a.shape()),
+            b.shape(),
+        ));
     }
     if a.dtype() != b.dtype() {
         return Err(Error::DType { context: format!("{op}: b"), expected: a.dtype().to_string(), got: b.dtype() });

@@ -15,10 +15,18 @@ use lapidary_core::{Error, Result, Tensor};
 /// An error unless `b` has the shape, dtype and device of `a`.
 pub(crate) fn same_layout(op: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
-        return Err(Error::shape(format!("{op}: second operand"), format!("{:?} (as the first)", a.shape()), b.shape()));
+        return Err(Error::shape(
+            format!("{op}: second operand"),
+            format!("{:?} (as the first)", a.shape()),
+            b.shape(),
+        ));
     }
     if a.dtype() != b.dtype() {
-        return Err(Error::DType { context: format!("{op}: second operand"), expected: a.dtype().to_string(), got: b.dtype() });
+        return Err(Error::DType {
+            context: format!("{op}: second operand"),
+            expected: a.dtype().to_string(),
+            got: b.dtype(),
+        });
     }
     if a.device() != b.device() {
         return Err(Error::Device(format!("{op}: operands on {} and {}", a.device(), b.device())));

@@ -36,7 +36,15 @@ fn gather_rows_kernel<F: Float>(table: &[F], idx: &[u32], out: &mut [F], cols: u
 
 /// `out[idx[seg]] = Σ_{p in seg} src[order[p]]` for each segment of equal indices.
 #[cube(launch_unchecked)]
-fn segment_sum_kernel<F: Float>(src: &[F], order: &[u32], seg_start: &[u32], seg_row: &[u32], out: &mut [F], segments: usize, cols: usize) {
+fn segment_sum_kernel<F: Float>(
+    src: &[F],
+    order: &[u32],
+    seg_start: &[u32],
+    seg_row: &[u32],
+    out: &mut [F],
+    segments: usize,
+    cols: usize,
+) {
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let mut i = ABSOLUTE_POS;
     while i < segments * cols {
@@ -63,7 +71,14 @@ fn fill_kernel<F: Float>(out: &mut [F], value: f32) {
 
 /// `keep` = 1 copies `dst`, otherwise the row comes from `src[src_row]`.
 #[cube(launch_unchecked)]
-fn merge_rows_kernel<F: Float>(dst: &[F], src: &[F], src_row: &[u32], out: &mut [F], cols: usize, #[comptime] zero_instead: bool) {
+fn merge_rows_kernel<F: Float>(
+    dst: &[F],
+    src: &[F],
+    src_row: &[u32],
+    out: &mut [F],
+    cols: usize,
+    #[comptime] zero_instead: bool,
+) {
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let mut i = ABSOLUTE_POS;
     while i < out.len() {
@@ -104,7 +119,9 @@ pub fn gather_rows(table: &Tensor, ids: &[u32]) -> Result<Tensor> {
     }
     let (v, c) = (table.dim(0), table.dim(1));
     if let Some((i, &id)) = ids.iter().enumerate().find(|&(_, &id)| id as usize >= v) {
-        return Err(Error::invalid(format!("gather_rows: index {id} at position {i} is out of range for a table of {v} rows")));
+        return Err(Error::invalid(format!(
+            "gather_rows: index {id} at position {i} is out of range for a table of {v} rows"
+        )));
     }
     let dev = table.device();
     let out = Tensor::uninit(dev, &[ids.len(), c], table.dtype())?;
@@ -152,7 +169,8 @@ pub fn gather_rows_backward(dy: &Tensor, ids: &[u32], rows: usize) -> Result<Ten
     }
     seg_start.push(order.len() as u32);
     let segments = seg_row.len();
-    let (order_t, start_t, row_t) = (upload_u32(dev, &order)?, upload_u32(dev, &seg_start)?, upload_u32(dev, &seg_row)?);
+    let (order_t, start_t, row_t) =
+        (upload_u32(dev, &order)?, upload_u32(dev, &seg_start)?, upload_u32(dev, &seg_row)?);
     let (count, dim) = launch::grid_1d(dev, segments * c);
     dispatch_float!(dy.dtype(), F => unsafe {
         segment_sum_kernel::launch_unchecked::<F>(
@@ -196,7 +214,11 @@ fn merge(op: &str, dst: &Tensor, src: Option<&Tensor>, rows: &[u32]) -> Result<T
             return Err(Error::shape(format!("{op}: src"), format!("[M, {c}]"), s.shape()));
         }
         if s.dtype() != dst.dtype() {
-            return Err(Error::DType { context: format!("{op}: src"), expected: dst.dtype().to_string(), got: s.dtype() });
+            return Err(Error::DType {
+                context: format!("{op}: src"),
+                expected: dst.dtype().to_string(),
+                got: s.dtype(),
+            });
         }
     }
     let map = row_map(op, n, m, rows)?;

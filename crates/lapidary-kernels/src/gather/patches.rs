@@ -8,7 +8,15 @@ use lapidary_core::{Error, Result, Tensor, launch};
 /// Patch layout `[N, P, C*p*p]` with features ordered (channel, ky, kx) like a conv weight
 /// `[out, C, p, p]` flattened; `backward` writes pixels from patches instead.
 #[cube(launch_unchecked)]
-fn im2col_kernel<F: Float>(pixels: &[F], patches: &mut [F], channels: usize, height: usize, width: usize, patch: usize, #[comptime] backward: bool) {
+fn im2col_kernel<F: Float>(
+    pixels: &[F],
+    patches: &mut [F],
+    channels: usize,
+    height: usize,
+    width: usize,
+    patch: usize,
+    #[comptime] backward: bool,
+) {
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let feat = channels * patch * patch;
     let gw = width / patch;
@@ -73,7 +81,11 @@ fn avg_pool_backward_kernel<F: Float>(dy: &[F], dx: &mut [F], side: usize, k: us
 
 fn check_pixels(op: &str, pixels_shape: &[usize], patch: usize) -> Result<()> {
     if pixels_shape.len() != 4 || patch == 0 || pixels_shape[2] % patch != 0 || pixels_shape[3] % patch != 0 {
-        return Err(Error::shape(format!("{op}: pixels (patch {patch})"), format!("[N, C, H, W] with H and W multiples of {patch}"), pixels_shape));
+        return Err(Error::shape(
+            format!("{op}: pixels (patch {patch})"),
+            format!("[N, C, H, W] with H and W multiples of {patch}"),
+            pixels_shape,
+        ));
     }
     Ok(())
 }
@@ -116,7 +128,11 @@ pub fn im2col_backward(dpatches: &Tensor, pixels_shape: &[usize], patch: usize) 
 fn pool_dims(op: &str, x_shape: &[usize], k: usize) -> Result<(usize, usize, usize)> {
     let side = (x_shape.get(1).copied().unwrap_or(0) as f64).sqrt() as usize;
     if x_shape.len() != 3 || side * side != x_shape[1] || k == 0 || side % k != 0 {
-        return Err(Error::shape(format!("{op}: x (kernel {k})"), format!("[B, side², C] with side a multiple of {k}"), x_shape));
+        return Err(Error::shape(
+            format!("{op}: x (kernel {k})"),
+            format!("[B, side², C] with side a multiple of {k}"),
+            x_shape,
+        ));
     }
     Ok((x_shape[0], side, x_shape[2]))
 }

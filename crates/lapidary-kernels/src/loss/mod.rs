@@ -25,7 +25,14 @@ use lapidary_core::{DType, Error, Result, Tensor, launch};
 pub const IGNORE_INDEX: i64 = -100;
 
 #[cube(launch_unchecked)]
-fn ce_forward_kernel<F: Float>(logits: &[F], labels: &[f32], loss: &mut [f32], lse: &mut [f32], rows: usize, vocab: usize) {
+fn ce_forward_kernel<F: Float>(
+    logits: &[F],
+    labels: &[f32],
+    loss: &mut [f32],
+    lse: &mut [f32],
+    rows: usize,
+    vocab: usize,
+) {
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let mut r = ABSOLUTE_POS;
     while r < rows {
@@ -51,7 +58,14 @@ fn ce_forward_kernel<F: Float>(logits: &[F], labels: &[f32], loss: &mut [f32], l
 }
 
 #[cube(launch_unchecked)]
-fn ce_backward_kernel<F: Float>(logits: &[F], labels: &[f32], lse: &[f32], dlogits: &mut [F], vocab: usize, scale: f32) {
+fn ce_backward_kernel<F: Float>(
+    logits: &[F],
+    labels: &[f32],
+    lse: &[f32],
+    dlogits: &mut [F],
+    vocab: usize,
+    scale: f32,
+) {
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let mut i = ABSOLUTE_POS;
     while i < logits.len() {
@@ -96,8 +110,12 @@ pub fn cross_entropy(logits: &Tensor, labels: &[i64]) -> Result<CrossEntropy> {
     if labels.len() != rows {
         return Err(Error::invalid(format!("cross_entropy: {} labels for {rows} rows of logits", labels.len())));
     }
-    if let Some((i, &l)) = labels.iter().enumerate().find(|&(_, &l)| l != IGNORE_INDEX && (l < 0 || l as usize >= vocab)) {
-        return Err(Error::invalid(format!("cross_entropy: label {l} at position {i} is outside the vocabulary 0..{vocab} (and not -100)")));
+    if let Some((i, &l)) =
+        labels.iter().enumerate().find(|&(_, &l)| l != IGNORE_INDEX && (l < 0 || l as usize >= vocab))
+    {
+        return Err(Error::invalid(format!(
+            "cross_entropy: label {l} at position {i} is outside the vocabulary 0..{vocab} (and not -100)"
+        )));
     }
     let count = labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
     let dev = logits.device();

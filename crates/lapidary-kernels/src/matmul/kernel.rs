@@ -1,5 +1,5 @@
 //! The matmul kernel and its entry functions. Register blocking: every unit owns tiles of
-//! 4 rows × 2 vectors of C and walks K with fused multiply-adds in f32; A is read as scalars
+//! 8 rows × 2 vectors of C and walks K with fused multiply-adds in f32; A is read as scalars
 //! (any row/col stride, so a transposed A costs nothing), B and C along N in vectors of the
 //! widest width dividing N. Units step through tiles grid-stride, rows fastest, so one unit's
 //! consecutive tiles reuse the same panel of B from cache.
@@ -8,6 +8,10 @@ use super::transpose;
 use crate::reduce;
 use cubecl::prelude::*;
 use lapidary_core::{Error, Result, Tensor, launch};
+
+/// Super-block of tiles (in 8-row x 2-vector tiles): 64 rows x 16 vectors of C.
+const SB_M: usize = 8;
+const SB_N: usize = 8;
 
 #[cube(launch_unchecked)]
 fn matmul_kernel<F: Float, N: Size>(
@@ -25,91 +29,159 @@ fn matmul_kernel<F: Float, N: Size>(
     b_batch_stride: usize,
     #[comptime] has_bias: bool,
 ) {
-    let tiles_m = (m + 3) / 4;
+    let tiles_m = (m + 7) / 8;
     let tiles_n = (n_vec + 1) / 2;
-    let total = batches * tiles_m * tiles_n;
+    // Tiles are walked in super-blocks of SB_M x SB_N tiles (rows fastest), so a unit's
+    // consecutive tiles share both a block of A rows and a panel of B in cache.
+    let sb_rows = (tiles_m + SB_M - 1) / SB_M;
+    let sb_cols = (tiles_n + SB_N - 1) / SB_N;
+    let per_sb = SB_M * SB_N;
+    let total = batches * sb_rows * sb_cols * per_sb;
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let mut t = ABSOLUTE_POS;
     while t < total {
-        let tm = t % tiles_m;
-        let rest = t / tiles_m;
-        let tn = rest % tiles_n;
-        let bi = rest / tiles_n;
-        let r0 = tm * 4;
-        // Rows and the second vector past the edge are clamped for loads, skipped for stores.
-        let r1 = min(r0 + 1, m - 1);
-        let r2 = min(r0 + 2, m - 1);
-        let r3 = min(r0 + 3, m - 1);
-        let j0 = tn * 2;
-        let j1 = min(j0 + 1, n_vec - 1);
-        let a_base = bi * a_batch_stride;
-        let a0 = a_base + r0 * a_row_stride;
-        let a1 = a_base + r1 * a_row_stride;
-        let a2 = a_base + r2 * a_row_stride;
-        let a3 = a_base + r3 * a_row_stride;
-        let b_base = bi * b_batch_stride;
+        let local = t % per_sb;
+        let sb = t / per_sb;
+        let tm = (sb % sb_rows) * SB_M + local % SB_M;
+        let tn = ((sb / sb_rows) % sb_cols) * SB_N + local / SB_M;
+        let bi = sb / (sb_rows * sb_cols);
+        if tm < tiles_m && tn < tiles_n {
+            let r0 = tm * 8;
+            // Rows and the second vector past the edge are clamped for loads, skipped for stores.
+            let r1 = min(r0 + 1, m - 1);
+            let r2 = min(r0 + 2, m - 1);
+            let r3 = min(r0 + 3, m - 1);
+            let r4 = min(r0 + 4, m - 1);
+            let r5 = min(r0 + 5, m - 1);
+            let r6 = min(r0 + 6, m - 1);
+            let r7 = min(r0 + 7, m - 1);
+            let j0 = tn * 2;
+            let j1 = min(j0 + 1, n_vec - 1);
+            let a_base = bi * a_batch_stride;
+            let a0 = a_base + r0 * a_row_stride;
+            let a1 = a_base + r1 * a_row_stride;
+            let a2 = a_base + r2 * a_row_stride;
+            let a3 = a_base + r3 * a_row_stride;
+            let a4 = a_base + r4 * a_row_stride;
+            let a5 = a_base + r5 * a_row_stride;
+            let a6 = a_base + r6 * a_row_stride;
+            let a7 = a_base + r7 * a_row_stride;
+            let b_base = bi * b_batch_stride;
 
-        let zero = Vector::<f32, N>::new(0.0f32);
-        let mut c00 = zero;
-        let mut c01 = zero;
-        let mut c10 = zero;
-        let mut c11 = zero;
-        let mut c20 = zero;
-        let mut c21 = zero;
-        let mut c30 = zero;
-        let mut c31 = zero;
-        for p in 0..k {
-            let brow = b_base + p * n_vec;
-            let b0 = Vector::<f32, N>::cast_from(b[brow + j0]);
-            let b1 = Vector::<f32, N>::cast_from(b[brow + j1]);
-            let ap = p * a_col_stride;
-            let v0 = Vector::<f32, N>::new(f32::cast_from(a[a0 + ap]));
-            let v1 = Vector::<f32, N>::new(f32::cast_from(a[a1 + ap]));
-            let v2 = Vector::<f32, N>::new(f32::cast_from(a[a2 + ap]));
-            let v3 = Vector::<f32, N>::new(f32::cast_from(a[a3 + ap]));
-            c00 = fma(v0, b0, c00);
-            c01 = fma(v0, b1, c01);
-            c10 = fma(v1, b0, c10);
-            c11 = fma(v1, b1, c11);
-            c20 = fma(v2, b0, c20);
-            c21 = fma(v2, b1, c21);
-            c30 = fma(v3, b0, c30);
-            c31 = fma(v3, b1, c31);
-        }
-        if has_bias {
-            let bias0 = Vector::<f32, N>::cast_from(bias[j0]);
-            let bias1 = Vector::<f32, N>::cast_from(bias[j1]);
-            c00 += bias0;
-            c01 += bias1;
-            c10 += bias0;
-            c11 += bias1;
-            c20 += bias0;
-            c21 += bias1;
-            c30 += bias0;
-            c31 += bias1;
-        }
-        let second = j0 + 1 < n_vec;
-        let out0 = (bi * m + r0) * n_vec + j0;
-        c[out0] = Vector::cast_from(c00);
-        if second {
-            c[out0 + 1] = Vector::cast_from(c01);
-        }
-        if r0 + 1 < m {
-            c[out0 + n_vec] = Vector::cast_from(c10);
-            if second {
-                c[out0 + n_vec + 1] = Vector::cast_from(c11);
+            let zero = Vector::<f32, N>::new(0.0f32);
+            let mut c00 = zero;
+            let mut c01 = zero;
+            let mut c10 = zero;
+            let mut c11 = zero;
+            let mut c20 = zero;
+            let mut c21 = zero;
+            let mut c30 = zero;
+            let mut c31 = zero;
+            let mut c40 = zero;
+            let mut c41 = zero;
+            let mut c50 = zero;
+            let mut c51 = zero;
+            let mut c60 = zero;
+            let mut c61 = zero;
+            let mut c70 = zero;
+            let mut c71 = zero;
+            for p in 0..k {
+                let brow = b_base + p * n_vec;
+                let b0 = Vector::<f32, N>::cast_from(b[brow + j0]);
+                let b1 = Vector::<f32, N>::cast_from(b[brow + j1]);
+                let ap = p * a_col_stride;
+                let v0 = Vector::<f32, N>::new(f32::cast_from(a[a0 + ap]));
+                let v1 = Vector::<f32, N>::new(f32::cast_from(a[a1 + ap]));
+                let v2 = Vector::<f32, N>::new(f32::cast_from(a[a2 + ap]));
+                let v3 = Vector::<f32, N>::new(f32::cast_from(a[a3 + ap]));
+                let v4 = Vector::<f32, N>::new(f32::cast_from(a[a4 + ap]));
+                let v5 = Vector::<f32, N>::new(f32::cast_from(a[a5 + ap]));
+                let v6 = Vector::<f32, N>::new(f32::cast_from(a[a6 + ap]));
+                let v7 = Vector::<f32, N>::new(f32::cast_from(a[a7 + ap]));
+                c00 = fma(v0, b0, c00);
+                c01 = fma(v0, b1, c01);
+                c10 = fma(v1, b0, c10);
+                c11 = fma(v1, b1, c11);
+                c20 = fma(v2, b0, c20);
+                c21 = fma(v2, b1, c21);
+                c30 = fma(v3, b0, c30);
+                c31 = fma(v3, b1, c31);
+                c40 = fma(v4, b0, c40);
+                c41 = fma(v4, b1, c41);
+                c50 = fma(v5, b0, c50);
+                c51 = fma(v5, b1, c51);
+                c60 = fma(v6, b0, c60);
+                c61 = fma(v6, b1, c61);
+                c70 = fma(v7, b0, c70);
+                c71 = fma(v7, b1, c71);
             }
-        }
-        if r0 + 2 < m {
-            c[out0 + 2 * n_vec] = Vector::cast_from(c20);
-            if second {
-                c[out0 + 2 * n_vec + 1] = Vector::cast_from(c21);
+            if has_bias {
+                let bias0 = Vector::<f32, N>::cast_from(bias[j0]);
+                let bias1 = Vector::<f32, N>::cast_from(bias[j1]);
+                c00 += bias0;
+                c01 += bias1;
+                c10 += bias0;
+                c11 += bias1;
+                c20 += bias0;
+                c21 += bias1;
+                c30 += bias0;
+                c31 += bias1;
+                c40 += bias0;
+                c41 += bias1;
+                c50 += bias0;
+                c51 += bias1;
+                c60 += bias0;
+                c61 += bias1;
+                c70 += bias0;
+                c71 += bias1;
             }
-        }
-        if r0 + 3 < m {
-            c[out0 + 3 * n_vec] = Vector::cast_from(c30);
+            let second = j0 + 1 < n_vec;
+            let out0 = (bi * m + r0) * n_vec + j0;
+            c[out0] = Vector::cast_from(c00);
             if second {
-                c[out0 + 3 * n_vec + 1] = Vector::cast_from(c31);
+                c[out0 + 1] = Vector::cast_from(c01);
+            }
+            if r0 + 1 < m {
+                c[out0 + 1 * n_vec] = Vector::cast_from(c10);
+                if second {
+                    c[out0 + 1 * n_vec + 1] = Vector::cast_from(c11);
+                }
+            }
+            if r0 + 2 < m {
+                c[out0 + 2 * n_vec] = Vector::cast_from(c20);
+                if second {
+                    c[out0 + 2 * n_vec + 1] = Vector::cast_from(c21);
+                }
+            }
+            if r0 + 3 < m {
+                c[out0 + 3 * n_vec] = Vector::cast_from(c30);
+                if second {
+                    c[out0 + 3 * n_vec + 1] = Vector::cast_from(c31);
+                }
+            }
+            if r0 + 4 < m {
+                c[out0 + 4 * n_vec] = Vector::cast_from(c40);
+                if second {
+                    c[out0 + 4 * n_vec + 1] = Vector::cast_from(c41);
+                }
+            }
+            if r0 + 5 < m {
+                c[out0 + 5 * n_vec] = Vector::cast_from(c50);
+                if second {
+                    c[out0 + 5 * n_vec + 1] = Vector::cast_from(c51);
+                }
+            }
+            if r0 + 6 < m {
+                c[out0 + 6 * n_vec] = Vector::cast_from(c60);
+                if second {
+                    c[out0 + 6 * n_vec + 1] = Vector::cast_from(c61);
+                }
+            }
+            if r0 + 7 < m {
+                c[out0 + 7 * n_vec] = Vector::cast_from(c70);
+                if second {
+                    c[out0 + 7 * n_vec + 1] = Vector::cast_from(c71);
+                }
             }
         }
         t += stride;
@@ -134,7 +206,11 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
     }
     for (name, t) in [("b", b)].into_iter().chain(bias.map(|t| ("bias", t))) {
         if t.dtype() != a.dtype() {
-            return Err(Error::DType { context: format!("{op}: {name}"), expected: format!("{} (as a)", a.dtype()), got: t.dtype() });
+            return Err(Error::DType {
+                context: format!("{op}: {name}"),
+                expected: format!("{} (as a)", a.dtype()),
+                got: t.dtype(),
+            });
         }
         if t.device() != a.device() {
             return Err(Error::Device(format!("{op}: a on {}, {name} on {}", a.device(), t.device())));
@@ -152,7 +228,11 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
             (false, false) => format!("{:?} + [{k}, N]", lead),
             (true, false) => format!("{:?} + [N, {k}]", lead),
         };
-        return Err(Error::shape(format!("{op}: b (a is {:?}, trans_a={trans_a}, trans_b={trans_b})", a.shape()), want, b.shape()));
+        return Err(Error::shape(
+            format!("{op}: b (a is {:?}, trans_a={trans_a}, trans_b={trans_b})", a.shape()),
+            want,
+            b.shape(),
+        ));
     }
     if let Some(bias) = bias {
         bias.expect_shape(&format!("{op}: bias"), &[n])?;
@@ -167,7 +247,7 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
     let w = launch::vector_width_up_to(&[n], 16);
     let n_vec = n / w;
     let (a_row_stride, a_col_stride) = if trans_a { (1, m) } else { (k, 1) };
-    let tiles = batches * m.div_ceil(4) * n_vec.div_ceil(2);
+    let tiles = batches * m.div_ceil(8 * SB_M) * SB_M * n_vec.div_ceil(2 * SB_N) * SB_N;
     let (count, dim) = launch::grid_tiles(a.device(), tiles);
     let bias_handle = bias.map_or_else(|| c.handle().clone(), |t| t.handle().clone());
     let bias_len = if bias.is_some() { n } else { w };
@@ -222,7 +302,8 @@ pub fn matmul_backward(
         None
     };
     let gb = if need_b {
-        let (dc2, a2) = if b_shared { (flatten_rows(dc)?, flatten_rows_of(a, trans_a)?) } else { (dc.clone(), a.clone()) };
+        let (dc2, a2) =
+            if b_shared { (flatten_rows(dc)?, flatten_rows_of(a, trans_a)?) } else { (dc.clone(), a.clone()) };
         Some(if trans_b {
             // dB' [N, K] = dCᵀ · A
             matmul(&dc2, &a2, None, true, trans_a)?
@@ -269,7 +350,18 @@ mod tests {
         Tol { abs: t.abs * (k as f64).sqrt().max(1.0), rel: t.rel }
     }
 
-    fn check(batch: usize, m: usize, k: usize, n: usize, ta: bool, tb: bool, shared: bool, bias: bool, dt: DType, seed: u64) {
+    fn check(
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+        shared: bool,
+        bias: bool,
+        dt: DType,
+        seed: u64,
+    ) {
         let dev = device();
         let a_shape = if ta { vec![batch, k, m] } else { vec![batch, m, k] };
         let b_mat = if tb { vec![n, k] } else { vec![k, n] };
@@ -310,7 +402,12 @@ mod tests {
         assert_close(&format!("{what}: grad b"), &g.b.unwrap().to_f32_vec().unwrap(), &want_b, tol(dt, rows));
         if bias {
             let want_bias = crate::reduce::reference::sum_rows(&dch, batch * m, n);
-            assert_close(&format!("{what}: grad bias"), &g.bias.unwrap().to_f32_vec().unwrap(), &want_bias, tol(dt, batch * m));
+            assert_close(
+                &format!("{what}: grad bias"),
+                &g.bias.unwrap().to_f32_vec().unwrap(),
+                &want_bias,
+                tol(dt, batch * m),
+            );
         }
     }
 
@@ -340,7 +437,7 @@ mod tests {
 
     #[test]
     fn wide_vectors_and_edges() {
-        // n multiple of 8 (widest vector), m not a multiple of the 4-row tile, odd vector count.
+        // n multiple of 8 (widest vector), m not a multiple of the 8-row tile, odd vector count.
         check(2, 13, 64, 24, false, false, false, true, DType::F32, 11);
         check(1, 5, 3, 8, true, true, true, false, DType::BF16, 12);
     }

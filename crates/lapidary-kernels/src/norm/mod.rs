@@ -188,7 +188,11 @@ fn check(op: &str, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<usize> 
     }
     for (name, t) in [("weight", w)].into_iter().chain(b.map(|b| ("bias", b))) {
         if t.dtype() != x.dtype() {
-            return Err(Error::DType { context: format!("{op}: {name}"), expected: format!("{} (as x)", x.dtype()), got: t.dtype() });
+            return Err(Error::DType {
+                context: format!("{op}: {name}"),
+                expected: format!("{} (as x)", x.dtype()),
+                got: t.dtype(),
+            });
         }
     }
     Ok(c)

@@ -24,14 +24,23 @@ fn stats(xr: &[f32], center: bool, eps: f32) -> (f64, f64) {
 }
 
 /// Backward: `(dx, dw, db)`; `db` is all zeros for RMSNorm.
-pub fn norm_backward(x: &[f32], w: &[f32], dy: &[f32], c: usize, eps: f32, layer_norm: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+pub fn norm_backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    c: usize,
+    eps: f32,
+    layer_norm: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let mut dx = vec![0f32; x.len()];
     let mut dw = vec![0f64; c];
     let mut db = vec![0f64; c];
     for ((xr, gr), dxr) in x.chunks(c).zip(dy.chunks(c)).zip(dx.chunks_mut(c)) {
         let (mean, rstd) = stats(xr, layer_norm, eps);
         let xhat: Vec<f64> = xr.iter().map(|&v| (v as f64 - mean) * rstd).collect();
-        let weff = |j: usize| if layer_norm { w[j] as f64 } else { 1.0 + w[j] as f64 };
+        let weff = |j: usize| {
+            if layer_norm { w[j] as f64 } else { 1.0 + w[j] as f64 }
+        };
         let g: Vec<f64> = (0..c).map(|j| gr[j] as f64 * weff(j)).collect();
         let mean_g = if layer_norm { g.iter().sum::<f64>() / c as f64 } else { 0.0 };
         let mean_gx = g.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / c as f64;

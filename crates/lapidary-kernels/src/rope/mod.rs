@@ -107,9 +107,8 @@ pub fn rope_backward(dy: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> 
 /// base^(-2i/D) / factor` (linear scaling), `emb = cat(freqs, freqs)`, computed in f32.
 pub fn tables(positions: &[usize], head_dim: usize, base: f64, linear_factor: f64) -> (Vec<f32>, Vec<f32>) {
     let half = head_dim / 2;
-    let inv: Vec<f32> = (0..half)
-        .map(|i| (1.0 / base.powf((2 * i) as f64 / head_dim as f64)) as f32 / linear_factor as f32)
-        .collect();
+    let inv: Vec<f32> =
+        (0..half).map(|i| (1.0 / base.powf((2 * i) as f64 / head_dim as f64)) as f32 / linear_factor as f32).collect();
     let mut cos = Vec::with_capacity(positions.len() * head_dim);
     let mut sin = Vec::with_capacity(positions.len() * head_dim);
     for &p in positions {

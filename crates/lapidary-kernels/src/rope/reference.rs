@@ -22,7 +22,16 @@ pub fn rope(x: &[f32], cos: &[f32], sin: &[f32], _b: usize, h: usize, t: usize, 
 
 /// The transpose of [`rope`] applied to `dy`.
 #[allow(clippy::too_many_arguments)]
-pub fn rope_backward(dy: &[f32], cos: &[f32], sin: &[f32], _b: usize, h: usize, t: usize, d: usize, tb: usize) -> Vec<f32> {
+pub fn rope_backward(
+    dy: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    _b: usize,
+    h: usize,
+    t: usize,
+    d: usize,
+    tb: usize,
+) -> Vec<f32> {
     let half = d / 2;
     let mut dx = vec![0f64; dy.len()];
     for i in 0..dy.len() {
