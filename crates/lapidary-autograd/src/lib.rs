@@ -33,6 +33,7 @@
 
 mod checkpoint;
 mod grad;
+pub mod gradcheck;
 pub mod ops;
 mod tape;
 

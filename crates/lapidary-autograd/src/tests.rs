@@ -2,10 +2,10 @@
 //! errors, checkpointing (gradients reach parameters behind a frozen input; results equal the
 //! non-checkpointed ones bit for bit), and no-grad scopes.
 
+use crate::gradcheck::{fd_check, op_cases};
 use crate::{BackwardOptions, Tape, Trainable, Var, checkpoint, ops};
 use lapidary_core::{DType, Device, Result, Tensor};
-use lapidary_kernels::attention::AttentionMask;
-use lapidary_testkit::{Tol, central_differences, random_values, worst_excess};
+use lapidary_testkit::random_values;
 
 fn dev() -> Device {
     Device::cpu().unwrap()
@@ -15,112 +15,12 @@ fn t(v: &[f32], shape: &[usize]) -> Tensor {
     Tensor::from_f32(&dev(), v, shape, DType::F32).unwrap()
 }
 
-/// Checks `op` on inputs of the given shapes: the tape's gradient of `Σ op(x) · r` (random `r`)
-/// against central differences of the same forward.
-pub(crate) fn fd_check(name: &str, shapes: &[&[usize]], seed: u64, op: &dyn Fn(&[Var]) -> Result<Var>) -> f64 {
-    let inputs: Vec<Vec<f32>> =
-        shapes.iter().enumerate().map(|(i, s)| random_values(s.iter().product(), seed + i as u64, 1.0)).collect();
-    let loss_of = |vals: &[Vec<f32>], tape: &Tape, trainable: bool| -> Result<(Var, Vec<Var>)> {
-        let vars: Vec<Var> = vals
-            .iter()
-            .zip(shapes)
-            .enumerate()
-            .map(|(i, (v, s))| {
-                tape.param(format!("{name}.in{i}"), t(v, s), if trainable { Trainable::Yes } else { Trainable::No })
-            })
-            .collect();
-        let y = op(&vars)?;
-        let r = tape.input(t(&random_values(y.value().numel(), seed ^ 0xabc, 1.0), y.shape()));
-        Ok((ops::sum_all(&ops::mul(&y, &r)?)?, vars))
-    };
-    let tape = Tape::new();
-    let (loss, vars) = loss_of(&inputs, &tape, true).unwrap();
-    let (grads, _) = tape.backward(&loss).unwrap();
-    let mut worst = 0f64;
-    for (i, v) in vars.iter().enumerate() {
-        let analytic = grads.get(v).unwrap().to_f32_vec().unwrap();
-        let numeric = central_differences(
-            |x| {
-                let mut vals = inputs.clone();
-                vals[i] = x.to_vec();
-                let tape = Tape::new();
-                let (l, _) = loss_of(&vals, &tape, false).unwrap();
-                l.value().to_f32_vec().unwrap()[0] as f64
-            },
-            &inputs[i],
-            1e-2,
-        );
-        let (excess, at) = worst_excess(&analytic, &numeric, Tol { abs: 5e-3, rel: 1e-2 });
-        assert!(
-            excess <= 1.0,
-            "{name}: input {i} element {at}: tape {} vs finite differences {}",
-            analytic[at],
-            numeric[at]
-        );
-        worst = worst.max(excess);
-    }
-    worst
-}
-
-/// Every differentiable op, with the shapes each is checked on. Shared with `check-grad`.
-pub(crate) fn op_cases() -> Vec<(&'static str, Vec<Vec<usize>>, Box<dyn Fn(&[Var]) -> Result<Var>>)> {
-    let rope_tabs = || {
-        let (c, s) = lapidary_kernels::rope::tables(&[0, 1, 2], 4, 10_000.0, 1.0);
-        (t(&c, &[1, 3, 4]), t(&s, &[1, 3, 4]))
-    };
-    vec![
-        (
-            "matmul",
-            vec![vec![2, 3, 4], vec![5, 4], vec![5]],
-            Box::new(|v: &[Var]| ops::matmul(&v[0], &v[1], Some(&v[2]), false, true)),
-        ),
-        (
-            "matmul_trans_a",
-            vec![vec![2, 4, 3], vec![2, 4, 5]],
-            Box::new(|v: &[Var]| ops::matmul(&v[0], &v[1], None, true, false)),
-        ),
-        ("add_broadcast", vec![vec![3, 4], vec![4]], Box::new(|v: &[Var]| ops::add(&v[0], &v[1]))),
-        ("mul_broadcast", vec![vec![3, 4], vec![4]], Box::new(|v: &[Var]| ops::mul(&v[0], &v[1]))),
-        ("scale", vec![vec![7]], Box::new(|v: &[Var]| ops::scale(&v[0], -1.5))),
-        ("gelu_tanh", vec![vec![9]], Box::new(|v: &[Var]| ops::gelu_tanh(&v[0]))),
-        ("geglu", vec![vec![2, 5], vec![2, 5]], Box::new(|v: &[Var]| ops::geglu(&v[0], &v[1]))),
-        ("rms_norm", vec![vec![3, 6], vec![6]], Box::new(|v: &[Var]| ops::rms_norm(&v[0], &v[1], 1e-6))),
-        (
-            "layer_norm",
-            vec![vec![3, 6], vec![6], vec![6]],
-            Box::new(|v: &[Var]| ops::layer_norm(&v[0], &v[1], &v[2], 1e-6)),
-        ),
-        (
-            "rope",
-            vec![vec![1, 2, 3, 4]],
-            Box::new(move |v: &[Var]| {
-                let (c, s) = rope_tabs();
-                ops::rope(&v[0], &c, &s)
-            }),
-        ),
-        (
-            "attention_gqa_sliding_blocks",
-            vec![vec![1, 2, 5, 3], vec![1, 1, 5, 3], vec![1, 1, 5, 3]],
-            Box::new(|v: &[Var]| {
-                let blocks = t(&[0., 1., 1., 0., 0.], &[1, 5]);
-                ops::attention(&v[0], &v[1], &v[2], 0.6, &AttentionMask::sliding(2).with_blocks(blocks))
-            }),
-        ),
-        ("gather_rows", vec![vec![4, 3]], Box::new(|v: &[Var]| ops::gather_rows(&v[0], &[2, 0, 2, 3]))),
-        ("scatter_rows", vec![vec![5, 2], vec![2, 2]], Box::new(|v: &[Var]| ops::scatter_rows(&v[0], &v[1], &[3, 1]))),
-        ("im2col", vec![vec![1, 2, 4, 4]], Box::new(|v: &[Var]| ops::im2col(&v[0], 2))),
-        ("avg_pool", vec![vec![1, 16, 2]], Box::new(|v: &[Var]| ops::avg_pool(&v[0], 2))),
-        ("transpose", vec![vec![2, 3, 4]], Box::new(|v: &[Var]| ops::transpose(&v[0]))),
-        ("reshape", vec![vec![2, 6]], Box::new(|v: &[Var]| ops::reshape(&v[0], &[3, 4]))),
-        ("cross_entropy", vec![vec![4, 5]], Box::new(|v: &[Var]| ops::cross_entropy(&v[0], &[1, -100, 4, 0], None))),
-    ]
-}
-
 #[test]
 fn every_op_matches_finite_differences() {
     for (i, (name, shapes, op)) in op_cases().into_iter().enumerate() {
         let shapes: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
-        fd_check(name, &shapes, 100 + i as u64, op.as_ref());
+        let worst = fd_check(name, &shapes, 100 + i as u64, op.as_ref()).unwrap();
+        assert!(worst <= 1.0, "{name}: {worst}");
     }
 }
 

@@ -1,4 +1,70 @@
-//! lapidary-lora: LoRA and QLoRA (NF4 base) adapters attached to `nn::Linear` slots by parameter
-//! path, merge/unmerge, and PEFT-format adapter files.
+//! lapidary-lora: LoRA adapters that fill `lapidary_nn::Linear`'s adapter slot.
 //!
-//! Not built yet: this crate is an empty library until adapters land.
+//! Built so far: [`LoraAdapter`], the low-rank term `scale · (x · Aᵀ) · Bᵀ` with PEFT's layouts
+//! (`lora_A.weight: [r, in]`, `lora_B.weight: [out, r]`) and scaling (`alpha / r`, or
+//! `alpha / √r` with rsLoRA). Still to come: targeting by module names, initialization, NF4
+//! bases, merge, and PEFT adapter files.
+//!
+//! ```
+//! use lapidary_autograd::{Tape, Trainable};
+//! use lapidary_core::{Device, DType, Tensor};
+//! use lapidary_lora::LoraAdapter;
+//! use lapidary_nn::Linear;
+//! use std::rc::Rc;
+//!
+//! let dev = Device::cpu().unwrap();
+//! let t = |v: &[f32], s: &[usize]| Tensor::from_f32(&dev, v, s, DType::F32).unwrap();
+//! let tape = Tape::new();
+//! let mut fc = Linear::new("fc", tape.param("fc.weight", t(&[1., 0., 0., 1.], &[2, 2]), Trainable::No), None);
+//! let a = tape.param("fc.lora_A.weight", t(&[1., 1.], &[1, 2]), Trainable::Yes);
+//! let b = tape.param("fc.lora_B.weight", t(&[1., -1.], &[2, 1]), Trainable::Yes);
+//! fc.set_adapter(Rc::new(LoraAdapter::new(a, b, 2.0, false).unwrap()));
+//! let x = tape.input(t(&[1., 2.], &[1, 2]));
+//! // x + 2 · (x·Aᵀ)·Bᵀ = [1, 2] + 2 · 3 · [1, -1]
+//! assert_eq!(fc.forward(&x).unwrap().value().to_f32_vec().unwrap(), vec![7., -4.]);
+//! ```
+
+use lapidary_autograd::{Var, ops};
+use lapidary_core::{Error, Result};
+use lapidary_nn::Adapter;
+
+/// A LoRA adapter: `scale · (x · Aᵀ) · Bᵀ`.
+#[derive(Clone, Debug)]
+pub struct LoraAdapter {
+    a: Var,
+    b: Var,
+    scale: f32,
+}
+
+impl LoraAdapter {
+    /// From `A: [r, in]`, `B: [out, r]` and `lora_alpha`; the scale is `alpha / r`, or
+    /// `alpha / √r` with rsLoRA.
+    pub fn new(a: Var, b: Var, alpha: f32, rslora: bool) -> Result<Self> {
+        if a.shape().len() != 2 || b.shape().len() != 2 || b.shape()[1] != a.shape()[0] {
+            return Err(Error::invalid(format!(
+                "LoRA: lora_A must be [r, in] and lora_B [out, r]; got {:?} and {:?}",
+                a.shape(),
+                b.shape()
+            )));
+        }
+        let r = a.shape()[0] as f32;
+        let scale = if rslora { alpha / r.sqrt() } else { alpha / r };
+        Ok(LoraAdapter { a, b, scale })
+    }
+
+    /// The scale applied to the low-rank term.
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+}
+
+impl Adapter for LoraAdapter {
+    fn delta(&self, x: &Var) -> Result<Var> {
+        let low = ops::matmul(x, &self.a, None, false, true)?;
+        ops::scale(&ops::matmul(&low, &self.b, None, false, true)?, self.scale)
+    }
+
+    fn params(&self) -> Vec<Var> {
+        vec![self.a.clone(), self.b.clone()]
+    }
+}

@@ -1,5 +1,24 @@
-//! lapidary-nn: the layers lapidary models are built from: a parameter store with strict
-//! safetensors loading, `Linear` with an adapter slot, Gemma RMSNorm, LayerNorm, embeddings, patch
-//! embedding, RoPE tables and attention with its masks.
+//! lapidary-nn: the layers lapidary models are built from.
 //!
-//! Not built yet: this crate is an empty library until the layers land.
+//! Built so far: [`Linear`] with an adapter slot. A model crate builds its linears with the HF
+//! weight names; an adapter crate (LoRA) fills the slot by parameter path afterwards, so model
+//! code never changes to gain adapters. Still to come here: the parameter store with strict
+//! safetensors loading, norms, embeddings, patch embedding, RoPE tables and attention layers.
+//!
+//! ```
+//! use lapidary_autograd::{ops, Tape, Trainable};
+//! use lapidary_core::{Device, DType, Tensor};
+//! use lapidary_nn::Linear;
+//!
+//! let dev = Device::cpu().unwrap();
+//! let tape = Tape::new();
+//! // HF layout: weight [out, in].
+//! let w = tape.param("fc.weight", Tensor::from_f32(&dev, &[1., 0., 0., 1., 1., 1.], &[3, 2], DType::F32).unwrap(), Trainable::No);
+//! let fc = Linear::new("fc", w, None);
+//! let x = tape.input(Tensor::from_f32(&dev, &[2., 3.], &[1, 2], DType::F32).unwrap());
+//! assert_eq!(fc.forward(&x).unwrap().value().to_f32_vec().unwrap(), vec![2., 3., 5.]);
+//! ```
+
+mod linear;
+
+pub use linear::{Adapter, Linear};

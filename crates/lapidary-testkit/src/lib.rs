@@ -95,32 +95,3 @@ pub fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         })
         .collect()
 }
-
-/// Central differences `(f(x + h e_i) - f(x - h e_i)) / 2h` for every coordinate of `x`.
-/// `f` is evaluated in whatever precision it computes in; choose `h` and the tolerance per op
-/// (f32 kernels: h ≈ 1e-2 on O(1) inputs gives errors around 1e-3).
-pub fn central_differences(mut f: impl FnMut(&[f32]) -> f64, x: &[f32], h: f32) -> Vec<f64> {
-    let mut x = x.to_vec();
-    (0..x.len())
-        .map(|i| {
-            let orig = x[i];
-            x[i] = orig + h;
-            let plus = f(&x);
-            x[i] = orig - h;
-            let minus = f(&x);
-            x[i] = orig;
-            (plus - minus) / (2.0 * h as f64)
-        })
-        .collect()
-}
-
-/// Worst `|analytic - numeric| / (abs + rel * |numeric|)` over all elements (≤ 1 passes), with
-/// the index where it occurs.
-pub fn worst_excess(analytic: &[f32], numeric: &[f64], tol: Tol) -> (f64, usize) {
-    analytic
-        .iter()
-        .zip(numeric)
-        .enumerate()
-        .map(|(i, (&a, &n))| ((a as f64 - n).abs() / (tol.abs + tol.rel * n.abs()), i))
-        .fold((0.0, 0), |acc, x| if x.0 > acc.0 || x.0.is_nan() { x } else { acc })
-}

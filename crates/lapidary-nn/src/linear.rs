@@ -1,0 +1,99 @@
+//! `Linear`: `y = x · Wᵀ + b` with W in HF's `[out, in]` layout, plus an adapter slot. An adapter
+//! adds its own term computed from the same input (LoRA: `s · (x · Aᵀ) · Bᵀ`). Not the adapter
+//! itself (see `lapidary-lora`) nor weight loading.
+
+use lapidary_autograd::{Var, ops};
+use lapidary_core::{Error, Result};
+use std::fmt;
+use std::rc::Rc;
+
+/// Something that adds a term to a linear layer's output, computed from the layer's input.
+pub trait Adapter {
+    /// The term to add to the base output (`[..., out]`) for input `x` (`[..., in]`).
+    fn delta(&self, x: &Var) -> Result<Var>;
+    /// The adapter's own parameters (for optimizers and checkpointed segments).
+    fn params(&self) -> Vec<Var>;
+}
+
+/// A linear layer with HF weight layout and an optional adapter.
+#[derive(Clone)]
+pub struct Linear {
+    path: String,
+    weight: Var,
+    bias: Option<Var>,
+    adapter: Option<Rc<dyn Adapter>>,
+}
+
+impl Linear {
+    /// A layer at parameter path `path` (e.g. `model.layers.0.self_attn.q_proj`) with weight
+    /// `[out, in]` and optional bias `[out]`.
+    pub fn new(path: impl Into<String>, weight: Var, bias: Option<Var>) -> Self {
+        Linear { path: path.into(), weight, bias, adapter: None }
+    }
+
+    /// The parameter path of this layer.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// `(out, in)` features.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.weight.shape()[0], self.weight.shape()[1])
+    }
+
+    /// The base weight.
+    pub fn weight(&self) -> &Var {
+        &self.weight
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<&Var> {
+        self.bias.as_ref()
+    }
+
+    /// Fills the adapter slot (replacing any adapter already there).
+    pub fn set_adapter(&mut self, adapter: Rc<dyn Adapter>) {
+        self.adapter = Some(adapter);
+    }
+
+    /// The adapter in the slot, if any.
+    pub fn adapter(&self) -> Option<&Rc<dyn Adapter>> {
+        self.adapter.as_ref()
+    }
+
+    /// Every parameter this layer computes with: weight, bias, then the adapter's.
+    pub fn params(&self) -> Vec<Var> {
+        let mut v = vec![self.weight.clone()];
+        v.extend(self.bias.clone());
+        if let Some(a) = &self.adapter {
+            v.extend(a.params());
+        }
+        v
+    }
+
+    /// `x · Wᵀ + b (+ adapter term)` for `x: [..., in]`.
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        let (_, inf) = self.dims();
+        if x.shape().last() != Some(&inf) {
+            return Err(Error::shape(format!("{}: input", self.path), format!("[..., {inf}]"), x.shape()));
+        }
+        let y = ops::matmul(x, &self.weight, self.bias.as_ref(), false, true)?;
+        match &self.adapter {
+            Some(a) => ops::add(&y, &a.delta(x)?),
+            None => Ok(y),
+        }
+    }
+}
+
+impl fmt::Debug for Linear {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (o, i) = self.dims();
+        write!(
+            f,
+            "Linear({}, in={i}, out={o}, bias={}, adapter={})",
+            self.path,
+            self.bias.is_some(),
+            self.adapter.is_some()
+        )
+    }
+}
