@@ -1,7 +1,7 @@
 //! xtask: the project's tasks, run as `cargo xtask <task>`. It depends on none of the lapidary
 //! crates (so it builds in seconds, before LLVM is set up) and only drives cargo and the system.
 //!
-//! Tasks: `setup` (LLVM for CubeCL, offline), `test`, `bench`, `demo`.
+//! Tasks: `setup` (LLVM for CubeCL, offline), `test`, `bench`, `demo`, `check-grad`.
 
 mod bench;
 mod setup;
@@ -18,6 +18,9 @@ tasks:
   bench [args] setup, then the criterion benchmarks, then a table of the results
                (extra args go to criterion, e.g. a name filter)
   demo [args]  setup, then the main job on the CPU (extra args go to `lapidary demo`)
+  check-grad   setup, then the gradient-flow check: finite differences for every
+               differentiable op and the adapter chain with checkpointing off and on,
+               printed as one table; fails on any failure
 ";
 
 fn main() -> ExitCode {
@@ -32,6 +35,9 @@ fn main() -> ExitCode {
         "test" => setup::run().and_then(|_| test(rest)),
         "bench" => setup::run().and_then(|_| bench::run(rest)),
         "demo" => setup::run().and_then(|_| demo(rest)),
+        "check-grad" => setup::run().and_then(|_| {
+            cargo(&["test", "--package", "lapidary", "--test", "integration", "check_grad", "--", "--nocapture", "--test-threads=1"])
+        }),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())

@@ -27,6 +27,7 @@
 use lapidary_autograd::{Var, ops};
 use lapidary_core::{Error, Result};
 use lapidary_nn::Adapter;
+use std::rc::Rc;
 
 /// A LoRA adapter: `scale · (x · Aᵀ) · Bᵀ`.
 #[derive(Clone, Debug)]
@@ -66,5 +67,12 @@ impl Adapter for LoraAdapter {
 
     fn params(&self) -> Vec<Var> {
         vec![self.a.clone(), self.b.clone()]
+    }
+
+    fn rebind(&self, params: &[Var]) -> Result<Rc<dyn Adapter>> {
+        match params {
+            [a, b] => Ok(Rc::new(LoraAdapter { a: a.clone(), b: b.clone(), scale: self.scale })),
+            _ => Err(Error::invalid(format!("LoRA: rebind with {} parameters, expected 2 (A, B)", params.len()))),
+        }
     }
 }

@@ -13,6 +13,9 @@ pub trait Adapter {
     fn delta(&self, x: &Var) -> Result<Var>;
     /// The adapter's own parameters (for optimizers and checkpointed segments).
     fn params(&self) -> Vec<Var>;
+    /// The same adapter computing with other variables in place of [`Adapter::params`], in the
+    /// same order (a checkpointed segment recomputes with its own copies).
+    fn rebind(&self, params: &[Var]) -> Result<Rc<dyn Adapter>>;
 }
 
 /// A linear layer with HF weight layout and an optional adapter.
@@ -71,6 +74,29 @@ impl Linear {
         v
     }
 
+    /// The same layer computing with `params` in place of [`Linear::params`] (same order).
+    pub fn rebind(&self, params: &[Var]) -> Result<Linear> {
+        let n = self.params().len();
+        if params.len() != n {
+            return Err(Error::invalid(format!(
+                "{}: rebind with {} parameters, the layer has {n}",
+                self.path,
+                params.len()
+            )));
+        }
+        let at = 1 + usize::from(self.bias.is_some());
+        let adapter = match &self.adapter {
+            Some(a) => Some(a.rebind(&params[at..])?),
+            None => None,
+        };
+        Ok(Linear {
+            path: self.path.clone(),
+            weight: params[0].clone(),
+            bias: self.bias.as_ref().map(|_| params[1].clone()),
+            adapter,
+        })
+    }
+
     /// `x · Wᵀ + b (+ adapter term)` for `x: [..., in]`.
     pub fn forward(&self, x: &Var) -> Result<Var> {
         let (_, inf) = self.dims();
@@ -95,5 +121,25 @@ impl fmt::Debug for Linear {
             self.bias.is_some(),
             self.adapter.is_some()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapidary_autograd::{Tape, Trainable};
+    use lapidary_core::{DType, Device, Tensor};
+
+    #[test]
+    fn wrong_input_width_and_rebind_count_are_clear_errors() {
+        let dev = Device::cpu().unwrap();
+        let tape = Tape::new();
+        let w = tape.param("w", Tensor::from_f32(&dev, &[0.5; 6], &[2, 3], DType::F32).unwrap(), Trainable::No);
+        let fc = Linear::new("model.layers.0.mlp.up_proj", w, None);
+        let x = tape.input(Tensor::from_f32(&dev, &[1.0; 4], &[2, 2], DType::F32).unwrap());
+        let e = fc.forward(&x).unwrap_err().to_string();
+        assert!(e.contains("model.layers.0.mlp.up_proj: input") && e.contains("[..., 3]") && e.contains("[2, 2]"), "{e}");
+        let e = fc.rebind(&[]).unwrap_err().to_string();
+        assert!(e.contains("rebind with 0 parameters, the layer has 1"), "{e}");
     }
 }

@@ -1,0 +1,272 @@
+//! The gradient-flow check: finite differences for every differentiable op, then a chain across
+//! crate boundaries — an encoder feeding a decoder through a projector, built from
+//! `lapidary-nn` linears with `lapidary-lora` adapters on frozen bases, run by the
+//! `lapidary-autograd` tape with checkpointing off and on. One table; any failure fails.
+//! Run with `cargo xtask check-grad` to see the table.
+
+use lapidary::autograd::{BackwardOptions, Tape, Trainable, Var, checkpoint, gradcheck, ops};
+use lapidary::core::{DType, Device, Result, Tensor};
+use lapidary::kernels::attention::AttentionMask;
+use lapidary::lora::LoraAdapter;
+use lapidary::nn::Linear;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+struct Row {
+    case: String,
+    trainable: usize,
+    nonzero: usize,
+    frozen_touched: usize,
+    diff: String,
+    ok: bool,
+}
+
+const HIDDEN: usize = 8;
+const RANK: usize = 2;
+
+/// Builds tensors for the chain from deterministic seeds, so two runs see the same weights.
+struct Weights<'a> {
+    tape: &'a Tape,
+    dev: Device,
+    seed: u64,
+}
+
+impl Weights<'_> {
+    fn tensor(&mut self, shape: &[usize], scale: f32) -> Tensor {
+        self.seed += 1;
+        let v: Vec<f32> = gradcheck::values(shape.iter().product(), self.seed).iter().map(|x| x * scale).collect();
+        Tensor::from_f32(&self.dev, &v, shape, DType::F32).unwrap()
+    }
+
+    fn param(&mut self, name: &str, shape: &[usize], trainable: bool) -> Var {
+        let scale = 1.0 / (shape.last().copied().unwrap_or(1) as f32).sqrt();
+        let t = self.tensor(shape, scale);
+        self.tape.param(name, t, if trainable { Trainable::Yes } else { Trainable::No })
+    }
+
+    /// A frozen linear at `path`, with a LoRA adapter (non-zero A and B) when `adapt`.
+    fn linear(&mut self, path: &str, out: usize, inp: usize, adapt: bool) -> Linear {
+        let w = self.param(&format!("{path}.weight"), &[out, inp], false);
+        let b = self.param(&format!("{path}.bias"), &[out], false);
+        let mut l = Linear::new(path, w, Some(b));
+        if adapt {
+            let a = self.param(&format!("{path}.lora_A.weight"), &[RANK, inp], true);
+            let bb = self.param(&format!("{path}.lora_B.weight"), &[out, RANK], true);
+            l.set_adapter(Rc::new(LoraAdapter::new(a, bb, 4.0, false).unwrap()));
+        }
+        l
+    }
+}
+
+/// One pre-norm residual MLP block (the encoder's layer): `h + fc2(gelu(fc1(ln(h))))`.
+fn encoder_layer(h: &Var, ln_w: &Var, ln_b: &Var, fc1: &Linear, fc2: &Linear) -> Result<Var> {
+    let x = ops::layer_norm(h, ln_w, ln_b, 1e-6)?;
+    ops::add(h, &fc2.forward(&ops::gelu_tanh(&fc1.forward(&x)?)?)?)
+}
+
+/// One pre-norm single-head causal attention block with RoPE (the decoder's layer).
+fn decoder_layer(
+    h: &Var,
+    norm: &Var,
+    q: &Linear,
+    k: &Linear,
+    v: &Linear,
+    o: &Linear,
+    rope: &(Tensor, Tensor),
+) -> Result<Var> {
+    let (b, t) = (h.shape()[0], h.shape()[1]);
+    let x = ops::rms_norm(h, norm, 1e-6)?;
+    let heads = |l: &Linear| -> Result<Var> { ops::reshape(&l.forward(&x)?, &[b, 1, t, HIDDEN]) };
+    let qh = ops::rope(&heads(q)?, &rope.0, &rope.1)?;
+    let kh = ops::rope(&heads(k)?, &rope.0, &rope.1)?;
+    let att = ops::attention(&qh, &kh, &heads(v)?, 1.0 / (HIDDEN as f32).sqrt(), &AttentionMask::causal())?;
+    ops::add(h, &o.forward(&ops::reshape(&att, &[b, t, HIDDEN])?)?)
+}
+
+struct ChainCase {
+    vision: bool,
+    language: bool,
+    checkpointing: bool,
+    image: bool,
+}
+
+/// Runs the chain once; returns (gradients by name, trainable count, non-zero count, frozen touched).
+fn run_chain(c: &ChainCase) -> Result<(BTreeMap<String, Vec<f32>>, usize, usize, usize)> {
+    let dev = Device::cpu()?;
+    let tape = Tape::new();
+    let mut w = Weights { tape: &tape, dev: dev.clone(), seed: 7 };
+    let (batch, patches, patch_dim, tokens, vocab) = (2, 4, 6, 7, 11);
+    // Encoder ("vision tower"): frozen patch embedding, then two adapted, checkpointable layers.
+    let pixels = tape.input(w.tensor(&[batch, patches, patch_dim], 1.0));
+    let embed = w.linear("vision.patch_embedding", HIDDEN, patch_dim, false);
+    let mut h = embed.forward(&pixels)?;
+    for l in 0..2 {
+        let p = format!("vision.layers.{l}");
+        let ln_w = w.param(&format!("{p}.layer_norm.weight"), &[HIDDEN], false);
+        let ln_b = w.param(&format!("{p}.layer_norm.bias"), &[HIDDEN], false);
+        let fc1 = w.linear(&format!("{p}.mlp.fc1"), 2 * HIDDEN, HIDDEN, c.vision);
+        let fc2 = w.linear(&format!("{p}.mlp.fc2"), HIDDEN, 2 * HIDDEN, c.vision);
+        h = if c.checkpointing {
+            let mut params = vec![ln_w.clone(), ln_b.clone()];
+            params.extend(fc1.params());
+            params.extend(fc2.params());
+            let refs: Vec<&Var> = params.iter().collect();
+            let (f1, f2) = (fc1.clone(), fc2.clone());
+            checkpoint(&[&h], &refs, move |_, ins, ps| {
+                // The linears, computing with the segment's own copies of their parameters.
+                let n1 = f1.params().len();
+                let (a, b) = (f1.rebind(&ps[2..2 + n1])?, f2.rebind(&ps[2 + n1..])?);
+                Ok(vec![encoder_layer(&ins[0], &ps[0], &ps[1], &a, &b)?])
+            })?
+            .remove(0)
+        } else {
+            encoder_layer(&h, &ln_w, &ln_b, &fc1, &fc2)?
+        };
+    }
+    // Projector (frozen), then the decoder: image features replace the image-token rows.
+    let proj = w.linear("projector", HIDDEN, HIDDEN, false);
+    let image_features = ops::reshape(&proj.forward(&h)?, &[batch * patches, HIDDEN])?;
+    let table = w.param("language.embed_tokens.weight", &[vocab, HIDDEN], false);
+    let ids: Vec<u32> = (0..batch * tokens).map(|i| (i as u32 * 5 + 1) % vocab as u32).collect();
+    let mut x = ops::gather_rows(&table, &ids)?;
+    if c.image {
+        // Tokens 1..=4 of each row are the image's tokens.
+        let rows: Vec<u32> = (0..batch).flat_map(|b| (1..=patches).map(move |p| (b * tokens + p) as u32)).collect();
+        x = ops::scatter_rows(&x, &image_features, &rows)?;
+    }
+    let mut h = ops::reshape(&x, &[batch, tokens, HIDDEN])?;
+    let positions: Vec<usize> = (0..tokens).collect();
+    let (cos, sin) = lapidary::kernels::rope::tables(&positions, HIDDEN, 10_000.0, 1.0);
+    let rope = (
+        Tensor::from_f32(&dev, &cos, &[1, tokens, HIDDEN], DType::F32)?,
+        Tensor::from_f32(&dev, &sin, &[1, tokens, HIDDEN], DType::F32)?,
+    );
+    for l in 0..2 {
+        let p = format!("language.layers.{l}");
+        let norm = w.param(&format!("{p}.input_layernorm.weight"), &[HIDDEN], false);
+        let lin: Vec<Linear> = ["q_proj", "k_proj", "v_proj", "o_proj"]
+            .iter()
+            .map(|n| w.linear(&format!("{p}.self_attn.{n}"), HIDDEN, HIDDEN, c.language))
+            .collect();
+        h = if c.checkpointing {
+            let mut params = vec![norm.clone()];
+            lin.iter().for_each(|l| params.extend(l.params()));
+            let refs: Vec<&Var> = params.iter().collect();
+            let (lin2, rope2) = (lin.clone(), rope.clone());
+            checkpoint(&[&h], &refs, move |_, ins, ps| {
+                let mut at = 1;
+                let mut re = Vec::new();
+                for l in &lin2 {
+                    let n = l.params().len();
+                    re.push(l.rebind(&ps[at..at + n])?);
+                    at += n;
+                }
+                Ok(vec![decoder_layer(&ins[0], &ps[0], &re[0], &re[1], &re[2], &re[3], &rope2)?])
+            })?
+            .remove(0)
+        } else {
+            decoder_layer(&h, &norm, &lin[0], &lin[1], &lin[2], &lin[3], &rope)?
+        };
+    }
+    // Tied head and the loss on every next token.
+    let logits = ops::matmul(&ops::reshape(&h, &[batch * tokens, HIDDEN])?, &table, None, false, true)?;
+    let labels: Vec<i64> =
+        (0..batch * tokens).map(|i| if i % tokens == tokens - 1 { -100 } else { ids[i + 1] as i64 }).collect();
+    let loss = ops::cross_entropy(&logits, &labels, None)?;
+    // A vision adapter on a text-only batch legitimately gets no gradient: allowed explicitly.
+    let mut opts = BackwardOptions::default();
+    if !c.image {
+        opts.allow_missing = (0..2)
+            .flat_map(|l| {
+                ["fc1", "fc2"].map(|f| ["A", "B"].map(move |ab| format!("vision.layers.{l}.mlp.{f}.lora_{ab}.weight")))
+            })
+            .flatten()
+            .collect();
+    }
+    let (grads, report) = tape.backward_with(&loss, &opts)?;
+    let named = grads.named().into_iter().map(|(n, g)| (n.to_string(), g.to_f32_vec().unwrap())).collect();
+    Ok((named, report.rows.len(), report.nonzero(), report.frozen_touched.len()))
+}
+
+fn max_rel_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f64 {
+    let mut worst = 0f64;
+    for (k, va) in a {
+        let Some(vb) = b.get(k) else { return f64::INFINITY };
+        let scale = va.iter().fold(0f64, |m, x| m.max(x.abs() as f64)).max(1e-12);
+        for (x, y) in va.iter().zip(vb) {
+            worst = worst.max((*x as f64 - *y as f64).abs() / scale);
+        }
+    }
+    if a.len() != b.len() { f64::INFINITY } else { worst }
+}
+
+#[test]
+fn check_grad() {
+    let mut rows = Vec::new();
+    for (i, (name, shapes, op)) in gradcheck::op_cases().into_iter().enumerate() {
+        let shapes: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
+        let (diff, ok) = match gradcheck::fd_check(name, &shapes, 1000 + i as u64, op.as_ref()) {
+            Ok(w) => (format!("{:.3} of tol (fd)", w), true),
+            Err(e) => (e.to_string(), false),
+        };
+        rows.push(Row {
+            case: format!("op {name}"),
+            trainable: shapes.len(),
+            nonzero: if ok { shapes.len() } else { 0 },
+            frozen_touched: 0,
+            diff,
+            ok,
+        });
+    }
+    let cases = [(true, true, true), (true, false, true), (false, true, true), (true, true, false)];
+    for (vision, language, image) in cases {
+        let base = ChainCase { vision, language, checkpointing: false, image };
+        let (g0, n0, nz0, fz0) = run_chain(&base).expect("chain without checkpointing");
+        for checkpointing in [false, true] {
+            let c = ChainCase { checkpointing, ..base };
+            let label = format!(
+                "chain vision={} language={} ckpt={} batch={}",
+                if vision { "lora" } else { "off" },
+                if language { "lora" } else { "off" },
+                if checkpointing { "on" } else { "off" },
+                if image { "image" } else { "text-only" }
+            );
+            match run_chain(&c) {
+                Ok((g, n, nz, fz)) => {
+                    let diff = max_rel_diff(&g0, &g);
+                    // Text-only: the vision adapters cannot get a gradient (shown, not hidden).
+                    let expected_nonzero = if image { n } else { n - if vision { 8 } else { 0 } };
+                    let ok = nz == expected_nonzero && fz == 0 && diff == 0.0 && n == n0 && nz == nz0 && fz == fz0;
+                    let diff =
+                        if image || !vision { format!("{diff:.1e}") } else { format!("{diff:.1e} (vision n/a)") };
+                    rows.push(Row { case: label, trainable: n, nonzero: nz, frozen_touched: fz, diff, ok });
+                }
+                Err(e) => rows.push(Row {
+                    case: label,
+                    trainable: 0,
+                    nonzero: 0,
+                    frozen_touched: 0,
+                    diff: e.to_string(),
+                    ok: false,
+                }),
+            }
+        }
+    }
+    println!(
+        "\n{:<58} {:>9} {:>16} {:>14}  {}",
+        "case", "trainable", "finite non-zero", "frozen touched", "max rel diff (vs fd / vs no ckpt)"
+    );
+    for r in &rows {
+        println!(
+            "{:<58} {:>9} {:>16} {:>14}  {}{}",
+            r.case,
+            r.trainable,
+            r.nonzero,
+            r.frozen_touched,
+            r.diff,
+            if r.ok { "" } else { "  FAIL" }
+        );
+    }
+    let failed: Vec<&str> = rows.iter().filter(|r| !r.ok).map(|r| r.case.as_str()).collect();
+    assert!(failed.is_empty(), "check-grad failed: {failed:?}");
+}

@@ -1,0 +1,4 @@
+//! Cross-crate integration tests of the root package, in one test binary (each links LLVM).
+//! `check_grad` is what `cargo xtask check-grad` runs and prints.
+
+mod check_grad;
