@@ -36,7 +36,17 @@ fn main() -> ExitCode {
         "bench" => setup::run().and_then(|_| bench::run(rest)),
         "demo" => setup::run().and_then(|_| demo(rest)),
         "check-grad" => setup::run().and_then(|_| {
-            cargo(&["test", "--package", "lapidary", "--test", "integration", "check_grad", "--", "--nocapture", "--test-threads=1"])
+            cargo(&[
+                "test",
+                "--package",
+                "lapidary",
+                "--test",
+                "integration",
+                "check_grad",
+                "--",
+                "--nocapture",
+                "--test-threads=1",
+            ])
         }),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");

@@ -26,19 +26,9 @@ pub fn central_differences(mut f: impl FnMut(&[f32]) -> Result<f64>, x: &[f32], 
     Ok(out)
 }
 
-/// Deterministic pseudo-random values in [-1, 1) (splitmix64).
+/// Deterministic pseudo-random values in [-1, 1).
 pub fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed ^ 0x853c_49e6_748f_ea9b;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    lapidary_core::rng::SplitMix64::new(seed).uniform(n, 1.0)
 }
 
 fn t(v: &[f32], shape: &[usize]) -> Tensor {

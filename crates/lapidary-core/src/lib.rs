@@ -19,6 +19,7 @@ mod device;
 mod dtype;
 mod error;
 pub mod launch;
+pub mod rng;
 mod tensor;
 
 pub use device::{Device, DeviceKind};

@@ -138,7 +138,10 @@ mod tests {
         let fc = Linear::new("model.layers.0.mlp.up_proj", w, None);
         let x = tape.input(Tensor::from_f32(&dev, &[1.0; 4], &[2, 2], DType::F32).unwrap());
         let e = fc.forward(&x).unwrap_err().to_string();
-        assert!(e.contains("model.layers.0.mlp.up_proj: input") && e.contains("[..., 3]") && e.contains("[2, 2]"), "{e}");
+        assert!(
+            e.contains("model.layers.0.mlp.up_proj: input") && e.contains("[..., 3]") && e.contains("[2, 2]"),
+            "{e}"
+        );
         let e = fc.rebind(&[]).unwrap_err().to_string();
         assert!(e.contains("rebind with 0 parameters, the layer has 1"), "{e}");
     }

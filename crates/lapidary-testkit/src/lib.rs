@@ -80,18 +80,7 @@ pub fn max_rel_error(got: &[f32], want: &[f32], floor: f64) -> f64 {
     got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).abs() / (w as f64).abs().max(floor)).fold(0.0, f64::max)
 }
 
-/// `n` seeded pseudo-random values uniform in [-scale, scale) (splitmix64; same seed, same values).
+/// `n` seeded pseudo-random values uniform in [-scale, scale) (same seed, same values).
 pub fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed ^ 0x853c_49e6_748f_ea9b;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            let u = (z >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
-            (u * 2.0 - 1.0) * scale
-        })
-        .collect()
+    lapidary_core::rng::SplitMix64::new(seed).uniform(n, scale)
 }

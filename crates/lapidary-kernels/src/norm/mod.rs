@@ -32,6 +32,44 @@ fn hsum<N: Size>(v: Vector<f32, N>) -> f32 {
     s
 }
 
+/// Mean of one row (0 for RMSNorm, which does not center).
+#[cube]
+fn row_mean<F: Float, N: Size>(
+    x: &[Vector<F, N>],
+    base: usize,
+    cols_vec: usize,
+    cols: f32,
+    #[comptime] center: bool,
+) -> f32 {
+    let mut mean = 0.0f32;
+    if center {
+        let mut s = Vector::<f32, N>::new(0.0f32);
+        for j in 0..cols_vec {
+            s += Vector::<f32, N>::cast_from(x[base + j]);
+        }
+        mean = hsum(s) / cols;
+    }
+    mean
+}
+
+/// `1 / sqrt(mean((x - mean)²) + eps)` of one row.
+#[cube]
+fn row_rstd<F: Float, N: Size>(
+    x: &[Vector<F, N>],
+    base: usize,
+    cols_vec: usize,
+    cols: f32,
+    mean: Vector<f32, N>,
+    eps: f32,
+) -> f32 {
+    let mut ss = Vector::<f32, N>::new(0.0f32);
+    for j in 0..cols_vec {
+        let d = Vector::<f32, N>::cast_from(x[base + j]) - mean;
+        ss = fma(d, d, ss);
+    }
+    1.0f32 / f32::sqrt(hsum(ss) / cols + eps)
+}
+
 /// Forward of both norms. `mode` 0 = Gemma RMSNorm (1 + w), 1 = LayerNorm with bias.
 #[cube(launch_unchecked)]
 fn norm_forward_kernel<F: Float, N: Size>(
@@ -49,21 +87,10 @@ fn norm_forward_kernel<F: Float, N: Size>(
     let mut r = ABSOLUTE_POS;
     while r < rows {
         let base = r * cols_vec;
-        let mut mean = 0.0f32;
-        if layer_norm {
-            let mut s = Vector::<f32, N>::new(0.0f32);
-            for j in 0..cols_vec {
-                s += Vector::<f32, N>::cast_from(x[base + j]);
-            }
-            mean = hsum(s) / cols;
-        }
+        let mean = row_mean(x, base, cols_vec, cols, layer_norm);
         let mv = Vector::<f32, N>::new(mean);
-        let mut ss = Vector::<f32, N>::new(0.0f32);
-        for j in 0..cols_vec {
-            let d = Vector::<f32, N>::cast_from(x[base + j]) - mv;
-            ss = fma(d, d, ss);
-        }
-        let rstd = Vector::<f32, N>::new(1.0f32 / f32::sqrt(hsum(ss) / cols + eps));
+        let rstd_s = row_rstd(x, base, cols_vec, cols, mv, eps);
+        let rstd = Vector::<f32, N>::new(rstd_s);
         for j in 0..cols_vec {
             let xhat = (Vector::<f32, N>::cast_from(x[base + j]) - mv) * rstd;
             let wv = Vector::<f32, N>::cast_from(w[j]);
@@ -96,21 +123,9 @@ fn norm_backward_rows_kernel<F: Float, N: Size>(
     let mut r = ABSOLUTE_POS;
     while r < rows {
         let base = r * cols_vec;
-        let mut mean = 0.0f32;
-        if layer_norm {
-            let mut s = Vector::<f32, N>::new(0.0f32);
-            for j in 0..cols_vec {
-                s += Vector::<f32, N>::cast_from(x[base + j]);
-            }
-            mean = hsum(s) / cols;
-        }
+        let mean = row_mean(x, base, cols_vec, cols, layer_norm);
         let mv = Vector::<f32, N>::new(mean);
-        let mut ss = Vector::<f32, N>::new(0.0f32);
-        for j in 0..cols_vec {
-            let d = Vector::<f32, N>::cast_from(x[base + j]) - mv;
-            ss = fma(d, d, ss);
-        }
-        let rstd_s = 1.0f32 / f32::sqrt(hsum(ss) / cols + eps);
+        let rstd_s = row_rstd(x, base, cols_vec, cols, mv, eps);
         let rstd = Vector::<f32, N>::new(rstd_s);
         // g = dy * w_eff; need mean(g) (LayerNorm only) and mean(g * xhat).
         let mut sg = Vector::<f32, N>::new(0.0f32);
