@@ -1,9 +1,10 @@
 //! lapidary-nn: the layers lapidary models are built from.
 //!
-//! Built so far: [`Linear`] with an adapter slot. A model crate builds its linears with the HF
+//! Built so far: [`Linear`] with an adapter slot, and [`Weights`]: memory-mapped safetensors
+//! checkpoints (single or sharded) loaded by name with strict key accounting and prefix aliases. A model crate builds its linears with the HF
 //! weight names; an adapter crate (LoRA) fills the slot by parameter path afterwards, so model
-//! code never changes to gain adapters. Still to come here: the parameter store with strict
-//! safetensors loading, norms, embeddings, patch embedding, RoPE tables and attention layers.
+//! code never changes to gain adapters. Still to come here: norms, embeddings, patch embedding,
+//! RoPE tables and attention layers.
 //!
 //! ```
 //! use lapidary_autograd::{ops, Tape, Trainable};
@@ -20,5 +21,8 @@
 //! ```
 
 mod linear;
+pub mod safetensors;
+mod weights;
 
 pub use linear::{Adapter, Linear};
+pub use weights::Weights;

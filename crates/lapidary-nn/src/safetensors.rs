@@ -1,0 +1,148 @@
+//! Memory-mapped safetensors checkpoints: one `model.safetensors`, or the shards listed by
+//! `model.safetensors.index.json`. Headers are parsed once; tensor bytes are read from the
+//! mapping only when a tensor is loaded. Every error names the file (and the tensor). Not the
+//! key accounting or name aliases of a model (see `weights.rs`).
+
+use lapidary_core::{DType, Device, Error, Result, Tensor};
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+use safetensors::tensor::Dtype;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+struct MappedFile {
+    path: PathBuf,
+    mmap: Mmap,
+    data_start: usize,
+}
+
+/// Where one tensor lives.
+#[derive(Clone, Debug)]
+pub struct TensorEntry {
+    file: usize,
+    /// Storage dtype on disk.
+    pub dtype: DType,
+    /// Shape on disk.
+    pub shape: Vec<usize>,
+    offsets: (usize, usize),
+}
+
+/// A set of memory-mapped safetensors files and the tensors they hold.
+pub struct SafetensorsFiles {
+    files: Vec<MappedFile>,
+    entries: BTreeMap<String, TensorEntry>,
+}
+
+impl SafetensorsFiles {
+    /// Opens a `.safetensors` file, or a model directory holding `model.safetensors` or
+    /// `model.safetensors.index.json` with its shards.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_file() {
+            return Self::from_files(&[path.to_path_buf()]);
+        }
+        let single = path.join("model.safetensors");
+        let index = path.join("model.safetensors.index.json");
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::invalid(format!("{}: not valid JSON: {e}", index.display())))?;
+            let map = json["weight_map"]
+                .as_object()
+                .ok_or_else(|| Error::invalid(format!("{}: no \"weight_map\" object", index.display())))?;
+            let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            shards.sort();
+            shards.dedup();
+            let paths: Vec<PathBuf> = shards.iter().map(|s| path.join(s)).collect();
+            let files = Self::from_files(&paths)?;
+            for name in map.keys() {
+                if !files.entries.contains_key(name) {
+                    return Err(Error::invalid(format!(
+                        "{}: lists tensor {name} in {}, which does not hold it",
+                        index.display(),
+                        map[name].as_str().unwrap_or("?")
+                    )));
+                }
+            }
+            Ok(files)
+        } else if single.is_file() {
+            Self::from_files(&[single])
+        } else {
+            Err(Error::invalid(format!(
+                "{}: no model.safetensors or model.safetensors.index.json in this directory",
+                path.display()
+            )))
+        }
+    }
+
+    /// Maps the given files; a tensor name in two files is an error.
+    pub fn from_files(paths: &[PathBuf]) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut entries = BTreeMap::new();
+        for path in paths {
+            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            // SAFETY: the mapping is read-only; a checkpoint modified while mapped is the
+            // caller's concern, as with any memory-mapped loader.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            let (header_len, meta) = SafeTensors::read_metadata(&mmap)
+                .map_err(|e| Error::invalid(format!("{}: not a valid safetensors file: {e}", path.display())))?;
+            let idx = files.len();
+            for (name, info) in meta.tensors() {
+                let dtype = match info.dtype {
+                    Dtype::F32 => DType::F32,
+                    Dtype::BF16 => DType::BF16,
+                    Dtype::F16 => DType::F16,
+                    other => {
+                        return Err(Error::invalid(format!(
+                            "{}: tensor {name} is stored as {other:?}; expected F32, BF16 or F16",
+                            path.display()
+                        )));
+                    }
+                };
+                let entry = TensorEntry { file: idx, dtype, shape: info.shape.clone(), offsets: info.data_offsets };
+                if entries.insert(name.clone(), entry).is_some() {
+                    return Err(Error::invalid(format!(
+                        "{}: tensor {name} also appears in an earlier file",
+                        path.display()
+                    )));
+                }
+            }
+            files.push(MappedFile { path: path.clone(), mmap, data_start: 8 + header_len });
+        }
+        Ok(SafetensorsFiles { files, entries })
+    }
+
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Dtype and shape of a tensor on disk.
+    pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
+        self.entries.get(name)
+    }
+
+    /// The file holding `name`.
+    pub fn file_of(&self, name: &str) -> Option<&Path> {
+        self.entries.get(name).map(|e| self.files[e.file].path.as_path())
+    }
+
+    /// Raw little-endian bytes of a tensor as stored.
+    pub fn bytes(&self, name: &str) -> Result<&[u8]> {
+        let e = self.entries.get(name).ok_or_else(|| Error::invalid(format!("no tensor named {name}")))?;
+        let f = &self.files[e.file];
+        Ok(&f.mmap[f.data_start + e.offsets.0..f.data_start + e.offsets.1])
+    }
+
+    /// Uploads tensor `name` to `device` as `dtype` (converted through f32 when the stored dtype
+    /// differs).
+    pub fn load(&self, name: &str, device: &Device, dtype: DType) -> Result<Tensor> {
+        let e = self.entries.get(name).ok_or_else(|| Error::invalid(format!("no tensor named {name}")))?;
+        let bytes = self.bytes(name)?;
+        if e.dtype == dtype {
+            Tensor::from_bytes(device, bytes, &e.shape, dtype)
+        } else {
+            Tensor::from_f32(device, &e.dtype.decode(bytes), &e.shape, dtype)
+        }
+    }
+}

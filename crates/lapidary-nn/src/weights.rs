@@ -1,0 +1,109 @@
+//! Loading a model's parameters by name with strict key accounting: a tensor the model asks for
+//! and the checkpoint lacks is an error naming it and its expected shape; a wrong shape names
+//! both shapes; tensors the model never asked for are listed by [`Weights::unused`] (and are an
+//! error in [`Weights::finish`]). Prefix aliases let one model load several naming schemes (e.g.
+//! `vision_tower.vision_model.` and `vision_tower.`). Not the building of layers.
+
+use crate::safetensors::SafetensorsFiles;
+use lapidary_core::{DType, Device, Error, Result, Tensor};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// A checkpoint opened for loading a model's parameters.
+pub struct Weights {
+    files: Rc<SafetensorsFiles>,
+    source: PathBuf,
+    aliases: Vec<(String, String)>,
+    used: RefCell<BTreeSet<String>>,
+    device: Device,
+    dtype: DType,
+}
+
+impl Weights {
+    /// Opens `path` (a `.safetensors` file or a model directory); tensors load onto `device` as
+    /// `dtype`.
+    pub fn open(path: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
+        let path = path.as_ref();
+        Ok(Weights {
+            files: Rc::new(SafetensorsFiles::open(path)?),
+            source: path.to_path_buf(),
+            aliases: Vec::new(),
+            used: RefCell::default(),
+            device: device.clone(),
+            dtype,
+        })
+    }
+
+    /// Also accepts names where `canonical` prefix is spelled `alternative` in the file (tried in
+    /// the order added, after the canonical name).
+    pub fn with_alias(mut self, canonical: impl Into<String>, alternative: impl Into<String>) -> Self {
+        self.aliases.push((canonical.into(), alternative.into()));
+        self
+    }
+
+    /// The underlying files.
+    pub fn files(&self) -> &SafetensorsFiles {
+        &self.files
+    }
+
+    /// The name under which `name` is stored, trying the aliases.
+    pub fn resolve(&self, name: &str) -> Option<String> {
+        if self.files.entry(name).is_some() {
+            return Some(name.to_string());
+        }
+        self.aliases.iter().find_map(|(canon, alt)| {
+            let rest = name.strip_prefix(canon.as_str())?;
+            let candidate = format!("{alt}{rest}");
+            self.files.entry(&candidate).map(|_| candidate)
+        })
+    }
+
+    /// Whether the checkpoint holds `name` (under any alias).
+    pub fn contains(&self, name: &str) -> bool {
+        self.resolve(name).is_some()
+    }
+
+    /// Loads `name`, which must have `shape`.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let stored = self.resolve(name).ok_or_else(|| {
+            Error::invalid(format!("{}: missing tensor {name} (expected shape {shape:?})", self.source.display()))
+        })?;
+        let entry = self.files.entry(&stored).expect("resolved");
+        if entry.shape != shape {
+            return Err(Error::invalid(format!(
+                "{}: tensor {stored} has shape {:?}, expected {shape:?}",
+                self.files.file_of(&stored).unwrap_or(&self.source).display(),
+                entry.shape
+            )));
+        }
+        self.used.borrow_mut().insert(stored.clone());
+        self.files.load(&stored, &self.device, self.dtype)
+    }
+
+    /// Stored names never loaded so far, sorted.
+    pub fn unused(&self) -> Vec<String> {
+        let used = self.used.borrow();
+        self.files.names().filter(|n| !used.contains(*n)).map(str::to_string).collect()
+    }
+
+    /// Ends loading: an error listing every stored tensor the model did not use, unless each
+    /// matches one of `ignore` (prefixes of tensors known to be unused).
+    pub fn finish(&self, ignore: &[&str]) -> Result<()> {
+        let extra: Vec<String> =
+            self.unused().into_iter().filter(|n| !ignore.iter().any(|p| n.starts_with(p))).collect();
+        if extra.is_empty() {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "{}: {} unexpected tensor(s) the model does not use: {}",
+            self.source.display(),
+            extra.len(),
+            extra.join(", ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests;

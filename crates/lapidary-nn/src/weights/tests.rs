@@ -1,0 +1,103 @@
+//! Loading tests on safetensors files written here: dtypes and conversion, shards, aliases, and
+//! every error a user can hit (missing, wrong shape, unexpected, corrupt, unsupported dtype).
+
+use super::*;
+use safetensors::tensor::{Dtype, TensorView};
+
+fn write(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
+    let views: Vec<(String, TensorView<'_>)> =
+        tensors.iter().map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    DType::F32.encode(v)
+}
+
+fn dev() -> Device {
+    Device::cpu().unwrap()
+}
+
+#[test]
+fn loads_converts_and_accounts_for_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = [1.0f32, -2.5, 3.25, 0.125, 7.0, -0.5];
+    write(
+        &dir.path().join("model.safetensors"),
+        &[
+            ("model.a", Dtype::F32, vec![2, 3], f32_bytes(&a)),
+            ("model.b", Dtype::BF16, vec![2], DType::BF16.encode(&[1.5, -3.0])),
+            ("extra.c", Dtype::F32, vec![1], f32_bytes(&[9.0])),
+        ],
+    );
+    let w = Weights::open(dir.path(), &dev(), DType::F32).unwrap();
+    assert_eq!(w.tensor("model.a", &[2, 3]).unwrap().to_f32_vec().unwrap(), a);
+    assert_eq!(w.tensor("model.b", &[2]).unwrap().to_f32_vec().unwrap(), vec![1.5, -3.0]);
+    assert_eq!(w.unused(), vec!["extra.c".to_string()]);
+    let e = w.finish(&[]).unwrap_err().to_string();
+    assert!(e.contains("1 unexpected tensor(s)") && e.contains("extra.c"), "{e}");
+    w.finish(&["extra."]).unwrap();
+
+    let w16 = Weights::open(dir.path(), &dev(), DType::BF16).unwrap();
+    let t = w16.tensor("model.a", &[2, 3]).unwrap();
+    assert_eq!(t.dtype(), DType::BF16);
+    assert_eq!(t.to_f32_vec().unwrap(), a.iter().map(|&x| DType::BF16.round(x)).collect::<Vec<_>>());
+}
+
+#[test]
+fn missing_and_misshapen_tensors_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.safetensors");
+    write(&file, &[("w", Dtype::F32, vec![2, 2], f32_bytes(&[1., 2., 3., 4.]))]);
+    let w = Weights::open(&file, &dev(), DType::F32).unwrap();
+    let e = w.tensor("q_proj.weight", &[4, 8]).unwrap_err().to_string();
+    assert!(e.contains("missing tensor q_proj.weight") && e.contains("[4, 8]") && e.contains("one.safetensors"), "{e}");
+    let e = w.tensor("w", &[4]).unwrap_err().to_string();
+    assert!(e.contains("tensor w has shape [2, 2], expected [4]") && e.contains("one.safetensors"), "{e}");
+}
+
+#[test]
+fn aliases_let_either_prefix_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.safetensors");
+    write(&file, &[("vision_tower.vision_model.encoder.w", Dtype::F32, vec![1], f32_bytes(&[4.0]))]);
+    let w = Weights::open(&file, &dev(), DType::F32).unwrap().with_alias("vision_tower.", "vision_tower.vision_model.");
+    assert_eq!(w.tensor("vision_tower.encoder.w", &[1]).unwrap().to_f32_vec().unwrap(), vec![4.0]);
+    assert!(w.unused().is_empty());
+}
+
+#[test]
+fn sharded_checkpoints_load_through_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("model-00001-of-00002.safetensors"), &[("a", Dtype::F32, vec![1], f32_bytes(&[1.0]))]);
+    write(
+        &dir.path().join("model-00002-of-00002.safetensors"),
+        &[("b", Dtype::F16, vec![1], DType::F16.encode(&[2.0]))],
+    );
+    let index = r#"{"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}"#;
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index).unwrap();
+    let w = Weights::open(dir.path(), &dev(), DType::F32).unwrap();
+    assert_eq!(w.tensor("a", &[1]).unwrap().to_f32_vec().unwrap(), vec![1.0]);
+    assert_eq!(w.tensor("b", &[1]).unwrap().to_f32_vec().unwrap(), vec![2.0]);
+    w.finish(&[]).unwrap();
+
+    let bad = r#"{"weight_map": {"a": "model-00001-of-00002.safetensors", "zz": "model-00001-of-00002.safetensors"}}"#;
+    std::fs::write(dir.path().join("model.safetensors.index.json"), bad).unwrap();
+    let e = Weights::open(dir.path(), &dev(), DType::F32).err().unwrap().to_string();
+    assert!(e.contains("lists tensor zz") && e.contains("index.json"), "{e}");
+}
+
+#[test]
+fn corrupt_and_unsupported_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.safetensors");
+    std::fs::write(&file, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all").unwrap();
+    let e = Weights::open(&file, &dev(), DType::F32).err().unwrap().to_string();
+    assert!(e.contains("broken.safetensors: not a valid safetensors file"), "{e}");
+    let ints = dir.path().join("ints.safetensors");
+    write(&ints, &[("ids", Dtype::I64, vec![1], 7i64.to_le_bytes().to_vec())]);
+    let e = Weights::open(&ints, &dev(), DType::F32).err().unwrap().to_string();
+    assert!(e.contains("tensor ids is stored as I64"), "{e}");
+    let e = Weights::open(dir.path().join("nothing-here"), &dev(), DType::F32).err().unwrap().to_string();
+    assert!(e.contains("no model.safetensors"), "{e}");
+}
