@@ -2,3 +2,4 @@
 //! `check_grad` is what `cargo xtask check-grad` runs and prints.
 
 mod check_grad;
+mod hf_fixtures;

@@ -20,8 +20,10 @@ struct MappedFile {
 #[derive(Clone, Debug)]
 pub struct TensorEntry {
     file: usize,
-    /// Storage dtype on disk.
-    pub dtype: DType,
+    /// Storage dtype on disk, for float tensors (None for integer ones, e.g. token ids).
+    pub dtype: Option<DType>,
+    /// Storage dtype on disk as safetensors names it (`F32`, `I64`, ...).
+    pub stored: Dtype,
     /// Shape on disk.
     pub shape: Vec<usize>,
     offsets: (usize, usize),
@@ -89,17 +91,18 @@ impl SafetensorsFiles {
             let idx = files.len();
             for (name, info) in meta.tensors() {
                 let dtype = match info.dtype {
-                    Dtype::F32 => DType::F32,
-                    Dtype::BF16 => DType::BF16,
-                    Dtype::F16 => DType::F16,
-                    other => {
-                        return Err(Error::invalid(format!(
-                            "{}: tensor {name} is stored as {other:?}; expected F32, BF16 or F16",
-                            path.display()
-                        )));
-                    }
+                    Dtype::F32 => Some(DType::F32),
+                    Dtype::BF16 => Some(DType::BF16),
+                    Dtype::F16 => Some(DType::F16),
+                    _ => None,
                 };
-                let entry = TensorEntry { file: idx, dtype, shape: info.shape.clone(), offsets: info.data_offsets };
+                let entry = TensorEntry {
+                    file: idx,
+                    dtype,
+                    stored: info.dtype,
+                    shape: info.shape.clone(),
+                    offsets: info.data_offsets,
+                };
                 if entries.insert(name.clone(), entry).is_some() {
                     return Err(Error::invalid(format!(
                         "{}: tensor {name} also appears in an earlier file",
@@ -134,15 +137,39 @@ impl SafetensorsFiles {
         Ok(&f.mmap[f.data_start + e.offsets.0..f.data_start + e.offsets.1])
     }
 
-    /// Uploads tensor `name` to `device` as `dtype` (converted through f32 when the stored dtype
-    /// differs).
+    /// Uploads float tensor `name` to `device` as `dtype` (converted through f32 when the stored
+    /// dtype differs).
     pub fn load(&self, name: &str, device: &Device, dtype: DType) -> Result<Tensor> {
         let e = self.entries.get(name).ok_or_else(|| Error::invalid(format!("no tensor named {name}")))?;
         let bytes = self.bytes(name)?;
-        if e.dtype == dtype {
-            Tensor::from_bytes(device, bytes, &e.shape, dtype)
-        } else {
-            Tensor::from_f32(device, &e.dtype.decode(bytes), &e.shape, dtype)
+        match e.dtype {
+            Some(stored) if stored == dtype => Tensor::from_bytes(device, bytes, &e.shape, dtype),
+            Some(stored) => Tensor::from_f32(device, &stored.decode(bytes), &e.shape, dtype),
+            None => Err(Error::invalid(format!(
+                "{}: tensor {name} is stored as {:?}; expected F32, BF16 or F16",
+                self.files[e.file].path.display(),
+                e.stored
+            ))),
         }
+    }
+
+    /// Reads integer tensor `name` (I64, I32 or U8 on disk) as host `i64` values with its shape.
+    pub fn load_i64(&self, name: &str) -> Result<(Vec<i64>, Vec<usize>)> {
+        let e = self.entries.get(name).ok_or_else(|| Error::invalid(format!("no tensor named {name}")))?;
+        let b = self.bytes(name)?;
+        let v = match e.stored {
+            Dtype::I64 => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes"))).collect(),
+            Dtype::I32 => {
+                b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64).collect()
+            }
+            Dtype::U8 => b.iter().map(|&x| x as i64).collect(),
+            other => {
+                return Err(Error::invalid(format!(
+                    "{}: tensor {name} is stored as {other:?}; expected an integer tensor (I64, I32 or U8)",
+                    self.files[e.file].path.display()
+                )));
+            }
+        };
+        Ok((v, e.shape.clone()))
     }
 }

@@ -2,6 +2,7 @@
 //! every error a user can hit (missing, wrong shape, unexpected, corrupt, unsupported dtype).
 
 use super::*;
+use crate::safetensors::SafetensorsFiles;
 use safetensors::tensor::{Dtype, TensorView};
 
 fn write(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
@@ -95,9 +96,15 @@ fn corrupt_and_unsupported_files_are_clear_errors() {
     let e = Weights::open(&file, &dev(), DType::F32).err().unwrap().to_string();
     assert!(e.contains("broken.safetensors: not a valid safetensors file"), "{e}");
     let ints = dir.path().join("ints.safetensors");
-    write(&ints, &[("ids", Dtype::I64, vec![1], 7i64.to_le_bytes().to_vec())]);
-    let e = Weights::open(&ints, &dev(), DType::F32).err().unwrap().to_string();
-    assert!(e.contains("tensor ids is stored as I64"), "{e}");
+    write(&ints, &[("ids", Dtype::I64, vec![2], [7i64.to_le_bytes(), (-100i64).to_le_bytes()].concat())]);
+    let w = Weights::open(&ints, &dev(), DType::F32).unwrap();
+    let e = w.tensor("ids", &[2]).unwrap_err().to_string();
+    assert!(e.contains("tensor ids is stored as I64; expected F32"), "{e}");
+    assert_eq!(w.files().load_i64("ids").unwrap(), (vec![7, -100], vec![2]));
+    let floats = dir.path().join("floats.safetensors");
+    write(&floats, &[("x", Dtype::F32, vec![1], f32_bytes(&[1.0]))]);
+    let e = SafetensorsFiles::open(&floats).unwrap().load_i64("x").unwrap_err().to_string();
+    assert!(e.contains("expected an integer tensor"), "{e}");
     let e = Weights::open(dir.path().join("nothing-here"), &dev(), DType::F32).err().unwrap().to_string();
     assert!(e.contains("no model.safetensors"), "{e}");
 }
