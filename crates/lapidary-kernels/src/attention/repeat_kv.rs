@@ -59,7 +59,7 @@ pub fn repeat_kv_backward(dy: &Tensor, groups: usize) -> Result<Tensor> {
     if groups == 1 {
         return Ok(dy.clone());
     }
-    if dy.rank() != 4 || dy.dim(1) % groups != 0 {
+    if dy.rank() != 4 || !dy.dim(1).is_multiple_of(groups) {
         return Err(Error::shape(
             format!("repeat_kv_backward (groups {groups})"),
             "[B, Hkv * groups, S, D]",

@@ -28,7 +28,7 @@ proptest! {
         let v = random_tensor(&dev, &[b, hkv, s, d], dt, seed ^ 2, 1.0);
         let dout = random_tensor(&dev, &[b, h, t, d], dt, seed ^ 3, 1.0);
         // Block ids: a run of "image" tokens with id 1 in the middle, another with id 2 after it.
-        let blocks: Vec<f32> = (0..b * s).map(|i| { let p = i % s; if p >= 1 && p < 1 + s / 3 { 1.0 } else if p >= 1 + s / 3 && p < 1 + 2 * s / 3 { 2.0 } else { 0.0 } }).collect();
+        let blocks: Vec<f32> = (0..b * s).map(|i| { let p = i % s; if p > 0 && p < 1 + s / 3 { 1.0 } else if p > s / 3 && p < 1 + 2 * s / 3 { 2.0 } else { 0.0 } }).collect();
         // Padding: the last key of batch row 0 is padding (left-padding style on row 1: the first).
         let keep: Vec<f32> = (0..b * s).map(|i| { let (bi, p) = (i / s, i % s); if (bi == 0 && p == s - 1 && s > 1) || (bi == 1 && p == 0) { 0.0 } else { 1.0 } }).collect();
         let mut mask = AttentionMask { causal, window: if causal { window } else { None }, ..Default::default() };

@@ -80,7 +80,11 @@ fn avg_pool_backward_kernel<F: Float>(dy: &[F], dx: &mut [F], side: usize, k: us
 }
 
 fn check_pixels(op: &str, pixels_shape: &[usize], patch: usize) -> Result<()> {
-    if pixels_shape.len() != 4 || patch == 0 || pixels_shape[2] % patch != 0 || pixels_shape[3] % patch != 0 {
+    if pixels_shape.len() != 4
+        || patch == 0
+        || !pixels_shape[2].is_multiple_of(patch)
+        || !pixels_shape[3].is_multiple_of(patch)
+    {
         return Err(Error::shape(
             format!("{op}: pixels (patch {patch})"),
             format!("[N, C, H, W] with H and W multiples of {patch}"),
@@ -127,7 +131,7 @@ pub fn im2col_backward(dpatches: &Tensor, pixels_shape: &[usize], patch: usize) 
 
 fn pool_dims(op: &str, x_shape: &[usize], k: usize) -> Result<(usize, usize, usize)> {
     let side = (x_shape.get(1).copied().unwrap_or(0) as f64).sqrt() as usize;
-    if x_shape.len() != 3 || side * side != x_shape[1] || k == 0 || side % k != 0 {
+    if x_shape.len() != 3 || side * side != x_shape[1] || k == 0 || !side.is_multiple_of(k) {
         return Err(Error::shape(
             format!("{op}: x (kernel {k})"),
             format!("[B, side², C] with side a multiple of {k}"),

@@ -13,6 +13,8 @@ use lapidary_core::{Error, Result, Tensor, launch};
 const SB_M: usize = 8;
 const SB_N: usize = 8;
 
+// Kernel code: `div_ceil` is not in the cube language.
+#[allow(clippy::manual_div_ceil)]
 #[cube(launch_unchecked)]
 fn matmul_kernel<F: Float, N: Size>(
     a: &[F],
@@ -142,9 +144,9 @@ fn matmul_kernel<F: Float, N: Size>(
                 c[out0 + 1] = Vector::cast_from(c01);
             }
             if r0 + 1 < m {
-                c[out0 + 1 * n_vec] = Vector::cast_from(c10);
+                c[out0 + n_vec] = Vector::cast_from(c10);
                 if second {
-                    c[out0 + 1 * n_vec + 1] = Vector::cast_from(c11);
+                    c[out0 + n_vec + 1] = Vector::cast_from(c11);
                 }
             }
             if r0 + 2 < m {

@@ -64,6 +64,8 @@ fn sum_sq_partial_kernel<F: Float, N: Size>(x: &[Vector<F, N>], partial: &mut [f
     partial[ABSOLUTE_POS] = s;
 }
 
+// Kernel code: iterators are not in the cube language.
+#[allow(clippy::needless_range_loop)]
 #[cube(launch_unchecked)]
 fn sum_partials_kernel(partial: &[f32], out: &mut [f32]) {
     if ABSOLUTE_POS == 0 {

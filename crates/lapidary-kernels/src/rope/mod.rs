@@ -68,7 +68,7 @@ fn rope_kernel<F: Float>(
 }
 
 fn launch_rope(op: &str, x: &Tensor, cos: &Tensor, sin: &Tensor, backward: bool) -> Result<Tensor> {
-    if x.rank() != 4 || x.dim(3) % 2 != 0 {
+    if x.rank() != 4 || !x.dim(3).is_multiple_of(2) {
         return Err(Error::shape(format!("{op}: x"), "[B, H, T, D] with D even", x.shape()));
     }
     let (b, h, t, d) = (x.dim(0), x.dim(1), x.dim(2), x.dim(3));
