@@ -48,6 +48,19 @@ fn bench_matmul(c: &mut Criterion) {
                 })
             });
         }
+        #[cfg(feature = "cubek-peer")]
+        {
+            let ta = Tensor::from_f32(&dev, &a, &[s, s], DType::F32).unwrap();
+            let tb = Tensor::from_f32(&dev, &b, &[s, s], DType::F32).unwrap();
+            // Same result as lapidary's kernel, or the comparison means nothing.
+            let ours = matmul::matmul(&ta, &tb, None, false, false).unwrap().to_f32_vec().unwrap();
+            let theirs = cubek_cpu_gemm(&dev, &ta, &tb, s).to_f32_vec().unwrap();
+            let diff = ours.iter().zip(&theirs).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-3 * (s as f32).sqrt(), "cubek and lapidary disagree by {diff}");
+            g.bench_with_input(BenchmarkId::new("cubek-CpuGemm-F32", s), &s, |bch, _| {
+                bch.iter(|| cubek_cpu_gemm(&dev, &ta, &tb, s))
+            });
+        }
         let mut out = vec![0f32; s * s];
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         g.bench_with_input(BenchmarkId::new("gemm-crate-F32", s), &s, |bch, _| {
@@ -77,6 +90,31 @@ fn bench_matmul(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// cubek-matmul 0.3.1's CPU GEMM on the same CubeCL runtime, as a peer (feature `cubek-peer`).
+#[cfg(feature = "cubek-peer")]
+fn cubek_cpu_gemm(dev: &Device, a: &Tensor, b: &Tensor, s: usize) -> Tensor {
+    use cubecl::ir::{ElemType, FloatKind};
+    use cubecl::std::tensor::TensorHandle;
+    use cubek_matmul::{definition::MatmulElems, launch::launch_ref, strategy::Strategy, tiled};
+    use lapidary::core::cubecl;
+    let dt = ElemType::Float(FloatKind::F32);
+    let out = Tensor::uninit(dev, &[s, s], DType::F32).unwrap();
+    let lhs = TensorHandle::new_contiguous(vec![1, s, s], a.handle().clone(), dt);
+    let rhs = TensorHandle::new_contiguous(vec![1, s, s], b.handle().clone(), dt);
+    let o = TensorHandle::new_contiguous(vec![1, s, s], out.handle().clone(), dt);
+    launch_ref(
+        &Strategy::Tiled(tiled::Strategy::CpuGemm(Default::default())),
+        dev.client(),
+        cubek_std::InputBinding::Normal(lhs.binding(), dt),
+        cubek_std::InputBinding::Normal(rhs.binding(), dt),
+        o.binding(),
+        &mut MatmulElems::from_single_dtype(dt),
+    )
+    .expect("cubek CpuGemm launch");
+    dev.sync().unwrap();
+    out
 }
 
 fn bench_attention(c: &mut Criterion) {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 pub fn run(extra: &[String]) -> Result<(), String> {
     let started = SystemTime::now();
-    let mut args = vec!["bench", "--package", "lapidary", "--benches", "--"];
+    let mut args = vec!["bench", "--package", "lapidary", "--benches", "--features", "cubek-peer", "--"];
     args.extend(extra.iter().map(String::as_str));
     crate::cargo(&args)?;
     let root = crate::workspace_root().join("target/criterion");
