@@ -140,6 +140,7 @@ pub fn op_cases() -> Vec<OpCase> {
         ("im2col", vec![vec![1, 2, 4, 4]], Box::new(|v: &[Var]| ops::im2col(&v[0], 2))),
         ("avg_pool", vec![vec![1, 16, 2]], Box::new(|v: &[Var]| ops::avg_pool(&v[0], 2))),
         ("transpose", vec![vec![2, 3, 4]], Box::new(|v: &[Var]| ops::transpose(&v[0]))),
+        ("swap_middle", vec![vec![2, 3, 2, 2]], Box::new(|v: &[Var]| ops::swap_middle(&v[0]))),
         ("reshape", vec![vec![2, 6]], Box::new(|v: &[Var]| ops::reshape(&v[0], &[3, 4]))),
         ("cross_entropy", vec![vec![4, 5]], Box::new(|v: &[Var]| ops::cross_entropy(&v[0], &[1, -100, 4, 0], None))),
     ]

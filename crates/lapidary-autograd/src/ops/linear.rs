@@ -1,4 +1,4 @@
-//! Matmul and the shape ops around it (reshape, transpose of the last two dims).
+//! Matmul and the shape ops around it (reshape, transposes).
 
 use super::upstream;
 use crate::{Var, tape::BackwardFn};
@@ -35,4 +35,10 @@ pub fn reshape(x: &Var, shape: &[usize]) -> Result<Var> {
 pub fn transpose(x: &Var) -> Result<Var> {
     let out = mm::transpose(x.value())?;
     x.tape().record1(&[x], out, Box::new(move |outs, _| Ok(vec![Some(mm::transpose(&upstream(outs))?)])))
+}
+
+/// `[A, R, C, D] -> [A, C, R, D]` (tokens × heads to heads × tokens and back).
+pub fn swap_middle(x: &Var) -> Result<Var> {
+    let out = mm::swap_middle(x.value())?;
+    x.tape().record1(&[x], out, Box::new(move |outs, _| Ok(vec![Some(mm::swap_middle(&upstream(outs))?)])))
 }

@@ -27,4 +27,4 @@ pub mod reference;
 mod transpose;
 
 pub use kernel::{MatmulGrads, matmul, matmul_backward};
-pub use transpose::transpose;
+pub use transpose::{swap_middle, transpose};
