@@ -3,3 +3,4 @@
 
 mod check_grad;
 mod hf_fixtures;
+mod hf_parity;

@@ -1,4 +1,9 @@
-//! lapidary-gemma3: the Gemma 3 decoder, the multimodal projector and
+//! lapidary-gemma3: Gemma 3's multimodal projector, and (to come) the Gemma 3 decoder and
 //! Gemma3ForConditionalGeneration, matching HF transformers.
 //!
-//! Not built yet: this crate is an empty library until the model lands.
+//! Built so far: [`MultiModalProjector`]. It turns SigLIP features into text-width image
+//! tokens, as HF's `get_image_features` does.
+
+mod projector;
+
+pub use projector::MultiModalProjector;

@@ -1,0 +1,119 @@
+//! `SiglipVisionConfig` with HF's field names and defaults, read from a `config.json` (the model's
+//! own, or the `vision_config` of a Gemma 3 one). Not validation of weights against it (loading
+//! does that).
+
+use lapidary_core::{Error, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+/// The SigLIP vision tower's configuration (HF `SiglipVisionConfig` field names).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct SiglipVisionConfig {
+    /// Width of the encoder.
+    #[serde(default = "d_hidden")]
+    pub hidden_size: usize,
+    /// Width of the MLP.
+    #[serde(default = "d_intermediate")]
+    pub intermediate_size: usize,
+    /// Encoder layers.
+    #[serde(default = "d_layers")]
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    #[serde(default = "d_heads")]
+    pub num_attention_heads: usize,
+    /// Image channels.
+    #[serde(default = "d_channels")]
+    pub num_channels: usize,
+    /// Input side in pixels.
+    #[serde(default = "d_image")]
+    pub image_size: usize,
+    /// Patch side in pixels.
+    #[serde(default = "d_patch")]
+    pub patch_size: usize,
+    /// LayerNorm epsilon.
+    #[serde(default = "d_eps")]
+    pub layer_norm_eps: f64,
+    /// Activation (only `gelu_pytorch_tanh` is supported).
+    #[serde(default = "d_act")]
+    pub hidden_act: String,
+}
+
+fn d_hidden() -> usize {
+    768
+}
+fn d_intermediate() -> usize {
+    3072
+}
+fn d_layers() -> usize {
+    12
+}
+fn d_heads() -> usize {
+    12
+}
+fn d_channels() -> usize {
+    3
+}
+fn d_image() -> usize {
+    224
+}
+fn d_patch() -> usize {
+    16
+}
+fn d_eps() -> f64 {
+    1e-6
+}
+fn d_act() -> String {
+    "gelu_pytorch_tanh".into()
+}
+
+impl SiglipVisionConfig {
+    /// Reads `config.json` (or a Gemma 3 `config.json`, whose `vision_config` is used).
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Error::invalid(format!("{}: not valid JSON: {e}", path.display())))?;
+        Self::from_json(json.get("vision_config").unwrap_or(&json)).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// From a JSON object with HF field names.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        let cfg: Self = serde_json::from_value(v.clone()).map_err(|e| Error::invalid(format!("vision config: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.hidden_act != "gelu_pytorch_tanh" {
+            return Err(Error::invalid(format!("vision config: hidden_act {} is not supported (gelu_pytorch_tanh is)", self.hidden_act)));
+        }
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+            return Err(Error::invalid(format!(
+                "vision config: image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            )));
+        }
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(Error::invalid(format!(
+                "vision config: hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            )));
+        }
+        Ok(())
+    }
+
+    /// Patches per image side.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// Patches per image.
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}

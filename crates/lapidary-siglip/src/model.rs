@@ -1,0 +1,166 @@
+//! The SigLIP vision transformer as HF's `SiglipVisionModel` computes it (no pooling head, as in
+//! Gemma 3): patch embedding (a stride-p convolution done as im2col + matmul) plus learned
+//! positions, pre-LN encoder layers (biased q/k/v/out projections, full bidirectional attention,
+//! gelu-tanh MLP), then `post_layernorm`. Parameters keep HF's names under a prefix. Each layer
+//! can run as a checkpointed segment that receives its parameters explicitly.
+
+use crate::SiglipVisionConfig;
+use lapidary_autograd::{Tape, Trainable, Var, checkpoint, ops};
+use lapidary_core::Result;
+use lapidary_kernels::attention::AttentionMask;
+use lapidary_nn::{Linear, Weights};
+
+/// One pre-LN encoder layer.
+#[derive(Clone)]
+pub struct EncoderLayer {
+    ln1: (Var, Var),
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    ln2: (Var, Var),
+    fc1: Linear,
+    fc2: Linear,
+    heads: usize,
+    eps: f32,
+}
+
+/// The SigLIP vision tower.
+pub struct SiglipVisionModel {
+    cfg: SiglipVisionConfig,
+    patch_weight: Var,
+    patch_bias: Var,
+    positions: Var,
+    layers: Vec<EncoderLayer>,
+    post: (Var, Var),
+}
+
+fn param(w: &Weights, tape: &Tape, name: &str, shape: &[usize], trainable: Trainable) -> Result<Var> {
+    Ok(tape.param(name, w.tensor(name, shape)?, trainable))
+}
+
+fn linear(w: &Weights, tape: &Tape, path: &str, out: usize, inp: usize, trainable: Trainable) -> Result<Linear> {
+    let weight = param(w, tape, &format!("{path}.weight"), &[out, inp], trainable)?;
+    let bias = param(w, tape, &format!("{path}.bias"), &[out], trainable)?;
+    Ok(Linear::new(path, weight, Some(bias)))
+}
+
+fn layer_norm(w: &Weights, tape: &Tape, path: &str, dim: usize, trainable: Trainable) -> Result<(Var, Var)> {
+    Ok((param(w, tape, &format!("{path}.weight"), &[dim], trainable)?, param(w, tape, &format!("{path}.bias"), &[dim], trainable)?))
+}
+
+impl EncoderLayer {
+    fn load(cfg: &SiglipVisionConfig, w: &Weights, tape: &Tape, p: &str, t: Trainable) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(EncoderLayer {
+            ln1: layer_norm(w, tape, &format!("{p}.layer_norm1"), h, t)?,
+            q: linear(w, tape, &format!("{p}.self_attn.q_proj"), h, h, t)?,
+            k: linear(w, tape, &format!("{p}.self_attn.k_proj"), h, h, t)?,
+            v: linear(w, tape, &format!("{p}.self_attn.v_proj"), h, h, t)?,
+            out: linear(w, tape, &format!("{p}.self_attn.out_proj"), h, h, t)?,
+            ln2: layer_norm(w, tape, &format!("{p}.layer_norm2"), h, t)?,
+            fc1: linear(w, tape, &format!("{p}.mlp.fc1"), i, h, t)?,
+            fc2: linear(w, tape, &format!("{p}.mlp.fc2"), h, i, t)?,
+            heads: cfg.num_attention_heads,
+            eps: cfg.layer_norm_eps as f32,
+        })
+    }
+
+    fn linears(&self) -> [&Linear; 6] {
+        [&self.q, &self.k, &self.v, &self.out, &self.fc1, &self.fc2]
+    }
+
+    /// Every parameter the layer computes with, adapters included, in a fixed order.
+    pub fn params(&self) -> Vec<Var> {
+        let mut v = vec![self.ln1.0.clone(), self.ln1.1.clone(), self.ln2.0.clone(), self.ln2.1.clone()];
+        for l in self.linears() {
+            v.extend(l.params());
+        }
+        v
+    }
+
+    /// The same layer computing with `ps` in place of [`EncoderLayer::params`].
+    pub fn rebind(&self, ps: &[Var]) -> Result<Self> {
+        let mut at = 4;
+        let mut next = |l: &Linear| -> Result<Linear> {
+            let n = l.params().len();
+            let r = l.rebind(&ps[at..at + n])?;
+            at += n;
+            Ok(r)
+        };
+        Ok(EncoderLayer {
+            ln1: (ps[0].clone(), ps[1].clone()),
+            ln2: (ps[2].clone(), ps[3].clone()),
+            q: next(&self.q)?,
+            k: next(&self.k)?,
+            v: next(&self.v)?,
+            out: next(&self.out)?,
+            fc1: next(&self.fc1)?,
+            fc2: next(&self.fc2)?,
+            heads: self.heads,
+            eps: self.eps,
+        })
+    }
+
+    /// `[N, P, C] -> [N, P, C]`.
+    pub fn forward(&self, x: &Var) -> Result<Var> {
+        let (n, p, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+        let d = c / self.heads;
+        let h = ops::layer_norm(x, &self.ln1.0, &self.ln1.1, self.eps)?;
+        let heads = |l: &Linear| -> Result<Var> { ops::swap_middle(&ops::reshape(&l.forward(&h)?, &[n, p, self.heads, d])?) };
+        let att = ops::attention(&heads(&self.q)?, &heads(&self.k)?, &heads(&self.v)?, (d as f32).powf(-0.5), &AttentionMask::full())?;
+        let att = ops::reshape(&ops::swap_middle(&att)?, &[n, p, c])?;
+        let x = ops::add(x, &self.out.forward(&att)?)?;
+        let h = ops::layer_norm(&x, &self.ln2.0, &self.ln2.1, self.eps)?;
+        let mlp = self.fc2.forward(&ops::gelu_tanh(&self.fc1.forward(&h)?)?)?;
+        ops::add(&x, &mlp)
+    }
+}
+
+impl SiglipVisionModel {
+    /// Loads the tower from `w` with parameter names `{prefix}embeddings...`,
+    /// `{prefix}encoder.layers.N...`, `{prefix}post_layernorm...` (HF names; e.g. prefix
+    /// `vision_tower.`), registering them on `tape` as `trainable` or frozen.
+    pub fn load(cfg: &SiglipVisionConfig, w: &Weights, prefix: &str, tape: &Tape, trainable: Trainable) -> Result<Self> {
+        let (h, c, p) = (cfg.hidden_size, cfg.num_channels, cfg.patch_size);
+        let pw_name = format!("{prefix}embeddings.patch_embedding.weight");
+        // Conv weight [h, c, p, p] used as a matmul weight [h, c·p·p] (same bytes).
+        let patch_weight = tape.param(&pw_name, w.tensor(&pw_name, &[h, c, p, p])?.reshape(&[h, c * p * p])?, trainable);
+        let patch_bias = param(w, tape, &format!("{prefix}embeddings.patch_embedding.bias"), &[h], trainable)?;
+        let positions = param(w, tape, &format!("{prefix}embeddings.position_embedding.weight"), &[cfg.num_patches(), h], trainable)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::load(cfg, w, tape, &format!("{prefix}encoder.layers.{i}"), trainable))
+            .collect::<Result<Vec<_>>>()?;
+        let post = layer_norm(w, tape, &format!("{prefix}post_layernorm"), h, trainable)?;
+        Ok(SiglipVisionModel { cfg: cfg.clone(), patch_weight, patch_bias, positions, layers, post })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SiglipVisionConfig {
+        &self.cfg
+    }
+
+    /// The encoder layers (their linears take adapters).
+    pub fn layers_mut(&mut self) -> &mut [EncoderLayer] {
+        &mut self.layers
+    }
+
+    /// `pixel_values: [N, C, H, W]` -> last hidden state `[N, patches, hidden]` (after
+    /// `post_layernorm`). With `checkpointing`, each layer is recomputed during backward.
+    pub fn forward(&self, pixels: &Var, checkpointing: bool) -> Result<Var> {
+        let patches = ops::im2col(pixels, self.cfg.patch_size)?;
+        let x = ops::matmul(&patches, &self.patch_weight, Some(&self.patch_bias), false, true)?;
+        let mut x = ops::add(&x, &self.positions)?;
+        for layer in &self.layers {
+            x = if checkpointing {
+                let params = layer.params();
+                let refs: Vec<&Var> = params.iter().collect();
+                let l = layer.clone();
+                checkpoint(&[&x], &refs, move |_, ins, ps| Ok(vec![l.rebind(ps)?.forward(&ins[0])?]))?.remove(0)
+            } else {
+                layer.forward(&x)?
+            };
+        }
+        ops::layer_norm(&x, &self.post.0, &self.post.1, self.cfg.layer_norm_eps as f32)
+    }
+}
