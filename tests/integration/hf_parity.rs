@@ -32,7 +32,9 @@ fn image_features_match_hf() {
         let f = SafetensorsFiles::open(fixtures().join("cases").join(format!("{case}.safetensors"))).unwrap();
         let want = f.load("image_features", &dev, DType::F32).unwrap().to_f32_vec().unwrap();
         for checkpointing in [false, true] {
-            let w = Weights::open(fixtures().join(layout), &dev, DType::F32).unwrap().with_alias("vision_tower.", "vision_tower.vision_model.");
+            let w = Weights::open(fixtures().join(layout), &dev, DType::F32)
+                .unwrap()
+                .with_alias("vision_tower.", "vision_tower.vision_model.");
             let tape = Tape::new();
             let tower = SiglipVisionModel::load(&vcfg, &w, "vision_tower.", &tape, Trainable::No).unwrap();
             let proj = MultiModalProjector::load(
@@ -56,5 +58,92 @@ fn image_features_match_hf() {
             let unused = w.unused();
             assert!(unused.iter().all(|n| n.starts_with("language_model.")), "vision weights left unused: {unused:?}");
         }
+    }
+}
+
+fn load_batch(case: &str, dev: &Device) -> (lapidary::gemma3::Batch, SafetensorsFiles) {
+    let f = SafetensorsFiles::open(fixtures().join("cases").join(format!("{case}.safetensors"))).unwrap();
+    let (ids, shape) = f.load_i64("input_ids").unwrap();
+    let batch = lapidary::gemma3::Batch {
+        batch: shape[0],
+        seq: shape[1],
+        input_ids: ids,
+        attention_mask: f.load_i64("attention_mask").unwrap().0,
+        token_type_ids: f.load_i64("token_type_ids").unwrap().0,
+        labels: Some(f.load_i64("labels").unwrap().0),
+        pixel_values: f.entry("pixel_values").map(|_| f.load("pixel_values", dev, DType::F32).unwrap()),
+    };
+    (batch, f)
+}
+
+const CASES: [&str; 3] = ["two_rows_one_image_each", "two_images_and_padded_text_row", "text_only"];
+
+#[test]
+fn logits_and_loss_match_hf() {
+    use lapidary::gemma3::Gemma3ForConditionalGeneration;
+    let dev = Device::cpu().unwrap();
+    for layout in ["model", "model-hub"] {
+        for case in CASES {
+            let (batch, f) = load_batch(case, &dev);
+            let tape = Tape::new();
+            let model =
+                Gemma3ForConditionalGeneration::open(fixtures().join(layout), &dev, DType::F32, &tape, Trainable::No)
+                    .unwrap();
+            let out = model.forward(&tape, &batch, false).unwrap();
+            let want = f.load("logits", &dev, DType::F32).unwrap().to_f32_vec().unwrap();
+            let err = rel_err(&out.logits.value().to_f32_vec().unwrap(), &want);
+            let loss = out.loss.unwrap().value().to_f32_vec().unwrap()[0];
+            let want_loss = f.load("loss", &dev, DType::F32).unwrap().to_f32_vec().unwrap()[0];
+            let loss_err = ((loss - want_loss) / want_loss).abs();
+            if err >= 1e-4 {
+                let got = out.logits.value().to_f32_vec().unwrap();
+                let v = want.len() / (batch.batch * batch.seq);
+                for pos in 0..batch.batch * batch.seq {
+                    let d = (0..v).map(|j| (got[pos * v + j] - want[pos * v + j]).abs()).fold(0f32, f32::max);
+                    if d > 1e-3 {
+                        println!(
+                            "  row {} pos {}: max |diff| {d:.3} mask {}",
+                            pos / batch.seq,
+                            pos % batch.seq,
+                            batch.attention_mask[pos]
+                        );
+                    }
+                }
+            }
+            println!(
+                "{case} ({layout}): logits max rel err {err:.2e}, loss {loss:.6} vs HF {want_loss:.6} (rel {loss_err:.1e})"
+            );
+            assert!(err < 1e-4, "{case} ({layout}): logits differ from HF by {err:.2e}");
+            assert!(loss_err < 1e-5, "{case} ({layout}): loss {loss} vs HF {want_loss}");
+        }
+    }
+}
+
+#[test]
+fn bf16_weights_give_hf_loss_within_1e_2() {
+    use lapidary::gemma3::Gemma3ForConditionalGeneration;
+    let dev = Device::cpu().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("manifest.json")).unwrap()).unwrap();
+    for case in CASES {
+        let (mut batch, _) = load_batch(case, &dev);
+        if let Some(px) = &batch.pixel_values {
+            batch.pixel_values = Some(
+                lapidary::core::Tensor::from_f32(&dev, &px.to_f32_vec().unwrap(), px.shape(), DType::BF16).unwrap(),
+            );
+        }
+        let tape = Tape::new();
+        let model = Gemma3ForConditionalGeneration::open(
+            fixtures().join("model-bf16"),
+            &dev,
+            DType::BF16,
+            &tape,
+            Trainable::No,
+        )
+        .unwrap();
+        let loss = model.forward(&tape, &batch, false).unwrap().loss.unwrap().value().to_f32_vec().unwrap()[0] as f64;
+        let want = manifest["cases"][case]["bf16_loss"].as_f64().unwrap();
+        println!("{case} (bf16): loss {loss:.5} vs HF bf16 {want:.5}");
+        assert!(((loss - want) / want).abs() < 1e-2, "{case}: bf16 loss {loss} vs HF {want}");
     }
 }

@@ -1,9 +1,23 @@
-//! lapidary-gemma3: Gemma 3's multimodal projector, and (to come) the Gemma 3 decoder and
-//! Gemma3ForConditionalGeneration, matching HF transformers.
+//! lapidary-gemma3: Gemma 3's text decoder, multimodal projector and
+//! Gemma3ForConditionalGeneration, matching HF transformers (logits and loss checked against
+//! HF fixtures), configured from HF `config.json` in either schema and loaded with HF names.
 //!
-//! Built so far: [`MultiModalProjector`]. It turns SigLIP features into text-width image
-//! tokens, as HF's `get_image_features` does.
+//! ```no_run
+//! use lapidary_autograd::{Tape, Trainable};
+//! use lapidary_core::{DType, Device};
+//! use lapidary_gemma3::Gemma3ForConditionalGeneration;
+//!
+//! let dev = Device::cpu().unwrap();
+//! let tape = Tape::new();
+//! let model = Gemma3ForConditionalGeneration::open("model-dir", &dev, DType::BF16, &tape, Trainable::No).unwrap();
+//! ```
 
+mod config;
+mod decoder;
+mod model;
 mod projector;
 
+pub use config::{Gemma3Config, Gemma3TextConfig, LayerKind, Rope};
+pub use decoder::{DecoderContext, DecoderLayer, Gemma3TextModel};
+pub use model::{Batch, Gemma3ForConditionalGeneration, Output};
 pub use projector::MultiModalProjector;

@@ -71,9 +71,10 @@ impl SiglipVisionConfig {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let json: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| Error::invalid(format!("{}: not valid JSON: {e}", path.display())))?;
-        Self::from_json(json.get("vision_config").unwrap_or(&json)).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::invalid(format!("{}: not valid JSON: {e}", path.display())))?;
+        Self::from_json(json.get("vision_config").unwrap_or(&json))
+            .map_err(|e| Error::invalid(format!("{}: {e}", path.display())))
     }
 
     /// From a JSON object with HF field names.
@@ -85,7 +86,10 @@ impl SiglipVisionConfig {
 
     fn validate(&self) -> Result<()> {
         if self.hidden_act != "gelu_pytorch_tanh" {
-            return Err(Error::invalid(format!("vision config: hidden_act {} is not supported (gelu_pytorch_tanh is)", self.hidden_act)));
+            return Err(Error::invalid(format!(
+                "vision config: hidden_act {} is not supported (gelu_pytorch_tanh is)",
+                self.hidden_act
+            )));
         }
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(Error::invalid(format!(

@@ -46,7 +46,10 @@ fn linear(w: &Weights, tape: &Tape, path: &str, out: usize, inp: usize, trainabl
 }
 
 fn layer_norm(w: &Weights, tape: &Tape, path: &str, dim: usize, trainable: Trainable) -> Result<(Var, Var)> {
-    Ok((param(w, tape, &format!("{path}.weight"), &[dim], trainable)?, param(w, tape, &format!("{path}.bias"), &[dim], trainable)?))
+    Ok((
+        param(w, tape, &format!("{path}.weight"), &[dim], trainable)?,
+        param(w, tape, &format!("{path}.bias"), &[dim], trainable)?,
+    ))
 }
 
 impl EncoderLayer {
@@ -107,8 +110,15 @@ impl EncoderLayer {
         let (n, p, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let d = c / self.heads;
         let h = ops::layer_norm(x, &self.ln1.0, &self.ln1.1, self.eps)?;
-        let heads = |l: &Linear| -> Result<Var> { ops::swap_middle(&ops::reshape(&l.forward(&h)?, &[n, p, self.heads, d])?) };
-        let att = ops::attention(&heads(&self.q)?, &heads(&self.k)?, &heads(&self.v)?, (d as f32).powf(-0.5), &AttentionMask::full())?;
+        let heads =
+            |l: &Linear| -> Result<Var> { ops::swap_middle(&ops::reshape(&l.forward(&h)?, &[n, p, self.heads, d])?) };
+        let att = ops::attention(
+            &heads(&self.q)?,
+            &heads(&self.k)?,
+            &heads(&self.v)?,
+            (d as f32).powf(-0.5),
+            &AttentionMask::full(),
+        )?;
         let att = ops::reshape(&ops::swap_middle(&att)?, &[n, p, c])?;
         let x = ops::add(x, &self.out.forward(&att)?)?;
         let h = ops::layer_norm(&x, &self.ln2.0, &self.ln2.1, self.eps)?;
@@ -121,13 +131,26 @@ impl SiglipVisionModel {
     /// Loads the tower from `w` with parameter names `{prefix}embeddings...`,
     /// `{prefix}encoder.layers.N...`, `{prefix}post_layernorm...` (HF names; e.g. prefix
     /// `vision_tower.`), registering them on `tape` as `trainable` or frozen.
-    pub fn load(cfg: &SiglipVisionConfig, w: &Weights, prefix: &str, tape: &Tape, trainable: Trainable) -> Result<Self> {
+    pub fn load(
+        cfg: &SiglipVisionConfig,
+        w: &Weights,
+        prefix: &str,
+        tape: &Tape,
+        trainable: Trainable,
+    ) -> Result<Self> {
         let (h, c, p) = (cfg.hidden_size, cfg.num_channels, cfg.patch_size);
         let pw_name = format!("{prefix}embeddings.patch_embedding.weight");
         // Conv weight [h, c, p, p] used as a matmul weight [h, c·p·p] (same bytes).
-        let patch_weight = tape.param(&pw_name, w.tensor(&pw_name, &[h, c, p, p])?.reshape(&[h, c * p * p])?, trainable);
+        let patch_weight =
+            tape.param(&pw_name, w.tensor(&pw_name, &[h, c, p, p])?.reshape(&[h, c * p * p])?, trainable);
         let patch_bias = param(w, tape, &format!("{prefix}embeddings.patch_embedding.bias"), &[h], trainable)?;
-        let positions = param(w, tape, &format!("{prefix}embeddings.position_embedding.weight"), &[cfg.num_patches(), h], trainable)?;
+        let positions = param(
+            w,
+            tape,
+            &format!("{prefix}embeddings.position_embedding.weight"),
+            &[cfg.num_patches(), h],
+            trainable,
+        )?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| EncoderLayer::load(cfg, w, tape, &format!("{prefix}encoder.layers.{i}"), trainable))
             .collect::<Result<Vec<_>>>()?;

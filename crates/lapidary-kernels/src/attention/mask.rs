@@ -6,8 +6,9 @@ use lapidary_core::{Result, Tensor};
 
 /// Which keys each query may see. A query at absolute position `q` sees key `k` when
 /// `(k <= q [causal] and q - k < window [sliding]) or (block[q] > 0 and block[q] == block[k])`,
-/// and key `k` is not padding. A query that sees no key attends uniformly to all keys, as HF's
-/// eager attention does with its finite mask value.
+/// and key `k` is not padding. A query that sees no key (e.g. a padding query whose whole
+/// sliding window is padding) gets all-zero probabilities, hence a zero output and no gradient,
+/// as HF's default SDPA attention gives (HF's eager attention would attend uniformly instead).
 #[derive(Clone, Debug, Default)]
 pub struct AttentionMask {
     /// Only keys at or before the query.

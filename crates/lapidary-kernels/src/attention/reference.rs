@@ -39,7 +39,8 @@ pub fn probs(
                 let row = &mut p[((bi * h + hi) * t + ti) * s..][..s];
                 let allowed: Vec<bool> = (0..s).map(|ki| mask.allows(blocks, keep, s, bi, qpos, ki)).collect();
                 if !allowed.iter().any(|&a| a) {
-                    row.iter_mut().for_each(|x| *x = 1.0 / s as f64);
+                    // No visible key: zero probabilities (torch SDPA semantics).
+                    row.iter_mut().for_each(|x| *x = 0.0);
                     continue;
                 }
                 let sc: Vec<f64> = (0..s)

@@ -71,9 +71,9 @@ fn softmax_forward_kernel<F: Float>(
             }
         }
         if seen == 0 {
-            let u = 1.0f32 / f32::cast_from(s_len as u32);
+            // No visible key: a zero row, as torch's SDPA (HF's default attention) gives.
             for k in 0..s_len {
-                probs[base + k] = F::cast_from(u);
+                probs[base + k] = F::cast_from(0.0f32);
             }
         } else {
             let mut sum = 0.0f32;

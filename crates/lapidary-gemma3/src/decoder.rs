@@ -1,0 +1,211 @@
+//! The Gemma 3 text decoder as HF computes it: scaled token embeddings, then layers of
+//! (RMSNorm → attention with q/k RMSNorm per head, RoPE local or global, sliding or full causal
+//! mask, image blocks bidirectional → RMSNorm) and (RMSNorm → GeGLU MLP → RMSNorm), each added
+//! to the residual; a final RMSNorm. All norms are Gemma's `(1 + w)`. Each layer can run as a
+//! checkpointed segment that receives its parameters explicitly.
+
+use crate::config::{Gemma3TextConfig, LayerKind};
+use lapidary_autograd::{Tape, Trainable, Var, checkpoint, ops};
+use lapidary_core::{Result, Tensor};
+use lapidary_kernels::attention::AttentionMask;
+use lapidary_nn::{Linear, Weights};
+
+/// Per-batch inputs every layer shares: RoPE tables per layer kind and the masks.
+#[derive(Clone)]
+pub struct DecoderContext {
+    /// `(cos, sin)` for sliding layers, `[1, T, head_dim]`.
+    pub rope_local: (Tensor, Tensor),
+    /// `(cos, sin)` for full-attention layers.
+    pub rope_global: (Tensor, Tensor),
+    /// Mask of sliding layers.
+    pub mask_sliding: AttentionMask,
+    /// Mask of full-attention layers.
+    pub mask_full: AttentionMask,
+}
+
+/// One decoder layer.
+#[derive(Clone)]
+pub struct DecoderLayer {
+    kind: LayerKind,
+    norms: [Var; 4],
+    qk_norm: [Var; 2],
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    eps: f32,
+    scale: f32,
+}
+
+fn param(w: &Weights, tape: &Tape, name: &str, shape: &[usize], t: Trainable) -> Result<Var> {
+    Ok(tape.param(name, w.tensor(name, shape)?, t))
+}
+
+fn linear(w: &Weights, tape: &Tape, path: &str, out: usize, inp: usize, t: Trainable) -> Result<Linear> {
+    Ok(Linear::new(path, param(w, tape, &format!("{path}.weight"), &[out, inp], t)?, None))
+}
+
+impl DecoderLayer {
+    fn load(cfg: &Gemma3TextConfig, kind: LayerKind, w: &Weights, tape: &Tape, p: &str, t: Trainable) -> Result<Self> {
+        let (h, d, i) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+        let (hq, hkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let norm = |n: &str, dim: usize| param(w, tape, &format!("{p}.{n}.weight"), &[dim], t);
+        Ok(DecoderLayer {
+            kind,
+            norms: [
+                norm("input_layernorm", h)?,
+                norm("post_attention_layernorm", h)?,
+                norm("pre_feedforward_layernorm", h)?,
+                norm("post_feedforward_layernorm", h)?,
+            ],
+            qk_norm: [norm("self_attn.q_norm", d)?, norm("self_attn.k_norm", d)?],
+            q: linear(w, tape, &format!("{p}.self_attn.q_proj"), hq * d, h, t)?,
+            k: linear(w, tape, &format!("{p}.self_attn.k_proj"), hkv * d, h, t)?,
+            v: linear(w, tape, &format!("{p}.self_attn.v_proj"), hkv * d, h, t)?,
+            o: linear(w, tape, &format!("{p}.self_attn.o_proj"), h, hq * d, t)?,
+            gate: linear(w, tape, &format!("{p}.mlp.gate_proj"), i, h, t)?,
+            up: linear(w, tape, &format!("{p}.mlp.up_proj"), i, h, t)?,
+            down: linear(w, tape, &format!("{p}.mlp.down_proj"), h, i, t)?,
+            heads: hq,
+            kv_heads: hkv,
+            head_dim: d,
+            eps: cfg.rms_norm_eps as f32,
+            scale: cfg.query_pre_attn_scalar.powf(-0.5) as f32,
+        })
+    }
+
+    fn linears(&self) -> [&Linear; 7] {
+        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
+    }
+
+    /// Every parameter the layer computes with, adapters included, in a fixed order.
+    pub fn params(&self) -> Vec<Var> {
+        let mut v: Vec<Var> = self.norms.iter().chain(&self.qk_norm).cloned().collect();
+        for l in self.linears() {
+            v.extend(l.params());
+        }
+        v
+    }
+
+    /// The same layer computing with `ps` in place of [`DecoderLayer::params`].
+    pub fn rebind(&self, ps: &[Var]) -> Result<Self> {
+        let mut at = 6;
+        let mut next = |l: &Linear| -> Result<Linear> {
+            let n = l.params().len();
+            let r = l.rebind(&ps[at..at + n])?;
+            at += n;
+            Ok(r)
+        };
+        Ok(DecoderLayer {
+            norms: [ps[0].clone(), ps[1].clone(), ps[2].clone(), ps[3].clone()],
+            qk_norm: [ps[4].clone(), ps[5].clone()],
+            q: next(&self.q)?,
+            k: next(&self.k)?,
+            v: next(&self.v)?,
+            o: next(&self.o)?,
+            gate: next(&self.gate)?,
+            up: next(&self.up)?,
+            down: next(&self.down)?,
+            ..self.clone()
+        })
+    }
+
+    /// `[B, T, H] -> [B, T, H]`.
+    pub fn forward(&self, h: &Var, ctx: &DecoderContext) -> Result<Var> {
+        let (b, t) = (h.shape()[0], h.shape()[1]);
+        let d = self.head_dim;
+        let (rope, mask) = match self.kind {
+            LayerKind::Sliding => (&ctx.rope_local, &ctx.mask_sliding),
+            LayerKind::Full => (&ctx.rope_global, &ctx.mask_full),
+        };
+        let x = ops::rms_norm(h, &self.norms[0], self.eps)?;
+        let heads =
+            |l: &Linear, n: usize| -> Result<Var> { ops::swap_middle(&ops::reshape(&l.forward(&x)?, &[b, t, n, d])?) };
+        let q = ops::rope(&ops::rms_norm(&heads(&self.q, self.heads)?, &self.qk_norm[0], self.eps)?, &rope.0, &rope.1)?;
+        let k =
+            ops::rope(&ops::rms_norm(&heads(&self.k, self.kv_heads)?, &self.qk_norm[1], self.eps)?, &rope.0, &rope.1)?;
+        let v = heads(&self.v, self.kv_heads)?;
+        let att = ops::attention(&q, &k, &v, self.scale, mask)?;
+        let att = self.o.forward(&ops::reshape(&ops::swap_middle(&att)?, &[b, t, self.heads * d])?)?;
+        let h = ops::add(h, &ops::rms_norm(&att, &self.norms[1], self.eps)?)?;
+        let x = ops::rms_norm(&h, &self.norms[2], self.eps)?;
+        let mlp = self.down.forward(&ops::geglu(&self.gate.forward(&x)?, &self.up.forward(&x)?)?)?;
+        ops::add(&h, &ops::rms_norm(&mlp, &self.norms[3], self.eps)?)
+    }
+}
+
+/// The decoder stack with its (tied) embedding.
+pub struct Gemma3TextModel {
+    cfg: Gemma3TextConfig,
+    embed: Var,
+    layers: Vec<DecoderLayer>,
+    norm: Var,
+}
+
+impl Gemma3TextModel {
+    /// Loads `{prefix}embed_tokens.weight`, `{prefix}layers.N...`, `{prefix}norm.weight` (HF
+    /// names; prefix `language_model.model.` in a Gemma3ForConditionalGeneration checkpoint).
+    pub fn load(cfg: &Gemma3TextConfig, w: &Weights, prefix: &str, tape: &Tape, t: Trainable) -> Result<Self> {
+        let embed = param(w, tape, &format!("{prefix}embed_tokens.weight"), &[cfg.vocab_size, cfg.hidden_size], t)?;
+        let layers = cfg
+            .layer_types
+            .iter()
+            .enumerate()
+            .map(|(i, &kind)| DecoderLayer::load(cfg, kind, w, tape, &format!("{prefix}layers.{i}"), t))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = param(w, tape, &format!("{prefix}norm.weight"), &[cfg.hidden_size], t)?;
+        Ok(Gemma3TextModel { cfg: cfg.clone(), embed, layers, norm })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Gemma3TextConfig {
+        &self.cfg
+    }
+
+    /// The token embedding `[vocab, hidden]` (also the output head).
+    pub fn embed_tokens(&self) -> &Var {
+        &self.embed
+    }
+
+    /// The layers (their linears take adapters).
+    pub fn layers_mut(&mut self) -> &mut [DecoderLayer] {
+        &mut self.layers
+    }
+
+    /// Token embeddings scaled by `sqrt(hidden)` (rounded to the weight dtype, as HF does):
+    /// `[ids.len(), hidden]`. Ids at or beyond the vocabulary (image soft tokens) look up row 0.
+    pub fn embed(&self, ids: &[u32]) -> Result<Var> {
+        let v = self.cfg.vocab_size as u32;
+        let ids: Vec<u32> = ids.iter().map(|&i| if i >= v { 0 } else { i }).collect();
+        let scale = self.embed.value().dtype().round((self.cfg.hidden_size as f32).sqrt());
+        ops::scale(&ops::gather_rows(&self.embed, &ids)?, scale)
+    }
+
+    /// Layers and final norm over `[B, T, H]`; returns the hidden states after every layer
+    /// (the last one normalized, as HF reports it) and the final output.
+    pub fn forward(&self, h: &Var, ctx: &DecoderContext, checkpointing: bool) -> Result<Var> {
+        let mut h = h.clone();
+        for layer in &self.layers {
+            h = if checkpointing {
+                let params = layer.params();
+                let refs: Vec<&Var> = params.iter().collect();
+                let (l, c) = (layer.clone(), ctx.clone());
+                checkpoint(&[&h], &refs, move |_, ins, ps| Ok(vec![l.rebind(ps)?.forward(&ins[0], &c)?]))?.remove(0)
+            } else {
+                layer.forward(&h, ctx)?
+            };
+        }
+        ops::rms_norm(&h, &self.norm, self.cfg.rms_norm_eps as f32)
+    }
+
+    /// Logits `[rows, vocab]` of final hidden states `[rows, hidden]` through the tied head.
+    pub fn logits(&self, h: &Var) -> Result<Var> {
+        ops::matmul(h, &self.embed, None, false, true)
+    }
+}

@@ -1,0 +1,182 @@
+//! Gemma3ForConditionalGeneration: the SigLIP tower and projector turn each image into
+//! `mm_tokens_per_image` embeddings, which replace the image soft tokens of the (scaled) token
+//! embeddings; the decoder runs with image blocks bidirectional; logits come from the tied head;
+//! the loss is HF's: mean cross-entropy of next-token labels != -100 where the next position is
+//! not padding.
+
+use crate::config::Gemma3Config;
+use crate::decoder::{DecoderContext, Gemma3TextModel};
+use crate::projector::MultiModalProjector;
+use lapidary_autograd::{Tape, Trainable, Var, ops};
+use lapidary_core::{DType, Device, Error, Result, Tensor};
+use lapidary_kernels::attention::AttentionMask;
+use lapidary_kernels::rope;
+use lapidary_nn::Weights;
+use lapidary_siglip::SiglipVisionModel;
+
+/// One batch as HF's processor makes it. Integer fields are row-major `[batch, seq]`.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// Rows.
+    pub batch: usize,
+    /// Tokens per row.
+    pub seq: usize,
+    /// Token ids.
+    pub input_ids: Vec<i64>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<i64>,
+    /// 1 on image soft tokens.
+    pub token_type_ids: Vec<i64>,
+    /// Labels (-100 = not counted); `None` for no loss.
+    pub labels: Option<Vec<i64>>,
+    /// `[images, 3, H, W]`, images in row order.
+    pub pixel_values: Option<Tensor>,
+}
+
+/// What a forward pass returns.
+pub struct Output {
+    /// `[batch * seq, vocab]`.
+    pub logits: Var,
+    /// Mean cross-entropy, `[1]`, when labels were given.
+    pub loss: Option<Var>,
+}
+
+/// The vision-language model.
+pub struct Gemma3ForConditionalGeneration {
+    cfg: Gemma3Config,
+    vision: SiglipVisionModel,
+    projector: MultiModalProjector,
+    text: Gemma3TextModel,
+}
+
+impl Gemma3ForConditionalGeneration {
+    /// Loads every parameter (HF names; the 5.x and the hub layouts both load) onto `tape`.
+    pub fn load(cfg: &Gemma3Config, w: &Weights, tape: &Tape, trainable: Trainable) -> Result<Self> {
+        let vision = SiglipVisionModel::load(&cfg.vision, w, "vision_tower.", tape, trainable)?;
+        let projector = MultiModalProjector::load(
+            w,
+            "multi_modal_projector.",
+            cfg.vision.hidden_size,
+            cfg.text.hidden_size,
+            cfg.vision.grid(),
+            cfg.mm_tokens_per_image,
+            cfg.vision.layer_norm_eps,
+            tape,
+            trainable,
+        )?;
+        let text = Gemma3TextModel::load(&cfg.text, w, "language_model.model.", tape, trainable)?;
+        Ok(Gemma3ForConditionalGeneration { cfg: cfg.clone(), vision, projector, text })
+    }
+
+    /// Opens an HF model directory: `config.json` and its safetensors, either layout.
+    pub fn open(
+        dir: impl AsRef<std::path::Path>,
+        device: &Device,
+        dtype: DType,
+        tape: &Tape,
+        trainable: Trainable,
+    ) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cfg = Gemma3Config::from_file(dir.join("config.json"))?;
+        let w = Weights::open(dir, device, dtype)?
+            .with_alias("vision_tower.", "vision_tower.vision_model.")
+            .with_alias("language_model.model.", "model.language_model.");
+        let model = Self::load(&cfg, &w, tape, trainable)?;
+        w.finish(&["lm_head."])?;
+        Ok(model)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Gemma3Config {
+        &self.cfg
+    }
+
+    /// Logits and (with labels) the loss of `batch`.
+    pub fn forward(&self, tape: &Tape, batch: &Batch, checkpointing: bool) -> Result<Output> {
+        let (b, t) = (batch.batch, batch.seq);
+        for (name, v) in [
+            ("input_ids", &batch.input_ids),
+            ("attention_mask", &batch.attention_mask),
+            ("token_type_ids", &batch.token_type_ids),
+        ] {
+            if v.len() != b * t {
+                return Err(Error::invalid(format!("batch: {name} has {} values, expected {b} x {t}", v.len())));
+            }
+        }
+        let device = self.text.embed_tokens().value().device().clone();
+        let ids: Vec<u32> = batch.input_ids.iter().map(|&i| i.max(0) as u32).collect();
+        let mut x = self.text.embed(&ids)?;
+        let image_rows: Vec<u32> =
+            (0..b * t).filter(|&i| batch.input_ids[i] == self.cfg.image_token_index as i64).map(|i| i as u32).collect();
+        let images = batch.pixel_values.as_ref().map_or(0, |p| p.shape()[0]);
+        if image_rows.len() != images * self.cfg.mm_tokens_per_image {
+            return Err(Error::invalid(format!(
+                "batch: {} image tokens but {images} image(s) x {} tokens per image: image features and image tokens do not match",
+                image_rows.len(),
+                self.cfg.mm_tokens_per_image
+            )));
+        }
+        if let Some(px) = &batch.pixel_values {
+            let pixels = tape.input(px.clone());
+            let feats = self.projector.forward(&self.vision.forward(&pixels, checkpointing)?)?;
+            let feats = ops::reshape(&feats, &[images * self.cfg.mm_tokens_per_image, self.cfg.text.hidden_size])?;
+            x = ops::scatter_rows(&x, &feats, &image_rows)?;
+        }
+        let h = ops::reshape(&x, &[b, t, self.cfg.text.hidden_size])?;
+        let ctx = self.context(&device, batch)?;
+        let h = self.text.forward(&h, &ctx, checkpointing)?;
+        let logits = self.text.logits(&ops::reshape(&h, &[b * t, self.cfg.text.hidden_size])?)?;
+        let loss = match &batch.labels {
+            None => None,
+            Some(labels) => {
+                // Next-token labels; a position whose next token is padding is not counted.
+                let shifted: Vec<i64> = (0..b * t)
+                    .map(|i| {
+                        let (r, c) = (i / t, i % t);
+                        if c + 1 < t && batch.attention_mask[r * t + c + 1] != 0 { labels[r * t + c + 1] } else { -100 }
+                    })
+                    .collect();
+                Some(ops::cross_entropy(&logits, &shifted, None)?)
+            }
+        };
+        Ok(Output { logits, loss })
+    }
+
+    fn context(&self, device: &Device, batch: &Batch) -> Result<DecoderContext> {
+        let (b, t) = (batch.batch, batch.seq);
+        let cfg = &self.cfg.text;
+        let positions: Vec<usize> = (0..t).collect();
+        let table = |r: crate::config::Rope| -> Result<(Tensor, Tensor)> {
+            let (c, s) = rope::tables(&positions, cfg.head_dim, r.theta, r.linear_factor);
+            Ok((
+                Tensor::from_f32(device, &c, &[1, t, cfg.head_dim], DType::F32)?,
+                Tensor::from_f32(device, &s, &[1, t, cfg.head_dim], DType::F32)?,
+            ))
+        };
+        // Contiguous runs of image tokens form one bidirectional block each.
+        let mut blocks = vec![0f32; b * t];
+        for r in 0..b {
+            let mut group = 0.0;
+            for c in 0..t {
+                let is_image = batch.token_type_ids[r * t + c] == 1;
+                if is_image {
+                    if c == 0 || batch.token_type_ids[r * t + c - 1] != 1 {
+                        group += 1.0;
+                    }
+                    blocks[r * t + c] = group;
+                }
+            }
+        }
+        let keep: Vec<f32> = batch.attention_mask.iter().map(|&m| if m != 0 { 1.0 } else { 0.0 }).collect();
+        let blocks = Tensor::from_f32(device, &blocks, &[b, t], DType::F32)?;
+        let keep = Tensor::from_f32(device, &keep, &[b, t], DType::F32)?;
+        Ok(DecoderContext {
+            rope_local: table(cfg.rope_local)?,
+            rope_global: table(cfg.rope_global)?,
+            mask_sliding: AttentionMask::sliding(cfg.sliding_window)
+                .with_blocks(blocks.clone())
+                .with_key_padding(keep.clone()),
+            mask_full: AttentionMask::causal().with_blocks(blocks).with_key_padding(keep),
+        })
+    }
+}
