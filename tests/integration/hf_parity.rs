@@ -147,3 +147,63 @@ fn bf16_weights_give_hf_loss_within_1e_2() {
         assert!(((loss - want) / want).abs() < 1e-2, "{case}: bf16 loss {loss} vs HF {want}");
     }
 }
+
+#[test]
+fn every_gradient_matches_hf() {
+    use lapidary::autograd::BackwardOptions;
+    use lapidary::gemma3::Gemma3ForConditionalGeneration;
+    let dev = Device::cpu().unwrap();
+    for case in CASES {
+        let (batch, f) = load_batch(case, &dev);
+        for checkpointing in [false, true] {
+            let tape = Tape::new();
+            let model =
+                Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, &tape, Trainable::Yes)
+                    .unwrap();
+            let pixels = batch.pixel_values.as_ref().map(|p| tape.param("pixel_values", p.clone(), Trainable::Yes));
+            let loss = model.forward_with_pixels(&batch, pixels.as_ref(), checkpointing).unwrap().loss.unwrap();
+            // A text-only batch never reaches the vision tower or the projector (nor does HF's).
+            let mut opts = BackwardOptions::default();
+            if pixels.is_none() {
+                opts.allow_missing = SafetensorsFiles::open(fixtures().join("model"))
+                    .unwrap()
+                    .names()
+                    .filter(|n| n.starts_with("vision_tower.") || n.starts_with("multi_modal_projector."))
+                    .map(str::to_string)
+                    .collect();
+            }
+            let (grads, report) = tape.backward_with(&loss, &opts).unwrap();
+            let mut worst = (0f64, String::new());
+            let mut compared = 0;
+            for (name, g) in grads.named() {
+                let want_name = format!("grad.{name}");
+                let want = f
+                    .load(&want_name, &dev, DType::F32)
+                    .unwrap_or_else(|e| panic!("{case}: {e}"))
+                    .to_f32_vec()
+                    .unwrap();
+                // k_proj biases have an exactly-zero gradient in theory: compare with a floor.
+                let got = g.to_f32_vec().unwrap();
+                let scale = want.iter().fold(1e-3f64, |m, x| m.max(x.abs() as f64));
+                let err = got.iter().zip(&want).map(|(a, b)| (*a as f64 - *b as f64).abs()).fold(0.0, f64::max) / scale;
+                if err > worst.0 {
+                    worst = (err, name.to_string());
+                }
+                compared += 1;
+            }
+            // Image batches: all 80 parameters and the pixels; text-only: the 41 of the decoder.
+            let expected = if pixels.is_some() { 81 } else { 41 };
+            assert_eq!(
+                report.rows.iter().filter(|r| r.has_grad).count(),
+                expected,
+                "{case}: trainable tensors with a gradient"
+            );
+            println!(
+                "{case} (checkpointing {checkpointing}): {compared} gradients, worst rel err {:.2e} ({})",
+                worst.0, worst.1
+            );
+            assert_eq!(compared, expected, "{case}: gradients compared");
+            assert!(worst.0 < 1e-4, "{case}: gradient {} differs from HF by {:.2e}", worst.1, worst.0);
+        }
+    }
+}

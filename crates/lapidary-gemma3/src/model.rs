@@ -93,6 +93,13 @@ impl Gemma3ForConditionalGeneration {
 
     /// Logits and (with labels) the loss of `batch`.
     pub fn forward(&self, tape: &Tape, batch: &Batch, checkpointing: bool) -> Result<Output> {
+        let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
+        self.forward_with_pixels(batch, pixels.as_ref(), checkpointing)
+    }
+
+    /// [`Self::forward`] with the pixels given as a variable (e.g. a trainable leaf, to get the
+    /// gradient with respect to the image); `batch.pixel_values` is ignored.
+    pub fn forward_with_pixels(&self, batch: &Batch, pixels: Option<&Var>, checkpointing: bool) -> Result<Output> {
         let (b, t) = (batch.batch, batch.seq);
         for (name, v) in [
             ("input_ids", &batch.input_ids),
@@ -108,7 +115,7 @@ impl Gemma3ForConditionalGeneration {
         let mut x = self.text.embed(&ids)?;
         let image_rows: Vec<u32> =
             (0..b * t).filter(|&i| batch.input_ids[i] == self.cfg.image_token_index as i64).map(|i| i as u32).collect();
-        let images = batch.pixel_values.as_ref().map_or(0, |p| p.shape()[0]);
+        let images = pixels.map_or(0, |p| p.shape()[0]);
         if image_rows.len() != images * self.cfg.mm_tokens_per_image {
             return Err(Error::invalid(format!(
                 "batch: {} image tokens but {images} image(s) x {} tokens per image: image features and image tokens do not match",
@@ -116,9 +123,8 @@ impl Gemma3ForConditionalGeneration {
                 self.cfg.mm_tokens_per_image
             )));
         }
-        if let Some(px) = &batch.pixel_values {
-            let pixels = tape.input(px.clone());
-            let feats = self.projector.forward(&self.vision.forward(&pixels, checkpointing)?)?;
+        if let Some(pixels) = pixels {
+            let feats = self.projector.forward(&self.vision.forward(pixels, checkpointing)?)?;
             let feats = ops::reshape(&feats, &[images * self.cfg.mm_tokens_per_image, self.cfg.text.hidden_size])?;
             x = ops::scatter_rows(&x, &feats, &image_rows)?;
         }
