@@ -23,3 +23,4 @@ pub use lapidary_siglip as siglip;
 pub use lapidary_train as train;
 
 pub mod demo;
+pub mod eval;

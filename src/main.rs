@@ -1,7 +1,9 @@
-//! The `lapidary` command-line tool. Subcommands grow with the project: `demo` for now.
+//! The `lapidary` command-line tool: `demo` (the main job) and `eval` (logits, loss and
+//! gradients of one batch). Subcommands grow with the project.
 
 use clap::{Parser, Subcommand};
 use lapidary::core::Device;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -20,6 +22,23 @@ enum Command {
     /// The main job: runs the kernels on the chosen device and checks them against their
     /// host references.
     Demo,
+    /// Logits, loss and every parameter's gradient of one batch, written to a safetensors file.
+    Eval {
+        /// HF model directory (config.json + model.safetensors or a sharded index; either layout).
+        #[arg(long)]
+        model: PathBuf,
+        /// Batch file: input_ids, attention_mask, token_type_ids, labels (int64 [B, T]) and,
+        /// with images, pixel_values (f32 [N, 3, H, W], images in row order).
+        #[arg(long)]
+        batch: PathBuf,
+        /// Output file: logits (f32 [B, T, V]), loss (f32 [1]), grad.<checkpoint key> for every
+        /// parameter.
+        #[arg(long)]
+        out: PathBuf,
+        /// Logits and loss only (no gradients).
+        #[arg(long)]
+        no_grad: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -31,6 +50,11 @@ fn main() -> ExitCode {
         };
         match cli.command {
             Command::Demo => lapidary::demo::run(&device),
+            Command::Eval { model, batch, out, no_grad } => {
+                let loss = lapidary::eval::run(&model, &batch, &out, &device, no_grad)?;
+                println!("loss {loss:.6}; wrote {}", out.display());
+                Ok(())
+            }
         }
     })();
     match result {

@@ -16,7 +16,13 @@ fn fixtures() -> PathBuf {
 
 /// Worst |got - want| relative to the largest |want|.
 fn rel_err(got: &[f32], want: &[f32]) -> f64 {
-    let scale = want.iter().fold(0f64, |m, x| m.max(x.abs() as f64));
+    rel_err_floor(got, want, 0.0)
+}
+
+/// As [`rel_err`], with the scale at least `floor` (for gradients that are zero in theory, such
+/// as SigLIP's k_proj biases: softmax is invariant to a shift of every score).
+fn rel_err_floor(got: &[f32], want: &[f32], floor: f64) -> f64 {
+    let scale = want.iter().fold(floor, |m, x| m.max(x.abs() as f64));
     got.iter().zip(want).map(|(a, b)| (*a as f64 - *b as f64).abs()).fold(0.0, f64::max) / scale
 }
 
@@ -206,4 +212,45 @@ fn every_gradient_matches_hf() {
             assert!(worst.0 < 1e-4, "{case}: gradient {} differs from HF by {:.2e}", worst.1, worst.0);
         }
     }
+}
+
+#[test]
+fn eval_command_writes_hf_comparable_results() {
+    let dev = Device::cpu().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (case, layout) in [("two_rows_one_image_each", "model-hub"), ("text_only", "model")] {
+        let batch = fixtures().join("cases").join(format!("{case}.safetensors"));
+        let out = dir.path().join(format!("{case}.out.safetensors"));
+        lapidary::eval::run(&fixtures().join(layout), &batch, &out, &dev, false).unwrap();
+        let got = SafetensorsFiles::open(&out).unwrap();
+        let want = SafetensorsFiles::open(&batch).unwrap();
+        assert_eq!(got.entry("logits").unwrap().shape, want.entry("logits").unwrap().shape);
+        let l = |f: &SafetensorsFiles, n: &str| f.load(n, &dev, DType::F32).unwrap().to_f32_vec().unwrap();
+        assert!(rel_err(&l(&got, "logits"), &l(&want, "logits")) < 1e-4, "{case}: logits");
+        assert!(rel_err(&l(&got, "loss"), &l(&want, "loss")) < 1e-5, "{case}: loss");
+        let grads: Vec<&str> = got.names().filter(|n| n.starts_with("grad.")).collect();
+        assert_eq!(grads.len(), if case == "text_only" { 41 } else { 80 }, "{case}");
+        for g in grads {
+            // Stored under the checkpoint's own keys: the hub layout's vision names.
+            let want_name = g.replace("vision_tower.vision_model.", "vision_tower.");
+            assert!(rel_err_floor(&l(&got, g), &l(&want, &want_name), 1e-3) < 1e-4, "{case}: {g}");
+            if layout == "model-hub" && g.contains("vision_tower") {
+                assert!(g.starts_with("grad.vision_tower.vision_model."), "{g}");
+            }
+        }
+        let out2 = dir.path().join("nograd.safetensors");
+        lapidary::eval::run(&fixtures().join(layout), &batch, &out2, &dev, true).unwrap();
+        assert_eq!(SafetensorsFiles::open(&out2).unwrap().names().count(), 2);
+    }
+    let e = lapidary::eval::run(
+        &fixtures().join("model"),
+        &fixtures().join("manifest.json"),
+        &dir.path().join("x"),
+        &dev,
+        true,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("manifest.json: not a valid safetensors file"), "{e}");
 }

@@ -148,6 +148,11 @@ impl Tape {
         Ok(self.record(inputs, vec![output], backward)?.pop().expect("one output"))
     }
 
+    /// Names of every parameter leaf, in creation order.
+    pub fn leaf_names(&self) -> Vec<String> {
+        self.inner.borrow().leaves.iter().map(|l| l.name.clone()).collect()
+    }
+
     /// The name of a parameter leaf, if `id` is one.
     pub fn leaf_name(&self, id: VarId) -> Option<String> {
         self.inner.borrow().leaves.iter().find(|l| l.id == id).map(|l| l.name.clone())

@@ -44,6 +44,7 @@ pub struct Output {
 /// The vision-language model.
 pub struct Gemma3ForConditionalGeneration {
     cfg: Gemma3Config,
+    stored_names: std::collections::BTreeMap<String, String>,
     vision: SiglipVisionModel,
     projector: MultiModalProjector,
     text: Gemma3TextModel,
@@ -65,7 +66,7 @@ impl Gemma3ForConditionalGeneration {
             trainable,
         )?;
         let text = Gemma3TextModel::load(&cfg.text, w, "language_model.model.", tape, trainable)?;
-        Ok(Gemma3ForConditionalGeneration { cfg: cfg.clone(), vision, projector, text })
+        Ok(Gemma3ForConditionalGeneration { cfg: cfg.clone(), stored_names: w.stored_names(), vision, projector, text })
     }
 
     /// Opens an HF model directory: `config.json` and its safetensors, either layout.
@@ -89,6 +90,12 @@ impl Gemma3ForConditionalGeneration {
     /// The configuration.
     pub fn config(&self) -> &Gemma3Config {
         &self.cfg
+    }
+
+    /// The key a parameter is stored under in the checkpoint it was loaded from (parameters are
+    /// named with the transformers 5.x keys; a hub-layout checkpoint stores some differently).
+    pub fn stored_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.stored_names.get(name).map_or(name, String::as_str)
     }
 
     /// Logits and (with labels) the loss of `batch`.

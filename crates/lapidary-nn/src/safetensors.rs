@@ -1,7 +1,8 @@
 //! Memory-mapped safetensors checkpoints: one `model.safetensors`, or the shards listed by
 //! `model.safetensors.index.json`. Headers are parsed once; tensor bytes are read from the
 //! mapping only when a tensor is loaded. Every error names the file (and the tensor). Not the
-//! key accounting or name aliases of a model (see `weights.rs`).
+//! key accounting or name aliases of a model (see `weights.rs`). Writing is [`save`]: to a
+//! temporary file, then renamed, so a reader never sees half a file.
 
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use memmap2::Mmap;
@@ -172,4 +173,35 @@ impl SafetensorsFiles {
         };
         Ok((v, e.shape.clone()))
     }
+}
+
+/// One tensor to write: name, safetensors dtype, shape and little-endian bytes.
+pub type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// The entry for a device tensor (its bytes downloaded, its dtype kept).
+pub fn entry_of(name: impl Into<String>, t: &Tensor) -> Result<Entry> {
+    let dtype = match t.dtype() {
+        DType::F32 => Dtype::F32,
+        DType::BF16 => Dtype::BF16,
+        DType::F16 => Dtype::F16,
+    };
+    Ok((name.into(), dtype, t.shape().to_vec(), t.to_bytes()?))
+}
+
+/// Writes `entries` as a safetensors file at `path`, atomically (a temporary file in the same
+/// directory, then a rename).
+pub fn save(path: impl AsRef<Path>, entries: &[Entry]) -> Result<()> {
+    let path = path.as_ref();
+    let views = entries
+        .iter()
+        .map(|(n, d, s, b)| {
+            safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::invalid(format!("{}: tensor {n}: {e}", path.display())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+    let tmp = path.with_extension("safetensors.tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

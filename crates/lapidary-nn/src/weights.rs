@@ -7,7 +7,7 @@
 use crate::safetensors::SafetensorsFiles;
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -17,6 +17,7 @@ pub struct Weights {
     source: PathBuf,
     aliases: Vec<(String, String)>,
     used: RefCell<BTreeSet<String>>,
+    stored_names: RefCell<BTreeMap<String, String>>,
     device: Device,
     dtype: DType,
 }
@@ -31,6 +32,7 @@ impl Weights {
             source: path.to_path_buf(),
             aliases: Vec::new(),
             used: RefCell::default(),
+            stored_names: RefCell::default(),
             device: device.clone(),
             dtype,
         })
@@ -79,7 +81,13 @@ impl Weights {
             )));
         }
         self.used.borrow_mut().insert(stored.clone());
+        self.stored_names.borrow_mut().insert(name.to_string(), stored.clone());
         self.files.load(&stored, &self.device, self.dtype)
+    }
+
+    /// For every tensor loaded so far: the name asked for and the name it is stored under.
+    pub fn stored_names(&self) -> BTreeMap<String, String> {
+        self.stored_names.borrow().clone()
     }
 
     /// Stored names never loaded so far, sorted.

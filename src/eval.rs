@@ -1,0 +1,84 @@
+//! `lapidary eval`: logits, loss and gradients of one batch, written to a safetensors file, so
+//! anyone can check lapidary against another implementation. The batch file holds `input_ids`,
+//! `attention_mask`, `token_type_ids`, `labels` (int64 `[B, T]`) and, with images,
+//! `pixel_values` (f32 `[N, 3, H, W]`, images in row order). The output holds `logits`
+//! (f32 `[B, T, V]`), `loss` (f32 `[1]`) and `grad.<key>` for every parameter, under its key in
+//! the checkpoint (unless `no_grad`). Adapters join with the LoRA issue's `--adapter`.
+
+use crate::autograd::{BackwardOptions, Tape, Trainable};
+use crate::core::{DType, Device, Error, Result, Tensor};
+use crate::gemma3::{Batch, Gemma3ForConditionalGeneration};
+use crate::nn::safetensors::{self, SafetensorsFiles};
+use std::path::Path;
+
+/// Reads a batch file.
+pub fn read_batch(path: &Path, device: &Device) -> Result<Batch> {
+    let f = SafetensorsFiles::open(path)?;
+    let int = |name: &str| -> Result<(Vec<i64>, Vec<usize>)> {
+        if f.entry(name).is_none() {
+            return Err(Error::invalid(format!("{}: missing tensor {name} (int64 [B, T])", path.display())));
+        }
+        f.load_i64(name)
+    };
+    let (input_ids, shape) = int("input_ids")?;
+    if shape.len() != 2 {
+        return Err(Error::invalid(format!("{}: input_ids has shape {shape:?}, expected [B, T]", path.display())));
+    }
+    let mut fields = Vec::new();
+    for name in ["attention_mask", "token_type_ids", "labels"] {
+        let (v, s) = int(name)?;
+        if s != shape {
+            return Err(Error::invalid(format!(
+                "{}: {name} has shape {s:?}, expected {shape:?} (as input_ids)",
+                path.display()
+            )));
+        }
+        fields.push(v);
+    }
+    let labels = fields.pop();
+    let token_type_ids = fields.pop().expect("read above");
+    let attention_mask = fields.pop().expect("read above");
+    let pixel_values = match f.entry("pixel_values") {
+        Some(e) if e.shape.len() == 4 => Some(f.load("pixel_values", device, DType::F32)?),
+        Some(e) => {
+            return Err(Error::invalid(format!(
+                "{}: pixel_values has shape {:?}, expected [N, 3, H, W]",
+                path.display(),
+                e.shape
+            )));
+        }
+        None => None,
+    };
+    Ok(Batch { batch: shape[0], seq: shape[1], input_ids, attention_mask, token_type_ids, labels, pixel_values })
+}
+
+/// Runs the model on the batch and writes the results (see the module docs). Returns the loss.
+pub fn run(model_dir: &Path, batch_path: &Path, out: &Path, device: &Device, no_grad: bool) -> Result<f32> {
+    let batch = read_batch(batch_path, device)?;
+    let tape = Tape::new();
+    let trainable = if no_grad { Trainable::No } else { Trainable::Yes };
+    let model = Gemma3ForConditionalGeneration::open(model_dir, device, DType::F32, &tape, trainable)?;
+    let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
+    let output = model.forward_with_pixels(&batch, pixels.as_ref(), false)?;
+    let loss = output.loss.ok_or_else(|| Error::invalid("batch has no labels"))?;
+    let vocab = model.config().text.vocab_size;
+    let logits: Tensor = output.logits.value().reshape(&[batch.batch, batch.seq, vocab])?;
+    let mut entries = vec![safetensors::entry_of("logits", &logits)?, safetensors::entry_of("loss", loss.value())?];
+    if !no_grad {
+        // A batch without images never reaches the vision tower: its gradients are absent, as in HF.
+        let mut opts = BackwardOptions::default();
+        if batch.pixel_values.is_none() {
+            opts.allow_missing = tape_names(&tape, &["vision_tower.", "multi_modal_projector."]);
+        }
+        let (grads, _) = tape.backward_with(&loss, &opts)?;
+        for (name, g) in grads.named() {
+            entries.push(safetensors::entry_of(format!("grad.{}", model.stored_name(name)), g)?);
+        }
+    }
+    safetensors::save(out, &entries)?;
+    Ok(loss.value().to_f32_vec()?[0])
+}
+
+fn tape_names(tape: &Tape, prefixes: &[&str]) -> Vec<String> {
+    tape.leaf_names().into_iter().filter(|n| prefixes.iter().any(|p| n.starts_with(p))).collect()
+}
