@@ -2,7 +2,10 @@
 //! crate boundaries — an encoder feeding a decoder through a projector, built from
 //! `lapidary-nn` linears with `lapidary-lora` adapters on frozen bases, run by the
 //! `lapidary-autograd` tape with checkpointing off and on. One table; any failure fails.
-//! Run with `cargo xtask check-grad` to see the table.
+//! Then the real tiny Gemma 3 VLM (tests/fixtures/tiny-gemma3) fully fine-tuned: every
+//! parameter must get a finite gradient, non-zero except SigLIP's k_proj biases (zero in theory:
+//! softmax ignores a shift of all scores, so only rounding is left), and checkpointing must not
+//! change a bit. Run with `cargo xtask check-grad` to see the table.
 
 use lapidary::autograd::{BackwardOptions, Tape, Trainable, Var, checkpoint, gradcheck, ops};
 use lapidary::core::{DType, Device, Result, Tensor};
@@ -255,6 +258,7 @@ fn check_grad() {
             }
         }
     }
+    rows.extend(real_model_rows());
     println!(
         "\n{:<58} {:>9} {:>16} {:>14}  max rel diff (vs fd / vs no ckpt)",
         "case", "trainable", "finite non-zero", "frozen touched"
@@ -272,4 +276,64 @@ fn check_grad() {
     }
     let failed: Vec<&str> = rows.iter().filter(|r| !r.ok).map(|r| r.case.as_str()).collect();
     assert!(failed.is_empty(), "check-grad failed: {failed:?}");
+}
+
+/// Full fine-tuning of the real tiny model on the fixture batches, checkpointing off and on.
+fn real_model_rows() -> Vec<Row> {
+    use lapidary::gemma3::Gemma3ForConditionalGeneration;
+    let dev = Device::cpu().unwrap();
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3");
+    let mut rows = Vec::new();
+    for case in ["two_rows_one_image_each", "text_only"] {
+        let batch = lapidary::eval::read_batch(&root.join("cases").join(format!("{case}.safetensors")), &dev).unwrap();
+        let run = |checkpointing: bool| -> Result<(BTreeMap<String, Vec<f32>>, usize, usize, Vec<String>)> {
+            let tape = Tape::new();
+            let model =
+                Gemma3ForConditionalGeneration::open(root.join("model"), &dev, DType::F32, &tape, Trainable::Yes)?;
+            let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
+            let loss = model.forward_with_pixels(&batch, pixels.as_ref(), checkpointing)?.loss.expect("labels");
+            let mut opts = BackwardOptions::default();
+            if pixels.is_none() {
+                opts.allow_missing =
+                    tape.leaf_names().into_iter().filter(|n| !n.starts_with("language_model.")).collect();
+            }
+            let (grads, report) = tape.backward_with(&loss, &opts)?;
+            let zero: Vec<String> =
+                report.rows.iter().filter(|r| r.has_grad && r.norm == 0.0).map(|r| r.name.clone()).collect();
+            let named = grads.named().into_iter().map(|(n, g)| (n.to_string(), g.to_f32_vec().unwrap())).collect();
+            Ok((named, report.rows.len(), report.nonzero(), zero))
+        };
+        let base = run(false);
+        for checkpointing in [false, true] {
+            let label = format!("gemma3-tiny full ckpt={} batch={case}", if checkpointing { "on" } else { "off" });
+            match (&base, run(checkpointing)) {
+                (Ok((g0, ..)), Ok((g, n, nz, zero))) => {
+                    let diff = max_rel_diff(g0, &g);
+                    // Exactly-zero gradients may only be the k_proj biases (see the module docs).
+                    let only_kbias = zero.iter().all(|z| z.ends_with("self_attn.k_proj.bias"));
+                    let reached = if case == "text_only" { g.len() } else { n };
+                    let ok = diff == 0.0 && only_kbias && nz + zero.len() == reached;
+                    let note = if case == "text_only" {
+                        format!("{diff:.1e} (vision, projector n/a)")
+                    } else {
+                        format!("{diff:.1e}")
+                    };
+                    let note = if zero.is_empty() { note } else { format!("{note}; zero: {}", zero.join(", ")) };
+                    rows.push(Row { case: label, trainable: n, nonzero: nz, frozen_touched: 0, diff: note, ok });
+                }
+                (base, this) => {
+                    let e = this.err().map(|e| e.to_string()).or_else(|| base.as_ref().err().map(|e| e.to_string()));
+                    rows.push(Row {
+                        case: label,
+                        trainable: 0,
+                        nonzero: 0,
+                        frozen_touched: 0,
+                        diff: e.unwrap_or_default(),
+                        ok: false,
+                    });
+                }
+            }
+        }
+    }
+    rows
 }
