@@ -286,7 +286,9 @@ fn real_model_rows() -> Vec<Row> {
     let mut rows = Vec::new();
     for case in ["two_rows_one_image_each", "text_only"] {
         let batch = lapidary::eval::read_batch(&root.join("cases").join(format!("{case}.safetensors")), &dev).unwrap();
-        let run = |checkpointing: bool| -> Result<(BTreeMap<String, Vec<f32>>, usize, usize, Vec<String>)> {
+        // (gradients by name, trainable leaves, finite non-zero, names with an exactly-zero gradient)
+        type RealRun = (BTreeMap<String, Vec<f32>>, usize, usize, Vec<String>);
+        let run = |checkpointing: bool| -> Result<RealRun> {
             let tape = Tape::new();
             let model =
                 Gemma3ForConditionalGeneration::open(root.join("model"), &dev, DType::F32, &tape, Trainable::Yes)?;
