@@ -187,11 +187,13 @@ impl Gemma3TextModel {
         ops::scale(&ops::gather_rows(&self.embed, &ids)?, scale)
     }
 
-    /// Layers and final norm over `[B, T, H]`; returns the hidden states after every layer
-    /// (the last one normalized, as HF reports it) and the final output.
-    pub fn forward(&self, h: &Var, ctx: &DecoderContext, checkpointing: bool) -> Result<Var> {
+    /// Layers and final norm over `[B, T, H]`. Returns HF's `hidden_states`: the input, the
+    /// output of every layer but the last, and the final normalized output (the last element).
+    pub fn forward(&self, h: &Var, ctx: &DecoderContext, checkpointing: bool) -> Result<Vec<Var>> {
         let mut h = h.clone();
+        let mut states = Vec::with_capacity(self.layers.len() + 1);
         for layer in &self.layers {
+            states.push(h.clone());
             h = if checkpointing {
                 let params = layer.params();
                 let refs: Vec<&Var> = params.iter().collect();
@@ -201,7 +203,8 @@ impl Gemma3TextModel {
                 layer.forward(&h, ctx)?
             };
         }
-        ops::rms_norm(&h, &self.norm, self.cfg.rms_norm_eps as f32)
+        states.push(ops::rms_norm(&h, &self.norm, self.cfg.rms_norm_eps as f32)?);
+        Ok(states)
     }
 
     /// Logits `[rows, vocab]` of final hidden states `[rows, hidden]` through the tied head.

@@ -39,6 +39,9 @@ pub struct Output {
     pub logits: Var,
     /// Mean cross-entropy, `[1]`, when labels were given.
     pub loss: Option<Var>,
+    /// HF's `hidden_states`: decoder input (scaled embeddings with image features), the output
+    /// of every layer but the last, and the final normalized output; each `[B, T, H]`.
+    pub hidden_states: Vec<Var>,
 }
 
 /// The vision-language model.
@@ -137,8 +140,9 @@ impl Gemma3ForConditionalGeneration {
         }
         let h = ops::reshape(&x, &[b, t, self.cfg.text.hidden_size])?;
         let ctx = self.context(&device, batch)?;
-        let h = self.text.forward(&h, &ctx, checkpointing)?;
-        let logits = self.text.logits(&ops::reshape(&h, &[b * t, self.cfg.text.hidden_size])?)?;
+        let hidden_states = self.text.forward(&h, &ctx, checkpointing)?;
+        let last = hidden_states.last().expect("at least the final norm");
+        let logits = self.text.logits(&ops::reshape(last, &[b * t, self.cfg.text.hidden_size])?)?;
         let loss = match &batch.labels {
             None => None,
             Some(labels) => {
@@ -152,7 +156,7 @@ impl Gemma3ForConditionalGeneration {
                 Some(ops::cross_entropy(&logits, &shifted, None)?)
             }
         };
-        Ok(Output { logits, loss })
+        Ok(Output { logits, loss, hidden_states })
     }
 
     fn context(&self, device: &Device, batch: &Batch) -> Result<DecoderContext> {
