@@ -14,6 +14,9 @@ would hide missing gradients), and writes under tests/fixtures/tiny-gemma3/:
   cases/NAME.safetensors  inputs (input_ids, attention_mask, token_type_ids, labels as int64;
                pixel_values f32 when there are images), logits, loss, hidden states, and
                grad.<on-disk name> for every parameter plus grad.pixel_values (f32 model)
+  adapter/     a PEFT LoRA adapter (r 4, alpha 8, every linear of both towers, random A and B)
+  cases/adapter_two_rows_one_image_each.safetensors  logits, loss, and grad.<adapter key> for
+               every adapter tensor with the adapter applied
   manifest.json  versions, cases, and the bf16 model's loss per case
 
 Run:  python -m venv .venv && .venv/bin/pip install torch==2.15.0 transformers==5.24.0 \
@@ -200,8 +203,48 @@ def main():
             "batch": list(batch["input_ids"].shape), "images": int(batch.get("pixel_values", torch.empty(0)).shape[0]) if "pixel_values" in batch else 0,
         }
         print(f"{name}: loss {res['loss'].item():.6f} (bf16 {bf16_loss.float().item():.6f}), hub layout max |dlogits| {diff:.1e}")
+    make_adapter_fixture(model, cases(torch.Generator().manual_seed(1234)), manifest)
     with open(os.path.join(ROOT, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
+
+
+LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|out_proj|fc1|fc2|gate_proj|up_proj|down_proj)"
+
+
+def make_adapter_fixture(model, batches, manifest):
+    """A PEFT LoRA adapter on every linear of both towers, with random non-zero A and B (PEFT's
+    default B = 0 would make every A gradient zero), saved in PEFT's format; and one case with
+    its logits, loss and the gradient of every adapter tensor under its key in the adapter file."""
+    from peft import LoraConfig, get_peft_model
+
+    gen = torch.Generator().manual_seed(99)
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LORA_TARGETS)
+    peft_model = get_peft_model(copy.deepcopy(model), cfg)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    adapter_dir = os.path.join(ROOT, "adapter")
+    peft_model.save_pretrained(adapter_dir)
+    peft_model.eval()
+    batch = batches["two_rows_one_image_each"]
+    peft_model.zero_grad(set_to_none=True)
+    out = peft_model(**batch)
+    out.loss.backward()
+    res = {"logits": out.logits.detach().float().contiguous(), "loss": out.loss.detach().float().reshape(1)}
+    for name, p in peft_model.named_parameters():
+        if p.grad is not None:
+            key = name.replace(".default", "")
+            res["grad." + key] = p.grad.detach().float().contiguous()
+    tensors = {k: v.contiguous() for k, v in batch.items()}
+    tensors.update(res)
+    save_file(tensors, os.path.join(ROOT, "cases", "adapter_two_rows_one_image_each.safetensors"))
+    keys = load_file(os.path.join(adapter_dir, "adapter_model.safetensors")).keys()
+    missing = [k for k in keys if "grad." + k not in res]
+    if missing:
+        sys.exit(f"adapter tensors without a gradient: {missing[:3]}")
+    manifest["adapter"] = {"loss": out.loss.item(), "tensors": len(keys)}
+    print(f"adapter case: loss {out.loss.item():.6f}, {len(keys)} adapter tensors")
 
 
 if __name__ == "__main__":
