@@ -3,7 +3,8 @@
 //! `attention_mask`, `token_type_ids`, `labels` (int64 `[B, T]`) and, with images,
 //! `pixel_values` (f32 `[N, 3, H, W]`, images in row order). The output holds `logits`
 //! (f32 `[B, T, V]`), `loss` (f32 `[1]`) and `grad.<key>` for every parameter, under its key in
-//! the checkpoint (unless `no_grad`). Adapters join with the LoRA issue's `--adapter`.
+//! the checkpoint (unless `no_grad`). With a PEFT adapter, only the adapter is trainable and
+//! the gradients are `grad.<key in the adapter file>`.
 
 use crate::autograd::{BackwardOptions, Tape, Trainable};
 use crate::core::{DType, Device, Error, Result, Tensor};
@@ -53,11 +54,30 @@ pub fn read_batch(path: &Path, device: &Device) -> Result<Batch> {
 }
 
 /// Runs the model on the batch and writes the results (see the module docs). Returns the loss.
-pub fn run(model_dir: &Path, batch_path: &Path, out: &Path, device: &Device, no_grad: bool) -> Result<f32> {
+pub fn run(
+    model_dir: &Path,
+    batch_path: &Path,
+    out: &Path,
+    adapter: Option<&Path>,
+    device: &Device,
+    no_grad: bool,
+) -> Result<f32> {
     let batch = read_batch(batch_path, device)?;
     let tape = Tape::new();
     let trainable = if no_grad { Trainable::No } else { Trainable::Yes };
-    let model = Gemma3ForConditionalGeneration::open(model_dir, device, DType::F32, &tape, trainable)?;
+    let base = if adapter.is_some() { Trainable::No } else { trainable };
+    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, DType::F32, &tape, base)?;
+    if let Some(dir) = adapter {
+        let linears = model.linears_mut();
+        crate::lora::load_peft_adapter(
+            dir,
+            linears,
+            Gemma3ForConditionalGeneration::peft_path,
+            &tape,
+            device,
+            trainable,
+        )?;
+    }
     let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
     let output = model.forward_with_pixels(&batch, pixels.as_ref(), false)?;
     let loss = output.loss.ok_or_else(|| Error::invalid("batch has no labels"))?;
@@ -68,7 +88,8 @@ pub fn run(model_dir: &Path, batch_path: &Path, out: &Path, device: &Device, no_
         // A batch without images never reaches the vision tower: its gradients are absent, as in HF.
         let mut opts = BackwardOptions::default();
         if batch.pixel_values.is_none() {
-            opts.allow_missing = tape_names(&tape, &["vision_tower.", "multi_modal_projector."]);
+            opts.allow_missing =
+                tape_names(&tape, &["vision_tower.", "multi_modal_projector.", "base_model.model.model.vision_tower."]);
         }
         let (grads, _) = tape.backward_with(&loss, &opts)?;
         for (name, g) in grads.named() {

@@ -35,6 +35,10 @@ enum Command {
         /// parameter.
         #[arg(long)]
         out: PathBuf,
+        /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors): the
+        /// base is frozen and the gradients are those of the adapter's tensors.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// Logits and loss only (no gradients).
         #[arg(long)]
         no_grad: bool,
@@ -50,8 +54,8 @@ fn main() -> ExitCode {
         };
         match cli.command {
             Command::Demo => lapidary::demo::run(&device),
-            Command::Eval { model, batch, out, no_grad } => {
-                let loss = lapidary::eval::run(&model, &batch, &out, &device, no_grad)?;
+            Command::Eval { model, batch, out, adapter, no_grad } => {
+                let loss = lapidary::eval::run(&model, &batch, &out, adapter.as_deref(), &device, no_grad)?;
                 println!("loss {loss:.6}; wrote {}", out.display());
                 Ok(())
             }

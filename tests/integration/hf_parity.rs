@@ -228,7 +228,7 @@ fn eval_command_writes_hf_comparable_results() {
     for (case, layout) in [("two_rows_one_image_each", "model-hub"), ("text_only", "model")] {
         let batch = fixtures().join("cases").join(format!("{case}.safetensors"));
         let out = dir.path().join(format!("{case}.out.safetensors"));
-        lapidary::eval::run(&fixtures().join(layout), &batch, &out, &dev, false).unwrap();
+        lapidary::eval::run(&fixtures().join(layout), &batch, &out, None, &dev, false).unwrap();
         let got = SafetensorsFiles::open(&out).unwrap();
         let want = SafetensorsFiles::open(&batch).unwrap();
         assert_eq!(got.entry("logits").unwrap().shape, want.entry("logits").unwrap().shape);
@@ -246,13 +246,14 @@ fn eval_command_writes_hf_comparable_results() {
             }
         }
         let out2 = dir.path().join("nograd.safetensors");
-        lapidary::eval::run(&fixtures().join(layout), &batch, &out2, &dev, true).unwrap();
+        lapidary::eval::run(&fixtures().join(layout), &batch, &out2, None, &dev, true).unwrap();
         assert_eq!(SafetensorsFiles::open(&out2).unwrap().names().count(), 2);
     }
     let e = lapidary::eval::run(
         &fixtures().join("model"),
         &fixtures().join("manifest.json"),
         &dir.path().join("x"),
+        None,
         &dev,
         true,
     )
@@ -260,4 +261,29 @@ fn eval_command_writes_hf_comparable_results() {
     .unwrap()
     .to_string();
     assert!(e.contains("manifest.json: not a valid safetensors file"), "{e}");
+}
+
+#[test]
+fn peft_adapter_gives_peft_logits_loss_and_adapter_gradients() {
+    let dev = Device::cpu().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let batch = fixtures().join("cases/adapter_two_rows_one_image_each.safetensors");
+    let out = dir.path().join("out.safetensors");
+    lapidary::eval::run(&fixtures().join("model"), &batch, &out, Some(&fixtures().join("adapter")), &dev, false)
+        .unwrap();
+    let got = SafetensorsFiles::open(&out).unwrap();
+    let want = SafetensorsFiles::open(&batch).unwrap();
+    let l = |f: &SafetensorsFiles, n: &str| f.load(n, &dev, DType::F32).unwrap().to_f32_vec().unwrap();
+    let e_logits = rel_err(&l(&got, "logits"), &l(&want, "logits"));
+    let e_loss = rel_err(&l(&got, "loss"), &l(&want, "loss"));
+    let grads: Vec<&str> = got.names().filter(|n| n.starts_with("grad.")).collect();
+    assert_eq!(grads.len(), 66, "every adapter tensor, and only those");
+    let mut worst = 0f64;
+    for g in &grads {
+        worst = worst.max(rel_err_floor(&l(&got, g), &l(&want, g), 1e-3));
+    }
+    println!(
+        "adapter: logits rel err {e_logits:.2e}, loss rel err {e_loss:.2e}, worst adapter gradient rel err {worst:.2e}"
+    );
+    assert!(e_logits < 1e-4 && e_loss < 1e-5 && worst < 1e-4);
 }

@@ -226,6 +226,7 @@ def make_adapter_fixture(model, batches, manifest):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
     adapter_dir = os.path.join(ROOT, "adapter")
     peft_model.save_pretrained(adapter_dir)
+    os.remove(os.path.join(adapter_dir, "README.md"))  # PEFT's model card template
     peft_model.eval()
     batch = batches["two_rows_one_image_each"]
     peft_model.zero_grad(set_to_none=True)

@@ -84,6 +84,11 @@ impl DecoderLayer {
         [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
     }
 
+    /// The layer's linears (q, k, v, o, gate, up, down projections), to attach adapters to.
+    pub fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.o, &mut self.gate, &mut self.up, &mut self.down]
+    }
+
     /// Every parameter the layer computes with, adapters included, in a fixed order.
     pub fn params(&self) -> Vec<Var> {
         let mut v: Vec<Var> = self.norms.iter().chain(&self.qk_norm).cloned().collect();

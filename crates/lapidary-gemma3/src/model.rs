@@ -11,7 +11,7 @@ use lapidary_autograd::{Tape, Trainable, Var, ops};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use lapidary_kernels::attention::AttentionMask;
 use lapidary_kernels::rope;
-use lapidary_nn::Weights;
+use lapidary_nn::{Linear, Weights};
 use lapidary_siglip::SiglipVisionModel;
 
 /// One batch as HF's processor makes it. Integer fields are row-major `[batch, seq]`.
@@ -99,6 +99,30 @@ impl Gemma3ForConditionalGeneration {
     /// named with the transformers 5.x keys; a hub-layout checkpoint stores some differently).
     pub fn stored_name<'a>(&'a self, name: &'a str) -> &'a str {
         self.stored_names.get(name).map_or(name, String::as_str)
+    }
+
+    /// Every linear layer of both towers (paths are checkpoint keys without `.weight`), for
+    /// attaching adapters by path.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v: Vec<&mut Linear> = Vec::new();
+        for l in self.vision.layers_mut() {
+            v.extend(l.linears_mut());
+        }
+        for l in self.text.layers_mut() {
+            v.extend(l.linears_mut());
+        }
+        v
+    }
+
+    /// The module path PEFT gives a linear at checkpoint path `path` (transformers 5.x in-memory
+    /// names under `base_model.model.`), e.g. `language_model.model.layers.0.self_attn.q_proj` ->
+    /// `base_model.model.model.language_model.layers.0.self_attn.q_proj`.
+    pub fn peft_path(path: &str) -> String {
+        let inner = match path.strip_prefix("language_model.model.") {
+            Some(rest) => format!("model.language_model.{rest}"),
+            None => format!("model.{path}"),
+        };
+        format!("base_model.model.{inner}")
     }
 
     /// Logits and (with labels) the loss of `batch`.

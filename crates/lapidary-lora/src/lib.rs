@@ -2,8 +2,10 @@
 //!
 //! Built so far: [`LoraAdapter`], the low-rank term `scale · (x · Aᵀ) · Bᵀ` with PEFT's layouts
 //! (`lora_A.weight: [r, in]`, `lora_B.weight: [out, r]`) and scaling (`alpha / r`, or
-//! `alpha / √r` with rsLoRA). Still to come: targeting by module names, initialization, NF4
-//! bases, merge, and PEFT adapter files.
+//! `alpha / √r` with rsLoRA), and [`load_peft_adapter`], which reads a PEFT adapter directory
+//! (`adapter_config.json` + `adapter_model.safetensors`) into the adapter slots of a model's
+//! linears by module path. Still to come: targeting by module names for new adapters,
+//! initialization, NF4 bases, merge, and saving in PEFT's format.
 //!
 //! ```
 //! use lapidary_autograd::{Tape, Trainable};
@@ -28,6 +30,9 @@ use lapidary_autograd::{Var, ops};
 use lapidary_core::{Error, Result};
 use lapidary_nn::Adapter;
 use std::rc::Rc;
+
+mod peft;
+pub use peft::{PeftAdapterConfig, load_peft_adapter};
 
 /// A LoRA adapter: `scale · (x · Aᵀ) · Bᵀ`.
 #[derive(Clone, Debug)]

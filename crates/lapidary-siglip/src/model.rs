@@ -73,6 +73,11 @@ impl EncoderLayer {
         [&self.q, &self.k, &self.v, &self.out, &self.fc1, &self.fc2]
     }
 
+    /// The layer's linears (q, k, v, out projections, fc1, fc2), to attach adapters to.
+    pub fn linears_mut(&mut self) -> [&mut Linear; 6] {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.out, &mut self.fc1, &mut self.fc2]
+    }
+
     /// Every parameter the layer computes with, adapters included, in a fixed order.
     pub fn params(&self) -> Vec<Var> {
         let mut v = vec![self.ln1.0.clone(), self.ln1.1.clone(), self.ln2.0.clone(), self.ln2.1.clone()];

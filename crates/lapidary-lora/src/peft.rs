@@ -1,0 +1,82 @@
+//! Reading PEFT LoRA adapters: `adapter_config.json` (r, lora_alpha, use_rslora) and
+//! `adapter_model.safetensors` with keys `<module path>.lora_A.weight` (`[r, in]`) and
+//! `.lora_B.weight` (`[out, r]`). Every adapter tensor must land on a linear of the model and
+//! match its shape; anything left over is an error naming it. Not writing (to come).
+
+use crate::LoraAdapter;
+use lapidary_autograd::{Tape, Trainable};
+use lapidary_core::{DType, Device, Error, Result};
+use lapidary_nn::{Linear, Weights};
+use serde_json::Value;
+use std::path::Path;
+use std::rc::Rc;
+
+/// The parts of PEFT's `LoraConfig` that change the computation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeftAdapterConfig {
+    /// Rank (the tensors' own shapes decide per module; this is the default).
+    pub r: usize,
+    /// Scale numerator.
+    pub lora_alpha: f32,
+    /// Scale `alpha / √r` instead of `alpha / r`.
+    pub use_rslora: bool,
+}
+
+impl PeftAdapterConfig {
+    /// Reads `adapter_config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::invalid(format!("{}: not valid JSON: {e}", path.display())))?;
+        let bad = |what: &str| Error::invalid(format!("{}: {what}", path.display()));
+        if v.get("peft_type").and_then(Value::as_str).is_some_and(|t| t != "LORA") {
+            return Err(bad("peft_type is not LORA"));
+        }
+        if v.get("alpha_pattern").and_then(Value::as_object).is_some_and(|m| !m.is_empty()) {
+            return Err(bad("alpha_pattern (per-module alpha) is not supported"));
+        }
+        if v.get("use_dora").and_then(Value::as_bool) == Some(true) {
+            return Err(bad("DoRA adapters are not supported"));
+        }
+        Ok(PeftAdapterConfig {
+            r: v.get("r").and_then(Value::as_u64).ok_or_else(|| bad("missing integer field r"))? as usize,
+            lora_alpha: v
+                .get("lora_alpha")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| bad("missing number field lora_alpha"))? as f32,
+            use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+        })
+    }
+}
+
+/// Loads the PEFT adapter in `dir` into `linears`: the linear at checkpoint path `p` takes the
+/// tensors `{peft_path(p)}.lora_A.weight` and `.lora_B.weight` when the adapter has them.
+/// Adapter tensors are registered on `tape` under their keys in the adapter file (f32).
+/// Returns the number of linears adapted.
+pub fn load_peft_adapter(
+    dir: &Path,
+    linears: Vec<&mut Linear>,
+    peft_path: impl Fn(&str) -> String,
+    tape: &Tape,
+    device: &Device,
+    trainable: Trainable,
+) -> Result<usize> {
+    let cfg = PeftAdapterConfig::from_file(&dir.join("adapter_config.json"))?;
+    let w = Weights::open(dir.join("adapter_model.safetensors"), device, DType::F32)?;
+    let mut adapted = 0;
+    for linear in linears {
+        let base = peft_path(linear.path());
+        let (ka, kb) = (format!("{base}.lora_A.weight"), format!("{base}.lora_B.weight"));
+        if !w.contains(&ka) && !w.contains(&kb) {
+            continue;
+        }
+        let (out, inp) = linear.dims();
+        let r = w.files().entry(&ka).map_or(cfg.r, |e| e.shape[0]);
+        let a = tape.param(&ka, w.tensor(&ka, &[r, inp])?, trainable);
+        let b = tape.param(&kb, w.tensor(&kb, &[out, r])?, trainable);
+        linear.set_adapter(Rc::new(LoraAdapter::new(a, b, cfg.lora_alpha, cfg.use_rslora)?));
+        adapted += 1;
+    }
+    w.finish(&[])?;
+    Ok(adapted)
+}
