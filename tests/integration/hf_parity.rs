@@ -287,3 +287,58 @@ fn peft_adapter_gives_peft_logits_loss_and_adapter_gradients() {
     );
     assert!(e_logits < 1e-4 && e_loss < 1e-5 && worst < 1e-4);
 }
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    use lapidary::gemma3::Gemma3ForConditionalGeneration;
+    let dev = Device::cpu().unwrap();
+    // One image for a batch whose rows hold two images' worth of image tokens.
+    let (mut batch, _) = load_batch("two_rows_one_image_each", &dev);
+    let px = batch.pixel_values.take().unwrap();
+    let one = px.to_f32_vec().unwrap()[..px.numel() / 2].to_vec();
+    batch.pixel_values = Some(lapidary::core::Tensor::from_f32(&dev, &one, &[1, 3, 32, 32], DType::F32).unwrap());
+    let tape = Tape::new();
+    let model =
+        Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, &tape, Trainable::No).unwrap();
+    let e = model.forward(&tape, &batch, false).err().unwrap().to_string();
+    assert!(e.contains("8 image tokens but 1 image(s) x 4 tokens per image"), "{e}");
+
+    // A checkpoint missing a tensor, and one with a tensor the model does not know.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixtures().join("model/config.json"), dir.path().join("config.json")).unwrap();
+    let src = SafetensorsFiles::open(fixtures().join("model")).unwrap();
+    let entries = |skip: &str, extra: bool| {
+        let mut v: Vec<_> = src
+            .names()
+            .filter(|n| *n != skip)
+            .map(|n| lapidary::nn::safetensors::entry_of(n, &src.load(n, &dev, DType::F32).unwrap()).unwrap())
+            .collect();
+        if extra {
+            v.push(
+                lapidary::nn::safetensors::entry_of(
+                    "vision_tower.head.weight",
+                    &src.load("vision_tower.post_layernorm.weight", &dev, DType::F32).unwrap(),
+                )
+                .unwrap(),
+            );
+        }
+        v
+    };
+    let path = dir.path().join("model.safetensors");
+    lapidary::nn::safetensors::save(&path, &entries("language_model.model.layers.1.self_attn.k_norm.weight", false))
+        .unwrap();
+    let e = Gemma3ForConditionalGeneration::open(dir.path(), &dev, DType::F32, &Tape::new(), Trainable::No)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("missing tensor language_model.model.layers.1.self_attn.k_norm.weight (expected shape [16])"),
+        "{e}"
+    );
+    lapidary::nn::safetensors::save(&path, &entries("", true)).unwrap();
+    let e = Gemma3ForConditionalGeneration::open(dir.path(), &dev, DType::F32, &Tape::new(), Trainable::No)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("1 unexpected tensor(s)") && e.contains("vision_tower.head.weight"), "{e}");
+}
