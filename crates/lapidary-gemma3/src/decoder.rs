@@ -6,9 +6,9 @@
 
 use crate::config::{Gemma3TextConfig, LayerKind};
 use lapidary_autograd::{Tape, Trainable, Var, checkpoint, ops};
-use lapidary_core::{Result, Tensor};
+use lapidary_core::{Error, Result, Tensor};
 use lapidary_kernels::attention::AttentionMask;
-use lapidary_nn::{Linear, Weights};
+use lapidary_nn::{Linear, Weights, rebind_all};
 
 /// Per-batch inputs every layer shares: RoPE tables per layer kind and the masks.
 #[derive(Clone)]
@@ -43,19 +43,15 @@ pub struct DecoderLayer {
     scale: f32,
 }
 
-fn param(w: &Weights, tape: &Tape, name: &str, shape: &[usize], t: Trainable) -> Result<Var> {
-    Ok(tape.param(name, w.tensor(name, shape)?, t))
-}
-
 fn linear(w: &Weights, tape: &Tape, path: &str, out: usize, inp: usize, t: Trainable) -> Result<Linear> {
-    Ok(Linear::new(path, param(w, tape, &format!("{path}.weight"), &[out, inp], t)?, None))
+    Linear::load(w, tape, path, out, inp, false, t)
 }
 
 impl DecoderLayer {
     fn load(cfg: &Gemma3TextConfig, kind: LayerKind, w: &Weights, tape: &Tape, p: &str, t: Trainable) -> Result<Self> {
         let (h, d, i) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
         let (hq, hkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let norm = |n: &str, dim: usize| param(w, tape, &format!("{p}.{n}.weight"), &[dim], t);
+        let norm = |n: &str, dim: usize| w.param(tape, &format!("{p}.{n}.weight"), &[dim], t);
         Ok(DecoderLayer {
             kind,
             norms: [
@@ -100,23 +96,19 @@ impl DecoderLayer {
 
     /// The same layer computing with `ps` in place of [`DecoderLayer::params`].
     pub fn rebind(&self, ps: &[Var]) -> Result<Self> {
-        let mut at = 6;
-        let mut next = |l: &Linear| -> Result<Linear> {
-            let n = l.params().len();
-            let r = l.rebind(&ps[at..at + n])?;
-            at += n;
-            Ok(r)
-        };
+        let [q, k, v, o, gate, up, down]: [Linear; 7] = rebind_all(&self.linears(), &ps[6..])?
+            .try_into()
+            .map_err(|_| Error::invalid("gemma3 layer: seven linears"))?;
         Ok(DecoderLayer {
             norms: [ps[0].clone(), ps[1].clone(), ps[2].clone(), ps[3].clone()],
             qk_norm: [ps[4].clone(), ps[5].clone()],
-            q: next(&self.q)?,
-            k: next(&self.k)?,
-            v: next(&self.v)?,
-            o: next(&self.o)?,
-            gate: next(&self.gate)?,
-            up: next(&self.up)?,
-            down: next(&self.down)?,
+            q,
+            k,
+            v,
+            o,
+            gate,
+            up,
+            down,
             ..self.clone()
         })
     }
@@ -157,14 +149,14 @@ impl Gemma3TextModel {
     /// Loads `{prefix}embed_tokens.weight`, `{prefix}layers.N...`, `{prefix}norm.weight` (HF
     /// names; prefix `language_model.model.` in a Gemma3ForConditionalGeneration checkpoint).
     pub fn load(cfg: &Gemma3TextConfig, w: &Weights, prefix: &str, tape: &Tape, t: Trainable) -> Result<Self> {
-        let embed = param(w, tape, &format!("{prefix}embed_tokens.weight"), &[cfg.vocab_size, cfg.hidden_size], t)?;
+        let embed = w.param(tape, &format!("{prefix}embed_tokens.weight"), &[cfg.vocab_size, cfg.hidden_size], t)?;
         let layers = cfg
             .layer_types
             .iter()
             .enumerate()
             .map(|(i, &kind)| DecoderLayer::load(cfg, kind, w, tape, &format!("{prefix}layers.{i}"), t))
             .collect::<Result<Vec<_>>>()?;
-        let norm = param(w, tape, &format!("{prefix}norm.weight"), &[cfg.hidden_size], t)?;
+        let norm = w.param(tape, &format!("{prefix}norm.weight"), &[cfg.hidden_size], t)?;
         Ok(Gemma3TextModel { cfg: cfg.clone(), embed, layers, norm })
     }
 

@@ -40,8 +40,8 @@ impl MultiModalProjector {
         let norm_name = format!("{prefix}mm_soft_emb_norm.weight");
         let proj_name = format!("{prefix}mm_input_projection_weight");
         Ok(MultiModalProjector {
-            norm: tape.param(&norm_name, w.tensor(&norm_name, &[vision_hidden])?, trainable),
-            projection: tape.param(&proj_name, w.tensor(&proj_name, &[vision_hidden, text_hidden])?, trainable),
+            norm: w.param(tape, &norm_name, &[vision_hidden], trainable)?,
+            projection: w.param(tape, &proj_name, &[vision_hidden, text_hidden], trainable)?,
             pool: patch_grid / side,
             eps: vision_eps as f32,
         })

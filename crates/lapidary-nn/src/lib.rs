@@ -24,5 +24,5 @@ mod linear;
 pub mod safetensors;
 mod weights;
 
-pub use linear::{Adapter, Linear};
+pub use linear::{Adapter, Linear, rebind_all};
 pub use weights::Weights;

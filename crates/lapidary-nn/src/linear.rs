@@ -1,8 +1,9 @@
 //! `Linear`: `y = x · Wᵀ + b` with W in HF's `[out, in]` layout, plus an adapter slot. An adapter
 //! adds its own term computed from the same input (LoRA: `s · (x · Aᵀ) · Bᵀ`). Not the adapter
-//! itself (see `lapidary-lora`) nor weight loading.
+//! itself (see `lapidary-lora`).
 
-use lapidary_autograd::{Var, ops};
+use crate::Weights;
+use lapidary_autograd::{Tape, Trainable, Var, ops};
 use lapidary_core::{Error, Result};
 use std::fmt;
 use std::rc::Rc;
@@ -32,6 +33,22 @@ impl Linear {
     /// `[out, in]` and optional bias `[out]`.
     pub fn new(path: impl Into<String>, weight: Var, bias: Option<Var>) -> Self {
         Linear { path: path.into(), weight, bias, adapter: None }
+    }
+
+    /// Loads `{path}.weight` (`[out, in]`) and, with `bias`, `{path}.bias` (`[out]`) from `w`
+    /// onto `tape`.
+    pub fn load(
+        w: &Weights,
+        tape: &Tape,
+        path: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+        trainable: Trainable,
+    ) -> Result<Self> {
+        let weight = w.param(tape, &format!("{path}.weight"), &[out, inp], trainable)?;
+        let bias = if bias { Some(w.param(tape, &format!("{path}.bias"), &[out], trainable)?) } else { None };
+        Ok(Linear::new(path, weight, bias))
     }
 
     /// The parameter path of this layer.
@@ -122,6 +139,22 @@ impl fmt::Debug for Linear {
             self.adapter.is_some()
         )
     }
+}
+
+/// Rebinds each of `layers` in turn to consecutive runs of `params` (each layer takes as many as
+/// its [`Linear::params`] has); a checkpointed segment rebuilds its linears this way.
+pub fn rebind_all(layers: &[&Linear], params: &[Var]) -> Result<Vec<Linear>> {
+    let mut at = 0;
+    let mut out = Vec::with_capacity(layers.len());
+    for l in layers {
+        let n = l.params().len();
+        if at + n > params.len() {
+            return Err(Error::invalid(format!("{}: rebind ran out of parameters ({} given)", l.path(), params.len())));
+        }
+        out.push(l.rebind(&params[at..at + n])?);
+        at += n;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! `vision_tower.vision_model.` and `vision_tower.`). Not the building of layers.
 
 use crate::safetensors::SafetensorsFiles;
+use lapidary_autograd::{Tape, Trainable, Var};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -83,6 +84,11 @@ impl Weights {
         self.used.borrow_mut().insert(stored.clone());
         self.stored_names.borrow_mut().insert(name.to_string(), stored.clone());
         self.files.load(&stored, &self.device, self.dtype)
+    }
+
+    /// Loads `name` (which must have `shape`) as a parameter leaf of `tape` under that name.
+    pub fn param(&self, tape: &Tape, name: &str, shape: &[usize], trainable: Trainable) -> Result<Var> {
+        Ok(tape.param(name, self.tensor(name, shape)?, trainable))
     }
 
     /// For every tensor loaded so far: the name asked for and the name it is stored under.

@@ -6,9 +6,9 @@
 
 use crate::SiglipVisionConfig;
 use lapidary_autograd::{Tape, Trainable, Var, checkpoint, ops};
-use lapidary_core::Result;
+use lapidary_core::{Error, Result};
 use lapidary_kernels::attention::AttentionMask;
-use lapidary_nn::{Linear, Weights};
+use lapidary_nn::{Linear, Weights, rebind_all};
 
 /// One pre-LN encoder layer.
 #[derive(Clone)]
@@ -35,21 +35,12 @@ pub struct SiglipVisionModel {
     post: (Var, Var),
 }
 
-fn param(w: &Weights, tape: &Tape, name: &str, shape: &[usize], trainable: Trainable) -> Result<Var> {
-    Ok(tape.param(name, w.tensor(name, shape)?, trainable))
+fn layer_norm(w: &Weights, tape: &Tape, path: &str, dim: usize, t: Trainable) -> Result<(Var, Var)> {
+    Ok((w.param(tape, &format!("{path}.weight"), &[dim], t)?, w.param(tape, &format!("{path}.bias"), &[dim], t)?))
 }
 
-fn linear(w: &Weights, tape: &Tape, path: &str, out: usize, inp: usize, trainable: Trainable) -> Result<Linear> {
-    let weight = param(w, tape, &format!("{path}.weight"), &[out, inp], trainable)?;
-    let bias = param(w, tape, &format!("{path}.bias"), &[out], trainable)?;
-    Ok(Linear::new(path, weight, Some(bias)))
-}
-
-fn layer_norm(w: &Weights, tape: &Tape, path: &str, dim: usize, trainable: Trainable) -> Result<(Var, Var)> {
-    Ok((
-        param(w, tape, &format!("{path}.weight"), &[dim], trainable)?,
-        param(w, tape, &format!("{path}.bias"), &[dim], trainable)?,
-    ))
+fn linear(w: &Weights, tape: &Tape, path: &str, out: usize, inp: usize, t: Trainable) -> Result<Linear> {
+    Linear::load(w, tape, path, out, inp, true, t)
 }
 
 impl EncoderLayer {
@@ -89,22 +80,18 @@ impl EncoderLayer {
 
     /// The same layer computing with `ps` in place of [`EncoderLayer::params`].
     pub fn rebind(&self, ps: &[Var]) -> Result<Self> {
-        let mut at = 4;
-        let mut next = |l: &Linear| -> Result<Linear> {
-            let n = l.params().len();
-            let r = l.rebind(&ps[at..at + n])?;
-            at += n;
-            Ok(r)
-        };
+        let [q, k, v, out, fc1, fc2]: [Linear; 6] = rebind_all(&self.linears(), &ps[4..])?
+            .try_into()
+            .map_err(|_| Error::invalid("siglip layer: six linears"))?;
         Ok(EncoderLayer {
             ln1: (ps[0].clone(), ps[1].clone()),
             ln2: (ps[2].clone(), ps[3].clone()),
-            q: next(&self.q)?,
-            k: next(&self.k)?,
-            v: next(&self.v)?,
-            out: next(&self.out)?,
-            fc1: next(&self.fc1)?,
-            fc2: next(&self.fc2)?,
+            q,
+            k,
+            v,
+            out,
+            fc1,
+            fc2,
             heads: self.heads,
             eps: self.eps,
         })
@@ -148,9 +135,8 @@ impl SiglipVisionModel {
         // Conv weight [h, c, p, p] used as a matmul weight [h, c·p·p] (same bytes).
         let patch_weight =
             tape.param(&pw_name, w.tensor(&pw_name, &[h, c, p, p])?.reshape(&[h, c * p * p])?, trainable);
-        let patch_bias = param(w, tape, &format!("{prefix}embeddings.patch_embedding.bias"), &[h], trainable)?;
-        let positions = param(
-            w,
+        let patch_bias = w.param(tape, &format!("{prefix}embeddings.patch_embedding.bias"), &[h], trainable)?;
+        let positions = w.param(
             tape,
             &format!("{prefix}embeddings.position_embedding.weight"),
             &[cfg.num_patches(), h],
