@@ -342,3 +342,61 @@ fn bad_inputs_are_clear_errors() {
         .to_string();
     assert!(e.contains("1 unexpected tensor(s)") && e.contains("vision_tower.head.weight"), "{e}");
 }
+
+/// An adapter made here (random A and B on the vision attention and the language MLP), saved in
+/// PEFT's format and loaded back, gives the same logits; the files are what PEFT reads.
+#[test]
+fn adapters_made_here_round_trip_through_peft_files() {
+    use lapidary::core::rng::SplitMix64;
+    use lapidary::gemma3::Gemma3ForConditionalGeneration;
+    use lapidary::lora::{
+        LoraConfig, LoraInit, LoraTargets, PeftAdapterConfig, adapter_tensors, attach_lora, save_peft_adapter,
+    };
+    let dev = Device::cpu().unwrap();
+    let (batch, _) = load_batch("two_rows_one_image_each", &dev);
+    let cfg = LoraConfig {
+        r: 2,
+        lora_alpha: 4.0,
+        use_rslora: false,
+        targets: LoraTargets::Layers { vision: true, language: true, attention: true, mlp: true },
+        init: LoraInit::Random(0.3),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tape = Tape::new();
+    let mut model =
+        Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, &tape, Trainable::No).unwrap();
+    let base_logits = model.forward(&tape, &batch, false).unwrap().logits.value().to_f32_vec().unwrap();
+    let paths = attach_lora(
+        &cfg,
+        model.linears_mut(),
+        Gemma3ForConditionalGeneration::peft_path,
+        &tape,
+        &dev,
+        &mut SplitMix64::new(5),
+    )
+    .unwrap();
+    assert_eq!(paths.len(), 33);
+    let logits = model.forward(&tape, &batch, false).unwrap().logits.value().to_f32_vec().unwrap();
+    assert!(rel_err(&logits, &base_logits) > 1e-3, "the adapter changes the logits");
+    let linears: Vec<&lapidary::nn::Linear> = model.linears_mut().into_iter().map(|l| &*l).collect();
+    let tensors = adapter_tensors(&linears, &tape).unwrap();
+    assert_eq!(tensors.len(), 66);
+    let modules: Vec<String> = paths.iter().map(|p| p.rsplit('.').next().unwrap().to_string()).collect();
+    save_peft_adapter(dir.path(), &PeftAdapterConfig { r: 2, lora_alpha: 4.0, use_rslora: false }, &modules, &tensors)
+        .unwrap();
+
+    let out = dir.path().join("out.safetensors");
+    let batch_file = fixtures().join("cases/two_rows_one_image_each.safetensors");
+    lapidary::eval::run(&fixtures().join("model"), &batch_file, &out, Some(dir.path()), &dev, true).unwrap();
+    let reloaded =
+        SafetensorsFiles::open(&out).unwrap().load("logits", &dev, DType::F32).unwrap().to_f32_vec().unwrap();
+    assert_eq!(reloaded, logits, "saved and reloaded adapter gives the same logits");
+    // For tools/reference/check_adapter.py: keep the adapter and our logits.
+    if let Some(keep) = std::env::var_os("LAPIDARY_KEEP_ADAPTER") {
+        let keep = std::path::PathBuf::from(keep);
+        std::fs::create_dir_all(&keep).unwrap();
+        for f in ["adapter_model.safetensors", "adapter_config.json", "out.safetensors"] {
+            std::fs::copy(dir.path().join(f), keep.join(f)).unwrap();
+        }
+    }
+}

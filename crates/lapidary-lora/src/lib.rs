@@ -32,7 +32,9 @@ use lapidary_nn::Adapter;
 use std::rc::Rc;
 
 mod peft;
-pub use peft::{PeftAdapterConfig, load_peft_adapter};
+mod target;
+pub use peft::{PeftAdapterConfig, adapter_tensors, load_peft_adapter, save_peft_adapter};
+pub use target::{ATTENTION_MODULES, LoraConfig, LoraInit, LoraTargets, MLP_MODULES, attach_lora};
 
 /// A LoRA adapter: `scale · (x · Aᵀ) · Bᵀ`.
 #[derive(Clone, Debug)]

@@ -80,3 +80,64 @@ pub fn load_peft_adapter(
     w.finish(&[])?;
     Ok(adapted)
 }
+
+/// The adapter tensors of `linears` as `(key, value)`, keys being their names on `tape` (PEFT
+/// keys when created by [`crate::attach_lora`] or [`load_peft_adapter`]).
+pub fn adapter_tensors(linears: &[&Linear], tape: &Tape) -> Result<Vec<(String, lapidary_core::Tensor)>> {
+    let mut out = Vec::new();
+    for l in linears {
+        if let Some(a) = l.adapter() {
+            for v in a.params() {
+                let name = tape
+                    .leaf_name(v.id())
+                    .ok_or_else(|| Error::invalid(format!("{}: adapter tensor without a name", l.path())))?;
+                out.push((name, v.value().clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a PEFT adapter directory: `adapter_model.safetensors` (f32, the given keys) and
+/// `adapter_config.json` (LoRA, r, lora_alpha, use_rslora, the targeted module names), each
+/// written to a temporary file and renamed.
+pub fn save_peft_adapter(
+    dir: &Path,
+    cfg: &PeftAdapterConfig,
+    target_modules: &[String],
+    tensors: &[(String, lapidary_core::Tensor)],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut entries = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t32 = if t.dtype() == DType::F32 {
+            t.clone()
+        } else {
+            lapidary_core::Tensor::from_f32(t.device(), &t.to_f32_vec()?, t.shape(), DType::F32)?
+        };
+        entries.push(lapidary_nn::safetensors::entry_of(name.clone(), &t32)?);
+    }
+    lapidary_nn::safetensors::save(dir.join("adapter_model.safetensors"), &entries)?;
+    let mut modules = target_modules.to_vec();
+    modules.sort();
+    modules.dedup();
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": null,
+        "r": cfg.r,
+        "lora_alpha": cfg.lora_alpha,
+        "use_rslora": cfg.use_rslora,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "target_modules": modules,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "modules_to_save": null,
+        "base_model_name_or_path": null,
+    });
+    let path = dir.join("adapter_config.json");
+    let tmp = dir.join("adapter_config.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&config).expect("valid JSON")).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+}
