@@ -400,3 +400,43 @@ fn adapters_made_here_round_trip_through_peft_files() {
         }
     }
 }
+
+/// One AdamW step on the PEFT adapter from its gradients gives torch's AdamW result.
+#[test]
+fn adamw_step_on_the_adapter_matches_torch() {
+    use lapidary::gemma3::Gemma3ForConditionalGeneration;
+    use lapidary::kernels::optim::{AdamWStep, adamw_step};
+    use lapidary::lora::load_peft_adapter;
+    let dev = Device::cpu().unwrap();
+    let (batch, f) = load_batch("adapter_two_rows_one_image_each", &dev);
+    let tape = Tape::new();
+    let mut model =
+        Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, &tape, Trainable::No).unwrap();
+    let n = load_peft_adapter(
+        &fixtures().join("adapter"),
+        model.linears_mut(),
+        Gemma3ForConditionalGeneration::peft_path,
+        &tape,
+        &dev,
+        Trainable::Yes,
+    )
+    .unwrap();
+    assert_eq!(n, 33);
+    let loss = model.forward(&tape, &batch, false).unwrap().loss.unwrap();
+    let (grads, _) = tape.backward(&loss).unwrap();
+    let linears: Vec<&lapidary::nn::Linear> = model.linears_mut().into_iter().map(|l| &*l).collect();
+    let mut worst = 0f64;
+    for l in linears {
+        for v in l.adapter().unwrap().params() {
+            let name = tape.leaf_name(v.id()).unwrap();
+            let m = lapidary::core::Tensor::zeros(&dev, v.shape(), DType::F32).unwrap();
+            let s = lapidary::core::Tensor::zeros(&dev, v.shape(), DType::F32).unwrap();
+            let h = AdamWStep { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step: 1 };
+            adamw_step(v.value(), grads.get(&v).unwrap(), &m, &s, h).unwrap();
+            let want = f.load(&format!("after_adamw_step.{name}"), &dev, DType::F32).unwrap().to_f32_vec().unwrap();
+            worst = worst.max(rel_err(&v.value().to_f32_vec().unwrap(), &want));
+        }
+    }
+    println!("adapter after one AdamW step: worst rel err {worst:.2e}");
+    assert!(worst < 1e-5, "{worst}");
+}

@@ -15,8 +15,9 @@ would hide missing gradients), and writes under tests/fixtures/tiny-gemma3/:
                pixel_values f32 when there are images), logits, loss, hidden states, and
                grad.<on-disk name> for every parameter plus grad.pixel_values (f32 model)
   adapter/     a PEFT LoRA adapter (r 4, alpha 8, every linear of both towers, random A and B)
-  cases/adapter_two_rows_one_image_each.safetensors  logits, loss, and grad.<adapter key> for
-               every adapter tensor with the adapter applied
+  cases/adapter_two_rows_one_image_each.safetensors  logits, loss, grad.<adapter key> for
+               every adapter tensor with the adapter applied, and after_adamw_step.<adapter key>:
+               the adapter after one torch AdamW step (lr 1e-2, weight decay 0.01)
   manifest.json  versions, cases, and the bf16 model's loss per case
 
 Run:  python -m venv .venv && .venv/bin/pip install torch==2.15.0 transformers==5.24.0 \
@@ -237,6 +238,12 @@ def make_adapter_fixture(model, batches, manifest):
         if p.grad is not None:
             key = name.replace(".default", "")
             res["grad." + key] = p.grad.detach().float().contiguous()
+    # One AdamW step on the adapter (torch defaults but lr 1e-2, weight decay 0.01).
+    lora_params = [(n, p) for n, p in peft_model.named_parameters() if "lora_" in n]
+    opt = torch.optim.AdamW([p for _, p in lora_params], lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    opt.step()
+    for name, p in lora_params:
+        res["after_adamw_step." + name.replace(".default", "")] = p.detach().float().contiguous()
     tensors = {k: v.contiguous() for k, v in batch.items()}
     tensors.update(res)
     save_file(tensors, os.path.join(ROOT, "cases", "adapter_two_rows_one_image_each.safetensors"))
