@@ -5,7 +5,10 @@
 //! Then the real tiny Gemma 3 VLM (tests/fixtures/tiny-gemma3) fully fine-tuned: every
 //! parameter must get a finite gradient, non-zero except SigLIP's k_proj biases (zero in theory:
 //! softmax ignores a shift of all scores, so only rounding is left), and checkpointing must not
-//! change a bit. Run with `cargo xtask check-grad` to see the table.
+//! change a bit. Last, the LoRA matrix on the real tiny model: {vision on/off} x {language on/off}
+//! x {attention, mlp, both} x {projector frozen, trained} x {checkpointing off, on} x {image,
+//! text-only batch}, adapters with random non-zero A and B (with B = 0 every A gradient would be
+//! zero at step 0). Run with `cargo xtask check-grad` to see the table.
 
 use lapidary::autograd::{BackwardOptions, Tape, Trainable, Var, checkpoint, gradcheck, ops};
 use lapidary::core::{DType, Device, Result, Tensor};
@@ -259,13 +262,14 @@ fn check_grad() {
         }
     }
     rows.extend(real_model_rows());
+    rows.extend(lora_matrix_rows());
     println!(
-        "\n{:<58} {:>9} {:>16} {:>14}  max rel diff (vs fd / vs no ckpt)",
+        "\n{:<86} {:>9} {:>16} {:>14}  max rel diff (vs fd / vs no ckpt)",
         "case", "trainable", "finite non-zero", "frozen touched"
     );
     for r in &rows {
         println!(
-            "{:<58} {:>9} {:>16} {:>14}  {}{}",
+            "{:<86} {:>9} {:>16} {:>14}  {}{}",
             r.case,
             r.trainable,
             r.nonzero,
@@ -333,6 +337,143 @@ fn real_model_rows() -> Vec<Row> {
                         diff: e.unwrap_or_default(),
                         ok: false,
                     });
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// (gradients by name, trainable, finite non-zero, frozen touched, trainable a text batch cannot reach)
+type MatrixRun = (BTreeMap<String, Vec<f32>>, usize, usize, usize, usize);
+
+/// The LoRA matrix on the real tiny model (see the module docs).
+fn lora_matrix_rows() -> Vec<Row> {
+    use lapidary::core::rng::SplitMix64;
+    use lapidary::gemma3::{Gemma3ForConditionalGeneration, Parts};
+    use lapidary::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora};
+    let dev = Device::cpu().unwrap();
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3");
+    let batches: Vec<(&str, lapidary::gemma3::Batch)> = ["two_rows_one_image_each", "text_only"]
+        .iter()
+        .map(|c| (*c, lapidary::eval::read_batch(&root.join("cases").join(format!("{c}.safetensors")), &dev).unwrap()))
+        .collect();
+    let mut rows = Vec::new();
+    for (vision, language) in [(true, true), (true, false), (false, true), (false, false)] {
+        let module_sets: &[(&str, bool, bool)] = if vision || language {
+            &[("attn", true, false), ("mlp", false, true), ("both", true, true)]
+        } else {
+            &[("-", false, false)]
+        };
+        for &(modules, attention, mlp) in module_sets {
+            for projector in [false, true] {
+                if !vision && !language && !projector {
+                    continue;
+                }
+                for (case, batch) in &batches {
+                    let run = |checkpointing: bool| -> Result<MatrixRun> {
+                        let tape = Tape::new();
+                        let parts = Parts {
+                            vision: Trainable::No,
+                            projector: if projector { Trainable::Yes } else { Trainable::No },
+                            text: Trainable::No,
+                        };
+                        let mut model = Gemma3ForConditionalGeneration::open_parts(
+                            root.join("model"),
+                            &dev,
+                            DType::F32,
+                            &tape,
+                            parts,
+                        )?;
+                        if vision || language {
+                            let cfg = LoraConfig {
+                                r: 2,
+                                lora_alpha: 4.0,
+                                use_rslora: false,
+                                targets: LoraTargets::Layers { vision, language, attention, mlp },
+                                init: LoraInit::Random(0.3),
+                            };
+                            attach_lora(
+                                &cfg,
+                                model.linears_mut(),
+                                Gemma3ForConditionalGeneration::peft_path,
+                                &tape,
+                                &dev,
+                                &mut SplitMix64::new(11),
+                            )?;
+                        }
+                        let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
+                        let loss =
+                            model.forward_with_pixels(batch, pixels.as_ref(), checkpointing)?.loss.expect("labels");
+                        // What a text-only batch cannot reach: vision adapters and the projector.
+                        let unreachable: Vec<String> = tape
+                            .leaf_names()
+                            .into_iter()
+                            .filter(|n| n.contains("vision_tower.") || n.starts_with("multi_modal_projector."))
+                            .collect();
+                        let mut opts = BackwardOptions::default();
+                        if pixels.is_none() {
+                            opts.allow_missing = unreachable.clone();
+                        }
+                        let (grads, report) = tape.backward_with(&loss, &opts)?;
+                        let trainable_unreachable =
+                            report.rows.iter().filter(|r| unreachable.contains(&r.name)).count();
+                        let named =
+                            grads.named().into_iter().map(|(n, g)| (n.to_string(), g.to_f32_vec().unwrap())).collect();
+                        Ok((
+                            named,
+                            report.rows.len(),
+                            report.nonzero(),
+                            report.frozen_touched.len(),
+                            trainable_unreachable,
+                        ))
+                    };
+                    let base = run(false);
+                    for checkpointing in [false, true] {
+                        let label = format!(
+                            "lora vision={} language={} modules={modules} projector={} ckpt={} batch={}",
+                            if vision { "on" } else { "off" },
+                            if language { "on" } else { "off" },
+                            if projector { "trained" } else { "frozen" },
+                            if checkpointing { "on" } else { "off" },
+                            if *case == "text_only" { "text" } else { "image" },
+                        );
+                        match (&base, run(checkpointing)) {
+                            (Ok((g0, ..)), Ok((g, n, nz, fz, unreachable))) => {
+                                let text = *case == "text_only";
+                                let expected = if text { n - unreachable } else { n };
+                                let diff = max_rel_diff(g0, &g);
+                                let ok = nz == expected && fz == 0 && diff == 0.0;
+                                let note = if text && unreachable > 0 {
+                                    format!("{diff:.1e} ({unreachable} vision/projector tensors n/a)")
+                                } else {
+                                    format!("{diff:.1e}")
+                                };
+                                rows.push(Row {
+                                    case: label,
+                                    trainable: n,
+                                    nonzero: nz,
+                                    frozen_touched: fz,
+                                    diff: note,
+                                    ok,
+                                });
+                            }
+                            (b, this) => {
+                                let e = this
+                                    .err()
+                                    .map(|e| e.to_string())
+                                    .or_else(|| b.as_ref().err().map(|e| e.to_string()));
+                                rows.push(Row {
+                                    case: label,
+                                    trainable: 0,
+                                    nonzero: 0,
+                                    frozen_touched: 0,
+                                    diff: e.unwrap_or_default(),
+                                    ok: false,
+                                });
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -19,5 +19,5 @@ mod projector;
 
 pub use config::{Gemma3Config, Gemma3TextConfig, LayerKind, Rope};
 pub use decoder::{DecoderContext, DecoderLayer, Gemma3TextModel};
-pub use model::{Batch, Gemma3ForConditionalGeneration, Output};
+pub use model::{Batch, Gemma3ForConditionalGeneration, Output, Parts};
 pub use projector::MultiModalProjector;

@@ -44,6 +44,17 @@ pub struct Output {
     pub hidden_states: Vec<Var>,
 }
 
+/// Trainability of the model's three parts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Parts {
+    /// The SigLIP tower's own weights.
+    pub vision: Trainable,
+    /// The projector's norm and projection weight.
+    pub projector: Trainable,
+    /// The decoder's weights (embedding included).
+    pub text: Trainable,
+}
+
 /// The vision-language model.
 pub struct Gemma3ForConditionalGeneration {
     cfg: Gemma3Config,
@@ -56,7 +67,13 @@ pub struct Gemma3ForConditionalGeneration {
 impl Gemma3ForConditionalGeneration {
     /// Loads every parameter (HF names; the 5.x and the hub layouts both load) onto `tape`.
     pub fn load(cfg: &Gemma3Config, w: &Weights, tape: &Tape, trainable: Trainable) -> Result<Self> {
-        let vision = SiglipVisionModel::load(&cfg.vision, w, "vision_tower.", tape, trainable)?;
+        Self::load_parts(cfg, w, tape, Parts { vision: trainable, projector: trainable, text: trainable })
+    }
+
+    /// [`Self::load`] with each part's parameters trainable or frozen on their own (e.g. a
+    /// trained projector between frozen towers, PEFT's `modules_to_save`).
+    pub fn load_parts(cfg: &Gemma3Config, w: &Weights, tape: &Tape, parts: Parts) -> Result<Self> {
+        let vision = SiglipVisionModel::load(&cfg.vision, w, "vision_tower.", tape, parts.vision)?;
         let projector = MultiModalProjector::load(
             w,
             "multi_modal_projector.",
@@ -66,9 +83,9 @@ impl Gemma3ForConditionalGeneration {
             cfg.mm_tokens_per_image,
             cfg.vision.layer_norm_eps,
             tape,
-            trainable,
+            parts.projector,
         )?;
-        let text = Gemma3TextModel::load(&cfg.text, w, "language_model.model.", tape, trainable)?;
+        let text = Gemma3TextModel::load(&cfg.text, w, "language_model.model.", tape, parts.text)?;
         Ok(Gemma3ForConditionalGeneration { cfg: cfg.clone(), stored_names: w.stored_names(), vision, projector, text })
     }
 
@@ -80,12 +97,23 @@ impl Gemma3ForConditionalGeneration {
         tape: &Tape,
         trainable: Trainable,
     ) -> Result<Self> {
+        Self::open_parts(dir, device, dtype, tape, Parts { vision: trainable, projector: trainable, text: trainable })
+    }
+
+    /// [`Self::open`] with per-part trainability (see [`Self::load_parts`]).
+    pub fn open_parts(
+        dir: impl AsRef<std::path::Path>,
+        device: &Device,
+        dtype: DType,
+        tape: &Tape,
+        parts: Parts,
+    ) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg = Gemma3Config::from_file(dir.join("config.json"))?;
         let w = Weights::open(dir, device, dtype)?
             .with_alias("vision_tower.", "vision_tower.vision_model.")
             .with_alias("language_model.model.", "model.language_model.");
-        let model = Self::load(&cfg, &w, tape, trainable)?;
+        let model = Self::load_parts(&cfg, &w, tape, parts)?;
         w.finish(&["lm_head."])?;
         Ok(model)
     }
