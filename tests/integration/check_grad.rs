@@ -27,6 +27,13 @@ struct Row {
     ok: bool,
 }
 
+impl Row {
+    /// A failed case: the error goes in the last column.
+    fn failed(case: String, error: String) -> Row {
+        Row { case, trainable: 0, nonzero: 0, frozen_touched: 0, diff: error, ok: false }
+    }
+}
+
 const HIDDEN: usize = 8;
 const RANK: usize = 2;
 
@@ -250,14 +257,7 @@ fn check_grad() {
                         if image || !vision { format!("{diff:.1e}") } else { format!("{diff:.1e} (vision n/a)") };
                     rows.push(Row { case: label, trainable: n, nonzero: nz, frozen_touched: fz, diff, ok });
                 }
-                Err(e) => rows.push(Row {
-                    case: label,
-                    trainable: 0,
-                    nonzero: 0,
-                    frozen_touched: 0,
-                    diff: e.to_string(),
-                    ok: false,
-                }),
+                Err(e) => rows.push(Row::failed(label, e.to_string())),
             }
         }
     }
@@ -329,14 +329,7 @@ fn real_model_rows() -> Vec<Row> {
                 }
                 (base, this) => {
                     let e = this.err().map(|e| e.to_string()).or_else(|| base.as_ref().err().map(|e| e.to_string()));
-                    rows.push(Row {
-                        case: label,
-                        trainable: 0,
-                        nonzero: 0,
-                        frozen_touched: 0,
-                        diff: e.unwrap_or_default(),
-                        ok: false,
-                    });
+                    rows.push(Row::failed(label, e.unwrap_or_default()));
                 }
             }
         }
@@ -458,19 +451,12 @@ fn lora_matrix_rows() -> Vec<Row> {
                                     ok,
                                 });
                             }
-                            (b, this) => {
+                            (base, this) => {
                                 let e = this
                                     .err()
                                     .map(|e| e.to_string())
-                                    .or_else(|| b.as_ref().err().map(|e| e.to_string()));
-                                rows.push(Row {
-                                    case: label,
-                                    trainable: 0,
-                                    nonzero: 0,
-                                    frozen_touched: 0,
-                                    diff: e.unwrap_or_default(),
-                                    ok: false,
-                                });
+                                    .or_else(|| base.as_ref().err().map(|e| e.to_string()));
+                                rows.push(Row::failed(label, e.unwrap_or_default()));
                             }
                         }
                     }
