@@ -4,3 +4,4 @@
 mod check_grad;
 mod hf_fixtures;
 mod hf_parity;
+mod processor;

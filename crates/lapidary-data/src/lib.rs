@@ -1,4 +1,27 @@
-//! lapidary-data: tokenizer, Gemma 3 chat template, image preprocessing, JSONL datasets and the
-//! collator that turns rows into padded batches with labels and token_type_ids.
+//! lapidary-data: the tokenizer, Gemma 3's chat template, image preprocessing, JSONL datasets and
+//! the collator — from a folder of images and a JSONL file to padded batches with labels and
+//! token_type_ids, matching HF's Gemma3Processor. Not the model or the training loop.
 //!
-//! Not built yet: this crate is an empty library until the data pipeline lands.
+//! ```
+//! use lapidary_data::template::{Conversation, render};
+//!
+//! let row: Conversation = serde_json::from_str(r#"{"messages": [
+//!     {"role": "user", "content": [{"type": "image", "path": "cat.png"}, {"type": "text", "text": "What is it?"}]},
+//!     {"role": "assistant", "content": "A cat."}]}"#).unwrap();
+//! let r = render(&row, 2, false).unwrap();
+//! assert!(r.text.starts_with("<bos><start_of_turn>user\n\n\n<start_of_image><image_soft_token><image_soft_token><end_of_image>"));
+//! assert_eq!(r.images, ["cat.png"]);
+//! assert_eq!(&r.text[r.response_spans[0].0..r.response_spans[0].1], "A cat.<end_of_turn>\n");
+//! ```
+
+pub mod collate;
+pub mod dataset;
+pub mod image;
+pub mod processor;
+pub mod template;
+pub mod tokenizer;
+
+pub use collate::{Collated, collate};
+pub use dataset::{Dataset, OnBadRow, Skipped};
+pub use processor::{EncodeOptions, Example, Processor};
+pub use tokenizer::TextTokenizer;

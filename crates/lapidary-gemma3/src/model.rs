@@ -44,6 +44,18 @@ pub struct Output {
     pub hidden_states: Vec<Var>,
 }
 
+impl Batch {
+    /// Number of positions the loss counts: next-token labels other than -100 whose position is
+    /// not padding (as the loss shifts them).
+    pub fn label_count(&self) -> usize {
+        let (b, t) = (self.batch, self.seq);
+        let Some(labels) = &self.labels else { return 0 };
+        (0..b)
+            .map(|r| (1..t).filter(|&c| self.attention_mask[r * t + c] != 0 && labels[r * t + c] != -100).count())
+            .sum()
+    }
+}
+
 /// Trainability of the model's three parts.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Parts {
@@ -162,6 +174,20 @@ impl Gemma3ForConditionalGeneration {
     /// [`Self::forward`] with the pixels given as a variable (e.g. a trainable leaf, to get the
     /// gradient with respect to the image); `batch.pixel_values` is ignored.
     pub fn forward_with_pixels(&self, batch: &Batch, pixels: Option<&Var>, checkpointing: bool) -> Result<Output> {
+        self.forward_normalized(batch, pixels, checkpointing, None)
+    }
+
+    /// [`Self::forward_with_pixels`] with the loss's divisor given: the summed cross-entropy is
+    /// divided by `normalizer` instead of this batch's label count. Gradient accumulation passes
+    /// the label count of all its micro-batches, so that their losses add up to the loss of the
+    /// whole batch (not a mean of means).
+    pub fn forward_normalized(
+        &self,
+        batch: &Batch,
+        pixels: Option<&Var>,
+        checkpointing: bool,
+        normalizer: Option<f32>,
+    ) -> Result<Output> {
         let (b, t) = (batch.batch, batch.seq);
         for (name, v) in [
             ("input_ids", &batch.input_ids),
@@ -205,7 +231,7 @@ impl Gemma3ForConditionalGeneration {
                         if c + 1 < t && batch.attention_mask[r * t + c + 1] != 0 { labels[r * t + c + 1] } else { -100 }
                     })
                     .collect();
-                Some(ops::cross_entropy(&logits, &shifted, None)?)
+                Some(ops::cross_entropy(&logits, &shifted, normalizer)?)
             }
         };
         Ok(Output { logits, loss, hidden_states })

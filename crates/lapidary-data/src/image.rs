@@ -1,0 +1,177 @@
+//! Image preprocessing as Gemma3ImageProcessor does it on image files (PIL backend): decode (JPEG,
+//! PNG, WebP), apply the EXIF orientation, convert to RGB (alpha dropped, as `load_image` does),
+//! resize with PIL's bilinear filter (antialiased when shrinking; 8-bit fixed point, horizontal
+//! pass then vertical), rescale by 1/255 and normalize per channel. Output is `[3, H, W]` f32, channel-major. Not pan-and-scan.
+
+use lapidary_core::{Error, Result};
+use std::path::Path;
+
+/// How images are turned into pixel values (HF's `image_processor` settings).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageConfig {
+    /// Output height.
+    pub height: usize,
+    /// Output width.
+    pub width: usize,
+    /// Multiplier applied to 8-bit values (1/255).
+    pub rescale_factor: f32,
+    /// Per-channel mean subtracted after rescaling.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation divided by after subtracting the mean.
+    pub std: [f32; 3],
+}
+
+impl ImageConfig {
+    /// Gemma 3's settings for a square image of `size` pixels: rescale 1/255, mean = std = 0.5.
+    pub fn gemma3(size: usize) -> Self {
+        ImageConfig { height: size, width: size, rescale_factor: 1.0 / 255.0, mean: [0.5; 3], std: [0.5; 3] }
+    }
+}
+
+/// An 8-bit RGB image, row-major, 3 bytes a pixel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rgb8 {
+    /// Width in pixels.
+    pub width: usize,
+    /// Height in pixels.
+    pub height: usize,
+    /// `height * width * 3` bytes.
+    pub data: Vec<u8>,
+}
+
+/// Decodes an image file into RGB as transformers' `load_image` does: EXIF orientation applied,
+/// then converted to RGB (an alpha channel is dropped, not composited: `Image.convert("RGB")`).
+pub fn load_rgb(path: &Path) -> Result<Rgb8> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    decode_rgb(&bytes).map_err(|e| Error::invalid(format!("{}: cannot decode the image: {e}", path.display())))
+}
+
+/// [`load_rgb`] on bytes in memory.
+pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<Rgb8, String> {
+    use image::ImageDecoder;
+    let reader =
+        image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let orientation = decoder.orientation().map_err(|e| e.to_string())?;
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    img.apply_orientation(orientation);
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    if width == 0 || height == 0 {
+        return Err("the image is empty".into());
+    }
+    Ok(Rgb8 { width, height, data: img.to_rgb8().into_raw() })
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Fixed-point weights of PIL's bilinear filter for one axis: per output index, the first input
+/// index and the weights.
+fn bilinear_coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filterscale = scale.max(1.0);
+    let support = filterscale; // the bilinear filter's support is 1
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let mut w: Vec<f64> = (xmin..xmax)
+                .map(|x| {
+                    let t = ((x as f64 - center + 0.5) / filterscale).abs();
+                    if t < 1.0 { 1.0 - t } else { 0.0 }
+                })
+                .collect();
+            let sum: f64 = w.iter().sum();
+            if sum != 0.0 {
+                w.iter_mut().for_each(|v| *v /= sum);
+            }
+            let one = (1u32 << PRECISION_BITS) as f64;
+            let fixed = w.iter().map(|&v| (v * one + if v < 0.0 { -0.5 } else { 0.5 }) as i32).collect();
+            (xmin, fixed)
+        })
+        .collect()
+}
+
+fn clip8(acc: i32) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Resizes with PIL's bilinear filter (`Image.resize(..., BILINEAR)` on an RGB image).
+pub fn resize_bilinear(img: &Rgb8, width: usize, height: usize) -> Rgb8 {
+    let mut cur = img.clone();
+    if width != cur.width {
+        let coeffs = bilinear_coeffs(cur.width, width);
+        let mut out = vec![0u8; cur.height * width * 3];
+        for y in 0..cur.height {
+            let row = &cur.data[y * cur.width * 3..(y + 1) * cur.width * 3];
+            for (x, (xmin, w)) in coeffs.iter().enumerate() {
+                for c in 0..3 {
+                    let mut acc: i32 = 1 << (PRECISION_BITS - 1);
+                    for (k, wk) in w.iter().enumerate() {
+                        acc += row[(xmin + k) * 3 + c] as i32 * wk;
+                    }
+                    out[(y * width + x) * 3 + c] = clip8(acc);
+                }
+            }
+        }
+        cur = Rgb8 { width, height: cur.height, data: out };
+    }
+    if height != cur.height {
+        let coeffs = bilinear_coeffs(cur.height, height);
+        let mut out = vec![0u8; height * cur.width * 3];
+        for (y, (ymin, w)) in coeffs.iter().enumerate() {
+            for i in 0..cur.width * 3 {
+                let mut acc: i32 = 1 << (PRECISION_BITS - 1);
+                for (k, wk) in w.iter().enumerate() {
+                    acc += cur.data[(ymin + k) * cur.width * 3 + i] as i32 * wk;
+                }
+                out[y * cur.width * 3 + i] = clip8(acc);
+            }
+        }
+        cur = Rgb8 { width: cur.width, height, data: out };
+    }
+    cur
+}
+
+/// Resizes, rescales and normalizes: `[3, H, W]` f32 values.
+pub fn preprocess(img: &Rgb8, cfg: &ImageConfig) -> Vec<f32> {
+    let img = resize_bilinear(img, cfg.width, cfg.height);
+    let plane = cfg.height * cfg.width;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in img.data.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = (px[c] as f32 * cfg.rescale_factor - cfg.mean[c]) / cfg.std[c];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_size_is_untouched_and_constant_stays_constant() {
+        let data: Vec<u8> = (0..5 * 4 * 3).map(|i| (i * 37 % 256) as u8).collect();
+        let img = Rgb8 { width: 5, height: 4, data };
+        assert_eq!(resize_bilinear(&img, 5, 4), img);
+        let flat = Rgb8 { width: 7, height: 3, data: vec![200; 7 * 3 * 3] };
+        assert!(resize_bilinear(&flat, 4, 5).data.iter().all(|&v| v == 200));
+    }
+
+    #[test]
+    fn halving_averages_pairs() {
+        // Shrinking by 2 with PIL's bilinear: each output is a triangle-weighted mean of 4 inputs
+        // (weights 1/8, 3/8, 3/8, 1/8; at the borders renormalized).
+        let row = [0u8, 80, 160, 240];
+        let data: Vec<u8> = row.iter().flat_map(|&v| [v, v, v]).collect();
+        let out = resize_bilinear(&Rgb8 { width: 4, height: 1, data }, 2, 1);
+        // first: (0*3 + 80*3 + 160*1)/7 = 57.1; second: (80*1 + 160*3 + 240*3)/7 = 182.9
+        assert_eq!(out.data, vec![57, 57, 57, 183, 183, 183]);
+    }
+
+    #[test]
+    fn undecodable_bytes_are_an_error() {
+        assert!(decode_rgb(b"not an image").is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! The data pipeline against HF's Gemma3Processor (fixtures from tools/reference/make_demo.py):
+//! chat template, token ids, labels, token_type_ids and pixel values of every row of a JSONL file
+//! with PNG (alpha), greyscale JPEG and WebP images; the tokenizer on varied text; bad rows.
+
+use lapidary::core::Device;
+use lapidary::data::{Dataset, EncodeOptions, OnBadRow, Processor, collate, template};
+use lapidary::nn::safetensors::SafetensorsFiles;
+use std::path::PathBuf;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn processor() -> Processor {
+    Processor::from_model_dir(&root().join("assets/tiny-vlm")).unwrap()
+}
+
+#[test]
+fn rows_match_hf_processor() {
+    let p = processor();
+    let dir = root().join("tests/fixtures/processor");
+    let ds = Dataset::load(&dir.join("data.jsonl"), &p, &EncodeOptions::default(), OnBadRow::Error).unwrap();
+    let want = SafetensorsFiles::open(&dir.join("expected.safetensors")).unwrap();
+    let texts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let rows: Vec<String> =
+        std::fs::read_to_string(dir.join("data.jsonl")).unwrap().lines().map(String::from).collect();
+    assert_eq!(ds.len(), rows.len());
+    let dev = Device::cpu().unwrap();
+    let mut worst_pixel = 0f32;
+    for (i, ex) in ds.examples.iter().enumerate() {
+        let conv: template::Conversation = serde_json::from_str(&rows[i]).unwrap();
+        let rendered = template::render(&conv, p.image_tokens, false).unwrap();
+        assert_eq!(rendered.text, texts["texts"][i].as_str().unwrap(), "row {i}: rendered text");
+        let ids = |name: &str| want.load_i64(&format!("row{i}.{name}")).unwrap().0;
+        let got_ids: Vec<i64> = ex.input_ids.iter().map(|&x| x as i64).collect();
+        assert_eq!(got_ids, ids("input_ids"), "row {i}: input_ids");
+        assert_eq!(ex.labels, ids("labels"), "row {i}: labels");
+        let tt: Vec<i64> = ex.token_type_ids.iter().map(|&x| x as i64).collect();
+        assert_eq!(tt, ids("token_type_ids"), "row {i}: token_type_ids");
+        let c = collate(&[ex], &p).unwrap();
+        assert_eq!(c.attention_mask, ids("attention_mask"), "row {i}: attention_mask");
+        let key = format!("row{i}.pixel_values");
+        match want.entry(&key) {
+            Some(e) => {
+                assert_eq!(e.shape[0], c.images, "row {i}: image count");
+                let hf = want.load(&key, &dev, lapidary::core::DType::F32).unwrap().to_f32_vec().unwrap();
+                assert_eq!(hf.len(), c.pixel_values.len());
+                let row_worst = hf.iter().zip(&c.pixel_values).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                println!("row {i}: worst pixel difference {row_worst:e}");
+                worst_pixel = worst_pixel.max(row_worst);
+            }
+            None => assert_eq!(c.images, 0, "row {i}: HF has no pixel values"),
+        }
+    }
+    println!("worst pixel difference vs Gemma3Processor (PIL backend): {worst_pixel:e}");
+    // One 8-bit level is 2/255 after normalization; allow a JPEG decoder's rounding.
+    assert!(worst_pixel <= 2.0 / 255.0 + 1e-6, "worst pixel difference {worst_pixel}");
+}
+
+#[test]
+fn tokenizer_matches_hf_on_varied_text() {
+    let p = processor();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/processor/expected.json")).unwrap())
+            .unwrap();
+    let text = v["tokenizer_sample"]["text"].as_str().unwrap();
+    let want: Vec<u32> =
+        v["tokenizer_sample"]["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+    let got = p.tokenizer.encode(text, true).unwrap();
+    assert_eq!(got.ids, want);
+    assert_eq!(p.tokenizer.decode(&got.ids, true).unwrap(), text.replace("<start_of_turn>", ""));
+}
+
+#[test]
+fn collator_pads_right_and_counts_labels() {
+    let p = processor();
+    let dir = root().join("tests/fixtures/processor");
+    let ds = Dataset::load(&dir.join("data.jsonl"), &p, &EncodeOptions::default(), OnBadRow::Error).unwrap();
+    let rows: Vec<_> = ds.examples.iter().take(2).collect();
+    let c = collate(&rows, &p).unwrap();
+    let (a, b) = (rows[0].input_ids.len(), rows[1].input_ids.len());
+    assert_eq!(c.seq, a.max(b));
+    let short = if a < b { 0 } else { 1 };
+    let n = rows[short].input_ids.len();
+    for col in n..c.seq {
+        let at = short * c.seq + col;
+        assert_eq!((c.input_ids[at], c.attention_mask[at], c.labels[at], c.token_type_ids[at]), (0, 0, -100, 0));
+    }
+    let want: usize = rows.iter().map(|r| r.labels.iter().skip(1).filter(|&&l| l != -100).count()).sum();
+    assert_eq!(c.label_count(), want);
+    assert!(want > 0);
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn bad_rows_name_file_and_line_or_are_skipped_and_reported() {
+    let p = processor();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(root().join("tests/fixtures/processor/images/exact.png"), tmp.path().join("ok.png")).unwrap();
+    std::fs::write(tmp.path().join("broken.png"), b"\x89PNG but not really").unwrap();
+    let good = r#"{"messages":[{"role":"user","content":[{"type":"image","path":"ok.png"},{"type":"text","text":"What?"}]},{"role":"assistant","content":"A dot."}]}"#;
+    let cases = [
+        ("{not json", "not a conversation"),
+        (&good.replace("ok.png", "missing.png") as &str, "missing.png not found"),
+        (&good.replace("ok.png", "broken.png"), "cannot decode"),
+        (r#"{"messages":[{"role":"user","content":"only a question"}]}"#, "no token to train on"),
+        (&good.replace("\"A dot.\"", "\"<image_soft_token>\""), "image tokens must come only from image parts"),
+    ];
+    for (k, (row, why)) in cases.iter().enumerate() {
+        let path = write(tmp.path(), &format!("d{k}.jsonl"), &format!("{good}\n\n{row}\n{good}\n"));
+        let err = Dataset::load(&path, &p, &EncodeOptions::default(), OnBadRow::Error).unwrap_err().to_string();
+        assert!(err.contains(&format!("d{k}.jsonl:3:")) && err.contains(why), "case {k}: {err}");
+        let ds = Dataset::load(&path, &p, &EncodeOptions::default(), OnBadRow::Skip).unwrap();
+        assert_eq!((ds.len(), ds.skipped.len(), ds.skipped[0].line), (2, 1, 3), "case {k}");
+        assert!(ds.skipped_report().contains(why));
+    }
+}
+
+#[test]
+fn truncation_never_cuts_an_image_block() {
+    let p = processor();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(root().join("tests/fixtures/processor/images/exact.png"), tmp.path().join("ok.png")).unwrap();
+    let row = r#"{"messages":[{"role":"user","content":[{"type":"text","text":"Look:"},{"type":"image","path":"ok.png"}]},{"role":"assistant","content":"A dot on a field of noise, seen from far away."}]}"#;
+    let path = write(tmp.path(), "d.jsonl", row);
+    let full = Dataset::load(&path, &p, &EncodeOptions::default(), OnBadRow::Error).unwrap();
+    let len = full.examples[0].input_ids.len();
+    let eoi = full.examples[0].input_ids.iter().position(|&i| i == p.tokenizer.eoi_id).unwrap();
+    // Cutting text of the answer is allowed; the labels are cut with it.
+    let opts = EncodeOptions { max_len: len - 3, ..Default::default() };
+    let cut = Dataset::load(&path, &p, &opts, OnBadRow::Error).unwrap();
+    assert_eq!(cut.examples[0].input_ids[..], full.examples[0].input_ids[..len - 3]);
+    assert_eq!(cut.examples[0].labels.len(), len - 3);
+    // Cutting into the image block is an error, or a counted skip.
+    let opts = EncodeOptions { max_len: eoi, ..Default::default() };
+    let err = Dataset::load(&path, &p, &opts, OnBadRow::Error).unwrap_err().to_string();
+    assert!(err.contains("d.jsonl:1:") && err.contains("cut an image block"), "{err}");
+    let err = Dataset::load(&path, &p, &opts, OnBadRow::Skip).unwrap_err().to_string();
+    assert!(err.contains("no usable row (1 skipped"), "{err}");
+}
