@@ -35,6 +35,7 @@ pub(crate) struct LeafInfo {
     pub id: VarId,
     pub name: String,
     pub trainable: bool,
+    pub value: Tensor,
 }
 
 #[derive(Default)]
@@ -92,7 +93,7 @@ impl Tape {
     pub fn param(&self, name: impl Into<String>, value: Tensor, trainable: Trainable) -> Var {
         let id = self.fresh();
         let trainable = trainable == Trainable::Yes;
-        self.inner.borrow_mut().leaves.push(LeafInfo { id, name: name.into(), trainable });
+        self.inner.borrow_mut().leaves.push(LeafInfo { id, name: name.into(), trainable, value: value.clone() });
         Var { id, value, requires_grad: trainable, tape: self.clone() }
     }
 
@@ -146,6 +147,34 @@ impl Tape {
     /// Records a single-output op.
     pub fn record1(&self, inputs: &[&Var], output: Tensor, backward: BackwardFn) -> Result<Var> {
         Ok(self.record(inputs, vec![output], backward)?.pop().expect("one output"))
+    }
+
+    /// The trainable parameter leaves, named, in creation order (what an optimizer updates).
+    pub fn trainable_params(&self) -> Vec<(String, Var)> {
+        let inner = self.inner.borrow();
+        inner
+            .leaves
+            .iter()
+            .filter(|l| l.trainable)
+            .map(|l| {
+                (l.name.clone(), Var { id: l.id, value: l.value.clone(), requires_grad: true, tape: self.clone() })
+            })
+            .collect()
+    }
+
+    /// Every parameter leaf, trainable or frozen, named, in creation order.
+    pub fn params(&self) -> Vec<(String, Var)> {
+        let inner = self.inner.borrow();
+        inner
+            .leaves
+            .iter()
+            .map(|l| {
+                (
+                    l.name.clone(),
+                    Var { id: l.id, value: l.value.clone(), requires_grad: l.trainable, tape: self.clone() },
+                )
+            })
+            .collect()
     }
 
     /// Names of every parameter leaf, in creation order.

@@ -115,6 +115,12 @@ impl DecoderLayer {
 
     /// `[B, T, H] -> [B, T, H]`.
     pub fn forward(&self, h: &Var, ctx: &DecoderContext) -> Result<Var> {
+        self.forward_cached(h, ctx, None)
+    }
+
+    /// [`Self::forward`] that appends this call's keys and values (after RoPE) to `cache` and
+    /// attends over all of them (the mask's `q_offset` must be the cached length).
+    pub fn forward_cached(&self, h: &Var, ctx: &DecoderContext, cache: Option<&mut LayerCache>) -> Result<Var> {
         let (b, t) = (h.shape()[0], h.shape()[1]);
         let d = self.head_dim;
         let (rope, mask) = match self.kind {
@@ -127,7 +133,17 @@ impl DecoderLayer {
         let q = ops::rope(&ops::rms_norm(&heads(&self.q, self.heads)?, &self.qk_norm[0], self.eps)?, &rope.0, &rope.1)?;
         let k =
             ops::rope(&ops::rms_norm(&heads(&self.k, self.kv_heads)?, &self.qk_norm[1], self.eps)?, &rope.0, &rope.1)?;
-        let v = heads(&self.v, self.kv_heads)?;
+        let mut v = heads(&self.v, self.kv_heads)?;
+        let mut k = k;
+        if let Some(cache) = cache {
+            let (ka, va) = match cache.take() {
+                None => (k.value().clone(), v.value().clone()),
+                Some((pk, pv)) => (concat_time(&pk, k.value())?, concat_time(&pv, v.value())?),
+            };
+            *cache = Some((ka.clone(), va.clone()));
+            k = h.tape().input(ka);
+            v = h.tape().input(va);
+        }
         let att = ops::attention(&q, &k, &v, self.scale, mask)?;
         let att = self.o.forward(&ops::reshape(&ops::swap_middle(&att)?, &[b, t, self.heads * d])?)?;
         let h = ops::add(h, &ops::rms_norm(&att, &self.norms[1], self.eps)?)?;
@@ -204,8 +220,69 @@ impl Gemma3TextModel {
         Ok(states)
     }
 
+    /// [`Self::forward`] for generation: extends `cache` (one entry per layer) with this call's
+    /// keys and values and returns only the final normalized output.
+    pub fn forward_cached(&self, h: &Var, ctx: &DecoderContext, cache: &mut KvCache) -> Result<Var> {
+        if cache.layers.len() != self.layers.len() {
+            return Err(Error::invalid(format!(
+                "KV cache for {} layers used with a model of {}",
+                cache.layers.len(),
+                self.layers.len()
+            )));
+        }
+        let mut h = h.clone();
+        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            h = layer.forward_cached(&h, ctx, Some(c))?;
+        }
+        cache.len += h.shape()[1];
+        ops::rms_norm(&h, &self.norm, self.cfg.rms_norm_eps as f32)
+    }
+
     /// Logits `[rows, vocab]` of final hidden states `[rows, hidden]` through the tied head.
     pub fn logits(&self, h: &Var) -> Result<Var> {
         ops::matmul(h, &self.embed, None, false, true)
     }
+}
+
+/// One layer's cached keys and values, `[B, kv_heads, T, head_dim]` each.
+pub type LayerCache = Option<(Tensor, Tensor)>;
+
+/// Keys and values of every layer for the tokens seen so far (generation).
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `layers` decoder layers.
+    pub fn new(layers: usize) -> Self {
+        KvCache { layers: vec![None; layers], len: 0 }
+    }
+
+    /// Tokens cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// `[B, N, Ta, D]` and `[B, N, Tb, D]` joined along time (host copy; generation only).
+fn concat_time(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let (sa, sb) = (a.shape(), b.shape());
+    if sa.len() != 4 || sb.len() != 4 || sa[0] != sb[0] || sa[1] != sb[1] || sa[3] != sb[3] {
+        return Err(Error::shape("KV cache: new keys", format!("[{}, {}, T, {}]", sa[0], sa[1], sa[3]), sb));
+    }
+    let (rows, ta, tb, d) = (sa[0] * sa[1], sa[2], sb[2], sa[3]);
+    let (av, bv) = (a.to_f32_vec()?, b.to_f32_vec()?);
+    let mut out = Vec::with_capacity(rows * (ta + tb) * d);
+    for r in 0..rows {
+        out.extend_from_slice(&av[r * ta * d..(r + 1) * ta * d]);
+        out.extend_from_slice(&bv[r * tb * d..(r + 1) * tb * d]);
+    }
+    Tensor::from_f32(a.device(), &out, &[sa[0], sa[1], ta + tb, d], a.dtype())
 }

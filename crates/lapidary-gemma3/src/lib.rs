@@ -14,10 +14,12 @@
 
 mod config;
 mod decoder;
+mod generate;
 mod model;
 mod projector;
 
 pub use config::{Gemma3Config, Gemma3TextConfig, LayerKind, Rope};
-pub use decoder::{DecoderContext, DecoderLayer, Gemma3TextModel};
+pub use decoder::{DecoderContext, DecoderLayer, Gemma3TextModel, KvCache, LayerCache};
+pub use generate::{GenerateOptions, Sampling, argmax};
 pub use model::{Batch, Gemma3ForConditionalGeneration, Output, Parts};
 pub use projector::MultiModalProjector;

@@ -5,7 +5,7 @@
 //! not padding.
 
 use crate::config::Gemma3Config;
-use crate::decoder::{DecoderContext, Gemma3TextModel};
+use crate::decoder::{DecoderContext, Gemma3TextModel, KvCache};
 use crate::projector::MultiModalProjector;
 use lapidary_autograd::{Tape, Trainable, Var, ops};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
@@ -189,35 +189,9 @@ impl Gemma3ForConditionalGeneration {
         normalizer: Option<f32>,
     ) -> Result<Output> {
         let (b, t) = (batch.batch, batch.seq);
-        for (name, v) in [
-            ("input_ids", &batch.input_ids),
-            ("attention_mask", &batch.attention_mask),
-            ("token_type_ids", &batch.token_type_ids),
-        ] {
-            if v.len() != b * t {
-                return Err(Error::invalid(format!("batch: {name} has {} values, expected {b} x {t}", v.len())));
-            }
-        }
         let device = self.text.embed_tokens().value().device().clone();
-        let ids: Vec<u32> = batch.input_ids.iter().map(|&i| i.max(0) as u32).collect();
-        let mut x = self.text.embed(&ids)?;
-        let image_rows: Vec<u32> =
-            (0..b * t).filter(|&i| batch.input_ids[i] == self.cfg.image_token_index as i64).map(|i| i as u32).collect();
-        let images = pixels.map_or(0, |p| p.shape()[0]);
-        if image_rows.len() != images * self.cfg.mm_tokens_per_image {
-            return Err(Error::invalid(format!(
-                "batch: {} image tokens but {images} image(s) x {} tokens per image: image features and image tokens do not match",
-                image_rows.len(),
-                self.cfg.mm_tokens_per_image
-            )));
-        }
-        if let Some(pixels) = pixels {
-            let feats = self.projector.forward(&self.vision.forward(pixels, checkpointing)?)?;
-            let feats = ops::reshape(&feats, &[images * self.cfg.mm_tokens_per_image, self.cfg.text.hidden_size])?;
-            x = ops::scatter_rows(&x, &feats, &image_rows)?;
-        }
-        let h = ops::reshape(&x, &[b, t, self.cfg.text.hidden_size])?;
-        let ctx = self.context(&device, batch)?;
+        let h = self.inputs_embeds(batch, pixels, checkpointing)?;
+        let ctx = self.context(&device, batch, 0)?;
         let hidden_states = self.text.forward(&h, &ctx, checkpointing)?;
         let last = hidden_states.last().expect("at least the final norm");
         let logits = self.text.logits(&ops::reshape(last, &[b * t, self.cfg.text.hidden_size])?)?;
@@ -237,10 +211,87 @@ impl Gemma3ForConditionalGeneration {
         Ok(Output { logits, loss, hidden_states })
     }
 
-    fn context(&self, device: &Device, batch: &Batch) -> Result<DecoderContext> {
+    /// Decoder input `[B, T, H]`: scaled token embeddings with the image features in place of
+    /// the image soft tokens.
+    fn inputs_embeds(&self, batch: &Batch, pixels: Option<&Var>, checkpointing: bool) -> Result<Var> {
+        let (b, t) = (batch.batch, batch.seq);
+        for (name, v) in [
+            ("input_ids", &batch.input_ids),
+            ("attention_mask", &batch.attention_mask),
+            ("token_type_ids", &batch.token_type_ids),
+        ] {
+            if v.len() != b * t {
+                return Err(Error::invalid(format!("batch: {name} has {} values, expected {b} x {t}", v.len())));
+            }
+        }
+        let ids: Vec<u32> = batch.input_ids.iter().map(|&i| i.max(0) as u32).collect();
+        let mut x = self.text.embed(&ids)?;
+        let image_rows: Vec<u32> =
+            (0..b * t).filter(|&i| batch.input_ids[i] == self.cfg.image_token_index as i64).map(|i| i as u32).collect();
+        let images = pixels.map_or(0, |p| p.shape()[0]);
+        if image_rows.len() != images * self.cfg.mm_tokens_per_image {
+            return Err(Error::invalid(format!(
+                "batch: {} image tokens but {images} image(s) x {} tokens per image: image features and image tokens do not match",
+                image_rows.len(),
+                self.cfg.mm_tokens_per_image
+            )));
+        }
+        if let Some(pixels) = pixels {
+            let feats = self.projector.forward(&self.vision.forward(pixels, checkpointing)?)?;
+            let feats = ops::reshape(&feats, &[images * self.cfg.mm_tokens_per_image, self.cfg.text.hidden_size])?;
+            x = ops::scatter_rows(&x, &feats, &image_rows)?;
+        }
+        ops::reshape(&x, &[b, t, self.cfg.text.hidden_size])
+    }
+
+    /// Starts generation: runs the prompt (one row, with its images) and fills `cache`.
+    /// Returns the logits of the last position.
+    pub fn prefill(&self, tape: &Tape, batch: &Batch, cache: &mut KvCache) -> Result<Vec<f32>> {
+        if batch.batch != 1 || !cache.is_empty() {
+            return Err(Error::invalid("prefill: one row and an empty cache"));
+        }
+        let _guard = tape.no_grad();
+        let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
+        let h = self.inputs_embeds(batch, pixels.as_ref(), false)?;
+        let device = self.text.embed_tokens().value().device().clone();
+        let ctx = self.context(&device, batch, 0)?;
+        self.last_logits(&self.text.forward_cached(&h, &ctx, cache)?)
+    }
+
+    /// One generation step: the next token after the cached ones; returns its logits.
+    pub fn decode_step(&self, tape: &Tape, token: u32, cache: &mut KvCache) -> Result<Vec<f32>> {
+        let _guard = tape.no_grad();
+        let past = cache.len();
+        let batch = Batch {
+            batch: 1,
+            seq: 1,
+            input_ids: vec![token as i64],
+            attention_mask: vec![1],
+            token_type_ids: vec![0],
+            labels: None,
+            pixel_values: None,
+        };
+        let h = self.inputs_embeds(&batch, None, false)?;
+        let device = self.text.embed_tokens().value().device().clone();
+        let ctx = self.context(&device, &batch, past)?;
+        self.last_logits(&self.text.forward_cached(&h, &ctx, cache)?)
+    }
+
+    fn last_logits(&self, h: &Var) -> Result<Vec<f32>> {
+        let (t, hidden) = (h.shape()[1], self.cfg.text.hidden_size);
+        let all = h.value().to_f32_vec()?;
+        let last = &all[(t - 1) * hidden..t * hidden];
+        let device = h.value().device();
+        let x = h.tape().input(Tensor::from_f32(device, last, &[1, hidden], h.value().dtype())?);
+        self.text.logits(&x)?.value().to_f32_vec()
+    }
+
+    /// Rope tables and masks for `batch` at positions `offset..offset + seq` (offset > 0:
+    /// decoding after `offset` cached tokens; no padding or image blocks then).
+    fn context(&self, device: &Device, batch: &Batch, offset: usize) -> Result<DecoderContext> {
         let (b, t) = (batch.batch, batch.seq);
         let cfg = &self.cfg.text;
-        let positions: Vec<usize> = (0..t).collect();
+        let positions: Vec<usize> = (offset..offset + t).collect();
         let table = |r: crate::config::Rope| -> Result<(Tensor, Tensor)> {
             let (c, s) = rope::tables(&positions, cfg.head_dim, r.theta, r.linear_factor);
             Ok((
@@ -265,6 +316,18 @@ impl Gemma3ForConditionalGeneration {
         let keep: Vec<f32> = batch.attention_mask.iter().map(|&m| if m != 0 { 1.0 } else { 0.0 }).collect();
         let blocks = Tensor::from_f32(device, &blocks, &[b, t], DType::F32)?;
         let keep = Tensor::from_f32(device, &keep, &[b, t], DType::F32)?;
+        if offset > 0 {
+            let mut sliding = AttentionMask::sliding(cfg.sliding_window);
+            let mut full = AttentionMask::causal();
+            sliding.q_offset = offset;
+            full.q_offset = offset;
+            return Ok(DecoderContext {
+                rope_local: table(cfg.rope_local)?,
+                rope_global: table(cfg.rope_global)?,
+                mask_sliding: sliding,
+                mask_full: full,
+            });
+        }
         Ok(DecoderContext {
             rope_local: table(cfg.rope_local)?,
             rope_global: table(cfg.rope_global)?,

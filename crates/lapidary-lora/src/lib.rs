@@ -82,4 +82,10 @@ impl Adapter for LoraAdapter {
             _ => Err(Error::invalid(format!("LoRA: rebind with {} parameters, expected 2 (A, B)", params.len()))),
         }
     }
+
+    /// `scale · B · A`, `[out, in]`.
+    fn weight_delta(&self) -> Result<Option<lapidary_core::Tensor>> {
+        let ba = lapidary_kernels::matmul::matmul(self.b.value(), self.a.value(), None, false, false)?;
+        Ok(Some(lapidary_kernels::elementwise::scale(&ba, self.scale)?))
+    }
 }

@@ -17,6 +17,11 @@ pub trait Adapter {
     /// The same adapter computing with other variables in place of [`Adapter::params`], in the
     /// same order (a checkpointed segment recomputes with its own copies).
     fn rebind(&self, params: &[Var]) -> Result<Rc<dyn Adapter>>;
+    /// The change to the base weight (`[out, in]`) that has the same effect, for merging the
+    /// adapter into the base; `None` when the adapter cannot be expressed so.
+    fn weight_delta(&self) -> Result<Option<lapidary_core::Tensor>> {
+        Ok(None)
+    }
 }
 
 /// A linear layer with HF weight layout and an optional adapter.

@@ -1,4 +1,23 @@
-//! lapidary-train: AdamW, learning-rate schedules, gradient accumulation and clipping,
-//! checkpoint/resume, metrics, and the training loop.
+//! lapidary-train: the training loop for Gemma 3 vision-language models — AdamW with f32 state,
+//! linear/cosine schedules with warmup, gradient accumulation normalized by the total label
+//! count, gradient-norm clipping, gradient checkpointing, held-out loss, atomic checkpoints with
+//! exact resume, a progress bar, metrics JSONL and a loss plot. Not data encoding (lapidary-data)
+//! nor the model (lapidary-gemma3).
 //!
-//! Not built yet: this crate is an empty library until the trainer lands.
+//! ```
+//! use lapidary_train::{TrainConfig, schedule::lr_at, Schedule};
+//!
+//! let cfg = TrainConfig { warmup_steps: 2, lr_scheduler: Schedule::Cosine, ..Default::default() };
+//! assert_eq!(lr_at(cfg.lr_scheduler, 1.0, cfg.warmup_steps, 1, 10), 0.5); // warming up
+//! assert!(lr_at(cfg.lr_scheduler, 1.0, cfg.warmup_steps, 9, 10) < 0.1); // near the end
+//! ```
+
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
+pub mod optimizer;
+pub mod schedule;
+pub mod trainer;
+
+pub use config::{Method, Schedule, TrainConfig};
+pub use trainer::{RunSummary, StepStats, Trainer, to_batch};

@@ -69,6 +69,16 @@ fn fill_kernel<F: Float>(out: &mut [F], value: f32) {
     }
 }
 
+#[cube(launch_unchecked)]
+fn copy_kernel<F: Float>(src: &[F], dst: &mut [F]) {
+    let stride = CUBE_DIM as usize * CUBE_COUNT;
+    let mut i = ABSOLUTE_POS;
+    while i < dst.len() {
+        dst[i] = src[i];
+        i += stride;
+    }
+}
+
 /// `keep` = 1 copies `dst`, otherwise the row comes from `src[src_row]`.
 #[cube(launch_unchecked)]
 fn merge_rows_kernel<F: Float>(
@@ -109,6 +119,29 @@ pub fn fill(dev: &lapidary_core::Device, shape: &[usize], value: f32, dtype: DTy
         fill_kernel::launch_unchecked::<F>(dev.client(), count, dim, BufferArg::from_raw_parts(out.handle().clone(), out.numel()), value)
     });
     Ok(out)
+}
+
+/// Copies `src` into `dst`'s buffer, in place (same shape and dtype): every tensor sharing
+/// `dst`'s buffer sees the new values (restoring parameters from a checkpoint).
+pub fn copy_into(dst: &Tensor, src: &Tensor) -> Result<()> {
+    src.expect_shape("copy_into: src", dst.shape())?;
+    src.expect_dtype("copy_into: src", &[dst.dtype()])?;
+    let dev = dst.device();
+    let n = dst.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let (count, dim) = launch::grid_1d(dev, n);
+    dispatch_float!(dst.dtype(), F => unsafe {
+        copy_kernel::launch_unchecked::<F>(
+            dev.client(),
+            count,
+            dim,
+            BufferArg::from_raw_parts(src.handle().clone(), n),
+            BufferArg::from_raw_parts(dst.handle().clone(), n),
+        )
+    });
+    Ok(())
 }
 
 /// Row gather: `out[i] = table[ids[i]]` for `table: [V, C]`; returns `[ids.len(), C]`.

@@ -25,6 +25,17 @@ proptest! {
     }
 
     #[test]
+    fn copy_into_overwrites_every_sharing_tensor(n in 1usize..3000, dt in dtype_strategy(), seed in any::<u64>()) {
+        let dev = device();
+        let dst = random_tensor(&dev, &[n], dt, seed, 1.0);
+        let alias = dst.clone();
+        let src = random_tensor(&dev, &[n], dt, seed ^ 5, 1.0);
+        copy_into(&dst, &src).unwrap();
+        prop_assert_eq!(alias.to_f32_vec().unwrap(), src.to_f32_vec().unwrap());
+        prop_assert!(copy_into(&dst, &random_tensor(&dev, &[n + 1], dt, seed, 1.0)).is_err());
+    }
+
+    #[test]
     fn scatter_rows_and_backward(n in 2usize..30, c in 1usize..12, dt in dtype_strategy(), seed in any::<u64>()) {
         let dev = device();
         let rows: Vec<u32> = (0..n as u32).filter(|i| (i * 7 + seed as u32).is_multiple_of(3)).collect();

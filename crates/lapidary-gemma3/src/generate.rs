@@ -1,0 +1,142 @@
+//! Text generation with a KV cache: the prompt (with its images) is run once, then one token at
+//! a time; greedy, or sampled with temperature, top-k and top-p. Stops at any of the stop ids
+//! or after `max_new_tokens`. Not tokenization or chat formatting.
+
+use crate::decoder::KvCache;
+use crate::model::{Batch, Gemma3ForConditionalGeneration};
+use lapidary_autograd::Tape;
+use lapidary_core::rng::SplitMix64;
+use lapidary_core::{Result, Tensor};
+
+/// How the next token is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sampling {
+    /// The most likely token.
+    Greedy,
+    /// Sampled from the softmax at `temperature`, keeping the `top_k` most likely tokens
+    /// (0 = all) and the smallest set whose probability reaches `top_p` (1 = all).
+    Sample {
+        /// Divides the logits.
+        temperature: f32,
+        /// Keep this many most likely tokens (0 = no limit).
+        top_k: usize,
+        /// Keep the most likely tokens up to this cumulative probability.
+        top_p: f32,
+        /// Seed of the draws.
+        seed: u64,
+    },
+}
+
+/// Generation settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateOptions {
+    /// Most tokens to produce.
+    pub max_new_tokens: usize,
+    /// Greedy or sampled.
+    pub sampling: Sampling,
+    /// Token ids that end generation (included in the output).
+    pub stop: Vec<u32>,
+}
+
+/// Index of the largest value (the first on ties).
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn sample(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, rng: &mut SplitMix64) -> u32 {
+    let t = temperature.max(1e-5);
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    if top_k > 0 {
+        idx.truncate(top_k);
+    }
+    let max = logits[idx[0]];
+    let mut probs: Vec<f64> = idx.iter().map(|&i| (((logits[i] - max) / t) as f64).exp()).collect();
+    let sum: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= sum);
+    let mut keep = probs.len();
+    let mut acc = 0.0;
+    for (k, p) in probs.iter().enumerate() {
+        acc += p;
+        if acc >= top_p as f64 {
+            keep = k + 1;
+            break;
+        }
+    }
+    let total: f64 = probs[..keep].iter().sum();
+    let mut r = rng.next_f32() as f64 * total;
+    for k in 0..keep {
+        r -= probs[k];
+        if r <= 0.0 {
+            return idx[k] as u32;
+        }
+    }
+    idx[keep - 1] as u32
+}
+
+impl Gemma3ForConditionalGeneration {
+    /// Generates after `prompt` (token ids; image soft tokens where `pixel_values`' images go).
+    /// Returns the new tokens.
+    pub fn generate(
+        &self,
+        tape: &Tape,
+        prompt: &[u32],
+        pixel_values: Option<&Tensor>,
+        opts: &GenerateOptions,
+    ) -> Result<Vec<u32>> {
+        let image_id = self.config().image_token_index as u32;
+        let batch = Batch {
+            batch: 1,
+            seq: prompt.len(),
+            input_ids: prompt.iter().map(|&i| i as i64).collect(),
+            attention_mask: vec![1; prompt.len()],
+            token_type_ids: prompt.iter().map(|&i| i64::from(i == image_id)).collect(),
+            labels: None,
+            pixel_values: pixel_values.cloned(),
+        };
+        let mut cache = KvCache::new(self.config().text.layer_types.len());
+        let mut logits = self.prefill(tape, &batch, &mut cache)?;
+        let mut rng = match opts.sampling {
+            Sampling::Sample { seed, .. } => SplitMix64::new(seed),
+            Sampling::Greedy => SplitMix64::new(0),
+        };
+        let mut out = Vec::new();
+        while out.len() < opts.max_new_tokens {
+            let next = match opts.sampling {
+                Sampling::Greedy => argmax(&logits),
+                Sampling::Sample { temperature, top_k, top_p, .. } => {
+                    sample(&logits, temperature, top_k, top_p, &mut rng)
+                }
+            };
+            out.push(next);
+            if opts.stop.contains(&next) || out.len() == opts.max_new_tokens {
+                break;
+            }
+            logits = self.decode_step(tape, next, &mut cache)?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_one_is_greedy_and_top_p_keeps_the_head() {
+        let logits = [0.1, 2.0, -1.0, 1.9];
+        let mut rng = SplitMix64::new(1);
+        for _ in 0..20 {
+            assert_eq!(sample(&logits, 1.0, 1, 1.0, &mut rng), 1);
+            let s = sample(&logits, 1.0, 0, 0.6, &mut rng);
+            assert!(s == 1 || s == 3, "{s}");
+        }
+        assert_eq!(argmax(&logits), 1);
+    }
+}

@@ -1,0 +1,119 @@
+//! AdamW over named parameters with f32 moments, global gradient-norm clipping, and the
+//! optimizer state as named tensors (for checkpoints). Not the learning-rate schedule.
+
+use lapidary_autograd::Var;
+use lapidary_core::{DType, Error, Result, Tensor};
+use lapidary_kernels::{elementwise, gather, optim, reduce};
+
+/// AdamW hyper-parameters that do not change per step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Added to the denominator.
+    pub eps: f32,
+    /// Decoupled weight decay (not applied to biases and norm weights, as HF's Trainer does).
+    pub weight_decay: f32,
+}
+
+/// AdamW state for a list of parameters.
+pub struct AdamW {
+    params: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    cfg: AdamWConfig,
+    /// Optimizer steps taken (bias correction uses it).
+    pub steps: u64,
+}
+
+impl AdamW {
+    /// Zero moments for each parameter.
+    pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
+        let mut m = Vec::with_capacity(params.len());
+        let mut v = Vec::with_capacity(params.len());
+        for (_, p) in &params {
+            m.push(Tensor::zeros(p.value().device(), p.shape(), DType::F32)?);
+            v.push(Tensor::zeros(p.value().device(), p.shape(), DType::F32)?);
+        }
+        Ok(AdamW { params, m, v, cfg, steps: 0 })
+    }
+
+    /// The parameters, named, in order.
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    /// One step with `grads[i]` for `params[i]` (`None`: the parameter got no gradient in this
+    /// step and is left as it is, as torch does).
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f32) -> Result<()> {
+        if grads.len() != self.params.len() {
+            return Err(Error::invalid(format!(
+                "AdamW: {} gradients for {} parameters",
+                grads.len(),
+                self.params.len()
+            )));
+        }
+        self.steps += 1;
+        for (i, g) in grads.iter().enumerate() {
+            let Some(g) = g else { continue };
+            let (name, p) = &self.params[i];
+            let decay = if name.contains("bias") || name.contains("norm") { 0.0 } else { self.cfg.weight_decay };
+            let h = optim::AdamWStep {
+                lr,
+                beta1: self.cfg.beta1,
+                beta2: self.cfg.beta2,
+                eps: self.cfg.eps,
+                weight_decay: decay,
+                step: self.steps,
+            };
+            optim::adamw_step(p.value(), g, &self.m[i], &self.v[i], h)?;
+        }
+        Ok(())
+    }
+
+    /// The moments as `exp_avg.<name>` / `exp_avg_sq.<name>` tensors.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.params.len());
+        for (i, (name, _)) in self.params.iter().enumerate() {
+            out.push((format!("exp_avg.{name}"), self.m[i].clone()));
+            out.push((format!("exp_avg_sq.{name}"), self.v[i].clone()));
+        }
+        out
+    }
+
+    /// Restores the moments from [`Self::state_tensors`]'s names (every one must be there).
+    pub fn load_state(&mut self, get: impl Fn(&str, &[usize]) -> Result<Tensor>, steps: u64) -> Result<()> {
+        for (i, (name, p)) in self.params.iter().enumerate() {
+            gather::copy_into(&self.m[i], &get(&format!("exp_avg.{name}"), p.shape())?)?;
+            gather::copy_into(&self.v[i], &get(&format!("exp_avg_sq.{name}"), p.shape())?)?;
+        }
+        self.steps = steps;
+        Ok(())
+    }
+}
+
+/// The global L2 norm of `grads`; when `max_norm > 0`, scales them by
+/// `min(1, max_norm / (norm + 1e-6))` (torch's clip_grad_norm_). Returns the norm before clipping.
+pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f32) -> Result<f32> {
+    let mut total = 0f64;
+    for g in grads.iter().flatten() {
+        total += reduce::sum_sq(g)?.to_f32_vec()?[0] as f64;
+    }
+    let norm = total.sqrt() as f32;
+    if !norm.is_finite() {
+        return Err(Error::invalid(format!(
+            "the gradient norm is {norm}: training diverged (lower the learning rate)"
+        )));
+    }
+    if max_norm > 0.0 {
+        let coef = (max_norm / (norm + 1e-6)).min(1.0);
+        if coef < 1.0 {
+            for g in grads.iter_mut().flatten() {
+                *g = elementwise::scale(g, coef)?;
+            }
+        }
+    }
+    Ok(norm)
+}

@@ -1,0 +1,570 @@
+//! The training loop: loads the model and data, attaches LoRA (or trains every weight), and
+//! runs optimizer steps of `grad_accum_steps` micro-batches whose summed loss is normalized by
+//! their total label count; clips, steps AdamW, follows the schedule, evaluates held-out loss,
+//! saves checkpoints, resumes exactly, reports progress and metrics. Not data encoding (see
+//! lapidary-data) nor generation.
+
+use crate::checkpoint::{self, CheckpointMeta, TrainState};
+use crate::config::{Method, TrainConfig};
+use crate::optimizer::{AdamW, AdamWConfig, clip_grad_norm};
+use crate::{metrics, schedule};
+use lapidary_autograd::{BackwardOptions, Tape, Trainable};
+use lapidary_core::rng::SplitMix64;
+use lapidary_core::{DType, Device, Error, Result, Tensor};
+use lapidary_data::{Collated, Dataset, EncodeOptions, Example, OnBadRow, Processor, collate};
+use lapidary_gemma3::{Batch, Gemma3ForConditionalGeneration, Parts};
+use lapidary_kernels::{elementwise, gather};
+use lapidary_lora::{LoraConfig, LoraInit, LoraTargets, PeftAdapterConfig};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What one optimizer step did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepStats {
+    /// The step just done (1-based).
+    pub step: usize,
+    /// Mean cross-entropy over the step's label tokens.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Label tokens in the step.
+    pub label_tokens: usize,
+    /// Real tokens in the step.
+    pub tokens: usize,
+}
+
+/// A training run.
+pub struct Trainer {
+    cfg: TrainConfig,
+    processor: Processor,
+    model: Gemma3ForConditionalGeneration,
+    tape: Tape,
+    device: Device,
+    opt: AdamW,
+    train: Vec<Example>,
+    eval: Vec<Example>,
+    skipped: String,
+    adapted_modules: Vec<String>,
+    total_steps: usize,
+    /// Where the run stands.
+    pub state: TrainState,
+}
+
+/// Converts a collated batch to the model's batch.
+pub fn to_batch(c: &Collated, processor: &Processor, device: &Device) -> Result<Batch> {
+    let pixel_values = if c.images > 0 {
+        let (h, w) = (processor.image.height, processor.image.width);
+        Some(Tensor::from_f32(device, &c.pixel_values, &[c.images, 3, h, w], DType::F32)?)
+    } else {
+        None
+    };
+    Ok(Batch {
+        batch: c.batch,
+        seq: c.seq,
+        input_ids: c.input_ids.clone(),
+        attention_mask: c.attention_mask.clone(),
+        token_type_ids: c.token_type_ids.clone(),
+        labels: Some(c.labels.clone()),
+        pixel_values,
+    })
+}
+
+fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = SplitMix64::new(seed);
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
+}
+
+impl Trainer {
+    /// Loads everything the configuration names.
+    pub fn new(cfg: TrainConfig, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let processor = Processor::from_model_dir(&cfg.model)?;
+        let enc = EncodeOptions { max_len: cfg.max_len, responses_only: cfg.responses_only };
+        let on_bad = if cfg.skip_bad_rows { OnBadRow::Skip } else { OnBadRow::Error };
+        let data = Dataset::load(&cfg.data, &processor, &enc, on_bad)?;
+        let mut skipped = data.skipped_report();
+        let (train, eval) = match &cfg.eval_data {
+            Some(path) => {
+                let ev = Dataset::load(path, &processor, &enc, on_bad)?;
+                skipped.push_str(&ev.skipped_report());
+                (data.examples, ev.examples)
+            }
+            None if cfg.eval_fraction > 0.0 && data.len() >= 2 => {
+                let n_eval = ((data.len() as f32 * cfg.eval_fraction).round() as usize).clamp(1, data.len() - 1);
+                let order = shuffled(data.len(), cfg.seed ^ 0xE7A1);
+                let held: std::collections::HashSet<usize> = order[..n_eval].iter().copied().collect();
+                let (mut tr, mut ev) = (Vec::new(), Vec::new());
+                for (i, ex) in data.examples.into_iter().enumerate() {
+                    if held.contains(&i) { ev.push(ex) } else { tr.push(ex) }
+                }
+                (tr, ev)
+            }
+            None => (data.examples, Vec::new()),
+        };
+        let tape = Tape::new();
+        let (mut model, adapted_modules) = match cfg.method {
+            Method::Full => {
+                let parts = Parts { vision: Trainable::Yes, projector: Trainable::Yes, text: Trainable::Yes };
+                (Gemma3ForConditionalGeneration::open_parts(&cfg.model, device, DType::F32, &tape, parts)?, Vec::new())
+            }
+            Method::Lora => {
+                let projector = if cfg.train_projector { Trainable::Yes } else { Trainable::No };
+                let parts = Parts { vision: Trainable::No, projector, text: Trainable::No };
+                (Gemma3ForConditionalGeneration::open_parts(&cfg.model, device, DType::F32, &tape, parts)?, Vec::new())
+            }
+        };
+        let mut adapted_modules = adapted_modules;
+        if cfg.method == Method::Lora {
+            let targets = match &cfg.target_modules {
+                Some(m) if m.len() == 1 && m[0] == "all-linear" => LoraTargets::AllLinear,
+                Some(m) => LoraTargets::Modules(m.clone()),
+                None => LoraTargets::Layers {
+                    vision: cfg.finetune_vision_layers,
+                    language: cfg.finetune_language_layers,
+                    attention: cfg.finetune_attention_modules,
+                    mlp: cfg.finetune_mlp_modules,
+                },
+            };
+            let lora = LoraConfig {
+                r: cfg.lora_r,
+                lora_alpha: cfg.lora_alpha,
+                use_rslora: cfg.use_rslora,
+                targets,
+                init: LoraInit::Default,
+            };
+            let mut rng = SplitMix64::new(cfg.seed);
+            let paths = lapidary_lora::attach_lora(
+                &lora,
+                model.linears_mut(),
+                Gemma3ForConditionalGeneration::peft_path,
+                &tape,
+                device,
+                &mut rng,
+            )?;
+            adapted_modules = paths.iter().map(|p| p.rsplit('.').next().unwrap_or(p).to_string()).collect();
+        }
+        let params = tape.trainable_params();
+        if params.is_empty() {
+            return Err(Error::invalid("train: nothing is trainable with this configuration"));
+        }
+        let opt = AdamW::new(
+            params,
+            AdamWConfig {
+                beta1: cfg.adam_beta1,
+                beta2: cfg.adam_beta2,
+                eps: cfg.adam_epsilon,
+                weight_decay: cfg.weight_decay,
+            },
+        )?;
+        let per_step = cfg.micro_batch_size * cfg.grad_accum_steps;
+        let total_steps =
+            if cfg.max_steps > 0 { cfg.max_steps } else { (train.len() * cfg.num_epochs).div_ceil(per_step).max(1) };
+        Ok(Trainer {
+            cfg,
+            processor,
+            model,
+            tape,
+            device: device.clone(),
+            opt,
+            train,
+            eval,
+            skipped,
+            adapted_modules,
+            total_steps,
+            state: TrainState::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+
+    /// The processor (tokenizer and image settings).
+    pub fn processor(&self) -> &Processor {
+        &self.processor
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &Gemma3ForConditionalGeneration {
+        &self.model
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The tape the model's parameters live on.
+    pub fn tape(&self) -> &Tape {
+        &self.tape
+    }
+
+    /// Rows used for training and held out.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.train.len(), self.eval.len())
+    }
+
+    /// The held-out rows.
+    pub fn eval_examples(&self) -> &[Example] {
+        &self.eval
+    }
+
+    /// Report of the rows skipped when loading (empty when none).
+    pub fn skipped_report(&self) -> &str {
+        &self.skipped
+    }
+
+    /// Steps the run will take.
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+
+    /// Number of trainable values.
+    pub fn trainable_values(&self) -> usize {
+        self.opt.params().iter().map(|(_, v)| v.value().numel()).sum()
+    }
+
+    fn epoch_order(&self, epoch: usize) -> Vec<usize> {
+        shuffled(self.train.len(), self.cfg.seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(epoch as u64 + 1)))
+    }
+
+    fn next_rows(&mut self, n: usize) -> Vec<usize> {
+        let mut rows = Vec::with_capacity(n);
+        let mut order = self.epoch_order(self.state.epoch);
+        while rows.len() < n {
+            if self.state.cursor >= order.len() {
+                self.state.epoch += 1;
+                self.state.cursor = 0;
+                order = self.epoch_order(self.state.epoch);
+            }
+            rows.push(order[self.state.cursor]);
+            self.state.cursor += 1;
+        }
+        rows
+    }
+
+    fn vision_side_names(&self) -> Vec<String> {
+        self.opt
+            .params()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| n.contains("vision_tower.") || n.contains("multi_modal_projector."))
+            .collect()
+    }
+
+    /// One optimizer step over `grad_accum_steps` micro-batches.
+    pub fn step(&mut self) -> Result<StepStats> {
+        let mut micro = Vec::with_capacity(self.cfg.grad_accum_steps);
+        for _ in 0..self.cfg.grad_accum_steps {
+            let rows = self.next_rows(self.cfg.micro_batch_size);
+            let refs: Vec<&Example> = rows.iter().map(|&i| &self.train[i]).collect();
+            micro.push(collate(&refs, &self.processor)?);
+        }
+        self.step_on(&micro)
+    }
+
+    /// One optimizer step on given micro-batches (their losses are normalized by their total
+    /// label count, so any split of the same rows gives the same step).
+    pub fn step_on(&mut self, micro: &[Collated]) -> Result<StepStats> {
+        let label_tokens: usize = micro.iter().map(Collated::label_count).sum();
+        if label_tokens == 0 {
+            return Err(Error::invalid("train: a step without any label token"));
+        }
+        let params: Vec<_> = self.opt.params().to_vec();
+        let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
+        let mut loss_total = 0f64;
+        let mut tokens = 0usize;
+        for c in micro {
+            let batch = to_batch(c, &self.processor, &self.device)?;
+            tokens += c.attention_mask.iter().filter(|&&m| m != 0).count();
+            let pixels = batch.pixel_values.as_ref().map(|p| self.tape.input(p.clone()));
+            let out = self.model.forward_normalized(
+                &batch,
+                pixels.as_ref(),
+                self.cfg.gradient_checkpointing,
+                Some(label_tokens as f32),
+            )?;
+            let loss = out.loss.ok_or_else(|| Error::invalid("train: the batch has no labels"))?;
+            loss_total += loss.value().to_f32_vec()?[0] as f64;
+            let opts =
+                BackwardOptions { allow_missing: if c.images == 0 { self.vision_side_names() } else { Vec::new() } };
+            let (store, _) = self.tape.backward_with(&loss, &opts)?;
+            for (i, (_, p)) in params.iter().enumerate() {
+                if let Some(g) = store.get(p) {
+                    grads[i] = Some(match grads[i].take() {
+                        None => g.clone(),
+                        Some(acc) => elementwise::add(&acc, g)?,
+                    });
+                }
+            }
+        }
+        let grad_norm = clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
+        let lr = schedule::lr_at(
+            self.cfg.lr_scheduler,
+            self.cfg.learning_rate,
+            self.cfg.warmup_steps,
+            self.state.step,
+            self.total_steps,
+        );
+        self.opt.step(&grads, lr)?;
+        self.state.step += 1;
+        self.state.tokens += tokens as u64;
+        Ok(StepStats { step: self.state.step, loss: loss_total, lr, grad_norm, label_tokens, tokens })
+    }
+
+    /// Mean cross-entropy per label token over `rows` (no gradients).
+    pub fn loss_on(&self, rows: &[Example]) -> Result<f64> {
+        let _guard = self.tape.no_grad();
+        let (mut sum, mut count) = (0f64, 0usize);
+        for chunk in rows.chunks(self.cfg.micro_batch_size.max(1)) {
+            let refs: Vec<&Example> = chunk.iter().collect();
+            let c = collate(&refs, &self.processor)?;
+            let n = c.label_count();
+            if n == 0 {
+                continue;
+            }
+            let batch = to_batch(&c, &self.processor, &self.device)?;
+            let pixels = batch.pixel_values.as_ref().map(|p| self.tape.input(p.clone()));
+            let out = self.model.forward_normalized(&batch, pixels.as_ref(), false, Some(1.0))?;
+            sum += out.loss.expect("labels given").value().to_f32_vec()?[0] as f64;
+            count += n;
+        }
+        Ok(if count == 0 { f64::NAN } else { sum / count as f64 })
+    }
+
+    /// Held-out loss (NaN when nothing is held out).
+    pub fn eval_loss(&self) -> Result<f64> {
+        self.loss_on(&self.eval)
+    }
+
+    fn trainable_tensors(&self) -> Vec<(String, Tensor)> {
+        self.opt.params().iter().map(|(n, v)| (n.clone(), v.value().clone())).collect()
+    }
+
+    /// Writes the adapter (LoRA: PEFT format) or the trained weights (full: tensors under their
+    /// checkpoint names) into `dir`.
+    pub fn save_weights(&self, dir: &Path) -> Result<()> {
+        match self.cfg.method {
+            Method::Lora => {
+                let adapter: Vec<(String, Tensor)> =
+                    self.trainable_tensors().into_iter().filter(|(n, _)| n.contains(".lora_")).collect();
+                let pc = PeftAdapterConfig {
+                    r: self.cfg.lora_r,
+                    lora_alpha: self.cfg.lora_alpha,
+                    use_rslora: self.cfg.use_rslora,
+                };
+                lapidary_lora::save_peft_adapter(dir, &pc, &self.adapted_modules, &adapter)?;
+                let extra: Vec<(String, Tensor)> =
+                    self.trainable_tensors().into_iter().filter(|(n, _)| !n.contains(".lora_")).collect();
+                if !extra.is_empty() {
+                    let entries: Vec<_> = extra
+                        .iter()
+                        .map(|(n, t)| lapidary_nn::safetensors::entry_of(self.model.stored_name(n).to_string(), t))
+                        .collect::<Result<_>>()?;
+                    lapidary_nn::safetensors::save(dir.join("trained_modules.safetensors"), &entries)?;
+                }
+                Ok(())
+            }
+            Method::Full => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                let entries: Vec<_> = self
+                    .trainable_tensors()
+                    .iter()
+                    .map(|(n, t)| lapidary_nn::safetensors::entry_of(self.model.stored_name(n).to_string(), t))
+                    .collect::<Result<_>>()?;
+                lapidary_nn::safetensors::save(dir.join("model.safetensors"), &entries)?;
+                for f in [
+                    "config.json",
+                    "tokenizer.json",
+                    "tokenizer_config.json",
+                    "processor_config.json",
+                    "chat_template.jinja",
+                ] {
+                    let src = self.cfg.model.join(f);
+                    if src.is_file() {
+                        std::fs::copy(&src, dir.join(f)).map_err(|e| Error::io(&src, e))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Saves a checkpoint of the current state; returns its directory.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        std::fs::create_dir_all(&self.cfg.output_dir).map_err(|e| Error::io(&self.cfg.output_dir, e))?;
+        let meta =
+            CheckpointMeta { state: self.state.clone(), optimizer_steps: self.opt.steps, config: self.cfg.clone() };
+        checkpoint::save(&self.cfg.output_dir, &meta, &self.trainable_tensors(), &self.opt.state_tensors(), |tmp| {
+            if self.cfg.method == Method::Lora { self.save_weights(tmp) } else { Ok(()) }
+        })
+    }
+
+    /// Continues from a checkpoint written by [`Self::save_checkpoint`] with the same model,
+    /// data, method and LoRA settings: parameters, AdamW moments, step and data position are
+    /// restored, so the run goes on as if never stopped.
+    pub fn resume(&mut self, dir: &Path) -> Result<()> {
+        let ck = checkpoint::load(dir)?;
+        let old = &ck.meta.config;
+        let same = old.method == self.cfg.method
+            && old.lora_r == self.cfg.lora_r
+            && old.target_modules == self.cfg.target_modules
+            && (
+                old.finetune_vision_layers,
+                old.finetune_language_layers,
+                old.finetune_attention_modules,
+                old.finetune_mlp_modules,
+            ) == (
+                self.cfg.finetune_vision_layers,
+                self.cfg.finetune_language_layers,
+                self.cfg.finetune_attention_modules,
+                self.cfg.finetune_mlp_modules,
+            )
+            && old.train_projector == self.cfg.train_projector
+            && old.seed == self.cfg.seed
+            && (old.micro_batch_size, old.grad_accum_steps) == (self.cfg.micro_batch_size, self.cfg.grad_accum_steps);
+        if !same {
+            return Err(Error::invalid(format!(
+                "{}: the checkpoint was made with another method, LoRA targets, seed or batch shape than this run",
+                dir.display()
+            )));
+        }
+        let names: std::collections::HashSet<&str> = ck.trainable.names().collect();
+        for (name, var) in self.opt.params() {
+            if !names.contains(name.as_str()) {
+                return Err(Error::invalid(format!("{}: trainable.safetensors lacks {name}", dir.display())));
+            }
+            let t = ck.trainable.load(name, &self.device, var.value().dtype())?;
+            t.expect_shape(name, var.shape())?;
+            gather::copy_into(var.value(), &t)?;
+        }
+        if names.len() != self.opt.params().len() {
+            return Err(Error::invalid(format!(
+                "{}: trainable.safetensors holds {} tensors, this run trains {}",
+                dir.display(),
+                names.len(),
+                self.opt.params().len()
+            )));
+        }
+        let device = self.device.clone();
+        let optimizer = &ck.optimizer;
+        self.opt.load_state(
+            |name, shape| {
+                if optimizer.entry(name).is_none() {
+                    return Err(Error::invalid(format!("{}: optimizer.safetensors lacks {name}", dir.display())));
+                }
+                let t = optimizer.load(name, &device, DType::F32)?;
+                t.expect_shape(name, shape)?;
+                Ok(t)
+            },
+            ck.meta.optimizer_steps,
+        )?;
+        self.state = ck.meta.state;
+        Ok(())
+    }
+
+    /// Runs to the end: progress bar, metrics (`metrics.jsonl`), held-out loss, checkpoints,
+    /// and at the end the adapter (or weights) in `output_dir/final` and `loss.png`.
+    pub fn run(&mut self, show_progress: bool) -> Result<RunSummary> {
+        let out = self.cfg.output_dir.clone();
+        std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+        let metrics_path = out.join("metrics.jsonl");
+        if self.state.step == 0 {
+            let _ = std::fs::remove_file(&metrics_path);
+        } else {
+            metrics::truncate_after(&metrics_path, self.state.step)?;
+        }
+        let eval_before = if self.state.step == 0 && !self.eval.is_empty() {
+            let l = self.eval_loss()?;
+            metrics::append(&metrics_path, &serde_json::json!({"step": 0, "eval_loss": l}))?;
+            Some(l)
+        } else {
+            None
+        };
+        let bar = if show_progress {
+            indicatif::ProgressBar::new(self.total_steps as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+                .expect("a valid template"),
+        );
+        bar.set_position(self.state.step as u64);
+        let started = Instant::now();
+        let mut last_loss = f64::NAN;
+        while self.state.step < self.total_steps {
+            let t0 = Instant::now();
+            let s = self.step()?;
+            let secs = t0.elapsed().as_secs_f64();
+            last_loss = s.loss;
+            let tps = s.tokens as f64 / secs.max(1e-9);
+            bar.set_position(s.step as u64);
+            bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, tps));
+            if s.step % self.cfg.log_every.max(1) == 0 || s.step == self.total_steps {
+                metrics::append(
+                    &metrics_path,
+                    &serde_json::json!({
+                        "step": s.step, "epoch": self.state.epoch, "loss": s.loss, "lr": s.lr,
+                        "grad_norm": s.grad_norm, "label_tokens": s.label_tokens, "tokens": s.tokens,
+                        "tokens_per_s": tps, "elapsed_s": started.elapsed().as_secs_f64(),
+                    }),
+                )?;
+            }
+            let last = s.step == self.total_steps;
+            if !self.eval.is_empty() && ((self.cfg.eval_every > 0 && s.step % self.cfg.eval_every == 0) || last) {
+                let l = self.eval_loss()?;
+                metrics::append(&metrics_path, &serde_json::json!({"step": s.step, "eval_loss": l}))?;
+                bar.println(format!("step {}: held-out loss {l:.4}", s.step));
+            }
+            if (self.cfg.save_every > 0 && s.step % self.cfg.save_every == 0) || last {
+                self.save_checkpoint()?;
+            }
+        }
+        bar.finish();
+        let final_dir = out.join("final");
+        self.save_weights(&final_dir)?;
+        let recs = metrics::read(&metrics_path)?;
+        let series = |key: &str| -> Vec<(f64, f64)> {
+            recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?))).collect()
+        };
+        let (train_pts, eval_pts) = (series("loss"), series("eval_loss"));
+        metrics::plot_loss(&out.join("loss.png"), &train_pts, &eval_pts)?;
+        Ok(RunSummary {
+            steps: self.state.step,
+            first_loss: train_pts.first().map_or(f64::NAN, |p| p.1),
+            last_loss: if last_loss.is_nan() { train_pts.last().map_or(f64::NAN, |p| p.1) } else { last_loss },
+            eval_before,
+            eval_after: eval_pts.last().map(|p| p.1),
+            seconds: started.elapsed().as_secs_f64(),
+            output: final_dir,
+        })
+    }
+}
+
+/// What [`Trainer::run`] reports.
+#[derive(Clone, Debug)]
+pub struct RunSummary {
+    /// Steps done in all.
+    pub steps: usize,
+    /// Loss of the first logged step.
+    pub first_loss: f64,
+    /// Loss of the last step.
+    pub last_loss: f64,
+    /// Held-out loss before training (when the run started from step 0).
+    pub eval_before: Option<f64>,
+    /// Held-out loss at the end.
+    pub eval_after: Option<f64>,
+    /// Wall time of the loop.
+    pub seconds: f64,
+    /// The adapter or weights directory.
+    pub output: PathBuf,
+}

@@ -1,0 +1,91 @@
+//! `lapidary train` and `lapidary generate`: the glue between the command line and the library
+//! (loading, resuming, printing). Not option parsing (main.rs) nor the loop itself
+//! (lapidary-train).
+
+use crate::autograd::{Tape, Trainable};
+use crate::core::{DType, Device, Error, Result, Tensor};
+use crate::data::Processor;
+use crate::data::template::{Content, Conversation, Message, Part};
+use crate::gemma3::{Gemma3ForConditionalGeneration, GenerateOptions, Sampling};
+use crate::train::{TrainConfig, Trainer, checkpoint};
+use std::path::{Path, PathBuf};
+
+/// Trains with `cfg`; `resume`: `Some("")` continues from the newest checkpoint in the output
+/// directory, `Some(dir)` from that checkpoint.
+pub fn train(cfg: TrainConfig, resume: Option<PathBuf>, device: &Device) -> Result<()> {
+    let mut trainer = Trainer::new(cfg, device)?;
+    eprint!("{}", trainer.skipped_report());
+    if let Some(dir) = resume {
+        let dir = if dir.as_os_str().is_empty() {
+            checkpoint::latest(&trainer.config().output_dir)?.ok_or_else(|| {
+                Error::invalid(format!("--resume: no checkpoint in {}", trainer.config().output_dir.display()))
+            })?
+        } else {
+            dir
+        };
+        trainer.resume(&dir)?;
+        println!("resumed from {} at step {}", dir.display(), trainer.state.step);
+    }
+    let (tr, ev) = trainer.sizes();
+    println!(
+        "training {} values on {device}: {tr} rows, {ev} held out, {} steps",
+        trainer.trainable_values(),
+        trainer.total_steps()
+    );
+    let s = trainer.run(true)?;
+    println!(
+        "done: {} steps in {:.1} s; loss {:.4} -> {:.4}; held-out loss {} -> {}",
+        s.steps,
+        s.seconds,
+        s.first_loss,
+        s.last_loss,
+        s.eval_before.map_or("-".into(), |l| format!("{l:.4}")),
+        s.eval_after.map_or("-".into(), |l| format!("{l:.4}")),
+    );
+    let out = &trainer.config().output_dir;
+    println!("wrote {} ({}), {}", s.output.display(), "adapter or weights", out.join("metrics.jsonl").display());
+    Ok(())
+}
+
+/// Generates a reply to `prompt` shown after `images`.
+pub fn generate(
+    model_dir: &Path,
+    adapter: Option<&Path>,
+    images: &[PathBuf],
+    prompt: &str,
+    max_new_tokens: usize,
+    sampling: Sampling,
+    device: &Device,
+) -> Result<String> {
+    let processor = Processor::from_model_dir(model_dir)?;
+    let tape = Tape::new();
+    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, DType::F32, &tape, Trainable::No)?;
+    if let Some(dir) = adapter {
+        crate::lora::load_peft_adapter(
+            dir,
+            model.linears_mut(),
+            Gemma3ForConditionalGeneration::peft_path,
+            &tape,
+            device,
+            Trainable::No,
+        )?;
+    }
+    let mut parts: Vec<Part> = images.iter().map(|p| Part::Image { path: p.display().to_string() }).collect();
+    parts.push(Part::Text { text: prompt.to_string() });
+    let conv = Conversation { messages: vec![Message { role: "user".into(), content: Content::Parts(parts) }] };
+    let (ids, files) = processor.encode_prompt(&conv, Path::new(""))?;
+    let pixels = if files.is_empty() {
+        None
+    } else {
+        let mut all = Vec::new();
+        for f in &files {
+            all.extend(processor.pixels(f)?);
+        }
+        let (h, w) = (processor.image.height, processor.image.width);
+        Some(Tensor::from_f32(device, &all, &[files.len(), 3, h, w], DType::F32)?)
+    };
+    let t = &processor.tokenizer;
+    let opts = GenerateOptions { max_new_tokens, sampling, stop: vec![t.end_of_turn_id, t.eos_id] };
+    let out = model.generate(&tape, &ids, pixels.as_ref(), &opts)?;
+    t.decode(&out, true)
+}

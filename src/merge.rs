@@ -1,0 +1,83 @@
+//! `lapidary merge`: folds a LoRA adapter into its base (`W + scale · B · A` for every adapted
+//! linear) and writes an HF checkpoint — every base tensor under its original name, in bf16, f16
+//! or f32 — with the base's config, tokenizer and processor files, so transformers loads it as
+//! the base model. Not adapter training.
+
+use crate::autograd::{Tape, Trainable};
+use crate::core::{DType, Device, Error, Result, Tensor};
+use crate::gemma3::Gemma3ForConditionalGeneration;
+use crate::kernels::elementwise;
+use crate::nn::safetensors;
+use std::collections::HashMap;
+use std::path::Path;
+
+const COPIED: [&str; 8] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "chat_template.jinja",
+    "generation_config.json",
+    "tokenizer.model",
+];
+
+/// Merges `adapter_dir` into `model_dir` and writes the result to `out`. Returns the number of
+/// linears merged.
+pub fn run(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, device: &Device) -> Result<usize> {
+    let tape = Tape::new();
+    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, DType::F32, &tape, Trainable::No)?;
+    let adapted = crate::lora::load_peft_adapter(
+        adapter_dir,
+        model.linears_mut(),
+        Gemma3ForConditionalGeneration::peft_path,
+        &tape,
+        device,
+        Trainable::No,
+    )?;
+    if adapted == 0 {
+        return Err(Error::invalid(format!("{}: the adapter matches no linear of the model", adapter_dir.display())));
+    }
+    let mut merged: HashMap<String, Tensor> = HashMap::new();
+    for linear in model.linears_mut() {
+        let Some(adapter) = linear.adapter() else { continue };
+        let delta = adapter.weight_delta()?.ok_or_else(|| {
+            Error::invalid(format!("{}: its adapter cannot be folded into the weight", linear.path()))
+        })?;
+        let name = tape
+            .leaf_name(linear.weight().id())
+            .ok_or_else(|| Error::invalid(format!("{}: weight without a name", linear.path())))?;
+        merged.insert(name, elementwise::add(linear.weight().value(), &delta)?);
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut entries = Vec::new();
+    for (name, var) in tape.params() {
+        if name.contains(".lora_A.") || name.contains(".lora_B.") {
+            continue;
+        }
+        let value = merged.get(&name).unwrap_or(var.value());
+        let stored = Tensor::from_f32(device, &value.to_f32_vec()?, value.shape(), dtype)?;
+        entries.push(safetensors::entry_of(model.stored_name(&name).to_string(), &stored)?);
+    }
+    safetensors::save(out.join("model.safetensors"), &entries)?;
+    let config_path = model_dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let mut config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::invalid(format!("{}: invalid JSON: {e}", config_path.display())))?;
+    let torch_name = match dtype {
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        DType::F32 => "float32",
+    };
+    config["dtype"] = serde_json::Value::from(torch_name);
+    let dst = out.join("config.json");
+    let pretty = serde_json::to_string_pretty(&config).map_err(|e| Error::invalid(e.to_string()))?;
+    std::fs::write(&dst, pretty).map_err(|e| Error::io(&dst, e))?;
+    for f in COPIED {
+        let src = model_dir.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, out.join(f)).map_err(|e| Error::io(&src, e))?;
+        }
+    }
+    Ok(adapted)
+}
