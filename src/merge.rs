@@ -50,14 +50,19 @@ pub fn run(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, devic
         merged.insert(name, elementwise::add(linear.weight().value(), &delta)?);
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    // Tensors are written in the shapes the base stores (e.g. the patch embedding as a conv
+    // kernel [out, 3, p, p], used here as a matrix).
+    let base = safetensors::SafetensorsFiles::open(model_dir)?;
     let mut entries = Vec::new();
     for (name, var) in tape.params() {
         if name.contains(".lora_A.") || name.contains(".lora_B.") {
             continue;
         }
         let value = merged.get(&name).unwrap_or(var.value());
-        let stored = Tensor::from_f32(device, &value.to_f32_vec()?, value.shape(), dtype)?;
-        entries.push(safetensors::entry_of(model.stored_name(&name).to_string(), &stored)?);
+        let key = model.stored_name(&name).to_string();
+        let shape = base.entry(&key).map_or(value.shape().to_vec(), |e| e.shape.clone());
+        let stored = Tensor::from_f32(device, &value.to_f32_vec()?, &shape, dtype)?;
+        entries.push(safetensors::entry_of(key, &stored)?);
     }
     safetensors::save(out.join("model.safetensors"), &entries)?;
     let config_path = model_dir.join("config.json");

@@ -5,3 +5,4 @@ mod check_grad;
 mod hf_fixtures;
 mod hf_parity;
 mod processor;
+mod training;

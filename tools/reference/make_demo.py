@@ -99,7 +99,13 @@ def corpus():
 def build_tokenizer():
     """A SentencePiece-style BPE: spaces as U+2581, byte fallback (<0x00>..<0xFF>), BOS added."""
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=True)
+    # Newlines are pieces of their own (as in Gemma's vocabulary), so that a turn's text never
+    # merges with the "\n" of its header: "model\n" + "A" tokenizes the same in a prompt and in
+    # a training row.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never", split=True),
+    ])
     alphabet = [chr(c) for c in range(32, 127)] + ["\n", "\u2581"]
     trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=SPECIALS, initial_alphabet=alphabet,
                                   show_progress=False, limit_alphabet=len(alphabet))

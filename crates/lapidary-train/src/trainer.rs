@@ -274,6 +274,26 @@ impl Trainer {
     /// One optimizer step on given micro-batches (their losses are normalized by their total
     /// label count, so any split of the same rows gives the same step).
     pub fn step_on(&mut self, micro: &[Collated]) -> Result<StepStats> {
+        let (loss, mut grads, label_tokens, tokens) = self.gradients_on(micro)?;
+        let grad_norm = clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
+        let lr = schedule::lr_at(
+            self.cfg.lr_scheduler,
+            self.cfg.learning_rate,
+            self.cfg.warmup_steps,
+            self.state.step,
+            self.total_steps,
+        );
+        self.opt.step(&grads, lr)?;
+        self.state.step += 1;
+        self.state.tokens += tokens as u64;
+        Ok(StepStats { step: self.state.step, loss, lr, grad_norm, label_tokens, tokens })
+    }
+
+    /// The loss and the accumulated gradient of every trainable tensor (in
+    /// [`Self::trainable_names`] order; `None` where none arrived) over `micro`, each
+    /// micro-batch's summed cross-entropy divided by the label count of all of them. Also the
+    /// label and real token counts. Changes nothing.
+    pub fn gradients_on(&self, micro: &[Collated]) -> Result<(f64, Vec<Option<Tensor>>, usize, usize)> {
         let label_tokens: usize = micro.iter().map(Collated::label_count).sum();
         if label_tokens == 0 {
             return Err(Error::invalid("train: a step without any label token"));
@@ -306,18 +326,17 @@ impl Trainer {
                 }
             }
         }
-        let grad_norm = clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
-        let lr = schedule::lr_at(
-            self.cfg.lr_scheduler,
-            self.cfg.learning_rate,
-            self.cfg.warmup_steps,
-            self.state.step,
-            self.total_steps,
-        );
-        self.opt.step(&grads, lr)?;
-        self.state.step += 1;
-        self.state.tokens += tokens as u64;
-        Ok(StepStats { step: self.state.step, loss: loss_total, lr, grad_norm, label_tokens, tokens })
+        Ok((loss_total, grads, label_tokens, tokens))
+    }
+
+    /// Names of the trainable tensors, in optimizer order.
+    pub fn trainable_names(&self) -> Vec<String> {
+        self.opt.params().iter().map(|(n, _)| n.clone()).collect()
+    }
+
+    /// The training rows (after the held-out split).
+    pub fn train_examples(&self) -> &[Example] {
+        &self.train
     }
 
     /// Mean cross-entropy per label token over `rows` (no gradients).
