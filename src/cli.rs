@@ -43,7 +43,7 @@ pub fn train(cfg: TrainConfig, resume: Option<PathBuf>, device: &Device) -> Resu
         s.eval_after.map_or("-".into(), |l| format!("{l:.4}")),
     );
     let out = &trainer.config().output_dir;
-    println!("wrote {} ({}), {}", s.output.display(), "adapter or weights", out.join("metrics.jsonl").display());
+    println!("wrote {} and {}", s.output.display(), out.join("metrics.jsonl").display());
     Ok(())
 }
 

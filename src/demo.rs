@@ -155,7 +155,7 @@ pub fn caption_accuracy(trainer: &Trainer, items: &[Item]) -> Result<(Accuracy, 
         let (ids, images) = p.encode_prompt(&conv, Path::new(""))?;
         let pixels = p.pixels(&images[0])?;
         let dev = trainer.device();
-        let pv = Tensor::from_f32(&dev, &pixels, &[1, 3, p.image.height, p.image.width], DType::F32)?;
+        let pv = Tensor::from_f32(dev, &pixels, &[1, 3, p.image.height, p.image.width], DType::F32)?;
         let out = trainer.model().generate(trainer.tape(), &ids, Some(&pv), &opts)?;
         let text = p.tokenizer.decode(&out, true)?.trim().to_string();
         if k == 0 {

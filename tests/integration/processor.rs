@@ -20,7 +20,7 @@ fn rows_match_hf_processor() {
     let p = processor();
     let dir = root().join("tests/fixtures/processor");
     let ds = Dataset::load(&dir.join("data.jsonl"), &p, &EncodeOptions::default(), OnBadRow::Error).unwrap();
-    let want = SafetensorsFiles::open(&dir.join("expected.safetensors")).unwrap();
+    let want = SafetensorsFiles::open(dir.join("expected.safetensors")).unwrap();
     let texts: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let rows: Vec<String> =

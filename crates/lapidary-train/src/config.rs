@@ -187,7 +187,7 @@ impl TrainConfig {
         if self.max_steps == 0 && self.num_epochs == 0 {
             return bad("set max_steps or num_epochs");
         }
-        if !(self.learning_rate > 0.0) || self.max_grad_norm < 0.0 || self.max_len < 2 {
+        if self.learning_rate.is_nan() || self.learning_rate <= 0.0 || self.max_grad_norm < 0.0 || self.max_len < 2 {
             return bad("learning_rate must be > 0, max_grad_norm >= 0, max_len >= 2");
         }
         Ok(())
