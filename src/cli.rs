@@ -10,13 +10,13 @@ use crate::gemma3::{Gemma3ForConditionalGeneration, GenerateOptions, Sampling};
 use crate::train::{TrainConfig, Trainer, checkpoint};
 use std::path::{Path, PathBuf};
 
-/// Trains with `cfg`; `resume`: `Some("")` continues from the newest checkpoint in the output
-/// directory, `Some(dir)` from that checkpoint.
+/// Trains with `cfg`; `resume`: `Some("latest")` continues from the newest checkpoint in the
+/// output directory, `Some(dir)` from that checkpoint.
 pub fn train(cfg: TrainConfig, resume: Option<PathBuf>, device: &Device) -> Result<()> {
     let mut trainer = Trainer::new(cfg, device)?;
     eprint!("{}", trainer.skipped_report());
     if let Some(dir) = resume {
-        let dir = if dir.as_os_str().is_empty() {
+        let dir = if dir.as_os_str() == "latest" {
             checkpoint::latest(&trainer.config().output_dir)?.ok_or_else(|| {
                 Error::invalid(format!("--resume: no checkpoint in {}", trainer.config().output_dir.display()))
             })?

@@ -207,8 +207,9 @@ struct TrainArgs {
     /// Checkpoint every N steps (0: at the end) [default 0].
     #[arg(long)]
     save_every: Option<usize>,
-    /// Continue from the newest checkpoint in the output directory, or from this one.
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    /// Continue from a checkpoint directory; without a value (or `latest`), from the newest one
+    /// in the output directory.
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
     resume: Option<PathBuf>,
 }
 
