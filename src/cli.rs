@@ -47,6 +47,29 @@ pub fn train(cfg: TrainConfig, resume: Option<PathBuf>, device: &Device) -> Resu
     Ok(())
 }
 
+/// Opens an HF model directory, frozen, in f32, with a PEFT LoRA adapter applied when given.
+/// Returns the model and the number of linears the adapter adapts.
+pub fn open_frozen(
+    model_dir: &Path,
+    adapter: Option<&Path>,
+    tape: &Tape,
+    device: &Device,
+) -> Result<(Gemma3ForConditionalGeneration, usize)> {
+    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, DType::F32, tape, Trainable::No)?;
+    let adapted = match adapter {
+        Some(dir) => crate::lora::load_peft_adapter(
+            dir,
+            model.linears_mut(),
+            Gemma3ForConditionalGeneration::peft_path,
+            tape,
+            device,
+            Trainable::No,
+        )?,
+        None => 0,
+    };
+    Ok((model, adapted))
+}
+
 /// Generates a reply to `prompt` shown after `images`.
 pub fn generate(
     model_dir: &Path,
@@ -59,17 +82,7 @@ pub fn generate(
 ) -> Result<String> {
     let processor = Processor::from_model_dir(model_dir)?;
     let tape = Tape::new();
-    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, DType::F32, &tape, Trainable::No)?;
-    if let Some(dir) = adapter {
-        crate::lora::load_peft_adapter(
-            dir,
-            model.linears_mut(),
-            Gemma3ForConditionalGeneration::peft_path,
-            &tape,
-            device,
-            Trainable::No,
-        )?;
-    }
+    let (model, _) = open_frozen(model_dir, adapter, &tape, device)?;
     let mut parts: Vec<Part> = images.iter().map(|p| Part::Image { path: p.display().to_string() }).collect();
     parts.push(Part::Text { text: prompt.to_string() });
     let conv = Conversation { messages: vec![Message { role: "user".into(), content: Content::Parts(parts) }] };

@@ -3,9 +3,8 @@
 //! or f32 — with the base's config, tokenizer and processor files, so transformers loads it as
 //! the base model. Not adapter training.
 
-use crate::autograd::{Tape, Trainable};
+use crate::autograd::Tape;
 use crate::core::{DType, Device, Error, Result, Tensor};
-use crate::gemma3::Gemma3ForConditionalGeneration;
 use crate::kernels::elementwise;
 use crate::nn::safetensors;
 use std::collections::HashMap;
@@ -26,15 +25,7 @@ const COPIED: [&str; 8] = [
 /// linears merged.
 pub fn run(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, device: &Device) -> Result<usize> {
     let tape = Tape::new();
-    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, DType::F32, &tape, Trainable::No)?;
-    let adapted = crate::lora::load_peft_adapter(
-        adapter_dir,
-        model.linears_mut(),
-        Gemma3ForConditionalGeneration::peft_path,
-        &tape,
-        device,
-        Trainable::No,
-    )?;
+    let (mut model, adapted) = crate::cli::open_frozen(model_dir, Some(adapter_dir), &tape, device)?;
     if adapted == 0 {
         return Err(Error::invalid(format!("{}: the adapter matches no linear of the model", adapter_dir.display())));
     }
