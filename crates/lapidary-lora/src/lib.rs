@@ -4,8 +4,9 @@
 //! (`lora_A.weight: [r, in]`, `lora_B.weight: [out, r]`) and scaling (`alpha / r`, or
 //! `alpha / √r` with rsLoRA), and [`load_peft_adapter`], which reads a PEFT adapter directory
 //! (`adapter_config.json` + `adapter_model.safetensors`) into the adapter slots of a model's
-//! linears by module path. Still to come: targeting by module names for new adapters,
-//! initialization, NF4 bases, merge, and saving in PEFT's format.
+//! linears by module path; targeting ([`attach_lora`]), PEFT/gaussian initialization, saving in
+//! PEFT's format, and the weight delta `scale · B · A` used to merge an adapter into its base.
+//! Still to come: NF4 (QLoRA) bases and dropout.
 //!
 //! ```
 //! use lapidary_autograd::{Tape, Trainable};
