@@ -3,7 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use lapidary::core::Device;
-use lapidary::train::{Method, Schedule, TrainConfig};
+use lapidary::train::{BaseFormat, Method, Schedule, TrainConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -157,6 +157,10 @@ struct TrainArgs {
     /// Also train the multimodal projector's weights.
     #[arg(long)]
     train_projector: Option<bool>,
+    /// Frozen base storage with LoRA: f32, bf16, nf4 (QLoRA) or nf4-dq (double-quantized
+    /// scales) [default bf16].
+    #[arg(long)]
+    base_format: Option<String>,
     /// Peak learning rate [default 2e-4].
     #[arg(long)]
     learning_rate: Option<f32>,
@@ -239,6 +243,19 @@ impl TrainArgs {
                 "full" => Method::Full,
                 other => {
                     return Err(lapidary::core::Error::invalid(format!("--method {other}: expected lora or full")));
+                }
+            };
+        }
+        if let Some(f) = &self.base_format {
+            c.base_format = match f.as_str() {
+                "f32" => BaseFormat::F32,
+                "bf16" => BaseFormat::Bf16,
+                "nf4" => BaseFormat::Nf4,
+                "nf4-dq" => BaseFormat::Nf4Dq,
+                other => {
+                    return Err(lapidary::core::Error::invalid(format!(
+                        "--base-format {other}: expected f32, bf16, nf4 or nf4-dq"
+                    )));
                 }
             };
         }

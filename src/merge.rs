@@ -35,10 +35,11 @@ pub fn run(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, devic
         let delta = adapter.weight_delta()?.ok_or_else(|| {
             Error::invalid(format!("{}: its adapter cannot be folded into the weight", linear.path()))
         })?;
+        let weight = linear.weight().ok_or_else(|| Error::invalid(format!("{}: packed base", linear.path())))?;
         let name = tape
-            .leaf_name(linear.weight().id())
+            .leaf_name(weight.id())
             .ok_or_else(|| Error::invalid(format!("{}: weight without a name", linear.path())))?;
-        merged.insert(name, elementwise::add(linear.weight().value(), &delta)?);
+        merged.insert(name, elementwise::add(weight.value(), &delta)?);
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // Tensors are written in the shapes the base stores (e.g. the patch embedding as a conv

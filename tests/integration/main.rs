@@ -5,4 +5,5 @@ mod check_grad;
 mod hf_fixtures;
 mod hf_parity;
 mod processor;
+mod qlora;
 mod training;

@@ -162,6 +162,12 @@ impl Tape {
             .collect()
     }
 
+    /// Forgets the parameter leaf `id` (its name and value): a frozen weight replaced by a packed
+    /// copy frees its memory once nothing else holds it. Variables already made keep working.
+    pub fn release_leaf(&self, id: VarId) {
+        self.inner.borrow_mut().leaves.retain(|l| l.id != id);
+    }
+
     /// Every parameter leaf, trainable or frozen, named, in creation order.
     pub fn params(&self) -> Vec<(String, Var)> {
         let inner = self.inner.borrow();

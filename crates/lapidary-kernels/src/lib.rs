@@ -37,6 +37,7 @@ pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
+pub mod quant;
 pub mod reduce;
 pub mod rope;
 

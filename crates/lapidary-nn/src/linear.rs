@@ -1,10 +1,12 @@
 //! `Linear`: `y = x · Wᵀ + b` with W in HF's `[out, in]` layout, plus an adapter slot. An adapter
 //! adds its own term computed from the same input (LoRA: `s · (x · Aᵀ) · Bᵀ`). Not the adapter
-//! itself (see `lapidary-lora`).
+//! itself (see `lapidary-lora`). A frozen base can be packed (bf16, NF4) and is then expanded to
+//! f32 for each matmul.
 
 use crate::Weights;
 use lapidary_autograd::{Tape, Trainable, Var, ops};
 use lapidary_core::{Error, Result};
+use lapidary_kernels::quant::{PackFormat, PackedMatrix};
 use std::fmt;
 use std::rc::Rc;
 
@@ -28,16 +30,23 @@ pub trait Adapter {
 #[derive(Clone)]
 pub struct Linear {
     path: String,
-    weight: Var,
+    weight: Base,
     bias: Option<Var>,
     adapter: Option<Rc<dyn Adapter>>,
+}
+
+/// The base weight: a tape variable, or a frozen packed copy (bf16 / NF4) expanded per use.
+#[derive(Clone)]
+enum Base {
+    Dense(Var),
+    Packed(Rc<PackedMatrix>),
 }
 
 impl Linear {
     /// A layer at parameter path `path` (e.g. `model.layers.0.self_attn.q_proj`) with weight
     /// `[out, in]` and optional bias `[out]`.
     pub fn new(path: impl Into<String>, weight: Var, bias: Option<Var>) -> Self {
-        Linear { path: path.into(), weight, bias, adapter: None }
+        Linear { path: path.into(), weight: Base::Dense(weight), bias, adapter: None }
     }
 
     /// Loads `{path}.weight` (`[out, in]`) and, with `bias`, `{path}.bias` (`[out]`) from `w`
@@ -63,12 +72,53 @@ impl Linear {
 
     /// `(out, in)` features.
     pub fn dims(&self) -> (usize, usize) {
-        (self.weight.shape()[0], self.weight.shape()[1])
+        let s = match &self.weight {
+            Base::Dense(w) => w.shape(),
+            Base::Packed(matrix) => matrix.shape(),
+        };
+        (s[0], s[1])
     }
 
-    /// The base weight.
-    pub fn weight(&self) -> &Var {
-        &self.weight
+    /// The base weight as a tape variable; `None` once packed (see [`Linear::pack_base`]).
+    pub fn weight(&self) -> Option<&Var> {
+        match &self.weight {
+            Base::Dense(w) => Some(w),
+            Base::Packed(_) => None,
+        }
+    }
+
+    /// The base weight's f32 values (expanded from its packed form when packed).
+    pub fn weight_f32(&self) -> Result<lapidary_core::Tensor> {
+        match &self.weight {
+            Base::Dense(w) => lapidary_kernels::quant::cast_to_f32(w.value()),
+            Base::Packed(matrix) => matrix.to_f32(),
+        }
+    }
+
+    /// The packed base, when packed.
+    pub fn packed_base(&self) -> Option<&PackedMatrix> {
+        match &self.weight {
+            Base::Dense(_) => None,
+            Base::Packed(matrix) => Some(matrix),
+        }
+    }
+
+    /// Stores the frozen base weight in `format` (bf16, NF4: QLoRA) and releases its tape
+    /// variable; the forward pass expands it per call. A trainable weight cannot be packed.
+    pub fn pack_base(&mut self, format: PackFormat) -> Result<()> {
+        let Base::Dense(w) = &self.weight else {
+            return Err(Error::invalid(format!("{}: the base weight is already packed", self.path)));
+        };
+        if w.requires_grad() {
+            return Err(Error::invalid(format!(
+                "{}: a trainable weight cannot be packed (freeze the base)",
+                self.path
+            )));
+        }
+        let matrix = Rc::new(PackedMatrix::from_tensor(w.value(), format)?);
+        w.tape().release_leaf(w.id());
+        self.weight = Base::Packed(matrix);
+        Ok(())
     }
 
     /// The bias, if any.
@@ -86,9 +136,10 @@ impl Linear {
         self.adapter.as_ref()
     }
 
-    /// Every parameter this layer computes with: weight, bias, then the adapter's.
+    /// Every parameter this layer computes with: weight (unless packed), bias, then the
+    /// adapter's.
     pub fn params(&self) -> Vec<Var> {
-        let mut v = vec![self.weight.clone()];
+        let mut v: Vec<Var> = self.weight().cloned().into_iter().collect();
         v.extend(self.bias.clone());
         if let Some(a) = &self.adapter {
             v.extend(a.params());
@@ -106,17 +157,17 @@ impl Linear {
                 params.len()
             )));
         }
-        let at = 1 + usize::from(self.bias.is_some());
+        let dense = usize::from(self.weight().is_some());
+        let at = dense + usize::from(self.bias.is_some());
         let adapter = match &self.adapter {
             Some(a) => Some(a.rebind(&params[at..])?),
             None => None,
         };
-        Ok(Linear {
-            path: self.path.clone(),
-            weight: params[0].clone(),
-            bias: self.bias.as_ref().map(|_| params[1].clone()),
-            adapter,
-        })
+        let weight = match &self.weight {
+            Base::Dense(_) => Base::Dense(params[0].clone()),
+            Base::Packed(matrix) => Base::Packed(matrix.clone()),
+        };
+        Ok(Linear { path: self.path.clone(), weight, bias: self.bias.as_ref().map(|_| params[dense].clone()), adapter })
     }
 
     /// `x · Wᵀ + b (+ adapter term)` for `x: [..., in]`.
@@ -125,7 +176,13 @@ impl Linear {
         if x.shape().last() != Some(&inf) {
             return Err(Error::shape(format!("{}: input", self.path), format!("[..., {inf}]"), x.shape()));
         }
-        let y = ops::matmul(x, &self.weight, self.bias.as_ref(), false, true)?;
+        let y = match &self.weight {
+            Base::Dense(w) => ops::matmul(x, w, self.bias.as_ref(), false, true)?,
+            Base::Packed(matrix) => {
+                let w = x.tape().input(matrix.to_f32()?);
+                ops::matmul(x, &w, self.bias.as_ref(), false, true)?
+            }
+        };
         match &self.adapter {
             Some(a) => ops::add(&y, &a.delta(x)?),
             None => Ok(y),

@@ -16,6 +16,20 @@ pub enum Method {
     Full,
 }
 
+/// How the frozen base's linear weights are held during LoRA training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BaseFormat {
+    /// f32 (4 bytes a value).
+    F32,
+    /// bfloat16 (2 bytes), expanded to f32 per matmul.
+    Bf16,
+    /// NF4, QLoRA (4.5 bits), expanded per matmul.
+    Nf4,
+    /// NF4 with double-quantized scales (about 4.13 bits).
+    Nf4Dq,
+}
+
 /// Learning-rate schedule after warmup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,6 +77,9 @@ pub struct TrainConfig {
     pub target_modules: Option<Vec<String>>,
     /// Also train the multimodal projector (its full weights).
     pub train_projector: bool,
+    /// Storage of the frozen base's linear weights with LoRA: `f32`, `bf16`, `nf4` (QLoRA) or
+    /// `nf4-dq` (double quantization). Embeddings and norms stay f32.
+    pub base_format: BaseFormat,
     /// Peak learning rate.
     pub learning_rate: f32,
     /// Decoupled weight decay.
@@ -123,6 +140,7 @@ impl Default for TrainConfig {
             finetune_mlp_modules: true,
             target_modules: None,
             train_projector: false,
+            base_format: BaseFormat::Bf16,
             learning_rate: 2e-4,
             weight_decay: 0.01,
             adam_beta1: 0.9,

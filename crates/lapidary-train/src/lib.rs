@@ -19,5 +19,5 @@ pub mod optimizer;
 pub mod schedule;
 pub mod trainer;
 
-pub use config::{Method, Schedule, TrainConfig};
+pub use config::{BaseFormat, Method, Schedule, TrainConfig};
 pub use trainer::{RunSummary, StepStats, Trainer, to_batch};

@@ -5,7 +5,7 @@
 //! lapidary-data) nor generation.
 
 use crate::checkpoint::{self, CheckpointMeta, TrainState};
-use crate::config::{Method, TrainConfig};
+use crate::config::{BaseFormat, Method, TrainConfig};
 use crate::optimizer::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::{metrics, schedule};
 use lapidary_autograd::{BackwardOptions, Tape, Trainable};
@@ -13,6 +13,7 @@ use lapidary_core::rng::SplitMix64;
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use lapidary_data::{Collated, Dataset, EncodeOptions, Example, OnBadRow, Processor, collate};
 use lapidary_gemma3::{Batch, Gemma3ForConditionalGeneration, Parts};
+use lapidary_kernels::quant::PackFormat;
 use lapidary_kernels::{elementwise, gather};
 use lapidary_lora::{LoraConfig, LoraInit, LoraTargets, PeftAdapterConfig};
 use std::path::{Path, PathBuf};
@@ -122,6 +123,19 @@ impl Trainer {
         };
         let mut adapted_modules = adapted_modules;
         if cfg.method == Method::Lora {
+            let format = match cfg.base_format {
+                BaseFormat::F32 => None,
+                BaseFormat::Bf16 => Some(PackFormat::Bf16),
+                BaseFormat::Nf4 => Some(PackFormat::Nf4),
+                BaseFormat::Nf4Dq => Some(PackFormat::Nf4DoubleQuant),
+            };
+            if let Some(format) = format {
+                for linear in model.linears_mut() {
+                    if linear.weight().is_some_and(|w| !w.requires_grad()) {
+                        linear.pack_base(format)?;
+                    }
+                }
+            }
             let targets = match &cfg.target_modules {
                 Some(m) if m.len() == 1 && m[0] == "all-linear" => LoraTargets::AllLinear,
                 Some(m) => LoraTargets::Modules(m.clone()),
@@ -448,6 +462,7 @@ impl Trainer {
                 self.cfg.finetune_mlp_modules,
             )
             && old.train_projector == self.cfg.train_projector
+            && old.base_format == self.cfg.base_format
             && old.seed == self.cfg.seed
             && (old.micro_batch_size, old.grad_accum_steps) == (self.cfg.micro_batch_size, self.cfg.grad_accum_steps);
         if !same {
