@@ -36,6 +36,8 @@ pub struct Linear {
 }
 
 /// The base weight: a tape variable, or a frozen packed copy (bf16 / NF4) expanded per use.
+// One value per layer: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Base {
     Dense(Var),

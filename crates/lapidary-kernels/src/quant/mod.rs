@@ -22,6 +22,8 @@ pub enum PackFormat {
     Nf4DoubleQuant,
 }
 
+// One value per weight matrix: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Packed {
     Bf16(Tensor),
     Nf4 {
@@ -32,6 +34,7 @@ enum Packed {
     },
 }
 
+#[allow(clippy::large_enum_variant)]
 enum Scales {
     F32(Tensor),
     /// Four int8 codes a word, one f32 scale per 256 codes, and the offset.
