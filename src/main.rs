@@ -138,6 +138,9 @@ struct TrainArgs {
     /// rsLoRA scaling, alpha / sqrt(r).
     #[arg(long)]
     use_rslora: Option<bool>,
+    /// Dropout on the adapters' input, as PEFT's lora_dropout [default 0].
+    #[arg(long)]
+    lora_dropout: Option<f32>,
     /// LoRA on the vision tower [default true].
     #[arg(long)]
     finetune_vision_layers: Option<bool>,
@@ -226,7 +229,17 @@ impl TrainArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
-        set!(model, data, eval_fraction, output_dir, lora_r, lora_alpha, use_rslora, finetune_vision_layers);
+        set!(
+            model,
+            data,
+            eval_fraction,
+            output_dir,
+            lora_r,
+            lora_alpha,
+            use_rslora,
+            lora_dropout,
+            finetune_vision_layers
+        );
         set!(finetune_language_layers, finetune_attention_modules, finetune_mlp_modules, train_projector);
         set!(learning_rate, weight_decay, warmup_steps, max_steps, num_epochs, micro_batch_size, grad_accum_steps);
         set!(max_grad_norm, max_len, responses_only, skip_bad_rows, gradient_checkpointing, seed, eval_every);

@@ -385,6 +385,7 @@ fn lora_matrix_rows() -> Vec<Row> {
                                 use_rslora: false,
                                 targets: LoraTargets::Layers { vision, language, attention, mlp },
                                 init: LoraInit::Random(0.3),
+                                dropout: None,
                             };
                             attach_lora(
                                 &cfg,

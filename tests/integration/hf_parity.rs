@@ -360,6 +360,7 @@ fn adapters_made_here_round_trip_through_peft_files() {
         use_rslora: false,
         targets: LoraTargets::Layers { vision: true, language: true, attention: true, mlp: true },
         init: LoraInit::Random(0.3),
+        dropout: None,
     };
     let dir = tempfile::tempdir().unwrap();
     let tape = Tape::new();
@@ -382,8 +383,13 @@ fn adapters_made_here_round_trip_through_peft_files() {
     let tensors = adapter_tensors(&linears, &tape).unwrap();
     assert_eq!(tensors.len(), 66);
     let modules: Vec<String> = paths.iter().map(|p| p.rsplit('.').next().unwrap().to_string()).collect();
-    save_peft_adapter(dir.path(), &PeftAdapterConfig { r: 2, lora_alpha: 4.0, use_rslora: false }, &modules, &tensors)
-        .unwrap();
+    save_peft_adapter(
+        dir.path(),
+        &PeftAdapterConfig { r: 2, lora_alpha: 4.0, use_rslora: false, lora_dropout: 0.0 },
+        &modules,
+        &tensors,
+    )
+    .unwrap();
 
     let out = dir.path().join("out.safetensors");
     let batch_file = fixtures().join("cases/two_rows_one_image_each.safetensors");

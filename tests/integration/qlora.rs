@@ -90,6 +90,7 @@ fn lora_gradients_flow_through_a_packed_base() {
             use_rslora: false,
             targets: LoraTargets::AllLinear,
             init: LoraInit::Random(0.1),
+            dropout: None,
         };
         let n = attach_lora(
             &cfg,

@@ -76,6 +76,8 @@ fn gradient_accumulation_equals_one_big_batch() {
 fn resume_continues_exactly() {
     let dir = dataset(10);
     let dev = Device::cpu().unwrap();
+    // With LoRA dropout on: its masks must be drawn again identically after the resume.
+    let config = |p: &Path| TrainConfig { lora_dropout: 0.1, ..config(p) };
     let mut straight = Trainer::new(config(dir.path()), &dev).unwrap();
     let want: Vec<f64> = (0..6).map(|_| straight.step().unwrap().loss).collect();
     assert!(want[5] < want[0], "the loss should fall: {want:?}");
@@ -208,4 +210,28 @@ fn merged_adapter_gives_the_adapter_logits() {
     let worst16 = got16.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(worst16 <= 3e-2 * scale, "bf16 merged logits differ by {worst16} (scale {scale})");
     println!("merge: f32 worst {:.2e}, bf16 worst {:.2e} (relative to max |logit|)", worst / scale, worst16 / scale);
+}
+
+#[test]
+fn lora_dropout_changes_training_gradients_and_survives_checkpointing() {
+    let dir = dataset(4);
+    let dev = Device::cpu().unwrap();
+    let grads = |p: f32, ckpt: bool, steps: usize| {
+        let cfg = TrainConfig { lora_dropout: p, gradient_checkpointing: ckpt, warmup_steps: 0, ..config(dir.path()) };
+        let mut t = Trainer::new(cfg, &dev).unwrap();
+        let rows: Vec<Example> = t.train_examples().to_vec();
+        let refs: Vec<&Example> = rows.iter().collect();
+        for _ in 0..steps {
+            let b = split(&t, &refs, 2);
+            t.step_on(&b).unwrap();
+        }
+        let (loss, g, _, _) = t.gradients_on(&split(&t, &refs, 2)).unwrap();
+        (loss, g.iter().map(|g| g.as_ref().unwrap().to_f32_vec().unwrap()).collect::<Vec<_>>())
+    };
+    let (plain_loss, plain) = grads(0.0, false, 1);
+    let (drop_loss, dropped) = grads(0.5, false, 1);
+    assert_ne!(plain, dropped, "dropout must change the gradients");
+    assert_ne!(plain_loss, drop_loss);
+    let (ck_loss, ck) = grads(0.5, true, 1);
+    assert_eq!((drop_loss, &dropped), (ck_loss, &ck), "a checkpointed recompute must redraw the same masks");
 }

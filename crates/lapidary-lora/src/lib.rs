@@ -6,7 +6,8 @@
 //! (`adapter_config.json` + `adapter_model.safetensors`) into the adapter slots of a model's
 //! linears by module path; targeting ([`attach_lora`]), PEFT/gaussian initialization, saving in
 //! PEFT's format, and the weight delta `scale · B · A` used to merge an adapter into its base.
-//! Still to come: NF4 (QLoRA) bases and dropout.
+//! LoRA dropout ([`LoraDropout`]) as PEFT's `lora_dropout`. NF4 (QLoRA) bases live in
+//! `lapidary_kernels::quant` and `lapidary_nn::Linear::pack_base`.
 //!
 //! ```
 //! use lapidary_autograd::{Tape, Trainable};
@@ -32,8 +33,10 @@ use lapidary_core::{Error, Result};
 use lapidary_nn::Adapter;
 use std::rc::Rc;
 
+mod dropout;
 mod peft;
 mod target;
+pub use dropout::LoraDropout;
 pub use peft::{PeftAdapterConfig, adapter_tensors, load_peft_adapter, save_peft_adapter};
 pub use target::{ATTENTION_MODULES, LoraConfig, LoraInit, LoraTargets, MLP_MODULES, attach_lora};
 
@@ -43,6 +46,7 @@ pub struct LoraAdapter {
     a: Var,
     b: Var,
     scale: f32,
+    dropout: Option<(Rc<LoraDropout>, u64)>,
 }
 
 impl LoraAdapter {
@@ -58,7 +62,13 @@ impl LoraAdapter {
         }
         let r = a.shape()[0] as f32;
         let scale = if rslora { alpha / r.sqrt() } else { alpha / r };
-        Ok(LoraAdapter { a, b, scale })
+        Ok(LoraAdapter { a, b, scale, dropout: None })
+    }
+
+    /// The same adapter with dropout on its input (`path` salts the masks).
+    pub fn with_dropout(mut self, dropout: Rc<LoraDropout>, path: &str) -> Self {
+        self.dropout = Some((dropout, dropout::path_salt(path)));
+        self
     }
 
     /// The scale applied to the low-rank term.
@@ -69,7 +79,11 @@ impl LoraAdapter {
 
 impl Adapter for LoraAdapter {
     fn delta(&self, x: &Var) -> Result<Var> {
-        let low = ops::matmul(x, &self.a, None, false, true)?;
+        let x = match &self.dropout {
+            Some((d, salt)) => d.apply(x, *salt)?,
+            None => x.clone(),
+        };
+        let low = ops::matmul(&x, &self.a, None, false, true)?;
         ops::scale(&ops::matmul(&low, &self.b, None, false, true)?, self.scale)
     }
 
@@ -79,7 +93,12 @@ impl Adapter for LoraAdapter {
 
     fn rebind(&self, params: &[Var]) -> Result<Rc<dyn Adapter>> {
         match params {
-            [a, b] => Ok(Rc::new(LoraAdapter { a: a.clone(), b: b.clone(), scale: self.scale })),
+            [a, b] => Ok(Rc::new(LoraAdapter {
+                a: a.clone(),
+                b: b.clone(),
+                scale: self.scale,
+                dropout: self.dropout.clone(),
+            })),
             _ => Err(Error::invalid(format!("LoRA: rebind with {} parameters, expected 2 (A, B)", params.len()))),
         }
     }

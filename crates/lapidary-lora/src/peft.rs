@@ -20,6 +20,8 @@ pub struct PeftAdapterConfig {
     pub lora_alpha: f32,
     /// Scale `alpha / √r` instead of `alpha / r`.
     pub use_rslora: bool,
+    /// Dropout on the adapters' input during training (recorded; no effect on inference).
+    pub lora_dropout: f32,
 }
 
 impl PeftAdapterConfig {
@@ -45,6 +47,7 @@ impl PeftAdapterConfig {
                 .and_then(Value::as_f64)
                 .ok_or_else(|| bad("missing number field lora_alpha"))? as f32,
             use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+            lora_dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32,
         })
     }
 }
@@ -127,7 +130,7 @@ pub fn save_peft_adapter(
         "r": cfg.r,
         "lora_alpha": cfg.lora_alpha,
         "use_rslora": cfg.use_rslora,
-        "lora_dropout": 0.0,
+        "lora_dropout": cfg.lora_dropout,
         "bias": "none",
         "fan_in_fan_out": false,
         "target_modules": modules,

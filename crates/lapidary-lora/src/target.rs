@@ -59,6 +59,8 @@ pub struct LoraConfig {
     pub targets: LoraTargets,
     /// Initialization.
     pub init: LoraInit,
+    /// Dropout on the adapters' input (`None`: no dropout).
+    pub dropout: Option<Rc<crate::LoraDropout>>,
 }
 
 impl LoraTargets {
@@ -110,7 +112,11 @@ pub fn attach_lora(
             Tensor::from_f32(device, &b, &[out, cfg.r], DType::F32)?,
             Trainable::Yes,
         );
-        linear.set_adapter(Rc::new(LoraAdapter::new(a, b, cfg.lora_alpha, cfg.use_rslora)?));
+        let mut adapter = LoraAdapter::new(a, b, cfg.lora_alpha, cfg.use_rslora)?;
+        if let Some(d) = &cfg.dropout {
+            adapter = adapter.with_dropout(d.clone(), linear.path());
+        }
+        linear.set_adapter(Rc::new(adapter));
         adapted.push(linear.path().to_string());
     }
     if adapted.is_empty() {
@@ -156,8 +162,14 @@ mod tests {
     #[test]
     fn initializations_have_their_distributions() {
         let mut rng = SplitMix64::new(3);
-        let cfg =
-            |init| LoraConfig { r: 8, lora_alpha: 16.0, use_rslora: false, targets: LoraTargets::AllLinear, init };
+        let cfg = |init| LoraConfig {
+            r: 8,
+            lora_alpha: 16.0,
+            use_rslora: false,
+            targets: LoraTargets::AllLinear,
+            init,
+            dropout: None,
+        };
         let (a, b) = init_weights(&cfg(LoraInit::Default), 32, 64, &mut rng);
         assert!(a.iter().all(|x| x.abs() <= 0.125) && a.iter().any(|x| x.abs() > 0.1));
         assert!(b.iter().all(|&x| x == 0.0));

@@ -64,6 +64,8 @@ pub struct TrainConfig {
     pub lora_alpha: f32,
     /// rsLoRA scaling (alpha / √r).
     pub use_rslora: bool,
+    /// Dropout on the adapters' input (PEFT's `lora_dropout`).
+    pub lora_dropout: f32,
     /// LoRA on the vision tower.
     pub finetune_vision_layers: bool,
     /// LoRA on the language model.
@@ -134,6 +136,7 @@ impl Default for TrainConfig {
             lora_r: 16,
             lora_alpha: 16.0,
             use_rslora: false,
+            lora_dropout: 0.0,
             finetune_vision_layers: true,
             finetune_language_layers: true,
             finetune_attention_modules: true,
@@ -198,6 +201,9 @@ impl TrainConfig {
         }
         if self.method == Method::Lora && self.lora_r == 0 {
             return bad("lora_r must be at least 1");
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return bad("lora_dropout must be in [0, 1)");
         }
         if !(0.0..1.0).contains(&self.eval_fraction) {
             return bad("eval_fraction must be in [0, 1)");

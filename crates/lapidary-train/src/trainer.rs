@@ -15,7 +15,7 @@ use lapidary_data::{Collated, Dataset, EncodeOptions, Example, OnBadRow, Process
 use lapidary_gemma3::{Batch, Gemma3ForConditionalGeneration, Parts};
 use lapidary_kernels::quant::PackFormat;
 use lapidary_kernels::{elementwise, gather};
-use lapidary_lora::{LoraConfig, LoraInit, LoraTargets, PeftAdapterConfig};
+use lapidary_lora::{LoraConfig, LoraDropout, LoraInit, LoraTargets, PeftAdapterConfig};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -48,6 +48,7 @@ pub struct Trainer {
     eval: Vec<Example>,
     skipped: String,
     adapted_modules: Vec<String>,
+    dropout: Option<std::rc::Rc<LoraDropout>>,
     total_steps: usize,
     /// Where the run stands.
     pub state: TrainState,
@@ -122,6 +123,7 @@ impl Trainer {
             }
         };
         let mut adapted_modules = adapted_modules;
+        let mut dropout = None;
         if cfg.method == Method::Lora {
             let format = match cfg.base_format {
                 BaseFormat::F32 => None,
@@ -152,7 +154,9 @@ impl Trainer {
                 use_rslora: cfg.use_rslora,
                 targets,
                 init: LoraInit::Default,
+                dropout: (cfg.lora_dropout > 0.0).then(|| LoraDropout::new(cfg.lora_dropout)),
             };
+            dropout = lora.dropout.clone();
             let mut rng = SplitMix64::new(cfg.seed);
             let paths = lapidary_lora::attach_lora(
                 &lora,
@@ -191,6 +195,7 @@ impl Trainer {
             eval,
             skipped,
             adapted_modules,
+            dropout,
             total_steps,
             state: TrainState::default(),
         })
@@ -316,7 +321,12 @@ impl Trainer {
         let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
         let mut loss_total = 0f64;
         let mut tokens = 0usize;
-        for c in micro {
+        for (k, c) in micro.iter().enumerate() {
+            if let Some(d) = &self.dropout {
+                // Masks depend on the run's seed, the step and the micro-batch only: a
+                // checkpointed recompute and a resumed run draw the same ones.
+                d.set_seed(self.cfg.seed ^ ((self.state.step as u64) << 20) ^ (k as u64).wrapping_mul(0x9E37_79B9));
+            }
             let batch = to_batch(c, &self.processor, &self.device)?;
             tokens += c.attention_mask.iter().filter(|&&m| m != 0).count();
             let pixels = batch.pixel_values.as_ref().map(|p| self.tape.input(p.clone()));
@@ -393,6 +403,7 @@ impl Trainer {
                     r: self.cfg.lora_r,
                     lora_alpha: self.cfg.lora_alpha,
                     use_rslora: self.cfg.use_rslora,
+                    lora_dropout: self.cfg.lora_dropout,
                 };
                 lapidary_lora::save_peft_adapter(dir, &pc, &self.adapted_modules, &adapter)?;
                 let extra: Vec<(String, Tensor)> =
