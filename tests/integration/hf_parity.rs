@@ -385,7 +385,7 @@ fn adapters_made_here_round_trip_through_peft_files() {
     let modules: Vec<String> = paths.iter().map(|p| p.rsplit('.').next().unwrap().to_string()).collect();
     save_peft_adapter(
         dir.path(),
-        &PeftAdapterConfig { r: 2, lora_alpha: 4.0, use_rslora: false, lora_dropout: 0.0 },
+        &PeftAdapterConfig { r: 2, lora_alpha: 4.0, use_rslora: false, lora_dropout: 0.0, modules_to_save: vec![] },
         &modules,
         &tensors,
     )
@@ -445,4 +445,25 @@ fn adamw_step_on_the_adapter_matches_torch() {
     }
     println!("adapter after one AdamW step: worst rel err {worst:.2e}");
     assert!(worst < 1e-5, "{worst}");
+}
+
+#[test]
+fn peft_adapter_with_the_projector_in_modules_to_save_gives_pefts_logits() {
+    let dev = Device::cpu().unwrap();
+    let (batch, _) = load_batch("two_rows_one_image_each", &dev);
+    let tape = Tape::new();
+    let (model, adapted) =
+        lapidary::cli::open_frozen(&fixtures().join("model"), Some(&fixtures().join("adapter-projector")), &tape, &dev)
+            .unwrap();
+    assert_eq!(adapted, 3 + 2 + 2, "q_proj in 3 decoder and 2 vision layers, fc1 in 2 vision layers");
+    let out = model.forward(&tape, &batch, false).unwrap();
+    let f = SafetensorsFiles::open(fixtures().join("cases/adapter_projector.safetensors")).unwrap();
+    let want = f.load("logits", &dev, DType::F32).unwrap().to_f32_vec().unwrap();
+    let got = out.logits.value().to_f32_vec().unwrap();
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst <= 1e-4 * scale, "logits differ from PEFT's by {worst} (scale {scale})");
+    let want_loss = f.load("loss", &dev, DType::F32).unwrap().to_f32_vec().unwrap()[0];
+    let loss = out.loss.unwrap().value().to_f32_vec().unwrap()[0];
+    assert!((loss - want_loss).abs() <= 1e-4 * want_loss.abs(), "loss {loss} vs PEFT's {want_loss}");
 }

@@ -22,6 +22,9 @@ pub struct PeftAdapterConfig {
     pub use_rslora: bool,
     /// Dropout on the adapters' input during training (recorded; no effect on inference).
     pub lora_dropout: f32,
+    /// Modules saved whole beside the adapters (PEFT's `modules_to_save`, e.g.
+    /// `multi_modal_projector`).
+    pub modules_to_save: Vec<String>,
 }
 
 impl PeftAdapterConfig {
@@ -48,6 +51,11 @@ impl PeftAdapterConfig {
                 .ok_or_else(|| bad("missing number field lora_alpha"))? as f32,
             use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
             lora_dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32,
+            modules_to_save: v
+                .get("modules_to_save")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
+                .unwrap_or_default(),
         })
     }
 }
@@ -80,7 +88,29 @@ pub fn load_peft_adapter(
         linear.set_adapter(Rc::new(LoraAdapter::new(a, b, cfg.lora_alpha, cfg.use_rslora)?));
         adapted += 1;
     }
-    w.finish(&[])?;
+    // Whole modules (modules_to_save) replace the base's tensors of the same name, in place.
+    let mut saved_prefixes = Vec::new();
+    for module in &cfg.modules_to_save {
+        let (ours, theirs) = (format!("{module}."), format!("{}.", peft_path(module)));
+        let mut loaded = 0;
+        for (name, var) in tape.params() {
+            let Some(rest) = name.strip_prefix(&ours) else { continue };
+            let key = format!("{theirs}{rest}");
+            if w.contains(&key) {
+                lapidary_kernels::gather::copy_into(var.value(), &w.tensor(&key, var.shape())?)?;
+                loaded += 1;
+            }
+        }
+        if loaded == 0 {
+            return Err(Error::invalid(format!(
+                "{}: modules_to_save lists {module}, but no tensor of it matches the model",
+                dir.display()
+            )));
+        }
+        saved_prefixes.push(theirs);
+    }
+    let ignore: Vec<&str> = saved_prefixes.iter().map(String::as_str).collect();
+    w.finish(&ignore)?;
     Ok(adapted)
 }
 
@@ -136,7 +166,7 @@ pub fn save_peft_adapter(
         "target_modules": modules,
         "init_lora_weights": true,
         "inference_mode": true,
-        "modules_to_save": null,
+        "modules_to_save": if cfg.modules_to_save.is_empty() { Value::Null } else { Value::from(cfg.modules_to_save.clone()) },
         "base_model_name_or_path": null,
     });
     let path = dir.join("adapter_config.json");

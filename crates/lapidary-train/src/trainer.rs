@@ -397,25 +397,28 @@ impl Trainer {
     pub fn save_weights(&self, dir: &Path) -> Result<()> {
         match self.cfg.method {
             Method::Lora => {
-                let adapter: Vec<(String, Tensor)> =
-                    self.trainable_tensors().into_iter().filter(|(n, _)| n.contains(".lora_")).collect();
+                // The adapters, and a trained projector as PEFT's modules_to_save (whole tensors
+                // under `base_model.model.model.multi_modal_projector.*`).
+                let mut tensors = Vec::new();
+                let mut modules_to_save = Vec::new();
+                for (name, t) in self.trainable_tensors() {
+                    if name.contains(".lora_") {
+                        tensors.push((name, t));
+                    } else if name.starts_with("multi_modal_projector.") {
+                        tensors.push((Gemma3ForConditionalGeneration::peft_path(&name), t));
+                        modules_to_save = vec!["multi_modal_projector".to_string()];
+                    } else {
+                        return Err(Error::invalid(format!("{name}: a trained tensor PEFT's format has no place for")));
+                    }
+                }
                 let pc = PeftAdapterConfig {
                     r: self.cfg.lora_r,
                     lora_alpha: self.cfg.lora_alpha,
                     use_rslora: self.cfg.use_rslora,
                     lora_dropout: self.cfg.lora_dropout,
+                    modules_to_save,
                 };
-                lapidary_lora::save_peft_adapter(dir, &pc, &self.adapted_modules, &adapter)?;
-                let extra: Vec<(String, Tensor)> =
-                    self.trainable_tensors().into_iter().filter(|(n, _)| !n.contains(".lora_")).collect();
-                if !extra.is_empty() {
-                    let entries: Vec<_> = extra
-                        .iter()
-                        .map(|(n, t)| lapidary_nn::safetensors::entry_of(self.model.stored_name(n).to_string(), t))
-                        .collect::<Result<_>>()?;
-                    lapidary_nn::safetensors::save(dir.join("trained_modules.safetensors"), &entries)?;
-                }
-                Ok(())
+                lapidary_lora::save_peft_adapter(dir, &pc, &self.adapted_modules, &tensors)
             }
             Method::Full => {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
