@@ -129,3 +129,31 @@ fn checkpointing_reaches_parameters_behind_a_frozen_input_and_matches_bitwise() 
         assert!(same, "{name}: checkpointed gradient differs");
     }
 }
+
+#[test]
+fn packed_matmul_gives_the_dense_products_and_input_gradient() {
+    use lapidary_kernels::quant::{PackFormat, PackedMatrix};
+    for format in [PackFormat::Bf16, PackFormat::Nf4, PackFormat::Nf4DoubleQuant] {
+        let w = PackedMatrix::pack(&dev(), &random_values(7 * 130, 4, 1.0), &[7, 130], format).unwrap();
+        let w = std::rc::Rc::new(w);
+        let grads = |packed: bool| {
+            let tape = Tape::new();
+            let x = tape.param("x", t(&random_values(3 * 2 * 130, 5, 1.0), &[3, 2, 130]), Trainable::Yes);
+            let bias = tape.param("bias", t(&random_values(7, 6, 1.0), &[7]), Trainable::Yes);
+            let y = if packed {
+                ops::matmul_packed(&x, &w, Some(&bias)).unwrap()
+            } else {
+                let dense = tape.input(w.to_f32().unwrap());
+                ops::matmul(&x, &dense, Some(&bias), false, true).unwrap()
+            };
+            let loss = ops::sum_all(&ops::mul(&y, &y).unwrap()).unwrap();
+            let (g, _) = tape.backward(&loss).unwrap();
+            (
+                y.value().to_f32_vec().unwrap(),
+                g.by_name("x").unwrap().to_f32_vec().unwrap(),
+                g.by_name("bias").unwrap().to_f32_vec().unwrap(),
+            )
+        };
+        assert_eq!(grads(true), grads(false), "{format:?}");
+    }
+}

@@ -180,10 +180,7 @@ impl Linear {
         }
         let y = match &self.weight {
             Base::Dense(w) => ops::matmul(x, w, self.bias.as_ref(), false, true)?,
-            Base::Packed(matrix) => {
-                let w = x.tape().input(matrix.to_f32()?);
-                ops::matmul(x, &w, self.bias.as_ref(), false, true)?
-            }
+            Base::Packed(matrix) => ops::matmul_packed(x, matrix, self.bias.as_ref())?,
         };
         match &self.adapter {
             Some(a) => ops::add(&y, &a.delta(x)?),
