@@ -120,11 +120,25 @@ impl Gemma3ForConditionalGeneration {
         tape: &Tape,
         parts: Parts,
     ) -> Result<Self> {
+        Self::open_packed(dir, device, dtype, tape, parts, None)
+    }
+
+    /// [`Self::open_parts`] with the frozen linear weights packed (bf16, NF4) as they are read,
+    /// so the full-precision copies never reach the device.
+    pub fn open_packed(
+        dir: impl AsRef<std::path::Path>,
+        device: &Device,
+        dtype: DType,
+        tape: &Tape,
+        parts: Parts,
+        packing: Option<lapidary_kernels::quant::PackFormat>,
+    ) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg = Gemma3Config::from_file(dir.join("config.json"))?;
         let w = Weights::open(dir, device, dtype)?
             .with_alias("vision_tower.", "vision_tower.vision_model.")
-            .with_alias("language_model.model.", "model.language_model.");
+            .with_alias("language_model.model.", "model.language_model.")
+            .with_packing(packing);
         let model = Self::load_parts(&cfg, &w, tape, parts)?;
         w.finish(&["lm_head."])?;
         Ok(model)

@@ -52,7 +52,8 @@ impl Linear {
     }
 
     /// Loads `{path}.weight` (`[out, in]`) and, with `bias`, `{path}.bias` (`[out]`) from `w`
-    /// onto `tape`.
+    /// onto `tape`. A frozen weight is packed straight from the file when `w` packs
+    /// ([`Weights::with_packing`]).
     pub fn load(
         w: &Weights,
         tape: &Tape,
@@ -62,8 +63,13 @@ impl Linear {
         bias: bool,
         trainable: Trainable,
     ) -> Result<Self> {
-        let weight = w.param(tape, &format!("{path}.weight"), &[out, inp], trainable)?;
         let bias = if bias { Some(w.param(tape, &format!("{path}.bias"), &[out], trainable)?) } else { None };
+        if let (Some(format), Trainable::No) = (w.packing(), trainable) {
+            let values = w.host_values(&format!("{path}.weight"), &[out, inp])?;
+            let matrix = PackedMatrix::pack(w.device(), &values, &[out, inp], format)?;
+            return Ok(Linear { path: path.to_string(), weight: Base::Packed(Rc::new(matrix)), bias, adapter: None });
+        }
+        let weight = w.param(tape, &format!("{path}.weight"), &[out, inp], trainable)?;
         Ok(Linear::new(path, weight, bias))
     }
 

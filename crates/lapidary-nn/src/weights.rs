@@ -21,6 +21,7 @@ pub struct Weights {
     stored_names: RefCell<BTreeMap<String, String>>,
     device: Device,
     dtype: DType,
+    packing: Option<lapidary_kernels::quant::PackFormat>,
 }
 
 impl Weights {
@@ -36,6 +37,7 @@ impl Weights {
             stored_names: RefCell::default(),
             device: device.clone(),
             dtype,
+            packing: None,
         })
     }
 
@@ -47,6 +49,28 @@ impl Weights {
     }
 
     /// The underlying files.
+    /// Frozen linear weights loaded through these weights are packed in `format` straight from
+    /// the file (bf16, NF4: QLoRA), never held in full precision on the device.
+    pub fn with_packing(mut self, format: Option<lapidary_kernels::quant::PackFormat>) -> Self {
+        self.packing = format;
+        self
+    }
+
+    /// The packing of frozen linear weights, if any.
+    pub fn packing(&self) -> Option<lapidary_kernels::quant::PackFormat> {
+        self.packing
+    }
+
+    /// A tensor's values on the host as f32 (same checks and accounting as [`Weights::tensor`]).
+    pub fn host_values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let stored = self.checked(name, shape)?;
+        let entry = self.files.entry(&stored).expect("resolved");
+        let dtype = entry.dtype.ok_or_else(|| {
+            Error::invalid(format!("{}: tensor {stored} is not stored as f32, bf16 or f16", self.source.display()))
+        })?;
+        Ok(dtype.decode(self.files.bytes(&stored)?))
+    }
+
     pub fn files(&self) -> &SafetensorsFiles {
         &self.files
     }
@@ -70,6 +94,12 @@ impl Weights {
 
     /// Loads `name`, which must have `shape`.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let stored = self.checked(name, shape)?;
+        self.files.load(&stored, &self.device, self.dtype)
+    }
+
+    /// Resolves `name`, checks its shape and records it as used; returns the stored name.
+    fn checked(&self, name: &str, shape: &[usize]) -> Result<String> {
         let stored = self.resolve(name).ok_or_else(|| {
             Error::invalid(format!("{}: missing tensor {name} (expected shape {shape:?})", self.source.display()))
         })?;
@@ -83,7 +113,12 @@ impl Weights {
         }
         self.used.borrow_mut().insert(stored.clone());
         self.stored_names.borrow_mut().insert(name.to_string(), stored.clone());
-        self.files.load(&stored, &self.device, self.dtype)
+        Ok(stored)
+    }
+
+    /// The device tensors are loaded onto.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Loads `name` (which must have `shape`) as a parameter leaf of `tape` under that name.

@@ -8,6 +8,14 @@ use serde_json::Value;
 use std::io::Write;
 use std::path::Path;
 
+/// This process's resident memory in MiB (Linux; `None` elsewhere). On the CPU runtime it holds
+/// the device memory too.
+pub fn resident_mib() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096.0 / (1024.0 * 1024.0))
+}
+
 /// Appends one JSON object as a line.
 pub fn append(path: &Path, record: &Value) -> Result<()> {
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;

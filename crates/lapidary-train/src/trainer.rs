@@ -111,33 +111,28 @@ impl Trainer {
             None => (data.examples, Vec::new()),
         };
         let tape = Tape::new();
-        let (mut model, adapted_modules) = match cfg.method {
+        let packing = match cfg.base_format {
+            BaseFormat::F32 => None,
+            BaseFormat::Bf16 => Some(PackFormat::Bf16),
+            BaseFormat::Nf4 => Some(PackFormat::Nf4),
+            BaseFormat::Nf4Dq => Some(PackFormat::Nf4DoubleQuant),
+        };
+        let mut model = match cfg.method {
             Method::Full => {
                 let parts = Parts { vision: Trainable::Yes, projector: Trainable::Yes, text: Trainable::Yes };
-                (Gemma3ForConditionalGeneration::open_parts(&cfg.model, device, DType::F32, &tape, parts)?, Vec::new())
+                Gemma3ForConditionalGeneration::open_parts(&cfg.model, device, DType::F32, &tape, parts)?
             }
             Method::Lora => {
+                // The frozen base's linears are packed as they are read (bf16 by default, NF4 for
+                // QLoRA): their f32 copies never reach the device.
                 let projector = if cfg.train_projector { Trainable::Yes } else { Trainable::No };
                 let parts = Parts { vision: Trainable::No, projector, text: Trainable::No };
-                (Gemma3ForConditionalGeneration::open_parts(&cfg.model, device, DType::F32, &tape, parts)?, Vec::new())
+                Gemma3ForConditionalGeneration::open_packed(&cfg.model, device, DType::F32, &tape, parts, packing)?
             }
         };
-        let mut adapted_modules = adapted_modules;
+        let mut adapted_modules = Vec::new();
         let mut dropout = None;
         if cfg.method == Method::Lora {
-            let format = match cfg.base_format {
-                BaseFormat::F32 => None,
-                BaseFormat::Bf16 => Some(PackFormat::Bf16),
-                BaseFormat::Nf4 => Some(PackFormat::Nf4),
-                BaseFormat::Nf4Dq => Some(PackFormat::Nf4DoubleQuant),
-            };
-            if let Some(format) = format {
-                for linear in model.linears_mut() {
-                    if linear.weight().is_some_and(|w| !w.requires_grad()) {
-                        linear.pack_base(format)?;
-                    }
-                }
-            }
             let targets = match &cfg.target_modules {
                 Some(m) if m.len() == 1 && m[0] == "all-linear" => LoraTargets::AllLinear,
                 Some(m) => LoraTargets::Modules(m.clone()),
@@ -564,6 +559,7 @@ impl Trainer {
                         "step": s.step, "epoch": self.state.epoch, "loss": s.loss, "lr": s.lr,
                         "grad_norm": s.grad_norm, "label_tokens": s.label_tokens, "tokens": s.tokens,
                         "tokens_per_s": tps, "elapsed_s": started.elapsed().as_secs_f64(),
+                        "rss_mib": metrics::resident_mib(),
                     }),
                 )?;
             }
