@@ -45,7 +45,7 @@ pub struct DemoOptions {
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { out: PathBuf::from("lapidary-demo"), steps: 60, train_rows: 480, eval_rows: 48, compare: true }
+        DemoOptions { out: PathBuf::from("lapidary-demo"), steps: 150, train_rows: 480, eval_rows: 48, compare: true }
     }
 }
 

@@ -28,7 +28,7 @@ enum Command {
         #[arg(long, default_value = "lapidary-demo")]
         out: PathBuf,
         /// Optimizer steps per run.
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, default_value_t = 150)]
         steps: usize,
         /// Skip the language-only comparison run.
         #[arg(long)]
