@@ -2,6 +2,7 @@
 //! `check_grad` is what `cargo xtask check-grad` runs and prints.
 
 mod check_grad;
+mod gguf;
 mod hf_fixtures;
 mod hf_parity;
 mod processor;

@@ -20,6 +20,7 @@
 //! assert_eq!(fc.forward(&x).unwrap().value().to_f32_vec().unwrap(), vec![2., 3., 5.]);
 //! ```
 
+pub mod gguf;
 mod linear;
 pub mod safetensors;
 mod weights;
