@@ -62,8 +62,8 @@ pub struct Gemma3TextConfig {
 pub struct Gemma3Config {
     /// The decoder.
     pub text: Gemma3TextConfig,
-    /// The vision tower.
-    pub vision: SiglipVisionConfig,
+    /// The vision tower; `None` for a text-only model (Gemma3ForCausalLM).
+    pub vision: Option<SiglipVisionConfig>,
     /// Image tokens per image after the projector.
     pub mm_tokens_per_image: usize,
     /// Id of the image soft token.
@@ -72,6 +72,21 @@ pub struct Gemma3Config {
     pub boi_token_index: usize,
     /// Id of `<end_of_image>`.
     pub eoi_token_index: usize,
+}
+
+impl Gemma3Config {
+    /// A text-only model (no vision tower, no projector); image token ids are out of range.
+    pub fn text_only(text: Gemma3TextConfig) -> Self {
+        let none = text.vocab_size;
+        Gemma3Config {
+            text,
+            vision: None,
+            mm_tokens_per_image: 0,
+            image_token_index: none,
+            boi_token_index: none,
+            eoi_token_index: none,
+        }
+    }
 }
 
 fn field<'a>(v: &'a Value, key: &str) -> Result<&'a Value> {
@@ -183,15 +198,21 @@ impl Gemma3Config {
             .map_err(|e| Error::invalid(format!("{}: not valid JSON: {e}", path.display())))?;
         let ctx = |e: Error| Error::invalid(format!("{}: {e}", path.display()));
         let get = |k: &str, d: usize| v.get(k).and_then(Value::as_u64).map_or(d, |x| x as usize);
+        if v.get("model_type").and_then(Value::as_str) == Some("gemma3_text") {
+            // Gemma3ForCausalLM: the file is the text config itself.
+            return Ok(Gemma3Config::text_only(Gemma3TextConfig::from_json(&v).map_err(ctx)?));
+        }
         Ok(Gemma3Config {
             text: Gemma3TextConfig::from_json(
                 v.get("text_config").ok_or_else(|| ctx(Error::invalid("no text_config")))?,
             )
             .map_err(ctx)?,
-            vision: SiglipVisionConfig::from_json(
-                v.get("vision_config").ok_or_else(|| ctx(Error::invalid("no vision_config")))?,
-            )
-            .map_err(ctx)?,
+            vision: Some(
+                SiglipVisionConfig::from_json(
+                    v.get("vision_config").ok_or_else(|| ctx(Error::invalid("no vision_config")))?,
+                )
+                .map_err(ctx)?,
+            ),
             mm_tokens_per_image: get("mm_tokens_per_image", 256),
             image_token_index: get("image_token_index", 262_144),
             boi_token_index: get("boi_token_index", 255_999),

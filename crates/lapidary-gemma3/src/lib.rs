@@ -15,6 +15,7 @@
 mod config;
 mod decoder;
 mod generate;
+pub mod gguf;
 mod model;
 mod projector;
 

@@ -71,8 +71,8 @@ pub struct Parts {
 pub struct Gemma3ForConditionalGeneration {
     cfg: Gemma3Config,
     stored_names: std::collections::BTreeMap<String, String>,
-    vision: SiglipVisionModel,
-    projector: MultiModalProjector,
+    /// The vision tower and projector; `None` in a text-only model.
+    vision: Option<(SiglipVisionModel, MultiModalProjector)>,
     text: Gemma3TextModel,
 }
 
@@ -85,23 +85,29 @@ impl Gemma3ForConditionalGeneration {
     /// [`Self::load`] with each part's parameters trainable or frozen on their own (e.g. a
     /// trained projector between frozen towers, PEFT's `modules_to_save`).
     pub fn load_parts(cfg: &Gemma3Config, w: &Weights, tape: &Tape, parts: Parts) -> Result<Self> {
-        let vision = SiglipVisionModel::load(&cfg.vision, w, "vision_tower.", tape, parts.vision)?;
-        let projector = MultiModalProjector::load(
-            w,
-            "multi_modal_projector.",
-            cfg.vision.hidden_size,
-            cfg.text.hidden_size,
-            cfg.vision.grid(),
-            cfg.mm_tokens_per_image,
-            cfg.vision.layer_norm_eps,
-            tape,
-            parts.projector,
-        )?;
+        let vision = match &cfg.vision {
+            None => None,
+            Some(vc) => Some((
+                SiglipVisionModel::load(vc, w, "vision_tower.", tape, parts.vision)?,
+                MultiModalProjector::load(
+                    w,
+                    "multi_modal_projector.",
+                    vc.hidden_size,
+                    cfg.text.hidden_size,
+                    vc.grid(),
+                    cfg.mm_tokens_per_image,
+                    vc.layer_norm_eps,
+                    tape,
+                    parts.projector,
+                )?,
+            )),
+        };
         let text = Gemma3TextModel::load(&cfg.text, w, "language_model.model.", tape, parts.text)?;
-        Ok(Gemma3ForConditionalGeneration { cfg: cfg.clone(), stored_names: w.stored_names(), vision, projector, text })
+        Ok(Gemma3ForConditionalGeneration { cfg: cfg.clone(), stored_names: w.stored_names(), vision, text })
     }
 
-    /// Opens an HF model directory: `config.json` and its safetensors, either layout.
+    /// Opens an HF model directory (`config.json` and its safetensors, either layout; a
+    /// Gemma3ForCausalLM directory gives a text-only model) or a `.gguf` file (text-only).
     pub fn open(
         dir: impl AsRef<std::path::Path>,
         device: &Device,
@@ -134,10 +140,20 @@ impl Gemma3ForConditionalGeneration {
         packing: Option<lapidary_kernels::quant::PackFormat>,
     ) -> Result<Self> {
         let dir = dir.as_ref();
+        if dir.extension().is_some_and(|e| e == "gguf") {
+            let f = std::rc::Rc::new(lapidary_nn::gguf::GgufFile::open(dir)?);
+            let cfg = crate::gguf::config(&f)?;
+            let (names, norms) = crate::gguf::tensor_names(&cfg.text);
+            let w = Weights::from_gguf(f, names, norms, device, dtype).with_packing(packing);
+            let model = Self::load_parts(&cfg, &w, tape, parts)?;
+            w.finish(&[])?;
+            return Ok(model);
+        }
         let cfg = Gemma3Config::from_file(dir.join("config.json"))?;
         let w = Weights::open(dir, device, dtype)?
             .with_alias("vision_tower.", "vision_tower.vision_model.")
             .with_alias("language_model.model.", "model.language_model.")
+            .with_alias("language_model.model.", "model.")
             .with_packing(packing);
         let model = Self::load_parts(&cfg, &w, tape, parts)?;
         w.finish(&["lm_head."])?;
@@ -159,8 +175,10 @@ impl Gemma3ForConditionalGeneration {
     /// attaching adapters by path.
     pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut v: Vec<&mut Linear> = Vec::new();
-        for l in self.vision.layers_mut() {
-            v.extend(l.linears_mut());
+        if let Some((vision, _)) = &mut self.vision {
+            for l in vision.layers_mut() {
+                v.extend(l.linears_mut());
+            }
         }
         for l in self.text.layers_mut() {
             v.extend(l.linears_mut());
@@ -251,7 +269,11 @@ impl Gemma3ForConditionalGeneration {
             )));
         }
         if let Some(pixels) = pixels {
-            let feats = self.projector.forward(&self.vision.forward(pixels, checkpointing)?)?;
+            let (vision, projector) = self
+                .vision
+                .as_ref()
+                .ok_or_else(|| Error::invalid("batch: images given to a text-only model (no vision tower)"))?;
+            let feats = projector.forward(&vision.forward(pixels, checkpointing)?)?;
             let feats = ops::reshape(&feats, &[images * self.cfg.mm_tokens_per_image, self.cfg.text.hidden_size])?;
             x = ops::scatter_rows(&x, &feats, &image_rows)?;
         }

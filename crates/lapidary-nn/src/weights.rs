@@ -4,6 +4,7 @@
 //! error in [`Weights::finish`]). Prefix aliases let one model load several naming schemes (e.g.
 //! `vision_tower.vision_model.` and `vision_tower.`). Not the building of layers.
 
+use crate::gguf::GgufFile;
 use crate::safetensors::SafetensorsFiles;
 use lapidary_autograd::{Tape, Trainable, Var};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
@@ -15,6 +16,8 @@ use std::rc::Rc;
 /// A checkpoint opened for loading a model's parameters.
 pub struct Weights {
     files: Rc<SafetensorsFiles>,
+    /// A GGUF file in place of safetensors: HF names map to GGUF tensors (see `gguf_names`).
+    gguf: Option<GgufSource>,
     source: PathBuf,
     aliases: Vec<(String, String)>,
     used: RefCell<BTreeSet<String>>,
@@ -27,10 +30,34 @@ pub struct Weights {
 impl Weights {
     /// Opens `path` (a `.safetensors` file or a model directory); tensors load onto `device` as
     /// `dtype`.
+    /// Weights read from a GGUF file: each HF name in `names` maps to a GGUF tensor, dequantized
+    /// on load; names in `minus_one` are stored as `1 + w` in GGUF (Gemma's norms) and get 1
+    /// subtracted.
+    pub fn from_gguf(
+        file: Rc<GgufFile>,
+        names: BTreeMap<String, String>,
+        minus_one: BTreeSet<String>,
+        device: &Device,
+        dtype: DType,
+    ) -> Self {
+        Weights {
+            files: Rc::new(SafetensorsFiles::empty()),
+            gguf: Some(GgufSource { file: file.clone(), map: names, minus_one }),
+            source: file.path().to_path_buf(),
+            aliases: Vec::new(),
+            used: RefCell::default(),
+            stored_names: RefCell::default(),
+            device: device.clone(),
+            dtype,
+            packing: None,
+        }
+    }
+
     pub fn open(path: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
         let path = path.as_ref();
         Ok(Weights {
             files: Rc::new(SafetensorsFiles::open(path)?),
+            gguf: None,
             source: path.to_path_buf(),
             aliases: Vec::new(),
             used: RefCell::default(),
@@ -64,6 +91,9 @@ impl Weights {
     /// A tensor's values on the host as f32 (same checks and accounting as [`Weights::tensor`]).
     pub fn host_values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let stored = self.checked(name, shape)?;
+        if let Some(g) = &self.gguf {
+            return g.values(&stored);
+        }
         let entry = self.files.entry(&stored).expect("resolved");
         let dtype = entry.dtype.ok_or_else(|| {
             Error::invalid(format!("{}: tensor {stored} is not stored as f32, bf16 or f16", self.source.display()))
@@ -77,6 +107,14 @@ impl Weights {
 
     /// The name under which `name` is stored, trying the aliases.
     pub fn resolve(&self, name: &str) -> Option<String> {
+        if let Some(g) = &self.gguf {
+            return g.map.contains_key(name).then(|| name.to_string()).or_else(|| {
+                self.aliases.iter().find_map(|(canon, alt)| {
+                    let candidate = format!("{alt}{}", name.strip_prefix(canon.as_str())?);
+                    g.map.contains_key(&candidate).then_some(candidate)
+                })
+            });
+        }
         if self.files.entry(name).is_some() {
             return Some(name.to_string());
         }
@@ -95,6 +133,9 @@ impl Weights {
     /// Loads `name`, which must have `shape`.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let stored = self.checked(name, shape)?;
+        if let Some(g) = &self.gguf {
+            return Tensor::from_f32(&self.device, &g.values(&stored)?, shape, self.dtype);
+        }
         self.files.load(&stored, &self.device, self.dtype)
     }
 
@@ -103,12 +144,15 @@ impl Weights {
         let stored = self.resolve(name).ok_or_else(|| {
             Error::invalid(format!("{}: missing tensor {name} (expected shape {shape:?})", self.source.display()))
         })?;
-        let entry = self.files.entry(&stored).expect("resolved");
-        if entry.shape != shape {
+        let stored_shape = match &self.gguf {
+            Some(g) => g.shape(&stored),
+            None => self.files.entry(&stored).expect("resolved").shape.clone(),
+        };
+        if stored_shape != shape {
             return Err(Error::invalid(format!(
                 "{}: tensor {stored} has shape {:?}, expected {shape:?}",
                 self.files.file_of(&stored).unwrap_or(&self.source).display(),
-                entry.shape
+                stored_shape
             )));
         }
         self.used.borrow_mut().insert(stored.clone());
@@ -134,7 +178,10 @@ impl Weights {
     /// Stored names never loaded so far, sorted.
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.borrow();
-        self.files.names().filter(|n| !used.contains(*n)).map(str::to_string).collect()
+        match &self.gguf {
+            Some(g) => g.map.keys().filter(|n| !used.contains(*n)).cloned().collect(),
+            None => self.files.names().filter(|n| !used.contains(*n)).map(str::to_string).collect(),
+        }
     }
 
     /// Ends loading: an error listing every stored tensor the model did not use, unless each
@@ -156,3 +203,25 @@ impl Weights {
 
 #[cfg(test)]
 mod tests;
+
+/// A GGUF file seen under HF names.
+struct GgufSource {
+    file: Rc<GgufFile>,
+    /// HF name -> GGUF tensor name.
+    map: BTreeMap<String, String>,
+    minus_one: BTreeSet<String>,
+}
+
+impl GgufSource {
+    fn shape(&self, hf: &str) -> Vec<usize> {
+        self.file.tensors[&self.map[hf]].shape.clone()
+    }
+
+    fn values(&self, hf: &str) -> Result<Vec<f32>> {
+        let (mut v, _) = self.file.tensor_f32(&self.map[hf])?;
+        if self.minus_one.contains(hf) {
+            v.iter_mut().for_each(|x| *x -= 1.0);
+        }
+        Ok(v)
+    }
+}

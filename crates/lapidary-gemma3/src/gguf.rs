@@ -1,0 +1,90 @@
+//! Gemma 3 from a GGUF file (llama.cpp's layout, text-only: Gemma3ForCausalLM): the text config
+//! from `gemma3.*` metadata (other fields at transformers' Gemma3TextConfig defaults, as
+//! transformers' GGUF loader does), GGUF tensor names mapped to HF names (`blk.N.attn_q.weight`
+//! -> `language_model.model.layers.N.self_attn.q_proj.weight`, ...), norms stored as `1 + w`
+//! taken back to `w`. Not the tokenizer.
+
+use crate::config::{Gemma3Config, Gemma3TextConfig};
+use lapidary_core::{Error, Result};
+use lapidary_nn::gguf::GgufFile;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The text config a GGUF file describes (architecture `gemma3` only).
+pub fn text_config(f: &GgufFile) -> Result<Gemma3TextConfig> {
+    let arch = f.require("general.architecture")?.as_str().unwrap_or("");
+    if arch != "gemma3" {
+        return Err(Error::invalid(format!(
+            "{}: architecture {arch:?} is not supported (gemma3 is)",
+            f.path().display()
+        )));
+    }
+    let num = |key: &str| -> Result<serde_json::Value> {
+        let v = f.require(&format!("gemma3.{key}"))?;
+        v.as_u64()
+            .map(serde_json::Value::from)
+            .or_else(|| v.as_f64().map(serde_json::Value::from))
+            .ok_or_else(|| Error::invalid(format!("{}: gemma3.{key} is not a number", f.path().display())))
+    };
+    let embed = f
+        .tensors
+        .get("token_embd.weight")
+        .ok_or_else(|| Error::invalid(format!("{}: no token_embd.weight", f.path().display())))?;
+    let json = serde_json::json!({
+        "vocab_size": embed.shape[0],
+        "hidden_size": num("embedding_length")?,
+        "intermediate_size": num("feed_forward_length")?,
+        "num_hidden_layers": num("block_count")?,
+        "num_attention_heads": num("attention.head_count")?,
+        "num_key_value_heads": num("attention.head_count_kv")?,
+        "head_dim": num("attention.key_length")?,
+        "rms_norm_eps": num("attention.layer_norm_rms_epsilon")?,
+        "sliding_window": num("attention.sliding_window")?,
+        "rope_theta": num("rope.freq_base")?,
+        "query_pre_attn_scalar": 256,
+        "rope_local_base_freq": 10000.0,
+        "sliding_window_pattern": 6,
+        "pad_token_id": f.get("tokenizer.ggml.padding_token_id").and_then(|v| v.as_u64()).unwrap_or(0),
+    });
+    Gemma3TextConfig::from_json(&json).map_err(|e| Error::invalid(format!("{}: {e}", f.path().display())))
+}
+
+/// HF names of the text model's parameters -> GGUF tensor names, and the HF names stored as
+/// `1 + w` (the norms).
+pub fn tensor_names(cfg: &Gemma3TextConfig) -> (BTreeMap<String, String>, BTreeSet<String>) {
+    let mut map = BTreeMap::new();
+    let mut norms = BTreeSet::new();
+    let p = "language_model.model.";
+    map.insert(format!("{p}embed_tokens.weight"), "token_embd.weight".to_string());
+    map.insert(format!("{p}norm.weight"), "output_norm.weight".to_string());
+    norms.insert(format!("{p}norm.weight"));
+    for i in 0..cfg.layer_types.len() {
+        let hf = |s: &str| format!("{p}layers.{i}.{s}.weight");
+        let gg = |s: &str| format!("blk.{i}.{s}.weight");
+        for (h, g, norm) in [
+            ("input_layernorm", "attn_norm", true),
+            ("post_attention_layernorm", "post_attention_norm", true),
+            ("pre_feedforward_layernorm", "ffn_norm", true),
+            ("post_feedforward_layernorm", "post_ffw_norm", true),
+            ("self_attn.q_norm", "attn_q_norm", true),
+            ("self_attn.k_norm", "attn_k_norm", true),
+            ("self_attn.q_proj", "attn_q", false),
+            ("self_attn.k_proj", "attn_k", false),
+            ("self_attn.v_proj", "attn_v", false),
+            ("self_attn.o_proj", "attn_output", false),
+            ("mlp.gate_proj", "ffn_gate", false),
+            ("mlp.up_proj", "ffn_up", false),
+            ("mlp.down_proj", "ffn_down", false),
+        ] {
+            map.insert(hf(h), gg(g));
+            if norm {
+                norms.insert(hf(h));
+            }
+        }
+    }
+    (map, norms)
+}
+
+/// The configuration of the text-only model in a GGUF file.
+pub fn config(f: &GgufFile) -> Result<Gemma3Config> {
+    Ok(Gemma3Config::text_only(text_config(f)?))
+}
