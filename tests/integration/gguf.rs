@@ -152,3 +152,32 @@ fn gemma3_270m_from_gguf_matches_transformers_on_real_text() {
     let got = model.generate(&tape, &prompt, None, &opts).unwrap();
     assert_eq!(got, want, "greedy generation differs from transformers'");
 }
+
+#[test]
+fn gemma3_270m_tokenizer_from_gguf_matches_transformers() {
+    let Some(path) = gemma3_gguf() else { return };
+    let f = GgufFile::open(&path).unwrap();
+    let t0 = std::time::Instant::now();
+    let tok = lapidary::data::gguf_tokenizer::from_gguf(&f).unwrap();
+    let build_s = t0.elapsed().as_secs_f64();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-270m-gguf/tokenizer_reference.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    };
+    let texts = reference["texts"].as_array().unwrap();
+    for (i, text) in texts.iter().enumerate() {
+        let text = text.as_str().unwrap();
+        let with = tok.encode(text, true).unwrap();
+        assert_eq!(with.get_ids(), &ids(&reference["ids"][i])[..], "{text:?} (BOS added)");
+        let without = tok.encode(text, false).unwrap();
+        assert_eq!(without.get_ids(), &ids(&reference["no_special_ids"][i])[..], "{text:?}");
+        assert_eq!(tok.decode(without.get_ids(), false).unwrap(), text, "decode of {text:?}");
+    }
+    println!("tokenizer from GGUF built in {build_s:.1} s; {} texts tokenized as transformers does", texts.len());
+}

@@ -16,6 +16,7 @@
 
 pub mod collate;
 pub mod dataset;
+pub mod gguf_tokenizer;
 pub mod image;
 pub mod processor;
 pub mod template;
