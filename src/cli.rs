@@ -102,3 +102,17 @@ pub fn generate(
     let out = model.generate(&tape, &ids, pixels.as_ref(), &opts)?;
     t.decode(&out, true)
 }
+
+/// The token ids of `text` by the tokenizer of `model` (an HF directory's `tokenizer.json`, or a
+/// `.gguf` file's own), with BOS when the tokenizer adds it by default, as transformers does.
+pub fn tokenize(model: &Path, text: &str) -> Result<Vec<u32>> {
+    let tok = if model.extension().is_some_and(|e| e == "gguf") {
+        crate::data::gguf_tokenizer::from_gguf(&crate::nn::gguf::GgufFile::open(model)?)?
+    } else {
+        let path = model.join("tokenizer.json");
+        tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| Error::invalid(format!("{}: not a readable tokenizer.json: {e}", path.display())))?
+    };
+    let enc = tok.encode(text, true).map_err(|e| Error::invalid(format!("tokenizer: {e}")))?;
+    Ok(enc.get_ids().to_vec())
+}

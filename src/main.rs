@@ -82,6 +82,15 @@ enum Command {
         #[arg(long, default_value = "bf16")]
         dtype: String,
     },
+    /// Prints the token ids of FILE's text as one JSON array (BOS included when the tokenizer adds
+    /// it by default).
+    Tokenize {
+        /// HF model directory (tokenizer.json) or a .gguf file.
+        #[arg(long)]
+        model: PathBuf,
+        /// The text file.
+        file: PathBuf,
+    },
     /// Logits, loss and every parameter's gradient of one batch, written to a safetensors file.
     Eval {
         /// HF model directory (config.json + model.safetensors or a sharded index; either layout).
@@ -332,6 +341,13 @@ fn main() -> ExitCode {
                 };
                 let n = lapidary::merge::run(&model, &adapter, &out, dtype, &device)?;
                 println!("merged {n} adapted linears; wrote {}", out.display());
+                Ok(())
+            }
+            Command::Tokenize { model, file } => {
+                let text = std::fs::read_to_string(&file).map_err(|e| lapidary::core::Error::io(&file, e))?;
+                let ids = lapidary::cli::tokenize(&model, &text)?;
+                let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+                println!("[{}]", list.join(", "));
                 Ok(())
             }
             Command::Eval { model, batch, out, adapter, no_grad } => {
