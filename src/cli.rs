@@ -56,11 +56,12 @@ pub fn open_frozen(
     device: &Device,
 ) -> Result<(Gemma3ForConditionalGeneration, usize)> {
     let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, DType::F32, tape, Trainable::No)?;
+    let namer = model.peft_namer();
     let adapted = match adapter {
         Some(dir) => crate::lora::load_peft_adapter(
             dir,
             model.linears_mut(),
-            Gemma3ForConditionalGeneration::peft_path,
+            namer,
             tape,
             device,
             Trainable::No,
@@ -80,7 +81,7 @@ pub fn generate(
     sampling: Sampling,
     device: &Device,
 ) -> Result<String> {
-    let processor = Processor::from_model_dir(model_dir)?;
+    let processor = Processor::from_model(model_dir)?;
     let tape = Tape::new();
     let (model, _) = open_frozen(model_dir, adapter, &tape, device)?;
     let mut parts: Vec<Part> = images.iter().map(|p| Part::Image { path: p.display().to_string() }).collect();

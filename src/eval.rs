@@ -68,11 +68,12 @@ pub fn run(
     let base = if adapter.is_some() { Trainable::No } else { trainable };
     let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, DType::F32, &tape, base)?;
     if let Some(dir) = adapter {
+        let namer = model.peft_namer();
         let linears = model.linears_mut();
         crate::lora::load_peft_adapter(
             dir,
             linears,
-            Gemma3ForConditionalGeneration::peft_path,
+            namer,
             &tape,
             device,
             trainable,

@@ -123,6 +123,6 @@ fn derive_merges(order: &[&str], vocab: &HashMap<String, u32>) -> Vec<(String, S
         }
     }
     // Python's stable sort with reverse=True: descending keys, equal keys keep their order.
-    all.sort_by(|a, b| (b.0, b.1, b.2).cmp(&(a.0, a.1, a.2)));
+    all.sort_by_key(|m| std::cmp::Reverse((m.0, m.1, m.2)));
     all.into_iter().map(|(_, _, _, l, r)| (l, r)).collect()
 }

@@ -56,6 +56,18 @@ fn read_json(path: &Path) -> Result<Value> {
 }
 
 impl Processor {
+    /// [`Self::from_model_dir`] for a directory; for a `.gguf` file (a text-only model), the
+    /// tokenizer it carries and no image support.
+    pub fn from_model(path: &Path) -> Result<Self> {
+        if path.extension().is_some_and(|e| e == "gguf") {
+            let f = lapidary_nn::gguf::GgufFile::open(path)?;
+            let tok = crate::gguf_tokenizer::from_gguf(&f)?;
+            let tokenizer = TextTokenizer::from_tokenizer(tok, &path.display().to_string())?;
+            return Ok(Processor { tokenizer, image: ImageConfig::gemma3(0), image_tokens: 0 });
+        }
+        Self::from_model_dir(path)
+    }
+
     /// Reads `tokenizer.json`, `config.json` (`mm_tokens_per_image`, the vision `image_size`)
     /// and, when present, `processor_config.json` or `preprocessor_config.json` (size,
     /// rescale factor, mean, std, image_seq_length) from an HF model directory.
@@ -124,6 +136,9 @@ impl Processor {
         opts: &EncodeOptions,
     ) -> std::result::Result<Example, String> {
         let rendered = template::render(conv, self.image_tokens, false)?;
+        if self.image_tokens == 0 && !rendered.images.is_empty() {
+            return Err("the model is text-only (no vision tower): rows with images are not supported".into());
+        }
         let mut images = Vec::new();
         for p in &rendered.images {
             let path = base_dir.join(p);

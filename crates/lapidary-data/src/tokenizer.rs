@@ -48,7 +48,8 @@ impl TextTokenizer {
         Self::from_tokenizer(inner, &path.display().to_string())
     }
 
-    /// Wraps a `tokenizers::Tokenizer`; `origin` names it in errors.
+    /// Wraps a `tokenizers::Tokenizer`; `origin` names it in errors. The image tokens may be
+    /// missing (a text-only model's vocabulary): their ids are then `u32::MAX`, matching nothing.
     pub fn from_tokenizer(inner: tokenizers::Tokenizer, origin: &str) -> Result<Self> {
         let id = |token: &str| {
             inner.token_to_id(token).ok_or_else(|| {
@@ -57,15 +58,16 @@ impl TextTokenizer {
                 ))
             })
         };
+        let image_token = |token: &str| inner.token_to_id(token).unwrap_or(u32::MAX);
         Ok(TextTokenizer {
             pad_id: id("<pad>")?,
             bos_id: id("<bos>")?,
             eos_id: id("<eos>")?,
             start_of_turn_id: id("<start_of_turn>")?,
             end_of_turn_id: id("<end_of_turn>")?,
-            boi_id: id("<start_of_image>")?,
-            eoi_id: id("<end_of_image>")?,
-            image_id: id("<image_soft_token>")?,
+            boi_id: image_token("<start_of_image>"),
+            eoi_id: image_token("<end_of_image>"),
+            image_id: image_token("<image_soft_token>"),
             inner,
         })
     }

@@ -197,6 +197,18 @@ impl Gemma3ForConditionalGeneration {
         format!("base_model.model.{inner}")
     }
 
+    /// PEFT's module path for a linear at `path` in a text-only model (Gemma3ForCausalLM:
+    /// `base_model.model.model.layers.N...`).
+    pub fn peft_path_causal_lm(path: &str) -> String {
+        format!("base_model.model.model.{}", path.strip_prefix("language_model.model.").unwrap_or(path))
+    }
+
+    /// The PEFT path mapping of this model: [`Self::peft_path`] for the vision-language model,
+    /// [`Self::peft_path_causal_lm`] for a text-only one.
+    pub fn peft_namer(&self) -> fn(&str) -> String {
+        if self.vision.is_some() { Self::peft_path } else { Self::peft_path_causal_lm }
+    }
+
     /// Logits and (with labels) the loss of `batch`.
     pub fn forward(&self, tape: &Tape, batch: &Batch, checkpointing: bool) -> Result<Output> {
         let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));

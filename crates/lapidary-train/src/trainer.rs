@@ -87,7 +87,7 @@ impl Trainer {
     /// Loads everything the configuration names.
     pub fn new(cfg: TrainConfig, device: &Device) -> Result<Self> {
         cfg.validate()?;
-        let processor = Processor::from_model_dir(&cfg.model)?;
+        let processor = Processor::from_model(&cfg.model)?;
         let enc = EncodeOptions { max_len: cfg.max_len, responses_only: cfg.responses_only };
         let on_bad = if cfg.skip_bad_rows { OnBadRow::Skip } else { OnBadRow::Error };
         let data = Dataset::load(&cfg.data, &processor, &enc, on_bad)?;
@@ -153,10 +153,11 @@ impl Trainer {
             };
             dropout = lora.dropout.clone();
             let mut rng = SplitMix64::new(cfg.seed);
+            let namer = model.peft_namer();
             let paths = lapidary_lora::attach_lora(
                 &lora,
                 model.linears_mut(),
-                Gemma3ForConditionalGeneration::peft_path,
+                namer,
                 &tape,
                 device,
                 &mut rng,
@@ -400,7 +401,7 @@ impl Trainer {
                     if name.contains(".lora_") {
                         tensors.push((name, t));
                     } else if name.starts_with("multi_modal_projector.") {
-                        tensors.push((Gemma3ForConditionalGeneration::peft_path(&name), t));
+                        tensors.push((self.model.peft_namer()(&name), t));
                         modules_to_save = vec!["multi_modal_projector".to_string()];
                     } else {
                         return Err(Error::invalid(format!("{name}: a trained tensor PEFT's format has no place for")));
