@@ -58,14 +58,7 @@ pub fn open_frozen(
     let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, DType::F32, tape, Trainable::No)?;
     let namer = model.peft_namer();
     let adapted = match adapter {
-        Some(dir) => crate::lora::load_peft_adapter(
-            dir,
-            model.linears_mut(),
-            namer,
-            tape,
-            device,
-            Trainable::No,
-        )?,
+        Some(dir) => crate::lora::load_peft_adapter(dir, model.linears_mut(), namer, tape, device, Trainable::No)?,
         None => 0,
     };
     Ok((model, adapted))

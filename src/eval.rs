@@ -70,14 +70,7 @@ pub fn run(
     if let Some(dir) = adapter {
         let namer = model.peft_namer();
         let linears = model.linears_mut();
-        crate::lora::load_peft_adapter(
-            dir,
-            linears,
-            namer,
-            &tape,
-            device,
-            trainable,
-        )?;
+        crate::lora::load_peft_adapter(dir, linears, namer, &tape, device, trainable)?;
     }
     let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
     let output = model.forward_with_pixels(&batch, pixels.as_ref(), false)?;

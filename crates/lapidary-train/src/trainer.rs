@@ -154,14 +154,7 @@ impl Trainer {
             dropout = lora.dropout.clone();
             let mut rng = SplitMix64::new(cfg.seed);
             let namer = model.peft_namer();
-            let paths = lapidary_lora::attach_lora(
-                &lora,
-                model.linears_mut(),
-                namer,
-                &tape,
-                device,
-                &mut rng,
-            )?;
+            let paths = lapidary_lora::attach_lora(&lora, model.linears_mut(), namer, &tape, device, &mut rng)?;
             adapted_modules = paths.iter().map(|p| p.rsplit('.').next().unwrap_or(p).to_string()).collect();
         }
         let params = tape.trainable_params();
