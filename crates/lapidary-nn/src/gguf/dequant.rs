@@ -144,7 +144,14 @@ fn q6_k(b: &[u8], out: &mut Vec<f32>) {
 
 #[cfg(test)]
 mod tests {
+    //! Random blocks, built from random codes and scales; each value checked against the
+    //! format's formula.
     use super::*;
+    use lapidary_core::rng::SplitMix64;
+
+    fn below(rng: &mut SplitMix64, n: u64) -> u64 {
+        rng.next_u64() % n
+    }
 
     fn f16b(x: f32) -> [u8; 2] {
         f16::from_f32(x).to_le_bytes()
@@ -152,16 +159,21 @@ mod tests {
 
     #[test]
     fn q8_0_is_scale_times_code() {
-        let mut b = f16b(0.5).to_vec();
-        b.extend((0..32).map(|i| (i as i8 - 16) as u8));
-        let y = dequantize(GgmlType::Q8_0, &b, 32);
-        assert_eq!(y, (0..32).map(|i| 0.5 * (i as f32 - 16.0)).collect::<Vec<_>>());
+        let mut rng = SplitMix64::new(1);
+        for _ in 0..20 {
+            let codes: Vec<i8> = (0..32).map(|_| below(&mut rng, 256) as u8 as i8).collect();
+            let mut b = f16b(0.5).to_vec();
+            b.extend(codes.iter().map(|&c| c as u8));
+            let y = dequantize(GgmlType::Q8_0, &b, 32);
+            assert_eq!(y, codes.iter().map(|&c| 0.5 * c as f32).collect::<Vec<_>>());
+        }
     }
 
     #[test]
     fn q5_0_puts_high_bits_on_both_halves() {
         // Codes c[j] (0..32): low nibble in qs, fifth bit in qh bit j.
-        let codes: Vec<u32> = (0..32).map(|j| (j * 7 + 3) % 32).collect();
+        let mut rng = SplitMix64::new(2);
+        let codes: Vec<u32> = (0..32).map(|_| below(&mut rng, 32) as u32).collect();
         let mut qh = 0u32;
         let mut qs = [0u8; 16];
         for j in 0..16 {
@@ -179,8 +191,9 @@ mod tests {
     #[test]
     fn q4_k_groups_use_their_scale_and_min() {
         // Group g: 6-bit scale s[g] and min m[g]; values d·s·q - dmin·m.
-        let s: Vec<u8> = (0..8).map(|g| (g * 9 + 5) % 64).collect();
-        let m: Vec<u8> = (0..8).map(|g| (g * 13 + 2) % 64).collect();
+        let mut rng = SplitMix64::new(3);
+        let s: Vec<u8> = (0..8).map(|_| below(&mut rng, 64) as u8).collect();
+        let m: Vec<u8> = (0..8).map(|_| below(&mut rng, 64) as u8).collect();
         let mut sc = [0u8; 12];
         for j in 0..4 {
             sc[j] = s[j] | ((s[j + 4] >> 4) << 6);
@@ -190,7 +203,7 @@ mod tests {
         for g in 0..8 {
             assert_eq!(scale_min_k4(g, &sc), (s[g], m[g]), "group {g}");
         }
-        let q: Vec<u8> = (0..256).map(|i| ((i * 5 + 1) % 16) as u8).collect();
+        let q: Vec<u8> = (0..256).map(|_| below(&mut rng, 16) as u8).collect();
         let mut qs = [0u8; 128];
         for c in 0..4 {
             for l in 0..32 {
@@ -210,8 +223,9 @@ mod tests {
 
     #[test]
     fn q6_k_codes_and_group_scales() {
-        let q: Vec<u8> = (0..256).map(|i| ((i * 11 + 7) % 64) as u8).collect();
-        let sc: Vec<i8> = (0..16).map(|g| g as i8 * 3 - 20).collect();
+        let mut rng = SplitMix64::new(4);
+        let q: Vec<u8> = (0..256).map(|_| below(&mut rng, 64) as u8).collect();
+        let sc: Vec<i8> = (0..16).map(|_| below(&mut rng, 256) as u8 as i8).collect();
         let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
         for n in 0..2 {
             for l in 0..32 {
