@@ -2,7 +2,8 @@
 //! and the checkpoint lacks is an error naming it and its expected shape; a wrong shape names
 //! both shapes; tensors the model never asked for are listed by [`Weights::unused`] (and are an
 //! error in [`Weights::finish`]). Prefix aliases let one model load several naming schemes (e.g.
-//! `vision_tower.vision_model.` and `vision_tower.`). Not the building of layers.
+//! `vision_tower.vision_model.` and `vision_tower.`). Sources: safetensors, or a GGUF file seen
+//! under HF names. Frozen linears can be packed as they are read. Not the building of layers.
 
 use crate::gguf::GgufFile;
 use crate::safetensors::SafetensorsFiles;
@@ -28,8 +29,6 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Opens `path` (a `.safetensors` file or a model directory); tensors load onto `device` as
-    /// `dtype`.
     /// Weights read from a GGUF file: each HF name in `names` maps to a GGUF tensor, dequantized
     /// on load; names in `minus_one` are stored as `1 + w` in GGUF (Gemma's norms) and get 1
     /// subtracted.
@@ -40,10 +39,29 @@ impl Weights {
         device: &Device,
         dtype: DType,
     ) -> Self {
+        let source = file.path().to_path_buf();
+        let gguf = GgufSource { file, map: names, minus_one };
+        Self::with_source(SafetensorsFiles::empty(), Some(gguf), source, device, dtype)
+    }
+
+    /// Opens `path` (a `.safetensors` file or a model directory); tensors load onto `device` as
+    /// `dtype`.
+    pub fn open(path: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
+        let path = path.as_ref();
+        Ok(Self::with_source(SafetensorsFiles::open(path)?, None, path.to_path_buf(), device, dtype))
+    }
+
+    fn with_source(
+        files: SafetensorsFiles,
+        gguf: Option<GgufSource>,
+        source: PathBuf,
+        device: &Device,
+        dtype: DType,
+    ) -> Self {
         Weights {
-            files: Rc::new(SafetensorsFiles::empty()),
-            gguf: Some(GgufSource { file: file.clone(), map: names, minus_one }),
-            source: file.path().to_path_buf(),
+            files: Rc::new(files),
+            gguf,
+            source,
             aliases: Vec::new(),
             used: RefCell::default(),
             stored_names: RefCell::default(),
@@ -51,21 +69,6 @@ impl Weights {
             dtype,
             packing: None,
         }
-    }
-
-    pub fn open(path: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
-        let path = path.as_ref();
-        Ok(Weights {
-            files: Rc::new(SafetensorsFiles::open(path)?),
-            gguf: None,
-            source: path.to_path_buf(),
-            aliases: Vec::new(),
-            used: RefCell::default(),
-            stored_names: RefCell::default(),
-            device: device.clone(),
-            dtype,
-            packing: None,
-        })
     }
 
     /// Also accepts names where `canonical` prefix is spelled `alternative` in the file (tried in
