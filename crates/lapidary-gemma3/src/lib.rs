@@ -1,6 +1,8 @@
 //! lapidary-gemma3: Gemma 3's text decoder, multimodal projector and
 //! Gemma3ForConditionalGeneration, matching HF transformers (logits and loss checked against
-//! HF fixtures), configured from HF `config.json` in either schema and loaded with HF names.
+//! HF fixtures), configured from HF `config.json` in either schema and loaded with HF names; the
+//! same type without a vision tower is the text-only model (Gemma3ForCausalLM, or a `.gguf` file,
+//! see [`gguf`]). Generation with a KV cache.
 //!
 //! ```no_run
 //! use lapidary_autograd::{Tape, Trainable};
