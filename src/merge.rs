@@ -1,7 +1,8 @@
 //! `lapidary merge`: folds a LoRA adapter into its base (`W + scale · B · A` for every adapted
 //! linear) and writes an HF checkpoint — every base tensor under its original name, in bf16, f16
 //! or f32 — with the base's config, tokenizer and processor files, so transformers loads it as
-//! the base model. Not adapter training.
+//! the base model (a `.gguf` base gives a Gemma3ForCausalLM checkpoint with a config and tokenizer
+//! built from the file's metadata). Not adapter training.
 
 use crate::autograd::Tape;
 use crate::core::{DType, Device, Error, Result, Tensor};
@@ -44,23 +45,35 @@ pub fn run(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, devic
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // Tensors are written in the shapes the base stores (e.g. the patch embedding as a conv
     // kernel [out, 3, p, p], used here as a matrix).
-    let base = safetensors::SafetensorsFiles::open(model_dir)?;
+    let gguf = model_dir.extension().is_some_and(|e| e == "gguf");
+    let base =
+        if gguf { safetensors::SafetensorsFiles::empty() } else { safetensors::SafetensorsFiles::open(model_dir)? };
     let mut entries = Vec::new();
     for (name, var) in tape.params() {
         if name.contains(".lora_A.") || name.contains(".lora_B.") {
             continue;
         }
         let value = merged.get(&name).unwrap_or(var.value());
-        let key = model.stored_name(&name).to_string();
+        let mut key = model.stored_name(&name).to_string();
+        if gguf {
+            // A GGUF holds a text-only model: HF's Gemma3ForCausalLM names (`model.layers.N...`).
+            key = key.replacen("language_model.model.", "model.", 1);
+        }
         let shape = base.entry(&key).map_or(value.shape().to_vec(), |e| e.shape.clone());
         let stored = Tensor::from_f32(device, &value.to_f32_vec()?, &shape, dtype)?;
         entries.push(safetensors::entry_of(key, &stored)?);
     }
     safetensors::save(out.join("model.safetensors"), &entries)?;
-    let config_path = model_dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-    let mut config: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::invalid(format!("{}: invalid JSON: {e}", config_path.display())))?;
+    let mut config = if gguf {
+        let f = crate::nn::gguf::GgufFile::open(model_dir)?;
+        write_gguf_tokenizer(&f, out)?;
+        crate::gemma3::gguf::hf_config(&f)?
+    } else {
+        let config_path = model_dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::invalid(format!("{}: invalid JSON: {e}", config_path.display())))?
+    };
     let torch_name = match dtype {
         DType::BF16 => "bfloat16",
         DType::F16 => "float16",
@@ -77,4 +90,17 @@ pub fn run(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, devic
         }
     }
     Ok(adapted)
+}
+
+/// The tokenizer a GGUF carries, as `tokenizer.json` + `tokenizer_config.json`.
+fn write_gguf_tokenizer(f: &crate::nn::gguf::GgufFile, out: &Path) -> Result<()> {
+    let tok = crate::data::gguf_tokenizer::from_gguf(f)?;
+    let path = out.join("tokenizer.json");
+    tok.save(&path, false).map_err(|e| Error::invalid(format!("{}: cannot write: {e}", path.display())))?;
+    let cfg = serde_json::json!({
+        "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
+        "add_bos_token": true, "add_eos_token": false,
+    });
+    let path = out.join("tokenizer_config.json");
+    std::fs::write(&path, cfg.to_string()).map_err(|e| Error::io(&path, e))
 }

@@ -11,6 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// The text config a GGUF file describes (architecture `gemma3` only).
 pub fn text_config(f: &GgufFile) -> Result<Gemma3TextConfig> {
+    Gemma3TextConfig::from_json(&hf_config(f)?).map_err(|e| Error::invalid(format!("{}: {e}", f.path().display())))
+}
+
+/// The HF `config.json` of the Gemma3ForCausalLM a GGUF file holds (what `lapidary merge` writes).
+pub fn hf_config(f: &GgufFile) -> Result<serde_json::Value> {
     let arch = f.require("general.architecture")?.as_str().unwrap_or("");
     if arch != "gemma3" {
         return Err(Error::invalid(format!(
@@ -29,7 +34,16 @@ pub fn text_config(f: &GgufFile) -> Result<Gemma3TextConfig> {
         .tensors
         .get("token_embd.weight")
         .ok_or_else(|| Error::invalid(format!("{}: no token_embd.weight", f.path().display())))?;
-    let json = serde_json::json!({
+    let id =
+        |key: &str, default: u64| f.get(&format!("tokenizer.ggml.{key}")).and_then(|v| v.as_u64()).unwrap_or(default);
+    Ok(serde_json::json!({
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "hidden_activation": "gelu_pytorch_tanh",
+        "tie_word_embeddings": true,
+        "max_position_embeddings": num("context_length")?,
+        "bos_token_id": id("bos_token_id", 2),
+        "eos_token_id": id("eos_token_id", 1),
         "vocab_size": embed.shape[0],
         "hidden_size": num("embedding_length")?,
         "intermediate_size": num("feed_forward_length")?,
@@ -43,9 +57,8 @@ pub fn text_config(f: &GgufFile) -> Result<Gemma3TextConfig> {
         "query_pre_attn_scalar": 256,
         "rope_local_base_freq": 10000.0,
         "sliding_window_pattern": 6,
-        "pad_token_id": f.get("tokenizer.ggml.padding_token_id").and_then(|v| v.as_u64()).unwrap_or(0),
-    });
-    Gemma3TextConfig::from_json(&json).map_err(|e| Error::invalid(format!("{}: {e}", f.path().display())))
+        "pad_token_id": id("padding_token_id", 0),
+    }))
 }
 
 /// HF names of the text model's parameters -> GGUF tensor names, and the HF names stored as
