@@ -181,3 +181,56 @@ fn gemma3_270m_tokenizer_from_gguf_matches_transformers() {
     }
     println!("tokenizer from GGUF built in {build_s:.1} s; {} texts tokenized as transformers does", texts.len());
 }
+
+#[test]
+fn gemma3_270m_lora_fine_tune_lowers_held_out_loss() {
+    use lapidary::core::Device;
+    use lapidary::train::{Schedule, TrainConfig, Trainer};
+    let Some(path) = gemma3_gguf() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let facts = [
+        ("ruby", "red", "corundum"),
+        ("sapphire", "blue", "corundum"),
+        ("emerald", "green", "beryl"),
+        ("amethyst", "purple", "quartz"),
+        ("citrine", "yellow", "quartz"),
+        ("peridot", "olive green", "olivine"),
+        ("topaz", "golden", "topaz"),
+        ("garnet", "dark red", "garnet"),
+    ];
+    let mut rows = String::new();
+    for (gem, colour, mineral) in facts {
+        for (q, a) in [
+            (format!("What colour is {gem}?"), format!("The colour of {gem} is {colour}.")),
+            (format!("Which mineral is {gem}?"), format!("The mineral of {gem} is {mineral}.")),
+        ] {
+            rows.push_str(
+                &serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                    .to_string(),
+            );
+            rows.push('\n');
+        }
+    }
+    std::fs::write(dir.path().join("facts.jsonl"), rows).unwrap();
+    let cfg = TrainConfig {
+        model: path,
+        data: dir.path().join("facts.jsonl"),
+        eval_fraction: 0.25,
+        output_dir: dir.path().join("out"),
+        lora_r: 4,
+        lora_alpha: 8.0,
+        learning_rate: 5e-4,
+        lr_scheduler: Schedule::Constant,
+        warmup_steps: 0,
+        max_steps: 3,
+        micro_batch_size: 4,
+        grad_accum_steps: 1,
+        max_len: 48,
+        ..TrainConfig::default()
+    };
+    let mut t = Trainer::new(cfg, &Device::cpu().unwrap()).unwrap();
+    let s = t.run(false).unwrap();
+    println!("gemma3 270M LoRA: held-out loss {:?} -> {:?} in {:.0} s", s.eval_before, s.eval_after, s.seconds);
+    assert!(s.eval_after.unwrap() < s.eval_before.unwrap() - 0.5, "{s:?}");
+    assert!(s.output.join("adapter_model.safetensors").is_file());
+}
