@@ -113,15 +113,8 @@ fn gemma3_270m_from_gguf_matches_transformers_on_real_text() {
     let floats = |k: &str| reference.load(k, &dev, DType::F32).unwrap().to_f32_vec().unwrap();
     let ids = ints("input_ids");
     let t = ids.len();
-    let batch = Batch {
-        batch: 1,
-        seq: t,
-        input_ids: ids.clone(),
-        attention_mask: vec![1; t],
-        token_type_ids: vec![0; t],
-        labels: None,
-        pixel_values: None,
-    };
+    let ids32: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    let batch = Batch::prompt(&ids32, model.config().image_token_index, None);
     let t0 = std::time::Instant::now();
     let logits = {
         let _g = tape.no_grad();

@@ -122,18 +122,6 @@ fn run_writes_adapter_metrics_and_plot() {
     assert!(s.eval_after.unwrap() < s.eval_before.unwrap(), "{s:?}");
 }
 
-fn prompt_batch(ids: &[u32], image_id: u32, pixels: Option<Tensor>) -> Batch {
-    Batch {
-        batch: 1,
-        seq: ids.len(),
-        input_ids: ids.iter().map(|&i| i as i64).collect(),
-        attention_mask: vec![1; ids.len()],
-        token_type_ids: ids.iter().map(|&i| i64::from(i == image_id)).collect(),
-        labels: None,
-        pixel_values: pixels,
-    }
-}
-
 #[test]
 fn kv_cache_decoding_equals_full_recomputation() {
     let dir = dataset(1);
@@ -149,7 +137,7 @@ fn kv_cache_decoding_equals_full_recomputation() {
     conv.messages.truncate(1);
     let (ids, images) = p.encode_prompt(&conv, dir.path()).unwrap();
     let pv = Tensor::from_f32(&dev, &p.pixels(&images[0]).unwrap(), &[1, 3, 32, 32], DType::F32).unwrap();
-    let image_id = model.config().image_token_index as u32;
+    let image_id = model.config().image_token_index;
     // 40 tokens: past the sliding window (32) of the local layers.
     let opts = GenerateOptions { max_new_tokens: 40, sampling: Sampling::Greedy, stop: vec![] };
     let fast = model.generate(&tape, &ids, Some(&pv), &opts).unwrap();
@@ -157,7 +145,7 @@ fn kv_cache_decoding_equals_full_recomputation() {
     let vocab = model.config().text.vocab_size;
     for (k, &tok) in fast.iter().enumerate() {
         let _g = tape.no_grad();
-        let out = model.forward(&tape, &prompt_batch(&seq, image_id, Some(pv.clone())), false).unwrap();
+        let out = model.forward(&tape, &Batch::prompt(&seq, image_id, Some(pv.clone())), false).unwrap();
         let logits = out.logits.value().to_f32_vec().unwrap();
         let last = &logits[(seq.len() - 1) * vocab..];
         assert_eq!(argmax(last), tok, "token {k}");
@@ -165,14 +153,14 @@ fn kv_cache_decoding_equals_full_recomputation() {
     }
     // The cached step's logits themselves.
     let mut cache = lapidary::gemma3::KvCache::new(model.config().text.layer_types.len());
-    model.prefill(&tape, &prompt_batch(&ids, image_id, Some(pv.clone())), &mut cache).unwrap();
+    model.prefill(&tape, &Batch::prompt(&ids, image_id, Some(pv.clone())), &mut cache).unwrap();
     let mut got = Vec::new();
     for &t in &fast[..35] {
         got = model.decode_step(&tape, t, &mut cache).unwrap();
     }
     let full_seq: Vec<u32> = ids.iter().chain(&fast[..35]).copied().collect();
     let _g = tape.no_grad();
-    let out = model.forward(&tape, &prompt_batch(&full_seq, image_id, Some(pv)), false).unwrap();
+    let out = model.forward(&tape, &Batch::prompt(&full_seq, image_id, Some(pv)), false).unwrap();
     let logits = out.logits.value().to_f32_vec().unwrap();
     let want = &logits[(full_seq.len() - 1) * vocab..];
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));

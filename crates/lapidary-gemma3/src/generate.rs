@@ -90,16 +90,7 @@ impl Gemma3ForConditionalGeneration {
         pixel_values: Option<&Tensor>,
         opts: &GenerateOptions,
     ) -> Result<Vec<u32>> {
-        let image_id = self.config().image_token_index as u32;
-        let batch = Batch {
-            batch: 1,
-            seq: prompt.len(),
-            input_ids: prompt.iter().map(|&i| i as i64).collect(),
-            attention_mask: vec![1; prompt.len()],
-            token_type_ids: prompt.iter().map(|&i| i64::from(i == image_id)).collect(),
-            labels: None,
-            pixel_values: pixel_values.cloned(),
-        };
+        let batch = Batch::prompt(prompt, self.config().image_token_index, pixel_values.cloned());
         let mut cache = KvCache::new(self.config().text.layer_types.len());
         let mut logits = self.prefill(tape, &batch, &mut cache)?;
         let mut rng = match opts.sampling {

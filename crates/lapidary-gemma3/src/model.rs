@@ -45,6 +45,20 @@ pub struct Output {
 }
 
 impl Batch {
+    /// One row of `ids` without labels or padding (a prompt): token_type_ids 1 where an id is
+    /// `image_token`, the images' pixels when there are any.
+    pub fn prompt(ids: &[u32], image_token: usize, pixel_values: Option<Tensor>) -> Self {
+        Batch {
+            batch: 1,
+            seq: ids.len(),
+            input_ids: ids.iter().map(|&i| i as i64).collect(),
+            attention_mask: vec![1; ids.len()],
+            token_type_ids: ids.iter().map(|&i| i64::from(i as usize == image_token)).collect(),
+            labels: None,
+            pixel_values,
+        }
+    }
+
     /// Number of positions the loss counts: next-token labels other than -100 whose position is
     /// not padding (as the loss shifts them).
     pub fn label_count(&self) -> usize {
@@ -310,15 +324,7 @@ impl Gemma3ForConditionalGeneration {
     pub fn decode_step(&self, tape: &Tape, token: u32, cache: &mut KvCache) -> Result<Vec<f32>> {
         let _guard = tape.no_grad();
         let past = cache.len();
-        let batch = Batch {
-            batch: 1,
-            seq: 1,
-            input_ids: vec![token as i64],
-            attention_mask: vec![1],
-            token_type_ids: vec![0],
-            labels: None,
-            pixel_values: None,
-        };
+        let batch = Batch::prompt(&[token], self.cfg.image_token_index, None);
         let h = self.inputs_embeds(&batch, None, false)?;
         let device = self.text.embed_tokens().value().device().clone();
         let ctx = self.context(&device, &batch, past)?;
