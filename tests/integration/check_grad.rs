@@ -108,7 +108,7 @@ struct ChainCase {
 type ChainResult = (BTreeMap<String, Vec<f32>>, usize, usize, usize);
 
 fn run_chain(c: &ChainCase) -> Result<ChainResult> {
-    let dev = Device::cpu()?;
+    let dev = Device::from_env_or_cpu()?;
     let tape = Tape::new();
     let mut w = Weights { tape: &tape, dev: dev.clone(), seed: 7 };
     let (batch, patches, patch_dim, tokens, vocab) = (2, 4, 6, 7, 11);
@@ -285,8 +285,8 @@ fn check_grad() {
 /// Full fine-tuning of the real tiny model on the fixture batches, checkpointing off and on.
 fn real_model_rows() -> Vec<Row> {
     use lapidary::gemma3::Gemma3ForConditionalGeneration;
-    let dev = Device::cpu().unwrap();
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3");
+    let dev = Device::from_env_or_cpu().unwrap();
+    let root = crate::repo_path("tests/fixtures/tiny-gemma3");
     let mut rows = Vec::new();
     for case in ["two_rows_one_image_each", "text_only"] {
         let batch = lapidary::eval::read_batch(&root.join("cases").join(format!("{case}.safetensors")), &dev).unwrap();
@@ -345,8 +345,8 @@ fn lora_matrix_rows() -> Vec<Row> {
     use lapidary::core::rng::SplitMix64;
     use lapidary::gemma3::{Gemma3ForConditionalGeneration, Parts};
     use lapidary::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora};
-    let dev = Device::cpu().unwrap();
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3");
+    let dev = Device::from_env_or_cpu().unwrap();
+    let root = crate::repo_path("tests/fixtures/tiny-gemma3");
     let batches: Vec<(&str, lapidary::gemma3::Batch)> = ["two_rows_one_image_each", "text_only"]
         .iter()
         .map(|c| (*c, lapidary::eval::read_batch(&root.join("cases").join(format!("{c}.safetensors")), &dev).unwrap()))

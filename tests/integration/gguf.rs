@@ -40,10 +40,7 @@ fn gemma3_270m_dequantizes_like_the_gguf_package() {
     let Some(path) = gemma3_gguf() else { return };
     let f = GgufFile::open(&path).unwrap();
     let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-270m-gguf/dequant_reference.json"),
-        )
-        .unwrap(),
+        &std::fs::read_to_string(crate::repo_path("tests/fixtures/gemma3-270m-gguf/dequant_reference.json")).unwrap(),
     )
     .unwrap();
     for (name, want) in reference["tensors"].as_object().unwrap() {
@@ -100,14 +97,14 @@ fn gemma3_270m_from_gguf_matches_transformers_on_real_text() {
     use lapidary::core::{DType, Device};
     use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration, GenerateOptions, Sampling};
     let Some(path) = gemma3_gguf() else { return };
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let tape = Tape::new();
     let t0 = std::time::Instant::now();
     let model = Gemma3ForConditionalGeneration::open(&path, &dev, DType::F32, &tape, Trainable::No).unwrap();
     let load_s = t0.elapsed().as_secs_f64();
-    let reference = lapidary::nn::safetensors::SafetensorsFiles::open(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-270m-gguf/logits_reference.safetensors"),
-    )
+    let reference = lapidary::nn::safetensors::SafetensorsFiles::open(crate::repo_path(
+        "tests/fixtures/gemma3-270m-gguf/logits_reference.safetensors",
+    ))
     .unwrap();
     let ints = |k: &str| reference.load_i64(k).unwrap().0;
     let floats = |k: &str| reference.load(k, &dev, DType::F32).unwrap().to_f32_vec().unwrap();
@@ -154,10 +151,7 @@ fn gemma3_270m_tokenizer_from_gguf_matches_transformers() {
     let tok = lapidary::data::gguf_tokenizer::from_gguf(&f).unwrap();
     let build_s = t0.elapsed().as_secs_f64();
     let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-270m-gguf/tokenizer_reference.json"),
-        )
-        .unwrap(),
+        &std::fs::read_to_string(crate::repo_path("tests/fixtures/gemma3-270m-gguf/tokenizer_reference.json")).unwrap(),
     )
     .unwrap();
     let ids = |v: &serde_json::Value| -> Vec<u32> {
@@ -221,7 +215,7 @@ fn gemma3_270m_lora_fine_tune_lowers_held_out_loss() {
         max_len: 48,
         ..TrainConfig::default()
     };
-    let mut t = Trainer::new(cfg, &Device::cpu().unwrap()).unwrap();
+    let mut t = Trainer::new(cfg, &Device::from_env_or_cpu().unwrap()).unwrap();
     let s = t.run(false).unwrap();
     println!("gemma3 270M LoRA: held-out loss {:?} -> {:?} in {:.0} s", s.eval_before, s.eval_after, s.seconds);
     assert!(s.eval_after.unwrap() < s.eval_before.unwrap() - 0.5, "{s:?}");

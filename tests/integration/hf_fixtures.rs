@@ -9,12 +9,12 @@ use lapidary::nn::safetensors::SafetensorsFiles;
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3")
+    crate::repo_path("tests/fixtures/tiny-gemma3")
 }
 
 #[test]
 fn both_layouts_and_bf16_hold_the_same_weights() {
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let new = Weights::open(fixtures().join("model"), &dev, DType::F32).unwrap();
     let hub = Weights::open(fixtures().join("model-hub"), &dev, DType::F32)
         .unwrap()

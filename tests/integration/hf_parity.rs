@@ -12,7 +12,7 @@ use lapidary::siglip::{SiglipVisionConfig, SiglipVisionModel};
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3")
+    crate::repo_path("tests/fixtures/tiny-gemma3")
 }
 
 /// Worst |got - want| relative to the largest |want|.
@@ -29,7 +29,7 @@ fn rel_err_floor(got: &[f32], want: &[f32], floor: f64) -> f64 {
 
 #[test]
 fn image_features_match_hf() {
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("model/config.json")).unwrap()).unwrap();
     let vcfg = SiglipVisionConfig::from_file(fixtures().join("model/config.json")).unwrap();
@@ -88,7 +88,7 @@ const CASES: [&str; 3] = ["two_rows_one_image_each", "two_images_and_padded_text
 #[test]
 fn logits_and_loss_match_hf() {
     use lapidary::gemma3::Gemma3ForConditionalGeneration;
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     for layout in ["model", "model-hub"] {
         for case in CASES {
             let (batch, f) = load_batch(case, &dev);
@@ -135,7 +135,7 @@ fn logits_and_loss_match_hf() {
 #[test]
 fn bf16_weights_give_hf_loss_within_1e_2() {
     use lapidary::gemma3::Gemma3ForConditionalGeneration;
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures().join("manifest.json")).unwrap()).unwrap();
     for case in CASES {
@@ -165,7 +165,7 @@ fn bf16_weights_give_hf_loss_within_1e_2() {
 fn every_gradient_matches_hf() {
     use lapidary::autograd::BackwardOptions;
     use lapidary::gemma3::Gemma3ForConditionalGeneration;
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     for case in CASES {
         let (batch, f) = load_batch(case, &dev);
         for checkpointing in [false, true] {
@@ -223,7 +223,7 @@ fn every_gradient_matches_hf() {
 
 #[test]
 fn eval_command_writes_hf_comparable_results() {
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let dir = tempfile::tempdir().unwrap();
     for (case, layout) in [("two_rows_one_image_each", "model-hub"), ("text_only", "model")] {
         let batch = fixtures().join("cases").join(format!("{case}.safetensors"));
@@ -265,7 +265,7 @@ fn eval_command_writes_hf_comparable_results() {
 
 #[test]
 fn peft_adapter_gives_peft_logits_loss_and_adapter_gradients() {
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let batch = fixtures().join("cases/adapter_two_rows_one_image_each.safetensors");
     let out = dir.path().join("out.safetensors");
@@ -291,7 +291,7 @@ fn peft_adapter_gives_peft_logits_loss_and_adapter_gradients() {
 #[test]
 fn bad_inputs_are_clear_errors() {
     use lapidary::gemma3::Gemma3ForConditionalGeneration;
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     // One image for a batch whose rows hold two images' worth of image tokens.
     let (mut batch, _) = load_batch("two_rows_one_image_each", &dev);
     let px = batch.pixel_values.take().unwrap();
@@ -352,7 +352,7 @@ fn adapters_made_here_round_trip_through_peft_files() {
     use lapidary::lora::{
         LoraConfig, LoraInit, LoraTargets, PeftAdapterConfig, adapter_tensors, attach_lora, save_peft_adapter,
     };
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let (batch, _) = load_batch("two_rows_one_image_each", &dev);
     let cfg = LoraConfig {
         r: 2,
@@ -413,7 +413,7 @@ fn adamw_step_on_the_adapter_matches_torch() {
     use lapidary::gemma3::Gemma3ForConditionalGeneration;
     use lapidary::kernels::optim::{AdamWStep, adamw_step};
     use lapidary::lora::load_peft_adapter;
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let (batch, f) = load_batch("adapter_two_rows_one_image_each", &dev);
     let tape = Tape::new();
     let mut model =
@@ -449,7 +449,7 @@ fn adamw_step_on_the_adapter_matches_torch() {
 
 #[test]
 fn peft_adapter_with_the_projector_in_modules_to_save_gives_pefts_logits() {
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let (batch, _) = load_batch("two_rows_one_image_each", &dev);
     let tape = Tape::new();
     let (model, adapted) =

@@ -8,7 +8,7 @@ use lapidary::nn::safetensors::SafetensorsFiles;
 use std::path::PathBuf;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    crate::repo_path("")
 }
 
 fn processor() -> Processor {
@@ -26,7 +26,7 @@ fn rows_match_hf_processor() {
     let rows: Vec<String> =
         std::fs::read_to_string(dir.join("data.jsonl")).unwrap().lines().map(String::from).collect();
     assert_eq!(ds.len(), rows.len());
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let mut worst_pixel = 0f32;
     for (i, ex) in ds.examples.iter().enumerate() {
         let conv: template::Conversation = serde_json::from_str(&rows[i]).unwrap();

@@ -11,7 +11,7 @@ use lapidary::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora};
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3")
+    crate::repo_path("tests/fixtures/tiny-gemma3")
 }
 
 fn rel_err(got: &[f32], want: &[f32]) -> f32 {
@@ -22,7 +22,7 @@ fn rel_err(got: &[f32], want: &[f32]) -> f32 {
 /// Opens the model, packs every frozen linear in `format`; returns it with (f32 bytes, packed
 /// bytes, relative Frobenius error of all packed weights).
 fn open_packed(tape: &Tape, format: Option<PackFormat>) -> (Gemma3ForConditionalGeneration, usize, usize, f64) {
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let mut m =
         Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, tape, Trainable::No).unwrap();
     let (mut dense, mut packed, mut err2, mut norm2) = (0, 0, 0f64, 0f64);
@@ -45,7 +45,7 @@ fn open_packed(tape: &Tape, format: Option<PackFormat>) -> (Gemma3ForConditional
 
 #[test]
 fn packed_bases_memory_and_logits_error() {
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let case = fixtures().join("cases/two_rows_one_image_each.safetensors");
     let batch = lapidary::eval::read_batch(&case, &dev).unwrap();
     let tape = Tape::new();
@@ -77,7 +77,7 @@ fn packed_bases_memory_and_logits_error() {
 
 #[test]
 fn lora_gradients_flow_through_a_packed_base() {
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let case = fixtures().join("cases/two_rows_one_image_each.safetensors");
     let batch = lapidary::eval::read_batch(&case, &dev).unwrap();
     let mut results = Vec::new();

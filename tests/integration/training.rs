@@ -43,7 +43,7 @@ fn split(trainer: &Trainer, rows: &[&Example], per: usize) -> Vec<Collated> {
 #[test]
 fn gradient_accumulation_equals_one_big_batch() {
     let dir = dataset(8);
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     // The adapter's B starts at zero (A's gradient would be zero): take one step first so that
     // every tensor has a non-zero gradient, then compare the splits from that state.
     let cfg = TrainConfig { warmup_steps: 0, ..config(dir.path()) };
@@ -75,7 +75,7 @@ fn gradient_accumulation_equals_one_big_batch() {
 #[test]
 fn resume_continues_exactly() {
     let dir = dataset(10);
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     // With LoRA dropout on: its masks must be drawn again identically after the resume.
     let config = |p: &Path| TrainConfig { lora_dropout: 0.1, ..config(p) };
     let mut straight = Trainer::new(config(dir.path()), &dev).unwrap();
@@ -104,7 +104,7 @@ fn resume_continues_exactly() {
 #[test]
 fn run_writes_adapter_metrics_and_plot() {
     let dir = dataset(12);
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let mut cfg = config(dir.path());
     cfg.eval_fraction = 0.25;
     cfg.eval_every = 2;
@@ -125,7 +125,7 @@ fn run_writes_adapter_metrics_and_plot() {
 #[test]
 fn kv_cache_decoding_equals_full_recomputation() {
     let dir = dataset(1);
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let model_dir = bundled_model();
     let p = lapidary::data::Processor::from_model_dir(&model_dir).unwrap();
     let tape = Tape::new();
@@ -169,12 +169,12 @@ fn kv_cache_decoding_equals_full_recomputation() {
 }
 
 fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3")
+    crate::repo_path("tests/fixtures/tiny-gemma3")
 }
 
 #[test]
 fn merged_adapter_gives_the_adapter_logits() {
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let out = tempfile::tempdir().unwrap();
     let n = lapidary::merge::run(&fixtures().join("model"), &fixtures().join("adapter"), out.path(), DType::F32, &dev)
         .unwrap();
@@ -203,7 +203,7 @@ fn merged_adapter_gives_the_adapter_logits() {
 #[test]
 fn lora_dropout_changes_training_gradients_and_survives_checkpointing() {
     let dir = dataset(4);
-    let dev = Device::cpu().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
     let grads = |p: f32, ckpt: bool, steps: usize| {
         let cfg = TrainConfig { lora_dropout: p, gradient_checkpointing: ckpt, warmup_steps: 0, ..config(dir.path()) };
         let mut t = Trainer::new(cfg, &dev).unwrap();

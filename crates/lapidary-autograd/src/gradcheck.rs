@@ -32,7 +32,8 @@ pub fn values(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn t(v: &[f32], shape: &[usize]) -> Tensor {
-    Tensor::from_f32(&Device::cpu().expect("CPU runtime"), v, shape, DType::F32).expect("valid test tensor")
+    Tensor::from_f32(&Device::from_env_or_cpu().expect("the test device"), v, shape, DType::F32)
+        .expect("valid test tensor")
 }
 
 /// Step of the central differences.

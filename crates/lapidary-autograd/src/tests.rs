@@ -8,7 +8,7 @@ use lapidary_core::{DType, Device, Result, Tensor};
 use lapidary_testkit::random_values;
 
 fn dev() -> Device {
-    Device::cpu().unwrap()
+    Device::from_env_or_cpu().unwrap()
 }
 
 fn t(v: &[f32], shape: &[usize]) -> Tensor {

@@ -57,6 +57,15 @@ impl Device {
         }
     }
 
+    /// The device named by `LAPIDARY_DEVICE`, else the CPU runtime: what tests and examples run
+    /// on, so that a CUDA build runs them on a GPU only when asked (`LAPIDARY_DEVICE=cuda`).
+    pub fn from_env_or_cpu() -> Result<Self> {
+        match std::env::var("LAPIDARY_DEVICE") {
+            Ok(spec) if !spec.trim().is_empty() => Self::parse(&spec),
+            _ => Self::cpu(),
+        }
+    }
+
     /// Which runtime and device this is.
     pub fn kind(&self) -> DeviceKind {
         self.kind
@@ -78,10 +87,33 @@ impl Device {
         self.client.properties().hardware.max_units_per_cube
     }
 
+    /// What CubeCL's memory pools hold on this device now, every stream together: bytes handed
+    /// out to live tensors and bytes reserved from the driver (pools keep what they reserved
+    /// until [`Self::release_memory`], so a reading taken at the end of a step is the step's
+    /// peak reservation).
+    pub fn memory(&self) -> MemoryStats {
+        let usage = self.client.memory_report(cubecl::MemoryScope::Device).usage();
+        MemoryStats { in_use: usage.bytes_in_use, reserved: usage.bytes_reserved }
+    }
+
+    /// Returns the pools' free pages to the driver (what can be; live tensors stay).
+    pub fn release_memory(&self) -> Result<()> {
+        self.client.memory_cleanup().map_err(|e| Error::Runtime(format!("{e:?}")))
+    }
+
     /// Waits for every launched kernel to finish; reports a failed launch.
     pub fn sync(&self) -> Result<()> {
         cubecl::future::block_on(self.client.sync()).map_err(|e| Error::Runtime(format!("{e:?}")))
     }
+}
+
+/// Device memory held by CubeCL's pools, in bytes (see [`Device::memory`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes of live allocations.
+    pub in_use: u64,
+    /// Bytes reserved from the driver (live allocations, padding and free pool pages).
+    pub reserved: u64,
 }
 
 impl PartialEq for Device {

@@ -22,7 +22,7 @@ pub mod launch;
 pub mod rng;
 mod tensor;
 
-pub use device::{Device, DeviceKind};
+pub use device::{Device, DeviceKind, MemoryStats};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::{Tensor, set_poison_outputs};

@@ -6,10 +6,11 @@ use proptest::prelude::*;
 
 pub use lapidary_testkit::{TolExt, assert_close, random_values};
 
-/// The CPU device with output poisoning on, so unwritten outputs are NaN.
+/// The test device (`LAPIDARY_DEVICE`, else the CPU) with output poisoning on, so unwritten
+/// outputs are NaN.
 pub fn device() -> Device {
     lapidary_core::set_poison_outputs(true);
-    Device::cpu().expect("CPU runtime")
+    Device::from_env_or_cpu().expect("the test device (LAPIDARY_DEVICE, else the CPU)")
 }
 
 /// A tensor of seeded uniform values in [-scale, scale), stored as `dt`.

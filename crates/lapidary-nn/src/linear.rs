@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn wrong_input_width_and_rebind_count_are_clear_errors() {
-        let dev = Device::cpu().unwrap();
+        let dev = Device::from_env_or_cpu().unwrap();
         let tape = Tape::new();
         let w = tape.param("w", Tensor::from_f32(&dev, &[0.5; 6], &[2, 3], DType::F32).unwrap(), Trainable::No);
         let fc = Linear::new("model.layers.0.mlp.up_proj", w, None);

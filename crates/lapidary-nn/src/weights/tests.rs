@@ -16,7 +16,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn dev() -> Device {
-    Device::cpu().unwrap()
+    Device::from_env_or_cpu().unwrap()
 }
 
 #[test]
