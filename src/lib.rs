@@ -22,6 +22,7 @@ pub use lapidary_nn as nn;
 pub use lapidary_siglip as siglip;
 pub use lapidary_train as train;
 
+pub mod bench_step;
 pub mod cli;
 pub mod demo;
 pub mod eval;

@@ -1,5 +1,5 @@
-//! The `lapidary` command-line tool: `demo` (the main job), `train`, `generate`, `merge` and
-//! `eval`. Each subcommand is a thin layer over the library; `--help` explains every option.
+//! The `lapidary` command-line tool: `demo` (the main job), `train`, `generate`, `merge`,
+//! `tokenize`, `eval` and `bench-step`. Each subcommand is a thin layer over the library; `--help` explains every option.
 
 use clap::{Args, Parser, Subcommand};
 use lapidary::core::Device;
@@ -111,6 +111,32 @@ enum Command {
         /// Logits and loss only (no gradients).
         #[arg(long)]
         no_grad: bool,
+    },
+    /// Times LoRA training steps (every linear adapted, AdamW) on one batch file and prints one
+    /// JSON line: median step time, tokens/s, device memory. What `tools/gpu/run.sh` compares with
+    /// HF transformers + PEFT.
+    BenchStep {
+        /// HF model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Batch file, as `eval` reads it (with labels).
+        #[arg(long)]
+        batch: PathBuf,
+        /// Steps timed.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Steps run before timing (kernel compilation).
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// LoRA rank (alpha equal to it).
+        #[arg(long, default_value_t = 16)]
+        lora_r: usize,
+        /// Frozen base storage: f32, bf16, nf4 or nf4-dq.
+        #[arg(long, default_value = "bf16")]
+        base_format: String,
+        /// Turn gradient checkpointing off.
+        #[arg(long)]
+        no_checkpointing: bool,
     },
 }
 
@@ -269,17 +295,7 @@ impl TrainArgs {
             };
         }
         if let Some(f) = &self.base_format {
-            c.base_format = match f.as_str() {
-                "f32" => BaseFormat::F32,
-                "bf16" => BaseFormat::Bf16,
-                "nf4" => BaseFormat::Nf4,
-                "nf4-dq" => BaseFormat::Nf4Dq,
-                other => {
-                    return Err(lapidary::core::Error::invalid(format!(
-                        "--base-format {other}: expected f32, bf16, nf4 or nf4-dq"
-                    )));
-                }
-            };
+            c.base_format = f.parse::<BaseFormat>()?;
         }
         if let Some(s) = &self.lr_scheduler {
             c.lr_scheduler = match s.as_str() {
@@ -348,6 +364,19 @@ fn main() -> ExitCode {
                 let ids = lapidary::cli::tokenize(&model, &text)?;
                 let list: Vec<String> = ids.iter().map(u32::to_string).collect();
                 println!("[{}]", list.join(", "));
+                Ok(())
+            }
+            Command::BenchStep { model, batch, steps, warmup, lora_r, base_format, no_checkpointing } => {
+                let base = base_format.parse::<BaseFormat>()?.packing();
+                let opts = lapidary::bench_step::BenchStepOptions {
+                    steps,
+                    warmup,
+                    lora_r,
+                    base,
+                    checkpointing: !no_checkpointing,
+                };
+                let report = lapidary::bench_step::run(&model, &batch, &opts, &device)?;
+                println!("{}", report.to_json(&device));
                 Ok(())
             }
             Command::Eval { model, batch, out, adapter, no_grad } => {

@@ -1,6 +1,7 @@
 //! Cross-crate integration tests of the root package, in one test binary (each links LLVM).
 //! `check_grad` is what `cargo xtask check-grad` runs and prints.
 
+mod bench_step;
 mod check_grad;
 mod gguf;
 mod hf_fixtures;

@@ -30,6 +30,34 @@ pub enum BaseFormat {
     Nf4Dq,
 }
 
+impl BaseFormat {
+    /// The packed storage of the base's linears; `None` keeps them in f32.
+    pub fn packing(self) -> Option<lapidary_kernels::quant::PackFormat> {
+        use lapidary_kernels::quant::PackFormat;
+        match self {
+            BaseFormat::F32 => None,
+            BaseFormat::Bf16 => Some(PackFormat::Bf16),
+            BaseFormat::Nf4 => Some(PackFormat::Nf4),
+            BaseFormat::Nf4Dq => Some(PackFormat::Nf4DoubleQuant),
+        }
+    }
+}
+
+impl std::str::FromStr for BaseFormat {
+    type Err = Error;
+
+    /// `f32`, `bf16`, `nf4` or `nf4-dq`, as in the configuration file.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(BaseFormat::F32),
+            "bf16" => Ok(BaseFormat::Bf16),
+            "nf4" => Ok(BaseFormat::Nf4),
+            "nf4-dq" => Ok(BaseFormat::Nf4Dq),
+            other => Err(Error::invalid(format!("base format '{other}': expected f32, bf16, nf4 or nf4-dq"))),
+        }
+    }
+}
+
 /// Learning-rate schedule after warmup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

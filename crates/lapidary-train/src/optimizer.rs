@@ -18,6 +18,13 @@ pub struct AdamWConfig {
     pub weight_decay: f32,
 }
 
+impl Default for AdamWConfig {
+    /// `torch.optim.AdamW`'s defaults: betas (0.9, 0.999), eps 1e-8, weight decay 0.01.
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+    }
+}
+
 /// AdamW state for a list of parameters.
 pub struct AdamW {
     params: Vec<(String, Var)>,

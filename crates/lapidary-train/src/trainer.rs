@@ -5,7 +5,7 @@
 //! lapidary-data) nor generation.
 
 use crate::checkpoint::{self, CheckpointMeta, TrainState};
-use crate::config::{BaseFormat, Method, TrainConfig};
+use crate::config::{Method, TrainConfig};
 use crate::optimizer::{AdamW, AdamWConfig, clip_grad_norm};
 use crate::{metrics, schedule};
 use lapidary_autograd::{BackwardOptions, Tape, Trainable};
@@ -13,7 +13,6 @@ use lapidary_core::rng::SplitMix64;
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use lapidary_data::{Collated, Dataset, EncodeOptions, Example, OnBadRow, Processor, collate};
 use lapidary_gemma3::{Batch, Gemma3ForConditionalGeneration, Parts};
-use lapidary_kernels::quant::PackFormat;
 use lapidary_kernels::{elementwise, gather};
 use lapidary_lora::{LoraConfig, LoraDropout, LoraInit, LoraTargets, PeftAdapterConfig};
 use std::path::{Path, PathBuf};
@@ -111,12 +110,7 @@ impl Trainer {
             None => (data.examples, Vec::new()),
         };
         let tape = Tape::new();
-        let packing = match cfg.base_format {
-            BaseFormat::F32 => None,
-            BaseFormat::Bf16 => Some(PackFormat::Bf16),
-            BaseFormat::Nf4 => Some(PackFormat::Nf4),
-            BaseFormat::Nf4Dq => Some(PackFormat::Nf4DoubleQuant),
-        };
+        let packing = cfg.base_format.packing();
         let mut model = match cfg.method {
             Method::Full => {
                 let parts = Parts { vision: Trainable::Yes, projector: Trainable::Yes, text: Trainable::Yes };

@@ -1,0 +1,165 @@
+//! `lapidary bench-step`: times LoRA training steps of a model on one fixed batch — what
+//! `tools/gpu/run.sh` runs next to HF transformers + PEFT on the same weights and batch. Each step
+//! is a forward pass with the loss, the backward pass and an AdamW step over the adapters, then a
+//! device sync; the figures are the median step time, tokens per second and the device memory
+//! CubeCL's pools hold (live and reserved) at the end of the steps. Not a training run: no data
+//! loading, no schedule, no checkpoints (see `lapidary train`).
+
+use crate::autograd::{BackwardOptions, Tape, Trainable};
+use crate::core::rng::SplitMix64;
+use crate::core::{DType, Device, Error, Result};
+use crate::gemma3::{Gemma3ForConditionalGeneration, Parts};
+use crate::kernels::quant::PackFormat;
+use crate::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora};
+use crate::train::optimizer::{AdamW, AdamWConfig};
+use std::path::Path;
+use std::time::Instant;
+
+/// What to time.
+#[derive(Clone, Debug)]
+pub struct BenchStepOptions {
+    /// Steps timed.
+    pub steps: usize,
+    /// Steps run first and not timed (kernel compilation happens there).
+    pub warmup: usize,
+    /// LoRA rank (alpha equals it: scale 1); every linear of both towers is adapted, as PEFT's
+    /// `all-linear`.
+    pub lora_r: usize,
+    /// Frozen base storage; `None` keeps f32.
+    pub base: Option<PackFormat>,
+    /// Gradient checkpointing.
+    pub checkpointing: bool,
+}
+
+impl Default for BenchStepOptions {
+    fn default() -> Self {
+        BenchStepOptions { steps: 3, warmup: 1, lora_r: 16, base: Some(PackFormat::Bf16), checkpointing: true }
+    }
+}
+
+/// What the steps measured.
+#[derive(Clone, Debug)]
+pub struct BenchStepReport {
+    /// Seconds to open the model and attach the adapters.
+    pub load_s: f64,
+    /// Loss of the first step (before any update).
+    pub first_loss: f32,
+    /// Loss of the last step.
+    pub last_loss: f32,
+    /// Seconds of each timed step.
+    pub step_s: Vec<f64>,
+    /// Real tokens per step (the batch's attention mask).
+    pub tokens: usize,
+    /// Trainable values (adapter weights).
+    pub trainable: usize,
+    /// Bytes of live allocations after loading.
+    pub loaded_bytes: u64,
+    /// Bytes of live allocations and bytes reserved by the pools after the last step.
+    pub in_use_bytes: u64,
+    /// See `in_use_bytes`.
+    pub reserved_bytes: u64,
+}
+
+impl BenchStepReport {
+    /// Median of the timed steps.
+    pub fn median_step_s(&self) -> f64 {
+        let mut s = self.step_s.clone();
+        s.sort_by(f64::total_cmp);
+        if s.is_empty() { f64::NAN } else { s[s.len() / 2] }
+    }
+
+    /// Tokens per second at the median step.
+    pub fn tokens_per_s(&self) -> f64 {
+        self.tokens as f64 / self.median_step_s()
+    }
+
+    /// One JSON object (the form `tools/gpu/table.py` reads).
+    pub fn to_json(&self, device: &Device) -> String {
+        serde_json::json!({
+            "impl": "lapidary",
+            "device": device.to_string(),
+            "tokens": self.tokens,
+            "trainable": self.trainable,
+            "load_s": self.load_s,
+            "step_s": self.step_s,
+            "median_step_s": self.median_step_s(),
+            "tokens_per_s": self.tokens_per_s(),
+            "first_loss": self.first_loss,
+            "last_loss": self.last_loss,
+            "loaded_bytes": self.loaded_bytes,
+            "in_use_bytes": self.in_use_bytes,
+            "peak_reserved_bytes": self.reserved_bytes,
+        })
+        .to_string()
+    }
+}
+
+/// Opens `model_dir`, adapts every linear with LoRA, and times steps on the batch file (the
+/// format of `lapidary eval`).
+pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device: &Device) -> Result<BenchStepReport> {
+    if opts.steps == 0 {
+        return Err(Error::invalid("bench-step: --steps must be at least 1"));
+    }
+    let batch = crate::eval::read_batch(batch_path, device)?;
+    let label_count = batch.label_count();
+    if label_count == 0 {
+        return Err(Error::invalid(format!("{}: the batch has no label token", batch_path.display())));
+    }
+    let started = Instant::now();
+    let tape = Tape::new();
+    let parts = Parts { vision: Trainable::No, projector: Trainable::No, text: Trainable::No };
+    let mut model =
+        Gemma3ForConditionalGeneration::open_packed(model_dir, device, DType::F32, &tape, parts, opts.base)?;
+    let lora = LoraConfig {
+        r: opts.lora_r,
+        lora_alpha: opts.lora_r as f32,
+        use_rslora: false,
+        targets: LoraTargets::AllLinear,
+        init: LoraInit::Default,
+        dropout: None,
+    };
+    let namer = model.peft_namer();
+    attach_lora(&lora, model.linears_mut(), namer, &tape, device, &mut SplitMix64::new(0))?;
+    let params = tape.trainable_params();
+    let trainable = params.iter().map(|(_, v)| v.value().shape().iter().product::<usize>()).sum();
+    let mut opt = AdamW::new(params, AdamWConfig::default())?;
+    device.sync()?;
+    let load_s = started.elapsed().as_secs_f64();
+    let loaded_bytes = device.memory().in_use;
+    let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
+    let opts_bw = BackwardOptions::default();
+    let (mut first_loss, mut last_loss) = (f32::NAN, f32::NAN);
+    let mut step_s = Vec::with_capacity(opts.steps);
+    for i in 0..opts.warmup + opts.steps {
+        let t0 = Instant::now();
+        let out = model.forward_normalized(&batch, pixels.as_ref(), opts.checkpointing, Some(label_count as f32))?;
+        let loss = out.loss.ok_or_else(|| Error::invalid("bench-step: the batch has no labels"))?;
+        let (store, _) = tape.backward_with(&loss, &opts_bw)?;
+        let grads: Vec<_> = opt.params().iter().map(|(_, p)| store.get(p).cloned()).collect();
+        drop(store);
+        opt.step(&grads, 1e-4)?;
+        drop(grads);
+        let value = loss.value().to_f32_vec()?[0];
+        device.sync()?;
+        if i == 0 {
+            first_loss = value;
+        }
+        last_loss = value;
+        if i >= opts.warmup {
+            step_s.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let mem = device.memory();
+    let tokens = batch.attention_mask.iter().filter(|&&m| m != 0).count();
+    Ok(BenchStepReport {
+        load_s,
+        first_loss,
+        last_loss,
+        step_s,
+        tokens,
+        trainable,
+        loaded_bytes,
+        in_use_bytes: mem.in_use,
+        reserved_bytes: mem.reserved,
+    })
+}
