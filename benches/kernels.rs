@@ -1,7 +1,8 @@
 //! Kernel benchmarks (criterion), run by `cargo xtask bench`, which prints the table.
 //! Convention: throughput in elements counts floating-point operations, in bytes counts bytes
 //! moved. Where a peer exists on this machine it is measured in the same run: the `gemm` crate
-//! (f32, the fastest CPU GEMM in Rust) next to the matmul kernel.
+//! (f32, the fastest CPU GEMM in Rust) next to the matmul kernel on the CPU runtime. On a GPU
+//! (`LAPIDARY_DEVICE=cuda`) `tools/gpu/run.sh` measures the same work in PyTorch.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use lapidary::core::{DType, Device, Tensor};
@@ -60,6 +61,11 @@ fn bench_matmul(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::new("cubek-CpuGemm-F32", s), &s, |bch, _| {
                 bch.iter(|| cubek_cpu_gemm(&dev, &ta, &tb, s))
             });
+        }
+        if !dev.is_cpu() {
+            // The CPU peer belongs next to the CPU runtime only; on a GPU, torch is the peer
+            // (tools/gpu/run.sh).
+            continue;
         }
         let mut out = vec![0f32; s * s];
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

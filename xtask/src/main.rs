@@ -1,9 +1,10 @@
 //! xtask: the project's tasks, run as `cargo xtask <task>`. It depends on none of the lapidary
 //! crates (so it builds in seconds, before LLVM is set up) and only drives cargo and the system.
 //!
-//! Tasks: `setup` (LLVM for CubeCL, offline), `test`, `bench`, `demo`, `check-grad`.
+//! Tasks: `setup` (LLVM for CubeCL, offline), `test`, `bench`, `demo`, `gpu-bundle`, `check-grad`.
 
 mod bench;
+mod gpu_bundle;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -18,6 +19,9 @@ tasks:
   bench [args] setup, then the criterion benchmarks, then a table of the results
                (extra args go to criterion, e.g. a name filter)
   demo [args]  setup, then the main job on the CPU (extra args go to `lapidary demo`)
+  gpu-bundle   setup, then build the CUDA test, benchmark and lapidary binaries (both CUDA
+               code paths, statically linked) into target/gpu-bundle/lapidary-gpu.tar.xz for
+               tools/gpu/run.sh on a GPU machine (extra args go to cargo)
   check-grad   setup, then the gradient-flow check: finite differences for every
                differentiable op and the adapter chain with checkpointing off and on,
                printed as one table; fails on any failure
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
         "test" => setup::run().and_then(|_| test(rest)),
         "bench" => setup::run().and_then(|_| bench::run(rest)),
         "demo" => setup::run().and_then(|_| demo(rest)),
+        "gpu-bundle" => setup::run().and_then(|_| gpu_bundle::run(rest)),
         "check-grad" => setup::run().and_then(|_| {
             cargo(&[
                 "test",

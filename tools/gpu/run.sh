@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Runs lapidary on a GPU machine from the archive `cargo xtask gpu-bundle` builds (no Rust
+# toolchain, no network needed there), within about 8 minutes:
+#   1. the kernel tests and the model tests on CUDA (LAPIDARY_DEVICE=cuda),
+#   2. the kernel benchmarks (criterion),
+#   3. a LoRA training step of a Gemma 3 4B-shaped model with random weights (made here by
+#      PyTorch, no download), bf16 base, batch 1, 1 image, 2,048 tokens,
+#   4. the same kernels and the same step in PyTorch / HF transformers + PEFT on the same card,
+# and prints one table last (also written to $OUT_DIR/table.md).
+#
+#   tools/gpu/run.sh [ARCHIVE] [--backend llvm|cpp|both] [--cpu] [--out DIR]
+#
+# ARCHIVE defaults to target/gpu-bundle/lapidary-gpu.tar.xz beside this script's repository.
+# --backend: which CUDA code path runs: LLVM's NVPTX back end (llvm, the default) or CUDA C++
+#   through NVRTC (cpp). With llvm, failing kernel tests make the script test cpp too and carry
+#   on with the one that passes; `both` tests both.
+# --cpu: the whole sequence on the CPU (CubeCL's CPU runtime, torch on CPU, a tiny model): checks
+#   this script and the bundle on a machine without a GPU.
+# Needs: bash, tar with xz (or python3), python3 with torch, transformers, peft, safetensors.
+set -uo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+archive="$here/../../target/gpu-bundle/lapidary-gpu.tar.xz"
+backend=llvm
+cpu=0
+out_dir="${OUT:-$PWD/gpu-results}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --backend) backend="$2"; shift 2 ;;
+    --cpu) cpu=1; shift ;;
+    --out) out_dir="$2"; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) archive="$1"; shift ;;
+  esac
+done
+case "$backend" in llvm|cpp|both) ;; *) echo "--backend $backend: expected llvm, cpp or both" >&2; exit 2 ;; esac
+[ -f "$archive" ] || { echo "no archive at $archive (build it with: cargo xtask gpu-bundle)" >&2; exit 2; }
+mkdir -p "$out_dir"
+out_dir="$(cd "$out_dir" && pwd)"
+started=$(date +%s)
+elapsed() { echo $(( $(date +%s) - started )); }
+say() { echo "[$(elapsed)s] $*" | tee -a "$out_dir/run.log"; }
+
+# ---- unpack ----
+work="${LAPIDARY_GPU_WORK:-/tmp/lapidary-gpu}"
+rm -rf "$work" && mkdir -p "$work"
+if tar -xJf "$archive" -C "$work" 2>/dev/null; then :; else
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$archive" "$work" || {
+    echo "could not unpack $archive" >&2; exit 2; }
+fi
+b="$work/lapidary-gpu"
+say "unpacked $(du -sh "$archive" | cut -f1) archive into $b: $(cat "$b/MANIFEST" | head -1)"
+
+# ---- device and libraries ----
+if [ "$cpu" = 1 ]; then
+  device=cpu; torch_device=cpu; shape=tiny; matmul_sizes=256,512; card="CPU ($(nproc) cores)"; scale=4
+else
+  device=cuda; torch_device=cuda; shape=4b; matmul_sizes=1024,2048,4096,8192; scale=1
+  card="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)"
+  # NVRTC (and the driver) are loaded at run time: from the CUDA toolkit or PyTorch's wheels.
+  libs=""
+  for d in /usr/local/nvidia/lib64 /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+      $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
+    for lib in "$d"/libnvrtc.so* "$d"/nvidia/*/lib/libnvrtc.so* "$d"/nvidia/cu*/lib/libnvrtc.so*; do
+      [ -e "$lib" ] && libs="$libs:$(dirname "$lib")"
+    done
+  done
+  export LD_LIBRARY_PATH="${libs#:}:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
+fi
+say "device: $card; LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+export LAPIDARY_DEVICE="$device" LAPIDARY_REPO_DIR="$b/repo" RUST_BACKTRACE=1
+
+run_phase() { # name timeout_s command...
+  local name="$1" limit="$2"; shift 2
+  say "$name: $*"
+  timeout "$limit" "$@" >"$out_dir/$name.log" 2>&1
+  local rc=$?
+  local summary; summary="$(grep -E '^test result:' "$out_dir/$name.log" | tail -1)"
+  if [ $rc = 124 ]; then say "$name: TIMED OUT after ${limit}s ${summary}"; else say "$name: rc $rc ${summary}"; fi
+  return $rc
+}
+
+# ---- 1. tests ----
+kernel_tests() { run_phase "kernel-tests-$1" $((90 * scale)) "$b/$1/kernel-tests"; }
+model_tests() { run_phase "model-tests-$1" $((100 * scale)) "$b/$1/model-tests"; }
+case "$backend" in
+  llvm)
+    if kernel_tests llvm; then chosen=llvm
+    else
+      say "kernel tests failed with the LLVM back end: testing CUDA C++ through NVRTC (cpp)"
+      if kernel_tests cpp; then chosen=cpp; else chosen=llvm; fi
+    fi ;;
+  cpp) kernel_tests cpp; chosen=cpp ;;
+  both)
+    chosen=""
+    kernel_tests llvm && chosen=llvm
+    kernel_tests cpp && chosen="${chosen:-cpp}"
+    chosen="${chosen:-llvm}" ;;
+esac
+say "carrying on with the $chosen back end"
+model_tests "$chosen"
+if [ "$backend" = both ]; then model_tests "$([ "$chosen" = llvm ] && echo cpp || echo llvm)"; fi
+
+# ---- 2. benchmarks ----
+export CRITERION_HOME="$out_dir/criterion"
+LAPIDARY_BENCH_MATMUL="$matmul_sizes" run_phase bench-kernels $((90 * scale)) "$b/$chosen/bench-kernels" --bench \
+  --warm-up-time 0.3 --measurement-time 1 --noplot
+
+# ---- 3. the LoRA step, lapidary then HF ----
+model_dir="$work/gemma3-$shape-random"
+run_phase make-model $((90 * scale)) python3 "$b/tools/torch_bench.py" make-model --shape "$shape" --device "$torch_device" \
+  --out "$model_dir"
+run_phase lapidary-step $((150 * scale)) "$b/$chosen/lapidary" bench-step --model "$model_dir" \
+  --batch "$model_dir/batch.safetensors" --steps 2 --warmup 1
+grep -E '^\{' "$out_dir/lapidary-step.log" | tail -1 >"$out_dir/lapidary-step.json"
+
+# ---- 4. PyTorch on the same card ----
+LAPIDARY_BENCH_MATMUL="$matmul_sizes" run_phase torch-kernels $((60 * scale)) python3 "$b/tools/torch_bench.py" kernels \
+  --device "$torch_device" --out "$out_dir/torch-kernels.jsonl"
+run_phase hf-step $((90 * scale)) python3 "$b/tools/torch_bench.py" lora-step --model "$model_dir" --device "$torch_device" \
+  --steps 2 --warmup 1 --out "$out_dir/hf-step.json"
+
+# ---- table ----
+[ "$cpu" = 1 ] && label="none (CPU runtime)" || label="$chosen"
+python3 "$b/tools/table.py" --card "$card" --backend "$label" --criterion "$CRITERION_HOME" \
+  --torch "$out_dir/torch-kernels.jsonl" --step "$out_dir/lapidary-step.json" --step-ref "$out_dir/hf-step.json" \
+  >"$out_dir/table.md"
+say "done in $(elapsed) s; logs in $out_dir"
+cat "$out_dir/table.md"

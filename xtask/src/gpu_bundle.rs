@@ -1,0 +1,248 @@
+//! `cargo xtask gpu-bundle`: builds here, for a GPU machine that has no Rust toolchain and no
+//! network, everything `tools/gpu/run.sh` runs there — for each CUDA code path (LLVM's NVPTX back
+//! end, feature `cuda`; CUDA C++ through NVRTC, feature `cuda-cpp`) the kernel tests, the model
+//! tests, the kernel benchmarks and the `lapidary` binary — and packs them with the test fixtures
+//! and the PyTorch scripts into one archive, `target/gpu-bundle/lapidary-gpu.tar.xz`.
+//!
+//! The binaries link everything statically (LLVM, libstdc++, libgcc, zlib, zstd) except glibc;
+//! the CUDA driver and NVRTC are loaded at run time. Each carries its own copy of LLVM, so the
+//! archive is compressed as one xz stream with a dictionary larger than all of them together:
+//! the copies after the first cost little. Builds in `target/gpu-bundle/build` (its own flags,
+//! so the main target directory is not rebuilt). Does not run anything on a GPU.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The archive may not exceed this (what one transfer to a GPU machine carries, with the
+/// repository beside it).
+const MAX_ARCHIVE_BYTES: u64 = 64 << 20;
+/// Shared objects a bundled binary may still need: glibc's.
+const ALLOWED_NEEDED: &[&str] =
+    &["libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "ld-linux-x86-64.so.2"];
+
+/// One CUDA code path: its directory in the archive and the cargo feature selecting it.
+const BACKENDS: &[(&str, &str)] = &[("llvm", "cuda"), ("cpp", "cuda-cpp")];
+
+pub fn run(extra: &[String]) -> Result<(), String> {
+    let root = crate::workspace_root();
+    let out = root.join("target/gpu-bundle");
+    let build_dir = out.join("build");
+    let static_dir = out.join("static-libs");
+    lay_static_libs(&static_dir)?;
+    let stage = out.join("stage");
+    let top = stage.join("lapidary-gpu");
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage).map_err(|e| format!("removing {}: {e}", stage.display()))?;
+    }
+    let rustflags = format!("-L native={} -C link-arg=-static-libgcc", static_dir.display());
+    let mut manifest = format!("lapidary {} ({})\n", git(&root, &["describe", "--always", "--dirty"]), date());
+    for (dir, feature) in BACKENDS {
+        let builds: [(&str, Vec<&str>); 3] = [
+            ("kernel-tests", vec!["test", "--no-run", "--package", "lapidary-kernels", "--lib"]),
+            ("model-tests", vec!["test", "--no-run", "--package", "lapidary", "--test", "integration"]),
+            (
+                "bench-kernels+lapidary",
+                vec!["build", "--package", "lapidary", "--bench", "kernels", "--bin", "lapidary"],
+            ),
+        ];
+        for (what, args) in builds {
+            let mut args: Vec<&str> = args;
+            args.extend(["--profile", "gpu-bundle", "--features", feature, "--message-format=json-render-diagnostics"]);
+            args.extend(extra.iter().map(String::as_str));
+            eprintln!("gpu-bundle: {dir}: building {what}");
+            let exes = cargo_executables(&root, &build_dir, &rustflags, &args)?;
+            for (target, exe) in exes {
+                let name = match target.as_str() {
+                    "lapidary_kernels" => "kernel-tests",
+                    "integration" => "model-tests",
+                    "kernels" => "bench-kernels",
+                    "lapidary" => "lapidary",
+                    _ => continue,
+                };
+                let dest = top.join(dir).join(name);
+                if dest.exists() {
+                    continue; // the model tests' build also links the `lapidary` binary
+                }
+                copy(&exe, &dest)?;
+                check_needed(&dest)?;
+                let size = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+                manifest.push_str(&format!("{dir}/{name} {:.1} MiB\n", size as f64 / 1048576.0));
+            }
+        }
+    }
+    for rel in ["tests/fixtures", "assets/tiny-vlm"] {
+        copy_tree(&root.join(rel), &top.join("repo").join(rel))?;
+    }
+    for f in ["torch_bench.py", "table.py", "run.sh"] {
+        copy(&root.join("tools/gpu").join(f), &top.join("tools").join(f))?;
+    }
+    let raw = dir_size(&top);
+    manifest.push_str(&format!("uncompressed {:.1} MiB\n", raw as f64 / 1048576.0));
+    std::fs::write(top.join("MANIFEST"), &manifest).map_err(|e| format!("writing MANIFEST: {e}"))?;
+    let archive = out.join("lapidary-gpu.tar.xz");
+    compress(&stage, &archive)?;
+    let size = std::fs::metadata(&archive).map_err(|e| format!("{}: {e}", archive.display()))?.len();
+    print!("{manifest}");
+    println!(
+        "archive {} {:.1} MiB (limit {} MiB)",
+        archive.display(),
+        size as f64 / 1048576.0,
+        MAX_ARCHIVE_BYTES >> 20
+    );
+    if size > MAX_ARCHIVE_BYTES {
+        return Err(format!("the archive is {size} bytes, over the {MAX_ARCHIVE_BYTES}-byte limit"));
+    }
+    Ok(())
+}
+
+/// A directory holding only static archives of the C/C++ libraries LLVM and Rust's std would
+/// otherwise take as shared objects; searched first, so the linker finds the `.a` there. Rust's
+/// std asks for `gcc_s` by name: its static counterpart is `libgcc_eh.a`.
+fn lay_static_libs(dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let libs = [
+        ("libstdc++.a", gcc_file("libstdc++.a")?),
+        ("libgcc_s.a", gcc_file("libgcc_eh.a")?),
+        ("libz.a", system_lib("libz.a")?),
+        ("libzstd.a", system_lib("libzstd.a")?),
+    ];
+    for (name, target) in libs {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).map_err(|e| format!("linking {}: {e}", link.display()))?;
+    }
+    Ok(())
+}
+
+fn gcc_file(name: &str) -> Result<PathBuf, String> {
+    let out = Command::new("gcc").arg(format!("-print-file-name={name}")).output().map_err(|e| format!("gcc: {e}"))?;
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if p.is_absolute() && p.exists() {
+        Ok(p)
+    } else {
+        Err(format!("gcc does not know {name} (install build-essential)"))
+    }
+}
+
+fn system_lib(name: &str) -> Result<PathBuf, String> {
+    ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+        .ok_or_else(|| format!("{name} not found (Debian: zlib1g-dev, libzstd-dev; `cargo xtask setup` installs them)"))
+}
+
+/// Runs cargo and returns (target name, executable) for every executable it produced.
+fn cargo_executables(
+    root: &Path,
+    target_dir: &Path,
+    rustflags: &str,
+    args: &[&str],
+) -> Result<Vec<(String, PathBuf)>, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(args)
+        .current_dir(root)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env("RUSTFLAGS", rustflags)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("`cargo {}` failed ({})", args.join(" "), out.status));
+    }
+    let mut exes = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if msg["reason"] == "compiler-artifact"
+            && let (Some(exe), Some(name)) = (msg["executable"].as_str(), msg["target"]["name"].as_str())
+        {
+            exes.push((name.replace('-', "_"), PathBuf::from(exe)));
+        }
+    }
+    Ok(exes)
+}
+
+/// Fails when `bin` needs a shared object other than glibc's.
+fn check_needed(bin: &Path) -> Result<(), String> {
+    let out = Command::new("readelf").arg("-d").arg(bin).output().map_err(|e| format!("readelf: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1)?.split(']').next())
+        .collect();
+    let extra: Vec<&&str> = needed.iter().filter(|n| !ALLOWED_NEEDED.contains(n)).collect();
+    if extra.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} needs shared objects beyond glibc: {extra:?}", bin.display()))
+    }
+}
+
+fn compress(stage: &Path, archive: &Path) -> Result<(), String> {
+    let tmp = archive.with_extension("xz.tmp");
+    // One xz stream, one thread, a dictionary larger than the input: the LLVM inside every
+    // binary after the first is found as a long match.
+    let script = format!(
+        "tar -C '{}' -cf - lapidary-gpu | xz -T1 --lzma2=preset=1,dict=1GiB > '{}'",
+        stage.display(),
+        tmp.display()
+    );
+    eprintln!("gpu-bundle: compressing");
+    let ok = Command::new("sh").arg("-c").arg(&script).status().map_err(|e| format!("sh: {e}"))?.success();
+    if !ok {
+        return Err(format!("compressing failed: {script}"));
+    }
+    std::fs::rename(&tmp, archive).map_err(|e| format!("renaming {}: {e}", tmp.display()))
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), String> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
+    std::fs::copy(from, to).map(|_| ()).map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    let entries = std::fs::read_dir(from).map_err(|e| format!("reading {}: {e}", from.display()))?;
+    for e in entries.flatten() {
+        let p = e.path();
+        let dest = to.join(e.file_name());
+        if p.is_dir() { copy_tree(&p, &dest)? } else { copy(&p, &dest)? }
+    }
+    Ok(())
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|it| {
+            it.flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() { dir_size(&p) } else { e.metadata().map(|m| m.len()).unwrap_or(0) }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn git(root: &Path, args: &[&str]) -> String {
+    Command::new("git")
+        .args(args)
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown commit".into())
+}
+
+fn date() -> String {
+    Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
