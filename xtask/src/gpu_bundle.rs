@@ -80,7 +80,11 @@ pub fn run(extra: &[String]) -> Result<(), String> {
     manifest.push_str(&format!("uncompressed {:.1} MiB\n", raw as f64 / 1048576.0));
     std::fs::write(top.join("MANIFEST"), &manifest).map_err(|e| format!("writing MANIFEST: {e}"))?;
     let archive = out.join("lapidary-gpu.tar.xz");
+    let t0 = std::time::Instant::now();
     compress(&stage, &archive)?;
+    manifest.push_str(&format!("compressed in {:.0} s\n", t0.elapsed().as_secs_f64()));
+    // The staged copy is 10x the archive; the archive is what travels.
+    std::fs::remove_dir_all(&stage).map_err(|e| format!("removing {}: {e}", stage.display()))?;
     let size = std::fs::metadata(&archive).map_err(|e| format!("{}: {e}", archive.display()))?.len();
     print!("{manifest}");
     println!(
