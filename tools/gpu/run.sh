@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs lapidary on a GPU machine from the archive `cargo xtask gpu-bundle` builds (no Rust
 # toolchain, no network needed there), within about 8 minutes:
-#   1. the kernel tests and the model tests on CUDA (LAPIDARY_DEVICE=cuda),
+#   1. the kernel tests and the model tests on CUDA (LAPIDARY_DEVICE=cuda), side by side, while
+#      PyTorch writes the random model of step 3,
 #   2. the kernel benchmarks (criterion),
 #   3. a LoRA training step of a Gemma 3 4B-shaped model with random weights (made here by
 #      PyTorch, no download), bf16 base, batch 1, 1 image, 2,048 tokens,
@@ -12,7 +13,7 @@
 #
 # ARCHIVE defaults to target/gpu-bundle/lapidary-gpu.tar.xz beside this script's repository.
 # --backend: which CUDA code path runs: LLVM's NVPTX back end (llvm, the default) or CUDA C++
-#   through NVRTC (cpp). With llvm, failing kernel tests make the script test cpp too and carry
+#   through NVRTC (cpp). With llvm, failing tests make the script test cpp too and carry
 #   on with the one that passes; `both` tests both.
 # --cpu: the whole sequence on the CPU (CubeCL's CPU runtime, torch on CPU, a tiny model): checks
 #   this script and the bundle on a machine without a GPU.
@@ -80,44 +81,51 @@ run_phase() { # name timeout_s command...
   return $rc
 }
 
-# ---- 1. tests ----
-kernel_tests() { run_phase "kernel-tests-$1" $((90 * scale)) "$b/$1/kernel-tests"; }
-model_tests() { run_phase "model-tests-$1" $((100 * scale)) "$b/$1/model-tests"; }
+# ---- 1. tests, with the random model made beside them ----
+# The tests of one code path (kernel and model tests) and the model's making share the card;
+# nothing timed runs until they are done.
+tests_of() { # backend -> rc 0 when both test binaries pass
+  run_phase "kernel-tests-$1" $((120 * scale)) "$b/$1/kernel-tests" & local k=$!
+  run_phase "model-tests-$1" $((150 * scale)) "$b/$1/model-tests" & local m=$!
+  wait $k; local rk=$?
+  wait $m; local rm=$?
+  [ $rk = 0 ] && [ $rm = 0 ]
+}
+model_dir="$work/gemma3-$shape-random"
+run_phase make-model $((120 * scale)) python3 "$b/tools/torch_bench.py" make-model --shape "$shape" \
+  --device "$torch_device" --out "$model_dir" &
+make_model=$!
 case "$backend" in
   llvm)
-    if kernel_tests llvm; then chosen=llvm
+    if tests_of llvm; then chosen=llvm
     else
-      say "kernel tests failed with the LLVM back end: testing CUDA C++ through NVRTC (cpp)"
-      if kernel_tests cpp; then chosen=cpp; else chosen=llvm; fi
+      say "tests failed with the LLVM back end: testing CUDA C++ through NVRTC (cpp)"
+      if tests_of cpp; then chosen=cpp; else chosen=llvm; fi
     fi ;;
-  cpp) kernel_tests cpp; chosen=cpp ;;
+  cpp) tests_of cpp; chosen=cpp ;;
   both)
     chosen=""
-    kernel_tests llvm && chosen=llvm
-    kernel_tests cpp && chosen="${chosen:-cpp}"
+    tests_of llvm && chosen=llvm
+    tests_of cpp && chosen="${chosen:-cpp}"
     chosen="${chosen:-llvm}" ;;
 esac
 say "carrying on with the $chosen back end"
-model_tests "$chosen"
-if [ "$backend" = both ]; then model_tests "$([ "$chosen" = llvm ] && echo cpp || echo llvm)"; fi
+wait $make_model
 
 # ---- 2. benchmarks ----
 export CRITERION_HOME="$out_dir/criterion"
-LAPIDARY_BENCH_MATMUL="$matmul_sizes" run_phase bench-kernels $((90 * scale)) "$b/$chosen/bench-kernels" --bench \
+LAPIDARY_BENCH_MATMUL="$matmul_sizes" run_phase bench-kernels $((75 * scale)) "$b/$chosen/bench-kernels" --bench \
   --warm-up-time 0.3 --measurement-time 1 --noplot
 
 # ---- 3. the LoRA step, lapidary then HF ----
-model_dir="$work/gemma3-$shape-random"
-run_phase make-model $((90 * scale)) python3 "$b/tools/torch_bench.py" make-model --shape "$shape" --device "$torch_device" \
-  --out "$model_dir"
 run_phase lapidary-step $((150 * scale)) "$b/$chosen/lapidary" bench-step --model "$model_dir" \
   --batch "$model_dir/batch.safetensors" --steps 2 --warmup 1
 grep -E '^\{' "$out_dir/lapidary-step.log" | tail -1 >"$out_dir/lapidary-step.json"
 
 # ---- 4. PyTorch on the same card ----
-LAPIDARY_BENCH_MATMUL="$matmul_sizes" run_phase torch-kernels $((60 * scale)) python3 "$b/tools/torch_bench.py" kernels \
+LAPIDARY_BENCH_MATMUL="$matmul_sizes" run_phase torch-kernels $((45 * scale)) python3 "$b/tools/torch_bench.py" kernels \
   --device "$torch_device" --out "$out_dir/torch-kernels.jsonl"
-run_phase hf-step $((90 * scale)) python3 "$b/tools/torch_bench.py" lora-step --model "$model_dir" --device "$torch_device" \
+run_phase hf-step $((75 * scale)) python3 "$b/tools/torch_bench.py" lora-step --model "$model_dir" --device "$torch_device" \
   --steps 2 --warmup 1 --out "$out_dir/hf-step.json"
 
 # ---- table ----
