@@ -168,13 +168,21 @@ fn every_gradient_matches_hf() {
     let dev = Device::from_env_or_cpu().unwrap();
     for case in CASES {
         let (batch, f) = load_batch(case, &dev);
-        for checkpointing in [false, true] {
+        // The training path (`loss_normalized`: head and cross-entropy fused in chunks) too.
+        for (checkpointing, fused) in [(false, false), (true, false), (true, true)] {
             let tape = Tape::new();
             let model =
                 Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, &tape, Trainable::Yes)
                     .unwrap();
             let pixels = batch.pixel_values.as_ref().map(|p| tape.param("pixel_values", p.clone(), Trainable::Yes));
-            let loss = model.forward_with_pixels(&batch, pixels.as_ref(), checkpointing).unwrap().loss.unwrap();
+            let loss = if fused {
+                model.loss_normalized(&batch, pixels.as_ref(), checkpointing, None).unwrap()
+            } else {
+                model.forward_with_pixels(&batch, pixels.as_ref(), checkpointing).unwrap().loss.unwrap()
+            };
+            let want_loss = f.load("loss", &dev, DType::F32).unwrap().to_f32_vec().unwrap()[0];
+            let got_loss = loss.value().to_f32_vec().unwrap()[0];
+            assert!(((got_loss - want_loss) / want_loss).abs() < 1e-5, "{case}: loss {got_loss} vs HF {want_loss}");
             // A text-only batch never reaches the vision tower or the projector (nor does HF's).
             let mut opts = BackwardOptions::default();
             if pixels.is_none() {
@@ -212,7 +220,7 @@ fn every_gradient_matches_hf() {
                 "{case}: trainable tensors with a gradient"
             );
             println!(
-                "{case} (checkpointing {checkpointing}): {compared} gradients, worst rel err {:.2e} ({})",
+                "{case} (checkpointing {checkpointing}, fused head {fused}): {compared} gradients, worst rel err {:.2e} ({})",
                 worst.0, worst.1
             );
             assert_eq!(compared, expected, "{case}: gradients compared");

@@ -144,5 +144,10 @@ pub fn op_cases() -> Vec<OpCase> {
         ("swap_middle", vec![vec![2, 3, 2, 2]], Box::new(|v: &[Var]| ops::swap_middle(&v[0]))),
         ("reshape", vec![vec![2, 6]], Box::new(|v: &[Var]| ops::reshape(&v[0], &[3, 4]))),
         ("cross_entropy", vec![vec![4, 5]], Box::new(|v: &[Var]| ops::cross_entropy(&v[0], &[1, -100, 4, 0], None))),
+        (
+            "linear_cross_entropy_chunked",
+            vec![vec![5, 3], vec![4, 3]],
+            Box::new(|v: &[Var]| ops::linear_cross_entropy(&v[0], &v[1], &[1, -100, 3, 0, 2], Some(3.0), Some(2))),
+        ),
     ]
 }

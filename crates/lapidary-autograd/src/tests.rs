@@ -157,3 +157,51 @@ fn packed_matmul_gives_the_dense_products_and_input_gradient() {
         assert_eq!(grads(true), grads(false), "{format:?}");
     }
 }
+
+#[test]
+fn chunked_linear_cross_entropy_equals_the_unfused_ops() {
+    // 11 rows (4 ignored), hidden 6, vocab 13; chunks of 1, 3 and all rows; with and without a
+    // normalizer; gradients for both h and w.
+    let (n, hid, vocab) = (11, 6, 13);
+    let labels: Vec<i64> = (0..n).map(|i| if i % 3 == 1 { -100 } else { (i * 5 % vocab) as i64 }).collect();
+    let hv = random_values(n * hid, 41, 1.0);
+    let wv = random_values(vocab * hid, 42, 1.0);
+    let run = |fused: Option<Option<usize>>, normalizer: Option<f32>| {
+        let tape = Tape::new();
+        let h = tape.param("h", t(&hv, &[n, hid]), Trainable::Yes);
+        let w = tape.param("w", t(&wv, &[vocab, hid]), Trainable::Yes);
+        let loss = match fused {
+            Some(chunk) => ops::linear_cross_entropy(&h, &w, &labels, normalizer, chunk).unwrap(),
+            None => ops::cross_entropy(&ops::matmul(&h, &w, None, false, true).unwrap(), &labels, normalizer).unwrap(),
+        };
+        let (grads, _) = tape.backward(&loss).unwrap();
+        let g = |name: &str| grads.by_name(name).unwrap().to_f32_vec().unwrap();
+        (loss.value().to_f32_vec().unwrap()[0], g("h"), g("w"))
+    };
+    for normalizer in [None, Some(17.0)] {
+        let (loss, dh, dw) = run(None, normalizer);
+        for chunk in [Some(1), Some(3), None] {
+            let (l, h, w) = run(Some(chunk), normalizer);
+            assert!((l - loss).abs() <= 1e-5 * loss.abs(), "chunk {chunk:?}: loss {l} vs {loss}");
+            lapidary_testkit::assert_close(&format!("dh, chunk {chunk:?}"), &h, &dh, lapidary_testkit::Tol::F32);
+            lapidary_testkit::assert_close(&format!("dw, chunk {chunk:?}"), &w, &dw, lapidary_testkit::Tol::F32);
+            for i in (0..n).filter(|i| labels[*i] == -100) {
+                assert!(h[i * hid..(i + 1) * hid].iter().all(|&v| v == 0.0), "ignored row {i} got a gradient");
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_cross_entropy_errors_name_what_is_wrong() {
+    let tape = Tape::new();
+    let h = tape.param("h", t(&random_values(6, 1, 1.0), &[2, 3]), Trainable::Yes);
+    let w = tape.param("w", t(&random_values(8, 2, 1.0), &[2, 4]), Trainable::Yes);
+    let e = ops::linear_cross_entropy(&h, &w, &[0, 1], None, None).unwrap_err().to_string();
+    assert!(e.contains("[N, H] and [V, H]"), "{e}");
+    let w = tape.param("w3", t(&random_values(6, 2, 1.0), &[2, 3]), Trainable::Yes);
+    let e = ops::linear_cross_entropy(&h, &w, &[-100, -100], None, None).unwrap_err().to_string();
+    assert!(e.contains("no label to count"), "{e}");
+    let e = ops::linear_cross_entropy(&h, &w, &[0], None, None).unwrap_err().to_string();
+    assert!(e.contains("1 labels for 2 rows"), "{e}");
+}

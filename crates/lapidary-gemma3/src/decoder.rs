@@ -242,6 +242,13 @@ impl Gemma3TextModel {
     pub fn logits(&self, h: &Var) -> Result<Var> {
         ops::matmul(h, &self.embed, None, false, true)
     }
+
+    /// Cross-entropy of `labels` (-100 ignored) at the rows of the final hidden states
+    /// `h: [N, H]` through the tied head, divided by `normalizer` (default: the label count),
+    /// with the head and the loss fused: the `[N, vocab]` logits are never materialized.
+    pub fn head_loss(&self, h: &Var, labels: &[i64], normalizer: Option<f32>) -> Result<Var> {
+        ops::linear_cross_entropy(h, &self.embed, labels, normalizer, None)
+    }
 }
 
 /// One layer's cached keys and values, `[B, kv_heads, T, head_dim]` each.

@@ -313,13 +313,12 @@ impl Trainer {
             let batch = to_batch(c, &self.processor, &self.device)?;
             tokens += c.attention_mask.iter().filter(|&&m| m != 0).count();
             let pixels = batch.pixel_values.as_ref().map(|p| self.tape.input(p.clone()));
-            let out = self.model.forward_normalized(
+            let loss = self.model.loss_normalized(
                 &batch,
                 pixels.as_ref(),
                 self.cfg.gradient_checkpointing,
                 Some(label_tokens as f32),
             )?;
-            let loss = out.loss.ok_or_else(|| Error::invalid("train: the batch has no labels"))?;
             loss_total += loss.value().to_f32_vec()?[0] as f64;
             let opts =
                 BackwardOptions { allow_missing: if c.images == 0 { self.vision_side_names() } else { Vec::new() } };
@@ -359,8 +358,8 @@ impl Trainer {
             }
             let batch = to_batch(&c, &self.processor, &self.device)?;
             let pixels = batch.pixel_values.as_ref().map(|p| self.tape.input(p.clone()));
-            let out = self.model.forward_normalized(&batch, pixels.as_ref(), false, Some(1.0))?;
-            sum += out.loss.expect("labels given").value().to_f32_vec()?[0] as f64;
+            let loss = self.model.loss_normalized(&batch, pixels.as_ref(), false, Some(1.0))?;
+            sum += loss.value().to_f32_vec()?[0] as f64;
             count += n;
         }
         Ok(if count == 0 { f64::NAN } else { sum / count as f64 })

@@ -1,10 +1,11 @@
 //! Scalar outputs: token cross-entropy (mean over counted tokens, or over a given normalizer for
-//! gradient accumulation) and the sum of all elements.
+//! gradient accumulation), the same fused with the output projection in chunks of rows (the
+//! `[tokens, vocab]` logits never exist whole), and the sum of all elements.
 
 use super::upstream;
-use crate::Var;
-use lapidary_core::{Error, Result};
-use lapidary_kernels::{elementwise as ew, gather, loss as ls, reduce};
+use crate::{Var, tape::BackwardFn};
+use lapidary_core::{Error, Result, Tensor};
+use lapidary_kernels::{elementwise as ew, gather, loss as ls, matmul as mm, reduce};
 
 /// Cross-entropy of `logits: [N, V]` against `labels` (-100 ignored), divided by `normalizer`
 /// (default: the number of counted tokens, i.e. the mean). Returns a `[1]` f32 loss.
@@ -24,6 +25,89 @@ pub fn cross_entropy(logits: &Var, labels: &[i64], normalizer: Option<f32>) -> R
             Ok(vec![Some(ls::cross_entropy_backward(&lv, &ce, g / norm)?)])
         }),
     )
+}
+
+/// Logits of one chunk are at most this many values (256 MiB in f32) unless a chunk size is given.
+const CHUNK_VALUES: usize = 1 << 26;
+
+/// `cross_entropy(h · wᵀ, labels, normalizer)` for `h: [N, H]`, `w: [V, H]` (a tied output head),
+/// without the `[N, V]` logits: only rows whose label is not -100 are projected, `chunk_rows` at
+/// a time (default: chunks of at most 2^26 logits), and backward projects each chunk again
+/// instead of keeping it. Same loss and gradients as the unfused ops, up to summation order.
+pub fn linear_cross_entropy(
+    h: &Var,
+    w: &Var,
+    labels: &[i64],
+    normalizer: Option<f32>,
+    chunk_rows: Option<usize>,
+) -> Result<Var> {
+    let (hv, wv) = (h.value().clone(), w.value().clone());
+    if hv.rank() != 2 || wv.rank() != 2 || hv.dim(1) != wv.dim(1) {
+        return Err(Error::invalid(format!(
+            "linear_cross_entropy: h {:?} and w {:?}: expected [N, H] and [V, H]",
+            hv.shape(),
+            wv.shape()
+        )));
+    }
+    let (n, vocab) = (hv.dim(0), wv.dim(0));
+    if labels.len() != n {
+        return Err(Error::invalid(format!("linear_cross_entropy: {} labels for {n} rows", labels.len())));
+    }
+    let rows: Vec<u32> = (0..n).filter(|&i| labels[i] != ls::IGNORE_INDEX).map(|i| i as u32).collect();
+    let norm = normalizer.unwrap_or(rows.len() as f32);
+    if norm <= 0.0 {
+        return Err(Error::invalid(
+            "linear_cross_entropy: no label to count (every label is -100) and no normalizer given",
+        ));
+    }
+    // Whole vectors of 8 rows per chunk (the product's vector width along them).
+    let step = chunk_rows.unwrap_or((CHUNK_VALUES / vocab.max(1)) / 8 * 8).max(1);
+    let chunks: Vec<Vec<u32>> = rows.chunks(step).map(<[u32]>::to_vec).collect();
+    let chunk_labels = |ids: &[u32]| -> Vec<i64> { ids.iter().map(|&i| labels[i as usize]).collect() };
+    let dev = hv.device().clone();
+    let mut loss_sum = Tensor::zeros(&dev, &[1], lapidary_core::DType::F32)?;
+    let mut saved = Vec::with_capacity(chunks.len());
+    for ids in &chunks {
+        let logits = chunk_logits(&gather::gather_rows(&hv, ids)?, &wv)?;
+        let ce = ls::cross_entropy(&logits, &chunk_labels(ids))?;
+        loss_sum = ew::add(&loss_sum, &ce.loss_sum)?;
+        saved.push(ce);
+    }
+    let loss = ew::scale(&loss_sum, 1.0 / norm)?;
+    let backward: BackwardFn = Box::new(move |outs, needs| {
+        let g = upstream(outs).to_f32_vec()?[0] / norm;
+        let mut dh = if needs[0] { Some(Tensor::zeros(&dev, hv.shape(), hv.dtype())?) } else { None };
+        let mut dw: Option<Tensor> = None;
+        if chunks.is_empty() || !(needs[0] || needs[1]) {
+            let dw = if needs[1] { Some(Tensor::zeros(&dev, wv.shape(), wv.dtype())?) } else { None };
+            return Ok(vec![dh, dw]);
+        }
+        for (ids, ce) in chunks.iter().zip(&saved) {
+            let hc = gather::gather_rows(&hv, ids)?;
+            let logits = chunk_logits(&hc, &wv)?;
+            let dlogits = ls::cross_entropy_backward(&logits, ce, g)?;
+            drop(logits);
+            if let Some(acc) = &dh {
+                let dhc = mm::matmul(&dlogits, &wv, None, false, false)?;
+                dh = Some(gather::scatter_rows(acc, &dhc, ids)?);
+            }
+            if needs[1] {
+                let dwc = mm::matmul(&dlogits, &hc, None, true, false)?;
+                dw = Some(match dw.take() {
+                    None => dwc,
+                    Some(acc) => ew::add(&acc, &dwc)?,
+                });
+            }
+        }
+        Ok(vec![dh, dw])
+    });
+    h.tape().record1(&[h, w], loss, backward)
+}
+
+/// `hc · wᵀ` as `(w · hcᵀ)ᵀ`: the transposes are of `hc` (`[C, H]`) and of the `[V, C]` product,
+/// chunk-sized, never of `w` (`[V, H]`, the whole embedding).
+fn chunk_logits(hc: &Tensor, w: &Tensor) -> Result<Tensor> {
+    mm::transpose(&mm::matmul(w, hc, None, false, true)?)
 }
 
 /// Sum of every element, as a `[1]` value.
