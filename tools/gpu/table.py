@@ -92,26 +92,26 @@ def main():
         )
 
     s, r = load_json(a.step), load_json(a.step_ref)
-    print("\n| LoRA step (all-linear r16, checkpointing, AdamW, batch 1) | tokens | tokens/s | median step | "
-          "peak GPU memory | first loss |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("\n| LoRA step (all-linear r16, checkpointing, AdamW, batch 1) | adapter values | tokens | tokens/s | "
+          "median step | peak GPU memory | first loss |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     gib = 1024**3
     if s:
         print(
-            f"| lapidary (bf16 base, f32 compute) | {s['tokens']} | {s['tokens_per_s']:.1f} | "
+            f"| lapidary (bf16 base, f32 compute) | {s['trainable']:,} | {s['tokens']} | {s['tokens_per_s']:.1f} | "
             f"{fmt_s(s['median_step_s'])} | {s['peak_reserved_bytes'] / gib:.2f} GiB reserved | {s['first_loss']:.4f} |"
         )
     else:
-        print("| lapidary | — | did not finish | — | — | — |")
+        print("| lapidary | — | — | did not finish | — | — | — |")
     if r:
         print(
             f"| HF transformers + PEFT ({r.get('attn_implementation', '?')}, bf16, torch {r.get('torch', '?')}) | "
-            f"{r['tokens']} | {r['tokens_per_s']:.1f} | {fmt_s(r['median_step_s'])} | "
+            f"{r['trainable']:,} | {r['tokens']} | {r['tokens_per_s']:.1f} | {fmt_s(r['median_step_s'])} | "
             f"{r['peak_reserved_bytes'] / gib:.2f} GiB reserved ({r['peak_allocated_bytes'] / gib:.2f} allocated) | "
             f"{r['first_loss']:.4f} |"
         )
     else:
-        print("| HF transformers + PEFT | — | did not finish | — | — | — |")
+        print("| HF transformers + PEFT | — | — | did not finish | — | — | — |")
 
 
 if __name__ == "__main__":

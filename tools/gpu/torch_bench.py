@@ -55,12 +55,13 @@ SHAPES = {
         image_token_index=262144,
         tokens=2048,
     ),
-    # The same structure, small enough for a CPU run of the whole script.
+    # The same structure (sliding and full layers, linear RoPE scaling on the full ones), small
+    # enough for a CPU run of the whole script.
     "tiny": dict(
         text=dict(
             hidden_size=128,
             intermediate_size=256,
-            num_hidden_layers=2,
+            num_hidden_layers=6,
             num_attention_heads=4,
             num_key_value_heads=2,
             head_dim=32,
@@ -69,6 +70,7 @@ SHAPES = {
             sliding_window=16,
             rope_theta=1_000_000.0,
             rope_local_base_freq=10_000.0,
+            rope_scaling={"rope_type": "linear", "factor": 8.0},
             max_position_embeddings=1024,
         ),
         vision=dict(
