@@ -58,9 +58,13 @@ if [ "$cpu" = 1 ]; then
 else
   device=cuda; torch_device=cuda; shape=4b; matmul_sizes=1024,2048,4096,8192; scale=1
   card="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)"
+  # The CUDA C++ path (NVRTC) reads CUDA's headers from CUDA_PATH, else /usr/local/cuda.
+  if [ -z "${CUDA_PATH:-}" ] && [ ! -d /usr/local/cuda ] && command -v nvcc >/dev/null; then
+    export CUDA_PATH="$(dirname "$(dirname "$(command -v nvcc)")")"
+  fi
   # NVRTC (and the driver) are loaded at run time: from the CUDA toolkit or PyTorch's wheels.
   libs=""
-  for d in /usr/local/nvidia/lib64 /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+  for d in /usr/local/nvidia/lib64 "${CUDA_PATH:-/usr/local/cuda}/lib64" /usr/local/cuda/targets/x86_64-linux/lib \
       $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
     for lib in "$d"/libnvrtc.so* "$d"/nvidia/*/lib/libnvrtc.so* "$d"/nvidia/cu*/lib/libnvrtc.so*; do
       [ -e "$lib" ] && libs="$libs:$(dirname "$lib")"
@@ -68,7 +72,7 @@ else
   done
   export LD_LIBRARY_PATH="${libs#:}:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
 fi
-say "device: $card; LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+say "device: $card; CUDA_PATH=${CUDA_PATH:-} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 export LAPIDARY_DEVICE="$device" LAPIDARY_REPO_DIR="$b/repo" RUST_BACKTRACE=1
 
 run_phase() { # name timeout_s command...
