@@ -128,6 +128,7 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
     // What loading left in the pools (conversion buffers) is not the steps' doing.
     device.release_memory()?;
     let loaded_bytes = device.memory().in_use;
+    eprintln!("bench-step: loaded in {load_s:.1} s, {trainable} adapter values, {loaded_bytes} bytes on {device}");
     let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
     let opts_bw = BackwardOptions::default();
     let (mut first_loss, mut last_loss) = (f32::NAN, f32::NAN);
@@ -142,12 +143,14 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
         drop(grads);
         let value = loss.value().to_f32_vec()?[0];
         device.sync()?;
+        let seconds = t0.elapsed().as_secs_f64();
+        eprintln!("bench-step: step {} of {}: {seconds:.3} s, loss {value:.6}", i + 1, opts.warmup + opts.steps);
         if i == 0 {
             first_loss = value;
         }
         last_loss = value;
         if i >= opts.warmup {
-            step_s.push(t0.elapsed().as_secs_f64());
+            step_s.push(seconds);
         }
     }
     let mem = device.memory();
