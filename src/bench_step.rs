@@ -125,7 +125,8 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
     let mut opt = AdamW::new(params, AdamWConfig::default())?;
     device.sync()?;
     let load_s = started.elapsed().as_secs_f64();
-    // What loading left in the pools (conversion buffers) is not the steps' doing.
+    // Loading's transients (conversion buffers) are not the steps' doing: hand back what the
+    // runtime will (the CPU runtime kept its pages when measured; the reading then includes them).
     device.release_memory()?;
     let loaded_bytes = device.memory().in_use;
     eprintln!("bench-step: loaded in {load_s:.1} s, {trainable} adapter values, {loaded_bytes} bytes on {device}");
