@@ -246,13 +246,8 @@ impl Gemma3ForConditionalGeneration {
         checkpointing: bool,
         normalizer: Option<f32>,
     ) -> Result<Output> {
-        let (b, t) = (batch.batch, batch.seq);
-        let device = self.text.embed_tokens().value().device().clone();
-        let h = self.inputs_embeds(batch, pixels, checkpointing)?;
-        let ctx = self.context(&device, batch, 0)?;
-        let hidden_states = self.text.forward(&h, &ctx, checkpointing)?;
-        let last = hidden_states.last().expect("at least the final norm");
-        let logits = self.text.logits(&ops::reshape(last, &[b * t, self.cfg.text.hidden_size])?)?;
+        let hidden_states = self.hidden_states(batch, pixels, checkpointing)?;
+        let logits = self.text.logits(&self.final_rows(batch, &hidden_states)?)?;
         let loss = match next_token_labels(batch) {
             None => None,
             Some(shifted) => Some(ops::cross_entropy(&logits, &shifted, normalizer)?),
@@ -271,14 +266,24 @@ impl Gemma3ForConditionalGeneration {
         checkpointing: bool,
         normalizer: Option<f32>,
     ) -> Result<Var> {
-        let (b, t) = (batch.batch, batch.seq);
         let shifted = next_token_labels(batch).ok_or_else(|| Error::invalid("loss: the batch has no labels"))?;
+        let hidden_states = self.hidden_states(batch, pixels, checkpointing)?;
+        self.text.head_loss(&self.final_rows(batch, &hidden_states)?, &shifted, normalizer)
+    }
+
+    /// HF's `hidden_states` of `batch` (decoder input, every layer's output but the last, the
+    /// final normalized output), each `[B, T, H]`.
+    fn hidden_states(&self, batch: &Batch, pixels: Option<&Var>, checkpointing: bool) -> Result<Vec<Var>> {
         let device = self.text.embed_tokens().value().device().clone();
         let h = self.inputs_embeds(batch, pixels, checkpointing)?;
         let ctx = self.context(&device, batch, 0)?;
-        let hidden_states = self.text.forward(&h, &ctx, checkpointing)?;
+        self.text.forward(&h, &ctx, checkpointing)
+    }
+
+    /// The final normalized output as `[B * T, H]` rows, what the head reads.
+    fn final_rows(&self, batch: &Batch, hidden_states: &[Var]) -> Result<Var> {
         let last = hidden_states.last().expect("at least the final norm");
-        self.text.head_loss(&ops::reshape(last, &[b * t, self.cfg.text.hidden_size])?, &shifted, normalizer)
+        ops::reshape(last, &[batch.batch * batch.seq, self.cfg.text.hidden_size])
     }
 
     /// Decoder input `[B, T, H]`: scaled token embeddings with the image features in place of
