@@ -1,5 +1,6 @@
 //! The `lapidary` command-line tool: `demo` (the main job), `train`, `generate`, `merge`,
-//! `tokenize`, `eval` and `bench-step`. Each subcommand is a thin layer over the library; `--help` explains every option.
+//! `tokenize`, `eval` and `bench-step`. Each subcommand is a thin layer over the library;
+//! `--help` explains every option.
 
 use clap::{Args, Parser, Subcommand};
 use lapidary::core::Device;

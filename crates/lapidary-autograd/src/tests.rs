@@ -204,4 +204,6 @@ fn linear_cross_entropy_errors_name_what_is_wrong() {
     assert!(e.contains("no label to count"), "{e}");
     let e = ops::linear_cross_entropy(&h, &w, &[0], None, None).unwrap_err().to_string();
     assert!(e.contains("1 labels for 2 rows"), "{e}");
+    let e = ops::linear_cross_entropy(&h, &w, &[-100, 5], None, Some(1)).unwrap_err().to_string();
+    assert!(e.contains("label 5 at position 1 is outside the vocabulary 0..2"), "{e}");
 }

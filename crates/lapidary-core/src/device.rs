@@ -51,19 +51,18 @@ impl Device {
     /// The device named by `LAPIDARY_DEVICE` (`cpu`, `cuda`, `cuda:N`); without it, CUDA device 0
     /// when this build has CUDA and the machine a GPU, else the CPU.
     pub fn from_env() -> Result<Self> {
-        match std::env::var("LAPIDARY_DEVICE") {
-            Ok(spec) if !spec.trim().is_empty() => Self::parse(&spec),
-            _ => Self::cuda(0).or_else(|_| Self::cpu()),
-        }
+        Self::named_by_env().unwrap_or_else(|| Self::cuda(0).or_else(|_| Self::cpu()))
     }
 
     /// The device named by `LAPIDARY_DEVICE`, else the CPU runtime: what tests and examples run
     /// on, so that a CUDA build runs them on a GPU only when asked (`LAPIDARY_DEVICE=cuda`).
     pub fn from_env_or_cpu() -> Result<Self> {
-        match std::env::var("LAPIDARY_DEVICE") {
-            Ok(spec) if !spec.trim().is_empty() => Self::parse(&spec),
-            _ => Self::cpu(),
-        }
+        Self::named_by_env().unwrap_or_else(Self::cpu)
+    }
+
+    /// The device `LAPIDARY_DEVICE` names, when it is set and not empty.
+    fn named_by_env() -> Option<Result<Self>> {
+        std::env::var("LAPIDARY_DEVICE").ok().filter(|s| !s.trim().is_empty()).map(|s| Self::parse(&s))
     }
 
     /// Which runtime and device this is.

@@ -53,6 +53,14 @@ pub fn linear_cross_entropy(
     if labels.len() != n {
         return Err(Error::invalid(format!("linear_cross_entropy: {} labels for {n} rows", labels.len())));
     }
+    // Checked here, where positions are the caller's (a chunk's cross-entropy sees its own).
+    if let Some((i, &l)) =
+        labels.iter().enumerate().find(|&(_, &l)| l != ls::IGNORE_INDEX && (l < 0 || l as usize >= vocab))
+    {
+        return Err(Error::invalid(format!(
+            "linear_cross_entropy: label {l} at position {i} is outside the vocabulary 0..{vocab} (and not -100)"
+        )));
+    }
     let rows: Vec<u32> = (0..n).filter(|&i| labels[i] != ls::IGNORE_INDEX).map(|i| i as u32).collect();
     let norm = normalizer.unwrap_or(rows.len() as f32);
     if norm <= 0.0 {
