@@ -1,9 +1,11 @@
 //! xtask: the project's tasks, run as `cargo xtask <task>`. It depends on none of the lapidary
 //! crates (so it builds in seconds, before LLVM is set up) and only drives cargo and the system.
 //!
-//! Tasks: `setup` (LLVM for CubeCL, offline), `test`, `bench`, `demo`, `gpu-bundle`, `check-grad`.
+//! Tasks: `setup` (LLVM for CubeCL, offline), `test`, `bench`, `demo`, `gpu-bundle`, `check-grad`,
+//! `cpu-check`.
 
 mod bench;
+mod cpu_check;
 mod gpu_bundle;
 mod setup;
 
@@ -15,7 +17,8 @@ usage: cargo xtask <task> [args]
 tasks:
   setup        install the system LLVM CubeCL links against (Debian packages) and lay the
                offline shim CubeCL's build looks for; idempotent
-  test [args]  setup, then every test of the workspace (extra args go to `cargo test`)
+  test [args]  setup, then every test of the workspace (extra args go to `cargo test`), the
+               doc examples, and cpu-check
   bench [args] setup, then the criterion benchmarks, then a table of the results
                (extra args go to criterion, e.g. a name filter)
   demo [args]  setup, then the main job on the CPU (extra args go to `lapidary demo`)
@@ -25,6 +28,9 @@ tasks:
   check-grad   setup, then the gradient-flow check: finite differences for every
                differentiable op and the adapter chain with checkpointing off and on,
                printed as one table; fails on any failure
+  cpu-check    setup, then the kernel tests and the bf16 model tests under qemu-x86_64 on
+               CPUs without AVX-512 (Haswell) and without AVX (Nehalem), and a check that
+               a kernel that cannot be compiled is an error naming it (x86-64 hosts)
 ";
 
 fn main() -> ExitCode {
@@ -40,6 +46,7 @@ fn main() -> ExitCode {
         "bench" => setup::run().and_then(|_| bench::run(rest)),
         "demo" => setup::run().and_then(|_| demo(rest)),
         "gpu-bundle" => setup::run().and_then(|_| gpu_bundle::run(rest)),
+        "cpu-check" => setup::run().and_then(|_| cpu_check::run()),
         "check-grad" => setup::run().and_then(|_| {
             cargo(&[
                 "test",
@@ -73,7 +80,9 @@ fn test(extra: &[String]) -> Result<(), String> {
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)?;
     // Doc examples are part of each crate's promise to its users.
-    cargo(&["test", "--workspace", "--doc"])
+    cargo(&["test", "--workspace", "--doc"])?;
+    // Kernels are JIT-compiled for the CPU they run on: check CPUs other than this one.
+    cpu_check::run()
 }
 
 fn demo(extra: &[String]) -> Result<(), String> {

@@ -84,7 +84,7 @@ fn has_lib(name: &str) -> bool {
         .any(|d| Path::new(d).join(name).exists())
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
 }
 

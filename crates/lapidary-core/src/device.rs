@@ -25,6 +25,9 @@ pub struct Device {
 impl Device {
     /// The CPU runtime.
     pub fn cpu() -> Result<Self> {
+        crate::kernel_failure::install_hook();
+        // A failure to load them is reported with the first kernel that needs them.
+        let _ = crate::jit_builtins::ensure_loaded();
         let d = cubecl::Device::cpu().map_err(|e| Error::Device(format!("cpu: {e}")))?;
         Ok(Device { kind: DeviceKind::Cpu, client: d.client() })
     }
@@ -32,6 +35,7 @@ impl Device {
     /// The CUDA GPU at `index`; an error when this build has no `cuda` feature or the machine
     /// has no such GPU.
     pub fn cuda(index: usize) -> Result<Self> {
+        crate::kernel_failure::install_hook();
         let d = cubecl::Device::cuda(index).map_err(|e| Error::Device(format!("cuda:{index}: {e}")))?;
         Ok(Device { kind: DeviceKind::Cuda(index), client: d.client() })
     }
@@ -102,7 +106,8 @@ impl Device {
 
     /// Waits for every launched kernel to finish; reports a failed launch.
     pub fn sync(&self) -> Result<()> {
-        cubecl::future::block_on(self.client.sync()).map_err(|e| Error::Runtime(format!("{e:?}")))
+        cubecl::future::block_on(self.client.sync()).map_err(|e| Error::Runtime(format!("{e:?}")))?;
+        crate::kernel_failure::check(&format!("sync of {self}"))
     }
 }
 

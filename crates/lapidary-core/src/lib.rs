@@ -18,6 +18,8 @@
 mod device;
 mod dtype;
 mod error;
+pub mod jit_builtins;
+mod kernel_failure;
 pub mod launch;
 pub mod rng;
 mod tensor;
@@ -25,6 +27,7 @@ mod tensor;
 pub use device::{Device, DeviceKind, MemoryStats};
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use kernel_failure::kernel_failure;
 pub use tensor::{Tensor, set_poison_outputs};
 
 /// The CubeCL version this build links, re-exported so that dependants use the very same one.

@@ -86,6 +86,7 @@ impl Tensor {
             .client()
             .read_one(self.handle.clone())
             .map_err(|e| Error::Runtime(format!("reading a {:?} {} tensor: {e:?}", self.shape, self.dtype)))?;
+        crate::kernel_failure::check(&format!("reading a {:?} {} tensor", self.shape, self.dtype))?;
         let n = self.numel() * self.dtype.size();
         Ok(bytes[..n].to_vec())
     }
