@@ -40,7 +40,9 @@ impl Weights {
         dtype: DType,
     ) -> Self {
         let source = file.path().to_path_buf();
-        let gguf = GgufSource { file, map: names, minus_one };
+        // Names the file lacks are missing tensors, reported as such when the model asks for them.
+        let (map, absent) = names.into_iter().partition(|(_, g)| file.tensors.contains_key(g));
+        let gguf = GgufSource { file, map, absent, minus_one };
         Self::with_source(SafetensorsFiles::empty(), Some(gguf), source, device, dtype)
     }
 
@@ -145,7 +147,12 @@ impl Weights {
     /// Resolves `name`, checks its shape and records it as used; returns the stored name.
     fn checked(&self, name: &str, shape: &[usize]) -> Result<String> {
         let stored = self.resolve(name).ok_or_else(|| {
-            Error::invalid(format!("{}: missing tensor {name} (expected shape {shape:?})", self.source.display()))
+            let gguf_name = self.gguf.as_ref().and_then(|g| g.absent.get(name)).map(|g| format!(", GGUF name {g}"));
+            Error::invalid(format!(
+                "{}: missing tensor {name} (expected shape {shape:?}{})",
+                self.source.display(),
+                gguf_name.unwrap_or_default()
+            ))
         })?;
         let stored_shape = match &self.gguf {
             Some(g) => g.shape(&stored),
@@ -210,8 +217,10 @@ mod tests;
 /// A GGUF file seen under HF names.
 struct GgufSource {
     file: Rc<GgufFile>,
-    /// HF name -> GGUF tensor name.
+    /// HF name -> GGUF tensor name, for the tensors the file holds.
     map: BTreeMap<String, String>,
+    /// HF name -> GGUF tensor name, for the tensors the file lacks.
+    absent: BTreeMap<String, String>,
     minus_one: BTreeSet<String>,
 }
 

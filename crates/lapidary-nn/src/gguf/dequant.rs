@@ -55,6 +55,12 @@ impl GgmlType {
         let (per, bytes) = self.block();
         n / per * bytes
     }
+
+    /// [`Self::bytes_for`], `None` when it overflows.
+    pub fn checked_bytes_for(self, n: usize) -> Option<usize> {
+        let (per, bytes) = self.block();
+        (n / per).checked_mul(bytes)
+    }
 }
 
 fn half(b: &[u8]) -> f32 {

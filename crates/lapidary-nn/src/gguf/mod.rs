@@ -94,18 +94,34 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
+/// Deepest nesting of metadata arrays accepted (GGUF writers use one level).
+const MAX_ARRAY_DEPTH: usize = 4;
+/// Most dimensions a tensor may have (GGML has 4).
+const MAX_DIMS: usize = 8;
+/// Longest string accepted in metadata or a tensor name.
+const MAX_STRING: usize = 1 << 24;
+
 struct Cursor<'a> {
     data: &'a [u8],
     at: usize,
     path: &'a Path,
+    /// Bytes of parsed metadata values still allowed (bounds memory relative to the file).
+    budget: usize,
 }
 
 impl Cursor<'_> {
+    fn err(&self, what: impl std::fmt::Display) -> Error {
+        Error::invalid(format!("{}: {what}", self.path.display()))
+    }
+
+    fn remaining(&self) -> usize {
+        self.data.len() - self.at
+    }
+
     fn take(&mut self, n: usize) -> Result<&[u8]> {
-        if self.at + n > self.data.len() {
-            return Err(Error::invalid(format!(
-                "{}: truncated GGUF (needed {n} bytes at offset {}, file has {})",
-                self.path.display(),
+        if n > self.remaining() {
+            return Err(self.err(format_args!(
+                "truncated GGUF (needed {n} bytes at offset {}, file has {})",
                 self.at,
                 self.data.len()
             )));
@@ -123,15 +139,53 @@ impl Cursor<'_> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
 
-    fn string(&mut self) -> Result<String> {
-        let n = self.u64()? as usize;
-        let bytes = self.take(n)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| {
-            Error::invalid(format!("{}: a GGUF string at offset {} is not UTF-8", self.path.display(), self.at))
+    /// A count or length from the file, which must fit in what remains of it at `min` bytes each.
+    fn count(&mut self, what: &str, min: usize) -> Result<usize> {
+        let at = self.at;
+        let n = self.u64()?;
+        let fits =
+            usize::try_from(n).ok().filter(|&n| n.checked_mul(min.max(1)).is_some_and(|b| b <= self.remaining()));
+        fits.ok_or_else(|| {
+            self.err(format_args!(
+                "{what} of {n} at offset {at} cannot fit in the {} bytes left in the file",
+                self.remaining()
+            ))
         })
     }
 
-    fn value(&mut self, ty: u32) -> Result<Value> {
+    fn charge(&mut self, bytes: usize) -> Result<()> {
+        self.budget = self.budget.checked_sub(bytes).ok_or_else(|| {
+            self.err(format_args!("metadata at offset {} would need far more memory than the file's size", self.at))
+        })?;
+        Ok(())
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let at = self.at;
+        let n = self.count("a string length", 1)?;
+        if n > MAX_STRING {
+            return Err(self.err(format_args!("a string of {n} bytes at offset {at} (at most {MAX_STRING})")));
+        }
+        self.charge(n)?;
+        let bytes = self.take(n)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| Error::invalid(format!("{}: a GGUF string at offset {at} is not UTF-8", self.path.display())))
+    }
+
+    /// Smallest encoding of one value of type `ty` (for bounding array counts).
+    fn min_size(ty: u32) -> usize {
+        match ty {
+            0 | 1 | 7 => 1,
+            2 | 3 => 2,
+            4..=6 => 4,
+            8 | 10..=12 => 8,
+            9 => 12,
+            _ => 1,
+        }
+    }
+
+    fn value(&mut self, ty: u32, depth: usize) -> Result<Value> {
+        self.charge(std::mem::size_of::<Value>())?;
         Ok(match ty {
             0 => Value::U64(self.take(1)?[0] as u64),
             1 => Value::I64(self.take(1)?[0] as i8 as i64),
@@ -143,17 +197,17 @@ impl Cursor<'_> {
             7 => Value::Bool(self.take(1)?[0] != 0),
             8 => Value::Str(self.string()?),
             9 => {
-                let item = self.u32()?;
-                let n = self.u64()? as usize;
-                if n > self.data.len() {
-                    return Err(Error::invalid(format!(
-                        "{}: GGUF array of {n} items is longer than the file",
-                        self.path.display()
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(self.err(format_args!(
+                        "metadata arrays nested more than {MAX_ARRAY_DEPTH} deep at offset {}",
+                        self.at
                     )));
                 }
-                let mut v = Vec::with_capacity(n);
+                let item = self.u32()?;
+                let n = self.count("a metadata array", Self::min_size(item))?;
+                let mut v = Vec::new();
                 for _ in 0..n {
-                    v.push(self.value(item)?);
+                    v.push(self.value(item, depth + 1)?);
                 }
                 Value::Array(v)
             }
@@ -161,7 +215,7 @@ impl Cursor<'_> {
             11 => Value::I64(self.u64()? as i64),
             12 => Value::F64(f64::from_le_bytes(self.take(8)?.try_into().expect("8"))),
             other => {
-                return Err(Error::invalid(format!("{}: unknown GGUF metadata type {other}", self.path.display())));
+                return Err(self.err(format_args!("unknown GGUF metadata type {other} at offset {}", self.at - 4)));
             }
         })
     }
@@ -179,40 +233,59 @@ impl GgufFile {
         Ok(GgufFile { path: path.to_path_buf(), map, metadata, tensors })
     }
 
+    /// Parses the header, metadata and tensor directory of GGUF bytes; `path` names them in
+    /// errors. Never panics and never allocates much more than the input's size: every length,
+    /// count, offset and shape is checked against the bytes before it is used.
     #[allow(clippy::type_complexity)]
-    fn parse(data: &[u8], path: &Path) -> Result<(BTreeMap<String, Value>, BTreeMap<String, TensorInfo>)> {
-        let mut c = Cursor { data, at: 0, path };
-        if c.take(4)? != b"GGUF" {
+    pub fn parse(data: &[u8], path: &Path) -> Result<(BTreeMap<String, Value>, BTreeMap<String, TensorInfo>)> {
+        let budget = data.len().saturating_mul(4).saturating_add(64 << 20);
+        let mut c = Cursor { data, at: 0, path, budget };
+        if c.take(4).ok() != Some(b"GGUF".as_slice()) {
             return Err(Error::invalid(format!("{}: not a GGUF file (no GGUF magic)", path.display())));
         }
         let version = c.u32()?;
         if !(2..=3).contains(&version) {
             return Err(Error::invalid(format!("{}: GGUF version {version} (2 or 3 expected)", path.display())));
         }
-        let n_tensors = c.u64()? as usize;
-        let n_kv = c.u64()? as usize;
+        // A tensor entry takes at least 8 (name) + 4 (dims) + 4 (type) + 8 (offset) bytes, a
+        // metadata entry 8 (key) + 4 (type) + 1.
+        let n_tensors = c.count("a tensor count", 24)?;
+        let n_kv = c.count("a metadata count", 13)?;
         let mut metadata = BTreeMap::new();
         for _ in 0..n_kv {
             let key = c.string()?;
             let ty = c.u32()?;
-            metadata.insert(key, c.value(ty)?);
+            let value = c.value(ty, 0)?;
+            if metadata.insert(key.clone(), value).is_some() {
+                return Err(c.err(format_args!("metadata key {key} appears twice")));
+            }
         }
-        let mut raw = Vec::with_capacity(n_tensors.min(1 << 20));
+        let mut raw = Vec::with_capacity(n_tensors);
         for _ in 0..n_tensors {
             let name = c.string()?;
             let n_dims = c.u32()? as usize;
-            if n_dims > 8 {
-                return Err(Error::invalid(format!("{}: tensor {name} has {n_dims} dimensions", path.display())));
+            if n_dims == 0 || n_dims > MAX_DIMS {
+                return Err(c.err(format_args!("tensor {name} has {n_dims} dimensions (1 to {MAX_DIMS} expected)")));
             }
             let mut dims = Vec::with_capacity(n_dims);
             for _ in 0..n_dims {
-                dims.push(c.u64()? as usize);
+                let d = c.u64()?;
+                match usize::try_from(d) {
+                    Ok(d) if d > 0 => dims.push(d),
+                    _ => return Err(c.err(format_args!("tensor {name} has a dimension of {d}"))),
+                }
             }
             let ty = c.u32()?;
-            let offset = c.u64()? as usize;
+            let offset = c.u64()?;
             raw.push((name, dims, ty, offset));
         }
-        let align = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(32) as usize;
+        let align = match metadata.get("general.alignment") {
+            None => 32,
+            Some(v) => match v.as_u64() {
+                Some(a) if a.is_power_of_two() && a <= 1 << 20 => a as usize,
+                _ => return Err(c.err(format_args!("general.alignment is {v:?} (a power of two expected)"))),
+            },
+        };
         let base = c.at.div_ceil(align) * align;
         let mut tensors = BTreeMap::new();
         for (name, dims, ty, offset) in raw {
@@ -223,26 +296,34 @@ impl GgufFile {
                     path.display()
                 ))
             })?;
-            let n: usize = dims.iter().product();
             let (per, _) = ggml_type.block();
-            if dims.first().is_some_and(|d0| d0 % per != 0) {
-                return Err(Error::invalid(format!(
-                    "{}: tensor {name}: rows of {} values are not whole {per}-value blocks",
-                    path.display(),
-                    dims[0]
-                )));
+            if dims[0] % per != 0 {
+                return Err(
+                    c.err(format_args!("tensor {name}: rows of {} values are not whole {per}-value blocks", dims[0]))
+                );
             }
-            let size = ggml_type.bytes_for(n);
-            let start = base + offset;
-            if start + size > data.len() {
-                return Err(Error::invalid(format!(
-                    "{}: tensor {name} ({size} bytes at {start}) runs past the end of the file ({} bytes)",
-                    path.display(),
+            let n = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            let size = n.and_then(|n| ggml_type.checked_bytes_for(n));
+            let start = usize::try_from(offset).ok().and_then(|o| o.checked_add(base));
+            let end = start.zip(size).and_then(|(s, z)| s.checked_add(z));
+            let (Some(start), Some(size), Some(end)) = (start, size, end) else {
+                return Err(c.err(format_args!("tensor {name}: shape {dims:?} at offset {offset} overflows")));
+            };
+            if end > data.len() {
+                return Err(c.err(format_args!(
+                    "tensor {name} ({size} bytes at {start}) runs past the end of the file ({} bytes)",
                     data.len()
                 )));
             }
+            if offset as usize % align != 0 {
+                return Err(
+                    c.err(format_args!("tensor {name}: offset {offset} is not a multiple of the alignment {align}"))
+                );
+            }
             let shape: Vec<usize> = dims.iter().rev().copied().collect();
-            tensors.insert(name, TensorInfo { shape, ggml_type, offset: start, size });
+            if tensors.insert(name.clone(), TensorInfo { shape, ggml_type, offset: start, size }).is_some() {
+                return Err(c.err(format_args!("tensor {name} appears twice")));
+            }
         }
         Ok((metadata, tensors))
     }
@@ -278,3 +359,6 @@ impl GgufFile {
         Ok((dequant::dequantize(info.ggml_type, bytes, n), info.shape.clone()))
     }
 }
+
+#[cfg(test)]
+mod tests;
