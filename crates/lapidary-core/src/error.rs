@@ -53,6 +53,22 @@ impl Error {
         Error::Invalid(msg.into())
     }
 
+    /// An error unless `lo <= value <= hi`; `key` names the setting (a config field, a flag).
+    pub fn check_range(key: &str, value: usize, lo: usize, hi: usize) -> Result<()> {
+        if value < lo || value > hi {
+            return Err(Error::invalid(format!("{key} is {value}; expected {lo} to {hi}")));
+        }
+        Ok(())
+    }
+
+    /// An error unless `value` is finite and above zero; `key` names the setting.
+    pub fn check_positive(key: &str, value: f64) -> Result<()> {
+        if !(value.is_finite() && value > 0.0) {
+            return Err(Error::invalid(format!("{key} is {value}; expected a finite number above 0")));
+        }
+        Ok(())
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }

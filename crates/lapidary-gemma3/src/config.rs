@@ -100,8 +100,23 @@ fn usize_of(v: &Value, key: &str) -> Result<usize> {
         .ok_or_else(|| Error::invalid(format!("text_config: {key} must be an integer")))
 }
 
-fn f64_or(v: &Value, key: &str, default: f64) -> f64 {
-    v.get(key).and_then(Value::as_f64).unwrap_or(default)
+/// A number field, `default` when absent or null; an error when it is there but not a number.
+fn f64_or(v: &Value, key: &str, default: f64) -> Result<f64> {
+    match v.get(key).filter(|x| !x.is_null()) {
+        None => Ok(default),
+        Some(x) => x.as_f64().ok_or_else(|| Error::invalid(format!("{key} must be a number, got {x}"))),
+    }
+}
+
+/// An integer field, `default` when absent or null; an error when it is there but not one.
+fn usize_or(v: &Value, key: &str, default: usize) -> Result<usize> {
+    match v.get(key).filter(|x| !x.is_null()) {
+        None => Ok(default),
+        Some(x) => x
+            .as_u64()
+            .and_then(|x| usize::try_from(x).ok())
+            .ok_or_else(|| Error::invalid(format!("{key} must be a non-negative integer, got {x}"))),
+    }
 }
 
 fn rope_of(v: Option<&Value>, default_theta: f64) -> Result<Rope> {
@@ -109,16 +124,17 @@ fn rope_of(v: Option<&Value>, default_theta: f64) -> Result<Rope> {
     let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(Value::as_str).unwrap_or("default");
     let linear_factor = match kind {
         "default" => 1.0,
-        "linear" => f64_or(v, "factor", 1.0),
+        "linear" => f64_or(v, "factor", 1.0)?,
         other => return Err(Error::invalid(format!("rope_type {other} is not supported (default and linear are)"))),
     };
-    Ok(Rope { theta: f64_or(v, "rope_theta", default_theta), linear_factor })
+    Ok(Rope { theta: f64_or(v, "rope_theta", default_theta)?, linear_factor })
 }
 
 impl Gemma3TextConfig {
     /// From a `text_config` object in either schema.
     pub fn from_json(v: &Value) -> Result<Self> {
         let layers = usize_of(v, "num_hidden_layers")?;
+        Error::check_range("text_config: num_hidden_layers", layers, 1, 512)?;
         let layer_types = match v.get("layer_types").filter(|x| !x.is_null()) {
             Some(lt) => lt
                 .as_array()
@@ -131,7 +147,7 @@ impl Gemma3TextConfig {
                 })
                 .collect::<Result<Vec<_>>>()?,
             None => {
-                let pattern = v.get("sliding_window_pattern").and_then(Value::as_u64).unwrap_or(6) as usize;
+                let pattern = usize_or(v, "sliding_window_pattern", 6)?;
                 (0..layers)
                     .map(|i| if (i + 1) % pattern.max(1) == 0 { LayerKind::Full } else { LayerKind::Sliding })
                     .collect()
@@ -145,9 +161,10 @@ impl Gemma3TextConfig {
                 (rope_of(rp.get("sliding_attention"), 10_000.0)?, rope_of(rp.get("full_attention"), 1_000_000.0)?)
             }
             None => {
-                let local = Rope { theta: f64_or(v, "rope_local_base_freq", 10_000.0), linear_factor: 1.0 };
-                let mut global = rope_of(v.get("rope_scaling"), f64_or(v, "rope_theta", 1_000_000.0))?;
-                global.theta = f64_or(v, "rope_theta", 1_000_000.0);
+                let local = Rope { theta: f64_or(v, "rope_local_base_freq", 10_000.0)?, linear_factor: 1.0 };
+                let theta = f64_or(v, "rope_theta", 1_000_000.0)?;
+                let mut global = rope_of(v.get("rope_scaling"), theta)?;
+                global.theta = theta;
                 (local, global)
             }
         };
@@ -163,21 +180,59 @@ impl Gemma3TextConfig {
             }
         }
         let head_dim = usize_of(v, "head_dim")?;
-        Ok(Gemma3TextConfig {
+        let cfg = Gemma3TextConfig {
             vocab_size: usize_of(v, "vocab_size")?,
             hidden_size: usize_of(v, "hidden_size")?,
             intermediate_size: usize_of(v, "intermediate_size")?,
             num_attention_heads: usize_of(v, "num_attention_heads")?,
             num_key_value_heads: usize_of(v, "num_key_value_heads")?,
             head_dim,
-            rms_norm_eps: f64_or(v, "rms_norm_eps", 1e-6),
-            query_pre_attn_scalar: f64_or(v, "query_pre_attn_scalar", head_dim as f64),
+            rms_norm_eps: f64_or(v, "rms_norm_eps", 1e-6)?,
+            query_pre_attn_scalar: f64_or(v, "query_pre_attn_scalar", head_dim as f64)?,
             sliding_window: usize_of(v, "sliding_window")?,
             layer_types,
             rope_local,
             rope_global,
-            pad_token_id: v.get("pad_token_id").and_then(Value::as_u64).unwrap_or(0) as usize,
-        })
+            pad_token_id: usize_or(v, "pad_token_id", 0)?,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Every size within what a Gemma 3 model can have, and every scale finite and positive:
+    /// a value outside would allocate without bound or compute NaN, so it is refused here.
+    pub fn validate(&self) -> Result<()> {
+        let r = |k: &str, v: usize, lo: usize, hi: usize| Error::check_range(&format!("text_config: {k}"), v, lo, hi);
+        r("vocab_size", self.vocab_size, 1, 1 << 24)?;
+        r("hidden_size", self.hidden_size, 1, 1 << 16)?;
+        r("intermediate_size", self.intermediate_size, 1, 1 << 18)?;
+        r("num_attention_heads", self.num_attention_heads, 1, 256)?;
+        r("num_key_value_heads", self.num_key_value_heads, 1, self.num_attention_heads)?;
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+            return Err(Error::invalid(format!(
+                "text_config: num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads, self.num_key_value_heads
+            )));
+        }
+        r("head_dim", self.head_dim, 2, 1024)?;
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(Error::invalid(format!(
+                "text_config: head_dim {} must be even (RoPE rotates halves)",
+                self.head_dim
+            )));
+        }
+        r("sliding_window", self.sliding_window, 1, 1 << 24)?;
+        r("pad_token_id", self.pad_token_id, 0, self.vocab_size - 1)?;
+        Error::check_positive("text_config: rms_norm_eps", self.rms_norm_eps)?;
+        Error::check_positive("text_config: query_pre_attn_scalar", self.query_pre_attn_scalar)?;
+        for (name, rope) in [("sliding", self.rope_local), ("full", self.rope_global)] {
+            Error::check_positive(&format!("text_config: rope theta of {name} attention"), rope.theta)?;
+            Error::check_positive(
+                &format!("text_config: rope scaling factor of {name} attention"),
+                rope.linear_factor,
+            )?;
+        }
+        Ok(())
     }
 
     /// RoPE of a layer kind.
@@ -197,12 +252,12 @@ impl Gemma3Config {
         let v: Value = serde_json::from_str(&text)
             .map_err(|e| Error::invalid(format!("{}: not valid JSON: {e}", path.display())))?;
         let ctx = |e: Error| Error::invalid(format!("{}: {e}", path.display()));
-        let get = |k: &str, d: usize| v.get(k).and_then(Value::as_u64).map_or(d, |x| x as usize);
+        let get = |k: &str, d: usize| usize_or(&v, k, d).map_err(ctx);
         if v.get("model_type").and_then(Value::as_str) == Some("gemma3_text") {
             // Gemma3ForCausalLM: the file is the text config itself.
             return Ok(Gemma3Config::text_only(Gemma3TextConfig::from_json(&v).map_err(ctx)?));
         }
-        Ok(Gemma3Config {
+        let cfg = Gemma3Config {
             text: Gemma3TextConfig::from_json(
                 v.get("text_config").ok_or_else(|| ctx(Error::invalid("no text_config")))?,
             )
@@ -213,10 +268,111 @@ impl Gemma3Config {
                 )
                 .map_err(ctx)?,
             ),
-            mm_tokens_per_image: get("mm_tokens_per_image", 256),
-            image_token_index: get("image_token_index", 262_144),
-            boi_token_index: get("boi_token_index", 255_999),
-            eoi_token_index: get("eoi_token_index", 256_000),
-        })
+            mm_tokens_per_image: get("mm_tokens_per_image", 256)?,
+            image_token_index: get("image_token_index", 262_144)?,
+            boi_token_index: get("boi_token_index", 255_999)?,
+            eoi_token_index: get("eoi_token_index", 256_000)?,
+        };
+        cfg.validate_multimodal().map_err(ctx)?;
+        Ok(cfg)
+    }
+
+    /// The projector's pooling must tile the patch grid: `mm_tokens_per_image` a perfect square
+    /// whose side divides the grid side (what HF's projector needs too).
+    pub fn validate_multimodal(&self) -> Result<()> {
+        let Some(vision) = &self.vision else { return Ok(()) };
+        let grid = vision.grid();
+        Error::check_range("mm_tokens_per_image", self.mm_tokens_per_image, 1, vision.num_patches())?;
+        let side = (1..=grid).find(|s| s * s >= self.mm_tokens_per_image).unwrap_or(grid);
+        if side * side != self.mm_tokens_per_image || !grid.is_multiple_of(side) {
+            return Err(Error::invalid(format!(
+                "mm_tokens_per_image {} must be a perfect square whose side divides the {grid}x{grid} patch grid",
+                self.mm_tokens_per_image
+            )));
+        }
+        for (k, id) in [
+            ("image_token_index", self.image_token_index),
+            ("boi_token_index", self.boi_token_index),
+            ("eoi_token_index", self.eoi_token_index),
+        ] {
+            Error::check_range(k, id, 0, 1 << 24)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Config values that would allocate without bound or compute NaN are refused, naming the
+    //! field; the bundled tiny model's config is accepted.
+    use super::*;
+
+    fn tiny() -> Value {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-gemma3/model/config.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn error_with(edit: impl Fn(&mut Value)) -> String {
+        let mut v = tiny();
+        edit(&mut v);
+        let dir = std::env::temp_dir().join(format!("lapidary-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!(
+            "config-{:x}.json",
+            v.to_string().len() * 7919 + v.to_string().bytes().map(usize::from).sum::<usize>()
+        ));
+        std::fs::write(&path, v.to_string()).unwrap();
+        let got = Gemma3Config::from_file(&path);
+        let _ = std::fs::remove_file(&path);
+        match got {
+            Ok(_) => panic!("accepted {v}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_tiny_config_is_accepted() {
+        let v = tiny();
+        let text = Gemma3TextConfig::from_json(&v["text_config"]).unwrap();
+        assert!(text.vocab_size > 0 && !text.layer_types.is_empty());
+    }
+
+    #[test]
+    fn nonsense_values_are_refused_naming_the_field() {
+        let t = |key: &'static str, val: Value| move |v: &mut Value| v["text_config"][key] = val.clone();
+        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+            (Box::new(t("rms_norm_eps", 0.0.into())), "rms_norm_eps"),
+            (Box::new(t("rms_norm_eps", (-1e-6).into())), "rms_norm_eps"),
+            (Box::new(t("rms_norm_eps", "1e-6".into())), "rms_norm_eps must be a number"),
+            (Box::new(t("query_pre_attn_scalar", 0.into())), "query_pre_attn_scalar"),
+            (
+                Box::new(|v: &mut Value| {
+                    v["text_config"]["rope_parameters"]["full_attention"]["rope_theta"] = 0.into()
+                }),
+                "rope theta",
+            ),
+            (
+                Box::new(|v: &mut Value| {
+                    v["text_config"]["rope_parameters"]["full_attention"]["factor"] = (-8.0).into()
+                }),
+                "scaling factor",
+            ),
+            (Box::new(t("sliding_window", 0.into())), "sliding_window"),
+            (Box::new(t("num_hidden_layers", 10_000_000.into())), "num_hidden_layers"),
+            (Box::new(t("num_key_value_heads", 3.into())), "num_key_value_heads"),
+            (Box::new(t("head_dim", 7.into())), "head_dim"),
+            (Box::new(t("vocab_size", 0.into())), "vocab_size"),
+            (Box::new(|v: &mut Value| v["mm_tokens_per_image"] = 3.into()), "mm_tokens_per_image"),
+            (Box::new(|v: &mut Value| v["mm_tokens_per_image"] = 0.into()), "mm_tokens_per_image"),
+            (Box::new(|v: &mut Value| v["mm_tokens_per_image"] = (1u64 << 40).into()), "mm_tokens_per_image"),
+            (Box::new(|v: &mut Value| v["mm_tokens_per_image"] = "4".into()), "mm_tokens_per_image"),
+            (Box::new(|v: &mut Value| v["vision_config"]["layer_norm_eps"] = 0.into()), "layer_norm_eps"),
+            (Box::new(|v: &mut Value| v["vision_config"]["num_hidden_layers"] = 100_000.into()), "num_hidden_layers"),
+            (Box::new(|v: &mut Value| v["vision_config"]["image_size"] = 1_000_000.into()), "image_size"),
+        ];
+        for (edit, want) in cases {
+            let e = error_with(edit);
+            assert!(e.contains(want) && e.contains("config-"), "expected {want:?} in: {e}");
+        }
     }
 }

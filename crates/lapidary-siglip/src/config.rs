@@ -85,6 +85,15 @@ impl SiglipVisionConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        let r = |k: &str, v: usize, lo: usize, hi: usize| Error::check_range(&format!("vision config: {k}"), v, lo, hi);
+        r("hidden_size", self.hidden_size, 1, 1 << 16)?;
+        r("intermediate_size", self.intermediate_size, 1, 1 << 18)?;
+        r("num_hidden_layers", self.num_hidden_layers, 1, 512)?;
+        r("num_attention_heads", self.num_attention_heads, 1, 256)?;
+        r("num_channels", self.num_channels, 1, 16)?;
+        r("image_size", self.image_size, 1, 4096)?;
+        r("patch_size", self.patch_size, 1, self.image_size)?;
+        Error::check_positive("vision config: layer_norm_eps", self.layer_norm_eps)?;
         if self.hidden_act != "gelu_pytorch_tanh" {
             return Err(Error::invalid(format!(
                 "vision config: hidden_act {} is not supported (gelu_pytorch_tanh is)",
