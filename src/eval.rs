@@ -40,7 +40,20 @@ pub fn read_batch(path: &Path, device: &Device) -> Result<Batch> {
     let token_type_ids = fields.pop().expect("read above");
     let attention_mask = fields.pop().expect("read above");
     let pixel_values = match f.entry("pixel_values") {
-        Some(e) if e.shape.len() == 4 => Some(f.load("pixel_values", device, DType::F32)?),
+        Some(e) if e.shape.len() == 4 => {
+            let dtype = e.dtype.ok_or_else(|| {
+                Error::invalid(format!("{}: pixel_values is not stored as f32, bf16 or f16", path.display()))
+            })?;
+            let values = dtype.decode(f.bytes("pixel_values")?);
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "{}: pixel_values holds {} at flat index {i}; pixels must be finite",
+                    path.display(),
+                    values[i]
+                )));
+            }
+            Some(Tensor::from_f32(device, &values, &e.shape, DType::F32)?)
+        }
         Some(e) => {
             return Err(Error::invalid(format!(
                 "{}: pixel_values has shape {:?}, expected [N, 3, H, W]",
@@ -86,8 +99,17 @@ pub fn run(
                 tape_names(&tape, &["vision_tower.", "multi_modal_projector.", "base_model.model.model.vision_tower."]);
         }
         let (grads, _) = tape.backward_with(&loss, &opts)?;
+        // Each gradient in its parameter's checkpoint shape (the patch embedding's conv kernel
+        // [out, c, p, p], used as a matrix here), as HF reports it.
+        let gguf = model_dir.extension().is_some_and(|e| e == "gguf");
+        let stored = if gguf { SafetensorsFiles::empty() } else { SafetensorsFiles::open(model_dir)? };
         for (name, g) in grads.named() {
-            entries.push(safetensors::entry_of(format!("grad.{}", model.stored_name(name)), g)?);
+            let key = model.stored_name(name);
+            let g = match stored.entry(key) {
+                Some(e) if e.shape != g.shape() => g.reshape(&e.shape)?,
+                _ => g.clone(),
+            };
+            entries.push(safetensors::entry_of(format!("grad.{key}"), &g)?);
         }
     }
     safetensors::save(out, &entries)?;

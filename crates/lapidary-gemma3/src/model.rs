@@ -45,6 +45,48 @@ pub struct Output {
 }
 
 impl Batch {
+    /// Checks what the model would otherwise read wrongly: at least one row and one token, every
+    /// field `batch x seq` long, ids within the vocabulary (or the image soft token), masks and
+    /// token types 0 or 1, labels -100 or within the vocabulary. Errors name the field and the
+    /// (row, position).
+    pub fn validate(&self, vocab_size: usize, image_token: usize) -> Result<()> {
+        let (b, t) = (self.batch, self.seq);
+        if b == 0 || t == 0 {
+            return Err(Error::invalid(format!("batch: {b} row(s) of {t} token(s); at least one of each is needed")));
+        }
+        let mut fields = vec![
+            ("input_ids", &self.input_ids),
+            ("attention_mask", &self.attention_mask),
+            ("token_type_ids", &self.token_type_ids),
+        ];
+        if let Some(labels) = &self.labels {
+            fields.push(("labels", labels));
+        }
+        for (name, v) in &fields {
+            if v.len() != b * t {
+                return Err(Error::invalid(format!("batch: {name} has {} values, expected {b} x {t}", v.len())));
+            }
+        }
+        let at = |i: usize| format!("row {}, position {}", i / t, i % t);
+        let vocab = vocab_size as i64;
+        for (name, v) in fields {
+            let bad = v.iter().position(|&x| match name {
+                "input_ids" => !((0..vocab).contains(&x) || x == image_token as i64),
+                "labels" => !(x == -100 || (0..vocab).contains(&x)),
+                _ => !(x == 0 || x == 1),
+            });
+            if let Some(i) = bad {
+                let expected = match name {
+                    "input_ids" => format!("0 to {} or the image token {image_token}", vocab - 1),
+                    "labels" => format!("-100 or 0 to {}", vocab - 1),
+                    _ => "0 or 1".to_string(),
+                };
+                return Err(Error::invalid(format!("batch: {name} at {} is {}; expected {expected}", at(i), v[i])));
+            }
+        }
+        Ok(())
+    }
+
     /// One row of `ids` without labels or padding (a prompt): token_type_ids 1 where an id is
     /// `image_token`, the images' pixels when there are any.
     pub fn prompt(ids: &[u32], image_token: usize, pixel_values: Option<Tensor>) -> Self {
@@ -290,16 +332,10 @@ impl Gemma3ForConditionalGeneration {
     /// the image soft tokens.
     fn inputs_embeds(&self, batch: &Batch, pixels: Option<&Var>, checkpointing: bool) -> Result<Var> {
         let (b, t) = (batch.batch, batch.seq);
-        for (name, v) in [
-            ("input_ids", &batch.input_ids),
-            ("attention_mask", &batch.attention_mask),
-            ("token_type_ids", &batch.token_type_ids),
-        ] {
-            if v.len() != b * t {
-                return Err(Error::invalid(format!("batch: {name} has {} values, expected {b} x {t}", v.len())));
-            }
-        }
-        let ids: Vec<u32> = batch.input_ids.iter().map(|&i| i.max(0) as u32).collect();
+        batch.validate(self.cfg.text.vocab_size, self.cfg.image_token_index)?;
+        // The image soft token may lie past the vocabulary (HF looks it up as 0, then replaces it).
+        let vocab = self.cfg.text.vocab_size as i64;
+        let ids: Vec<u32> = batch.input_ids.iter().map(|&i| if i < vocab { i as u32 } else { 0 }).collect();
         let mut x = self.text.embed(&ids)?;
         let image_rows: Vec<u32> =
             (0..b * t).filter(|&i| batch.input_ids[i] == self.cfg.image_token_index as i64).map(|i| i as u32).collect();
@@ -423,4 +459,40 @@ fn next_token_labels(batch: &Batch) -> Option<Vec<i64>> {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Batch;
+
+    fn batch(ids: Vec<i64>, labels: Option<Vec<i64>>) -> Batch {
+        let n = ids.len();
+        Batch {
+            batch: 2,
+            seq: n / 2,
+            input_ids: ids,
+            attention_mask: vec![1; n],
+            token_type_ids: vec![0; n],
+            labels,
+            pixel_values: None,
+        }
+    }
+
+    #[test]
+    fn ids_and_labels_outside_the_vocabulary_are_errors_naming_the_position() {
+        assert!(batch(vec![1, 2, 3, 200], None).validate(100, 200).is_ok());
+        let e = batch(vec![1, 2, 3, 100], None).validate(100, 200).unwrap_err().to_string();
+        assert!(e.contains("input_ids at row 1, position 1 is 100"), "{e}");
+        let e = batch(vec![1, -1, 3, 4], None).validate(100, 200).unwrap_err().to_string();
+        assert!(e.contains("input_ids at row 0, position 1 is -1"), "{e}");
+        let e = batch(vec![1, 2, 3, 4], Some(vec![-100, 5, 100, -100])).validate(100, 200).unwrap_err().to_string();
+        assert!(e.contains("labels at row 1, position 0 is 100"), "{e}");
+        let mut b = batch(vec![1, 2, 3, 4], None);
+        b.attention_mask[2] = 2;
+        assert!(b.validate(100, 200).unwrap_err().to_string().contains("attention_mask at row 1, position 0 is 2"));
+        let empty = Batch { batch: 0, seq: 4, ..batch(vec![], None) };
+        assert!(empty.validate(100, 200).unwrap_err().to_string().contains("0 row(s)"));
+        let short = Batch { seq: 3, ..batch(vec![1, 2, 3, 4], None) };
+        assert!(short.validate(100, 200).unwrap_err().to_string().contains("input_ids has 4 values, expected 2 x 3"));
+    }
 }
