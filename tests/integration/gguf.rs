@@ -225,3 +225,43 @@ fn gemma3_270m_lora_fine_tune_lowers_held_out_loss() {
     assert!(s.eval_after.unwrap() < s.eval_before.unwrap() - 0.5, "{s:?}");
     assert!(s.output.join("adapter_model.safetensors").is_file());
 }
+
+/// GGUF bytes holding only metadata: string entries and one string array.
+fn metadata_only_gguf(strings: &[(&str, &str)], array: (&str, &[String])) -> Vec<u8> {
+    let s = |b: &mut Vec<u8>, t: &str| {
+        b.extend((t.len() as u64).to_le_bytes());
+        b.extend(t.as_bytes());
+    };
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend((strings.len() as u64 + 1).to_le_bytes());
+    for (k, v) in strings {
+        s(&mut b, k);
+        b.extend(8u32.to_le_bytes());
+        s(&mut b, v);
+    }
+    s(&mut b, array.0);
+    b.extend(9u32.to_le_bytes());
+    b.extend(8u32.to_le_bytes());
+    b.extend((array.1.len() as u64).to_le_bytes());
+    for t in array.1 {
+        s(&mut b, t);
+    }
+    b
+}
+
+#[test]
+fn a_tokenizer_whose_pieces_are_too_long_is_refused_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("long.gguf");
+    let tokens = vec!["<unk>".to_string(), "a".to_string(), "a".repeat(600_000)];
+    let meta = [("general.architecture", "gemma3"), ("tokenizer.ggml.model", "llama")];
+    std::fs::write(&p, metadata_only_gguf(&meta, ("tokenizer.ggml.tokens", &tokens))).unwrap();
+    let f = GgufFile::open(&p).unwrap();
+    let start = std::time::Instant::now();
+    let e = lapidary::data::gguf_tokenizer::from_gguf(&f).err().expect("refused").to_string();
+    assert!(e.contains("tokenizer.ggml.tokens[2] is 600000 bytes long") && e.contains("long.gguf"), "{e}");
+    // Not a timing test: a pass here means the 600k-piece was never split (that takes minutes).
+    println!("refused in {:?}", start.elapsed());
+}

@@ -144,3 +144,36 @@ fn truncation_never_cuts_an_image_block() {
     let err = Dataset::load(&path, &p, &opts, OnBadRow::Skip).unwrap_err().to_string();
     assert!(err.contains("no usable row (1 skipped"), "{err}");
 }
+
+/// A copy of the bundled model directory with `edit` applied to one of its JSON files.
+fn model_with(file: &str, edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(root().join("assets/tiny-vlm")).unwrap().flatten() {
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let path = dir.path().join(file);
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&path, v.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn processor_configs_of_the_wrong_type_or_range_are_refused() {
+    let ip = |key: &'static str, val: serde_json::Value| {
+        move |v: &mut serde_json::Value| v["image_processor"][key] = val.clone()
+    };
+    let cases: Vec<(tempfile::TempDir, &str)> = vec![
+        (model_with("processor_config.json", ip("image_mean", serde_json::json!(["0.5", "0.5", "0.5"]))), "image_mean"),
+        (model_with("processor_config.json", ip("image_std", serde_json::json!([0.5, 0.0, 0.5]))), "image_std[1]"),
+        (model_with("processor_config.json", ip("image_std", serde_json::json!([0.5, 0.5]))), "expected 3 numbers"),
+        (model_with("processor_config.json", ip("rescale_factor", serde_json::json!("1/255"))), "rescale_factor"),
+        (model_with("processor_config.json", ip("size", serde_json::json!({"height": 0, "width": 32}))), "size.height"),
+        (model_with("processor_config.json", |v| v["image_seq_length"] = serde_json::json!("16")), "image_seq_length"),
+        (model_with("config.json", |v| v["text_config"]["vocab_size"] = serde_json::json!(64)), "vocab_size is 64"),
+    ];
+    for (dir, want) in cases {
+        let e = Processor::from_model_dir(dir.path()).err().expect("refused").to_string();
+        assert!(e.contains(want), "expected {want:?} in: {e}");
+    }
+}

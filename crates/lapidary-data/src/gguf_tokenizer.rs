@@ -17,6 +17,10 @@ use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 const SPACE: char = '\u{2581}';
+/// Longest vocabulary piece accepted, in bytes.
+const MAX_PIECE_BYTES: usize = 4096;
+/// Most work (sum of squared piece lengths) spent deriving merges.
+const MAX_MERGE_WORK: u64 = 2_000_000_000;
 
 /// Builds the tokenizer of a Gemma GGUF file.
 pub fn from_gguf(f: &GgufFile) -> Result<Tokenizer> {
@@ -50,6 +54,20 @@ pub fn from_gguf(f: &GgufFile) -> Result<Tokenizer> {
         if vocab.insert(t.clone(), i as u32).is_none() {
             order.push(t);
         }
+    }
+    // Deriving merges looks at every split of every piece: refuse vocabularies that would take
+    // unbounded time (a real Gemma vocabulary costs ~2e7 here).
+    if let Some((i, t)) = tokens.iter().enumerate().find(|(_, t)| t.len() > MAX_PIECE_BYTES) {
+        return Err(bad(format!(
+            "tokenizer.ggml.tokens[{i}] is {} bytes long; pieces of at most {MAX_PIECE_BYTES} bytes are accepted",
+            t.len()
+        )));
+    }
+    let cost: u64 = order.iter().map(|p| (p.len() as u64).pow(2)).sum();
+    if cost > MAX_MERGE_WORK {
+        return Err(bad(format!(
+            "tokenizer.ggml.tokens: the pieces are too long in total to derive merges from ({cost} > {MAX_MERGE_WORK})"
+        )));
     }
     let merges = derive_merges(&order, &vocab);
     let bpe = BPE::builder()

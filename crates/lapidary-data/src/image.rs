@@ -46,12 +46,32 @@ pub fn load_rgb(path: &Path) -> Result<Rgb8> {
     decode_rgb(&bytes).map_err(|e| Error::invalid(format!("{}: cannot decode the image: {e}", path.display())))
 }
 
-/// [`load_rgb`] on bytes in memory.
+/// Largest image side accepted (pixels).
+pub const MAX_SIDE: usize = 16_384;
+/// Most pixels an image may have (what a 8192 x 8192 photo has).
+pub const MAX_PIXELS: usize = 8192 * 8192;
+/// Most bytes a decoder may allocate for one image.
+const MAX_DECODE_BYTES: u64 = 1 << 30;
+
+/// [`load_rgb`] on bytes in memory. Images larger than [`MAX_SIDE`] a side or [`MAX_PIXELS`] in
+/// all are refused from their header, before decoding.
 pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<Rgb8, String> {
     use image::ImageDecoder;
     let reader =
         image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
     let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    // The size comes from the file's header: refuse absurd ones before anything is allocated.
+    let (w, h) = decoder.dimensions();
+    if w as usize > MAX_SIDE || h as usize > MAX_SIDE || (w as usize) * (h as usize) > MAX_PIXELS {
+        return Err(format!(
+            "the image declares {w}x{h} pixels; at most {MAX_SIDE} a side and {MAX_PIXELS} pixels are accepted"
+        ));
+    }
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE as u32);
+    limits.max_image_height = Some(MAX_SIDE as u32);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    decoder.set_limits(limits).map_err(|e| e.to_string())?;
     let orientation = decoder.orientation().map_err(|e| e.to_string())?;
     let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
     img.apply_orientation(orientation);
@@ -173,5 +193,29 @@ mod tests {
     #[test]
     fn undecodable_bytes_are_an_error() {
         assert!(decode_rgb(b"not an image").is_err());
+        // A PNG header declaring 60000 x 60000 pixels and no data: refused from the header.
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+        png.extend(60_000u32.to_be_bytes());
+        png.extend(60_000u32.to_be_bytes());
+        png.extend([8, 2, 0, 0, 0]);
+        png.extend(crc32(&png[12..]).to_be_bytes());
+        // An empty IDAT chunk: the decoder reads the header up to the first one.
+        png.extend(0u32.to_be_bytes());
+        png.extend(b"IDAT");
+        png.extend(crc32(b"IDAT").to_be_bytes());
+        let e = decode_rgb(&png).unwrap_err();
+        assert!(e.contains("60000x60000"), "{e}");
+    }
+
+    /// PNG's CRC-32 (so the header above is otherwise valid).
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
     }
 }

@@ -68,7 +68,8 @@ impl Processor {
         Self::from_model_dir(path)
     }
 
-    /// Reads `tokenizer.json`, `config.json` (`mm_tokens_per_image`, the vision `image_size`)
+    /// Reads `tokenizer.json`, `config.json` (`mm_tokens_per_image`, the vision `image_size`,
+    /// the text `vocab_size` every token id must fall within)
     /// and, when present, `processor_config.json` or `preprocessor_config.json` (size,
     /// rescale factor, mean, std, image_seq_length) from an HF model directory.
     pub fn from_model_dir(dir: &Path) -> Result<Self> {
@@ -86,27 +87,57 @@ impl Processor {
             }
             let v = read_json(&path)?;
             let ip = if v.get("image_processor").is_some() { &v["image_processor"] } else { &v };
-            if let Some(h) = ip["size"]["height"].as_u64() {
-                image.height = h as usize;
+            let bad = |what: String| Error::invalid(format!("{}: {what}", path.display()));
+            // Present fields must have their type: a string where a number belongs is an error,
+            // never a silent default.
+            let int = |x: &serde_json::Value, key: &str| -> Result<Option<usize>> {
+                match x {
+                    serde_json::Value::Null => Ok(None),
+                    x => x
+                        .as_u64()
+                        .filter(|&n| (1..=1 << 16).contains(&n))
+                        .map(|n| Some(n as usize))
+                        .ok_or_else(|| bad(format!("{key} is {x}; expected an integer from 1 to 65536"))),
+                }
+            };
+            let num = |x: &serde_json::Value, key: &str| -> Result<Option<f32>> {
+                match x {
+                    serde_json::Value::Null => Ok(None),
+                    x => x
+                        .as_f64()
+                        .filter(|f| f.is_finite())
+                        .map(|f| Some(f as f32))
+                        .ok_or_else(|| bad(format!("{key} is {x}; expected a finite number"))),
+                }
+            };
+            if let Some(h) = int(&ip["size"]["height"], "size.height")? {
+                image.height = h;
             }
-            if let Some(w) = ip["size"]["width"].as_u64() {
-                image.width = w as usize;
+            if let Some(w) = int(&ip["size"]["width"], "size.width")? {
+                image.width = w;
             }
-            if let Some(f) = ip["rescale_factor"].as_f64() {
-                image.rescale_factor = f as f32;
+            if let Some(f) = num(&ip["rescale_factor"], "rescale_factor")? {
+                if f <= 0.0 {
+                    return Err(bad(format!("rescale_factor is {f}; expected a number above 0")));
+                }
+                image.rescale_factor = f;
             }
             for (key, dst) in [("image_mean", &mut image.mean), ("image_std", &mut image.std)] {
-                if let Some(a) = ip[key].as_array() {
-                    if a.len() != 3 {
-                        return Err(Error::invalid(format!("{}: {key} must have 3 values", path.display())));
+                match &ip[key] {
+                    serde_json::Value::Null => {}
+                    serde_json::Value::Array(a) if a.len() == 3 => {
+                        for (d, x) in dst.iter_mut().zip(a) {
+                            *d = num(x, key)?.expect("not null");
+                        }
                     }
-                    for (d, x) in dst.iter_mut().zip(a) {
-                        *d = x.as_f64().unwrap_or(0.0) as f32;
-                    }
+                    other => return Err(bad(format!("{key} is {other}; expected 3 numbers"))),
                 }
             }
-            if let Some(n) = v["image_seq_length"].as_u64() {
-                image_tokens = n as usize;
+            if let Some(i) = image.std.iter().position(|&s| s <= 0.0) {
+                return Err(bad(format!("image_std[{i}] is {}; expected a number above 0", image.std[i])));
+            }
+            if let Some(n) = int(&v["image_seq_length"], "image_seq_length")? {
+                image_tokens = n;
             }
             break;
         }
@@ -124,6 +155,7 @@ impl Processor {
                 image.width
             )));
         }
+        check_vocabulary(&tokenizer, &config, &config_path)?;
         Ok(Processor { tokenizer, image, image_tokens })
     }
 
@@ -203,4 +235,21 @@ impl Processor {
     pub fn pixels(&self, path: &Path) -> Result<Vec<f32>> {
         Ok(image::preprocess(&image::load_rgb(path)?, &self.image))
     }
+}
+
+/// Every id the tokenizer can produce must be a row of the model's embedding (or the image soft
+/// token, which the model replaces): a larger vocabulary would read past the embedding.
+fn check_vocabulary(tokenizer: &TextTokenizer, config: &serde_json::Value, config_path: &Path) -> Result<()> {
+    let text = if config.get("text_config").is_some() { &config["text_config"] } else { config };
+    let Some(vocab) = text["vocab_size"].as_u64() else { return Ok(()) };
+    let image_token = config["image_token_index"].as_u64();
+    let ids = tokenizer.vocab_size() as u64;
+    let beyond = (vocab..ids).find(|&id| Some(id) != image_token);
+    if let Some(id) = beyond {
+        return Err(Error::invalid(format!(
+            "{}: the tokenizer has {ids} tokens but the model's vocab_size is {vocab} (token id {id} has no embedding row)",
+            config_path.display()
+        )));
+    }
+    Ok(())
 }

@@ -58,7 +58,22 @@ impl SafetensorsFiles {
             let map = json["weight_map"]
                 .as_object()
                 .ok_or_else(|| Error::invalid(format!("{}: no \"weight_map\" object", index.display())))?;
-            let mut shards: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            let mut shards = Vec::new();
+            for (name, v) in map {
+                let shard = v.as_str().ok_or_else(|| {
+                    Error::invalid(format!("{}: tensor {name} maps to {v}, not a file name", index.display()))
+                })?;
+                // Shards are files of the model directory itself: no directories, no way out of it.
+                let plain = Path::new(shard).components().count() == 1
+                    && matches!(Path::new(shard).components().next(), Some(std::path::Component::Normal(_)));
+                if !plain {
+                    return Err(Error::invalid(format!(
+                        "{}: tensor {name} maps to {shard:?}; shards must be plain file names in the model directory",
+                        index.display()
+                    )));
+                }
+                shards.push(shard.to_string());
+            }
             shards.sort();
             shards.dedup();
             let paths: Vec<PathBuf> = shards.iter().map(|s| path.join(s)).collect();
@@ -206,7 +221,5 @@ pub fn save(path: impl AsRef<Path>, entries: &[Entry]) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(views, None).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    lapidary_core::fsio::write_atomic(path, &bytes)
 }

@@ -86,6 +86,14 @@ fn sharded_checkpoints_load_through_the_index() {
     std::fs::write(dir.path().join("model.safetensors.index.json"), bad).unwrap();
     let e = Weights::open(dir.path(), &dev(), DType::F32).err().unwrap().to_string();
     assert!(e.contains("lists tensor zz") && e.contains("index.json"), "{e}");
+
+    // Shard names that would leave the model directory are refused before anything is opened.
+    for shard in ["../outside.safetensors", "/etc/passwd", "sub/x.safetensors", ".."] {
+        let bad = format!(r#"{{"weight_map": {{"a": {shard:?}}}}}"#);
+        std::fs::write(dir.path().join("model.safetensors.index.json"), bad).unwrap();
+        let e = Weights::open(dir.path(), &dev(), DType::F32).err().unwrap().to_string();
+        assert!(e.contains("plain file names") && e.contains(shard), "{shard}: {e}");
+    }
 }
 
 #[test]
