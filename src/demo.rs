@@ -190,6 +190,8 @@ fn config(opts: &DemoOptions, out: &Path, vision: bool) -> TrainConfig {
         gradient_checkpointing: true,
         seed: 7,
         eval_every: 20,
+        // The demo's own directory: a second demo run replaces the first one's results.
+        overwrite_output_dir: true,
         ..TrainConfig::default()
     }
 }

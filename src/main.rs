@@ -82,6 +82,9 @@ enum Command {
         /// Stored dtype: bf16, f16 or f32.
         #[arg(long, default_value = "bf16")]
         dtype: String,
+        /// Replace `--out` when it exists and is not empty.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Prints the token ids of FILE's text as one JSON array (BOS included when the tokenizer adds
     /// it by default).
@@ -250,6 +253,10 @@ struct TrainArgs {
     /// Checkpoint every N steps (0: at the end) [default 0].
     #[arg(long)]
     save_every: Option<usize>,
+    /// Start afresh in an output directory holding an earlier run: its checkpoints, final
+    /// weights and metrics are removed [default false].
+    #[arg(long)]
+    overwrite_output_dir: Option<bool>,
     /// Continue from a checkpoint directory; without a value (or `latest`), from the newest one
     /// in the output directory.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
@@ -279,7 +286,7 @@ impl TrainArgs {
         set!(finetune_language_layers, finetune_attention_modules, finetune_mlp_modules, train_projector);
         set!(learning_rate, weight_decay, warmup_steps, max_steps, num_epochs, micro_batch_size, grad_accum_steps);
         set!(max_grad_norm, max_len, responses_only, skip_bad_rows, gradient_checkpointing, seed, eval_every);
-        set!(save_every);
+        set!(save_every, overwrite_output_dir);
         if self.eval_data.is_some() {
             c.eval_data = self.eval_data.clone();
         }
@@ -345,7 +352,7 @@ fn main() -> ExitCode {
                 println!("{text}");
                 Ok(())
             }
-            Command::Merge { model, adapter, out, dtype } => {
+            Command::Merge { model, adapter, out, dtype, overwrite } => {
                 let dtype = match dtype.as_str() {
                     "bf16" => lapidary::core::DType::BF16,
                     "f16" => lapidary::core::DType::F16,
@@ -356,7 +363,7 @@ fn main() -> ExitCode {
                         )));
                     }
                 };
-                let n = lapidary::merge::run(&model, &adapter, &out, dtype, &device)?;
+                let n = lapidary::merge::run(&model, &adapter, &out, dtype, &device, overwrite)?;
                 println!("merged {n} adapted linears; wrote {}", out.display());
                 Ok(())
             }

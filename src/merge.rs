@@ -24,7 +24,81 @@ const COPIED: [&str; 8] = [
 
 /// Merges `adapter_dir` into `model_dir` and writes the result to `out`. Returns the number of
 /// linears merged.
-pub fn run(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, device: &Device) -> Result<usize> {
+/// The output is written into a temporary directory beside `out` and renamed into place once
+/// complete. `out` may not be or contain the base (or the adapter); an existing non-empty `out`
+/// is replaced only with `overwrite`. Non-finite merged weights are refused.
+pub fn run(
+    model_dir: &Path,
+    adapter_dir: &Path,
+    out: &Path,
+    dtype: DType,
+    device: &Device,
+    overwrite: bool,
+) -> Result<usize> {
+    check_output(out, &[model_dir, adapter_dir], overwrite)?;
+    let final_out = out;
+    let staging = staging_dir(out)?;
+    let out = staging.as_path();
+    let result = write_merged(model_dir, adapter_dir, out, dtype, device);
+    let n = match result {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(out);
+            return Err(e);
+        }
+    };
+    crate::core::fsio::replace_dir(out, final_out)?;
+    Ok(n)
+}
+
+/// Refuses an output that is (or holds, or lies inside) one of `inputs`, and a non-empty one
+/// unless `overwrite`.
+fn check_output(out: &Path, inputs: &[&Path], overwrite: bool) -> Result<()> {
+    let abs = |p: &Path| std::path::absolute(p).map_err(|e| Error::io(p, e));
+    let canon = |p: &Path| -> Result<std::path::PathBuf> {
+        match std::fs::canonicalize(p) {
+            Ok(c) => Ok(c),
+            Err(_) => abs(p),
+        }
+    };
+    let out_c = canon(out)?;
+    for input in inputs {
+        let input_c = canon(input)?;
+        if out_c == input_c || input_c.starts_with(&out_c) || out_c.starts_with(&input_c) {
+            return Err(Error::invalid(format!(
+                "--out {} would overwrite or sit inside {}; choose another directory",
+                out.display(),
+                input.display()
+            )));
+        }
+    }
+    if out.is_file() {
+        return Err(Error::invalid(format!("--out {} is a file; a directory is expected", out.display())));
+    }
+    let non_empty = out.is_dir() && std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_some();
+    if non_empty && !overwrite {
+        return Err(Error::invalid(format!(
+            "--out {} exists and is not empty; pass --overwrite to replace it",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A fresh directory beside `out` to write into before the rename.
+fn staging_dir(out: &Path) -> Result<std::path::PathBuf> {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "merged".into());
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let dir = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(dir)
+}
+
+fn write_merged(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, device: &Device) -> Result<usize> {
     let tape = Tape::new();
     let (mut model, adapted) = crate::cli::open_frozen(model_dir, Some(adapter_dir), &tape, device)?;
     if adapted == 0 {
@@ -42,7 +116,6 @@ pub fn run(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, devic
             .ok_or_else(|| Error::invalid(format!("{}: weight without a name", linear.path())))?;
         merged.insert(name, elementwise::add(weight.value(), &delta)?);
     }
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // Tensors are written in the shapes the base stores (e.g. the patch embedding as a conv
     // kernel [out, 3, p, p], used here as a matrix).
     let gguf = model_dir.extension().is_some_and(|e| e == "gguf");
@@ -60,7 +133,14 @@ pub fn run(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, devic
             key = key.replacen("language_model.model.", "model.", 1);
         }
         let shape = base.entry(&key).map_or(value.shape().to_vec(), |e| e.shape.clone());
-        let stored = Tensor::from_f32(device, &value.to_f32_vec()?, &shape, dtype)?;
+        let values = value.to_f32_vec()?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "merged tensor {key} holds {} at flat index {i}; refusing to write non-finite weights",
+                values[i]
+            )));
+        }
+        let stored = Tensor::from_f32(device, &values, &shape, dtype)?;
         entries.push(safetensors::entry_of(key, &stored)?);
     }
     safetensors::save(out.join("model.safetensors"), &entries)?;

@@ -249,6 +249,11 @@ fn eval_command_writes_hf_comparable_results() {
             // Stored under the checkpoint's own keys: the hub layout's vision names.
             let want_name = g.replace("vision_tower.vision_model.", "vision_tower.");
             assert!(rel_err_floor(&l(&got, g), &l(&want, &want_name), 1e-3) < 1e-4, "{case}: {g}");
+            // In the parameter's checkpoint shape (the patch embedding as a conv kernel).
+            let model = SafetensorsFiles::open(&fixtures().join(layout)).unwrap();
+            let param =
+                model.entry(g.strip_prefix("grad.").unwrap()).unwrap_or_else(|| panic!("{g}: no such parameter"));
+            assert_eq!(got.entry(g).unwrap().shape, param.shape, "{case}: {g}");
             if layout == "model-hub" && g.contains("vision_tower") {
                 assert!(g.starts_with("grad.vision_tower.vision_model."), "{g}");
             }

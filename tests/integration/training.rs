@@ -98,7 +98,12 @@ fn resume_continues_exactly() {
     let mut other = config(dir.path());
     other.lora_r = 8;
     let err = Trainer::new(other, &dev).unwrap().resume(&ck).err().unwrap().to_string();
-    assert!(err.contains("checkpoint-000003"), "{err}");
+    assert!(err.contains("checkpoint-000003") && err.contains("lora_r: 4 -> 8"), "{err}");
+    // So is one of other data or optimizer settings, each named.
+    let other = TrainConfig { learning_rate: 5e-3, data: dir.path().join("other.jsonl"), ..config(dir.path()) };
+    std::fs::copy(dir.path().join("train.jsonl"), dir.path().join("other.jsonl")).unwrap();
+    let err = Trainer::new(other, &dev).unwrap().resume(&ck).err().unwrap().to_string();
+    assert!(err.contains("learning_rate: 0.01 -> 0.005") && err.contains("data: "), "{err}");
 }
 
 #[test]
@@ -176,8 +181,15 @@ fn fixtures() -> PathBuf {
 fn merged_adapter_gives_the_adapter_logits() {
     let dev = Device::from_env_or_cpu().unwrap();
     let out = tempfile::tempdir().unwrap();
-    let n = lapidary::merge::run(&fixtures().join("model"), &fixtures().join("adapter"), out.path(), DType::F32, &dev)
-        .unwrap();
+    let n = lapidary::merge::run(
+        &fixtures().join("model"),
+        &fixtures().join("adapter"),
+        out.path(),
+        DType::F32,
+        &dev,
+        false,
+    )
+    .unwrap();
     assert!(n > 0);
     let case = fixtures().join("cases/adapter_two_rows_one_image_each.safetensors");
     let batch = lapidary::eval::read_batch(&case, &dev).unwrap();
@@ -191,8 +203,15 @@ fn merged_adapter_gives_the_adapter_logits() {
     assert!(worst <= 1e-4 * scale, "merged logits differ from PEFT's by {worst} (scale {scale})");
     // bf16 storage: within bf16 tolerance.
     let out16 = tempfile::tempdir().unwrap();
-    lapidary::merge::run(&fixtures().join("model"), &fixtures().join("adapter"), out16.path(), DType::BF16, &dev)
-        .unwrap();
+    lapidary::merge::run(
+        &fixtures().join("model"),
+        &fixtures().join("adapter"),
+        out16.path(),
+        DType::BF16,
+        &dev,
+        false,
+    )
+    .unwrap();
     let m16 = Gemma3ForConditionalGeneration::open(out16.path(), &dev, DType::F32, &tape, Trainable::No).unwrap();
     let got16 = m16.forward(&tape, &batch, false).unwrap().logits.value().to_f32_vec().unwrap();
     let worst16 = got16.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
@@ -222,4 +241,167 @@ fn lora_dropout_changes_training_gradients_and_survives_checkpointing() {
     assert_ne!(plain_loss, drop_loss);
     let (ck_loss, ck) = grads(0.5, true, 1);
     assert_eq!((drop_loss, &dropped), (ck_loss, &ck), "a checkpointed recompute must redraw the same masks");
+}
+
+/// A copy of the bundled model whose `tensor` has a NaN as its first value.
+fn model_with_nan(dir: &Path, tensor: &str) -> PathBuf {
+    let src = bundled_model();
+    let dst = dir.join("nan-model");
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    set_first_value_nan(&dst.join("model.safetensors"), tensor);
+    dst
+}
+
+/// Writes a NaN over the first value of `tensor` in the safetensors file at `path`.
+fn set_first_value_nan(path: &Path, tensor: &str) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let entry = &header[tensor];
+    let start = 8 + n + entry["data_offsets"][0].as_u64().unwrap() as usize;
+    match entry["dtype"].as_str().unwrap() {
+        "F32" => bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes()),
+        "BF16" | "F16" => bytes[start..start + 2].copy_from_slice(&[0xc0, 0x7f]),
+        other => panic!("{tensor} is {other}"),
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_writes_nothing() {
+    let dir = dataset(8);
+    let dev = Device::from_env_or_cpu().unwrap();
+    let model = model_with_nan(dir.path(), "language_model.model.layers.0.mlp.down_proj.weight");
+    let cfg = TrainConfig { model, save_every: 1, ..config(dir.path()) };
+    let out = cfg.output_dir.clone();
+    let mut trainer = Trainer::new(cfg, &dev).unwrap();
+    let err = trainer.run(false).unwrap_err().to_string();
+    assert!(err.contains("step 1") && err.contains("loss is NaN") && err.contains("base weights"), "{err}");
+    assert!(!out.join("final").exists(), "an adapter was written after a NaN loss");
+    let checkpoints: Vec<_> =
+        std::fs::read_dir(&out).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(!checkpoints.iter().any(|n| n.to_string_lossy().starts_with("checkpoint")), "{checkpoints:?}");
+}
+
+#[test]
+fn merge_never_replaces_its_inputs_or_a_non_empty_directory_unasked() {
+    let dev = Device::from_env_or_cpu().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // A copy of the base, so that a failure here could not damage the fixtures.
+    let model = tmp.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for e in std::fs::read_dir(fixtures().join("model")).unwrap().flatten() {
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    let before = std::fs::read(model.join("model.safetensors")).unwrap();
+    let adapter = fixtures().join("adapter");
+    let merge = |out: &Path, overwrite: bool| lapidary::merge::run(&model, &adapter, out, DType::BF16, &dev, overwrite);
+    for out in [model.clone(), model.join("sub"), tmp.path().to_path_buf()] {
+        let e = merge(&out, true).unwrap_err().to_string();
+        assert!(e.contains("would overwrite or sit inside"), "{}: {e}", out.display());
+    }
+    assert_eq!(std::fs::read(model.join("model.safetensors")).unwrap(), before, "the base changed");
+    let out = tmp.path().join("merged");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "user data").unwrap();
+    let e = merge(&out, false).unwrap_err().to_string();
+    assert!(e.contains("not empty") && e.contains("--overwrite"), "{e}");
+    assert!(out.join("keep.txt").exists());
+    merge(&out, true).unwrap();
+    assert!(out.join("model.safetensors").is_file() && !out.join("keep.txt").exists());
+    let staged: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(staged.is_empty(), "a staging directory was left behind");
+}
+
+#[test]
+fn a_fresh_run_refuses_an_earlier_runs_directory_unless_told_to_replace_it() {
+    let dir = dataset(8);
+    let dev = Device::from_env_or_cpu().unwrap();
+    let cfg = TrainConfig { max_steps: 1, grad_accum_steps: 1, ..config(dir.path()) };
+    let out = cfg.output_dir.clone();
+    Trainer::new(cfg.clone(), &dev).unwrap().run(false).unwrap();
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let e = Trainer::new(cfg.clone(), &dev).unwrap().run(false).unwrap_err().to_string();
+    assert!(e.contains("earlier run") && e.contains("--resume") && e.contains("--overwrite-output-dir"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap(),
+        metrics,
+        "the refused run touched the metrics"
+    );
+    assert!(out.join("final").is_dir());
+    let cfg = TrainConfig { overwrite_output_dir: true, ..cfg };
+    Trainer::new(cfg, &dev).unwrap().run(false).unwrap();
+    assert!(out.join("final").is_dir() && out.join("metrics.jsonl").is_file());
+}
+
+#[test]
+fn a_full_fine_tune_saves_every_tensor_in_the_base_checkpoints_shape() {
+    let dir = dataset(8);
+    let dev = Device::from_env_or_cpu().unwrap();
+    let cfg = TrainConfig {
+        method: lapidary::train::Method::Full,
+        max_steps: 1,
+        grad_accum_steps: 1,
+        learning_rate: 1e-3,
+        ..config(dir.path())
+    };
+    let out = cfg.output_dir.clone();
+    Trainer::new(cfg, &dev).unwrap().run(false).unwrap();
+    let base = lapidary::nn::safetensors::SafetensorsFiles::open(&bundled_model()).unwrap();
+    let saved = lapidary::nn::safetensors::SafetensorsFiles::open(&out.join("final")).unwrap();
+    let mut checked = 0;
+    for name in saved.names() {
+        let want = &base.entry(name).unwrap_or_else(|| panic!("{name} is not a base tensor")).shape;
+        assert_eq!(&saved.entry(name).unwrap().shape, want, "{name}");
+        checked += 1;
+    }
+    assert_eq!(checked, base.names().count(), "the full fine-tune did not save every tensor");
+    let tape = Tape::new();
+    Gemma3ForConditionalGeneration::open(&out.join("final"), &dev, DType::F32, &tape, Trainable::No).unwrap();
+}
+
+#[test]
+fn adapters_with_rank_zero_or_non_finite_weights_are_refused() {
+    let dev = Device::from_env_or_cpu().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = |name: &str| {
+        let dst = tmp.path().join(name);
+        std::fs::create_dir(&dst).unwrap();
+        for e in std::fs::read_dir(fixtures().join("adapter")).unwrap().flatten() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+        dst
+    };
+    let open = |adapter: &Path| {
+        let tape = Tape::new();
+        lapidary::cli::open_frozen(&fixtures().join("model"), Some(adapter), &tape, &dev)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let rank0 = copy("rank0");
+    let cfg_path = rank0.join("adapter_config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["r"] = 0.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let e = open(&rank0);
+    assert!(e.contains("r is 0") && e.contains("adapter_config.json"), "{e}");
+
+    let nan = copy("nan");
+    let file = nan.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let key = header.as_object().unwrap().keys().find(|k| k.ends_with("lora_B.weight")).unwrap().clone();
+    set_first_value_nan(&file, &key);
+    let e = open(&nan);
+    assert!(e.contains(&key) && e.contains("NaN") && e.contains("finite"), "{e}");
 }

@@ -18,6 +18,7 @@
 mod device;
 mod dtype;
 mod error;
+pub mod fsio;
 pub mod jit_builtins;
 mod kernel_failure;
 pub mod launch;

@@ -43,7 +43,7 @@ impl PeftAdapterConfig {
         if v.get("use_dora").and_then(Value::as_bool) == Some(true) {
             return Err(bad("DoRA adapters are not supported"));
         }
-        Ok(PeftAdapterConfig {
+        let cfg = PeftAdapterConfig {
             r: v.get("r").and_then(Value::as_u64).ok_or_else(|| bad("missing integer field r"))? as usize,
             lora_alpha: v
                 .get("lora_alpha")
@@ -56,7 +56,15 @@ impl PeftAdapterConfig {
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
                 .unwrap_or_default(),
-        })
+        };
+        Error::check_range(&format!("{}: r", path.display()), cfg.r, 1, 1 << 16)?;
+        if !cfg.lora_alpha.is_finite() {
+            return Err(bad(&format!("lora_alpha is {}; expected a finite number", cfg.lora_alpha)));
+        }
+        if !(0.0..1.0).contains(&cfg.lora_dropout) {
+            return Err(bad(&format!("lora_dropout is {}; expected a number in [0, 1)", cfg.lora_dropout)));
+        }
+        Ok(cfg)
     }
 }
 
@@ -82,7 +90,20 @@ pub fn load_peft_adapter(
             continue;
         }
         let (out, inp) = linear.dims();
-        let r = w.files().entry(&ka).map_or(cfg.r, |e| e.shape[0]);
+        let r = w.files().entry(&ka).and_then(|e| e.shape.first().copied()).unwrap_or(cfg.r);
+        if r == 0 {
+            return Err(Error::invalid(format!("{}: {ka} has rank 0", dir.display())));
+        }
+        for (key, shape) in [(&ka, [r, inp]), (&kb, [out, r])] {
+            let values = w.host_values(key, &shape)?;
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "{}: {key} holds {} at flat index {i}; adapter weights must be finite",
+                    dir.display(),
+                    values[i]
+                )));
+            }
+        }
         let a = tape.param(&ka, w.tensor(&ka, &[r, inp])?, trainable);
         let b = tape.param(&kb, w.tensor(&kb, &[out, r])?, trainable);
         linear.set_adapter(Rc::new(LoraAdapter::new(a, b, cfg.lora_alpha, cfg.use_rslora)?));
@@ -170,7 +191,5 @@ pub fn save_peft_adapter(
         "base_model_name_or_path": null,
     });
     let path = dir.join("adapter_config.json");
-    let tmp = dir.join("adapter_config.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&config).expect("valid JSON")).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+    lapidary_core::fsio::write_atomic(&path, serde_json::to_string_pretty(&config).expect("valid JSON").as_bytes())
 }

@@ -60,12 +60,9 @@ pub fn save(
     safetensors::save(tmp.join("optimizer.safetensors"), &entries(optimizer)?)?;
     let json = serde_json::to_string_pretty(meta).map_err(|e| Error::invalid(e.to_string()))?;
     let state_path = tmp.join("trainer_state.json");
-    std::fs::write(&state_path, json).map_err(|e| Error::io(&state_path, e))?;
+    lapidary_core::fsio::write_atomic(&state_path, json.as_bytes())?;
     extra(&tmp)?;
-    if dst.exists() {
-        std::fs::remove_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
-    }
-    std::fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+    lapidary_core::fsio::replace_dir(&tmp, &dst)?;
     Ok(dst)
 }
 

@@ -150,6 +150,9 @@ pub struct TrainConfig {
     pub eval_every: usize,
     /// Save a checkpoint every this many steps (0 = at the end only).
     pub save_every: usize,
+    /// A fresh run in an output directory that holds an earlier run's checkpoints, final weights
+    /// or metrics removes them; without this it is refused.
+    pub overwrite_output_dir: bool,
 }
 
 impl Default for TrainConfig {
@@ -192,6 +195,7 @@ impl Default for TrainConfig {
             log_every: 1,
             eval_every: 0,
             save_every: 0,
+            overwrite_output_dir: false,
         }
     }
 }
@@ -242,6 +246,33 @@ impl TrainConfig {
         if self.learning_rate.is_nan() || self.learning_rate <= 0.0 || self.max_grad_norm < 0.0 || self.max_len < 2 {
             return bad("learning_rate must be > 0, max_grad_norm >= 0, max_len >= 2");
         }
+        let positive = |k: &str, v: f64| Error::check_positive(&format!("train config: {k}"), v);
+        positive("learning_rate", self.learning_rate as f64)?;
+        positive("adam_epsilon", self.adam_epsilon as f64)?;
+        if self.method == Method::Lora {
+            positive("lora_alpha", self.lora_alpha as f64)?;
+        }
+        let finite_non_negative =
+            [("weight_decay", self.weight_decay as f64), ("max_grad_norm", self.max_grad_norm as f64)];
+        for (k, v) in finite_non_negative {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(&format!("{k} is {v}; expected a finite number, 0 or more"));
+            }
+        }
+        for (k, v) in [("adam_beta1", self.adam_beta1 as f64), ("adam_beta2", self.adam_beta2 as f64)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(&format!("{k} is {v}; expected a number in [0, 1)"));
+            }
+        }
+        // Bounds that keep sizes computed from them far from overflow or absurd allocations.
+        let r = |k: &str, v: usize, hi: usize| Error::check_range(&format!("train config: {k}"), v, 0, hi);
+        r("micro_batch_size", self.micro_batch_size, 1 << 16)?;
+        r("grad_accum_steps", self.grad_accum_steps, 1 << 16)?;
+        r("num_epochs", self.num_epochs, 1 << 20)?;
+        r("max_steps", self.max_steps, 1 << 40)?;
+        r("max_len", self.max_len, 1 << 20)?;
+        r("lora_r", self.lora_r, 1 << 16)?;
+        r("warmup_steps", self.warmup_steps, 1 << 40)?;
         Ok(())
     }
 }

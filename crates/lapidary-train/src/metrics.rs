@@ -18,8 +18,10 @@ pub fn resident_mib() -> Option<f64> {
 
 /// Appends one JSON object as a line.
 pub fn append(path: &Path, record: &Value) -> Result<()> {
+    // One write of the whole line, so that lines never interleave or split.
+    let line = format!("{record}\n");
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
-    writeln!(f, "{record}").map_err(|e| Error::io(path, e))
+    f.write_all(line.as_bytes()).map_err(|e| Error::io(path, e))
 }
 
 /// Every record of a metrics file (a missing file has none).
@@ -29,11 +31,20 @@ pub fn read(path: &Path) -> Result<Vec<Value>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io(path, e)),
     };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::invalid(format!("{}:{}: {e}", path.display(), i + 1))))
-        .collect()
+    let lines: Vec<&str> = text.lines().collect();
+    let mut records = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(l) {
+            Ok(v) => records.push(v),
+            // A last line cut short by a crash (no newline after it) is dropped, not an error.
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => {}
+            Err(e) => return Err(Error::invalid(format!("{}:{}: {e}", path.display(), i + 1))),
+        }
+    }
+    Ok(records)
 }
 
 /// Keeps the records with `step <= step` (after a resume, what the interrupted run wrote later
@@ -41,10 +52,8 @@ pub fn read(path: &Path) -> Result<Vec<Value>> {
 pub fn truncate_after(path: &Path, step: usize) -> Result<()> {
     let kept: Vec<Value> =
         read(path)?.into_iter().filter(|r| r["step"].as_u64().is_some_and(|s| s as usize <= step)).collect();
-    let tmp = path.with_extension("jsonl.tmp");
     let text: String = kept.iter().map(|r| format!("{r}\n")).collect();
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    lapidary_core::fsio::write_atomic(path, text.as_bytes())
 }
 
 const W: u32 = 800;
@@ -157,5 +166,22 @@ mod tests {
         let img = image::open(&png).unwrap().to_rgb8();
         assert_eq!(img.dimensions(), (W, H));
         assert!(img.pixels().any(|p| p.0 == [30, 90, 200]) && img.pixels().any(|p| p.0 == [210, 40, 40]));
+    }
+
+    #[test]
+    fn a_line_cut_short_at_the_end_is_dropped_and_one_in_the_middle_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        append(&path, &serde_json::json!({"step": 1, "loss": 2.0})).unwrap();
+        append(&path, &serde_json::json!({"step": 2, "loss": 1.5})).unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"step\": 3, \"lo");
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(read(&path).unwrap().len(), 2);
+        truncate_after(&path, 2).unwrap();
+        assert_eq!(read(&path).unwrap().len(), 2);
+        std::fs::write(&path, "{\"step\": 1}\n{broken\n{\"step\": 3}\n").unwrap();
+        let e = read(&path).unwrap_err().to_string();
+        assert!(e.contains("metrics.jsonl:2"), "{e}");
     }
 }

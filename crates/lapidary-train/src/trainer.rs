@@ -165,8 +165,11 @@ impl Trainer {
             },
         )?;
         let per_step = cfg.micro_batch_size * cfg.grad_accum_steps;
-        let total_steps =
-            if cfg.max_steps > 0 { cfg.max_steps } else { (train.len() * cfg.num_epochs).div_ceil(per_step).max(1) };
+        let total_steps = if cfg.max_steps > 0 {
+            cfg.max_steps
+        } else {
+            train.len().saturating_mul(cfg.num_epochs).div_ceil(per_step).max(1)
+        };
         Ok(Trainer {
             cfg,
             processor,
@@ -277,7 +280,11 @@ impl Trainer {
     /// label count, so any split of the same rows gives the same step).
     pub fn step_on(&mut self, micro: &[Collated]) -> Result<StepStats> {
         let (loss, mut grads, label_tokens, tokens) = self.gradients_on(micro)?;
+        let step = self.state.step + 1;
         let grad_norm = clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
+        if !grad_norm.is_finite() {
+            return Err(non_finite(step, "the gradient norm", grad_norm as f64));
+        }
         let lr = schedule::lr_at(
             self.cfg.lr_scheduler,
             self.cfg.learning_rate,
@@ -294,7 +301,8 @@ impl Trainer {
     /// The loss and the accumulated gradient of every trainable tensor (in
     /// [`Self::trainable_names`] order; `None` where none arrived) over `micro`, each
     /// micro-batch's summed cross-entropy divided by the label count of all of them. Also the
-    /// label and real token counts. Changes nothing.
+    /// label and real token counts. Changes nothing; an error naming the step when a
+    /// micro-batch's loss is not finite (before its backward pass).
     pub fn gradients_on(&self, micro: &[Collated]) -> Result<(f64, Vec<Option<Tensor>>, usize, usize)> {
         let label_tokens: usize = micro.iter().map(Collated::label_count).sum();
         if label_tokens == 0 {
@@ -319,7 +327,11 @@ impl Trainer {
                 self.cfg.gradient_checkpointing,
                 Some(label_tokens as f32),
             )?;
-            loss_total += loss.value().to_f32_vec()?[0] as f64;
+            let micro_loss = loss.value().to_f32_vec()?[0] as f64;
+            if !micro_loss.is_finite() {
+                return Err(non_finite(self.state.step + 1, "the loss", micro_loss));
+            }
+            loss_total += micro_loss;
             let opts =
                 BackwardOptions { allow_missing: if c.images == 0 { self.vision_side_names() } else { Vec::new() } };
             let (store, _) = self.tape.backward_with(&loss, &opts)?;
@@ -377,6 +389,7 @@ impl Trainer {
     /// Writes the adapter (LoRA: PEFT format) or the trained weights (full: tensors under their
     /// checkpoint names) into `dir`.
     pub fn save_weights(&self, dir: &Path) -> Result<()> {
+        self.ensure_finite()?;
         match self.cfg.method {
             Method::Lora => {
                 // The adapters, and a trained projector as PEFT's modules_to_save (whole tensors
@@ -404,10 +417,25 @@ impl Trainer {
             }
             Method::Full => {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+                // Each tensor in the shape the base checkpoint stores it (the patch embedding is
+                // a conv kernel [out, c, p, p] there, a matrix here), so HF loads the directory.
+                let gguf = self.cfg.model.extension().is_some_and(|e| e == "gguf");
+                let base = if gguf {
+                    lapidary_nn::safetensors::SafetensorsFiles::empty()
+                } else {
+                    lapidary_nn::safetensors::SafetensorsFiles::open(&self.cfg.model)?
+                };
                 let entries: Vec<_> = self
                     .trainable_tensors()
                     .iter()
-                    .map(|(n, t)| lapidary_nn::safetensors::entry_of(self.model.stored_name(n).to_string(), t))
+                    .map(|(n, t)| {
+                        let key = self.model.stored_name(n).to_string();
+                        let t = match base.entry(&key) {
+                            Some(e) if e.shape != t.shape() => t.reshape(&e.shape)?,
+                            _ => t.clone(),
+                        };
+                        lapidary_nn::safetensors::entry_of(key, &t)
+                    })
                     .collect::<Result<_>>()?;
                 lapidary_nn::safetensors::save(dir.join("model.safetensors"), &entries)?;
                 for f in [
@@ -429,6 +457,7 @@ impl Trainer {
 
     /// Saves a checkpoint of the current state; returns its directory.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        self.ensure_finite()?;
         std::fs::create_dir_all(&self.cfg.output_dir).map_err(|e| Error::io(&self.cfg.output_dir, e))?;
         let meta =
             CheckpointMeta { state: self.state.clone(), optimizer_steps: self.opt.steps, config: self.cfg.clone() };
@@ -442,29 +471,13 @@ impl Trainer {
     /// restored, so the run goes on as if never stopped.
     pub fn resume(&mut self, dir: &Path) -> Result<()> {
         let ck = checkpoint::load(dir)?;
-        let old = &ck.meta.config;
-        let same = old.method == self.cfg.method
-            && old.lora_r == self.cfg.lora_r
-            && old.target_modules == self.cfg.target_modules
-            && (
-                old.finetune_vision_layers,
-                old.finetune_language_layers,
-                old.finetune_attention_modules,
-                old.finetune_mlp_modules,
-            ) == (
-                self.cfg.finetune_vision_layers,
-                self.cfg.finetune_language_layers,
-                self.cfg.finetune_attention_modules,
-                self.cfg.finetune_mlp_modules,
-            )
-            && old.train_projector == self.cfg.train_projector
-            && old.base_format == self.cfg.base_format
-            && old.seed == self.cfg.seed
-            && (old.micro_batch_size, old.grad_accum_steps) == (self.cfg.micro_batch_size, self.cfg.grad_accum_steps);
-        if !same {
+        let mismatches = run_defining_differences(&ck.meta.config, &self.cfg);
+        if !mismatches.is_empty() {
             return Err(Error::invalid(format!(
-                "{}: the checkpoint was made with another method, LoRA targets, seed or batch shape than this run",
-                dir.display()
+                "{}: the checkpoint belongs to a run with other settings ({}); resume with the same \
+                 settings, or start afresh with --overwrite-output-dir true",
+                dir.display(),
+                mismatches.join("; ")
             )));
         }
         let names: std::collections::HashSet<&str> = ck.trainable.names().collect();
@@ -501,6 +514,22 @@ impl Trainer {
         Ok(())
     }
 
+    /// An error naming the first trainable tensor holding a NaN or an infinity: nothing
+    /// non-finite is ever written as an adapter, weights or a checkpoint.
+    fn ensure_finite(&self) -> Result<()> {
+        for (name, t) in self.trainable_tensors() {
+            let values = t.to_f32_vec()?;
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "trainable tensor {name} holds {} at flat index {i}; refusing to save non-finite weights \
+                     (lower the learning rate or check the base weights and data)",
+                    values[i]
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs to the end: progress bar, metrics (`metrics.jsonl`), held-out loss, checkpoints,
     /// and at the end the adapter (or weights) in `output_dir/final` and `loss.png`.
     pub fn run(&mut self, show_progress: bool) -> Result<RunSummary> {
@@ -508,7 +537,7 @@ impl Trainer {
         std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
         let metrics_path = out.join("metrics.jsonl");
         if self.state.step == 0 {
-            let _ = std::fs::remove_file(&metrics_path);
+            clear_earlier_run(&out, self.cfg.overwrite_output_dir)?;
         } else {
             metrics::truncate_after(&metrics_path, self.state.step)?;
         }
@@ -562,7 +591,13 @@ impl Trainer {
         }
         bar.finish();
         let final_dir = out.join("final");
-        self.save_weights(&final_dir)?;
+        // Staged whole and swapped in, so the adapter's files appear together.
+        let staged = out.join(".final.staging");
+        if staged.exists() {
+            std::fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+        }
+        self.save_weights(&staged)?;
+        lapidary_core::fsio::replace_dir(&staged, &final_dir)?;
         let recs = metrics::read(&metrics_path)?;
         let series = |key: &str| -> Vec<(f64, f64)> {
             recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?))).collect()
@@ -598,4 +633,91 @@ pub struct RunSummary {
     pub seconds: f64,
     /// The adapter or weights directory.
     pub output: PathBuf,
+}
+
+/// The error for a step whose loss or gradient is not finite: parameters are left as they were.
+fn non_finite(step: usize, what: &str, value: f64) -> Error {
+    Error::invalid(format!(
+        "step {step}: {what} is {value}; stopping without updating or saving anything. Likely causes: \
+         non-finite values in the base weights or the pixels, or a learning rate too high (the last \
+         checkpoint, if any, is intact)"
+    ))
+}
+
+/// What an earlier run leaves in an output directory: checkpoints, the final weights, metrics.
+fn earlier_run_files(out: &Path) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(out) else { return Ok(found) };
+    for e in entries {
+        let e = e.map_err(|err| Error::io(out, err))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = name == "final"
+            || name == "metrics.jsonl"
+            || name == "loss.png"
+            || name.starts_with("checkpoint-")
+            || name.starts_with(".checkpoint-");
+        if ours {
+            found.push(e.path());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// A fresh run refuses an output directory holding an earlier run (a later `--resume` would
+/// mix the two), or with `overwrite` removes what that run left.
+fn clear_earlier_run(out: &Path, overwrite: bool) -> Result<()> {
+    let found = earlier_run_files(out)?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        let names: Vec<String> =
+            found.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+        return Err(Error::invalid(format!(
+            "{} holds an earlier run ({}); continue it with --resume, or start afresh with \
+             --overwrite-output-dir true (which removes those)",
+            out.display(),
+            names.join(", ")
+        )));
+    }
+    for p in found {
+        let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        removed.map_err(|e| Error::io(&p, e))?;
+    }
+    Ok(())
+}
+
+/// The settings that define a run (data, model, method, LoRA, optimizer, schedule, batch shape,
+/// seed) on which `old` and `new` differ, as `field: old -> new`. Step limits, logging and
+/// checkpoint frequency may change on resume.
+fn run_defining_differences(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
+    let same_path = |a: &Path, b: &Path| {
+        a == b || matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
+    };
+    let mut out = Vec::new();
+    let mut paths = vec![("model", &old.model, &new.model), ("data", &old.data, &new.data)];
+    if let (Some(a), Some(b)) = (&old.eval_data, &new.eval_data) {
+        paths.push(("eval_data", a, b));
+    } else if old.eval_data != new.eval_data {
+        out.push(format!("eval_data: {:?} -> {:?}", old.eval_data, new.eval_data));
+    }
+    for (name, a, b) in paths {
+        if !same_path(a, b) {
+            out.push(format!("{name}: {} -> {}", a.display(), b.display()));
+        }
+    }
+    macro_rules! compare {
+        ($($f:ident),*) => { $(
+            if old.$f != new.$f {
+                out.push(format!("{}: {:?} -> {:?}", stringify!($f), old.$f, new.$f));
+            }
+        )* };
+    }
+    compare!(eval_fraction, method, lora_r, lora_alpha, use_rslora, lora_dropout, target_modules);
+    compare!(finetune_vision_layers, finetune_language_layers, finetune_attention_modules, finetune_mlp_modules);
+    compare!(train_projector, base_format, learning_rate, weight_decay, adam_beta1, adam_beta2, adam_epsilon);
+    compare!(lr_scheduler, warmup_steps, micro_batch_size, grad_accum_steps, max_grad_norm, max_len);
+    compare!(responses_only, skip_bad_rows, seed);
+    out
 }
