@@ -147,7 +147,7 @@ impl Cursor<'_> {
             usize::try_from(n).ok().filter(|&n| n.checked_mul(min.max(1)).is_some_and(|b| b <= self.remaining()));
         fits.ok_or_else(|| {
             self.err(format_args!(
-                "{what} of {n} at offset {at} cannot fit in the {} bytes left in the file",
+                "truncated or corrupt GGUF: {what} of {n} at offset {at} cannot fit in the {} bytes left in the file",
                 self.remaining()
             ))
         })
