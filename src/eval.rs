@@ -112,8 +112,19 @@ pub fn run(
             entries.push(safetensors::entry_of(format!("grad.{key}"), &g)?);
         }
     }
+    let loss_value = loss.value().to_f32_vec()?[0];
+    if !loss_value.is_finite() {
+        // Written anyway (the logits show where), but never reported as a result.
+        safetensors::save(out, &entries)?;
+        return Err(Error::invalid(format!(
+            "{}: the loss is {loss_value}: the weights, adapter or pixels hold non-finite values \
+             (logits written to {} for inspection)",
+            model_dir.display(),
+            out.display()
+        )));
+    }
     safetensors::save(out, &entries)?;
-    Ok(loss.value().to_f32_vec()?[0])
+    Ok(loss_value)
 }
 
 fn tape_names(tape: &Tape, prefixes: &[&str]) -> Vec<String> {

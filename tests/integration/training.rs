@@ -244,11 +244,10 @@ fn lora_dropout_changes_training_gradients_and_survives_checkpointing() {
 }
 
 /// A copy of the bundled model whose `tensor` has a NaN as its first value.
-fn model_with_nan(dir: &Path, tensor: &str) -> PathBuf {
-    let src = bundled_model();
+fn model_with_nan(dir: &Path, src: &Path, tensor: &str) -> PathBuf {
     let dst = dir.join("nan-model");
     std::fs::create_dir_all(&dst).unwrap();
-    for e in std::fs::read_dir(&src).unwrap() {
+    for e in std::fs::read_dir(src).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
@@ -275,7 +274,7 @@ fn set_first_value_nan(path: &Path, tensor: &str) {
 fn a_non_finite_loss_stops_the_run_and_writes_nothing() {
     let dir = dataset(8);
     let dev = Device::from_env_or_cpu().unwrap();
-    let model = model_with_nan(dir.path(), "language_model.model.layers.0.mlp.down_proj.weight");
+    let model = model_with_nan(dir.path(), &bundled_model(), "language_model.model.layers.0.mlp.down_proj.weight");
     let cfg = TrainConfig { model, save_every: 1, ..config(dir.path()) };
     let out = cfg.output_dir.clone();
     let mut trainer = Trainer::new(cfg, &dev).unwrap();
@@ -404,4 +403,21 @@ fn adapters_with_rank_zero_or_non_finite_weights_are_refused() {
     set_first_value_nan(&file, &key);
     let e = open(&nan);
     assert!(e.contains(&key) && e.contains("NaN") && e.contains("finite"), "{e}");
+}
+
+#[test]
+fn eval_and_generation_refuse_non_finite_results() {
+    let dev = Device::from_env_or_cpu().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let model =
+        model_with_nan(tmp.path(), &fixtures().join("model"), "language_model.model.layers.0.mlp.down_proj.weight");
+    let case = fixtures().join("cases/two_rows_one_image_each.safetensors");
+    let out = tmp.path().join("out.safetensors");
+    let e = lapidary::eval::run(&model, &case, &out, None, &dev, true).unwrap_err().to_string();
+    assert!(e.contains("the loss is NaN") && e.contains("non-finite"), "{e}");
+    let tape = Tape::new();
+    let m = Gemma3ForConditionalGeneration::open(&model, &dev, DType::F32, &tape, Trainable::No).unwrap();
+    let opts = GenerateOptions { max_new_tokens: 3, sampling: Sampling::Greedy, stop: vec![] };
+    let e = m.generate(&tape, &[2, 5, 7], None, &opts).unwrap_err().to_string();
+    assert!(e.contains("logits of step 0") && e.contains("non-finite"), "{e}");
 }

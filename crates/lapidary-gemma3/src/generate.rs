@@ -6,7 +6,7 @@ use crate::decoder::KvCache;
 use crate::model::{Batch, Gemma3ForConditionalGeneration};
 use lapidary_autograd::Tape;
 use lapidary_core::rng::SplitMix64;
-use lapidary_core::{Result, Tensor};
+use lapidary_core::{Error, Result, Tensor};
 
 /// How the next token is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -99,6 +99,14 @@ impl Gemma3ForConditionalGeneration {
         };
         let mut out = Vec::new();
         while out.len() < opts.max_new_tokens {
+            if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "generation: the logits of step {} hold {} (token {i}); the weights, adapter or \
+                     pixels hold non-finite values",
+                    out.len(),
+                    logits[i]
+                )));
+            }
             let next = match opts.sampling {
                 Sampling::Greedy => argmax(&logits),
                 Sampling::Sample { temperature, top_k, top_p, .. } => {
