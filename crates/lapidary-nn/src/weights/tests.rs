@@ -116,3 +116,35 @@ fn corrupt_and_unsupported_files_are_clear_errors() {
     let e = Weights::open(dir.path().join("nothing-here"), &dev(), DType::F32).err().unwrap().to_string();
     assert!(e.contains("no model.safetensors"), "{e}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+    /// Truncations and byte flips of a valid file: an error, or tensors that load; never a panic.
+    #[test]
+    fn mutated_safetensors_files_are_errors_or_load(cut in 0usize..400, flips in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 0..4)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        write(&path, &[
+            ("a", Dtype::F32, vec![2, 3], f32_bytes(&[1.0, -2.0, 3.0, 4.0, 5.0, 6.0])),
+            ("b", Dtype::BF16, vec![4], DType::BF16.encode(&[1.5, -3.0, 0.25, 8.0])),
+        ]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        for (at, v) in flips {
+            bytes[at % n] = v;
+        }
+        if cut % 3 == 0 {
+            bytes.truncate(cut % n);
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        if let Ok(files) = SafetensorsFiles::open(dir.path()) {
+            let names: Vec<String> = files.names().map(str::to_string).collect();
+            for name in names {
+                let shape = files.entry(&name).unwrap().shape.clone();
+                let w = Weights::open(dir.path(), &dev(), DType::F32).unwrap();
+                let _ = w.host_values(&name, &shape);
+            }
+        }
+    }
+}
