@@ -221,18 +221,11 @@ fn check_grad() {
     let mut rows = Vec::new();
     for (i, (name, shapes, op)) in gradcheck::op_cases().into_iter().enumerate() {
         let shapes: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
-        let (diff, ok) = match gradcheck::fd_check(name, &shapes, 1000 + i as u64, op.as_ref()) {
-            Ok(w) => (format!("{:.3} of tol (fd)", w), true),
-            Err(e) => (e.to_string(), false),
+        let (diff, nonzero, ok) = match gradcheck::fd_check(name, &shapes, 1000 + i as u64, op.as_ref()) {
+            Ok(r) => (format!("{:.3} of tol (fd)", r.worst), r.nonzero_inputs, r.nonzero_inputs == r.inputs),
+            Err(e) => (e.to_string(), 0, false),
         };
-        rows.push(Row {
-            case: format!("op {name}"),
-            trainable: shapes.len(),
-            nonzero: if ok { shapes.len() } else { 0 },
-            frozen_touched: 0,
-            diff,
-            ok,
-        });
+        rows.push(Row { case: format!("op {name}"), trainable: shapes.len(), nonzero, frozen_touched: 0, diff, ok });
     }
     let cases = [(true, true, true), (true, false, true), (false, true, true), (true, true, false)];
     for (vision, language, image) in cases {

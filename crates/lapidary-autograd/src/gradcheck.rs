@@ -43,11 +43,22 @@ pub const ABS_TOL: f64 = 5e-3;
 /// See [`ABS_TOL`].
 pub const REL_TOL: f64 = 1e-2;
 
+/// What [`fd_check`] measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FdReport {
+    /// The worst ratio of error to tolerance over every element (≤ 1: within tolerance).
+    pub worst: f64,
+    /// Inputs checked.
+    pub inputs: usize,
+    /// Inputs whose tape gradient is finite and not all zero.
+    pub nonzero_inputs: usize,
+}
+
 /// Checks `op` on random inputs of the given shapes: the tape's gradient of `Σ op(x) · r`
 /// (random `r`) against central differences of the same forward, for every input element.
-/// Returns the worst ratio of error to tolerance (≤ 1 passes); an error names the op, the input
-/// and the element when it exceeds 1.
-pub fn fd_check(name: &str, shapes: &[&[usize]], seed: u64, op: &dyn Fn(&[Var]) -> Result<Var>) -> Result<f64> {
+/// An error names the op, the input and the element whose error exceeds the tolerance; otherwise
+/// the worst ratio and how many inputs got a finite non-zero gradient.
+pub fn fd_check(name: &str, shapes: &[&[usize]], seed: u64, op: &dyn Fn(&[Var]) -> Result<Var>) -> Result<FdReport> {
     let inputs: Vec<Vec<f32>> =
         shapes.iter().enumerate().map(|(i, s)| values(s.iter().product(), seed + i as u64)).collect();
     let loss_of = |vals: &[Vec<f32>], tape: &Tape, trainable: bool| -> Result<(Var, Vec<Var>)> {
@@ -66,9 +77,13 @@ pub fn fd_check(name: &str, shapes: &[&[usize]], seed: u64, op: &dyn Fn(&[Var]) 
     let (loss, vars) = loss_of(&inputs, &tape, true)?;
     let (grads, _) = tape.backward(&loss)?;
     let mut worst = 0f64;
+    let mut nonzero_inputs = 0;
     for (i, v) in vars.iter().enumerate() {
         let analytic =
             grads.get(v).ok_or_else(|| Error::invalid(format!("{name}: input {i} got no gradient")))?.to_f32_vec()?;
+        if analytic.iter().all(|g| g.is_finite()) && analytic.iter().any(|&g| g != 0.0) {
+            nonzero_inputs += 1;
+        }
         let numeric = central_differences(
             |x| {
                 let mut vals = inputs.clone();
@@ -89,7 +104,7 @@ pub fn fd_check(name: &str, shapes: &[&[usize]], seed: u64, op: &dyn Fn(&[Var]) 
             worst = worst.max(excess);
         }
     }
-    Ok(worst)
+    Ok(FdReport { worst, inputs: vars.len(), nonzero_inputs })
 }
 
 /// Every differentiable op, with the shapes each is checked on. Shared with `check-grad`.

@@ -19,8 +19,10 @@ fn t(v: &[f32], shape: &[usize]) -> Tensor {
 fn every_op_matches_finite_differences() {
     for (i, (name, shapes, op)) in op_cases().into_iter().enumerate() {
         let shapes: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
-        let worst = fd_check(name, &shapes, 100 + i as u64, op.as_ref()).unwrap();
-        assert!(worst <= 1.0, "{name}: {worst}");
+        // fd_check errors on any element out of tolerance; what is left to check is that the
+        // gradients it compared are not trivially zero.
+        let r = fd_check(name, &shapes, 100 + i as u64, op.as_ref()).unwrap();
+        assert_eq!(r.nonzero_inputs, r.inputs, "{name}: an input got an all-zero gradient");
     }
 }
 
