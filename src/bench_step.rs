@@ -3,7 +3,8 @@
 //! is a forward pass with the loss, the backward pass and an AdamW step over the adapters, then a
 //! device sync; the figures are the median step time, tokens per second and the device memory
 //! CubeCL's pools hold (live and reserved) at the end of the steps. Not a training run: no data
-//! loading, no schedule, no checkpoints (see `lapidary train`).
+//! loading, no schedule, no checkpoints (see `lapidary train`). With `profile`, one more step
+//! runs with every kernel timed on its own (see [`crate::profile`]).
 
 use crate::autograd::{BackwardOptions, Tape, Trainable};
 use crate::core::rng::SplitMix64;
@@ -11,6 +12,7 @@ use crate::core::{DType, Device, Error, Result};
 use crate::gemma3::{Gemma3ForConditionalGeneration, Parts};
 use crate::kernels::quant::PackFormat;
 use crate::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora};
+use crate::profile::{PassProfile, profile};
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use std::path::Path;
 use std::time::Instant;
@@ -29,11 +31,20 @@ pub struct BenchStepOptions {
     pub base: Option<PackFormat>,
     /// Gradient checkpointing.
     pub checkpointing: bool,
+    /// After the timed steps, one more with per-kernel times.
+    pub profile: bool,
 }
 
 impl Default for BenchStepOptions {
     fn default() -> Self {
-        BenchStepOptions { steps: 3, warmup: 1, lora_r: 16, base: Some(PackFormat::Bf16), checkpointing: true }
+        BenchStepOptions {
+            steps: 3,
+            warmup: 1,
+            lora_r: 16,
+            base: Some(PackFormat::Bf16),
+            checkpointing: true,
+            profile: false,
+        }
     }
 }
 
@@ -58,6 +69,8 @@ pub struct BenchStepReport {
     pub in_use_bytes: u64,
     /// See `in_use_bytes`.
     pub reserved_bytes: u64,
+    /// Per-kernel times of one extra step, when asked for.
+    pub profile: Option<PassProfile>,
 }
 
 impl BenchStepReport {
@@ -89,6 +102,7 @@ impl BenchStepReport {
             "loaded_bytes": self.loaded_bytes,
             "in_use_bytes": self.in_use_bytes,
             "peak_reserved_bytes": self.reserved_bytes,
+            "profile": self.profile.as_ref().map(PassProfile::to_json),
         })
         .to_string()
     }
@@ -134,8 +148,7 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
     let opts_bw = BackwardOptions::default();
     let (mut first_loss, mut last_loss) = (f32::NAN, f32::NAN);
     let mut step_s = Vec::with_capacity(opts.steps);
-    for i in 0..opts.warmup + opts.steps {
-        let t0 = Instant::now();
+    let mut one_step = || -> Result<f32> {
         let loss = model.loss_normalized(&batch, pixels.as_ref(), opts.checkpointing, Some(label_count as f32))?;
         let (store, _) = tape.backward_with(&loss, &opts_bw)?;
         let grads: Vec<_> = opt.params().iter().map(|(_, p)| store.get(p).cloned()).collect();
@@ -144,6 +157,11 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
         drop(grads);
         let value = loss.value().to_f32_vec()?[0];
         device.sync()?;
+        Ok(value)
+    };
+    for i in 0..opts.warmup + opts.steps {
+        let t0 = Instant::now();
+        let value = one_step()?;
         let seconds = t0.elapsed().as_secs_f64();
         eprintln!("bench-step: step {} of {}: {seconds:.3} s, loss {value:.6}", i + 1, opts.warmup + opts.steps);
         if i == 0 {
@@ -155,6 +173,14 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
         }
     }
     let mem = device.memory();
+    let profile = if opts.profile {
+        let (value, p) = profile(&mut one_step);
+        value?;
+        eprintln!("bench-step: one more step with every kernel timed ({:.3} s):\n{}", p.wall_s, p.table());
+        Some(p)
+    } else {
+        None
+    };
     let tokens = batch.attention_mask.iter().filter(|&&m| m != 0).count();
     Ok(BenchStepReport {
         load_s,
@@ -166,5 +192,6 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
         loaded_bytes,
         in_use_bytes: mem.in_use,
         reserved_bytes: mem.reserved,
+        profile,
     })
 }

@@ -27,3 +27,4 @@ pub mod cli;
 pub mod demo;
 pub mod eval;
 pub mod merge;
+pub mod profile;

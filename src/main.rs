@@ -141,6 +141,10 @@ enum Command {
         /// Turn gradient checkpointing off.
         #[arg(long)]
         no_checkpointing: bool,
+        /// After the timed steps, one more with every kernel timed on its own: a table of time
+        /// and launches per kernel and the host time between launches.
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -374,7 +378,7 @@ fn main() -> ExitCode {
                 println!("[{}]", list.join(", "));
                 Ok(())
             }
-            Command::BenchStep { model, batch, steps, warmup, lora_r, base_format, no_checkpointing } => {
+            Command::BenchStep { model, batch, steps, warmup, lora_r, base_format, no_checkpointing, profile } => {
                 let base = base_format.parse::<BaseFormat>()?.packing();
                 let opts = lapidary::bench_step::BenchStepOptions {
                     steps,
@@ -382,6 +386,7 @@ fn main() -> ExitCode {
                     lora_r,
                     base,
                     checkpointing: !no_checkpointing,
+                    profile,
                 };
                 let report = lapidary::bench_step::run(&model, &batch, &opts, &device)?;
                 println!("{}", report.to_json(&device));

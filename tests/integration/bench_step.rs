@@ -11,7 +11,7 @@ fn first_step_loss_is_hfs_and_the_report_adds_up() {
     let dev = Device::from_env_or_cpu().unwrap();
     let root = crate::repo_path("tests/fixtures/tiny-gemma3");
     let case = root.join("cases/two_rows_one_image_each.safetensors");
-    let opts = BenchStepOptions { steps: 2, warmup: 1, lora_r: 4, base: None, checkpointing: true };
+    let opts = BenchStepOptions { steps: 2, warmup: 1, lora_r: 4, base: None, checkpointing: true, profile: true };
     let report = run(&root.join("model"), &case, &opts, &dev).unwrap();
     let f = SafetensorsFiles::open(&case).unwrap();
     let want = f.load("loss", &dev, DType::F32).unwrap().to_f32_vec().unwrap()[0];
@@ -26,6 +26,17 @@ fn first_step_loss_is_hfs_and_the_report_adds_up() {
     assert!(report.tokens_per_s() > 0.0);
     let json: serde_json::Value = serde_json::from_str(&report.to_json(&dev)).unwrap();
     assert_eq!(json["tokens"], report.tokens);
+    // The profiled step: the matmul kernel among those timed, times that add up to at most the
+    // step's wall time (each kernel waited for), every launch counted once.
+    let p = report.profile.as_ref().expect("profiled");
+    println!("{}", p.table());
+    assert!(
+        p.rows.iter().any(|r| r.kernel.to_lowercase().contains("matmul") && r.launches > 0 && r.seconds > 0.0),
+        "{p:?}"
+    );
+    assert!(p.kernel_s() > 0.0 && p.kernel_s() <= p.wall_s * 1.05, "{} of {}", p.kernel_s(), p.wall_s);
+    assert!(p.launches() > 50, "a LoRA step launches far more kernels than {}", p.launches());
+    assert_eq!(json["profile"]["launches"], p.launches());
 }
 
 #[test]
