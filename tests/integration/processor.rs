@@ -177,3 +177,21 @@ fn processor_configs_of_the_wrong_type_or_range_are_refused() {
         assert!(e.contains(want), "expected {want:?} in: {e}");
     }
 }
+
+#[test]
+fn images_decoded_while_loading_are_not_decoded_again() {
+    let p = processor();
+    let tmp = tempfile::tempdir().unwrap();
+    let img = tmp.path().join("ok.png");
+    std::fs::copy(root().join("tests/fixtures/processor/images/exact.png"), &img).unwrap();
+    let want = p.pixels(&img).unwrap();
+    let row = r#"{"messages":[{"role":"user","content":[{"type":"image","path":"ok.png"},{"type":"text","text":"What?"}]},{"role":"assistant","content":"A dot."}]}"#;
+    let path = write(tmp.path(), "d.jsonl", row);
+    let ds = Dataset::load(&path, &p, &EncodeOptions::default(), OnBadRow::Error).unwrap();
+    assert_eq!(ds.len(), 1);
+    // The file is gone: the pixels can only come from what loading kept.
+    std::fs::remove_file(&img).unwrap();
+    assert_eq!(p.pixels(&img).unwrap(), want);
+    let other = tmp.path().join("never-loaded.png");
+    assert!(p.pixels(&other).is_err());
+}

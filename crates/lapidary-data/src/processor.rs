@@ -7,7 +7,9 @@ use crate::template::{self, Conversation};
 use crate::tokenizer::TextTokenizer;
 use lapidary_core::{Error, Result};
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Tokenizer, image settings and image token count of one model.
 #[derive(Debug)]
@@ -18,6 +20,33 @@ pub struct Processor {
     pub image: ImageConfig,
     /// Soft tokens per image (`mm_tokens_per_image`).
     pub image_tokens: usize,
+    /// Pixels of images decoded while rows were encoded, so a training step does not decode
+    /// them again (bounded: past [`PIXEL_CACHE_BYTES`] images are decoded when used).
+    pixel_cache: PixelCache,
+}
+
+/// Bytes of preprocessed pixels a [`Processor`] keeps.
+pub const PIXEL_CACHE_BYTES: usize = 1 << 30;
+
+/// Preprocessed pixels by image path, up to a byte budget (first come, kept; no eviction).
+#[derive(Debug, Default)]
+struct PixelCache {
+    entries: Mutex<(HashMap<PathBuf, Arc<Vec<f32>>>, usize)>,
+}
+
+impl PixelCache {
+    fn get(&self, path: &Path) -> Option<Arc<Vec<f32>>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).0.get(path).cloned()
+    }
+
+    fn offer(&self, path: &Path, pixels: &Arc<Vec<f32>>) {
+        let mut guard = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = pixels.len() * 4;
+        if guard.1 + bytes <= PIXEL_CACHE_BYTES && !guard.0.contains_key(path) {
+            guard.1 += bytes;
+            guard.0.insert(path.to_path_buf(), pixels.clone());
+        }
+    }
 }
 
 /// One encoded row.
@@ -63,7 +92,12 @@ impl Processor {
             let f = lapidary_nn::gguf::GgufFile::open(path)?;
             let tok = crate::gguf_tokenizer::from_gguf(&f)?;
             let tokenizer = TextTokenizer::from_tokenizer(tok, &path.display().to_string())?;
-            return Ok(Processor { tokenizer, image: ImageConfig::gemma3(0), image_tokens: 0 });
+            return Ok(Processor {
+                tokenizer,
+                image: ImageConfig::gemma3(0),
+                image_tokens: 0,
+                pixel_cache: PixelCache::default(),
+            });
         }
         Self::from_model_dir(path)
     }
@@ -156,7 +190,7 @@ impl Processor {
             )));
         }
         check_vocabulary(&tokenizer, &config, &config_path)?;
-        Ok(Processor { tokenizer, image, image_tokens })
+        Ok(Processor { tokenizer, image, image_tokens, pixel_cache: PixelCache::default() })
     }
 
     /// Encodes one conversation; image paths are resolved against `base_dir` and checked to
@@ -177,7 +211,9 @@ impl Processor {
             if !path.is_file() {
                 return Err(format!("image {} not found", path.display()));
             }
-            image::load_rgb(&path).map_err(|e| e.to_string())?;
+            // Decoded once here (an undecodable image stops the row); kept for the steps.
+            let pixels = Arc::new(image::preprocess(&image::load_rgb(&path).map_err(|e| e.to_string())?, &self.image));
+            self.pixel_cache.offer(&path, &pixels);
             images.push(path);
         }
         let enc = self.tokenizer.encode(&rendered.text, false).map_err(|e| e.to_string())?;
@@ -231,8 +267,11 @@ impl Processor {
         Ok((ids, rendered.images.iter().map(|p| base_dir.join(p)).collect()))
     }
 
-    /// Pixel values `[3, H, W]` of one image file.
+    /// Pixel values `[3, H, W]` of one image file (decoded again unless kept from encoding).
     pub fn pixels(&self, path: &Path) -> Result<Vec<f32>> {
+        if let Some(p) = self.pixel_cache.get(path) {
+            return Ok(p.as_ref().clone());
+        }
         Ok(image::preprocess(&image::load_rgb(path)?, &self.image))
     }
 }
