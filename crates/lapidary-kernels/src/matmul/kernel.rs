@@ -245,6 +245,28 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
     if m == 0 || n == 0 || batches == 0 {
         return Ok(c);
     }
+    // x · Wᵀ with W stored [N, K]: read W in place when a vector of 4 or more divides K.
+    let w_k = launch::vector_width_up_to(&[k], 16);
+    if trans_b && !trans_a && w_k >= 4 {
+        let k_vec = k / w_k;
+        let sb = super::nt::SB;
+        let tiles = batches * m.div_ceil(4 * sb) * sb * n.div_ceil(4 * sb) * sb;
+        let (count, dim) = launch::grid_tiles(a.device(), tiles);
+        let bias_handle = bias.map_or_else(|| c.handle().clone(), |t| t.handle().clone());
+        dispatch_float!(a.dtype(), F => unsafe {
+            super::nt::matmul_nt_kernel::launch_unchecked::<F>(
+                a.device().client(), count, dim, w_k,
+                BufferArg::from_raw_parts(a.handle().clone(), a.numel()),
+                BufferArg::from_raw_parts(b.handle().clone(), b.numel()),
+                BufferArg::from_raw_parts(bias_handle, if bias.is_some() { n } else { 1 }),
+                BufferArg::from_raw_parts(c.handle().clone(), c.numel()),
+                batches, m, n, k_vec,
+                if b_shared { 0 } else { n * k_vec },
+                bias.is_some(),
+            )
+        });
+        return Ok(c);
+    }
     let b_kn = if trans_b { transpose(b)? } else { b.clone() };
     let w = launch::vector_width_up_to(&[n], 16);
     let n_vec = n / w;
@@ -442,6 +464,26 @@ mod tests {
         // n multiple of 8 (widest vector), m not a multiple of the 8-row tile, odd vector count.
         check(2, 13, 64, 24, false, false, false, true, DType::F32, 11);
         check(1, 5, 3, 8, true, true, true, false, DType::BF16, 12);
+    }
+
+    #[test]
+    fn weights_read_in_place_along_k() {
+        // trans_b without trans_a and K a multiple of 4, 8 or 16: the A·Bᵀ kernel, with edges in
+        // both M and N (not multiples of its 4 x 4 tile), shared and batched B, every dtype.
+        for (i, (batch, m, k, n, shared, bias)) in [
+            (2, 13, 64, 23, true, true),
+            (1, 5, 12, 9, true, false),
+            (3, 7, 40, 6, false, true),
+            (1, 33, 48, 65, true, true),
+            (2, 1, 16, 1, false, false),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for dt in [DType::F32, DType::BF16, DType::F16] {
+                check(batch, m, k, n, false, true, shared, bias, dt, 100 + i as u64);
+            }
+        }
     }
 
     #[test]

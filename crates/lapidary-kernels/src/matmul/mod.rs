@@ -3,8 +3,10 @@
 //! batch (rank 2), as a weight is. Storage f32 / bf16 / f16, accumulation in f32.
 //!
 //! One register-blocked kernel (`kernel.rs`): each unit computes 8 rows × 2 vectors of C,
-//! walking K with fused multiply-adds, B and C loaded along N in vectors. A transposed B is first
-//! made contiguous along N by the transpose kernel. Backward is expressed with the same op
+//! walking K with fused multiply-adds, B and C loaded along N in vectors. `A · Bᵀ` (a Linear's
+//! forward, W stored `[N, K]`) has its own kernel (`nt.rs`) that reads B in place along K when a
+//! vector of 4 or more divides K; otherwise a transposed B is first made contiguous along N by
+//! the transpose kernel. Backward is expressed with the same op
 //! (`dA = dC · Bᵀ`, `dB = Aᵀ · dC`) and a bias gradient by [`crate::reduce::sum_rows`].
 //!
 //! ```
@@ -23,6 +25,7 @@
 //! ```
 
 mod kernel;
+mod nt;
 pub mod reference;
 mod transpose;
 
