@@ -4,20 +4,11 @@
 //! summed across lanes at the end. Used by [`super::kernel::matmul`] when `trans_b` is set,
 //! `trans_a` is not, and a vector of at least 4 divides K; the transpose path remains otherwise.
 
+use crate::norm::hsum;
 use cubecl::prelude::*;
 
 /// Super-block of tiles (4 x 4 each): 32 rows of A x 32 rows of B.
 pub(super) const SB: usize = 8;
-
-#[cube]
-fn hsum<N: Size>(v: Vector<f32, N>) -> f32 {
-    let mut s = 0.0f32;
-    #[unroll]
-    for l in 0..N::value() {
-        s += v.extract(l);
-    }
-    s
-}
 
 /// Writes one output element when it lies inside `m x n`, adding the bias of column `j`.
 #[cube]

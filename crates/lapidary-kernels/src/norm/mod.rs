@@ -22,8 +22,9 @@ pub mod reference;
 use cubecl::prelude::*;
 use lapidary_core::{DType, Error, Result, Tensor, launch};
 
+/// The sum of a vector's lanes.
 #[cube]
-fn hsum<N: Size>(v: Vector<f32, N>) -> f32 {
+pub(crate) fn hsum<N: Size>(v: Vector<f32, N>) -> f32 {
     let mut s = 0.0f32;
     #[unroll]
     for l in 0..N::value() {
