@@ -32,6 +32,16 @@ fn main() {
     if let Ok(linker) = env::var(&linker_var) {
         cmd.arg("-C").arg(format!("linker={linker}"));
     }
-    let status = cmd.status().unwrap_or_else(|e| panic!("running {rustc} for jit/fp_builtins.rs: {e}"));
-    assert!(status.success(), "{rustc} failed to build jit/fp_builtins.rs for {target} ({status})");
+    // A target where a shared library cannot be built (static-only targets) gets none: kernels
+    // that need a builtin then fail to compile there, and say so (see `kernel_failure.rs`).
+    match cmd.status() {
+        Ok(status) if status.success() => {}
+        outcome => {
+            println!(
+                "cargo:warning=the CPU runtime's conversion builtins could not be built for {target} ({outcome:?}); \
+                 bf16 kernels may fail to compile on CPUs without native bf16 conversion"
+            );
+            std::fs::write(&lib, b"").expect("writing the empty builtins placeholder");
+        }
+    }
 }
