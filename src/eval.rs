@@ -45,13 +45,7 @@ pub fn read_batch(path: &Path, device: &Device) -> Result<Batch> {
                 Error::invalid(format!("{}: pixel_values is not stored as f32, bf16 or f16", path.display()))
             })?;
             let values = dtype.decode(f.bytes("pixel_values")?);
-            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(Error::invalid(format!(
-                    "{}: pixel_values holds {} at flat index {i}; pixels must be finite",
-                    path.display(),
-                    values[i]
-                )));
-            }
+            Error::check_finite(&format!("{}: pixel_values", path.display()), &values, "pixels must be finite")?;
             Some(Tensor::from_f32(device, &values, &e.shape, DType::F32)?)
         }
         Some(e) => {
@@ -99,17 +93,10 @@ pub fn run(
                 tape_names(&tape, &["vision_tower.", "multi_modal_projector.", "base_model.model.model.vision_tower."]);
         }
         let (grads, _) = tape.backward_with(&loss, &opts)?;
-        // Each gradient in its parameter's checkpoint shape (the patch embedding's conv kernel
-        // [out, c, p, p], used as a matrix here), as HF reports it.
-        let gguf = model_dir.extension().is_some_and(|e| e == "gguf");
-        let stored = if gguf { SafetensorsFiles::empty() } else { SafetensorsFiles::open(model_dir)? };
+        // Each gradient in its parameter's checkpoint shape, as HF reports it.
         for (name, g) in grads.named() {
-            let key = model.stored_name(name);
-            let g = match stored.entry(key) {
-                Some(e) if e.shape != g.shape() => g.reshape(&e.shape)?,
-                _ => g.clone(),
-            };
-            entries.push(safetensors::entry_of(format!("grad.{key}"), &g)?);
+            let g = model.in_stored_shape(name, g)?;
+            entries.push(safetensors::entry_of(format!("grad.{}", model.stored_name(name)), &g)?);
         }
     }
     let loss_value = loss.value().to_f32_vec()?[0];

@@ -119,8 +119,6 @@ fn write_merged(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, 
     // Tensors are written in the shapes the base stores (e.g. the patch embedding as a conv
     // kernel [out, 3, p, p], used here as a matrix).
     let gguf = model_dir.extension().is_some_and(|e| e == "gguf");
-    let base =
-        if gguf { safetensors::SafetensorsFiles::empty() } else { safetensors::SafetensorsFiles::open(model_dir)? };
     let mut entries = Vec::new();
     for (name, var) in tape.params() {
         if name.contains(".lora_A.") || name.contains(".lora_B.") {
@@ -132,14 +130,9 @@ fn write_merged(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, 
             // A GGUF holds a text-only model: HF's Gemma3ForCausalLM names (`model.layers.N...`).
             key = key.replacen("language_model.model.", "model.", 1);
         }
-        let shape = base.entry(&key).map_or(value.shape().to_vec(), |e| e.shape.clone());
+        let shape = model.stored_shape(&name).unwrap_or(value.shape()).to_vec();
         let values = value.to_f32_vec()?;
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::invalid(format!(
-                "merged tensor {key} holds {} at flat index {i}; refusing to write non-finite weights",
-                values[i]
-            )));
-        }
+        Error::check_finite(&format!("merged tensor {key}"), &values, "refusing to write non-finite weights")?;
         let stored = Tensor::from_f32(device, &values, &shape, dtype)?;
         entries.push(safetensors::entry_of(key, &stored)?);
     }

@@ -69,6 +69,15 @@ impl Error {
         Ok(())
     }
 
+    /// An error naming the first NaN or infinity in `values`: `{what} holds {value} at flat
+    /// index {i}; {why}`.
+    pub fn check_finite(what: &str, values: &[f32], why: &str) -> Result<()> {
+        match values.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(Error::invalid(format!("{what} holds {} at flat index {i}; {why}", values[i]))),
+        }
+    }
+
     /// An I/O error on `path`.
     pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }

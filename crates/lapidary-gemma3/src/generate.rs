@@ -99,14 +99,11 @@ impl Gemma3ForConditionalGeneration {
         };
         let mut out = Vec::new();
         while out.len() < opts.max_new_tokens {
-            if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
-                return Err(Error::invalid(format!(
-                    "generation: the logits of step {} hold {} (token {i}); the weights, adapter or \
-                     pixels hold non-finite values",
-                    out.len(),
-                    logits[i]
-                )));
-            }
+            Error::check_finite(
+                &format!("generation: the logits of step {}", out.len()),
+                &logits,
+                "the weights, adapter or pixels hold non-finite values",
+            )?;
             let next = match opts.sampling {
                 Sampling::Greedy => argmax(&logits),
                 Sampling::Sample { temperature, top_k, top_p, .. } => {

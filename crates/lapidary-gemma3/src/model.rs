@@ -127,6 +127,7 @@ pub struct Parts {
 pub struct Gemma3ForConditionalGeneration {
     cfg: Gemma3Config,
     stored_names: std::collections::BTreeMap<String, String>,
+    stored_shapes: std::collections::BTreeMap<String, Vec<usize>>,
     /// The vision tower and projector; `None` in a text-only model.
     vision: Option<(SiglipVisionModel, MultiModalProjector)>,
     text: Gemma3TextModel,
@@ -159,7 +160,13 @@ impl Gemma3ForConditionalGeneration {
             )),
         };
         let text = Gemma3TextModel::load(&cfg.text, w, "language_model.model.", tape, parts.text)?;
-        Ok(Gemma3ForConditionalGeneration { cfg: cfg.clone(), stored_names: w.stored_names(), vision, text })
+        Ok(Gemma3ForConditionalGeneration {
+            cfg: cfg.clone(),
+            stored_names: w.stored_names(),
+            stored_shapes: w.stored_shapes(),
+            vision,
+            text,
+        })
     }
 
     /// Opens an HF model directory (`config.json` and its safetensors, either layout; a
@@ -225,6 +232,20 @@ impl Gemma3ForConditionalGeneration {
     /// named with the transformers 5.x keys; a hub-layout checkpoint stores some differently).
     pub fn stored_name<'a>(&'a self, name: &'a str) -> &'a str {
         self.stored_names.get(name).map_or(name, String::as_str)
+    }
+
+    /// The shape a parameter is stored in by its checkpoint (the patch embedding as a conv
+    /// kernel `[out, c, p, p]`, used here as a matrix); `None` for one not loaded from it.
+    pub fn stored_shape(&self, name: &str) -> Option<&[usize]> {
+        self.stored_shapes.get(name).map(Vec::as_slice)
+    }
+
+    /// `t` (a parameter `name`, or its gradient) in the shape its checkpoint stores it in.
+    pub fn in_stored_shape(&self, name: &str, t: &Tensor) -> Result<Tensor> {
+        match self.stored_shape(name) {
+            Some(s) if s != t.shape() => t.reshape(s),
+            _ => Ok(t.clone()),
+        }
     }
 
     /// Every linear layer of both towers (paths are checkpoint keys without `.weight`), for

@@ -96,13 +96,7 @@ pub fn load_peft_adapter(
         }
         for (key, shape) in [(&ka, [r, inp]), (&kb, [out, r])] {
             let values = w.host_values(key, &shape)?;
-            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(Error::invalid(format!(
-                    "{}: {key} holds {} at flat index {i}; adapter weights must be finite",
-                    dir.display(),
-                    values[i]
-                )));
-            }
+            Error::check_finite(&format!("{}: {key}", dir.display()), &values, "adapter weights must be finite")?;
         }
         let a = tape.param(&ka, w.tensor(&ka, &[r, inp])?, trainable);
         let b = tape.param(&kb, w.tensor(&kb, &[out, r])?, trainable);

@@ -23,6 +23,8 @@ pub struct Weights {
     aliases: Vec<(String, String)>,
     used: RefCell<BTreeSet<String>>,
     stored_names: RefCell<BTreeMap<String, String>>,
+    /// Name asked for -> the shape the checkpoint stores it in.
+    stored_shapes: RefCell<BTreeMap<String, Vec<usize>>>,
     device: Device,
     dtype: DType,
     packing: Option<lapidary_kernels::quant::PackFormat>,
@@ -67,6 +69,7 @@ impl Weights {
             aliases: Vec::new(),
             used: RefCell::default(),
             stored_names: RefCell::default(),
+            stored_shapes: RefCell::default(),
             device: device.clone(),
             dtype,
             packing: None,
@@ -167,6 +170,7 @@ impl Weights {
         }
         self.used.borrow_mut().insert(stored.clone());
         self.stored_names.borrow_mut().insert(name.to_string(), stored.clone());
+        self.stored_shapes.borrow_mut().insert(name.to_string(), stored_shape);
         Ok(stored)
     }
 
@@ -183,6 +187,12 @@ impl Weights {
     /// For every tensor loaded so far: the name asked for and the name it is stored under.
     pub fn stored_names(&self) -> BTreeMap<String, String> {
         self.stored_names.borrow().clone()
+    }
+
+    /// For every tensor loaded so far: the name asked for and the shape it is stored in (a
+    /// layer may use it in another, e.g. a conv kernel as a matrix).
+    pub fn stored_shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.stored_shapes.borrow().clone()
     }
 
     /// Stored names never loaded so far, sorted.

@@ -417,24 +417,15 @@ impl Trainer {
             }
             Method::Full => {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-                // Each tensor in the shape the base checkpoint stores it (the patch embedding is
-                // a conv kernel [out, c, p, p] there, a matrix here), so HF loads the directory.
-                let gguf = self.cfg.model.extension().is_some_and(|e| e == "gguf");
-                let base = if gguf {
-                    lapidary_nn::safetensors::SafetensorsFiles::empty()
-                } else {
-                    lapidary_nn::safetensors::SafetensorsFiles::open(&self.cfg.model)?
-                };
+                // Each tensor in the shape the base checkpoint stores it, so HF loads the directory.
                 let entries: Vec<_> = self
                     .trainable_tensors()
                     .iter()
                     .map(|(n, t)| {
-                        let key = self.model.stored_name(n).to_string();
-                        let t = match base.entry(&key) {
-                            Some(e) if e.shape != t.shape() => t.reshape(&e.shape)?,
-                            _ => t.clone(),
-                        };
-                        lapidary_nn::safetensors::entry_of(key, &t)
+                        lapidary_nn::safetensors::entry_of(
+                            self.model.stored_name(n).to_string(),
+                            &self.model.in_stored_shape(n, t)?,
+                        )
                     })
                     .collect::<Result<_>>()?;
                 lapidary_nn::safetensors::save(dir.join("model.safetensors"), &entries)?;
@@ -519,13 +510,11 @@ impl Trainer {
     fn ensure_finite(&self) -> Result<()> {
         for (name, t) in self.trainable_tensors() {
             let values = t.to_f32_vec()?;
-            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                return Err(Error::invalid(format!(
-                    "trainable tensor {name} holds {} at flat index {i}; refusing to save non-finite weights \
-                     (lower the learning rate or check the base weights and data)",
-                    values[i]
-                )));
-            }
+            Error::check_finite(
+                &format!("trainable tensor {name}"),
+                &values,
+                "refusing to save non-finite weights (lower the learning rate or check the base weights and data)",
+            )?;
         }
         Ok(())
     }
