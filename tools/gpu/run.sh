@@ -58,13 +58,35 @@ if [ "$cpu" = 1 ]; then
 else
   device=cuda; torch_device=cuda; shape=4b; matmul_sizes=1024,2048,4096,8192; scale=1
   card="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)"
-  # The CUDA C++ path (NVRTC) reads CUDA's headers from CUDA_PATH, else /usr/local/cuda.
+  # CUDA_PATH: the CUDA C++ path (NVRTC) reads CUDA's headers from $CUDA_PATH/include, the LLVM
+  # path links $CUDA_PATH/nvvm/libdevice/libdevice.10.bc for exp, tanh, .... A toolkit that has
+  # both is used as it is; otherwise one is laid out of what the machine has (a toolkit; libdevice
+  # also from PyTorch's nvidia wheels or Triton), completed by the copies the bundle carries.
   if [ -z "${CUDA_PATH:-}" ] && [ ! -d /usr/local/cuda ] && command -v nvcc >/dev/null; then
     export CUDA_PATH="$(dirname "$(dirname "$(command -v nvcc)")")"
   fi
+  toolkit="${CUDA_PATH:-/usr/local/cuda}"
+  if [ ! -f "$toolkit/include/cuda_bf16.h" ] || [ ! -f "$toolkit/include/cuda/barrier" ] \
+      || [ ! -f "$toolkit/nvvm/libdevice/libdevice.10.bc" ]; then
+    sites="$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)"
+    include=""; libdevice=""
+    for d in "$toolkit/include" "$b/cuda/include"; do # CUDA's headers with CCCL's (cuda/barrier)
+      [ -f "$d/cuda_bf16.h" ] && [ -f "$d/cuda/barrier" ] && { include="$d"; break; }
+    done
+    for f in "$toolkit/nvvm/libdevice/libdevice.10.bc" \
+        $(for s in $sites; do echo "$s/nvidia/cuda_nvcc/nvvm/libdevice/libdevice.10.bc $s/triton/backends/nvidia/lib/libdevice.10.bc"; done) \
+        "$b/cuda/nvvm/libdevice/libdevice.10.bc"; do
+      [ -f "$f" ] && { libdevice="$f"; break; }
+    done
+    mkdir -p "$work/cuda/nvvm/libdevice"
+    ln -sfn "$include" "$work/cuda/include"
+    ln -sf "$libdevice" "$work/cuda/nvvm/libdevice/libdevice.10.bc"
+    export CUDA_PATH="$work/cuda"
+    say "CUDA_PATH laid out: headers from $include, libdevice from $libdevice"
+  fi
   # NVRTC (and the driver) are loaded at run time: from the CUDA toolkit or PyTorch's wheels.
   libs=""
-  for d in /usr/local/nvidia/lib64 "${CUDA_PATH:-/usr/local/cuda}/lib64" /usr/local/cuda/targets/x86_64-linux/lib \
+  for d in /usr/local/nvidia/lib64 "$toolkit/lib64" /usr/local/cuda/targets/x86_64-linux/lib \
       $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null); do
     for lib in "$d"/libnvrtc.so* "$d"/nvidia/*/lib/libnvrtc.so* "$d"/nvidia/cu*/lib/libnvrtc.so*; do
       [ -e "$lib" ] && libs="$libs:$(dirname "$lib")"

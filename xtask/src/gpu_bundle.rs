@@ -1,8 +1,9 @@
 //! `cargo xtask gpu-bundle`: builds here, for a GPU machine that has no Rust toolchain and no
 //! network, everything `tools/gpu/run.sh` runs there — for each CUDA code path (LLVM's NVPTX back
 //! end, feature `cuda`; CUDA C++ through NVRTC, feature `cuda-cpp`) the kernel tests, the model
-//! tests, the kernel benchmarks and the `lapidary` binary — and packs them with the test fixtures
-//! and the PyTorch scripts into one archive, `target/gpu-bundle/lapidary-gpu.tar.xz`.
+//! tests, the kernel benchmarks and the `lapidary` binary — and packs them with the test fixtures,
+//! the PyTorch scripts, CUDA's headers and libdevice (from PyPI) into one archive,
+//! `target/gpu-bundle/lapidary-gpu.tar.xz`.
 //!
 //! The binaries link everything statically (LLVM, libstdc++, libgcc, zlib, zstd) except glibc;
 //! the CUDA driver and NVRTC are loaded at run time. Each carries its own copy of LLVM, so the
@@ -21,53 +22,24 @@ const ALLOWED_NEEDED: &[&str] =
     &["libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0", "librt.so.1", "ld-linux-x86-64.so.2"];
 
 /// One CUDA code path: its directory in the archive and the cargo feature selecting it.
-const BACKENDS: &[(&str, &str)] = &[("llvm", "cuda"), ("cpp", "cuda-cpp")];
+pub const BACKENDS: &[(&str, &str)] = &[("llvm", "cuda"), ("cpp", "cuda-cpp")];
 
 pub fn run(extra: &[String]) -> Result<(), String> {
     let root = crate::workspace_root();
     let out = root.join("target/gpu-bundle");
-    let build_dir = out.join("build");
-    let static_dir = out.join("static-libs");
-    lay_static_libs(&static_dir)?;
     let stage = out.join("stage");
     let top = stage.join("lapidary-gpu");
     if stage.exists() {
         std::fs::remove_dir_all(&stage).map_err(|e| format!("removing {}: {e}", stage.display()))?;
     }
-    let rustflags = format!("-L native={} -C link-arg=-static-libgcc", static_dir.display());
     let mut manifest = format!("lapidary {} ({})\n", git(&root, &["describe", "--always", "--dirty"]), date());
     for (dir, feature) in BACKENDS {
-        let builds: [(&str, Vec<&str>); 3] = [
-            ("kernel-tests", vec!["test", "--no-run", "--package", "lapidary-kernels", "--lib"]),
-            ("model-tests", vec!["test", "--no-run", "--package", "lapidary", "--test", "integration"]),
-            (
-                "bench-kernels+lapidary",
-                vec!["build", "--package", "lapidary", "--bench", "kernels", "--bin", "lapidary"],
-            ),
-        ];
-        for (what, args) in builds {
-            let mut args: Vec<&str> = args;
-            args.extend(["--profile", "gpu-bundle", "--features", feature, "--message-format=json-render-diagnostics"]);
-            args.extend(extra.iter().map(String::as_str));
-            eprintln!("gpu-bundle: {dir}: building {what}");
-            let exes = cargo_executables(&root, &build_dir, &rustflags, &args)?;
-            for (target, exe) in exes {
-                let name = match target.as_str() {
-                    "lapidary_kernels" => "kernel-tests",
-                    "integration" => "model-tests",
-                    "kernels" => "bench-kernels",
-                    "lapidary" => "lapidary",
-                    _ => continue,
-                };
-                let dest = top.join(dir).join(name);
-                if dest.exists() {
-                    continue; // the model tests' build also links the `lapidary` binary
-                }
-                copy(&exe, &dest)?;
-                check_needed(&dest)?;
-                let size = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
-                manifest.push_str(&format!("{dir}/{name} {:.1} MiB\n", size as f64 / 1048576.0));
-            }
+        for (name, exe) in build_backend(feature, extra)? {
+            let dest = top.join(dir).join(name);
+            copy(&exe, &dest)?;
+            check_needed(&dest)?;
+            let size = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+            manifest.push_str(&format!("{dir}/{name} {:.1} MiB\n", size as f64 / 1048576.0));
         }
     }
     for rel in ["tests/fixtures", "assets/tiny-vlm"] {
@@ -76,6 +48,18 @@ pub fn run(extra: &[String]) -> Result<(), String> {
     for f in ["torch_bench.py", "table.py", "run.sh"] {
         copy(&root.join("tools/gpu").join(f), &top.join("tools").join(f))?;
     }
+    // What a GPU machine with only a driver and PyTorch's wheels may lack: CUDA's headers (NVRTC
+    // reads them) and libdevice (the NVPTX path links it for exp, tanh, …). run.sh uses these
+    // where the machine has no CUDA toolkit of its own.
+    let tools = crate::cuda_check::cuda_tools(&root.join("target/cuda-tools"))?;
+    for e in std::fs::read_dir(tools.cuda_path.join("include")).map_err(|e| e.to_string())?.flatten() {
+        if e.file_name() == "cccl" {
+            continue; // the same headers as those laid beside it, for CUDA 13's layout
+        }
+        let dest = top.join("cuda/include").join(e.file_name());
+        if e.path().is_dir() { copy_tree(&e.path(), &dest)? } else { copy(&e.path(), &dest)? }
+    }
+    copy_tree(&tools.cuda_path.join("nvvm/libdevice"), &top.join("cuda/nvvm/libdevice"))?;
     let raw = dir_size(&top);
     manifest.push_str(&format!("uncompressed {:.1} MiB\n", raw as f64 / 1048576.0));
     std::fs::write(top.join("MANIFEST"), &manifest).map_err(|e| format!("writing MANIFEST: {e}"))?;
@@ -97,6 +81,44 @@ pub fn run(extra: &[String]) -> Result<(), String> {
         return Err(format!("the archive is {size} bytes, over the {MAX_ARCHIVE_BYTES}-byte limit"));
     }
     Ok(())
+}
+
+/// Builds, for the CUDA code path of cargo feature `feature` (see [`BACKENDS`]), the kernel tests,
+/// the model tests, the kernel benchmarks and the `lapidary` binary, statically linked, in
+/// `target/gpu-bundle/build`; returns them by their bundle names (`kernel-tests`,
+/// `model-tests`, `bench-kernels`, `lapidary`). `extra` goes to cargo.
+pub fn build_backend(feature: &str, extra: &[String]) -> Result<Vec<(&'static str, PathBuf)>, String> {
+    let root = crate::workspace_root();
+    let out = root.join("target/gpu-bundle");
+    let build_dir = out.join("build");
+    let static_dir = out.join("static-libs");
+    lay_static_libs(&static_dir)?;
+    let rustflags = format!("-L native={} -C link-arg=-static-libgcc", static_dir.display());
+    let builds: [(&str, Vec<&str>); 3] = [
+        ("kernel-tests", vec!["test", "--no-run", "--package", "lapidary-kernels", "--lib"]),
+        ("model-tests", vec!["test", "--no-run", "--package", "lapidary", "--test", "integration"]),
+        ("bench-kernels+lapidary", vec!["build", "--package", "lapidary", "--bench", "kernels", "--bin", "lapidary"]),
+    ];
+    let mut found: Vec<(&'static str, PathBuf)> = Vec::new();
+    for (what, mut args) in builds {
+        args.extend(["--profile", "gpu-bundle", "--features", feature, "--message-format=json-render-diagnostics"]);
+        args.extend(extra.iter().map(String::as_str));
+        eprintln!("gpu-bundle: {feature}: building {what}");
+        for (target, exe) in cargo_executables(&root, &build_dir, &rustflags, &args)? {
+            let name = match target.as_str() {
+                "lapidary_kernels" => "kernel-tests",
+                "integration" => "model-tests",
+                "kernels" => "bench-kernels",
+                "lapidary" => "lapidary",
+                _ => continue,
+            };
+            // The model tests' build also links the `lapidary` binary: the first one found is kept.
+            if !found.iter().any(|(n, _)| *n == name) {
+                found.push((name, exe));
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// A directory holding only static archives of the C/C++ libraries LLVM and Rust's std would

@@ -2,10 +2,11 @@
 //! crates (so it builds in seconds, before LLVM is set up) and only drives cargo and the system.
 //!
 //! Tasks: `setup` (LLVM for CubeCL, offline), `test`, `bench`, `demo`, `gpu-bundle`, `check-grad`,
-//! `cpu-check`.
+//! `cpu-check`, `cuda-check`.
 
 mod bench;
 mod cpu_check;
+mod cuda_check;
 mod gpu_bundle;
 mod setup;
 
@@ -28,6 +29,10 @@ tasks:
   check-grad   setup, then the gradient-flow check: finite differences for every
                differentiable op and the adapter chain with checkpointing off and on,
                printed as one table; fails on any failure
+  cuda-check   setup, then every kernel the model, the trainer and the tests launch, compiled
+               for sm_80 and sm_90 through both CUDA code paths (LLVM NVPTX; CUDA C++ by
+               NVRTC) and assembled by ptxas, without a GPU (NVRTC and ptxas from PyPI);
+               one row per kernel: registers, spills, shared memory
   cpu-check    setup, then the kernel tests and the bf16 model tests under qemu-x86_64 on
                CPUs without AVX-512 (Haswell) and without AVX (Nehalem), and a check that
                a kernel that cannot be compiled is an error naming it (x86-64 hosts)
@@ -47,6 +52,7 @@ fn main() -> ExitCode {
         "demo" => setup::run().and_then(|_| demo(rest)),
         "gpu-bundle" => setup::run().and_then(|_| gpu_bundle::run(rest)),
         "cpu-check" => setup::run().and_then(|_| cpu_check::run()),
+        "cuda-check" => setup::run().and_then(|_| cuda_check::run()),
         "check-grad" => setup::run().and_then(|_| {
             cargo(&[
                 "test",
