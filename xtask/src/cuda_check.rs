@@ -44,6 +44,8 @@ const FAILURE_MARKERS: &[&str] = &[
     "A launch error happened",
     "The device was poisoned",
     "the kernel could not be loaded",
+    // lapidary's own report of a kernel whose expansion or compilation panicked inside CubeCL.
+    "a kernel failed to compile or run",
 ];
 
 /// The CUDA tools installed from PyPI.

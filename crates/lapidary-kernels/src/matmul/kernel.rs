@@ -245,6 +245,14 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
     if m == 0 || n == 0 || batches == 0 {
         return Ok(c);
     }
+    if !a.device().is_cpu() {
+        // GPUs: cubek's routines (tensor cores for 16-bit operands), layouts read in place.
+        super::accelerated::matmul_into(a, b, trans_a, trans_b, &c, super::accelerated::Route::for_dtype(a.dtype()))?;
+        return match bias {
+            Some(bias) => crate::elementwise::add(&c, bias),
+            None => Ok(c),
+        };
+    }
     // x · Wᵀ with W stored [N, K]: read W in place when a vector of 4 or more divides K.
     let w_k = launch::vector_width_up_to(&[k], 16);
     if trans_b && !trans_a && w_k >= 4 {

@@ -6,7 +6,8 @@
 //! walking K with fused multiply-adds, B and C loaded along N in vectors. `A · Bᵀ` (a Linear's
 //! forward, W stored `[N, K]`) has its own kernel (`nt.rs`) that reads B in place along K when a
 //! vector of 4 or more divides K; otherwise a transposed B is first made contiguous along N by
-//! the transpose kernel. Backward is expressed with the same op
+//! the transpose kernel. On GPUs the same entry runs cubek-matmul's routines instead
+//! (`accelerated.rs`: tensor cores for bf16/f16, every layout read in place). Backward is expressed with the same op
 //! (`dA = dC · Bᵀ`, `dB = Aᵀ · dC`) and a bias gradient by [`crate::reduce::sum_rows`].
 //!
 //! ```
@@ -24,6 +25,7 @@
 //! assert_eq!(g.bias.unwrap().to_f32_vec().unwrap(), vec![2.0, 2.0]);
 //! ```
 
+pub mod accelerated;
 mod kernel;
 mod nt;
 pub mod reference;
