@@ -67,11 +67,11 @@ else
   fi
   toolkit="${CUDA_PATH:-/usr/local/cuda}"
   if [ ! -f "$toolkit/include/cuda_bf16.h" ] || [ ! -f "$toolkit/include/cuda/barrier" ] \
-      || [ ! -f "$toolkit/nvvm/libdevice/libdevice.10.bc" ]; then
+      || [ ! -f "$toolkit/include/crt/mma.h" ] || [ ! -f "$toolkit/nvvm/libdevice/libdevice.10.bc" ]; then
     sites="$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)"
     include=""; libdevice=""
-    for d in "$toolkit/include" "$b/cuda/include"; do # CUDA's headers with CCCL's (cuda/barrier)
-      [ -f "$d/cuda_bf16.h" ] && [ -f "$d/cuda/barrier" ] && { include="$d"; break; }
+    for d in "$toolkit/include" "$b/cuda/include"; do # CUDA's headers, crt/ and CCCL's (cuda/barrier)
+      [ -f "$d/cuda_bf16.h" ] && [ -f "$d/cuda/barrier" ] && [ -f "$d/crt/mma.h" ] && { include="$d"; break; }
     done
     for f in "$toolkit/nvvm/libdevice/libdevice.10.bc" \
         $(for s in $sites; do echo "$s/nvidia/cuda_nvcc/nvvm/libdevice/libdevice.10.bc $s/triton/backends/nvidia/lib/libdevice.10.bc"; done) \

@@ -422,8 +422,9 @@ pub fn cuda_tools(dir: &Path) -> Result<CudaTools, String> {
     let _ = std::fs::remove_dir_all(&cuda_path);
     let include = cuda_path.join("include");
     std::fs::create_dir_all(&include).map_err(|e| e.to_string())?;
-    // CUDA's headers, and CCCL's both where CUDA 12 keeps them and where CubeCL also looks.
-    for src in [nv.join("cuda_runtime/include"), nv.join("cuda_cccl/include")] {
+    // CUDA's headers (the runtime's, and the compiler's `crt/` that `mma.h` includes), and CCCL's
+    // both where CUDA 12 keeps them and where CubeCL also looks.
+    for src in [nv.join("cuda_runtime/include"), nv.join("cuda_nvcc/include"), nv.join("cuda_cccl/include")] {
         for e in std::fs::read_dir(&src).map_err(|e| format!("{}: {e}", src.display()))?.flatten() {
             let name = e.file_name();
             if name.to_string_lossy().starts_with("__") || include.join(&name).exists() {

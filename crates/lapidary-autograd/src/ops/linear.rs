@@ -24,26 +24,34 @@ pub fn matmul(a: &Var, b: &Var, bias: Option<&Var>, trans_a: bool, trans_b: bool
     a.tape().record1(&inputs, out, backward)
 }
 
-/// `x · Wᵀ (+ bias)` with a frozen packed `W` (`[out, in]`, bf16 or NF4): expanded to f32 for
-/// the forward product, and again in backward for `dx` — the expanded copy is never kept
-/// between the two, so only the packed form stays in memory. No gradient for `W`.
+/// `x · Wᵀ (+ bias)` with a frozen packed `W` (`[out, in]`, bf16 or NF4), through
+/// `lapidary_kernels::quant::matmul_packed`: on the CPU expanded to f32 for the forward product
+/// and again in backward for `dx` (the expanded copy never kept between the two, so only the
+/// packed form stays in memory); on GPUs bf16 tensor cores with f32 accumulation. No gradient
+/// for `W`.
 pub fn matmul_packed(
     x: &Var,
     w: &std::rc::Rc<lapidary_kernels::quant::PackedMatrix>,
     bias: Option<&Var>,
 ) -> Result<Var> {
-    let out = mm::matmul(x.value(), &w.to_f32()?, bias.map(Var::value), false, true)?;
-    let (xv, w) = (x.value().clone(), w.clone());
+    use lapidary_kernels::quant;
+    let out = quant::matmul_packed(x.value(), w, bias.map(Var::value), true)?;
+    let w = w.clone();
     let has_bias = bias.is_some();
     let backward: BackwardFn = Box::new(move |outs, needs| {
         let need_bias = has_bias && needs[1];
-        if !needs[0] && !need_bias {
-            return Ok(vec![None; 1 + usize::from(has_bias)]);
-        }
-        let g = mm::matmul_backward(&xv, &w.to_f32()?, &upstream(outs), false, true, needs[0], false, need_bias)?;
-        let mut v = vec![g.a];
+        let dy = upstream(outs);
+        // dx = dy · W (W read as stored, [out, in]).
+        let dx = if needs[0] { Some(quant::matmul_packed(&dy, &w, None, false)?) } else { None };
+        let mut v = vec![dx];
         if has_bias {
-            v.push(g.bias);
+            let n = dy.dim(-1);
+            let db = if need_bias {
+                Some(lapidary_kernels::reduce::sum_rows(&dy.reshape(&[dy.numel() / n.max(1), n])?)?)
+            } else {
+                None
+            };
+            v.push(db);
         }
         Ok(v)
     });

@@ -65,10 +65,10 @@ fn binding(t: &Tensor, batches: usize, transposed: bool) -> TensorHandle {
     TensorHandle::new(t.handle().clone(), shape, strides, elem(t.dtype()))
 }
 
-/// Writes `op(a) · op(b)` into `c` (`lead + [M, N]`, contiguous, `a`'s dtype). Shapes are
-/// the caller's to check (as [`super::matmul`] does); `b` of rank 2 is shared by every batch.
+/// Writes `op(a) · op(b)` into `c` (`lead + [M, N]`, contiguous; `a`'s dtype, or f32 for 16-bit
+/// operands). `a` and `b` share a dtype; shapes are the caller's to check (as [`super::matmul`]
+/// does); `b` of rank 2 is shared by every batch.
 pub fn matmul_into(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, c: &Tensor, route: Route) -> Result<()> {
-    let dt = elem(a.dtype());
     let batches = a.numel() / (a.dim(-2) * a.dim(-1));
     let b_shared = b.rank() == 2 && a.rank() > 2;
     // A shared B with A read as stored: one GEMM over every batch's rows, [1, batches·M, K].
@@ -80,7 +80,8 @@ pub fn matmul_into(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, c: &Ten
     };
     let (a, c) = (&a_view, &c_view);
     let b_batches = if b.rank() == 2 { 1 } else { batches };
-    let globals = MatmulGlobalElems { lhs: dt, rhs: dt, out: dt };
+    let (dt, out_dt) = (elem(a.dtype()), elem(c.dtype()));
+    let globals = MatmulGlobalElems { lhs: dt, rhs: dt, out: out_dt };
     let client = a.device().client();
     let launch = |strategy: &Strategy| {
         let mut elems = MatmulElems::from_globals(&globals);
@@ -119,6 +120,44 @@ pub fn matmul_into(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, c: &Ten
             a.dtype()
         ))
     })
+}
+
+/// `a · op(b) (+ bias)` with 16-bit operands of one dtype and the result stored as `out`
+/// (f32 keeps the f32 accumulation): `a` `[..., M, K]`, `b` a weight `[K, N]` (`[N, K]` with
+/// `trans_b`) shared by every row, `bias` `[N]` in `out`. Tensor cores where the device has
+/// them; cubek's other routines elsewhere (slow on the CPU runtime, which does not call this).
+pub fn matmul_mixed(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_b: bool, out: DType) -> Result<Tensor> {
+    let op = "matmul_mixed";
+    if a.rank() < 2 || b.rank() != 2 {
+        return Err(Error::shape(format!("{op}: a [..., M, K] and b (rank 2)"), "ranks >= 2 and 2", b.shape()));
+    }
+    if a.dtype() != b.dtype() || a.dtype() == DType::F32 {
+        return Err(Error::DType {
+            context: format!("{op}: b (a is {})", a.dtype()),
+            expected: "bf16 or f16, as a".into(),
+            got: b.dtype(),
+        });
+    }
+    let k = a.dim(-1);
+    let (kb, n) = if trans_b { (b.dim(1), b.dim(0)) } else { (b.dim(0), b.dim(1)) };
+    if kb != k {
+        let want = if trans_b { format!("[N, {k}]") } else { format!("[{k}, N]") };
+        return Err(Error::shape(format!("{op}: b (a is {:?}, trans_b={trans_b})", a.shape()), want, b.shape()));
+    }
+    let mut shape = a.shape().to_vec();
+    *shape.last_mut().unwrap() = n;
+    let c = Tensor::uninit(a.device(), &shape, out)?;
+    if c.numel() == 0 || k == 0 {
+        return if k == 0 { Tensor::zeros(a.device(), &shape, out) } else { Ok(c) };
+    }
+    matmul_into(a, b, false, trans_b, &c, Route::for_dtype(a.dtype()))?;
+    match bias {
+        Some(bias) => {
+            bias.expect_shape(&format!("{op}: bias"), &[n])?;
+            crate::elementwise::add(&c, bias)
+        }
+        None => Ok(c),
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +199,24 @@ mod tests {
                 check(2, 37, 45, 29, ta, tb, shared, dtypes[i % 3], route, 40 + i as u64);
                 i += 1;
             }
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_operands_accumulate_and_store_in_f32() {
+        let dev = device();
+        for (dt, tb, seed) in [(DType::BF16, true, 60u64), (DType::F16, false, 61)] {
+            let (m, k, n) = (19, 300, 23);
+            let a = random_tensor(&dev, &[2, m, k], dt, seed, 1.0);
+            let b = random_tensor(&dev, &if tb { [n, k] } else { [k, n] }, dt, seed + 1, 1.0);
+            let bias = random_tensor(&dev, &[n], DType::F32, seed + 2, 1.0);
+            let c = super::matmul_mixed(&a, &b, Some(&bias), tb, DType::F32).unwrap();
+            assert_eq!((c.shape(), c.dtype()), (&[2, m, n][..], DType::F32));
+            let (ah, bh) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+            let want = reference::matmul(&ah, &bh, Some(&bias.to_f32_vec().unwrap()), 2, m, k, n, false, tb, true);
+            // Exact products of 16-bit values summed in f32: f32's tolerance, not the 16-bit one.
+            let t = DType::F32.tol();
+            assert_close(&format!("mixed {dt}"), &c.to_f32_vec().unwrap(), &want, Tol { abs: t.abs * (k as f64).sqrt(), rel: t.rel });
         }
     }
 

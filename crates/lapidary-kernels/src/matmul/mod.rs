@@ -27,6 +27,7 @@
 
 pub mod accelerated;
 mod kernel;
+pub use accelerated::matmul_mixed;
 mod nt;
 pub mod reference;
 mod transpose;

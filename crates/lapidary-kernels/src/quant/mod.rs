@@ -129,8 +129,15 @@ impl PackedMatrix {
 
     /// The f32 matrix (a new device tensor).
     pub fn to_f32(&self) -> Result<Tensor> {
+        self.expand(DType::F32)
+    }
+
+    /// The matrix in `dtype`: bf16 storage as it is (no copy) when `dtype` is bf16, else a new
+    /// device tensor.
+    pub fn expand(&self, dtype: DType) -> Result<Tensor> {
         match &self.data {
-            Packed::Bf16(t) => cast_to_f32(t),
+            Packed::Bf16(t) if dtype == DType::BF16 => Ok(t.clone()),
+            Packed::Bf16(t) => cast(t, dtype),
             Packed::Nf4 { codes, absmax } => {
                 let absmax = match absmax {
                     Scales::F32(a) => a.clone(),
@@ -140,10 +147,10 @@ impl PackedMatrix {
                 };
                 let dev = codes.device();
                 let n: usize = self.shape.iter().product();
-                let out = Tensor::uninit(dev, &self.shape, DType::F32)?;
+                let out = Tensor::uninit(dev, &self.shape, dtype)?;
                 let (count, dim) = launch::grid_1d(dev, n);
-                unsafe {
-                    nf4_kernel::launch_unchecked::<f32>(
+                dispatch_float!(dtype, F => unsafe {
+                    nf4_kernel::launch_unchecked::<F>(
                         dev.client(),
                         count,
                         dim,
@@ -152,7 +159,7 @@ impl PackedMatrix {
                         BufferArg::from_raw_parts(self.lut.handle().clone(), 16),
                         BufferArg::from_raw_parts(out.handle().clone(), n),
                     )
-                };
+                });
                 Ok(out)
             }
         }
@@ -205,32 +212,51 @@ fn dequantize_scales(codes: &Tensor, scales: &Tensor, offset: f32, count: usize,
 }
 
 #[cube(launch_unchecked)]
-fn cast_kernel<F: Float>(x: &[F], out: &mut [f32]) {
+fn cast_kernel<F: Float, G: Float>(x: &[F], out: &mut [G]) {
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let mut i = ABSOLUTE_POS;
     while i < out.len() {
-        out[i] = f32::cast_from(x[i]);
+        out[i] = G::cast_from(x[i]);
         i += stride;
     }
 }
 
 /// `x` as f32 (a copy for f32 input too).
 pub fn cast_to_f32(x: &Tensor) -> Result<Tensor> {
+    cast(x, DType::F32)
+}
+
+/// `x` stored as `dtype` (rounded to nearest even when narrowing; a copy when it already is).
+pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     let dev = x.device();
-    let out = Tensor::uninit(dev, x.shape(), DType::F32)?;
+    let out = Tensor::uninit(dev, x.shape(), dtype)?;
     let n = x.numel();
     if n == 0 {
         return Ok(out);
     }
     let (count, dim) = launch::grid_1d(dev, n);
-    dispatch_float!(x.dtype(), F => unsafe {
-        cast_kernel::launch_unchecked::<F>(
+    dispatch_float!(x.dtype(), F => dispatch_float!(dtype, G => unsafe {
+        cast_kernel::launch_unchecked::<F, G>(
             dev.client(),
             count,
             dim,
             BufferArg::from_raw_parts(x.handle().clone(), n),
             BufferArg::from_raw_parts(out.handle().clone(), n),
         )
-    });
+    }));
     Ok(out)
+}
+
+/// `x · op(W)` for a packed frozen weight `W`: `x` f32 `[..., K]`, `W` `[N, K]` read as `Wᵀ`
+/// (`trans_w`, a Linear's forward) or `[K, N]`-like as `W` (its input gradient, `x` then `[..., N]`),
+/// the result f32, plus `bias` `[N]`.
+///
+/// On the CPU runtime W is expanded to f32 and multiplied in f32. On GPUs the product runs on
+/// tensor cores: W in bf16 (its storage, or NF4 expanded straight to bf16), `x` rounded to bf16
+/// (as a bf16 model's activations are), f32 accumulation and output.
+pub fn matmul_packed(x: &Tensor, w: &PackedMatrix, bias: Option<&Tensor>, trans_w: bool) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        return crate::matmul::matmul(x, &w.to_f32()?, bias, false, trans_w);
+    }
+    crate::matmul::matmul_mixed(&cast(x, DType::BF16)?, &w.expand(DType::BF16)?, bias, trans_w, DType::F32)
 }
