@@ -57,7 +57,7 @@ def rows():
                 + sum(R * (a + b) for a, b in vis_linears()) * VIS["layers"] * VIS["patches"])
     lora_flops = 2 * lora_tok * 4  # fwd, recompute, dX, dW
     lora_bytes = 4 * lora_tok / R * F32  # the adapter's input read and its output written, f32
-    out.append(("LoRA adapters (f32)", lora_flops, lora_bytes, lora_flops, lora_bytes, PEAK_BF16))
+    out.append(("LoRA adapters (f32)", lora_flops, lora_bytes, lora_flops, lora_bytes, PEAK_F32))
     # Attention: scores and P·V over every (query, key) pair as the masked kernels compute them.
     for name, n, heads, hd, layers in [
         ("text attention", T, TEXT["heads"], TEXT["hd"], TEXT["layers"]),

@@ -82,37 +82,23 @@ pub fn run() -> Result<(), String> {
     let mut summary = Vec::new();
     for (backend, feature) in crate::gpu_bundle::BACKENDS {
         let bins: HashMap<&str, PathBuf> = crate::gpu_bundle::build_backend(feature, &[])?.into_iter().collect();
-        for sm in ARCHS {
-            let dir = out.join(format!("{backend}-sm{sm}"));
-            reset_dir(&dir)?;
-            let env = Env { tools: &tools, driver: &driver, sm, dir: &dir, cuda_path: tools.cuda_path.clone() };
-            let t0 = Instant::now();
-            for (name, cmd, limit) in workloads(&root, &bins, &dir)? {
-                let log = dir.join(format!("{name}.log"));
-                run_workload(&env, cmd, &log, limit)?;
-                for marker in scan_failures(&log)? {
-                    failures.push(format!("{backend} sm_{sm} {name}: {marker} (see {})", log.display()));
-                }
-            }
-            let (mut rows, launch_errors) = read_launch_log(&dir.join("launch.log"))?;
-            for e in launch_errors {
-                failures.push(format!("{backend} sm_{sm}: launch past the card's limits: {e}"));
-            }
-            let modules = assemble(&tools.ptxas, &dir, &mut rows, &mut failures, backend, sm)?;
-            if rows.is_empty() {
-                failures.push(format!("{backend} sm_{sm}: no kernel was compiled: the stand-in driver was not used"));
-            }
-            let spilling = rows.values().filter(|r| r.spill_stores > 0).count();
-            let line = format!(
-                "{backend} sm_{sm}: {} kernels ({} modules assembled by ptxas), {} launches, {spilling} spilling, {:.0} s",
-                rows.len(),
-                modules,
-                rows.values().map(|r| r.launches).sum::<u64>(),
-                t0.elapsed().as_secs_f64()
-            );
-            eprintln!("cuda-check: {line}");
-            summary.push(line);
-            report.push_str(&table(backend, sm, &rows));
+        // The two architectures side by side: each workload is mostly one compiling thread.
+        let results: Vec<Result<Config, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ARCHS
+                .iter()
+                .map(|&sm| {
+                    let (root, tools, driver, out, bins) = (&root, &tools, driver.as_path(), &out, &bins);
+                    scope.spawn(move || check_config(root, tools, driver, out, backend, bins, sm))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("a check thread panicked".into()))).collect()
+        });
+        for r in results {
+            let c = r?;
+            eprintln!("cuda-check: {}", c.summary);
+            summary.push(c.summary);
+            report.push_str(&c.table);
+            failures.extend(c.failures);
         }
     }
     negative_check(&tools, &driver, &out, &mut failures)?;
@@ -129,6 +115,54 @@ pub fn run() -> Result<(), String> {
     } else {
         Err(format!("{} failure(s):\n  {}", failures.len(), failures.join("\n  ")))
     }
+}
+
+/// What one configuration (code path × architecture) found.
+struct Config {
+    summary: String,
+    table: String,
+    failures: Vec<String>,
+}
+
+/// Runs every workload of one code path for one architecture and assembles what it compiled.
+fn check_config(
+    root: &Path,
+    tools: &CudaTools,
+    driver: &Path,
+    out: &Path,
+    backend: &str,
+    bins: &HashMap<&str, PathBuf>,
+    sm: u32,
+) -> Result<Config, String> {
+    let mut failures = Vec::new();
+    let dir = out.join(format!("{backend}-sm{sm}"));
+    reset_dir(&dir)?;
+    let env = Env { tools, driver, sm, dir: &dir, cuda_path: tools.cuda_path.clone() };
+    let t0 = Instant::now();
+    for (name, cmd, limit) in workloads(root, bins, &dir)? {
+        let log = dir.join(format!("{name}.log"));
+        run_workload(&env, cmd, &log, limit)?;
+        for marker in scan_failures(&log)? {
+            failures.push(format!("{backend} sm_{sm} {name}: {marker} (see {})", log.display()));
+        }
+    }
+    let (mut rows, launch_errors) = read_launch_log(&dir.join("launch.log"))?;
+    for e in launch_errors {
+        failures.push(format!("{backend} sm_{sm}: launch past the card's limits: {e}"));
+    }
+    let modules = assemble(&tools.ptxas, &dir, &mut rows, &mut failures, backend, sm)?;
+    if rows.is_empty() {
+        failures.push(format!("{backend} sm_{sm}: no kernel was compiled: the stand-in driver was not used"));
+    }
+    let spilling = rows.values().filter(|r| r.spill_stores > 0).count();
+    let summary = format!(
+        "{backend} sm_{sm}: {} kernels ({} modules assembled by ptxas), {} launches, {spilling} spilling, {:.0} s",
+        rows.len(),
+        modules,
+        rows.values().map(|r| r.launches).sum::<u64>(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(Config { summary, table: table(backend, sm, &rows), failures })
 }
 
 /// What the stand-in driver and CubeCL read from the environment for one configuration.
