@@ -128,8 +128,11 @@ pub fn matmul_into(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, c: &Ten
 /// them; cubek's other routines elsewhere (slow on the CPU runtime, which does not call this).
 pub fn matmul_mixed(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_b: bool, out: DType) -> Result<Tensor> {
     let op = "matmul_mixed";
-    if a.rank() < 2 || b.rank() != 2 {
-        return Err(Error::shape(format!("{op}: a [..., M, K] and b (rank 2)"), "ranks >= 2 and 2", b.shape()));
+    if a.rank() < 2 {
+        return Err(Error::shape(format!("{op}: a"), "[..., M, K] (rank >= 2)", a.shape()));
+    }
+    if b.rank() != 2 {
+        return Err(Error::shape(format!("{op}: b"), if trans_b { "[N, K]" } else { "[K, N]" }, b.shape()));
     }
     if a.dtype() != b.dtype() || a.dtype() == DType::F32 {
         return Err(Error::DType {
@@ -218,6 +221,22 @@ mod tests {
             let t = DType::F32.tol();
             assert_close(&format!("mixed {dt}"), &c.to_f32_vec().unwrap(), &want, Tol { abs: t.abs * (k as f64).sqrt(), rel: t.rel });
         }
+    }
+
+    #[test]
+    fn mixed_shape_errors_name_the_operand() {
+        let dev = device();
+        let a = random_tensor(&dev, &[2, 3, 4], DType::BF16, 1, 1.0);
+        let batched_b = random_tensor(&dev, &[2, 4, 5], DType::BF16, 2, 1.0);
+        let e = super::matmul_mixed(&a, &batched_b, None, false, DType::F32).unwrap_err().to_string();
+        assert!(e.contains("matmul_mixed: b") && e.contains("[K, N]"), "{e}");
+        let e = super::matmul_mixed(&random_tensor(&dev, &[4], DType::BF16, 3, 1.0), &a, None, false, DType::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("matmul_mixed: a"), "{e}");
+        let f32_a = random_tensor(&dev, &[3, 4], DType::F32, 4, 1.0);
+        let f32_b = random_tensor(&dev, &[4, 5], DType::F32, 5, 1.0);
+        assert!(super::matmul_mixed(&f32_a, &f32_b, None, false, DType::F32).is_err());
     }
 
     proptest! {
