@@ -123,25 +123,61 @@ fn cubek_cpu_gemm(dev: &Device, a: &Tensor, b: &Tensor, s: usize) -> Tensor {
     out
 }
 
+fn attention_lengths() -> Vec<usize> {
+    match std::env::var("LAPIDARY_BENCH_ATTENTION") {
+        Ok(s) => s.split(',').filter_map(|v| v.trim().parse().ok()).collect(),
+        Err(_) => vec![512, 2048, 8192],
+    }
+}
+
+/// Bytes an attention forward keeps for its backward, beyond its inputs.
+fn saved_bytes(saved: &attention::AttentionSaved, out: &Tensor) -> usize {
+    match (saved.probs(), saved.log_sum_exp()) {
+        // Probabilities plus K and V repeated to the query heads (as large as q and the output).
+        (Some(p), _) => p.size_bytes() + 2 * out.size_bytes(),
+        // The output (also the layer's result) and the log-sum-exp.
+        (None, Some(l)) => l.size_bytes(),
+        _ => 0,
+    }
+}
+
 fn bench_attention(c: &mut Criterion) {
     let dev = device();
     let mut g = c.benchmark_group(format!("attention/{dev}"));
-    // One Gemma-3-270M-like layer: 4 query heads, 1 kv head, head dim 256, 512 tokens, causal.
-    let (b, h, hkv, t, d) = (1, 4, 1, 512, 256);
-    let q = Tensor::from_f32(&dev, &values(b * h * t * d, 3), &[b, h, t, d], DType::F32).unwrap();
-    let k = Tensor::from_f32(&dev, &values(b * hkv * t * d, 4), &[b, hkv, t, d], DType::F32).unwrap();
-    let v = Tensor::from_f32(&dev, &values(b * hkv * t * d, 5), &[b, hkv, t, d], DType::F32).unwrap();
-    let mask = attention::AttentionMask::causal();
-    g.throughput(Throughput::Elements((4 * b * h * t * t * d) as u64));
-    g.bench_function(format!("forward/F32/h{h}-kv{hkv}-t{t}-d{d}"), |bch| {
-        bch.iter(|| {
-            let o = attention::attention(&q, &k, &v, 0.0625, &mask).unwrap();
-            dev.sync().unwrap();
-            o
-        })
-    });
+    // One Gemma-3-270M-like layer: 4 query heads, 1 kv head, head dim 256, causal; forward and
+    // backward, fused (flash) next to materialized scores.
+    let (b, h, hkv, d) = (1, 4, 1, 256);
+    for t in attention_lengths() {
+        let q = Tensor::from_f32(&dev, &values(b * h * t * d, 3), &[b, h, t, d], DType::F32).unwrap();
+        let k = Tensor::from_f32(&dev, &values(b * hkv * t * d, 4), &[b, hkv, t, d], DType::F32).unwrap();
+        let v = Tensor::from_f32(&dev, &values(b * hkv * t * d, 5), &[b, hkv, t, d], DType::F32).unwrap();
+        let mask = attention::AttentionMask::causal();
+        // Causal: half the scores; forward 2 and backward 4 products of T x S x D.
+        g.throughput(Throughput::Elements((6 * b * h * t * t * d) as u64));
+        if t >= 4096 {
+            g.sample_size(10).measurement_time(Duration::from_secs(1));
+        }
+        for path in [attention::AttentionPath::Flash, attention::AttentionPath::Materialized] {
+            let (out, saved) = attention::attention_with(&q, &k, &v, 0.0625, &mask, path).unwrap();
+            eprintln!(
+                "attention {path:?} t={t}: {:.1} KiB kept for the backward",
+                saved_bytes(&saved, &out) as f64 / 1024.0
+            );
+            drop((out, saved));
+            g.bench_function(format!("fwd+bwd/{path:?}/F32/h{h}-kv{hkv}-t{t}-d{d}"), |bch| {
+                bch.iter(|| {
+                    let (o, saved) = attention::attention_with(&q, &k, &v, 0.0625, &mask, path).unwrap();
+                    let gr = attention::attention_backward(&q, &saved, &o, 0.0625).unwrap();
+                    dev.sync().unwrap();
+                    gr
+                })
+            });
+        }
+    }
+    let t = 512;
     let scores = Tensor::from_f32(&dev, &values(b * h * t * t, 6), &[b, h, t, t], DType::F32).unwrap();
     g.throughput(Throughput::Bytes((2 * scores.size_bytes()) as u64));
+    g.sample_size(15).measurement_time(Duration::from_secs(2));
     g.bench_function(format!("masked_softmax/F32/{h}x{t}x{t}"), |bch| {
         bch.iter(|| {
             let p = attention::masked_softmax(&scores, 0.0625, &attention::AttentionMask::sliding(128)).unwrap();

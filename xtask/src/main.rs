@@ -19,7 +19,8 @@ tasks:
   setup        install the system LLVM CubeCL links against (Debian packages) and lay the
                offline shim CubeCL's build looks for; idempotent
   test [args]  setup, then every test of the workspace (extra args go to `cargo test`), the
-               doc examples, and cpu-check
+               doc examples, the HF parity tests again with attention materialized, and
+               cpu-check
   bench [args] setup, then the criterion benchmarks, then a table of the results
                (extra args go to criterion, e.g. a name filter)
   demo [args]  setup, then the main job on the CPU (extra args go to `lapidary demo`)
@@ -87,6 +88,12 @@ fn test(extra: &[String]) -> Result<(), String> {
     cargo(&args)?;
     // Doc examples are part of each crate's promise to its users.
     cargo(&["test", "--workspace", "--doc"])?;
+    // Attention runs fused on the CPU: run the HF parity and packing tests again with the
+    // scores materialized (the reference path, and the GPUs' default).
+    cargo_env(
+        &["test", "--package", "lapidary", "--test", "integration", "--", "hf_parity", "packing"],
+        &[("LAPIDARY_ATTENTION", "materialized")],
+    )?;
     // Kernels are JIT-compiled for the CPU they run on: check CPUs other than this one.
     cpu_check::run()
 }
@@ -99,10 +106,17 @@ fn demo(extra: &[String]) -> Result<(), String> {
 
 /// Runs cargo with `args` in the workspace root; an error when it fails.
 pub fn cargo(args: &[&str]) -> Result<(), String> {
+    cargo_env(args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("$ cargo {}", args.join(" "));
+    let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    eprintln!("$ {}cargo {}", shown.concat(), args.join(" "));
     let status = Command::new(cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace_root())
         .status()
         .map_err(|e| format!("could not run cargo: {e}"))?;

@@ -1,12 +1,13 @@
 //! The attention mask, described rather than materialized: causal, sliding window
-//! (`q - window < k <= q`), bidirectional blocks (tokens of one image see each other), key padding.
-//! The softmax kernel evaluates it per score. Not a dense mask tensor.
+//! (`q - window < k <= q`), bidirectional blocks (tokens of one image see each other), key padding,
+//! and segments (several sequences packed in one row never see each other). The kernels evaluate
+//! it per score (`flash_mask.rs`). Not a dense mask tensor.
 
 use lapidary_core::{Result, Tensor};
 
 /// Which keys each query may see. A query at absolute position `q` sees key `k` when
 /// `(k <= q [causal] and q - k < window [sliding]) or (block[q] > 0 and block[q] == block[k])`,
-/// and key `k` is not padding. A query that sees no key (e.g. a padding query whose whole
+/// and key `k` is not padding, and `segment[q] == segment[k]`. A query that sees no key (e.g. a padding query whose whole
 /// sliding window is padding) gets all-zero probabilities, hence a zero output and no gradient,
 /// as HF's default SDPA attention gives (HF's eager attention would attend uniformly instead).
 #[derive(Clone, Debug, Default)]
@@ -20,6 +21,10 @@ pub struct AttentionMask {
     pub blocks: Option<Tensor>,
     /// `[B, S]` f32, 1 for real keys and 0 for padding.
     pub key_padding: Option<Tensor>,
+    /// `[B, S]` f32 segment ids over key positions: a query sees only keys of its own segment
+    /// (several conversations packed in one row). Queries use the ids at their own position.
+    /// See [`segments_from_positions`].
+    pub segments: Option<Tensor>,
     /// Absolute position of the first query (keys start at 0): non-zero with a KV cache.
     pub q_offset: usize,
 }
@@ -52,6 +57,12 @@ impl AttentionMask {
         self
     }
 
+    /// The same mask with segments.
+    pub fn with_segments(mut self, segments: Tensor) -> Self {
+        self.segments = Some(segments);
+        self
+    }
+
     pub(crate) fn check(&self, batch: usize, s: usize) -> Result<()> {
         if let Some(b) = &self.blocks {
             b.expect_shape("attention mask: blocks", &[batch, s])?;
@@ -59,15 +70,32 @@ impl AttentionMask {
         if let Some(p) = &self.key_padding {
             p.expect_shape("attention mask: key_padding", &[batch, s])?;
         }
+        if let Some(p) = &self.segments {
+            p.expect_shape("attention mask: segments", &[batch, s])?;
+        }
+        for (name, t) in [("blocks", &self.blocks), ("key_padding", &self.key_padding), ("segments", &self.segments)] {
+            if let Some(t) = t
+                && t.dtype() != lapidary_core::DType::F32
+            {
+                return Err(lapidary_core::Error::DType {
+                    context: format!("attention mask: {name}"),
+                    expected: "f32".into(),
+                    got: t.dtype(),
+                });
+            }
+        }
         Ok(())
     }
 
     /// Whether query `q` (absolute) of batch row `b` sees key `k`, given host copies of the
-    /// block ids and padding: the reference definition the kernel is tested against.
+    /// block ids, padding and segment ids: the reference definition the kernels are tested
+    /// against.
+    #[allow(clippy::too_many_arguments)]
     pub fn allows(
         &self,
         blocks: Option<&[f32]>,
         keep: Option<&[f32]>,
+        segments: Option<&[f32]>,
         s_len: usize,
         b: usize,
         q: usize,
@@ -84,6 +112,26 @@ impl AttentionMask {
         if let Some(kp) = keep {
             ok &= kp[b * s_len + k] > 0.0;
         }
+        if let Some(sg) = segments {
+            ok &= q < s_len && sg[b * s_len + q] == sg[b * s_len + k];
+        }
         ok
     }
+}
+
+/// Segment ids `[B, T]` (f32) from position ids `[B, T]` (row-major): a segment starts at the
+/// first token of a row and wherever the position is 0 (the convention of padding-free
+/// collators), and ids count up from 0 along each row.
+pub fn segments_from_positions(position_ids: &[i64], batch: usize, t: usize) -> Vec<f32> {
+    let mut ids = vec![0f32; batch * t];
+    for b in 0..batch {
+        let mut id = 0f32;
+        for i in 0..t {
+            if i > 0 && position_ids[b * t + i] == 0 {
+                id += 1.0;
+            }
+            ids[b * t + i] = id;
+        }
+    }
+    ids
 }

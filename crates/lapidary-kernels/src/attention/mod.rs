@@ -1,8 +1,10 @@
-//! Attention with the scores materialized (the straightforward, correct version): grouped-query
-//! heads, a scale, and masks for causal, sliding-window, bidirectional image blocks and padding.
-//! `O = softmax(scale · Q·Kᵀ, mask) · V`, built from matmul, the masked softmax and repeat_kv;
-//! the backward keeps the probabilities from the forward. Memory is O(T·S) per head: a fused
-//! (flash) kernel belongs beside this one, tested against it.
+//! Masked grouped-query attention `O = softmax(scale · Q·Kᵀ, mask) · V`, forward and backward,
+//! two ways behind one entry. Fused (flash, `flash.rs` / `flash_backward.rs`): the scores never
+//! leave the unit, K/V heads are shared by indexing, the forward saves only O and the
+//! log-sum-exp, memory O(T·D). Materialized (the reference): matmul, the masked softmax and
+//! repeat_kv, keeping the `[B, H, T, S]` probabilities for the backward, memory O(T·S) per head.
+//! [`attention`] picks by [`AttentionPath::Auto`]; masks: causal, sliding window, bidirectional
+//! image blocks, padding, packed segments (see [`AttentionMask`]).
 //!
 //! ```
 //! use lapidary_core::{Device, DType, Tensor};
@@ -18,29 +20,95 @@
 //! assert_eq!(g.k.shape(), &[1, 1, 3, 2]);
 //! ```
 
+mod flash;
+mod flash_backward;
+mod flash_mask;
 mod mask;
 pub mod reference;
 mod repeat_kv;
 mod softmax;
 
-pub use mask::AttentionMask;
+pub use mask::{AttentionMask, segments_from_positions};
 pub use repeat_kv::{repeat_kv, repeat_kv_backward};
 pub use softmax::{masked_softmax, masked_softmax_backward};
 
 use crate::matmul::{matmul, matmul_backward};
 use lapidary_core::{Error, Result, Tensor};
 
+/// Which implementation [`attention_with`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// Fused on the CPU runtime (faster there at every length measured, 16 to 8,192 tokens:
+    /// benches/RESULTS.md); materialized on GPUs, whose products run on tensor cores (the fused
+    /// kernel is one unit per four query rows, a CPU shape). `LAPIDARY_ATTENTION=flash|
+    /// materialized` overrides the choice.
+    Auto,
+    /// Scores and probabilities materialized (the reference).
+    Materialized,
+    /// Fused, O(T·D) memory.
+    Flash,
+}
+
+impl AttentionPath {
+    /// The path `Auto` resolves to on a CPU or a GPU.
+    fn resolve(self, cpu: bool) -> AttentionPath {
+        match self {
+            AttentionPath::Auto => match std::env::var("LAPIDARY_ATTENTION").as_deref() {
+                Ok("flash") => AttentionPath::Flash,
+                Ok("materialized") => AttentionPath::Materialized,
+                _ if cpu => AttentionPath::Flash,
+                _ => AttentionPath::Materialized,
+            },
+            p => p,
+        }
+    }
+}
+
 /// What the attention backward needs from the forward.
 #[derive(Debug, Clone)]
 pub struct AttentionSaved {
-    /// Keys and values repeated to the query heads, `[B, H, S, D]`.
-    pub k: Tensor,
-    /// See `k`.
-    pub v: Tensor,
-    /// Softmax probabilities, `[B, H, T, S]`.
-    pub probs: Tensor,
-    /// Query heads per key/value head.
-    pub groups: usize,
+    inner: Saved,
+}
+
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per attention call
+enum Saved {
+    Materialized {
+        /// Keys and values repeated to the query heads, `[B, H, S, D]`.
+        k: Tensor,
+        v: Tensor,
+        /// Softmax probabilities, `[B, H, T, S]`.
+        probs: Tensor,
+        /// Query heads per key/value head.
+        groups: usize,
+    },
+    Flash {
+        /// Keys and values as given, `[B, Hkv, S, D]`.
+        k: Tensor,
+        v: Tensor,
+        /// The forward's output and log-sum-exp per row.
+        out: Tensor,
+        lse: Tensor,
+        mask: AttentionMask,
+    },
+}
+
+impl AttentionSaved {
+    /// The probabilities `[B, H, T, S]`, kept by the materialized path only.
+    pub fn probs(&self) -> Option<&Tensor> {
+        match &self.inner {
+            Saved::Materialized { probs, .. } => Some(probs),
+            Saved::Flash { .. } => None,
+        }
+    }
+
+    /// Log-sum-exp of each query row's scores `[B, H, T]` (f32), kept by the fused path only.
+    pub fn log_sum_exp(&self) -> Option<&Tensor> {
+        match &self.inner {
+            Saved::Flash { lse, .. } => Some(lse),
+            Saved::Materialized { .. } => None,
+        }
+    }
 }
 
 /// Gradients of attention with respect to q, k and v (k and v in their `Hkv` layout).
@@ -55,13 +123,25 @@ pub struct AttentionGrads {
 }
 
 /// Multi-head attention. `q: [B, H, T, D]`, `k, v: [B, Hkv, S, D]` with `H` a multiple of `Hkv`.
-/// Returns `[B, H, T, D]` and what the backward needs.
+/// Returns `[B, H, T, D]` and what the backward needs. Runs [`AttentionPath::Auto`].
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f32,
     mask: &AttentionMask,
+) -> Result<(Tensor, AttentionSaved)> {
+    attention_with(q, k, v, scale, mask, AttentionPath::Auto)
+}
+
+/// [`attention`] on the path given.
+pub fn attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    mask: &AttentionMask,
+    path: AttentionPath,
 ) -> Result<(Tensor, AttentionSaved)> {
     if q.rank() != 4 {
         return Err(Error::shape("attention: q", "[B, H, T, D]", q.shape()));
@@ -71,29 +151,50 @@ pub fn attention(
         return Err(Error::shape("attention: k", format!("[{b}, Hkv, S, {d}] with {h} divisible by Hkv"), k.shape()));
     }
     v.expect_shape("attention: v (as k)", k.shape())?;
+    for (name, t) in [("k", k), ("v", v)] {
+        if t.dtype() != q.dtype() {
+            return Err(Error::DType {
+                context: format!("attention: {name}"),
+                expected: format!("{} (as q)", q.dtype()),
+                got: t.dtype(),
+            });
+        }
+    }
+    mask.check(b, k.dim(2))?;
+    if path.resolve(q.device().is_cpu()) == AttentionPath::Flash {
+        let (out, lse) = flash::flash_forward(q, k, v, scale, mask)?;
+        let inner = Saved::Flash { k: k.clone(), v: v.clone(), out: out.clone(), lse, mask: mask.clone() };
+        return Ok((out, AttentionSaved { inner }));
+    }
     let groups = h / k.dim(1);
     let kr = repeat_kv(k, groups)?;
     let vr = repeat_kv(v, groups)?;
     let scores = matmul(q, &kr, None, false, true)?;
     let probs = masked_softmax(&scores, scale, mask)?;
     let out = matmul(&probs, &vr, None, false, false)?;
-    Ok((out, AttentionSaved { k: kr, v: vr, probs, groups }))
+    Ok((out, AttentionSaved { inner: Saved::Materialized { k: kr, v: vr, probs, groups } }))
 }
 
 /// Backward of [`attention`] given `dout: [B, H, T, D]`.
 pub fn attention_backward(q: &Tensor, saved: &AttentionSaved, dout: &Tensor, scale: f32) -> Result<AttentionGrads> {
     dout.expect_shape("attention_backward: dout", q.shape())?;
+    let (k, v, probs, groups) = match &saved.inner {
+        Saved::Flash { k, v, out, lse, mask } => {
+            return flash_backward::flash_backward(q, k, v, out, lse, dout, scale, mask);
+        }
+        Saved::Materialized { k, v, probs, groups } => (k, v, probs, *groups),
+    };
     // out = P·V
-    let g1 = matmul_backward(&saved.probs, &saved.v, dout, false, false, true, true, false)?;
+    let g1 = matmul_backward(probs, v, dout, false, false, true, true, false)?;
     let dprobs = g1.a.expect("asked for");
     let dv = g1.b.expect("asked for");
-    let dscores = masked_softmax_backward(&saved.probs, &dprobs, scale)?;
+    let dscores = masked_softmax_backward(probs, &dprobs, scale)?;
     // scores = Q·Kᵀ
-    let g2 = matmul_backward(q, &saved.k, &dscores, false, true, true, true, false)?;
+    let g2 = matmul_backward(q, k, &dscores, false, true, true, true, false)?;
     Ok(AttentionGrads {
         q: g2.a.expect("asked for"),
-        k: repeat_kv_backward(&g2.b.expect("asked for"), saved.groups)?,
-        v: repeat_kv_backward(&dv, saved.groups)?,
+        k: repeat_kv_backward(&g2.b.expect("asked for"), groups)?,
+        v: repeat_kv_backward(&dv, groups)?,
     })
 }
 

@@ -20,6 +20,7 @@ pub struct Dims {
 }
 
 /// Attention probabilities `[B, H, T, S]` (f64) for host copies of q and k.
+#[allow(clippy::too_many_arguments)]
 pub fn probs(
     q: &[f32],
     k: &[f32],
@@ -28,6 +29,7 @@ pub fn probs(
     mask: &AttentionMask,
     blocks: Option<&[f32]>,
     keep: Option<&[f32]>,
+    segments: Option<&[f32]>,
 ) -> Vec<f64> {
     let Dims { b, h, hkv, t, s, d } = dims;
     let g = h / hkv;
@@ -37,7 +39,8 @@ pub fn probs(
             for ti in 0..t {
                 let qpos = ti + mask.q_offset;
                 let row = &mut p[((bi * h + hi) * t + ti) * s..][..s];
-                let allowed: Vec<bool> = (0..s).map(|ki| mask.allows(blocks, keep, s, bi, qpos, ki)).collect();
+                let allowed: Vec<bool> =
+                    (0..s).map(|ki| mask.allows(blocks, keep, segments, s, bi, qpos, ki)).collect();
                 if !allowed.iter().any(|&a| a) {
                     // No visible key: zero probabilities (torch SDPA semantics).
                     row.iter_mut().for_each(|x| *x = 0.0);

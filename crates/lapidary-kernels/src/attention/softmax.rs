@@ -2,47 +2,17 @@
 //! backward. Statistics in f32; the mask is evaluated per score (see `mask.rs`). One unit per row.
 
 use super::AttentionMask;
+use super::flash_mask::{MaskFlags, id_at, visible};
 use cubecl::prelude::*;
 use lapidary_core::{Error, Result, Tensor, launch};
-
-#[cube]
-fn allowed(
-    block: &[f32],
-    keep: &[f32],
-    b: usize,
-    q: usize,
-    k: usize,
-    s_len: usize,
-    window: usize,
-    #[comptime] causal: bool,
-    #[comptime] use_window: bool,
-    #[comptime] use_blocks: bool,
-    #[comptime] use_keep: bool,
-) -> bool {
-    let mut ok = true;
-    if causal {
-        ok = k <= q;
-    }
-    if use_window {
-        ok = ok && q < k + window;
-    }
-    if use_blocks {
-        let bq = block[b * s_len + min(q, s_len - 1)];
-        let bk = block[b * s_len + k];
-        ok = ok || (bq > 0.0 && bq == bk && q < s_len);
-    }
-    if use_keep {
-        ok = ok && keep[b * s_len + k] > 0.0;
-    }
-    ok
-}
 
 #[cube(launch_unchecked)]
 fn softmax_forward_kernel<F: Float>(
     scores: &[F],
     probs: &mut [F],
-    block: &[f32],
+    blocks: &[f32],
     keep: &[f32],
+    segments: &[f32],
     rows: usize,
     heads: usize,
     t_len: usize,
@@ -50,10 +20,7 @@ fn softmax_forward_kernel<F: Float>(
     q_offset: usize,
     window: usize,
     scale: f32,
-    #[comptime] causal: bool,
-    #[comptime] use_window: bool,
-    #[comptime] use_blocks: bool,
-    #[comptime] use_keep: bool,
+    #[comptime] flags: MaskFlags,
 ) {
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let mut r = ABSOLUTE_POS;
@@ -62,10 +29,12 @@ fn softmax_forward_kernel<F: Float>(
         let b = r / (t_len * heads);
         let q = t + q_offset;
         let base = r * s_len;
+        let bq = id_at(blocks, b, q, s_len, 0.0);
+        let sq = id_at(segments, b, q, s_len, -1.0);
         let mut mx = f32::new(-3.0e38);
         let mut seen = 0u32;
         for k in 0..s_len {
-            if allowed(block, keep, b, q, k, s_len, window, causal, use_window, use_blocks, use_keep) {
+            if visible(blocks, keep, segments, b, q, k, bq, sq, s_len, window, flags) {
                 mx = max(mx, f32::cast_from(scores[base + k]) * scale);
                 seen += 1;
             }
@@ -78,14 +47,14 @@ fn softmax_forward_kernel<F: Float>(
         } else {
             let mut sum = 0.0f32;
             for k in 0..s_len {
-                if allowed(block, keep, b, q, k, s_len, window, causal, use_window, use_blocks, use_keep) {
+                if visible(blocks, keep, segments, b, q, k, bq, sq, s_len, window, flags) {
                     sum += f32::exp(f32::cast_from(scores[base + k]) * scale - mx);
                 }
             }
             let inv = 1.0f32 / sum;
             for k in 0..s_len {
                 let mut p = 0.0f32;
-                if allowed(block, keep, b, q, k, s_len, window, causal, use_window, use_blocks, use_keep) {
+                if visible(blocks, keep, segments, b, q, k, bq, sq, s_len, window, flags) {
                     p = f32::exp(f32::cast_from(scores[base + k]) * scale - mx) * inv;
                 }
                 probs[base + k] = F::cast_from(p);
@@ -130,18 +99,18 @@ pub fn masked_softmax(scores: &Tensor, scale: f32, mask: &AttentionMask) -> Resu
     let rows = b * h * t;
     let probs = Tensor::uninit(scores.device(), scores.shape(), scores.dtype())?;
     let (count, dim) = launch::grid_1d(scores.device(), rows);
-    let block = mask.blocks.as_ref().unwrap_or(scores);
-    let keep = mask.key_padding.as_ref().unwrap_or(scores);
+    let [blocks, keep, segments] = super::flash::mask_buffers(mask, scores);
     let aux_len = |t: &Tensor| t.numel();
     dispatch_float!(scores.dtype(), F => unsafe {
         softmax_forward_kernel::launch_unchecked::<F>(
             scores.device().client(), count, dim,
             BufferArg::from_raw_parts(scores.handle().clone(), scores.numel()),
             BufferArg::from_raw_parts(probs.handle().clone(), scores.numel()),
-            BufferArg::from_raw_parts(block.handle().clone(), aux_len(block)),
+            BufferArg::from_raw_parts(blocks.handle().clone(), aux_len(blocks)),
             BufferArg::from_raw_parts(keep.handle().clone(), aux_len(keep)),
+            BufferArg::from_raw_parts(segments.handle().clone(), aux_len(segments)),
             rows, h, t, s, mask.q_offset, mask.window.unwrap_or(0), scale,
-            mask.causal, mask.window.is_some(), mask.blocks.is_some(), mask.key_padding.is_some(),
+            MaskFlags::of(mask),
         )
     });
     Ok(probs)

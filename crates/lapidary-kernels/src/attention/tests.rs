@@ -11,53 +11,179 @@ fn host(t: &Tensor) -> Vec<f32> {
     t.to_f32_vec().unwrap()
 }
 
+/// Host mask data of one random case: block ids, key padding, segment ids (`[B, S]` each).
+struct MaskData {
+    blocks: Vec<f32>,
+    keep: Vec<f32>,
+    segments: Vec<f32>,
+}
+
+/// Random ids over `[B, S]`: contiguous runs (images, packed conversations) or scattered ids.
+fn random_ids(n: usize, s: usize, seed: u64, zero_bias: f32, runs: bool) -> Vec<f32> {
+    let r = random_values(n, seed, 1.0);
+    let mut ids = vec![0f32; n];
+    for i in 0..n {
+        ids[i] = if runs {
+            let prev = if i % s == 0 { 0.0 } else { ids[i - 1] };
+            if r[i] > 0.6 { prev + 1.0 } else { prev }
+        } else if r[i] < zero_bias {
+            0.0
+        } else if r[i] < 0.4 {
+            1.0
+        } else {
+            2.0
+        };
+    }
+    ids
+}
+
+fn mask_data(b: usize, s: usize, seed: u64, runs: bool) -> MaskData {
+    let n = b * s;
+    let blocks = random_ids(n, s, seed, -0.2, runs);
+    // Image blocks are positive ids; runs count from 0, so shift them so some tokens are text.
+    let blocks =
+        if runs { blocks.iter().map(|&x| if x as usize % 2 == 1 { x } else { 0.0 }).collect() } else { blocks };
+    let keep = random_values(n, seed ^ 7, 1.0).iter().map(|&x| if x < -0.7 { 0.0 } else { 1.0 }).collect();
+    let segments = random_ids(n, s, seed ^ 11, -1.0, runs);
+    MaskData { blocks, keep, segments }
+}
+
+/// One random attention problem checked on `path` against the f64 reference: output, the
+/// materialized path's probabilities, and dq, dk, dv.
+#[allow(clippy::too_many_arguments)]
+fn check_case(
+    path: AttentionPath,
+    dims: Dims,
+    dt: DType,
+    mut mask: AttentionMask,
+    uses: [bool; 3],
+    runs: bool,
+    seed: u64,
+) {
+    let dev = device();
+    let Dims { b, h, hkv, t, s, d } = dims;
+    let q = random_tensor(&dev, &[b, h, t, d], dt, seed, 1.0);
+    let k = random_tensor(&dev, &[b, hkv, s, d], dt, seed ^ 1, 1.0);
+    let v = random_tensor(&dev, &[b, hkv, s, d], dt, seed ^ 2, 1.0);
+    let dout = random_tensor(&dev, &[b, h, t, d], dt, seed ^ 3, 1.0);
+    let md = mask_data(b, s, seed ^ 4, runs);
+    let as_t = |x: &[f32]| Tensor::from_f32(&dev, x, &[b, s], DType::F32).unwrap();
+    let [use_blocks, use_pad, use_seg] = uses;
+    if use_blocks {
+        mask = mask.with_blocks(as_t(&md.blocks));
+    }
+    if use_pad {
+        mask = mask.with_key_padding(as_t(&md.keep));
+    }
+    if use_seg {
+        mask = mask.with_segments(as_t(&md.segments));
+    }
+    let scale = 1.0 / (d as f32).sqrt();
+    let (qh, kh, vh, dh) = (host(&q), host(&k), host(&v), host(&dout));
+    let p = r::probs(
+        &qh,
+        &kh,
+        dims,
+        scale,
+        &mask,
+        use_blocks.then_some(&md.blocks[..]),
+        use_pad.then_some(&md.keep[..]),
+        use_seg.then_some(&md.segments[..]),
+    );
+    let (out, saved) = attention_with(&q, &k, &v, scale, &mask, path).unwrap();
+    let tol = Tol { abs: dt.tol().abs * 2.0, rel: dt.tol().rel * 2.0 };
+    match path {
+        AttentionPath::Materialized => {
+            let probs = saved.probs().expect("the materialized path keeps its probabilities");
+            assert_close("attention probs", &host(probs), &p.iter().map(|&x| x as f32).collect::<Vec<_>>(), tol);
+        }
+        _ => assert!(saved.probs().is_none() && saved.log_sum_exp().is_some(), "the fused path keeps no probabilities"),
+    }
+    assert_close("attention out", &host(&out), &r::forward(&p, &vh, dims), tol);
+    let g = attention_backward(&q, &saved, &dout, scale).unwrap();
+    let (dq, dk, dv) = r::backward(&qh, &kh, &vh, &p, &dh, dims, scale);
+    let tg = Tol { abs: dt.tol().abs * 4.0 * (s as f64).sqrt(), rel: dt.tol().rel * 4.0 };
+    assert_close("attention dq", &host(&g.q), &dq, tg);
+    assert_close("attention dk", &host(&g.k), &dk, tg);
+    assert_close("attention dv", &host(&g.v), &dv, tg);
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(30))]
+    #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
     fn attention_matches_reference(
         b in 1usize..3, hkv in 1usize..3, groups in 1usize..3, t in 1usize..12, d in 1usize..10,
         causal in any::<bool>(), window in proptest::option::of(1usize..6), use_blocks in any::<bool>(),
-        use_pad in any::<bool>(), dt in dtype_strategy(), seed in any::<u64>(),
+        use_pad in any::<bool>(), use_seg in any::<bool>(), runs in any::<bool>(),
+        dt in dtype_strategy(), seed in any::<u64>(),
     ) {
-        let dev = device();
-        let h = hkv * groups;
-        let s = t;
-        let dims = Dims { b, h, hkv, t, s, d };
-        let q = random_tensor(&dev, &[b, h, t, d], dt, seed, 1.0);
-        let k = random_tensor(&dev, &[b, hkv, s, d], dt, seed ^ 1, 1.0);
-        let v = random_tensor(&dev, &[b, hkv, s, d], dt, seed ^ 2, 1.0);
-        let dout = random_tensor(&dev, &[b, h, t, d], dt, seed ^ 3, 1.0);
-        // Block ids: a run of "image" tokens with id 1 in the middle, another with id 2 after it.
-        let blocks: Vec<f32> = (0..b * s).map(|i| { let p = i % s; if p > 0 && p < 1 + s / 3 { 1.0 } else if p > s / 3 && p < 1 + 2 * s / 3 { 2.0 } else { 0.0 } }).collect();
-        // Padding: the last key of batch row 0 is padding (left-padding style on row 1: the first).
-        let keep: Vec<f32> = (0..b * s).map(|i| { let (bi, p) = (i / s, i % s); if (bi == 0 && p == s - 1 && s > 1) || (bi == 1 && p == 0) { 0.0 } else { 1.0 } }).collect();
-        let mut mask = AttentionMask { causal, window: if causal { window } else { None }, ..Default::default() };
-        if use_blocks { mask = mask.with_blocks(Tensor::from_f32(&dev, &blocks, &[b, s], DType::F32).unwrap()); }
-        if use_pad { mask = mask.with_key_padding(Tensor::from_f32(&dev, &keep, &[b, s], DType::F32).unwrap()); }
-        let scale = 1.0 / (d as f32).sqrt();
-        let (qh, kh, vh, dh) = (host(&q), host(&k), host(&v), host(&dout));
-        let p = r::probs(&qh, &kh, dims, scale, &mask, use_blocks.then_some(&blocks[..]), use_pad.then_some(&keep[..]));
-        let (out, saved) = attention(&q, &k, &v, scale, &mask).unwrap();
-        let tol = Tol { abs: dt.tol().abs * 2.0, rel: dt.tol().rel * 2.0 };
-        assert_close("attention probs", &host(&saved.probs), &p.iter().map(|&x| x as f32).collect::<Vec<_>>(), tol);
-        assert_close("attention out", &host(&out), &r::forward(&p, &vh, dims), tol);
-        let g = attention_backward(&q, &saved, &dout, scale).unwrap();
-        let (dq, dk, dv) = r::backward(&qh, &kh, &vh, &p, &dh, dims, scale);
-        let tg = Tol { abs: dt.tol().abs * 4.0 * (s as f64).sqrt(), rel: dt.tol().rel * 4.0 };
-        assert_close("attention dq", &host(&g.q), &dq, tg);
-        assert_close("attention dk", &host(&g.k), &dk, tg);
-        assert_close("attention dv", &host(&g.v), &dv, tg);
+        let dims = Dims { b, h: hkv * groups, hkv, t, s: t, d };
+        let mask = AttentionMask { causal, window: if causal { window } else { None }, ..Default::default() };
+        check_case(AttentionPath::Materialized, dims, dt, mask, [use_blocks, use_pad, use_seg], runs, seed);
     }
+
+    #[test]
+    fn flash_attention_matches_reference(
+        b in 1usize..3, hkv in 1usize..3, groups in 1usize..4, t in 1usize..45, cached in 0usize..4,
+        d in prop_oneof![1usize..10, Just(16usize), Just(24usize), Just(72usize)],
+        causal in any::<bool>(), window in proptest::option::of(1usize..20), use_blocks in any::<bool>(),
+        use_pad in any::<bool>(), use_seg in any::<bool>(), runs in any::<bool>(),
+        dt in dtype_strategy(), seed in any::<u64>(),
+    ) {
+        // With a KV cache the queries are the last `t` of `s` positions.
+        let cached = if causal { cached } else { 0 };
+        let dims = Dims { b, h: hkv * groups, hkv, t, s: t + cached, d };
+        let mask = AttentionMask { causal, window: if causal { window } else { None }, q_offset: cached, ..Default::default() };
+        check_case(AttentionPath::Flash, dims, dt, mask, [use_blocks, use_pad, use_seg], runs, seed);
+    }
+}
+
+#[test]
+fn flash_and_materialized_agree_on_a_long_packed_row() {
+    // 150 tokens in three segments (text, image block, text | text), sliding window 37, 8 query
+    // heads over 2 kv heads, head dim 72: several key blocks, tiles across segment boundaries.
+    let dev = device();
+    let (b, h, hkv, t, d) = (2, 8, 2, 150, 72);
+    let q = random_tensor(&dev, &[b, h, t, d], DType::F32, 5, 1.0);
+    let k = random_tensor(&dev, &[b, hkv, t, d], DType::F32, 6, 1.0);
+    let v = random_tensor(&dev, &[b, hkv, t, d], DType::F32, 7, 1.0);
+    let dout = random_tensor(&dev, &[b, h, t, d], DType::F32, 8, 1.0);
+    let mut positions = vec![0i64; b * t];
+    let mut blocks = vec![0f32; b * t];
+    for bi in 0..b {
+        for i in 0..t {
+            let start = if i < 90 { 0 } else { 90 + 30 * bi };
+            positions[bi * t + i] = if i >= start { (i - start) as i64 } else { i as i64 };
+            if (10..40).contains(&i) {
+                blocks[bi * t + i] = 1.0;
+            }
+        }
+    }
+    let segments = segments_from_positions(&positions, b, t);
+    assert_eq!((segments[89], segments[90], segments[t + 119], segments[t + 120]), (0.0, 1.0, 0.0, 1.0));
+    let mask = AttentionMask::sliding(37)
+        .with_blocks(Tensor::from_f32(&dev, &blocks, &[b, t], DType::F32).unwrap())
+        .with_segments(Tensor::from_f32(&dev, &segments, &[b, t], DType::F32).unwrap());
+    let scale = 0.1;
+    let (om, sm) = attention_with(&q, &k, &v, scale, &mask, AttentionPath::Materialized).unwrap();
+    let (of, sf) = attention_with(&q, &k, &v, scale, &mask, AttentionPath::Flash).unwrap();
+    let tol = Tol { abs: 1e-5, rel: 1e-4 };
+    assert_close("out", &host(&of), &host(&om), tol);
+    let gm = attention_backward(&q, &sm, &dout, scale).unwrap();
+    let gf = attention_backward(&q, &sf, &dout, scale).unwrap();
+    assert_close("dq", &host(&gf.q), &host(&gm.q), tol);
+    assert_close("dk", &host(&gf.k), &host(&gm.k), tol);
+    assert_close("dv", &host(&gf.v), &host(&gm.v), tol);
 }
 
 #[test]
 fn sliding_window_and_blocks_follow_the_definition() {
     // window 2, causal: query 3 sees keys 2, 3; with block ids, query 1 (block 1) also sees key 2.
     let m = AttentionMask::sliding(2);
-    let allowed: Vec<usize> = (0..5).filter(|&k| m.allows(None, None, 5, 0, 3, k)).collect();
+    let allowed: Vec<usize> = (0..5).filter(|&k| m.allows(None, None, None, 5, 0, 3, k)).collect();
     assert_eq!(allowed, vec![2, 3]);
     let blocks = [0.0, 1.0, 1.0, 0.0, 0.0];
-    let allowed: Vec<usize> = (0..5).filter(|&k| m.allows(Some(&blocks), None, 5, 0, 1, k)).collect();
+    let allowed: Vec<usize> = (0..5).filter(|&k| m.allows(Some(&blocks), None, None, 5, 0, 1, k)).collect();
     assert_eq!(allowed, vec![0, 1, 2]);
 }
 

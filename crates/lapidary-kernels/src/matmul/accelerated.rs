@@ -20,8 +20,8 @@ use cubecl::ir::{ElemType, FloatKind};
 use cubecl::std::tensor::TensorHandle;
 use cubek_matmul::definition::{MatmulElems, MatmulGlobalElems, MatmulSetupError};
 use cubek_matmul::launch::launch_ref;
-use cubek_matmul::{multi_level, tiled};
 use cubek_matmul::strategy::Strategy;
+use cubek_matmul::{multi_level, tiled};
 use lapidary_core::{DType, Error, Result, Tensor};
 
 /// Which cubek routine computes the product.
@@ -57,11 +57,8 @@ fn elem(dtype: DType) -> ElemType {
 /// against a batched one, but do a batch of 1.
 fn binding(t: &Tensor, batches: usize, transposed: bool) -> TensorHandle {
     let (r, c) = (t.dim(-2), t.dim(-1));
-    let (shape, strides) = if transposed {
-        (vec![batches, c, r], vec![r * c, 1, c])
-    } else {
-        (vec![batches, r, c], vec![r * c, c, 1])
-    };
+    let (shape, strides) =
+        if transposed { (vec![batches, c, r], vec![r * c, 1, c]) } else { (vec![batches, r, c], vec![r * c, c, 1]) };
     TensorHandle::new(t.handle().clone(), shape, strides, elem(t.dtype()))
 }
 
@@ -174,7 +171,18 @@ mod tests {
 
     /// `op(A) · op(B)` through `route` against the host reference, every layout, batched or with
     /// a shared B; on the CPU runtime the tensor-core route falls back to units (no CMMA there).
-    fn check(batch: usize, m: usize, k: usize, n: usize, ta: bool, tb: bool, shared: bool, dt: DType, route: Route, seed: u64) {
+    fn check(
+        batch: usize,
+        m: usize,
+        k: usize,
+        n: usize,
+        ta: bool,
+        tb: bool,
+        shared: bool,
+        dt: DType,
+        route: Route,
+        seed: u64,
+    ) {
         let dev = device();
         let a_shape = if ta { vec![batch, k, m] } else { vec![batch, m, k] };
         let b_mat = if tb { vec![n, k] } else { vec![k, n] };
@@ -183,7 +191,8 @@ mod tests {
         let b = random_tensor(&dev, &b_shape, dt, seed.wrapping_add(1), 1.0);
         let c = Tensor::uninit(&dev, &[batch, m, n], dt).unwrap();
         matmul_into(&a, &b, ta, tb, &c, route).unwrap();
-        let want = reference::matmul(&a.to_f32_vec().unwrap(), &b.to_f32_vec().unwrap(), None, batch, m, k, n, ta, tb, shared);
+        let want =
+            reference::matmul(&a.to_f32_vec().unwrap(), &b.to_f32_vec().unwrap(), None, batch, m, k, n, ta, tb, shared);
         let t = dt.tol();
         let tol = Tol { abs: t.abs * (k as f64).sqrt().max(1.0), rel: t.rel };
         let what = format!("cubek {route:?} b{batch} m{m} k{k} n{n} ta{ta} tb{tb} shared{shared} {dt}");
@@ -219,7 +228,12 @@ mod tests {
             let want = reference::matmul(&ah, &bh, Some(&bias.to_f32_vec().unwrap()), 2, m, k, n, false, tb, true);
             // Exact products of 16-bit values summed in f32: f32's tolerance, not the 16-bit one.
             let t = DType::F32.tol();
-            assert_close(&format!("mixed {dt}"), &c.to_f32_vec().unwrap(), &want, Tol { abs: t.abs * (k as f64).sqrt(), rel: t.rel });
+            assert_close(
+                &format!("mixed {dt}"),
+                &c.to_f32_vec().unwrap(),
+                &want,
+                Tol { abs: t.abs * (k as f64).sqrt(), rel: t.rel },
+            );
         }
     }
 
