@@ -1,7 +1,8 @@
 //! `lapidary eval`: logits, loss and gradients of one batch, written to a safetensors file, so
 //! anyone can check lapidary against another implementation. The batch file holds `input_ids`,
-//! `attention_mask`, `token_type_ids`, `labels` (int64 `[B, T]`) and, with images,
-//! `pixel_values` (f32 `[N, 3, H, W]`, images in row order). The output holds `logits`
+//! `attention_mask`, `token_type_ids`, `labels` (int64 `[B, T]`), with images `pixel_values`
+//! (f32 `[N, 3, H, W]`, images in row order) and, for packed rows, `position_ids` (int64
+//! `[B, T]`: each sequence starts where it is 0 and sees only itself). The output holds `logits`
 //! (f32 `[B, T, V]`), `loss` (f32 `[1]`) and `grad.<key>` for every parameter, under its key in
 //! the checkpoint (unless `no_grad`). With a PEFT adapter, only the adapter is trainable and
 //! the gradients are `grad.<key in the adapter file>`.
@@ -57,7 +58,29 @@ pub fn read_batch(path: &Path, device: &Device) -> Result<Batch> {
         }
         None => None,
     };
-    Ok(Batch { batch: shape[0], seq: shape[1], input_ids, attention_mask, token_type_ids, labels, pixel_values })
+    let position_ids = match f.entry("position_ids") {
+        Some(_) => {
+            let (v, s) = f.load_i64("position_ids")?;
+            if s != shape {
+                return Err(Error::invalid(format!(
+                    "{}: position_ids has shape {s:?}, expected {shape:?} (as input_ids)",
+                    path.display()
+                )));
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    Ok(Batch {
+        batch: shape[0],
+        seq: shape[1],
+        input_ids,
+        attention_mask,
+        token_type_ids,
+        labels,
+        pixel_values,
+        position_ids,
+    })
 }
 
 /// Runs the model on the batch and writes the results (see the module docs). Returns the loss.

@@ -239,6 +239,11 @@ struct TrainArgs {
     /// [default 2048].
     #[arg(long)]
     max_len: Option<usize>,
+    /// Pack several conversations with their images into each row of up to --max-len tokens
+    /// (first-fit decreasing; none is split); each attends only to itself and its positions
+    /// restart at 0 [default false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    packing: Option<bool>,
     /// Train on assistant turns only [default true].
     #[arg(long)]
     responses_only: Option<bool>,
@@ -290,7 +295,7 @@ impl TrainArgs {
         set!(finetune_language_layers, finetune_attention_modules, finetune_mlp_modules, train_projector);
         set!(learning_rate, weight_decay, warmup_steps, max_steps, num_epochs, micro_batch_size, grad_accum_steps);
         set!(max_grad_norm, max_len, responses_only, skip_bad_rows, gradient_checkpointing, seed, eval_every);
-        set!(save_every, overwrite_output_dir);
+        set!(save_every, overwrite_output_dir, packing);
         if self.eval_data.is_some() {
             c.eval_data = self.eval_data.clone();
         }

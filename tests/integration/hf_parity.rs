@@ -11,12 +11,12 @@ use lapidary::nn::safetensors::SafetensorsFiles;
 use lapidary::siglip::{SiglipVisionConfig, SiglipVisionModel};
 use std::path::PathBuf;
 
-fn fixtures() -> PathBuf {
+pub(crate) fn fixtures() -> PathBuf {
     crate::repo_path("tests/fixtures/tiny-gemma3")
 }
 
 /// Worst |got - want| relative to the largest |want|.
-fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+pub(crate) fn rel_err(got: &[f32], want: &[f32]) -> f64 {
     rel_err_floor(got, want, 0.0)
 }
 
@@ -68,7 +68,7 @@ fn image_features_match_hf() {
     }
 }
 
-fn load_batch(case: &str, dev: &Device) -> (lapidary::gemma3::Batch, SafetensorsFiles) {
+pub(crate) fn load_batch(case: &str, dev: &Device) -> (lapidary::gemma3::Batch, SafetensorsFiles) {
     let f = SafetensorsFiles::open(fixtures().join("cases").join(format!("{case}.safetensors"))).unwrap();
     let (ids, shape) = f.load_i64("input_ids").unwrap();
     let batch = lapidary::gemma3::Batch {
@@ -79,11 +79,12 @@ fn load_batch(case: &str, dev: &Device) -> (lapidary::gemma3::Batch, Safetensors
         token_type_ids: f.load_i64("token_type_ids").unwrap().0,
         labels: Some(f.load_i64("labels").unwrap().0),
         pixel_values: f.entry("pixel_values").map(|_| f.load("pixel_values", dev, DType::F32).unwrap()),
+        position_ids: None,
     };
     (batch, f)
 }
 
-const CASES: [&str; 3] = ["two_rows_one_image_each", "two_images_and_padded_text_row", "text_only"];
+pub(crate) const CASES: [&str; 3] = ["two_rows_one_image_each", "two_images_and_padded_text_row", "text_only"];
 
 #[test]
 fn logits_and_loss_match_hf() {

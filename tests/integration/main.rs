@@ -6,6 +6,7 @@ mod check_grad;
 mod gguf;
 mod hf_fixtures;
 mod hf_parity;
+mod packing;
 mod processor;
 mod qlora;
 mod training;

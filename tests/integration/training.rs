@@ -1,10 +1,10 @@
 //! The trainer and generation on the bundled tiny model: gradient accumulation equivalence
-//! (1 x 8 = 2 x 4 = 4 x 2 = 8 x 1), exact resume from a checkpoint, KV-cache decoding equal to
+//! (1 x 8 = 2 x 4 = 4 x 2 = 8 x 1), packed rows equal to padded ones, exact resume from a checkpoint, KV-cache decoding equal to
 //! full recomputation, and a merged adapter giving the adapter's logits.
 
 use lapidary::autograd::{Tape, Trainable};
 use lapidary::core::{DType, Device, Tensor};
-use lapidary::data::{Collated, Example, collate};
+use lapidary::data::{Collated, Example, collate, collate_packed, pack};
 use lapidary::demo::{bundled_model, write_dataset};
 use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration, GenerateOptions, Sampling, argmax};
 use lapidary::train::{Schedule, TrainConfig, Trainer};
@@ -70,6 +70,71 @@ fn gradient_accumulation_equals_one_big_batch() {
             assert!(worst <= 1e-4 * scale, "{per} rows a micro-batch: tensor {t} differs by {worst} (scale {scale})");
         }
     }
+}
+
+#[test]
+fn packed_rows_give_the_padded_batchs_loss_and_gradients() {
+    let dir = dataset(8);
+    let dev = Device::from_env_or_cpu().unwrap();
+    let cfg = TrainConfig { warmup_steps: 0, ..config(dir.path()) };
+    let mut trainer = Trainer::new(cfg, &dev).unwrap();
+    let rows: Vec<Example> = trainer.train_examples().to_vec();
+    let refs: Vec<&Example> = rows.iter().collect();
+    trainer.step_on(&split(&trainer, &refs, 8)).unwrap();
+    let (loss0, g0, labels0, tokens0) = trainer.gradients_on(&split(&trainer, &refs, 8)).unwrap();
+    // First-fit decreasing into rows of up to 3 conversations' worth of tokens.
+    let lengths: Vec<usize> = rows.iter().map(|e| e.input_ids.len()).collect();
+    let longest = *lengths.iter().max().unwrap();
+    let bins = pack::first_fit_decreasing(&lengths, 3 * longest);
+    assert!(bins.len() < rows.len() && bins.iter().any(|b| b.len() > 1), "bins {bins:?}");
+    let groups: Vec<Vec<&Example>> = bins.iter().map(|b| b.iter().map(|&i| &rows[i]).collect()).collect();
+    // One micro-batch of every packed row, and one packed row per micro-batch.
+    for per in [groups.len(), 1] {
+        let micro: Vec<Collated> =
+            groups.chunks(per).map(|g| collate_packed(g, trainer.processor()).unwrap()).collect();
+        let padded: usize = split(&trainer, &refs, 8).iter().map(|c| c.batch * c.seq).sum();
+        let packed: usize = micro.iter().map(|c| c.batch * c.seq).sum();
+        println!(
+            "{} conversations in {} packed rows: {packed} token slots vs {padded} padded",
+            rows.len(),
+            groups.len()
+        );
+        let (loss, g, labels, tokens) = trainer.gradients_on(&micro).unwrap();
+        assert_eq!((labels, tokens), (labels0, tokens0));
+        assert!((loss - loss0).abs() <= 1e-5 * loss0.abs(), "packed loss {loss} vs {loss0}");
+        for (t, (a, b)) in g.iter().zip(&g0).enumerate() {
+            let (a, b) = (a.as_ref().unwrap().to_f32_vec().unwrap(), b.as_ref().unwrap().to_f32_vec().unwrap());
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "tensor {t} has a zero gradient");
+            let worst = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                worst <= 1e-4 * scale,
+                "packed ({per} a micro-batch): tensor {t} differs by {worst} (scale {scale})"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_packed_run_trains_on_fewer_fuller_rows() {
+    let dir = dataset(8);
+    let dev = Device::from_env_or_cpu().unwrap();
+    let cfg = TrainConfig { packing: true, max_len: 160, max_steps: 2, grad_accum_steps: 1, ..config(dir.path()) };
+    let mut trainer = Trainer::new(cfg, &dev).unwrap();
+    assert!(trainer.rows_per_epoch() < trainer.train_examples().len());
+    let s = trainer.step().unwrap();
+    let unpacked = Trainer::new(TrainConfig { max_steps: 2, grad_accum_steps: 1, ..config(dir.path()) }, &dev)
+        .unwrap()
+        .step()
+        .unwrap();
+    println!(
+        "packed step: {} tokens, padding {:.3}; unpacked step: {} tokens, padding {:.3}",
+        s.tokens,
+        s.padding_fraction(),
+        unpacked.tokens,
+        unpacked.padding_fraction()
+    );
+    assert!(s.loss.is_finite() && s.tokens > unpacked.tokens);
 }
 
 #[test]

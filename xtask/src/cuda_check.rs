@@ -175,7 +175,11 @@ struct Env<'a> {
 }
 
 /// The programs run per configuration: (name, command, time limit).
-fn workloads(root: &Path, bins: &HashMap<&str, PathBuf>, dir: &Path) -> Result<Vec<(String, Command, Duration)>, String> {
+fn workloads(
+    root: &Path,
+    bins: &HashMap<&str, PathBuf>,
+    dir: &Path,
+) -> Result<Vec<(String, Command, Duration)>, String> {
     let bin = |name: &str| bins.get(name).cloned().ok_or_else(|| format!("the build produced no {name}"));
     let lapidary = bin("lapidary")?;
     let tiny = root.join("tests/fixtures/tiny-gemma3");
@@ -201,7 +205,13 @@ fn workloads(root: &Path, bins: &HashMap<&str, PathBuf>, dir: &Path) -> Result<V
     list.push(("bench-step-bf16-no-ckpt".to_string(), step("bf16", false), minute));
     for (name, adapter) in [("eval-full", None), ("eval-adapter", Some(tiny.join("adapter")))] {
         let mut c = Command::new(&lapidary);
-        c.arg("eval").arg("--model").arg(&model).arg("--batch").arg(&batch).arg("--out").arg(dir.join(format!("{name}.safetensors")));
+        c.arg("eval")
+            .arg("--model")
+            .arg(&model)
+            .arg("--batch")
+            .arg(&batch)
+            .arg("--out")
+            .arg(dir.join(format!("{name}.safetensors")));
         if let Some(a) = adapter {
             c.arg("--adapter").arg(a);
         }
@@ -337,7 +347,10 @@ fn assemble(
         if !seen.insert(ptx.clone()) {
             continue;
         }
-        let Some(target) = ptx.lines().find_map(|l| l.trim().strip_prefix(".target ")).map(|t| t.split(',').next().unwrap_or(t).trim().to_string())
+        let Some(target) = ptx
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(".target "))
+            .map(|t| t.split(',').next().unwrap_or(t).trim().to_string())
         else {
             failures.push(format!("{backend} sm_{sm}: {} declares no .target", file.display()));
             continue;
@@ -352,7 +365,12 @@ fn assemble(
             .map_err(|e| format!("running {}: {e}", ptxas.display()))?;
         let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
-            let first = log.lines().filter(|l| l.contains("error") || l.contains("fatal")).take(3).collect::<Vec<_>>().join(" | ");
+            let first = log
+                .lines()
+                .filter(|l| l.contains("error") || l.contains("fatal"))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | ");
             failures.push(format!("{backend} sm_{sm}: ptxas rejected {}: {first}", file.display()));
             continue;
         }
@@ -470,7 +488,11 @@ pub fn cuda_tools(dir: &Path) -> Result<CudaTools, String> {
     symlink(&nv.join("cuda_cccl/include"), &include.join("cccl"))?;
     symlink(&nv.join("cuda_nvcc/nvvm"), &cuda_path.join("nvvm"))?;
     let tools = CudaTools { nvrtc_lib: nv.join("cuda_nvrtc/lib"), ptxas: nv.join("cuda_nvcc/bin/ptxas"), cuda_path };
-    for p in [tools.nvrtc_lib.join("libnvrtc.so.12"), tools.ptxas.clone(), tools.cuda_path.join("nvvm/libdevice/libdevice.10.bc")] {
+    for p in [
+        tools.nvrtc_lib.join("libnvrtc.so.12"),
+        tools.ptxas.clone(),
+        tools.cuda_path.join("nvvm/libdevice/libdevice.10.bc"),
+    ] {
         if !p.exists() {
             return Err(format!("{} is missing after installing {wanted}", p.display()));
         }

@@ -1,6 +1,7 @@
 //! The collator: encoded rows to one right-padded batch (pad id, attention mask 0, labels -100,
-//! token_type_ids 0 on padding) with the pixel values of every image in row order. Not the
-//! model's label shift (the model does it).
+//! token_type_ids 0 on padding) with the pixel values of every image in row order; or packed
+//! rows, several conversations each, with position ids that restart at 0 where each begins.
+//! Not the model's label shift (the model does it), not the choice of what to pack (`pack.rs`).
 
 use crate::processor::{Example, Processor};
 use lapidary_core::{Error, Result};
@@ -24,21 +25,42 @@ pub struct Collated {
     pub pixel_values: Vec<f32>,
     /// Number of images.
     pub images: usize,
+    /// Positions `[batch, seq]` of packed rows (each sequence restarts at 0); `None` when every
+    /// row holds one sequence.
+    pub position_ids: Option<Vec<i64>>,
 }
 
 impl Collated {
-    /// Positions the loss counts (labels other than -100 after the first token of a row).
+    /// Positions the loss counts (labels other than -100 after the first token of each
+    /// sequence: of a row, or of a conversation in a packed row).
     pub fn label_count(&self) -> usize {
-        (0..self.batch).map(|r| (1..self.seq).filter(|&c| self.labels[r * self.seq + c] != -100).count()).sum()
+        let starts = |i: usize| self.position_ids.as_ref().is_some_and(|p| p[i] == 0);
+        (0..self.batch)
+            .map(|r| {
+                (1..self.seq).filter(|&c| self.labels[r * self.seq + c] != -100 && !starts(r * self.seq + c)).count()
+            })
+            .sum()
     }
 }
 
 /// Pads `rows` into one batch and loads their images.
 pub fn collate(rows: &[&Example], processor: &Processor) -> Result<Collated> {
-    if rows.is_empty() {
-        return Err(Error::invalid("collate: no rows"));
+    let rows: Vec<Vec<&Example>> = rows.iter().map(|&r| vec![r]).collect();
+    collate_rows(&rows, processor, false)
+}
+
+/// Packs each group of `rows` into one row (its conversations one after another, each with
+/// positions from 0), pads the rows into one batch and loads their images in order.
+pub fn collate_packed(rows: &[Vec<&Example>], processor: &Processor) -> Result<Collated> {
+    collate_rows(rows, processor, true)
+}
+
+fn collate_rows(rows: &[Vec<&Example>], processor: &Processor, packed: bool) -> Result<Collated> {
+    if rows.is_empty() || rows.iter().any(|r| r.is_empty()) {
+        return Err(Error::invalid("collate: no rows, or a packed row without a conversation"));
     }
-    let seq = rows.iter().map(|r| r.input_ids.len()).max().unwrap_or(0);
+    let len = |r: &Vec<&Example>| r.iter().map(|e| e.input_ids.len()).sum::<usize>();
+    let seq = rows.iter().map(len).max().unwrap_or(0);
     let pad = processor.tokenizer.pad_id as i64;
     let n = rows.len() * seq;
     let mut c = Collated {
@@ -50,17 +72,25 @@ pub fn collate(rows: &[&Example], processor: &Processor) -> Result<Collated> {
         labels: vec![-100; n],
         pixel_values: Vec::new(),
         images: 0,
+        position_ids: packed.then(|| vec![0; n]),
     };
-    for (r, ex) in rows.iter().enumerate() {
-        for (i, &id) in ex.input_ids.iter().enumerate() {
-            c.input_ids[r * seq + i] = id as i64;
-            c.attention_mask[r * seq + i] = 1;
-            c.token_type_ids[r * seq + i] = ex.token_type_ids[i] as i64;
-            c.labels[r * seq + i] = ex.labels[i];
-        }
-        for path in &ex.images {
-            c.pixel_values.extend(processor.pixels(path)?);
-            c.images += 1;
+    for (r, group) in rows.iter().enumerate() {
+        let mut at = r * seq;
+        for ex in group {
+            for (i, &id) in ex.input_ids.iter().enumerate() {
+                c.input_ids[at + i] = id as i64;
+                c.attention_mask[at + i] = 1;
+                c.token_type_ids[at + i] = ex.token_type_ids[i] as i64;
+                c.labels[at + i] = ex.labels[i];
+                if let Some(p) = &mut c.position_ids {
+                    p[at + i] = i as i64;
+                }
+            }
+            at += ex.input_ids.len();
+            for path in &ex.images {
+                c.pixel_values.extend(processor.pixels(path)?);
+                c.images += 1;
+            }
         }
     }
     Ok(c)

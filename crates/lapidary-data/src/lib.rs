@@ -19,11 +19,12 @@ pub mod collate;
 pub mod dataset;
 pub mod gguf_tokenizer;
 pub mod image;
+pub mod pack;
 pub mod processor;
 pub mod template;
 pub mod tokenizer;
 
-pub use collate::{Collated, collate};
+pub use collate::{Collated, collate, collate_packed};
 pub use dataset::{Dataset, OnBadRow, Skipped};
 pub use processor::{EncodeOptions, Example, Processor};
 pub use tokenizer::TextTokenizer;

@@ -9,7 +9,7 @@ use crate::decoder::{DecoderContext, Gemma3TextModel, KvCache};
 use crate::projector::MultiModalProjector;
 use lapidary_autograd::{Tape, Trainable, Var, ops};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
-use lapidary_kernels::attention::AttentionMask;
+use lapidary_kernels::attention::{AttentionMask, segments_from_positions};
 use lapidary_kernels::rope;
 use lapidary_nn::{Linear, Weights};
 use lapidary_siglip::SiglipVisionModel;
@@ -31,6 +31,10 @@ pub struct Batch {
     pub labels: Option<Vec<i64>>,
     /// `[images, 3, H, W]`, images in row order.
     pub pixel_values: Option<Tensor>,
+    /// Positions of the tokens `[B, T]`; `None` for `0..T` in every row. A packed row holds
+    /// several sequences: each starts where its position is 0 (the padding-free collators'
+    /// convention), attends only within itself, and its RoPE positions restart there.
+    pub position_ids: Option<Vec<i64>>,
 }
 
 /// What a forward pass returns.
@@ -68,6 +72,24 @@ impl Batch {
             }
         }
         let at = |i: usize| format!("row {}, position {}", i / t, i % t);
+        if let Some(p) = &self.position_ids {
+            if p.len() != b * t {
+                return Err(Error::invalid(format!("batch: position_ids has {} values, expected {b} x {t}", p.len())));
+            }
+            if let Some(i) = p.iter().position(|&x| x < 0) {
+                return Err(Error::invalid(format!("batch: position_ids at {} is {}; expected >= 0", at(i), p[i])));
+            }
+            // A sequence may not start inside an image: its tokens would be split between two.
+            if let Some(i) = (0..b * t)
+                .find(|&i| i % t > 0 && p[i] == 0 && self.token_type_ids[i] == 1 && self.token_type_ids[i - 1] == 1)
+            {
+                return Err(Error::invalid(format!(
+                    "batch: a sequence starts (position_ids 0) at {} inside an image's tokens; \
+                     an image must lie within one sequence",
+                    at(i)
+                )));
+            }
+        }
         let vocab = vocab_size as i64;
         for (name, v) in fields {
             let bad = v.iter().position(|&x| match name {
@@ -98,16 +120,28 @@ impl Batch {
             token_type_ids: ids.iter().map(|&i| i64::from(i as usize == image_token)).collect(),
             labels: None,
             pixel_values,
+            position_ids: None,
         }
     }
 
+    /// Whether position `c` of row `r` starts a sequence (position 0 of a packed row).
+    pub fn starts_sequence(&self, r: usize, c: usize) -> bool {
+        c == 0 || self.position_ids.as_ref().is_some_and(|p| p[r * self.seq + c] == 0)
+    }
+
     /// Number of positions the loss counts: next-token labels other than -100 whose position is
-    /// not padding (as the loss shifts them).
+    /// not padding and does not start a sequence (as the loss shifts them).
     pub fn label_count(&self) -> usize {
         let (b, t) = (self.batch, self.seq);
         let Some(labels) = &self.labels else { return 0 };
         (0..b)
-            .map(|r| (1..t).filter(|&c| self.attention_mask[r * t + c] != 0 && labels[r * t + c] != -100).count())
+            .map(|r| {
+                (1..t)
+                    .filter(|&c| {
+                        self.attention_mask[r * t + c] != 0 && labels[r * t + c] != -100 && !self.starts_sequence(r, c)
+                    })
+                    .count()
+            })
             .sum()
     }
 }
@@ -419,12 +453,16 @@ impl Gemma3ForConditionalGeneration {
     fn context(&self, device: &Device, batch: &Batch, offset: usize) -> Result<DecoderContext> {
         let (b, t) = (batch.batch, batch.seq);
         let cfg = &self.cfg.text;
-        let positions: Vec<usize> = (offset..offset + t).collect();
+        // Positions per row when the batch gives them (packed rows), else the same for every row.
+        let (positions, rows): (Vec<usize>, usize) = match &batch.position_ids {
+            Some(p) if offset == 0 => (p.iter().map(|&x| x as usize).collect(), b),
+            _ => ((offset..offset + t).collect(), 1),
+        };
         let table = |r: crate::config::Rope| -> Result<(Tensor, Tensor)> {
             let (c, s) = rope::tables(&positions, cfg.head_dim, r.theta, r.linear_factor);
             Ok((
-                Tensor::from_f32(device, &c, &[1, t, cfg.head_dim], DType::F32)?,
-                Tensor::from_f32(device, &s, &[1, t, cfg.head_dim], DType::F32)?,
+                Tensor::from_f32(device, &c, &[rows, t, cfg.head_dim], DType::F32)?,
+                Tensor::from_f32(device, &s, &[rows, t, cfg.head_dim], DType::F32)?,
             ))
         };
         // Contiguous runs of image tokens form one bidirectional block each.
@@ -456,19 +494,26 @@ impl Gemma3ForConditionalGeneration {
                 mask_full: full,
             });
         }
+        let mut mask_sliding =
+            AttentionMask::sliding(cfg.sliding_window).with_blocks(blocks.clone()).with_key_padding(keep.clone());
+        let mut mask_full = AttentionMask::causal().with_blocks(blocks).with_key_padding(keep);
+        if let Some(p) = &batch.position_ids {
+            let segments = Tensor::from_f32(device, &segments_from_positions(p, b, t), &[b, t], DType::F32)?;
+            mask_sliding = mask_sliding.with_segments(segments.clone());
+            mask_full = mask_full.with_segments(segments);
+        }
         Ok(DecoderContext {
             rope_local: table(cfg.rope_local)?,
             rope_global: table(cfg.rope_global)?,
-            mask_sliding: AttentionMask::sliding(cfg.sliding_window)
-                .with_blocks(blocks.clone())
-                .with_key_padding(keep.clone()),
-            mask_full: AttentionMask::causal().with_blocks(blocks).with_key_padding(keep),
+            mask_sliding,
+            mask_full,
         })
     }
 }
 
 /// Next-token labels of `batch` (label of position `c + 1` at position `c`); -100 at each row's
-/// last position and where the next position is padding. `None` without labels.
+/// last position, where the next position is padding, and where the next position starts
+/// another sequence of a packed row. `None` without labels.
 fn next_token_labels(batch: &Batch) -> Option<Vec<i64>> {
     let (b, t) = (batch.batch, batch.seq);
     let labels = batch.labels.as_ref()?;
@@ -476,7 +521,11 @@ fn next_token_labels(batch: &Batch) -> Option<Vec<i64>> {
         (0..b * t)
             .map(|i| {
                 let (r, c) = (i / t, i % t);
-                if c + 1 < t && batch.attention_mask[r * t + c + 1] != 0 { labels[r * t + c + 1] } else { -100 }
+                if c + 1 < t && batch.attention_mask[r * t + c + 1] != 0 && !batch.starts_sequence(r, c + 1) {
+                    labels[r * t + c + 1]
+                } else {
+                    -100
+                }
             })
             .collect(),
     )
@@ -496,6 +545,7 @@ mod tests {
             token_type_ids: vec![0; n],
             labels,
             pixel_values: None,
+            position_ids: None,
         }
     }
 

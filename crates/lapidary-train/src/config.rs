@@ -136,6 +136,10 @@ pub struct TrainConfig {
     pub max_grad_norm: f32,
     /// Longest row in tokens.
     pub max_len: usize,
+    /// Pack several conversations (with their images) into each row of up to `max_len` tokens;
+    /// each keeps its own attention and positions. A micro-batch is then `micro_batch_size`
+    /// packed rows.
+    pub packing: bool,
     /// Train on the assistant turns only.
     pub responses_only: bool,
     /// Skip (and report) unusable rows instead of stopping.
@@ -188,6 +192,7 @@ impl Default for TrainConfig {
             grad_accum_steps: 4,
             max_grad_norm: 1.0,
             max_len: 2048,
+            packing: false,
             responses_only: true,
             skip_bad_rows: false,
             gradient_checkpointing: true,

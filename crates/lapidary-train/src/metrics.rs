@@ -1,7 +1,7 @@
 //! Metrics a person can read and plot: one JSON object a line (`metrics.jsonl`: step, loss, lr,
-//! grad_norm, tokens/s; eval lines with eval_loss), and a loss-curve PNG drawn here (training
-//! loss in blue, held-out loss in red, axes with the step and loss ranges printed in a small
-//! built-in digit font). Not a plotting library.
+//! grad_norm, padding fraction, tokens/s; eval lines with eval_loss), and a loss-curve PNG drawn
+//! here (training loss in blue, held-out loss in red, axes with the step and loss ranges printed
+//! in a small built-in digit font). Not a plotting library.
 
 use lapidary_core::{Error, Result};
 use serde_json::Value;

@@ -11,7 +11,7 @@ use crate::{metrics, schedule};
 use lapidary_autograd::{BackwardOptions, Tape, Trainable};
 use lapidary_core::rng::SplitMix64;
 use lapidary_core::{DType, Device, Error, Result, Tensor};
-use lapidary_data::{Collated, Dataset, EncodeOptions, Example, OnBadRow, Processor, collate};
+use lapidary_data::{Collated, Dataset, EncodeOptions, Example, OnBadRow, Processor, collate, collate_packed};
 use lapidary_gemma3::{Batch, Gemma3ForConditionalGeneration, Parts};
 use lapidary_kernels::{elementwise, gather};
 use lapidary_lora::{LoraConfig, LoraDropout, LoraInit, LoraTargets, PeftAdapterConfig};
@@ -33,6 +33,15 @@ pub struct StepStats {
     pub label_tokens: usize,
     /// Real tokens in the step.
     pub tokens: usize,
+    /// Token slots the step computed (rows × padded length, summed over its micro-batches).
+    pub slots: usize,
+}
+
+impl StepStats {
+    /// Fraction of the computed token slots that were padding.
+    pub fn padding_fraction(&self) -> f64 {
+        if self.slots == 0 { 0.0 } else { 1.0 - self.tokens as f64 / self.slots as f64 }
+    }
 }
 
 /// A training run.
@@ -44,6 +53,8 @@ pub struct Trainer {
     device: Device,
     opt: AdamW,
     train: Vec<Example>,
+    /// What a training row holds: one example, or (packing) the examples packed into it.
+    units: Vec<Vec<usize>>,
     eval: Vec<Example>,
     skipped: String,
     adapted_modules: Vec<String>,
@@ -69,6 +80,7 @@ pub fn to_batch(c: &Collated, processor: &Processor, device: &Device) -> Result<
         token_type_ids: c.token_type_ids.clone(),
         labels: Some(c.labels.clone()),
         pixel_values,
+        position_ids: c.position_ids.clone(),
     })
 }
 
@@ -164,11 +176,17 @@ impl Trainer {
                 weight_decay: cfg.weight_decay,
             },
         )?;
+        let units = if cfg.packing {
+            let lengths: Vec<usize> = train.iter().map(|e| e.input_ids.len()).collect();
+            lapidary_data::pack::first_fit_decreasing(&lengths, cfg.max_len)
+        } else {
+            (0..train.len()).map(|i| vec![i]).collect()
+        };
         let per_step = cfg.micro_batch_size * cfg.grad_accum_steps;
         let total_steps = if cfg.max_steps > 0 {
             cfg.max_steps
         } else {
-            train.len().saturating_mul(cfg.num_epochs).div_ceil(per_step).max(1)
+            units.len().saturating_mul(cfg.num_epochs).div_ceil(per_step).max(1)
         };
         Ok(Trainer {
             cfg,
@@ -178,6 +196,7 @@ impl Trainer {
             device: device.clone(),
             opt,
             train,
+            units,
             eval,
             skipped,
             adapted_modules,
@@ -237,8 +256,13 @@ impl Trainer {
         self.opt.params().iter().map(|(_, v)| v.value().numel()).sum()
     }
 
+    /// Training rows per epoch: examples, or packed rows with packing.
+    pub fn rows_per_epoch(&self) -> usize {
+        self.units.len()
+    }
+
     fn epoch_order(&self, epoch: usize) -> Vec<usize> {
-        shuffled(self.train.len(), self.cfg.seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(epoch as u64 + 1)))
+        shuffled(self.units.len(), self.cfg.seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(epoch as u64 + 1)))
     }
 
     fn next_rows(&mut self, n: usize) -> Vec<usize> {
@@ -270,8 +294,14 @@ impl Trainer {
         let mut micro = Vec::with_capacity(self.cfg.grad_accum_steps);
         for _ in 0..self.cfg.grad_accum_steps {
             let rows = self.next_rows(self.cfg.micro_batch_size);
-            let refs: Vec<&Example> = rows.iter().map(|&i| &self.train[i]).collect();
-            micro.push(collate(&refs, &self.processor)?);
+            let groups: Vec<Vec<&Example>> =
+                rows.iter().map(|&u| self.units[u].iter().map(|&i| &self.train[i]).collect()).collect();
+            micro.push(if self.cfg.packing {
+                collate_packed(&groups, &self.processor)?
+            } else {
+                let refs: Vec<&Example> = groups.into_iter().flatten().collect();
+                collate(&refs, &self.processor)?
+            });
         }
         self.step_on(&micro)
     }
@@ -295,7 +325,8 @@ impl Trainer {
         self.opt.step(&grads, lr)?;
         self.state.step += 1;
         self.state.tokens += tokens as u64;
-        Ok(StepStats { step: self.state.step, loss, lr, grad_norm, label_tokens, tokens })
+        let slots = micro.iter().map(|c| c.batch * c.seq).sum();
+        Ok(StepStats { step: self.state.step, loss, lr, grad_norm, label_tokens, tokens, slots })
     }
 
     /// The loss and the accumulated gradient of every trainable tensor (in
@@ -563,7 +594,8 @@ impl Trainer {
                     &serde_json::json!({
                         "step": s.step, "epoch": self.state.epoch, "loss": s.loss, "lr": s.lr,
                         "grad_norm": s.grad_norm, "label_tokens": s.label_tokens, "tokens": s.tokens,
-                        "tokens_per_s": tps, "elapsed_s": started.elapsed().as_secs_f64(),
+                        "padding": s.padding_fraction(), "tokens_per_s": tps,
+                        "elapsed_s": started.elapsed().as_secs_f64(),
                         "rss_mib": metrics::resident_mib(),
                     }),
                 )?;
@@ -707,6 +739,6 @@ fn run_defining_differences(old: &TrainConfig, new: &TrainConfig) -> Vec<String>
     compare!(finetune_vision_layers, finetune_language_layers, finetune_attention_modules, finetune_mlp_modules);
     compare!(train_projector, base_format, learning_rate, weight_decay, adam_beta1, adam_beta2, adam_epsilon);
     compare!(lr_scheduler, warmup_steps, micro_batch_size, grad_accum_steps, max_grad_norm, max_len);
-    compare!(responses_only, skip_bad_rows, seed);
+    compare!(responses_only, skip_bad_rows, seed, packing);
     out
 }
