@@ -2,13 +2,14 @@
 //! on each conversation alone: every fixture case's rows packed into one row give, at each
 //! segment's positions, HF's logits for that row, HF's loss (same label normalization) and HF's
 //! gradient of every parameter and of the pixels; two packed rows side by side, with padding,
-//! give the same logits; a sequence that starts inside an image is refused.
+//! give the same logits; `lapidary eval` reads `position_ids` from a batch file; a sequence that
+//! starts inside an image is refused.
 
 use crate::hf_parity::{CASES, fixtures, load_batch, rel_err};
 use lapidary::autograd::{BackwardOptions, Tape, Trainable};
 use lapidary::core::{DType, Device};
 use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration};
-use lapidary::nn::safetensors::SafetensorsFiles;
+use lapidary::nn::safetensors::{self, SafetensorsFiles};
 
 /// Where each source row's real tokens landed: (packed row, first column, source row, length).
 type Placement = Vec<(usize, usize, usize, usize)>;
@@ -150,4 +151,45 @@ fn a_sequence_starting_inside_an_image_is_refused() {
         Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, &tape, Trainable::No).unwrap();
     let e = model.forward(&tape, &packed, false).err().expect("a split image is an error").to_string();
     assert!(e.contains("position_ids") && e.contains(&format!("row 0, position {}", first_image + 1)), "{e}");
+}
+
+#[test]
+fn eval_reads_position_ids_from_the_batch_file() {
+    let dev = Device::from_env_or_cpu().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let case = "two_images_and_padded_text_row";
+    let (batch, f) = load_batch(case, &dev);
+    let (packed, placed) = pack(&batch, &[vec![0, 1]], 1);
+    let shape = [packed.batch, packed.seq];
+    let mut entries = vec![
+        safetensors::entry_i64("input_ids", &packed.input_ids, &shape),
+        safetensors::entry_i64("attention_mask", &packed.attention_mask, &shape),
+        safetensors::entry_i64("token_type_ids", &packed.token_type_ids, &shape),
+        safetensors::entry_i64("labels", packed.labels.as_ref().unwrap(), &shape),
+        safetensors::entry_of("pixel_values", packed.pixel_values.as_ref().unwrap()).unwrap(),
+    ];
+    let path = dir.path().join("packed.safetensors");
+    let out = dir.path().join("out.safetensors");
+    let model = fixtures().join("model");
+    // Without position_ids the two conversations would see each other: the loss differs.
+    safetensors::save(&path, &entries).unwrap();
+    let unsegmented = lapidary::eval::run(&model, &path, &out, None, &dev, true).unwrap();
+    entries.push(safetensors::entry_i64("position_ids", packed.position_ids.as_ref().unwrap(), &shape));
+    safetensors::save(&path, &entries).unwrap();
+    let loss = lapidary::eval::run(&model, &path, &out, None, &dev, true).unwrap();
+    let want_loss = f.load("loss", &dev, DType::F32).unwrap().to_f32_vec().unwrap()[0];
+    let got = SafetensorsFiles::open(&out).unwrap().load("logits", &dev, DType::F32).unwrap().to_f32_vec().unwrap();
+    let want = f.load("logits", &dev, DType::F32).unwrap().to_f32_vec().unwrap();
+    let err = segment_err(&got, &packed, &want, batch.seq, &placed);
+    println!(
+        "eval of a packed batch file: logits rel err {err:.2e}, loss {loss} vs HF {want_loss} (unsegmented {unsegmented})"
+    );
+    assert!(err < 1e-4 && ((loss - want_loss) / want_loss).abs() < 1e-5);
+    assert!((unsegmented - want_loss).abs() > 1e-3 * want_loss.abs(), "segments changed nothing");
+    // A position_ids tensor of the wrong shape is named.
+    entries.pop();
+    entries.push(safetensors::entry_i64("position_ids", &[0, 1, 2], &[1, 3]));
+    safetensors::save(&path, &entries).unwrap();
+    let e = lapidary::eval::run(&model, &path, &out, None, &dev, true).unwrap_err().to_string();
+    assert!(e.contains("position_ids has shape [1, 3]"), "{e}");
 }

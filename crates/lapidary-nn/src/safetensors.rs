@@ -7,7 +7,7 @@
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
-use safetensors::tensor::Dtype;
+pub use safetensors::tensor::Dtype;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -206,6 +206,11 @@ pub fn entry_of(name: impl Into<String>, t: &Tensor) -> Result<Entry> {
         DType::F16 => Dtype::F16,
     };
     Ok((name.into(), dtype, t.shape().to_vec(), t.to_bytes()?))
+}
+
+/// The entry for host int64 values (token ids, masks, labels, positions of a batch file).
+pub fn entry_i64(name: impl Into<String>, values: &[i64], shape: &[usize]) -> Entry {
+    (name.into(), Dtype::I64, shape.to_vec(), values.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
 /// Writes `entries` as a safetensors file at `path`, atomically (a temporary file in the same

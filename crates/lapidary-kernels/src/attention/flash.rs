@@ -7,7 +7,7 @@
 //! is `flash_backward.rs`; the materialized path (`mod.rs`) is the reference it is tested against.
 
 use super::AttentionMask;
-use super::flash_mask::{MaskFlags, id_at, key_hi, key_lo, visible};
+use super::flash_mask::{MaskFlags, key_hi, key_lo, tile, visible};
 use crate::norm::hsum;
 use cubecl::prelude::*;
 use lapidary_core::{DType, Result, Tensor, launch};
@@ -145,27 +145,11 @@ fn flash_forward_kernel<F: Float, N: Size>(
         let t0 = (w % tiles) * 4;
         let b = bh / heads;
         let kv_row0 = (b * kv_heads + (bh % heads) / groups) * s_len;
-        // Rows past the end are clamped for loads and skipped for stores.
-        let r0 = bh * t_len + t0;
-        let r1 = bh * t_len + min(t0 + 1, t_len - 1);
-        let r2 = bh * t_len + min(t0 + 2, t_len - 1);
-        let r3 = bh * t_len + min(t0 + 3, t_len - 1);
-        let p0 = t0 + q_offset;
-        let p1 = min(t0 + 1, t_len - 1) + q_offset;
-        let p2 = min(t0 + 2, t_len - 1) + q_offset;
-        let p3 = min(t0 + 3, t_len - 1) + q_offset;
-        let bq0 = id_at(blocks, b, p0, s_len, 0.0);
-        let bq1 = id_at(blocks, b, p1, s_len, 0.0);
-        let bq2 = id_at(blocks, b, p2, s_len, 0.0);
-        let bq3 = id_at(blocks, b, p3, s_len, 0.0);
-        let sq0 = id_at(segments, b, p0, s_len, -1.0);
-        let sq1 = id_at(segments, b, p1, s_len, -1.0);
-        let sq2 = id_at(segments, b, p2, s_len, -1.0);
-        let sq3 = id_at(segments, b, p3, s_len, -1.0);
-        load_row(q, r0 * d_vec, &mut q0, d_vec);
-        load_row(q, r1 * d_vec, &mut q1, d_vec);
-        load_row(q, r2 * d_vec, &mut q2, d_vec);
-        load_row(q, r3 * d_vec, &mut q3, d_vec);
+        let qt = tile(blocks, segments, b, bh * t_len, t0, t_len, q_offset, s_len);
+        load_row(q, qt.r0 * d_vec, &mut q0, d_vec);
+        load_row(q, qt.r1 * d_vec, &mut q1, d_vec);
+        load_row(q, qt.r2 * d_vec, &mut q2, d_vec);
+        load_row(q, qt.r3 * d_vec, &mut q3, d_vec);
         zero_row(&mut o0, d_vec);
         zero_row(&mut o1, d_vec);
         zero_row(&mut o2, d_vec);
@@ -178,8 +162,8 @@ fn flash_forward_kernel<F: Float, N: Size>(
         let mut l1 = 0.0f32;
         let mut l2 = 0.0f32;
         let mut l3 = 0.0f32;
-        let lo = key_lo(blocks, segments, b, p0, s_len, window, bq0, bq1, bq2, bq3, sq0, sq1, sq2, sq3, flags);
-        let hi = key_hi(blocks, segments, b, p3, s_len, bq0, bq1, bq2, bq3, sq0, sq1, sq2, sq3, flags);
+        let lo = key_lo(blocks, segments, b, s_len, window, &qt, flags);
+        let hi = key_hi(blocks, segments, b, s_len, &qt, flags);
         let mut kb = lo;
         while kb < hi {
             let n = min(KEY_BLOCK, hi - kb);
@@ -198,22 +182,22 @@ fn flash_forward_kernel<F: Float, N: Size>(
                     a3 = fma(q3[p], y, a3);
                 }
                 s0[j] = select(
-                    visible(blocks, keep, segments, b, p0, kk, bq0, sq0, s_len, window, flags),
+                    visible(blocks, keep, segments, b, qt.p0, kk, qt.b0, qt.s0, s_len, window, flags),
                     hsum(a0) * scale,
                     f32::new(NONE),
                 );
                 s1[j] = select(
-                    visible(blocks, keep, segments, b, p1, kk, bq1, sq1, s_len, window, flags),
+                    visible(blocks, keep, segments, b, qt.p1, kk, qt.b1, qt.s1, s_len, window, flags),
                     hsum(a1) * scale,
                     f32::new(NONE),
                 );
                 s2[j] = select(
-                    visible(blocks, keep, segments, b, p2, kk, bq2, sq2, s_len, window, flags),
+                    visible(blocks, keep, segments, b, qt.p2, kk, qt.b2, qt.s2, s_len, window, flags),
                     hsum(a2) * scale,
                     f32::new(NONE),
                 );
                 s3[j] = select(
-                    visible(blocks, keep, segments, b, p3, kk, bq3, sq3, s_len, window, flags),
+                    visible(blocks, keep, segments, b, qt.p3, kk, qt.b3, qt.s3, s_len, window, flags),
                     hsum(a3) * scale,
                     f32::new(NONE),
                 );
@@ -255,15 +239,15 @@ fn flash_forward_kernel<F: Float, N: Size>(
             }
             kb += KEY_BLOCK;
         }
-        store_row(out, lse, &o0, m0, l0, r0, d_vec);
+        store_row(out, lse, &o0, m0, l0, qt.r0, d_vec);
         if t0 + 1 < t_len {
-            store_row(out, lse, &o1, m1, l1, r1, d_vec);
+            store_row(out, lse, &o1, m1, l1, qt.r1, d_vec);
         }
         if t0 + 2 < t_len {
-            store_row(out, lse, &o2, m2, l2, r2, d_vec);
+            store_row(out, lse, &o2, m2, l2, qt.r2, d_vec);
         }
         if t0 + 3 < t_len {
-            store_row(out, lse, &o3, m3, l3, r3, d_vec);
+            store_row(out, lse, &o3, m3, l3, qt.r3, d_vec);
         }
         w += stride;
     }

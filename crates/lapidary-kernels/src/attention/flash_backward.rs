@@ -6,7 +6,7 @@
 //! it (`dV += P·dO`, `dK += dS·Q`). Visible ranges come from `flash_mask.rs`. Not the forward.
 
 use super::flash::{load_row, mask_buffers, zero_row};
-use super::flash_mask::{MaskFlags, id_at, key_hi, key_lo, query_hi, query_lo, visible};
+use super::flash_mask::{MaskFlags, id_at, key_hi, key_lo, query_hi, query_lo, tile, visible};
 use super::{AttentionGrads, AttentionMask};
 use crate::norm::hsum;
 use cubecl::prelude::*;
@@ -94,36 +94,21 @@ fn flash_dq_kernel<F: Float, N: Size>(
         let t0 = (w % tiles) * 4;
         let b = bh / heads;
         let kv_row0 = (b * kv_heads + (bh % heads) / groups) * s_len;
-        let r0 = bh * t_len + t0;
-        let r1 = bh * t_len + min(t0 + 1, t_len - 1);
-        let r2 = bh * t_len + min(t0 + 2, t_len - 1);
-        let r3 = bh * t_len + min(t0 + 3, t_len - 1);
-        let p0 = t0 + q_offset;
-        let p1 = min(t0 + 1, t_len - 1) + q_offset;
-        let p2 = min(t0 + 2, t_len - 1) + q_offset;
-        let p3 = min(t0 + 3, t_len - 1) + q_offset;
-        let bq0 = id_at(blocks, b, p0, s_len, 0.0);
-        let bq1 = id_at(blocks, b, p1, s_len, 0.0);
-        let bq2 = id_at(blocks, b, p2, s_len, 0.0);
-        let bq3 = id_at(blocks, b, p3, s_len, 0.0);
-        let sq0 = id_at(segments, b, p0, s_len, -1.0);
-        let sq1 = id_at(segments, b, p1, s_len, -1.0);
-        let sq2 = id_at(segments, b, p2, s_len, -1.0);
-        let sq3 = id_at(segments, b, p3, s_len, -1.0);
-        load_row(q, r0 * d_vec, &mut q0, d_vec);
-        load_row(q, r1 * d_vec, &mut q1, d_vec);
-        load_row(q, r2 * d_vec, &mut q2, d_vec);
-        load_row(q, r3 * d_vec, &mut q3, d_vec);
-        load_row(dout, r0 * d_vec, &mut g0, d_vec);
-        load_row(dout, r1 * d_vec, &mut g1, d_vec);
-        load_row(dout, r2 * d_vec, &mut g2, d_vec);
-        load_row(dout, r3 * d_vec, &mut g3, d_vec);
+        let qt = tile(blocks, segments, b, bh * t_len, t0, t_len, q_offset, s_len);
+        load_row(q, qt.r0 * d_vec, &mut q0, d_vec);
+        load_row(q, qt.r1 * d_vec, &mut q1, d_vec);
+        load_row(q, qt.r2 * d_vec, &mut q2, d_vec);
+        load_row(q, qt.r3 * d_vec, &mut q3, d_vec);
+        load_row(dout, qt.r0 * d_vec, &mut g0, d_vec);
+        load_row(dout, qt.r1 * d_vec, &mut g1, d_vec);
+        load_row(dout, qt.r2 * d_vec, &mut g2, d_vec);
+        load_row(dout, qt.r3 * d_vec, &mut g3, d_vec);
         zero_row(&mut a0, d_vec);
         zero_row(&mut a1, d_vec);
         zero_row(&mut a2, d_vec);
         zero_row(&mut a3, d_vec);
-        let lo = key_lo(blocks, segments, b, p0, s_len, window, bq0, bq1, bq2, bq3, sq0, sq1, sq2, sq3, flags);
-        let hi = key_hi(blocks, segments, b, p3, s_len, bq0, bq1, bq2, bq3, sq0, sq1, sq2, sq3, flags);
+        let lo = key_lo(blocks, segments, b, s_len, window, &qt, flags);
+        let hi = key_hi(blocks, segments, b, s_len, &qt, flags);
         for kk in lo..hi {
             let kr = (kv_row0 + kk) * d_vec;
             let mut s0 = Vector::<f32, N>::new(0.0f32);
@@ -148,32 +133,32 @@ fn flash_dq_kernel<F: Float, N: Size>(
             }
             let e0 = prob(
                 hsum(s0),
-                lse[r0],
+                lse[qt.r0],
                 scale,
-                visible(blocks, keep, segments, b, p0, kk, bq0, sq0, s_len, window, flags),
+                visible(blocks, keep, segments, b, qt.p0, kk, qt.b0, qt.s0, s_len, window, flags),
             );
             let e1 = prob(
                 hsum(s1),
-                lse[r1],
+                lse[qt.r1],
                 scale,
-                visible(blocks, keep, segments, b, p1, kk, bq1, sq1, s_len, window, flags),
+                visible(blocks, keep, segments, b, qt.p1, kk, qt.b1, qt.s1, s_len, window, flags),
             );
             let e2 = prob(
                 hsum(s2),
-                lse[r2],
+                lse[qt.r2],
                 scale,
-                visible(blocks, keep, segments, b, p2, kk, bq2, sq2, s_len, window, flags),
+                visible(blocks, keep, segments, b, qt.p2, kk, qt.b2, qt.s2, s_len, window, flags),
             );
             let e3 = prob(
                 hsum(s3),
-                lse[r3],
+                lse[qt.r3],
                 scale,
-                visible(blocks, keep, segments, b, p3, kk, bq3, sq3, s_len, window, flags),
+                visible(blocks, keep, segments, b, qt.p3, kk, qt.b3, qt.s3, s_len, window, flags),
             );
-            let c0 = Vector::<f32, N>::new(e0 * (hsum(d0) - delta[r0]) * scale);
-            let c1 = Vector::<f32, N>::new(e1 * (hsum(d1) - delta[r1]) * scale);
-            let c2 = Vector::<f32, N>::new(e2 * (hsum(d2) - delta[r2]) * scale);
-            let c3 = Vector::<f32, N>::new(e3 * (hsum(d3) - delta[r3]) * scale);
+            let c0 = Vector::<f32, N>::new(e0 * (hsum(d0) - delta[qt.r0]) * scale);
+            let c1 = Vector::<f32, N>::new(e1 * (hsum(d1) - delta[qt.r1]) * scale);
+            let c2 = Vector::<f32, N>::new(e2 * (hsum(d2) - delta[qt.r2]) * scale);
+            let c3 = Vector::<f32, N>::new(e3 * (hsum(d3) - delta[qt.r3]) * scale);
             for p in 0..d_vec {
                 let kv = Vector::<f32, N>::cast_from(k[kr + p]);
                 a0[p] = fma(c0, kv, a0[p]);
@@ -183,21 +168,21 @@ fn flash_dq_kernel<F: Float, N: Size>(
             }
         }
         for p in 0..d_vec {
-            dq[r0 * d_vec + p] = Vector::cast_from(a0[p]);
+            dq[qt.r0 * d_vec + p] = Vector::cast_from(a0[p]);
         }
         if t0 + 1 < t_len {
             for p in 0..d_vec {
-                dq[r1 * d_vec + p] = Vector::cast_from(a1[p]);
+                dq[qt.r1 * d_vec + p] = Vector::cast_from(a1[p]);
             }
         }
         if t0 + 2 < t_len {
             for p in 0..d_vec {
-                dq[r2 * d_vec + p] = Vector::cast_from(a2[p]);
+                dq[qt.r2 * d_vec + p] = Vector::cast_from(a2[p]);
             }
         }
         if t0 + 3 < t_len {
             for p in 0..d_vec {
-                dq[r3 * d_vec + p] = Vector::cast_from(a3[p]);
+                dq[qt.r3 * d_vec + p] = Vector::cast_from(a3[p]);
             }
         }
         w += stride;
@@ -256,31 +241,16 @@ fn flash_dkdv_kernel<F: Float, N: Size>(
         let j0 = (w % tiles) * 4;
         let b = bkv / kv_heads;
         let kh = bkv % kv_heads;
-        // Keys past the end are clamped for loads and skipped for stores (and never visible).
-        let x0 = j0;
-        let x1 = min(j0 + 1, s_len - 1);
-        let x2 = min(j0 + 2, s_len - 1);
-        let x3 = min(j0 + 3, s_len - 1);
-        let kr0 = bkv * s_len + x0;
-        let kr1 = bkv * s_len + x1;
-        let kr2 = bkv * s_len + x2;
-        let kr3 = bkv * s_len + x3;
-        let bk0 = id_at(blocks, b, x0, s_len, 0.0);
-        let bk1 = id_at(blocks, b, x1, s_len, 0.0);
-        let bk2 = id_at(blocks, b, x2, s_len, 0.0);
-        let bk3 = id_at(blocks, b, x3, s_len, 0.0);
-        let sk0 = id_at(segments, b, x0, s_len, -2.0);
-        let sk1 = id_at(segments, b, x1, s_len, -2.0);
-        let sk2 = id_at(segments, b, x2, s_len, -2.0);
-        let sk3 = id_at(segments, b, x3, s_len, -2.0);
-        load_row(k, kr0 * d_vec, &mut k0, d_vec);
-        load_row(k, kr1 * d_vec, &mut k1, d_vec);
-        load_row(k, kr2 * d_vec, &mut k2, d_vec);
-        load_row(k, kr3 * d_vec, &mut k3, d_vec);
-        load_row(v, kr0 * d_vec, &mut v0, d_vec);
-        load_row(v, kr1 * d_vec, &mut v1, d_vec);
-        load_row(v, kr2 * d_vec, &mut v2, d_vec);
-        load_row(v, kr3 * d_vec, &mut v3, d_vec);
+        // Keys past the end are clamped for loads and skipped for stores.
+        let kt = tile(blocks, segments, b, bkv * s_len, j0, s_len, 0, s_len);
+        load_row(k, kt.r0 * d_vec, &mut k0, d_vec);
+        load_row(k, kt.r1 * d_vec, &mut k1, d_vec);
+        load_row(k, kt.r2 * d_vec, &mut k2, d_vec);
+        load_row(k, kt.r3 * d_vec, &mut k3, d_vec);
+        load_row(v, kt.r0 * d_vec, &mut v0, d_vec);
+        load_row(v, kt.r1 * d_vec, &mut v1, d_vec);
+        load_row(v, kt.r2 * d_vec, &mut v2, d_vec);
+        load_row(v, kt.r3 * d_vec, &mut v3, d_vec);
         zero_row(&mut gk0, d_vec);
         zero_row(&mut gk1, d_vec);
         zero_row(&mut gk2, d_vec);
@@ -289,25 +259,8 @@ fn flash_dkdv_kernel<F: Float, N: Size>(
         zero_row(&mut gv1, d_vec);
         zero_row(&mut gv2, d_vec);
         zero_row(&mut gv3, d_vec);
-        let qa = query_lo(blocks, segments, b, x0, q_offset, s_len, bk0, bk1, bk2, bk3, sk0, sk1, sk2, sk3, flags);
-        let qz = query_hi(
-            blocks,
-            segments,
-            b,
-            x3,
-            q_offset + t_len,
-            s_len,
-            window,
-            bk0,
-            bk1,
-            bk2,
-            bk3,
-            sk0,
-            sk1,
-            sk2,
-            sk3,
-            flags,
-        );
+        let qa = query_lo(blocks, segments, b, q_offset, s_len, &kt, flags);
+        let qz = query_hi(blocks, segments, b, q_offset + t_len, s_len, window, &kt, flags);
         for g in 0..groups {
             let bh = b * heads + kh * groups + g;
             for pos in qa..qz {
@@ -335,14 +288,30 @@ fn flash_dkdv_kernel<F: Float, N: Size>(
                     d3 = fma(gv, v3[p], d3);
                 }
                 let (l, dl) = (lse[r], delta[r]);
-                let e0 =
-                    prob(hsum(s0), l, scale, visible(blocks, keep, segments, b, pos, x0, bq, sq, s_len, window, flags));
-                let e1 =
-                    prob(hsum(s1), l, scale, visible(blocks, keep, segments, b, pos, x1, bq, sq, s_len, window, flags));
-                let e2 =
-                    prob(hsum(s2), l, scale, visible(blocks, keep, segments, b, pos, x2, bq, sq, s_len, window, flags));
-                let e3 =
-                    prob(hsum(s3), l, scale, visible(blocks, keep, segments, b, pos, x3, bq, sq, s_len, window, flags));
+                let e0 = prob(
+                    hsum(s0),
+                    l,
+                    scale,
+                    visible(blocks, keep, segments, b, pos, kt.p0, bq, sq, s_len, window, flags),
+                );
+                let e1 = prob(
+                    hsum(s1),
+                    l,
+                    scale,
+                    visible(blocks, keep, segments, b, pos, kt.p1, bq, sq, s_len, window, flags),
+                );
+                let e2 = prob(
+                    hsum(s2),
+                    l,
+                    scale,
+                    visible(blocks, keep, segments, b, pos, kt.p2, bq, sq, s_len, window, flags),
+                );
+                let e3 = prob(
+                    hsum(s3),
+                    l,
+                    scale,
+                    visible(blocks, keep, segments, b, pos, kt.p3, bq, sq, s_len, window, flags),
+                );
                 let c0 = Vector::<f32, N>::new(e0 * (hsum(d0) - dl) * scale);
                 let c1 = Vector::<f32, N>::new(e1 * (hsum(d1) - dl) * scale);
                 let c2 = Vector::<f32, N>::new(e2 * (hsum(d2) - dl) * scale);
@@ -368,25 +337,25 @@ fn flash_dkdv_kernel<F: Float, N: Size>(
             }
         }
         for p in 0..d_vec {
-            dk[kr0 * d_vec + p] = Vector::cast_from(gk0[p]);
-            dv[kr0 * d_vec + p] = Vector::cast_from(gv0[p]);
+            dk[kt.r0 * d_vec + p] = Vector::cast_from(gk0[p]);
+            dv[kt.r0 * d_vec + p] = Vector::cast_from(gv0[p]);
         }
         if j0 + 1 < s_len {
             for p in 0..d_vec {
-                dk[kr1 * d_vec + p] = Vector::cast_from(gk1[p]);
-                dv[kr1 * d_vec + p] = Vector::cast_from(gv1[p]);
+                dk[kt.r1 * d_vec + p] = Vector::cast_from(gk1[p]);
+                dv[kt.r1 * d_vec + p] = Vector::cast_from(gv1[p]);
             }
         }
         if j0 + 2 < s_len {
             for p in 0..d_vec {
-                dk[kr2 * d_vec + p] = Vector::cast_from(gk2[p]);
-                dv[kr2 * d_vec + p] = Vector::cast_from(gv2[p]);
+                dk[kt.r2 * d_vec + p] = Vector::cast_from(gk2[p]);
+                dv[kt.r2 * d_vec + p] = Vector::cast_from(gv2[p]);
             }
         }
         if j0 + 3 < s_len {
             for p in 0..d_vec {
-                dk[kr3 * d_vec + p] = Vector::cast_from(gk3[p]);
-                dv[kr3 * d_vec + p] = Vector::cast_from(gv3[p]);
+                dk[kt.r3 * d_vec + p] = Vector::cast_from(gk3[p]);
+                dv[kt.r3 * d_vec + p] = Vector::cast_from(gv3[p]);
             }
         }
         w += stride;

@@ -130,37 +130,90 @@ pub(super) fn last_match_end(
     found
 }
 
-/// Start of the keys a tile of queries (absolute positions `qa..=qz`, block ids `bq*`, segment
-/// ids `sq*`) can see: the sliding window's start, pulled back to the first key of a shared image
-/// block, pushed forward to the first key of a shared segment.
+/// Four consecutive rows of one head: a tile of queries (or of keys). Rows past the end repeat
+/// the last one, so loads stay in bounds; kernels skip their stores.
+#[derive(CubeType)]
+pub(super) struct Tile {
+    /// Flat row indices (rows of `[B, heads, len]`).
+    pub r0: usize,
+    pub r1: usize,
+    pub r2: usize,
+    pub r3: usize,
+    /// Absolute positions.
+    pub p0: usize,
+    pub p1: usize,
+    pub p2: usize,
+    pub p3: usize,
+    /// Block ids at those positions (0: none).
+    pub b0: f32,
+    pub b1: f32,
+    pub b2: f32,
+    pub b3: f32,
+    /// Segment ids at those positions (-1 past the keys).
+    pub s0: f32,
+    pub s1: f32,
+    pub s2: f32,
+    pub s3: f32,
+}
+
+/// The tile of rows `first..first + 4` (of `len`) of the head whose first row is `head_row0`,
+/// at absolute positions from `first + offset`, in batch row `b`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
+pub(super) fn tile(
+    blocks: &[f32],
+    segments: &[f32],
+    b: usize,
+    head_row0: usize,
+    first: usize,
+    len: usize,
+    offset: usize,
+    s_len: usize,
+) -> Tile {
+    let i1 = min(first + 1, len - 1);
+    let i2 = min(first + 2, len - 1);
+    let i3 = min(first + 3, len - 1);
+    Tile {
+        r0: head_row0 + first,
+        r1: head_row0 + i1,
+        r2: head_row0 + i2,
+        r3: head_row0 + i3,
+        p0: first + offset,
+        p1: i1 + offset,
+        p2: i2 + offset,
+        p3: i3 + offset,
+        b0: id_at(blocks, b, first + offset, s_len, 0.0),
+        b1: id_at(blocks, b, i1 + offset, s_len, 0.0),
+        b2: id_at(blocks, b, i2 + offset, s_len, 0.0),
+        b3: id_at(blocks, b, i3 + offset, s_len, 0.0),
+        s0: id_at(segments, b, first + offset, s_len, -1.0),
+        s1: id_at(segments, b, i1 + offset, s_len, -1.0),
+        s2: id_at(segments, b, i2 + offset, s_len, -1.0),
+        s3: id_at(segments, b, i3 + offset, s_len, -1.0),
+    }
+}
+
+/// Start of the keys a tile of queries can see: the sliding window's start, pulled back to the
+/// first key of a shared image block, pushed forward to the first key of a shared segment.
+#[cube]
 pub(super) fn key_lo(
     blocks: &[f32],
     segments: &[f32],
     b: usize,
-    qa: usize,
     s_len: usize,
     window: usize,
-    bq0: f32,
-    bq1: f32,
-    bq2: f32,
-    bq3: f32,
-    sq0: f32,
-    sq1: f32,
-    sq2: f32,
-    sq3: f32,
+    q: &Tile,
     #[comptime] flags: MaskFlags,
 ) -> usize {
     let mut lo = 0usize;
-    if flags.use_window && qa + 1 > window {
-        lo = qa + 1 - window;
+    if flags.use_window && q.p0 + 1 > window {
+        lo = q.p0 + 1 - window;
     }
     if flags.use_blocks && lo > 0 {
-        lo = min(lo, first_match(blocks, b, s_len, lo, bq0, bq1, bq2, bq3, true));
+        lo = min(lo, first_match(blocks, b, s_len, lo, q.b0, q.b1, q.b2, q.b3, true));
     }
     if flags.use_segments {
-        lo = max(lo, first_match(segments, b, s_len, s_len, sq0, sq1, sq2, sq3, false));
+        lo = max(lo, first_match(segments, b, s_len, s_len, q.s0, q.s1, q.s2, q.s3, false));
     }
     lo
 }
@@ -168,104 +221,79 @@ pub(super) fn key_lo(
 /// End (exclusive) of the keys the same tile can see: past the last query when causal, pushed
 /// out to the end of a shared image block, pulled in to the end of a shared segment.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(super) fn key_hi(
     blocks: &[f32],
     segments: &[f32],
     b: usize,
-    qz: usize,
     s_len: usize,
-    bq0: f32,
-    bq1: f32,
-    bq2: f32,
-    bq3: f32,
-    sq0: f32,
-    sq1: f32,
-    sq2: f32,
-    sq3: f32,
+    q: &Tile,
     #[comptime] flags: MaskFlags,
 ) -> usize {
     let mut hi = s_len;
     if flags.causal {
-        hi = min(s_len, qz + 1);
+        hi = min(s_len, q.p3 + 1);
         if flags.use_blocks && hi < s_len {
-            hi = max(hi, last_match_end(blocks, b, s_len, hi, bq0, bq1, bq2, bq3, true));
+            hi = max(hi, last_match_end(blocks, b, s_len, hi, q.b0, q.b1, q.b2, q.b3, true));
         }
     }
     if flags.use_segments {
-        hi = min(hi, last_match_end(segments, b, s_len, 0, sq0, sq1, sq2, sq3, false));
+        hi = min(hi, last_match_end(segments, b, s_len, 0, q.s0, q.s1, q.s2, q.s3, false));
     }
     hi
 }
 
-/// Start (absolute) of the queries a tile of keys (`ka..=kz`, block ids `bk*`, segment ids `sk*`)
-/// is seen by, given the queries span `[q_first, q_end)`.
+/// Start (absolute) of the queries a tile of keys is seen by, the queries spanning
+/// `[q_first, ..)`.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(super) fn query_lo(
     blocks: &[f32],
     segments: &[f32],
     b: usize,
-    ka: usize,
     q_first: usize,
     s_len: usize,
-    bk0: f32,
-    bk1: f32,
-    bk2: f32,
-    bk3: f32,
-    sk0: f32,
-    sk1: f32,
-    sk2: f32,
-    sk3: f32,
+    k: &Tile,
     #[comptime] flags: MaskFlags,
 ) -> usize {
     let mut lo = q_first;
-    if flags.causal && ka > lo {
-        lo = ka;
+    if flags.causal && k.p0 > lo {
+        lo = k.p0;
         if flags.use_blocks {
             let end = min(lo, s_len);
-            lo = min(lo, first_match(blocks, b, s_len, end, bk0, bk1, bk2, bk3, true));
+            lo = min(lo, first_match(blocks, b, s_len, end, k.b0, k.b1, k.b2, k.b3, true));
             lo = max(lo, q_first);
         }
     }
     if flags.use_segments {
-        lo = max(lo, first_match(segments, b, s_len, s_len, sk0, sk1, sk2, sk3, false));
+        lo = max(lo, first_match(segments, b, s_len, s_len, k.s0, k.s1, k.s2, k.s3, false));
     }
     lo
 }
 
-/// End (absolute, exclusive) of the queries the same tile of keys is seen by.
+/// End (absolute, exclusive) of the queries the same tile of keys is seen by, the queries
+/// ending at `q_end`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn query_hi(
     blocks: &[f32],
     segments: &[f32],
     b: usize,
-    kz: usize,
     q_end: usize,
     s_len: usize,
     window: usize,
-    bk0: f32,
-    bk1: f32,
-    bk2: f32,
-    bk3: f32,
-    sk0: f32,
-    sk1: f32,
-    sk2: f32,
-    sk3: f32,
+    k: &Tile,
     #[comptime] flags: MaskFlags,
 ) -> usize {
     let mut hi = q_end;
-    if flags.use_window && kz + window < hi {
-        hi = kz + window;
+    if flags.use_window && k.p3 + window < hi {
+        hi = k.p3 + window;
         if flags.use_blocks {
             let start = min(hi, s_len);
-            hi = max(hi, last_match_end(blocks, b, s_len, start, bk0, bk1, bk2, bk3, true));
+            hi = max(hi, last_match_end(blocks, b, s_len, start, k.b0, k.b1, k.b2, k.b3, true));
             hi = min(hi, q_end);
         }
     }
     if flags.use_segments {
-        hi = min(hi, last_match_end(segments, b, s_len, 0, sk0, sk1, sk2, sk3, false));
+        hi = min(hi, last_match_end(segments, b, s_len, 0, k.s0, k.s1, k.s2, k.s3, false));
     }
     hi
 }
