@@ -3,9 +3,11 @@
 
 Two datasets: the demo's (one image and a short caption a row, lengths close together) and a
 mixed-length one built from the demo's images (0-3 images a row, answers of 1-60 words). Each is
-trained for a few steps with and without --packing (same micro-batch size and max_len); the
-figures come from the run's metrics.jsonl: padding fraction, real tokens/s and peak resident
-memory (which holds the CPU runtime's device memory). Prints a Markdown table.
+trained for a few steps padded (4 rows a micro-batch), packed (4 packed rows of up to max_len
+tokens) and padded again with as many rows a micro-batch as the packed run carried
+conversations (the same work per step, so launch overhead does not favour packing); the figures
+come from the run's metrics.jsonl: padding fraction, real tokens/s and peak resident memory
+(which holds the CPU runtime's device memory). Prints a Markdown table.
 
 Usage: tools/bench/packing.py [--lapidary target/release/lapidary] [--steps 8]
 """
@@ -44,9 +46,9 @@ def mixed_dataset(demo_data: Path, out: Path, rows: int, seed: int) -> Path:
     return path
 
 
-def train(lapidary: Path, data: Path, out: Path, packing: bool, steps: int, max_len: int) -> dict:
+def train(lapidary: Path, data: Path, out: Path, packing: bool, steps: int, max_len: int, rows: int = 4) -> dict:
     run([lapidary, "train", "--model", ROOT / "assets/tiny-vlm", "--data", data, "--output-dir", out,
-         "--max-steps", str(steps), "--micro-batch-size", "4", "--grad-accum-steps", "1",
+         "--max-steps", str(steps), "--micro-batch-size", str(rows), "--grad-accum-steps", "1",
          "--max-len", str(max_len), "--eval-fraction", "0", "--warmup-steps", "0",
          "--packing", "true" if packing else "false", "--overwrite-output-dir", "true"])
     records = [json.loads(l) for l in open(out / "metrics.jsonl") if l.strip()]
@@ -72,11 +74,18 @@ def main():
         datasets = {"demo": demo_data / "train.jsonl", "mixed": mixed_dataset(demo_data, demo_data, 256, 7)}
         print("| data | rows | padding | real tokens/step | tokens/s | peak RSS MiB |")
         print("|---|---|---:|---:|---:|---:|")
+        def show(name, rows, r):
+            print(f"| {name} | {rows} | {r['padding']:.1%} | {r['tokens_per_step']:.0f} | "
+                  f"{r['tokens_per_s']:.0f} | {r['rss_mib']:.0f} |", flush=True)
+
         for name, data in datasets.items():
-            for packing in [False, True]:
-                r = train(args.lapidary, data, tmp / f"run-{name}-{packing}", packing, args.steps, args.max_len)
-                print(f"| {name} | {'packed' if packing else 'padded'} | {r['padding']:.1%} | "
-                      f"{r['tokens_per_step']:.0f} | {r['tokens_per_s']:.0f} | {r['rss_mib']:.0f} |", flush=True)
+            padded = train(args.lapidary, data, tmp / f"run-{name}-padded", False, args.steps, args.max_len)
+            show(name, "padded, 4 rows", padded)
+            packed = train(args.lapidary, data, tmp / f"run-{name}-packed", True, args.steps, args.max_len)
+            show(name, "packed, 4 rows", packed)
+            rows = max(4, round(4 * packed["tokens_per_step"] / padded["tokens_per_step"]))
+            same = train(args.lapidary, data, tmp / f"run-{name}-wide", False, args.steps, args.max_len, rows)
+            show(name, f"padded, {rows} rows", same)
 
 
 if __name__ == "__main__":
