@@ -29,6 +29,7 @@ impl Device {
         // A failure to load them is reported with the first kernel that needs them.
         let _ = crate::jit_builtins::ensure_loaded();
         let d = cubecl::Device::cpu().map_err(|e| Error::Device(format!("cpu: {e}")))?;
+        crate::pacing::cpu_device_opened();
         Ok(Device { kind: DeviceKind::Cpu, client: d.client() })
     }
 
@@ -37,6 +38,7 @@ impl Device {
     pub fn cuda(index: usize) -> Result<Self> {
         crate::kernel_failure::install_hook();
         let d = cubecl::Device::cuda(index).map_err(|e| Error::Device(format!("cuda:{index}: {e}")))?;
+        crate::pacing::gpu_device_opened();
         Ok(Device { kind: DeviceKind::Cuda(index), client: d.client() })
     }
 

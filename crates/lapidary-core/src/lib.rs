@@ -22,6 +22,7 @@ pub mod fsio;
 pub mod jit_builtins;
 mod kernel_failure;
 pub mod launch;
+pub mod pacing;
 pub mod rng;
 mod tensor;
 
