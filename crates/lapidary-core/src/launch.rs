@@ -48,3 +48,16 @@ pub fn grid_tiles(device: &Device, tiles: usize) -> (CubeCount, CubeDim) {
         (CubeCount::Static(cubes, 1, 1), CubeDim::new_1d(units))
     }
 }
+
+/// Runs one kernel launch. When the runtime panics while launching (a paced CPU launch runs the
+/// kernel's compilation on the caller's behalf and raises the runtime's panic in the caller, see
+/// [`crate::pacing`]), the failure the panic hook recorded is left for the next read or sync to
+/// report as an error naming the kernel, and the launch returns. A panic that did not come from
+/// the runtime unwinds as usual.
+pub fn guarded(launch: impl FnOnce()) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(launch)) {
+        if crate::kernel_failure().is_none() {
+            std::panic::resume_unwind(payload);
+        }
+    }
+}

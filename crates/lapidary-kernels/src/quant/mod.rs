@@ -197,7 +197,7 @@ fn scales_kernel(codes: &[u32], scales: &[f32], offset: f32, out: &mut [f32]) {
 fn dequantize_scales(codes: &Tensor, scales: &Tensor, offset: f32, count: usize, dev: &Device) -> Result<Tensor> {
     let out = Tensor::uninit(dev, &[count], DType::F32)?;
     let (cubes, dim) = launch::grid_1d(dev, count);
-    unsafe {
+    lapidary_core::launch::guarded(|| unsafe {
         scales_kernel::launch_unchecked(
             dev.client(),
             cubes,
@@ -207,7 +207,7 @@ fn dequantize_scales(codes: &Tensor, scales: &Tensor, offset: f32, count: usize,
             offset,
             BufferArg::from_raw_parts(out.handle().clone(), count),
         )
-    };
+    });
     Ok(out)
 }
 

@@ -139,7 +139,7 @@ pub fn sum_sq(x: &Tensor) -> Result<Tensor> {
             BufferArg::from_raw_parts(partial.handle().clone(), units),
         )
     });
-    unsafe {
+    lapidary_core::launch::guarded(|| unsafe {
         sum_partials_kernel::launch_unchecked(
             dev.client(),
             CubeCount::Static(1, 1, 1),
@@ -147,7 +147,7 @@ pub fn sum_sq(x: &Tensor) -> Result<Tensor> {
             BufferArg::from_raw_parts(partial.handle().clone(), units),
             BufferArg::from_raw_parts(out.handle().clone(), 1),
         )
-    };
+    });
     Ok(out)
 }
 
