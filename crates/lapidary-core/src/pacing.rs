@@ -1,12 +1,13 @@
 //! Launch pacing on the CPU runtime: every kernel is run to completion before the next one is
 //! issued. CubeCL's CPU runtime hands each unit of a queued kernel to the least-loaded worker
-//! thread; with launches queued ahead, both units of a kernel often land behind the same worker
-//! and run one after the other while the other core waits on the kernel order. Issued one at a
-//! time they spread over the workers. Measured on 2 Zen 4 cores, the Gemma 3 270M LoRA step
-//! (512 tokens): 18-20 s queued, 13.2-13.9 s paced, the same losses. Done through CubeCL's
-//! process-wide launch observer asking for each launch's time (which waits for the kernel), as
-//! long as a CPU device exists and no GPU device was opened; `LAPIDARY_CPU_PACING=0` turns it
-//! off. Not a profiler (see the `lapidary` crate's `profile` for that).
+//! thread; with launches queued ahead, both units of a kernel can land behind the same worker and
+//! run one after the other while the other core waits on the kernel order (the likely cause).
+//! Issued one at a time they spread over the workers. Measured on 2 Zen 4 cores: the Gemma 3 270M
+//! LoRA step (512 tokens) 16.7-18.5 s queued, 14.7-15.6 s paced; the tiny VLM's training about
+//! 5x the tokens/s; the same losses. Done through CubeCL's process-wide launch observer asking
+//! for each launch's time (which waits for the kernel), as long as a CPU device exists and no GPU
+//! device was opened; `LAPIDARY_CPU_PACING=0` turns it off. Not a profiler (see the `lapidary`
+//! crate's `profile` for that).
 
 use cubecl::logging::{LaunchObservation, LaunchObserver, TimingRequest};
 use std::sync::{Arc, Mutex};
