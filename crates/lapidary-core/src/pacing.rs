@@ -10,6 +10,7 @@
 //! crate's `profile` for that).
 
 use cubecl::logging::{LaunchObservation, LaunchObserver, TimingRequest};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 struct Paced;
@@ -23,27 +24,21 @@ impl LaunchObserver for Paced {
 }
 
 static PACING: Mutex<Option<LaunchObservation>> = Mutex::new(None);
-static GPU_OPENED: Mutex<bool> = Mutex::new(false);
+static GPU_OPENED: AtomicBool = AtomicBool::new(false);
 
 /// Paces launches from now on, unless turned off or a GPU device is open.
 pub(crate) fn cpu_device_opened() {
     if std::env::var("LAPIDARY_CPU_PACING").is_ok_and(|v| v == "0") {
         return;
     }
-    let gpu = *GPU_OPENED.lock().unwrap_or_else(|p| p.into_inner());
     let mut slot = PACING.lock().unwrap_or_else(|p| p.into_inner());
-    if !gpu && slot.is_none() {
+    if !GPU_OPENED.load(Ordering::Relaxed) && slot.is_none() {
         *slot = Some(LaunchObservation::new(Arc::new(Paced)));
     }
 }
 
 /// A GPU's launches must stay queued: stop pacing for the rest of the process.
 pub(crate) fn gpu_device_opened() {
-    *GPU_OPENED.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    GPU_OPENED.store(true, Ordering::Relaxed);
     PACING.lock().unwrap_or_else(|p| p.into_inner()).take();
-}
-
-/// Whether launches are paced now.
-pub fn is_pacing() -> bool {
-    PACING.lock().unwrap_or_else(|p| p.into_inner()).is_some()
 }

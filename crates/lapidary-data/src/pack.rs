@@ -27,13 +27,6 @@ pub fn first_fit_decreasing(lengths: &[usize], max_len: usize) -> Vec<Vec<usize>
     bins
 }
 
-/// Fraction of a batch of `rows` rows, each padded to the longest, that is padding.
-pub fn padding_fraction(row_lengths: &[usize]) -> f64 {
-    let longest = row_lengths.iter().copied().max().unwrap_or(0);
-    let total = longest * row_lengths.len();
-    if total == 0 { 0.0 } else { 1.0 - row_lengths.iter().sum::<usize>() as f64 / total as f64 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,10 +55,8 @@ mod tests {
     }
 
     #[test]
-    fn packs_long_first_and_reports_padding() {
+    fn packs_long_first() {
         assert_eq!(first_fit_decreasing(&[3, 8, 5, 2, 7], 10), vec![vec![1, 3], vec![4, 0], vec![2]]);
         assert_eq!(first_fit_decreasing(&[12, 1], 10), vec![vec![0], vec![1]]);
-        assert!((padding_fraction(&[4, 2]) - 0.25).abs() < 1e-12);
-        assert_eq!(padding_fraction(&[]), 0.0);
     }
 }

@@ -253,7 +253,13 @@ fn flash_forward_kernel<F: Float, N: Size>(
     }
 }
 
-/// Dummy f32 buffer for masks that are absent (never read: their flags are off).
+/// A tensor as a kernel argument, all of it.
+pub(super) fn buf(t: &Tensor) -> BufferArg {
+    unsafe { BufferArg::from_raw_parts(t.handle().clone(), t.numel()) }
+}
+
+/// The mask's block, padding and segment buffers; `fallback` (any f32 tensor) stands in for an
+/// absent one, which the kernel never reads since its flag is off.
 pub(super) fn mask_buffers<'a>(mask: &'a AttentionMask, fallback: &'a Tensor) -> [&'a Tensor; 3] {
     [
         mask.blocks.as_ref().unwrap_or(fallback),
@@ -274,11 +280,11 @@ pub(super) fn flash_forward(
     let (b, h, t, d) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
     let (hkv, s) = (k.dim(1), k.dim(2));
     let dev = q.device();
-    let out = Tensor::uninit(dev, q.shape(), q.dtype())?;
-    let lse = Tensor::uninit(dev, &[b, h, t], DType::F32)?;
     if q.numel() == 0 || s == 0 {
         return Ok((Tensor::zeros(dev, q.shape(), q.dtype())?, Tensor::full(dev, &[b, h, t], -NONE, DType::F32)?));
     }
+    let out = Tensor::uninit(dev, q.shape(), q.dtype())?;
+    let lse = Tensor::uninit(dev, &[b, h, t], DType::F32)?;
     let vw = launch::vector_width(&[d]);
     let tiles = b * h * t.div_ceil(4);
     let (count, dim) = launch::grid_1d(dev, tiles);
@@ -286,14 +292,14 @@ pub(super) fn flash_forward(
     dispatch_float!(q.dtype(), F => unsafe {
         flash_forward_kernel::launch_unchecked::<F>(
             dev.client(), count, dim, vw,
-            BufferArg::from_raw_parts(q.handle().clone(), q.numel()),
-            BufferArg::from_raw_parts(k.handle().clone(), k.numel()),
-            BufferArg::from_raw_parts(v.handle().clone(), v.numel()),
-            BufferArg::from_raw_parts(out.handle().clone(), out.numel()),
-            BufferArg::from_raw_parts(lse.handle().clone(), lse.numel()),
-            BufferArg::from_raw_parts(blocks.handle().clone(), blocks.numel()),
-            BufferArg::from_raw_parts(keep.handle().clone(), keep.numel()),
-            BufferArg::from_raw_parts(segments.handle().clone(), segments.numel()),
+            buf(q),
+            buf(k),
+            buf(v),
+            buf(&out),
+            buf(&lse),
+            buf(blocks),
+            buf(keep),
+            buf(segments),
             b, h, h / hkv, t, s, mask.q_offset, mask.window.unwrap_or(0), scale,
             d / vw, MaskFlags::of(mask),
         )

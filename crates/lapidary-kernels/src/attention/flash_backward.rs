@@ -5,7 +5,7 @@
 //! with units owning four keys of one key/value head, summing over every query head that shares
 //! it (`dV += P·dO`, `dK += dS·Q`). Visible ranges come from `flash_mask.rs`. Not the forward.
 
-use super::flash::{load_row, mask_buffers, zero_row};
+use super::flash::{buf, load_row, mask_buffers, zero_row};
 use super::flash_mask::{MaskFlags, id_at, key_hi, key_lo, query_hi, query_lo, tile, visible};
 use super::{AttentionGrads, AttentionMask};
 use crate::norm::hsum;
@@ -360,10 +360,6 @@ fn flash_dkdv_kernel<F: Float, N: Size>(
         }
         w += stride;
     }
-}
-
-fn buf(t: &Tensor) -> BufferArg {
-    unsafe { BufferArg::from_raw_parts(t.handle().clone(), t.numel()) }
 }
 
 /// Fused backward: gradients of q, k, v from the forward's output and log-sum-exp.
