@@ -195,6 +195,45 @@ fn chunked_linear_cross_entropy_equals_the_unfused_ops() {
 }
 
 #[test]
+fn linear_cross_entropy_scales_its_gradient_by_the_upstream_one() {
+    // The gradient is computed in the forward pass for an upstream gradient of 1: a loss scaled
+    // afterwards (as a loss scale or an accumulation weight does) must scale it, and a frozen
+    // head must give h the same gradient as a trainable one.
+    let (n, hid, vocab) = (7, 5, 9);
+    let labels: Vec<i64> = (0..n).map(|i| if i == 2 { -100 } else { (i * 4 % vocab) as i64 }).collect();
+    let hv = random_values(n * hid, 51, 1.0);
+    let wv = random_values(vocab * hid, 52, 1.0);
+    let run = |fused: bool, w_trainable: Trainable, factor: f32| {
+        let tape = Tape::new();
+        let h = tape.param("h", t(&hv, &[n, hid]), Trainable::Yes);
+        let w = tape.param("w", t(&wv, &[vocab, hid]), w_trainable);
+        let loss = if fused {
+            ops::linear_cross_entropy(&h, &w, &labels, None, Some(2)).unwrap()
+        } else {
+            ops::cross_entropy(&ops::matmul(&h, &w, None, false, true).unwrap(), &labels, None).unwrap()
+        };
+        let (grads, _) = tape.backward(&ops::scale(&loss, factor).unwrap()).unwrap();
+        grads.by_name("h").unwrap().to_f32_vec().unwrap()
+    };
+    for factor in [1.0, -2.5, 1024.0] {
+        let want = run(false, Trainable::Yes, factor);
+        for w_trainable in [Trainable::Yes, Trainable::No] {
+            let got = run(true, w_trainable, factor);
+            lapidary_testkit::assert_close(&format!("dh x{factor}"), &got, &want, lapidary_testkit::Tol::F32);
+        }
+    }
+    // Without recording, the same loss and nothing kept for a backward pass.
+    let tape = Tape::new();
+    let h = tape.param("h", t(&hv, &[n, hid]), Trainable::Yes);
+    let w = tape.param("w", t(&wv, &[vocab, hid]), Trainable::No);
+    let recorded = ops::linear_cross_entropy(&h, &w, &labels, None, None).unwrap().value().to_f32_vec().unwrap();
+    let _guard = tape.no_grad();
+    let plain = ops::linear_cross_entropy(&h, &w, &labels, None, None).unwrap();
+    assert!(!plain.requires_grad());
+    assert_eq!(plain.value().to_f32_vec().unwrap(), recorded);
+}
+
+#[test]
 fn linear_cross_entropy_errors_name_what_is_wrong() {
     let tape = Tape::new();
     let h = tape.param("h", t(&random_values(6, 1, 1.0), &[2, 3]), Trainable::Yes);

@@ -32,8 +32,9 @@ const CHUNK_VALUES: usize = 1 << 26;
 
 /// `cross_entropy(h · wᵀ, labels, normalizer)` for `h: [N, H]`, `w: [V, H]` (a tied output head),
 /// without the `[N, V]` logits: only rows whose label is not -100 are projected, `chunk_rows` at
-/// a time (default: chunks of at most 2^26 logits), and backward projects each chunk again
-/// instead of keeping it. Same loss and gradients as the unfused ops, up to summation order.
+/// a time (default: chunks of at most 2^26 logits), each once: when a gradient is wanted it is
+/// computed in the forward pass from each chunk's logits, and backward only scales it. Same loss
+/// and gradients as the unfused ops, up to summation order.
 pub fn linear_cross_entropy(
     h: &Var,
     w: &Var,
@@ -73,49 +74,51 @@ pub fn linear_cross_entropy(
     let chunks: Vec<Vec<u32>> = rows.chunks(step).map(<[u32]>::to_vec).collect();
     let chunk_labels = |ids: &[u32]| -> Vec<i64> { ids.iter().map(|&i| labels[i as usize]).collect() };
     let dev = hv.device().clone();
+    // The loss is a scalar and its gradient is linear in the upstream gradient g, so the
+    // gradients of `loss / g` are computed here, chunk by chunk, while each chunk's logits exist:
+    // backward only scales them. Each chunk is projected once (not again in backward).
+    let (need_h, need_w) =
+        if h.tape().is_recording() { (h.requires_grad(), w.requires_grad()) } else { (false, false) };
     let mut loss_sum = Tensor::zeros(&dev, &[1], lapidary_core::DType::F32)?;
-    let mut saved = Vec::with_capacity(chunks.len());
+    let mut dh = if need_h { Some(Tensor::zeros(&dev, hv.shape(), hv.dtype())?) } else { None };
+    let mut dw: Option<Tensor> = None;
     for ids in &chunks {
-        let logits = chunk_logits(&gather::gather_rows(&hv, ids)?, &wv)?;
-        let ce = ls::cross_entropy(&logits, &chunk_labels(ids))?;
+        let hc = gather::gather_rows(&hv, ids)?;
+        let logits = mm::matmul(&hc, &wv, None, false, true)?;
+        if !(need_h || need_w) {
+            loss_sum = ew::add(&loss_sum, &ls::cross_entropy(&logits, &chunk_labels(ids))?.loss_sum)?;
+            continue;
+        }
+        let (ce, dlogits) = ls::cross_entropy_with_grad(&logits, &chunk_labels(ids), 1.0 / norm)?;
         loss_sum = ew::add(&loss_sum, &ce.loss_sum)?;
-        saved.push(ce);
+        drop(logits);
+        if let Some(acc) = &dh {
+            let dhc = mm::matmul(&dlogits, &wv, None, false, false)?;
+            dh = Some(gather::scatter_rows(acc, &dhc, ids)?);
+        }
+        if need_w {
+            let dwc = mm::matmul(&dlogits, &hc, None, true, false)?;
+            dw = Some(match dw.take() {
+                None => dwc,
+                Some(acc) => ew::add(&acc, &dwc)?,
+            });
+        }
+    }
+    if need_w && dw.is_none() {
+        dw = Some(Tensor::zeros(&dev, wv.shape(), wv.dtype())?);
     }
     let loss = ew::scale(&loss_sum, 1.0 / norm)?;
     let backward: BackwardFn = Box::new(move |outs, needs| {
-        let g = upstream(outs).to_f32_vec()?[0] / norm;
-        let mut dh = if needs[0] { Some(Tensor::zeros(&dev, hv.shape(), hv.dtype())?) } else { None };
-        let mut dw: Option<Tensor> = None;
-        if chunks.is_empty() || !(needs[0] || needs[1]) {
-            let dw = if needs[1] { Some(Tensor::zeros(&dev, wv.shape(), wv.dtype())?) } else { None };
-            return Ok(vec![dh, dw]);
-        }
-        for (ids, ce) in chunks.iter().zip(&saved) {
-            let hc = gather::gather_rows(&hv, ids)?;
-            let logits = chunk_logits(&hc, &wv)?;
-            let dlogits = ls::cross_entropy_backward(&logits, ce, g)?;
-            drop(logits);
-            if let Some(acc) = &dh {
-                let dhc = mm::matmul(&dlogits, &wv, None, false, false)?;
-                dh = Some(gather::scatter_rows(acc, &dhc, ids)?);
+        let g = upstream(outs).to_f32_vec()?[0];
+        let scaled = |t: &Option<Tensor>, need: bool| -> Result<Option<Tensor>> {
+            match t {
+                Some(t) if need => Ok(Some(if g == 1.0 { t.clone() } else { ew::scale(t, g)? })),
+                _ => Ok(None),
             }
-            if needs[1] {
-                let dwc = mm::matmul(&dlogits, &hc, None, true, false)?;
-                dw = Some(match dw.take() {
-                    None => dwc,
-                    Some(acc) => ew::add(&acc, &dwc)?,
-                });
-            }
-        }
-        Ok(vec![dh, dw])
+        };
+        Ok(vec![scaled(&dh, needs[0])?, scaled(&dw, needs[1])?])
     });
     h.tape().record1(&[h, w], loss, backward)
-}
-
-/// `hc · wᵀ` as `(w · hcᵀ)ᵀ`: the transposes are of `hc` (`[C, H]`) and of the `[V, C]` product,
-/// chunk-sized, never of `w` (`[V, H]`, the whole embedding).
-fn chunk_logits(hc: &Tensor, w: &Tensor) -> Result<Tensor> {
-    mm::transpose(&mm::matmul(w, hc, None, false, true)?)
 }
 
 /// Sum of every element, as a `[1]` value.

@@ -18,71 +18,116 @@
 
 pub mod reference;
 
+use crate::norm::hsum;
 use cubecl::prelude::*;
 use lapidary_core::{DType, Error, Result, Tensor, launch};
 
 /// Labels with this value are not counted.
 pub const IGNORE_INDEX: i64 = -100;
 
+/// Log-sum-exp of one row of `vocab_vec` vectors, in f32 (exponentials on whole vectors).
+#[cube]
+fn row_log_sum_exp<F: Float, N: Size>(logits: &[Vector<F, N>], base: usize, vocab_vec: usize) -> f32 {
+    let mut mv = Vector::<f32, N>::new(-3.0e38f32);
+    for j in 0..vocab_vec {
+        mv = max(mv, Vector::<f32, N>::cast_from(logits[base + j]));
+    }
+    let mut mx = f32::new(-3.0e38);
+    #[unroll]
+    for l in 0..N::value() {
+        mx = max(mx, mv.extract(l));
+    }
+    let shift = Vector::<f32, N>::new(mx);
+    let mut sv = Vector::<f32, N>::new(0.0f32);
+    for j in 0..vocab_vec {
+        sv += (Vector::<f32, N>::cast_from(logits[base + j]) - shift).exp();
+    }
+    mx + f32::ln(hsum(sv))
+}
+
+/// Writes `(softmax - onehot(label)) * scale` for one row whose log-sum-exp is `lse`, or zeros
+/// when the row's label is ignored (negative).
+#[cube]
+fn write_row_grad<F: Float, N: Size>(
+    logits: &[Vector<F, N>],
+    dlogits: &mut [Vector<F, N>],
+    base: usize,
+    vocab_vec: usize,
+    label: f32,
+    lse: f32,
+    scale: f32,
+) {
+    if label >= 0.0 {
+        let shift = Vector::<f32, N>::new(lse);
+        let sc = Vector::<f32, N>::new(scale);
+        for j in 0..vocab_vec {
+            dlogits[base + j] = Vector::cast_from((Vector::<f32, N>::cast_from(logits[base + j]) - shift).exp() * sc);
+        }
+        let li = u32::cast_from(label) as usize;
+        let at = base + li / N::value();
+        let mut g = (Vector::<f32, N>::cast_from(logits[at]) - shift).exp() * sc;
+        let lane = li % N::value();
+        let hit = g.extract_dynamic(lane) - scale;
+        g.insert_dynamic(lane, hit);
+        dlogits[at] = Vector::cast_from(g);
+    } else {
+        let zero = Vector::<F, N>::new(F::new(0.0));
+        for j in 0..vocab_vec {
+            dlogits[base + j] = zero;
+        }
+    }
+}
+
+/// One unit per row: log-sum-exp and loss (`lse - logit[label]`, 0 for an ignored row), and with
+/// `with_grad` the row's gradient too, while the row is in cache.
 #[cube(launch_unchecked)]
-fn ce_forward_kernel<F: Float>(
-    logits: &[F],
+fn ce_forward_kernel<F: Float, N: Size>(
+    logits: &[Vector<F, N>],
     labels: &[f32],
     loss: &mut [f32],
     lse: &mut [f32],
+    dlogits: &mut [Vector<F, N>],
     rows: usize,
-    vocab: usize,
+    vocab_vec: usize,
+    scale: f32,
+    #[comptime] with_grad: bool,
 ) {
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let mut r = ABSOLUTE_POS;
     while r < rows {
-        let base = r * vocab;
-        let mut mx = f32::new(-3.0e38);
-        for j in 0..vocab {
-            mx = max(mx, f32::cast_from(logits[base + j]));
-        }
-        let mut s = 0.0f32;
-        for j in 0..vocab {
-            s += f32::exp(f32::cast_from(logits[base + j]) - mx);
-        }
-        let l = mx + f32::ln(s);
+        let base = r * vocab_vec;
+        let l = row_log_sum_exp(logits, base, vocab_vec);
         lse[r] = l;
         let label = labels[r];
         let mut v = 0.0f32;
         if label >= 0.0 {
-            v = l - f32::cast_from(logits[base + u32::cast_from(label) as usize]);
+            let li = u32::cast_from(label) as usize;
+            v = l - f32::cast_from(logits[base + li / N::value()].extract_dynamic(li % N::value()));
         }
         loss[r] = v;
+        if with_grad {
+            write_row_grad(logits, dlogits, base, vocab_vec, label, l, scale);
+        }
         r += stride;
     }
 }
 
+/// One unit per row: the gradient from a saved log-sum-exp.
 #[cube(launch_unchecked)]
-fn ce_backward_kernel<F: Float>(
-    logits: &[F],
+fn ce_backward_kernel<F: Float, N: Size>(
+    logits: &[Vector<F, N>],
     labels: &[f32],
     lse: &[f32],
-    dlogits: &mut [F],
-    vocab: usize,
+    dlogits: &mut [Vector<F, N>],
+    rows: usize,
+    vocab_vec: usize,
     scale: f32,
 ) {
     let stride = CUBE_DIM as usize * CUBE_COUNT;
-    let mut i = ABSOLUTE_POS;
-    while i < logits.len() {
-        let r = i / vocab;
-        let j = i % vocab;
-        let label = labels[r];
-        let mut g = 0.0f32;
-        if label >= 0.0 {
-            let p = f32::exp(f32::cast_from(logits[i]) - lse[r]);
-            let mut hit = 0.0f32;
-            if u32::cast_from(label) as usize == j {
-                hit = 1.0;
-            }
-            g = (p - hit) * scale;
-        }
-        dlogits[i] = F::cast_from(g);
-        i += stride;
+    let mut r = ABSOLUTE_POS;
+    while r < rows {
+        write_row_grad(logits, dlogits, r * vocab_vec, vocab_vec, labels[r], lse[r], scale);
+        r += stride;
     }
 }
 
@@ -103,6 +148,17 @@ pub struct CrossEntropy {
 
 /// Cross-entropy of `logits: [N, V]` against `labels` (N values in `0..V` or -100).
 pub fn cross_entropy(logits: &Tensor, labels: &[i64]) -> Result<CrossEntropy> {
+    Ok(launch_forward(logits, labels, None)?.0)
+}
+
+/// [`cross_entropy`] and [`cross_entropy_backward`] with `scale` in one pass over each row (what
+/// a fused output head wants: the logits are read while in cache and need not be kept).
+pub fn cross_entropy_with_grad(logits: &Tensor, labels: &[i64], scale: f32) -> Result<(CrossEntropy, Tensor)> {
+    let (ce, d) = launch_forward(logits, labels, Some(scale))?;
+    Ok((ce, d.expect("a gradient was asked for")))
+}
+
+fn launch_forward(logits: &Tensor, labels: &[i64], grad_scale: Option<f32>) -> Result<(CrossEntropy, Option<Tensor>)> {
     if logits.rank() != 2 {
         return Err(Error::shape("cross_entropy: logits", "[N, V]", logits.shape()));
     }
@@ -123,19 +179,30 @@ pub fn cross_entropy(logits: &Tensor, labels: &[i64]) -> Result<CrossEntropy> {
     let labels_t = Tensor::from_f32(dev, &lab, &[rows], DType::F32)?;
     let per_token = Tensor::uninit(dev, &[rows], DType::F32)?;
     let lse = Tensor::uninit(dev, &[rows], DType::F32)?;
-    let (count_c, dim) = launch::grid_1d(dev, rows);
-    dispatch_float!(logits.dtype(), F => unsafe {
-        ce_forward_kernel::launch_unchecked::<F>(
-            dev.client(), count_c, dim,
-            BufferArg::from_raw_parts(logits.handle().clone(), logits.numel()),
-            BufferArg::from_raw_parts(labels_t.handle().clone(), rows),
-            BufferArg::from_raw_parts(per_token.handle().clone(), rows),
-            BufferArg::from_raw_parts(lse.handle().clone(), rows),
-            rows, vocab,
-        )
-    });
+    let grad = match grad_scale {
+        Some(_) => Some(Tensor::uninit(dev, logits.shape(), logits.dtype())?),
+        None => None,
+    };
+    if rows > 0 && vocab > 0 {
+        let w = launch::vector_width_up_to(&[vocab], 16);
+        let (count_c, dim) = launch::grid_1d(dev, rows);
+        // Without a gradient the logits stand in for the unwritten output binding.
+        let d_handle = grad.as_ref().unwrap_or(logits).handle().clone();
+        dispatch_float!(logits.dtype(), F => unsafe {
+            ce_forward_kernel::launch_unchecked::<F>(
+                dev.client(), count_c, dim, w,
+                BufferArg::from_raw_parts(logits.handle().clone(), logits.numel()),
+                BufferArg::from_raw_parts(labels_t.handle().clone(), rows),
+                BufferArg::from_raw_parts(per_token.handle().clone(), rows),
+                BufferArg::from_raw_parts(lse.handle().clone(), rows),
+                BufferArg::from_raw_parts(d_handle, logits.numel()),
+                rows, vocab / w, grad_scale.unwrap_or(0.0),
+                grad_scale.is_some(),
+            )
+        });
+    }
     let loss_sum = crate::reduce::sum_last(&per_token)?;
-    Ok(CrossEntropy { loss_sum, per_token, count, lse, labels: labels_t })
+    Ok((CrossEntropy { loss_sum, per_token, count, lse, labels: labels_t }, grad))
 }
 
 /// Gradient of `scale * loss_sum` with respect to the logits: `(softmax - onehot) * scale` on
@@ -143,17 +210,21 @@ pub fn cross_entropy(logits: &Tensor, labels: &[i64]) -> Result<CrossEntropy> {
 /// gradient accumulation, `1 / total count`.
 pub fn cross_entropy_backward(logits: &Tensor, ce: &CrossEntropy, scale: f32) -> Result<Tensor> {
     let dev = logits.device();
-    let vocab = logits.dim(-1);
+    let (rows, vocab) = (logits.dim(0), logits.dim(1));
     let d = Tensor::uninit(dev, logits.shape(), logits.dtype())?;
-    let (count, dim) = launch::grid_1d(dev, logits.numel());
+    if rows == 0 || vocab == 0 {
+        return Ok(d);
+    }
+    let w = launch::vector_width_up_to(&[vocab], 16);
+    let (count, dim) = launch::grid_1d(dev, rows);
     dispatch_float!(logits.dtype(), F => unsafe {
         ce_backward_kernel::launch_unchecked::<F>(
-            dev.client(), count, dim,
+            dev.client(), count, dim, w,
             BufferArg::from_raw_parts(logits.handle().clone(), logits.numel()),
             BufferArg::from_raw_parts(ce.labels.handle().clone(), ce.labels.numel()),
             BufferArg::from_raw_parts(ce.lse.handle().clone(), ce.lse.numel()),
             BufferArg::from_raw_parts(d.handle().clone(), logits.numel()),
-            vocab, scale,
+            rows, vocab / w, scale,
         )
     });
     Ok(d)
@@ -168,9 +239,9 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
+        #![proptest_config(crate::test_util::cases(24))]
         #[test]
-        fn cross_entropy_matches_reference(rows in 1usize..20, vocab in 2usize..90, dt in dtype_strategy(), seed in any::<u64>()) {
+        fn cross_entropy_matches_reference(rows in 1usize..20, vocab in prop_oneof![2usize..90, (1usize..12).prop_map(|v| v * 16)], dt in dtype_strategy(), seed in any::<u64>()) {
             let dev = device();
             let logits = random_tensor(&dev, &[rows, vocab], dt, seed, 4.0);
             let lh = logits.to_f32_vec().unwrap();
@@ -184,6 +255,11 @@ mod tests {
             let g = super::cross_entropy_backward(&logits, &ce, scale).unwrap();
             let want: Vec<f32> = want_grad.iter().map(|v| v * scale).collect();
             assert_close("ce dlogits", &g.to_f32_vec().unwrap(), &want, Tol { abs: dt.tol().abs * 0.1, rel: dt.tol().rel });
+            // The fused pass: the same loss and gradient.
+            let (ce2, g2) = super::cross_entropy_with_grad(&logits, &labels, scale).unwrap();
+            prop_assert_eq!(ce2.count, want_count);
+            assert_close("fused ce loss sum", &ce2.loss_sum.to_f32_vec().unwrap(), &[want_sum], Tol { abs: 1e-4 * rows as f64, rel: 1e-5 });
+            assert_close("fused ce dlogits", &g2.to_f32_vec().unwrap(), &want, Tol { abs: dt.tol().abs * 0.1, rel: dt.tol().rel });
         }
     }
 
