@@ -17,6 +17,9 @@ const CPUS: [(&str, &str); 2] = [
     ("Nehalem", "x86-64-v2: SSE4.2; no AVX, no F16C (f16 conversions are calls too)"),
 ];
 
+/// Random cases per kernel property test under emulation (each costs ~100x its native time).
+const PROPTEST_CASES: &str = "6";
+
 /// Integration tests run under emulation (a filter of test names): the bf16 model paths.
 const INTEGRATION_FILTER: &str = "bf16";
 
@@ -93,6 +96,9 @@ fn run_emulated(
     if let Some(f) = filter {
         cmd.arg(f);
     }
+    // What differs between CPUs is how each kernel is compiled, which a few random cases of
+    // every test exercise; the native run keeps each test's full count.
+    cmd.env("LAPIDARY_PROPTEST_CASES", PROPTEST_CASES);
     cmd.envs(env.iter().copied()).env("LAPIDARY_DEVICE", "cpu").current_dir(crate::workspace_root());
     let out = cmd.output().map_err(|e| format!("running {}: {e}", qemu.display()))?;
     let secs = start.elapsed().as_secs_f64();

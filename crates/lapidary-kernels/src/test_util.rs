@@ -28,3 +28,11 @@ pub fn shape_strategy(max_rank: usize, max_dim: usize) -> impl Strategy<Value = 
 pub fn dtype_strategy() -> impl Strategy<Value = DType> {
     prop_oneof![Just(DType::F32), Just(DType::BF16), Just(DType::F16)]
 }
+
+/// A proptest config of `n` cases, or fewer when `LAPIDARY_PROPTEST_CASES` sets a smaller number
+/// (`cargo xtask cpu-check` does under emulation, where each case costs a hundred times more;
+/// every test still runs, on fewer random inputs).
+pub fn cases(n: u32) -> ProptestConfig {
+    let cap = std::env::var("LAPIDARY_PROPTEST_CASES").ok().and_then(|v| v.parse::<u32>().ok());
+    ProptestConfig::with_cases(cap.map_or(n, |c| n.min(c.max(1))))
+}

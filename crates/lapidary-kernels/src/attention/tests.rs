@@ -109,7 +109,7 @@ fn check_case(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(crate::test_util::cases(24))]
     #[test]
     fn attention_matches_reference(
         b in 1usize..3, hkv in 1usize..3, groups in 1usize..3, t in 1usize..12, d in 1usize..10,

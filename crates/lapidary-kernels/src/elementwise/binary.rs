@@ -201,7 +201,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
+        #![proptest_config(crate::test_util::cases(24))]
         #[test]
         fn binary_ops_match_reference(shape in shape_strategy(3, 29), suffix in 0usize..3, seed in any::<u64>(), dt in dtype_strategy(), s in -3.0f32..3.0) {
             let dev = device();

@@ -90,7 +90,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
+        #![proptest_config(crate::test_util::cases(24))]
         #[test]
         fn forward_and_backward_match_reference(shape in shape_strategy(3, 67), seed in any::<u64>(), dt in dtype_strategy()) {
             let dev = device();

@@ -9,7 +9,7 @@ use lapidary_testkit::Tol;
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(crate::test_util::cases(24))]
     #[test]
     fn gather_and_scatter_add_match_reference(v in 1usize..30, c in 1usize..20, n in 1usize..40, dt in dtype_strategy(), seed in any::<u64>()) {
         let dev = device();

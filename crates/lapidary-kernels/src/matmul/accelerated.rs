@@ -254,7 +254,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(6))]
+        #![proptest_config(crate::test_util::cases(6))]
         #[test]
         fn random_shapes_match_reference(
             batch in 1usize..3, m in 1usize..70, k in 1usize..70, n in 1usize..70,

@@ -456,7 +456,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(40))]
+        #![proptest_config(crate::test_util::cases(40))]
         #[test]
         fn matmul_forward_backward_match_reference(
             batch in 1usize..3, m in 1usize..23, k in 1usize..37, n in 1usize..41,

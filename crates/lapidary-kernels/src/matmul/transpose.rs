@@ -71,7 +71,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(16))]
+        #![proptest_config(crate::test_util::cases(16))]
         #[test]
         fn transpose_matches_reference(b in 1usize..4, r in 1usize..40, c in 1usize..40, seed in any::<u64>(), dt in dtype_strategy()) {
             let dev = device();

@@ -310,7 +310,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
+        #![proptest_config(crate::test_util::cases(24))]
         #[test]
         fn norms_match_reference(rows in 1usize..20, c in 1usize..70, seed in any::<u64>(), dt in dtype_strategy(), ln in any::<bool>()) {
             let dev = device();

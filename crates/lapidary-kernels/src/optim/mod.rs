@@ -105,7 +105,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(16))]
+        #![proptest_config(crate::test_util::cases(16))]
         #[test]
         fn three_steps_match_reference(n in 1usize..200, dt in dtype_strategy(), seed in any::<u64>(), wd in 0.0f32..0.1) {
             let dev = device();

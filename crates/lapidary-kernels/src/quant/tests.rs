@@ -8,7 +8,7 @@ use crate::test_util::*;
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(crate::test_util::cases(24))]
     #[test]
     fn nf4_dequantizes_like_the_reference(rows in 1usize..40, cols in 1usize..150, seed in any::<u64>()) {
         let dev = device();

@@ -160,7 +160,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(20))]
+        #![proptest_config(crate::test_util::cases(20))]
         #[test]
         fn reductions_match_reference(r in 1usize..70, c in 1usize..70, seed in any::<u64>(), dt in dtype_strategy()) {
             let dev = device();

@@ -132,7 +132,7 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
+        #![proptest_config(crate::test_util::cases(24))]
         #[test]
         fn rope_matches_reference(b in 1usize..3, h in 1usize..4, t in 1usize..9, half in 1usize..9, per_batch in any::<bool>(), dt in dtype_strategy(), seed in any::<u64>(), base in prop_oneof![Just(10_000.0f64), Just(1e6)], factor in prop_oneof![Just(1.0f64), Just(8.0)]) {
             let dev = device();
