@@ -12,6 +12,8 @@ use lapidary_core::{Error, Result, Tensor, launch};
 /// Super-block of tiles (in 8-row x 2-vector tiles): 64 rows x 16 vectors of C.
 const SB_M: usize = 8;
 const SB_N: usize = 8;
+/// Shortest K read in place by the `A · Bᵀ` kernel.
+const NT_MIN_K: usize = 64;
 
 // Kernel code: `div_ceil` is not in the cube language.
 #[allow(clippy::manual_div_ceil)]
@@ -29,6 +31,7 @@ fn matmul_kernel<F: Float, N: Size>(
     a_col_stride: usize,
     a_batch_stride: usize,
     b_batch_stride: usize,
+    k_block: usize,
     #[comptime] has_bias: bool,
 ) {
     let tiles_m = (m + 7) / 8;
@@ -40,153 +43,184 @@ fn matmul_kernel<F: Float, N: Size>(
     let per_sb = SB_M * SB_N;
     let total = batches * sb_rows * sb_cols * per_sb;
     let stride = CUBE_DIM as usize * CUBE_COUNT;
-    let mut t = ABSOLUTE_POS;
-    while t < total {
-        let local = t % per_sb;
-        let sb = t / per_sb;
-        let tm = (sb % sb_rows) * SB_M + local % SB_M;
-        let tn = ((sb / sb_rows) % sb_cols) * SB_N + local / SB_M;
-        let bi = sb / (sb_rows * sb_cols);
-        if tm < tiles_m && tn < tiles_n {
-            let r0 = tm * 8;
-            // Rows and the second vector past the edge are clamped for loads, skipped for stores.
-            let r1 = min(r0 + 1, m - 1);
-            let r2 = min(r0 + 2, m - 1);
-            let r3 = min(r0 + 3, m - 1);
-            let r4 = min(r0 + 4, m - 1);
-            let r5 = min(r0 + 5, m - 1);
-            let r6 = min(r0 + 6, m - 1);
-            let r7 = min(r0 + 7, m - 1);
-            let j0 = tn * 2;
-            let j1 = min(j0 + 1, n_vec - 1);
-            let a_base = bi * a_batch_stride;
-            let a0 = a_base + r0 * a_row_stride;
-            let a1 = a_base + r1 * a_row_stride;
-            let a2 = a_base + r2 * a_row_stride;
-            let a3 = a_base + r3 * a_row_stride;
-            let a4 = a_base + r4 * a_row_stride;
-            let a5 = a_base + r5 * a_row_stride;
-            let a6 = a_base + r6 * a_row_stride;
-            let a7 = a_base + r7 * a_row_stride;
-            let b_base = bi * b_batch_stride;
+    // K is walked in blocks of `k_block` (all of it at once unless K is long): every tile takes
+    // one block, then the next, so a block of A and B stays in cache while all tiles use it. A
+    // tile's partial sums wait in C between blocks (f32 C only: the caller passes k_block = k
+    // otherwise, so a 16-bit C is never rounded midway).
+    let mut k0 = 0;
+    while k0 < k {
+        let k1 = min(k0 + k_block, k);
+        let first = k0 == 0;
+        let last = k1 == k;
+        let mut t = ABSOLUTE_POS;
+        while t < total {
+            let local = t % per_sb;
+            let sb = t / per_sb;
+            let tm = (sb % sb_rows) * SB_M + local % SB_M;
+            let tn = ((sb / sb_rows) % sb_cols) * SB_N + local / SB_M;
+            let bi = sb / (sb_rows * sb_cols);
+            if tm < tiles_m && tn < tiles_n {
+                let r0 = tm * 8;
+                // Rows and the second vector past the edge are clamped for loads, skipped for stores.
+                let r1 = min(r0 + 1, m - 1);
+                let r2 = min(r0 + 2, m - 1);
+                let r3 = min(r0 + 3, m - 1);
+                let r4 = min(r0 + 4, m - 1);
+                let r5 = min(r0 + 5, m - 1);
+                let r6 = min(r0 + 6, m - 1);
+                let r7 = min(r0 + 7, m - 1);
+                let j0 = tn * 2;
+                let j1 = min(j0 + 1, n_vec - 1);
+                let a_base = bi * a_batch_stride;
+                let a0 = a_base + r0 * a_row_stride;
+                let a1 = a_base + r1 * a_row_stride;
+                let a2 = a_base + r2 * a_row_stride;
+                let a3 = a_base + r3 * a_row_stride;
+                let a4 = a_base + r4 * a_row_stride;
+                let a5 = a_base + r5 * a_row_stride;
+                let a6 = a_base + r6 * a_row_stride;
+                let a7 = a_base + r7 * a_row_stride;
+                let b_base = bi * b_batch_stride;
 
-            let zero = Vector::<f32, N>::new(0.0f32);
-            let mut c00 = zero;
-            let mut c01 = zero;
-            let mut c10 = zero;
-            let mut c11 = zero;
-            let mut c20 = zero;
-            let mut c21 = zero;
-            let mut c30 = zero;
-            let mut c31 = zero;
-            let mut c40 = zero;
-            let mut c41 = zero;
-            let mut c50 = zero;
-            let mut c51 = zero;
-            let mut c60 = zero;
-            let mut c61 = zero;
-            let mut c70 = zero;
-            let mut c71 = zero;
-            for p in 0..k {
-                let brow = b_base + p * n_vec;
-                let b0 = Vector::<f32, N>::cast_from(b[brow + j0]);
-                let b1 = Vector::<f32, N>::cast_from(b[brow + j1]);
-                let ap = p * a_col_stride;
-                let v0 = Vector::<f32, N>::new(f32::cast_from(a[a0 + ap]));
-                let v1 = Vector::<f32, N>::new(f32::cast_from(a[a1 + ap]));
-                let v2 = Vector::<f32, N>::new(f32::cast_from(a[a2 + ap]));
-                let v3 = Vector::<f32, N>::new(f32::cast_from(a[a3 + ap]));
-                let v4 = Vector::<f32, N>::new(f32::cast_from(a[a4 + ap]));
-                let v5 = Vector::<f32, N>::new(f32::cast_from(a[a5 + ap]));
-                let v6 = Vector::<f32, N>::new(f32::cast_from(a[a6 + ap]));
-                let v7 = Vector::<f32, N>::new(f32::cast_from(a[a7 + ap]));
-                c00 = fma(v0, b0, c00);
-                c01 = fma(v0, b1, c01);
-                c10 = fma(v1, b0, c10);
-                c11 = fma(v1, b1, c11);
-                c20 = fma(v2, b0, c20);
-                c21 = fma(v2, b1, c21);
-                c30 = fma(v3, b0, c30);
-                c31 = fma(v3, b1, c31);
-                c40 = fma(v4, b0, c40);
-                c41 = fma(v4, b1, c41);
-                c50 = fma(v5, b0, c50);
-                c51 = fma(v5, b1, c51);
-                c60 = fma(v6, b0, c60);
-                c61 = fma(v6, b1, c61);
-                c70 = fma(v7, b0, c70);
-                c71 = fma(v7, b1, c71);
-            }
-            if has_bias {
-                let bias0 = Vector::<f32, N>::cast_from(bias[j0]);
-                let bias1 = Vector::<f32, N>::cast_from(bias[j1]);
-                c00 += bias0;
-                c01 += bias1;
-                c10 += bias0;
-                c11 += bias1;
-                c20 += bias0;
-                c21 += bias1;
-                c30 += bias0;
-                c31 += bias1;
-                c40 += bias0;
-                c41 += bias1;
-                c50 += bias0;
-                c51 += bias1;
-                c60 += bias0;
-                c61 += bias1;
-                c70 += bias0;
-                c71 += bias1;
-            }
-            let second = j0 + 1 < n_vec;
-            let out0 = (bi * m + r0) * n_vec + j0;
-            c[out0] = Vector::cast_from(c00);
-            if second {
-                c[out0 + 1] = Vector::cast_from(c01);
-            }
-            if r0 + 1 < m {
-                c[out0 + n_vec] = Vector::cast_from(c10);
+                let zero = Vector::<f32, N>::new(0.0f32);
+                let mut c00 = zero;
+                let mut c01 = zero;
+                let mut c10 = zero;
+                let mut c11 = zero;
+                let mut c20 = zero;
+                let mut c21 = zero;
+                let mut c30 = zero;
+                let mut c31 = zero;
+                let mut c40 = zero;
+                let mut c41 = zero;
+                let mut c50 = zero;
+                let mut c51 = zero;
+                let mut c60 = zero;
+                let mut c61 = zero;
+                let mut c70 = zero;
+                let mut c71 = zero;
+                if !first {
+                    // The partial sums of the blocks before, at clamped positions (never stored).
+                    let c_base = bi * m * n_vec;
+                    c00 = Vector::cast_from(c[c_base + r0 * n_vec + j0]);
+                    c01 = Vector::cast_from(c[c_base + r0 * n_vec + j1]);
+                    c10 = Vector::cast_from(c[c_base + r1 * n_vec + j0]);
+                    c11 = Vector::cast_from(c[c_base + r1 * n_vec + j1]);
+                    c20 = Vector::cast_from(c[c_base + r2 * n_vec + j0]);
+                    c21 = Vector::cast_from(c[c_base + r2 * n_vec + j1]);
+                    c30 = Vector::cast_from(c[c_base + r3 * n_vec + j0]);
+                    c31 = Vector::cast_from(c[c_base + r3 * n_vec + j1]);
+                    c40 = Vector::cast_from(c[c_base + r4 * n_vec + j0]);
+                    c41 = Vector::cast_from(c[c_base + r4 * n_vec + j1]);
+                    c50 = Vector::cast_from(c[c_base + r5 * n_vec + j0]);
+                    c51 = Vector::cast_from(c[c_base + r5 * n_vec + j1]);
+                    c60 = Vector::cast_from(c[c_base + r6 * n_vec + j0]);
+                    c61 = Vector::cast_from(c[c_base + r6 * n_vec + j1]);
+                    c70 = Vector::cast_from(c[c_base + r7 * n_vec + j0]);
+                    c71 = Vector::cast_from(c[c_base + r7 * n_vec + j1]);
+                }
+                for p in k0..k1 {
+                    let brow = b_base + p * n_vec;
+                    let b0 = Vector::<f32, N>::cast_from(b[brow + j0]);
+                    let b1 = Vector::<f32, N>::cast_from(b[brow + j1]);
+                    let ap = p * a_col_stride;
+                    let v0 = Vector::<f32, N>::new(f32::cast_from(a[a0 + ap]));
+                    let v1 = Vector::<f32, N>::new(f32::cast_from(a[a1 + ap]));
+                    let v2 = Vector::<f32, N>::new(f32::cast_from(a[a2 + ap]));
+                    let v3 = Vector::<f32, N>::new(f32::cast_from(a[a3 + ap]));
+                    let v4 = Vector::<f32, N>::new(f32::cast_from(a[a4 + ap]));
+                    let v5 = Vector::<f32, N>::new(f32::cast_from(a[a5 + ap]));
+                    let v6 = Vector::<f32, N>::new(f32::cast_from(a[a6 + ap]));
+                    let v7 = Vector::<f32, N>::new(f32::cast_from(a[a7 + ap]));
+                    c00 = fma(v0, b0, c00);
+                    c01 = fma(v0, b1, c01);
+                    c10 = fma(v1, b0, c10);
+                    c11 = fma(v1, b1, c11);
+                    c20 = fma(v2, b0, c20);
+                    c21 = fma(v2, b1, c21);
+                    c30 = fma(v3, b0, c30);
+                    c31 = fma(v3, b1, c31);
+                    c40 = fma(v4, b0, c40);
+                    c41 = fma(v4, b1, c41);
+                    c50 = fma(v5, b0, c50);
+                    c51 = fma(v5, b1, c51);
+                    c60 = fma(v6, b0, c60);
+                    c61 = fma(v6, b1, c61);
+                    c70 = fma(v7, b0, c70);
+                    c71 = fma(v7, b1, c71);
+                }
+                if has_bias && last {
+                    let bias0 = Vector::<f32, N>::cast_from(bias[j0]);
+                    let bias1 = Vector::<f32, N>::cast_from(bias[j1]);
+                    c00 += bias0;
+                    c01 += bias1;
+                    c10 += bias0;
+                    c11 += bias1;
+                    c20 += bias0;
+                    c21 += bias1;
+                    c30 += bias0;
+                    c31 += bias1;
+                    c40 += bias0;
+                    c41 += bias1;
+                    c50 += bias0;
+                    c51 += bias1;
+                    c60 += bias0;
+                    c61 += bias1;
+                    c70 += bias0;
+                    c71 += bias1;
+                }
+                let second = j0 + 1 < n_vec;
+                let out0 = (bi * m + r0) * n_vec + j0;
+                c[out0] = Vector::cast_from(c00);
                 if second {
-                    c[out0 + n_vec + 1] = Vector::cast_from(c11);
+                    c[out0 + 1] = Vector::cast_from(c01);
+                }
+                if r0 + 1 < m {
+                    c[out0 + n_vec] = Vector::cast_from(c10);
+                    if second {
+                        c[out0 + n_vec + 1] = Vector::cast_from(c11);
+                    }
+                }
+                if r0 + 2 < m {
+                    c[out0 + 2 * n_vec] = Vector::cast_from(c20);
+                    if second {
+                        c[out0 + 2 * n_vec + 1] = Vector::cast_from(c21);
+                    }
+                }
+                if r0 + 3 < m {
+                    c[out0 + 3 * n_vec] = Vector::cast_from(c30);
+                    if second {
+                        c[out0 + 3 * n_vec + 1] = Vector::cast_from(c31);
+                    }
+                }
+                if r0 + 4 < m {
+                    c[out0 + 4 * n_vec] = Vector::cast_from(c40);
+                    if second {
+                        c[out0 + 4 * n_vec + 1] = Vector::cast_from(c41);
+                    }
+                }
+                if r0 + 5 < m {
+                    c[out0 + 5 * n_vec] = Vector::cast_from(c50);
+                    if second {
+                        c[out0 + 5 * n_vec + 1] = Vector::cast_from(c51);
+                    }
+                }
+                if r0 + 6 < m {
+                    c[out0 + 6 * n_vec] = Vector::cast_from(c60);
+                    if second {
+                        c[out0 + 6 * n_vec + 1] = Vector::cast_from(c61);
+                    }
+                }
+                if r0 + 7 < m {
+                    c[out0 + 7 * n_vec] = Vector::cast_from(c70);
+                    if second {
+                        c[out0 + 7 * n_vec + 1] = Vector::cast_from(c71);
+                    }
                 }
             }
-            if r0 + 2 < m {
-                c[out0 + 2 * n_vec] = Vector::cast_from(c20);
-                if second {
-                    c[out0 + 2 * n_vec + 1] = Vector::cast_from(c21);
-                }
-            }
-            if r0 + 3 < m {
-                c[out0 + 3 * n_vec] = Vector::cast_from(c30);
-                if second {
-                    c[out0 + 3 * n_vec + 1] = Vector::cast_from(c31);
-                }
-            }
-            if r0 + 4 < m {
-                c[out0 + 4 * n_vec] = Vector::cast_from(c40);
-                if second {
-                    c[out0 + 4 * n_vec + 1] = Vector::cast_from(c41);
-                }
-            }
-            if r0 + 5 < m {
-                c[out0 + 5 * n_vec] = Vector::cast_from(c50);
-                if second {
-                    c[out0 + 5 * n_vec + 1] = Vector::cast_from(c51);
-                }
-            }
-            if r0 + 6 < m {
-                c[out0 + 6 * n_vec] = Vector::cast_from(c60);
-                if second {
-                    c[out0 + 6 * n_vec + 1] = Vector::cast_from(c61);
-                }
-            }
-            if r0 + 7 < m {
-                c[out0 + 7 * n_vec] = Vector::cast_from(c70);
-                if second {
-                    c[out0 + 7 * n_vec + 1] = Vector::cast_from(c71);
-                }
-            }
+            t += stride;
         }
-        t += stride;
+        k0 = k1;
     }
 }
 
@@ -253,9 +287,19 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
             None => Ok(c),
         };
     }
-    // x · Wᵀ with W stored [N, K]: read W in place when a vector of 4 or more divides K.
+    if k == 0 {
+        // An empty sum: zeros (and the bias).
+        let zeros = Tensor::zeros(a.device(), &out_shape, a.dtype())?;
+        return match bias {
+            Some(bias) => crate::elementwise::add(&zeros, bias),
+            None => Ok(zeros),
+        };
+    }
+    // x · Wᵀ with W stored [N, K]: read W in place when a vector of 4 or more divides K and K
+    // is long enough for the dot products to pay (a short K, such as a LoRA rank, is cheaper
+    // through a transpose of the small B and the register kernel).
     let w_k = launch::vector_width_up_to(&[k], 16);
-    if trans_b && !trans_a && w_k >= 4 {
+    if trans_b && !trans_a && w_k >= 4 && k >= NT_MIN_K {
         let k_vec = k / w_k;
         let sb = super::nt::SB;
         let tiles = batches * m.div_ceil(4 * sb) * sb * n.div_ceil(4 * sb) * sb;
@@ -276,7 +320,11 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
         return Ok(c);
     }
     let b_kn = if trans_b { transpose(b)? } else { b.clone() };
-    let w = launch::vector_width_up_to(&[n], 16);
+    // At least two vectors along N when N allows it: the tile is two vectors wide.
+    let mut w = launch::vector_width_up_to(&[n], 16);
+    if n / w < 2 && w > 1 {
+        w /= 2;
+    }
     let n_vec = n / w;
     let (a_row_stride, a_col_stride) = if trans_a { (1, m) } else { (k, 1) };
     let tiles = batches * m.div_ceil(8 * SB_M) * SB_M * n_vec.div_ceil(2 * SB_N) * SB_N;
@@ -293,10 +341,18 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
             batches, m, k, n_vec,
             a_row_stride, a_col_stride, m * k,
             if b_shared { 0 } else { k * n_vec },
+            k_block(k, a.dtype()),
             bias.is_some(),
         )
     });
     Ok(c)
+}
+
+/// Block of K walked by all tiles before the next: long products (K beyond 4,096, such as a
+/// vocabulary-sized K) in blocks of 512 so each block's rows of A and B stay in cache, with f32
+/// partial sums kept in C between blocks; everything else in one block.
+fn k_block(k: usize, dtype: lapidary_core::DType) -> usize {
+    if dtype == lapidary_core::DType::F32 && k > 4096 { 512 } else { k.max(1) }
 }
 
 /// Gradients of [`matmul`] with respect to its inputs.
@@ -475,15 +531,26 @@ mod tests {
     }
 
     #[test]
+    fn long_k_walked_in_blocks() {
+        // K beyond 4,096 (a vocabulary-sized product): f32 walks K in blocks with partial sums
+        // kept in C — a last block shorter than the others, edges in M and N, the bias added
+        // once, A transposed (a head's weight gradient) or not; bf16 in one block.
+        check(2, 11, 4100, 24, false, false, false, true, DType::F32, 21);
+        check(1, 9, 5000, 33, true, false, true, true, DType::F32, 22);
+        check(1, 3, 4611, 16, false, false, true, false, DType::BF16, 23);
+    }
+
+    #[test]
     fn weights_read_in_place_along_k() {
-        // trans_b without trans_a and K a multiple of 4, 8 or 16: the A·Bᵀ kernel, with edges in
-        // both M and N (not multiples of its 4 x 4 tile), shared and batched B, every dtype.
+        // trans_b without trans_a, K of at least 64 and a multiple of 4, 8 or 16: the A·Bᵀ
+        // kernel, with edges in both M and N (not multiples of its 4 x 4 tile), shared and
+        // batched B, every dtype.
         for (i, (batch, m, k, n, shared, bias)) in [
             (2, 13, 64, 23, true, true),
-            (1, 5, 12, 9, true, false),
-            (3, 7, 40, 6, false, true),
-            (1, 33, 48, 65, true, true),
-            (2, 1, 16, 1, false, false),
+            (1, 5, 68, 9, true, false),
+            (3, 7, 72, 6, false, true),
+            (1, 33, 96, 65, true, true),
+            (2, 1, 80, 1, false, false),
         ]
         .into_iter()
         .enumerate()
