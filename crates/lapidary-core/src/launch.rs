@@ -21,6 +21,26 @@ pub fn grid_1d(device: &Device, n: usize) -> (CubeCount, CubeDim) {
     }
 }
 
+/// f32 lanes of this machine's vector registers, for kernels whose register tiles are counted
+/// in vectors (the matmuls on the CPU runtime): 16 with AVX-512 (32 such registers), 8 with
+/// AVX/AVX2 (16 registers: a 16-lane vector would take two, and a tile of them spills), 4
+/// otherwise (SSE, NEON). Read once from the CPU's feature flags.
+pub fn cpu_register_lanes() -> usize {
+    static LANES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LANES.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return 16;
+            }
+            if std::arch::is_x86_feature_detected!("avx") {
+                return 8;
+            }
+        }
+        4
+    })
+}
+
 /// The widest of 8, 4, 2, 1 that divides every length given.
 pub fn vector_width(lens: &[usize]) -> usize {
     vector_width_up_to(lens, 8)

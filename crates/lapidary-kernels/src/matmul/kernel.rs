@@ -1,8 +1,10 @@
 //! The matmul kernel and its entry functions. Register blocking: every unit owns tiles of
 //! 8 rows × 2 vectors of C and walks K with fused multiply-adds in f32; A is read as scalars
 //! (any row/col stride, so a transposed A costs nothing), B and C along N in vectors of the
-//! widest width dividing N. Units step through tiles grid-stride, rows fastest, so one unit's
-//! consecutive tiles reuse the same panel of B from cache.
+//! widest width dividing N, at most one of the CPU's registers (16 f32 lanes with AVX-512, 8
+//! with AVX2: the 16 accumulators must fit its register file). Units step through tiles
+//! grid-stride, rows fastest, so one unit's consecutive tiles reuse the same panel of B from
+//! cache; a long K is walked in blocks, all tiles taking one block before the next.
 
 use super::transpose;
 use crate::reduce;
@@ -298,7 +300,9 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
     // x · Wᵀ with W stored [N, K]: read W in place when a vector of 4 or more divides K and K
     // is long enough for the dot products to pay (a short K, such as a LoRA rank, is cheaper
     // through a transpose of the small B and the register kernel).
-    let w_k = launch::vector_width_up_to(&[k], 16);
+    // Vectors as wide as one of the CPU's registers: the tiles below hold 16 of them.
+    let lanes = launch::cpu_register_lanes();
+    let w_k = launch::vector_width_up_to(&[k], lanes);
     if trans_b && !trans_a && w_k >= 4 && k >= NT_MIN_K {
         let k_vec = k / w_k;
         let sb = super::nt::SB;
@@ -321,7 +325,7 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
     }
     let b_kn = if trans_b { transpose(b)? } else { b.clone() };
     // At least two vectors along N when N allows it: the tile is two vectors wide.
-    let mut w = launch::vector_width_up_to(&[n], 16);
+    let mut w = launch::vector_width_up_to(&[n], lanes);
     if n / w < 2 && w > 1 {
         w /= 2;
     }
