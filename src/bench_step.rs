@@ -69,6 +69,9 @@ pub struct BenchStepReport {
     pub in_use_bytes: u64,
     /// See `in_use_bytes`.
     pub reserved_bytes: u64,
+    /// The process's peak resident memory (Linux's `VmHWM`; `None` elsewhere): on the CPU,
+    /// what the run needed at most, loading included.
+    pub peak_rss_bytes: Option<u64>,
     /// Per-kernel times of one extra step, when asked for.
     pub profile: Option<PassProfile>,
 }
@@ -102,6 +105,7 @@ impl BenchStepReport {
             "loaded_bytes": self.loaded_bytes,
             "in_use_bytes": self.in_use_bytes,
             "peak_reserved_bytes": self.reserved_bytes,
+            "peak_rss_bytes": self.peak_rss_bytes,
             "profile": self.profile.as_ref().map(PassProfile::to_json),
         })
         .to_string()
@@ -192,6 +196,15 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
         loaded_bytes,
         in_use_bytes: mem.in_use,
         reserved_bytes: mem.reserved,
+        peak_rss_bytes: peak_rss_bytes(),
         profile,
     })
+}
+
+/// `VmHWM` of `/proc/self/status`, in bytes.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

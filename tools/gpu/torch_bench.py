@@ -4,14 +4,18 @@
     torch_bench.py kernels    --device cuda --out torch-kernels.jsonl
     torch_bench.py make-model --shape 4b --device cuda --out DIR   (random weights + a batch file)
     torch_bench.py lora-step  --model DIR --device cuda --out hf-step.json
+    torch_bench.py make-text-batch --vocab 262144 --tokens 512 --out text512.safetensors
+    torch_bench.py lora-step  --gguf FILE.gguf --batch text512.safetensors --device cpu --out hf-step.json
 
 `kernels` times torch's versions of benches/kernels.rs (same shapes, same work counts; ids as
 criterion's without the device). `make-model` writes a RANDOM Gemma 3 VLM of the 4B shape (or a
-tiny one, for a CPU check of the whole script) as an HF checkpoint in bf16 and `batch.safetensors`
+small or tiny one, for the CPU) as an HF checkpoint in bf16 and `batch.safetensors`
 (one row: one image, the rest text, labels on the text after the image) in the form
 `lapidary eval` / `lapidary bench-step` read. `lora-step` times HF transformers + PEFT LoRA steps
-on that model and batch: all-linear r16, gradient checkpointing, AdamW, bf16. Nothing is
-downloaded. Runs on CPU too (`--device cpu`), with smaller shapes.
+on that model and batch (or a GGUF text model and a text batch): all-linear r16, gradient
+checkpointing, AdamW, bf16 on GPUs and f32 on the CPU (`--dtype`). Nothing is downloaded. Runs
+on the CPU too (`--device cpu`): the `small` shape and the 270M GGUF are `cargo xtask bench`'s
+CPU step comparison.
 """
 import argparse
 import json
@@ -54,6 +58,39 @@ SHAPES = {
         eoi_token_index=256000,
         image_token_index=262144,
         tokens=2048,
+    ),
+    # A small VLM for the CPU step comparison (`cargo xtask bench`): ~50M parameters, 6 + 6
+    # layers, one 224-px image (256 patches pooled to 64 tokens), 512 tokens.
+    "small": dict(
+        text=dict(
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=128,
+            query_pre_attn_scalar=128,
+            vocab_size=32768,
+            sliding_window=128,
+            rope_theta=1_000_000.0,
+            rope_local_base_freq=10_000.0,
+            rope_scaling={"rope_type": "linear", "factor": 8.0},
+            max_position_embeddings=4096,
+        ),
+        vision=dict(
+            hidden_size=384,
+            intermediate_size=1536,
+            num_hidden_layers=6,
+            num_attention_heads=6,
+            image_size=224,
+            patch_size=14,
+            vision_use_head=False,
+        ),
+        mm_tokens_per_image=64,
+        boi_token_index=32000,
+        eoi_token_index=32001,
+        image_token_index=32002,
+        tokens=512,
     ),
     # The same structure (sliding and full layers, linear RoPE scaling on the full ones), small
     # enough for a CPU run of the whole script.
@@ -238,14 +275,54 @@ def make_model(args):
     print(f"make-model: {args.shape}, {params / 1e9:.3f}B parameters, {time.perf_counter() - t0:.1f} s -> {args.out}")
 
 
+def make_text_batch(args):
+    """One row of `tokens` random text tokens (BOS first), every position after the first a label:
+    the text-only batch for a causal LM such as the 270M GGUF."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(10, args.vocab - 1, (args.tokens,), generator=g)
+    ids[0] = 2
+    labels = ids.clone()
+    labels[0] = -100
+    save_file(
+        dict(
+            input_ids=ids[None].long(),
+            attention_mask=torch.ones((1, args.tokens), dtype=torch.long),
+            token_type_ids=torch.zeros((1, args.tokens), dtype=torch.long),
+            labels=labels[None].long(),
+        ),
+        args.out,
+    )
+    print(f"make-text-batch: {args.tokens} tokens -> {args.out}")
+
+
+def peak_rss_bytes():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 def lora_step(args):
     from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file
-    from transformers import Gemma3ForConditionalGeneration
 
     dev = args.device
+    dtype = {"bf16": torch.bfloat16, "f32": torch.float32}[args.dtype or ("f32" if dev == "cpu" else "bf16")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model = Gemma3ForConditionalGeneration.from_pretrained(args.model, dtype=torch.bfloat16, device_map=dev)
+    if args.gguf:
+        # A text model from one GGUF file (transformers dequantizes it to `dtype`).
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(os.path.abspath(args.gguf)), gguf_file=os.path.basename(args.gguf), dtype=dtype
+        ).to(dev)
+    else:
+        from transformers import Gemma3ForConditionalGeneration
+
+        model = Gemma3ForConditionalGeneration.from_pretrained(args.model, dtype=dtype, device_map=dev)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     lcfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_r, lora_dropout=0.0, target_modules="all-linear")
@@ -253,8 +330,12 @@ def lora_step(args):
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-4)
-    batch = {k: v.to(dev) for k, v in load_file(os.path.join(args.model, "batch.safetensors")).items()}
-    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    batch_path = args.batch or os.path.join(args.model, "batch.safetensors")
+    batch = {k: v.to(dev) for k, v in load_file(batch_path).items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(dtype)
+    if args.gguf:
+        batch.pop("token_type_ids", None)
     sync(dev)
     load_s = time.perf_counter() - t0
     loaded = torch.cuda.memory_allocated() if dev.startswith("cuda") else 0
@@ -276,6 +357,8 @@ def lora_step(args):
     report = dict(
         impl="hf-transformers+peft",
         device=torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu",
+        dtype=args.dtype or ("f32" if dev == "cpu" else "bf16"),
+        threads=torch.get_num_threads(),
         attn_implementation=model.base_model.model.config._attn_implementation,
         torch=torch.__version__,
         tokens=tokens,
@@ -289,6 +372,7 @@ def lora_step(args):
         loaded_bytes=loaded,
         peak_allocated_bytes=torch.cuda.max_memory_allocated() if dev.startswith("cuda") else 0,
         peak_reserved_bytes=torch.cuda.max_memory_reserved() if dev.startswith("cuda") else 0,
+        peak_rss_bytes=peak_rss_bytes(),
     )
     print(json.dumps(report))
     with open(args.out, "w") as f:
@@ -305,15 +389,24 @@ def main():
     m.add_argument("--shape", choices=sorted(SHAPES), default="4b")
     m.add_argument("--device", default="cuda")
     m.add_argument("--out", required=True)
+    b = sub.add_parser("make-text-batch")
+    b.add_argument("--vocab", type=int, required=True)
+    b.add_argument("--tokens", type=int, default=512)
+    b.add_argument("--out", required=True)
     s = sub.add_parser("lora-step")
-    s.add_argument("--model", required=True)
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="HF checkpoint directory (a Gemma 3 VLM)")
+    src.add_argument("--gguf", help="a GGUF file (a Gemma 3 text model), dequantized by transformers")
+    s.add_argument("--batch", help="batch file (default: batch.safetensors in --model)")
+    s.add_argument("--dtype", choices=["bf16", "f32"], help="default: f32 on cpu, bf16 on cuda")
+    s.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's choice)")
     s.add_argument("--device", default="cuda")
     s.add_argument("--steps", type=int, default=3)
     s.add_argument("--warmup", type=int, default=1)
     s.add_argument("--lora-r", type=int, default=16)
     s.add_argument("--out", required=True)
     args = p.parse_args()
-    {"kernels": kernels, "make-model": make_model, "lora-step": lora_step}[args.cmd](args)
+    {"kernels": kernels, "make-model": make_model, "make-text-batch": make_text_batch, "lora-step": lora_step}[args.cmd](args)
 
 
 if __name__ == "__main__":

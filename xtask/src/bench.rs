@@ -1,13 +1,24 @@
 //! `cargo xtask bench`: runs the criterion benches of the root package, then prints one table of
 //! what this run measured, read back from `target/criterion`. Convention of the benches: a
 //! throughput in elements counts floating-point operations (shown as GFLOP/s), one in bytes counts
-//! bytes moved (GB/s). Not a benchmark itself.
+//! bytes moved (GB/s). Then the training step next to HF transformers + PEFT on this CPU
+//! ([`crate::step_bench`]). `--no-step` runs the kernels alone, `--step-only` the step alone.
+//! Not a benchmark itself.
 
 use serde_json::Value;
 use std::path::Path;
 use std::time::SystemTime;
 
 pub fn run(extra: &[String]) -> Result<(), String> {
+    let (no_step, step_only) = (extra.iter().any(|a| a == "--no-step"), extra.iter().any(|a| a == "--step-only"));
+    let extra: Vec<String> = extra.iter().filter(|a| *a != "--no-step" && *a != "--step-only").cloned().collect();
+    if !step_only {
+        kernels(&extra)?;
+    }
+    if !no_step { crate::step_bench::run() } else { Ok(()) }
+}
+
+fn kernels(extra: &[String]) -> Result<(), String> {
     let started = SystemTime::now();
     let mut args = vec!["bench", "--package", "lapidary", "--benches", "--features", "cubek-peer", "--"];
     args.extend(extra.iter().map(String::as_str));

@@ -9,6 +9,7 @@ mod cpu_check;
 mod cuda_check;
 mod gpu_bundle;
 mod setup;
+mod step_bench;
 
 use std::process::{Command, ExitCode};
 
@@ -21,8 +22,11 @@ tasks:
   test [args]  setup, then every test of the workspace (extra args go to `cargo test`), the
                doc examples, the HF parity tests again with attention materialized, and
                cpu-check
-  bench [args] setup, then the criterion benchmarks, then a table of the results
-               (extra args go to criterion, e.g. a name filter)
+  bench [args] setup, then the criterion benchmarks and a table of the results (extra
+               args go to criterion, e.g. a name filter), then a LoRA training step timed
+               against HF transformers + PEFT on this CPU (a small VLM and the 270M GGUF;
+               the peer's Python packages from tools/reference/requirements.txt + gguf, in
+               .venv or LAPIDARY_PYTHON); --no-step / --step-only run one half
   demo [args]  setup, then the main job on the CPU (extra args go to `lapidary demo`)
   gpu-bundle   setup, then build the CUDA test, benchmark and lapidary binaries (both CUDA
                code paths, statically linked) into target/gpu-bundle/lapidary-gpu.tar.xz for
