@@ -124,6 +124,11 @@ pub fn op_cases() -> Vec<OpCase> {
             vec![vec![2, 4, 3], vec![2, 4, 5]],
             Box::new(|v: &[Var]| ops::matmul(&v[0], &v[1], None, true, false)),
         ),
+        (
+            "matmul_add",
+            vec![vec![2, 3, 5], vec![2, 3, 4], vec![5, 4]],
+            Box::new(|v: &[Var]| ops::matmul_add(&v[0], &v[1], &v[2], false, true)),
+        ),
         ("add_broadcast", vec![vec![3, 4], vec![4]], Box::new(|v: &[Var]| ops::add(&v[0], &v[1]))),
         ("mul_broadcast", vec![vec![3, 4], vec![4]], Box::new(|v: &[Var]| ops::mul(&v[0], &v[1]))),
         ("scale", vec![vec![7]], Box::new(|v: &[Var]| ops::scale(&v[0], -1.5))),

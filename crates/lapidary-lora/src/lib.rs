@@ -71,6 +71,19 @@ impl LoraAdapter {
         self
     }
 
+    /// `x · Aᵀ` (after dropout) and the B to multiply it by, scaled: `scale · (low · Bᵀ)` as
+    /// `low · (scale · B)ᵀ`, so the scale touches the small `[out, r]` B rather than the
+    /// `[tokens, out]` product (and nothing at all when it is 1).
+    fn low_rank(&self, x: &Var) -> Result<(Var, Var)> {
+        let x = match &self.dropout {
+            Some((d, salt)) => d.apply(x, *salt)?,
+            None => x.clone(),
+        };
+        let low = ops::matmul(&x, &self.a, None, false, true)?;
+        let b = if self.scale == 1.0 { self.b.clone() } else { ops::scale(&self.b, self.scale)? };
+        Ok((low, b))
+    }
+
     /// The scale applied to the low-rank term.
     pub fn scale(&self) -> f32 {
         self.scale
@@ -79,12 +92,13 @@ impl LoraAdapter {
 
 impl Adapter for LoraAdapter {
     fn delta(&self, x: &Var) -> Result<Var> {
-        let x = match &self.dropout {
-            Some((d, salt)) => d.apply(x, *salt)?,
-            None => x.clone(),
-        };
-        let low = ops::matmul(&x, &self.a, None, false, true)?;
-        ops::scale(&ops::matmul(&low, &self.b, None, false, true)?, self.scale)
+        let (low, b) = self.low_rank(x)?;
+        ops::matmul(&low, &b, None, false, true)
+    }
+
+    fn apply(&self, x: &Var, y: &Var) -> Result<Var> {
+        let (low, b) = self.low_rank(x)?;
+        ops::matmul_add(y, &low, &b, false, true)
     }
 
     fn params(&self) -> Vec<Var> {

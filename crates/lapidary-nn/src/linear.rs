@@ -14,6 +14,11 @@ use std::rc::Rc;
 pub trait Adapter {
     /// The term to add to the base output (`[..., out]`) for input `x` (`[..., in]`).
     fn delta(&self, x: &Var) -> Result<Var>;
+    /// The base output `y` plus this adapter's term for `x`; an adapter may fuse the sum into
+    /// its last product (LoRA does).
+    fn apply(&self, x: &Var, y: &Var) -> Result<Var> {
+        ops::add(y, &self.delta(x)?)
+    }
     /// The adapter's own parameters (for optimizers and checkpointed segments).
     fn params(&self) -> Vec<Var>;
     /// The same adapter computing with other variables in place of [`Adapter::params`], in the
@@ -189,7 +194,7 @@ impl Linear {
             Base::Packed(matrix) => ops::matmul_packed(x, matrix, self.bias.as_ref())?,
         };
         match &self.adapter {
-            Some(a) => ops::add(&y, &a.delta(x)?),
+            Some(a) => a.apply(x, &y),
             None => Ok(y),
         }
     }

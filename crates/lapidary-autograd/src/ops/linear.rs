@@ -24,6 +24,19 @@ pub fn matmul(a: &Var, b: &Var, bias: Option<&Var>, trans_a: bool, trans_b: bool
     a.tape().record1(&inputs, out, backward)
 }
 
+/// `addend + op(a) · op(b)` in one pass where the kernel allows it (see
+/// `lapidary_kernels::matmul::matmul_add`): a Linear's output plus its low-rank term.
+pub fn matmul_add(addend: &Var, a: &Var, b: &Var, trans_a: bool, trans_b: bool) -> Result<Var> {
+    let out = mm::matmul_add(addend.value(), a.value(), b.value(), trans_a, trans_b)?;
+    let (av, bv) = (a.value().clone(), b.value().clone());
+    let backward: BackwardFn = Box::new(move |outs, needs| {
+        let dy = upstream(outs);
+        let g = mm::matmul_backward(&av, &bv, &dy, trans_a, trans_b, needs[1], needs[2], false)?;
+        Ok(vec![needs[0].then_some(dy), g.a, g.b])
+    });
+    addend.tape().record1(&[addend, a, b], out, backward)
+}
+
 /// `x · Wᵀ (+ bias)` with a frozen packed `W` (`[out, in]`, bf16 or NF4), through
 /// `lapidary_kernels::quant::matmul_packed`: on the CPU expanded to f32 for the forward product
 /// and again in backward for `dx` (the expanded copy never kept between the two, so only the

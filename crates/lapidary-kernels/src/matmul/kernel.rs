@@ -24,6 +24,7 @@ fn matmul_kernel<F: Float, N: Size>(
     a: &[F],
     b: &[Vector<F, N>],
     bias: &[Vector<F, N>],
+    addend: &[Vector<F, N>],
     c: &mut [Vector<F, N>],
     batches: usize,
     m: usize,
@@ -35,6 +36,7 @@ fn matmul_kernel<F: Float, N: Size>(
     b_batch_stride: usize,
     k_block: usize,
     #[comptime] has_bias: bool,
+    #[comptime] has_addend: bool,
 ) {
     let tiles_m = (m + 7) / 8;
     let tiles_n = (n_vec + 1) / 2;
@@ -101,6 +103,26 @@ fn matmul_kernel<F: Float, N: Size>(
                 let mut c61 = zero;
                 let mut c70 = zero;
                 let mut c71 = zero;
+                if first && has_addend {
+                    // C starts from the addend (C's layout), at clamped positions.
+                    let c_base = bi * m * n_vec;
+                    c00 = Vector::cast_from(addend[c_base + r0 * n_vec + j0]);
+                    c01 = Vector::cast_from(addend[c_base + r0 * n_vec + j1]);
+                    c10 = Vector::cast_from(addend[c_base + r1 * n_vec + j0]);
+                    c11 = Vector::cast_from(addend[c_base + r1 * n_vec + j1]);
+                    c20 = Vector::cast_from(addend[c_base + r2 * n_vec + j0]);
+                    c21 = Vector::cast_from(addend[c_base + r2 * n_vec + j1]);
+                    c30 = Vector::cast_from(addend[c_base + r3 * n_vec + j0]);
+                    c31 = Vector::cast_from(addend[c_base + r3 * n_vec + j1]);
+                    c40 = Vector::cast_from(addend[c_base + r4 * n_vec + j0]);
+                    c41 = Vector::cast_from(addend[c_base + r4 * n_vec + j1]);
+                    c50 = Vector::cast_from(addend[c_base + r5 * n_vec + j0]);
+                    c51 = Vector::cast_from(addend[c_base + r5 * n_vec + j1]);
+                    c60 = Vector::cast_from(addend[c_base + r6 * n_vec + j0]);
+                    c61 = Vector::cast_from(addend[c_base + r6 * n_vec + j1]);
+                    c70 = Vector::cast_from(addend[c_base + r7 * n_vec + j0]);
+                    c71 = Vector::cast_from(addend[c_base + r7 * n_vec + j1]);
+                }
                 if !first {
                     // The partial sums of the blocks before, at clamped positions (never stored).
                     let c_base = bi * m * n_vec;
@@ -235,7 +257,26 @@ fn matmul_kernel<F: Float, N: Size>(
 ///
 /// Returns `[..., M, N]` in `a`'s dtype; all operands must share dtype and device.
 pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, trans_b: bool) -> Result<Tensor> {
-    let op = "matmul";
+    matmul_impl(a, b, bias, None, trans_a, trans_b)
+}
+
+/// `addend + op(a) · op(b)`: [`matmul`] starting from `addend` (the output's shape and dtype)
+/// instead of zeros, so a sum such as a Linear's output plus its LoRA term costs no extra pass.
+/// On the register kernel the addend is read as the accumulators' start; on the other routes
+/// (A · Bᵀ read in place, GPUs) it is added after the product.
+pub fn matmul_add(addend: &Tensor, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+    matmul_impl(a, b, None, Some(addend), trans_a, trans_b)
+}
+
+fn matmul_impl(
+    a: &Tensor,
+    b: &Tensor,
+    bias: Option<&Tensor>,
+    addend: Option<&Tensor>,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<Tensor> {
+    let op = if addend.is_some() { "matmul_add" } else { "matmul" };
     if a.rank() < 2 {
         return Err(Error::shape(format!("{op}: a"), "[..., M, K] (rank >= 2)", a.shape()));
     }
@@ -277,9 +318,31 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
     }
     let mut out_shape = lead.to_vec();
     out_shape.extend([m, n]);
+    if let Some(addend) = addend {
+        if addend.dtype() != a.dtype() {
+            return Err(Error::DType {
+                context: format!("{op}: addend"),
+                expected: format!("{} (as a)", a.dtype()),
+                got: addend.dtype(),
+            });
+        }
+        if addend.device() != a.device() {
+            return Err(Error::Device(format!("{op}: a on {}, addend on {}", a.device(), addend.device())));
+        }
+        addend.expect_shape(&format!("{op}: addend"), &out_shape)?;
+    }
     let c = Tensor::uninit(a.device(), &out_shape, a.dtype())?;
     if m == 0 || n == 0 || batches == 0 {
         return Ok(c);
+    }
+    let lanes = launch::cpu_register_lanes();
+    let w_k = launch::vector_width_up_to(&[k], lanes);
+    let read_b_in_place = trans_b && !trans_a && w_k >= 4 && k >= NT_MIN_K;
+    if let Some(addend) = addend {
+        if k == 0 || !a.device().is_cpu() || read_b_in_place {
+            // Routes without an addend in their kernel: the product, then one add.
+            return crate::elementwise::add(addend, &matmul_impl(a, b, None, None, trans_a, trans_b)?);
+        }
     }
     if !a.device().is_cpu() {
         // GPUs: cubek's routines (tensor cores for 16-bit operands), layouts read in place.
@@ -300,10 +363,8 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
     // x · Wᵀ with W stored [N, K]: read W in place when a vector of 4 or more divides K and K
     // is long enough for the dot products to pay (a short K, such as a LoRA rank, is cheaper
     // through a transpose of the small B and the register kernel).
-    // Vectors as wide as one of the CPU's registers: the tiles below hold 16 of them.
-    let lanes = launch::cpu_register_lanes();
-    let w_k = launch::vector_width_up_to(&[k], lanes);
-    if trans_b && !trans_a && w_k >= 4 && k >= NT_MIN_K {
+    // Vectors as wide as one of the CPU's registers (`lanes`): the tiles below hold 16 of them.
+    if read_b_in_place {
         let k_vec = k / w_k;
         let sb = super::nt::SB;
         let tiles = batches * m.div_ceil(4 * sb) * sb * n.div_ceil(4 * sb) * sb;
@@ -335,18 +396,21 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, tran
     let (count, dim) = launch::grid_tiles(a.device(), tiles);
     let bias_handle = bias.map_or_else(|| c.handle().clone(), |t| t.handle().clone());
     let bias_len = if bias.is_some() { n } else { w };
+    let addend_handle = addend.map_or_else(|| c.handle().clone(), |t| t.handle().clone());
     dispatch_float!(a.dtype(), F => unsafe {
         matmul_kernel::launch_unchecked::<F>(
             a.device().client(), count, dim, w,
             BufferArg::from_raw_parts(a.handle().clone(), a.numel()),
             BufferArg::from_raw_parts(b_kn.handle().clone(), b_kn.numel()),
             BufferArg::from_raw_parts(bias_handle, bias_len),
+            BufferArg::from_raw_parts(addend_handle, c.numel()),
             BufferArg::from_raw_parts(c.handle().clone(), c.numel()),
             batches, m, k, n_vec,
             a_row_stride, a_col_stride, m * k,
             if b_shared { 0 } else { k * n_vec },
             k_block(k, a.dtype()),
             bias.is_some(),
+            addend.is_some(),
         )
     });
     Ok(c)
@@ -532,6 +596,44 @@ mod tests {
         // n multiple of 8 (widest vector), m not a multiple of the 8-row tile, odd vector count.
         check(2, 13, 64, 24, false, false, false, true, DType::F32, 11);
         check(1, 5, 3, 8, true, true, true, false, DType::BF16, 12);
+    }
+
+    #[test]
+    fn addend_starts_the_sum() {
+        // addend + op(a)·op(b) on every route: the register kernel (edges in M and N, A
+        // transposed, a shared B, K in blocks), A·Bᵀ read in place (added after), every dtype.
+        let dev = device();
+        for (i, (batch, m, k, n, ta, tb, shared)) in [
+            (2, 13, 16, 24, false, true, true),
+            (1, 9, 7, 5, true, false, false),
+            (3, 4, 33, 40, false, false, false),
+            (1, 11, 4100, 24, false, false, true),
+            (2, 6, 64, 19, false, true, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for dt in [DType::F32, DType::BF16, DType::F16] {
+                let seed = 300 + 10 * i as u64;
+                let a_shape = if ta { vec![batch, k, m] } else { vec![batch, m, k] };
+                let b_mat = if tb { vec![n, k] } else { vec![k, n] };
+                let b_shape = if shared { b_mat } else { [vec![batch], b_mat].concat() };
+                let a = random_tensor(&dev, &a_shape, dt, seed, 1.0);
+                let b = random_tensor(&dev, &b_shape, dt, seed + 1, 1.0);
+                let addend = random_tensor(&dev, &[batch, m, n], dt, seed + 2, 4.0);
+                let (ah, bh, dh) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap(), addend.to_f32_vec().unwrap());
+                let prod = reference::matmul(&ah, &bh, None, batch, m, k, n, ta, tb, shared);
+                let want: Vec<f32> = prod.iter().zip(&dh).map(|(p, d)| p + d).collect();
+                let got = super::matmul_add(&addend, &a, &b, ta, tb).unwrap();
+                assert_eq!(got.shape(), &[batch, m, n]);
+                let what = format!("matmul_add b{batch} m{m} k{k} n{n} ta{ta} tb{tb} shared{shared} {dt}");
+                assert_close(&what, &got.to_f32_vec().unwrap(), &want, tol(dt, k));
+            }
+        }
+        let a = random_tensor(&dev, &[3, 4], DType::F32, 1, 1.0);
+        let b = random_tensor(&dev, &[4, 5], DType::F32, 2, 1.0);
+        let e = super::matmul_add(&random_tensor(&dev, &[3, 4], DType::F32, 3, 1.0), &a, &b, false, false);
+        assert!(e.unwrap_err().to_string().contains("matmul_add: addend"));
     }
 
     #[test]

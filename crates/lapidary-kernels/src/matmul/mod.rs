@@ -32,5 +32,5 @@ mod nt;
 pub mod reference;
 mod transpose;
 
-pub use kernel::{MatmulGrads, matmul, matmul_backward};
+pub use kernel::{MatmulGrads, matmul, matmul_add, matmul_backward};
 pub use transpose::{swap_middle, transpose};
