@@ -1,36 +1,79 @@
 //! Batched transposes, storage type kept: of the last two dims (`[..., R, C] -> [..., C, R]`)
 //! and of the middle two of a rank-4 tensor (`[A, R, C, D] -> [A, C, R, D]`, e.g. tokens × heads
 //! to heads × tokens). One kernel: a transpose of blocks of `D` contiguous elements, a plain
-//! gather per output element; not tiled (a small share of the matmuls around it).
+//! gather per output element (on the CPU one contiguous run of the output per core); not tiled.
 
 use cubecl::prelude::*;
 use lapidary_core::{Error, Result, Tensor, launch};
 
 #[cube(launch_unchecked)]
-fn transpose_kernel<F: Float>(x: &[F], out: &mut [F], rows: usize, cols: usize, block: usize) {
-    let stride = CUBE_DIM as usize * CUBE_COUNT;
+fn transpose_kernel<F: Float>(x: &[F], out: &mut [F], rows: usize, cols: usize, block: usize, chunk: usize) {
+    let n = out.len();
     let plane = rows * cols;
-    let mut i = ABSOLUTE_POS;
-    while i < out.len() {
-        // out index i = (b, c, r, d)
-        let d = i % block;
-        let j = i / block;
-        let b = j / plane;
-        let rem = j % plane;
-        let c = rem / rows;
-        let r = rem % rows;
-        out[i] = x[((b * rows + r) * cols + c) * block + d];
-        i += stride;
+    if chunk > 0 {
+        // The CPU: each unit writes one contiguous run of the output (no cache line shared with
+        // another core), stepping its coordinates instead of dividing for each element.
+        let mut i = ABSOLUTE_POS * chunk;
+        let end = min(i + chunk, n);
+        if i < end {
+            let mut d = i % block;
+            let j = i / block;
+            let mut b = j / plane;
+            let rem = j % plane;
+            let mut c = rem / rows;
+            let mut r = rem % rows;
+            while i < end {
+                out[i] = x[((b * rows + r) * cols + c) * block + d];
+                i += 1;
+                d += 1;
+                if d == block {
+                    d = 0;
+                    r += 1;
+                    if r == rows {
+                        r = 0;
+                        c += 1;
+                        if c == cols {
+                            c = 0;
+                            b += 1;
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        // GPUs: grid-stride, neighbouring units on neighbouring elements.
+        let stride = CUBE_DIM as usize * CUBE_COUNT;
+        let mut i = ABSOLUTE_POS;
+        while i < n {
+            // out index i = (b, c, r, d)
+            let d = i % block;
+            let j = i / block;
+            let b = j / plane;
+            let rem = j % plane;
+            let c = rem / rows;
+            let r = rem % rows;
+            out[i] = x[((b * rows + r) * cols + c) * block + d];
+            i += stride;
+        }
     }
 }
 
 fn launch_transpose(x: &Tensor, shape: Vec<usize>, rows: usize, cols: usize, block: usize) -> Result<Tensor> {
     let out = Tensor::uninit(x.device(), &shape, x.dtype())?;
     let n = x.numel();
-    let (count, dim) = launch::grid_1d(x.device(), n);
+    let dev = x.device();
+    let (count, dim, chunk) = if dev.is_cpu() {
+        // One run per core, in whole cache lines.
+        let (count, dim) = launch::grid_tiles(dev, n.div_ceil(16));
+        let units = dim.x as usize;
+        (count, dim, n.div_ceil(units).next_multiple_of(16).max(16))
+    } else {
+        let (count, dim) = launch::grid_1d(dev, n);
+        (count, dim, 0)
+    };
     dispatch_float!(x.dtype(), F => unsafe {
         transpose_kernel::launch_unchecked::<F>(
-            x.device().client(),
+            dev.client(),
             count,
             dim,
             BufferArg::from_raw_parts(x.handle().clone(), n),
@@ -38,6 +81,7 @@ fn launch_transpose(x: &Tensor, shape: Vec<usize>, rows: usize, cols: usize, blo
             rows,
             cols,
             block,
+            chunk,
         )
     });
     Ok(out)
