@@ -27,7 +27,8 @@ tasks:
                against HF transformers + PEFT on this CPU (a small VLM and the 270M GGUF;
                the peer's Python packages from tools/reference/requirements.txt + gguf, in
                .venv or LAPIDARY_PYTHON); --no-step / --step-only run one half
-  demo [args]  setup, then the main job on the CPU (extra args go to `lapidary demo`)
+  demo [args]  setup, then the main job on the CPU, release build (extra args go to
+               `lapidary demo`)
   gpu-bundle   setup, then build the CUDA test, benchmark and lapidary binaries (both CUDA
                code paths, statically linked) into target/gpu-bundle/lapidary-gpu.tar.xz for
                tools/gpu/run.sh on a GPU machine (extra args go to cargo)
@@ -103,7 +104,8 @@ fn test(extra: &[String]) -> Result<(), String> {
 }
 
 fn demo(extra: &[String]) -> Result<(), String> {
-    let mut args = vec!["run", "--quiet", "--package", "lapidary", "--bin", "lapidary", "--", "demo"];
+    // Release: what a user gets from `cargo install`; the build's progress is shown.
+    let mut args = vec!["run", "--release", "--package", "lapidary", "--bin", "lapidary", "--", "demo"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)
 }
