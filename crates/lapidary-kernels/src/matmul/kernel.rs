@@ -283,7 +283,8 @@ fn matmul_impl(
     if b.rank() < 2 {
         return Err(Error::shape(format!("{op}: b"), "[..., K, N] (rank >= 2)", b.shape()));
     }
-    for (name, t) in [("b", b)].into_iter().chain(bias.map(|t| ("bias", t))) {
+    let operands = [("b", b)].into_iter().chain(bias.map(|t| ("bias", t))).chain(addend.map(|t| ("addend", t)));
+    for (name, t) in operands {
         if t.dtype() != a.dtype() {
             return Err(Error::DType {
                 context: format!("{op}: {name}"),
@@ -319,16 +320,6 @@ fn matmul_impl(
     let mut out_shape = lead.to_vec();
     out_shape.extend([m, n]);
     if let Some(addend) = addend {
-        if addend.dtype() != a.dtype() {
-            return Err(Error::DType {
-                context: format!("{op}: addend"),
-                expected: format!("{} (as a)", a.dtype()),
-                got: addend.dtype(),
-            });
-        }
-        if addend.device() != a.device() {
-            return Err(Error::Device(format!("{op}: a on {}, addend on {}", a.device(), addend.device())));
-        }
         addend.expect_shape(&format!("{op}: addend"), &out_shape)?;
     }
     let c = Tensor::uninit(a.device(), &out_shape, a.dtype())?;
