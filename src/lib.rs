@@ -26,5 +26,6 @@ pub mod bench_step;
 pub mod cli;
 pub mod demo;
 pub mod eval;
+pub mod export;
 pub mod merge;
 pub mod profile;

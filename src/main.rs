@@ -1,5 +1,5 @@
 //! The `lapidary` command-line tool: `demo` (the main job), `train`, `generate`, `merge`,
-//! `tokenize`, `eval` and `bench-step`. Each subcommand is a thin layer over the library;
+//! `export-gguf`, `tokenize`, `eval` and `bench-step`. Each subcommand is a thin layer over the library;
 //! `--help` explains every option.
 
 use clap::{Args, Parser, Subcommand};
@@ -83,6 +83,26 @@ enum Command {
         #[arg(long, default_value = "bf16")]
         dtype: String,
         /// Replace `--out` when it exists and is not empty.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Writes the model, with a LoRA adapter folded in, as GGUF files for llama.cpp, Ollama and
+    /// LM Studio: `<name>-<type>.gguf` (the text model with its tokenizer) and, for a vision
+    /// model, `mmproj-<name>-<type>.gguf` (the vision tower and projector).
+    ExportGguf {
+        /// HF model directory or a .gguf file.
+        #[arg(long)]
+        model: PathBuf,
+        /// PEFT LoRA adapter directory to fold in.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Storage of the matrices: f16, bf16, q8_0 or f32 (norms and vectors stay f32).
+        #[arg(long = "type", default_value = "f16")]
+        out_type: String,
+        /// Replace files of the same names in `--out`.
         #[arg(long)]
         overwrite: bool,
     },
@@ -374,6 +394,18 @@ fn main() -> ExitCode {
                 };
                 let n = lapidary::merge::run(&model, &adapter, &out, dtype, &device, overwrite)?;
                 println!("merged {n} adapted linears; wrote {}", out.display());
+                Ok(())
+            }
+            Command::ExportGguf { model, adapter, out, out_type, overwrite } => {
+                let t = out_type.parse::<lapidary::export::OutType>()?;
+                let e = lapidary::export::run(&model, adapter.as_deref(), &out, t, overwrite, &device)?;
+                if e.merged > 0 {
+                    println!("folded the adapter into {} linears", e.merged);
+                }
+                println!("wrote {}", e.text.display());
+                if let Some(m) = &e.mmproj {
+                    println!("wrote {}", m.display());
+                }
                 Ok(())
             }
             Command::Tokenize { model, file } => {

@@ -98,14 +98,37 @@ fn staging_dir(out: &Path) -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-fn write_merged(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, device: &Device) -> Result<usize> {
+/// One parameter of a model with its adapter folded in.
+pub struct MergedParam {
+    /// lapidary's name (`language_model.model.layers.0.self_attn.q_proj.weight`, ...).
+    pub name: String,
+    /// The name the base's checkpoint stores it under.
+    pub stored: String,
+    /// The shape the base stores (e.g. the patch embedding as a conv kernel `[out, 3, p, p]`).
+    pub shape: Vec<usize>,
+    /// Row-major values, finite.
+    pub values: Vec<f32>,
+}
+
+/// Every parameter of the model at `model` (an HF directory or a `.gguf` file) in f32, with the
+/// PEFT LoRA adapter at `adapter_dir` folded in (`W + scale · B · A`) when given, in the model's
+/// parameter order. Returns the model's config, the parameters and the number of linears merged.
+/// An adapter that matches no linear, an adapter that cannot be folded, a packed base and
+/// non-finite merged values are errors.
+pub fn merged_params(
+    model: &Path,
+    adapter_dir: Option<&Path>,
+    device: &Device,
+) -> Result<(crate::gemma3::Gemma3Config, Vec<MergedParam>, usize)> {
     let tape = Tape::new();
-    let (mut model, adapted) = crate::cli::open_frozen(model_dir, Some(adapter_dir), &tape, device)?;
-    if adapted == 0 {
-        return Err(Error::invalid(format!("{}: the adapter matches no linear of the model", adapter_dir.display())));
+    let (mut m, adapted) = crate::cli::open_frozen(model, adapter_dir, &tape, device)?;
+    if let Some(dir) = adapter_dir
+        && adapted == 0
+    {
+        return Err(Error::invalid(format!("{}: the adapter matches no linear of the model", dir.display())));
     }
     let mut merged: HashMap<String, Tensor> = HashMap::new();
-    for linear in model.linears_mut() {
+    for linear in m.linears_mut() {
         let Some(adapter) = linear.adapter() else { continue };
         let delta = adapter.weight_delta()?.ok_or_else(|| {
             Error::invalid(format!("{}: its adapter cannot be folded into the weight", linear.path()))
@@ -116,24 +139,32 @@ fn write_merged(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, 
             .ok_or_else(|| Error::invalid(format!("{}: weight without a name", linear.path())))?;
         merged.insert(name, elementwise::add(weight.value(), &delta)?);
     }
-    // Tensors are written in the shapes the base stores (e.g. the patch embedding as a conv
-    // kernel [out, 3, p, p], used here as a matrix).
-    let gguf = model_dir.extension().is_some_and(|e| e == "gguf");
-    let mut entries = Vec::new();
+    let mut params = Vec::new();
     for (name, var) in tape.params() {
         if name.contains(".lora_A.") || name.contains(".lora_B.") {
             continue;
         }
         let value = merged.get(&name).unwrap_or(var.value());
-        let mut key = model.stored_name(&name).to_string();
+        let stored = m.stored_name(&name).to_string();
+        let shape = m.stored_shape(&name).unwrap_or(value.shape()).to_vec();
+        let values = value.to_f32_vec()?;
+        Error::check_finite(&format!("merged tensor {stored}"), &values, "refusing to write non-finite weights")?;
+        params.push(MergedParam { name, stored, shape, values });
+    }
+    Ok((m.config().clone(), params, adapted))
+}
+
+fn write_merged(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, device: &Device) -> Result<usize> {
+    let (_, params, adapted) = merged_params(model_dir, Some(adapter_dir), device)?;
+    let gguf = model_dir.extension().is_some_and(|e| e == "gguf");
+    let mut entries = Vec::new();
+    for p in params {
+        let mut key = p.stored;
         if gguf {
             // A GGUF holds a text-only model: HF's Gemma3ForCausalLM names (`model.layers.N...`).
             key = key.replacen("language_model.model.", "model.", 1);
         }
-        let shape = model.stored_shape(&name).unwrap_or(value.shape()).to_vec();
-        let values = value.to_f32_vec()?;
-        Error::check_finite(&format!("merged tensor {key}"), &values, "refusing to write non-finite weights")?;
-        let stored = Tensor::from_f32(device, &values, &shape, dtype)?;
+        let stored = Tensor::from_f32(device, &p.values, &p.shape, dtype)?;
         entries.push(safetensors::entry_of(key, &stored)?);
     }
     safetensors::save(out.join("model.safetensors"), &entries)?;

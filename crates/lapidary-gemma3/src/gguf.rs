@@ -1,12 +1,13 @@
 //! Gemma 3 from a GGUF file (llama.cpp's layout, text-only: Gemma3ForCausalLM): the text config
 //! from `gemma3.*` metadata (other fields at transformers' Gemma3TextConfig defaults, as
-//! transformers' GGUF loader does), GGUF tensor names mapped to HF names (`blk.N.attn_q.weight`
+//! transformers' GGUF loader does; query scale, RoPE scaling and sliding pattern as llama.cpp reads
+//! them), GGUF tensor names mapped to HF names (`blk.N.attn_q.weight`
 //! -> `language_model.model.layers.N.self_attn.q_proj.weight`, ...), norms stored as `1 + w`
 //! taken back to `w`. Not the tokenizer.
 
 use crate::config::{Gemma3Config, Gemma3TextConfig};
 use lapidary_core::{Error, Result};
-use lapidary_nn::gguf::GgufFile;
+use lapidary_nn::gguf::{GgufFile, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The text config a GGUF file describes (architecture `gemma3` only).
@@ -36,7 +37,18 @@ pub fn hf_config(f: &GgufFile) -> Result<serde_json::Value> {
         .ok_or_else(|| Error::invalid(format!("{}: no token_embd.weight", f.path().display())))?;
     let id =
         |key: &str, default: u64| f.get(&format!("tokenizer.ggml.{key}")).and_then(|v| v.as_u64()).unwrap_or(default);
-    Ok(serde_json::json!({
+    let layers = num("block_count")?.as_u64().unwrap_or(0);
+    let key_length = num("attention.key_length")?;
+    // The query scale as llama.cpp sets it: 1/sqrt(head_dim), but 1/sqrt(hidden / heads) for the
+    // 62-layer (27B) model.
+    let query_pre_attn_scalar = if layers == 62 {
+        let h = num("embedding_length")?.as_f64().unwrap_or(0.0);
+        let n = num("attention.head_count")?.as_f64().unwrap_or(1.0);
+        serde_json::Value::from(h / n)
+    } else {
+        key_length.clone()
+    };
+    let mut cfg = serde_json::json!({
         "architectures": ["Gemma3ForCausalLM"],
         "model_type": "gemma3_text",
         "hidden_activation": "gelu_pytorch_tanh",
@@ -50,15 +62,42 @@ pub fn hf_config(f: &GgufFile) -> Result<serde_json::Value> {
         "num_hidden_layers": num("block_count")?,
         "num_attention_heads": num("attention.head_count")?,
         "num_key_value_heads": num("attention.head_count_kv")?,
-        "head_dim": num("attention.key_length")?,
+        "head_dim": key_length,
         "rms_norm_eps": num("attention.layer_norm_rms_epsilon")?,
         "sliding_window": num("attention.sliding_window")?,
         "rope_theta": num("rope.freq_base")?,
-        "query_pre_attn_scalar": 256,
-        "rope_local_base_freq": 10000.0,
+        "query_pre_attn_scalar": query_pre_attn_scalar,
+        "rope_local_base_freq": f.get("gemma3.rope.freq_base_swa").and_then(|v| v.as_f64()).unwrap_or(10000.0),
         "sliding_window_pattern": 6,
         "pad_token_id": id("padding_token_id", 0),
-    }))
+    });
+    let scaling = f.get("gemma3.rope.scaling.type").and_then(|v| v.as_str());
+    if scaling == Some("linear") {
+        cfg["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": num("rope.scaling.factor")?});
+    } else if let Some(other) = scaling.filter(|s| *s != "none") {
+        return Err(Error::invalid(format!(
+            "{}: gemma3.rope.scaling.type {other:?} is not supported (linear is)",
+            f.path().display()
+        )));
+    }
+    // Per-layer sliding flags (llama.cpp's array form of the pattern), else one in six global.
+    if let Some(flags) = f.get("gemma3.attention.sliding_window_pattern").and_then(|v| v.as_array()) {
+        let types: Vec<&str> = flags
+            .iter()
+            .map(|b| if *b == Value::Bool(true) { "sliding_attention" } else { "full_attention" })
+            .collect();
+        if types.len() as u64 != layers {
+            return Err(Error::invalid(format!(
+                "{}: gemma3.attention.sliding_window_pattern has {} flags for {layers} layers",
+                f.path().display(),
+                types.len()
+            )));
+        }
+        cfg["layer_types"] = serde_json::json!(types);
+    } else if let Some(n) = f.get("gemma3.attention.sliding_window_pattern").and_then(|v| v.as_u64()) {
+        cfg["sliding_window_pattern"] = serde_json::json!(n);
+    }
+    Ok(cfg)
 }
 
 /// HF names of the text model's parameters -> GGUF tensor names, and the HF names stored as

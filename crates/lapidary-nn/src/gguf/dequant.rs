@@ -38,6 +38,19 @@ impl GgmlType {
         })
     }
 
+    /// The type id GGUF stores (inverse of [`Self::from_id`]).
+    pub fn id(self) -> u32 {
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q4K => 12,
+            GgmlType::Q6K => 14,
+            GgmlType::Bf16 => 30,
+        }
+    }
+
     /// `(values per block, bytes per block)`.
     pub fn block(self) -> (usize, usize) {
         match self {

@@ -1,9 +1,11 @@
 //! GGUF files (llama.cpp's format): memory-mapped, header, metadata (`general.*`, `gemma3.*`,
 //! `tokenizer.ggml.*`) and tensor directory parsed once; tensors dequantized to f32 on request
-//! (see [`dequant`]). Shapes are returned row-major (GGUF lists dimensions innermost first).
+//! (see [`dequant`]); files written by [`write`]. Shapes are returned row-major (GGUF lists
+//! dimensions innermost first).
 //! Errors name the file and what was malformed. Not the mapping of names to a model.
 
 pub mod dequant;
+pub mod write;
 
 use dequant::GgmlType;
 use lapidary_core::{Error, Result};

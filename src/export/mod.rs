@@ -1,0 +1,354 @@
+//! `lapidary export-gguf`: a model (HF directory or `.gguf`), with a LoRA adapter folded in when
+//! given, written as the GGUF files llama.cpp, Ollama and LM Studio load: the text model (Gemma 3
+//! architecture, tensor names, metadata and tokenizer as llama.cpp's `convert_hf_to_gguf.py`
+//! writes them) and, for a vision model, the `mmproj` file (SigLIP tower and projector with the
+//! `clip.*` metadata llama.cpp's multimodal library reads). Storage types and the tensors kept in
+//! f32/f16 follow the converter. Files are written through temporary files and renamed; existing
+//! ones are replaced only with `overwrite`. Not quantization to K-quants, not other architectures.
+
+mod names;
+mod tokenizer;
+
+use crate::core::{Device, Error, Result};
+use crate::gemma3::Gemma3Config;
+use crate::gemma3::LayerKind;
+use crate::merge::MergedParam;
+use crate::nn::gguf::dequant::GgmlType;
+use crate::nn::gguf::write::{GgufWriter, Meta, MetaItem};
+use std::path::{Path, PathBuf};
+
+pub use names::{gguf_name, is_norm_shifted};
+
+/// What `export-gguf` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutType {
+    /// Everything in f32.
+    F32,
+    /// Matrices in f16 (llama.cpp's `--outtype f16`).
+    F16,
+    /// Matrices in bf16.
+    Bf16,
+    /// Matrices in Q8_0.
+    Q8_0,
+}
+
+impl std::str::FromStr for OutType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "f32" => OutType::F32,
+            "f16" => OutType::F16,
+            "bf16" => OutType::Bf16,
+            "q8_0" => OutType::Q8_0,
+            other => return Err(Error::invalid(format!("--type {other}: expected f16, bf16, q8_0 or f32"))),
+        })
+    }
+}
+
+impl OutType {
+    fn matrix_type(self) -> GgmlType {
+        match self {
+            OutType::F32 => GgmlType::F32,
+            OutType::F16 => GgmlType::F16,
+            OutType::Bf16 => GgmlType::Bf16,
+            OutType::Q8_0 => GgmlType::Q8_0,
+        }
+    }
+
+    /// llama.cpp's `general.file_type` (LlamaFileType).
+    fn file_type(self) -> u32 {
+        match self {
+            OutType::F32 => 0,
+            OutType::F16 => 1,
+            OutType::Q8_0 => 7,
+            OutType::Bf16 => 32,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            OutType::F32 => "f32",
+            OutType::F16 => "f16",
+            OutType::Bf16 => "bf16",
+            OutType::Q8_0 => "q8_0",
+        }
+    }
+}
+
+/// The files written.
+#[derive(Debug)]
+pub struct Exported {
+    /// The text model.
+    pub text: PathBuf,
+    /// The vision projector file, for a vision model.
+    pub mmproj: Option<PathBuf>,
+    /// Linears the adapter was folded into.
+    pub merged: usize,
+}
+
+/// Exports `model` (HF directory or `.gguf`) with `adapter` folded in to `out_dir`:
+/// `<name>-<type>.gguf` and, for a vision model, `mmproj-<name>-<type>.gguf`.
+pub fn run(
+    model: &Path,
+    adapter: Option<&Path>,
+    out_dir: &Path,
+    out_type: OutType,
+    overwrite: bool,
+    device: &Device,
+) -> Result<Exported> {
+    let stem = model
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty() && s != "." && s != "..")
+        .or_else(|| std::fs::canonicalize(model).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into())))
+        .unwrap_or_else(|| "model".into());
+    let text_path = out_dir.join(format!("{stem}-{}.gguf", out_type.label()));
+    let mmproj_path = out_dir.join(format!("mmproj-{stem}-{}.gguf", out_type.label()));
+    for p in [&text_path, &mmproj_path] {
+        if p.exists() && !overwrite {
+            return Err(Error::invalid(format!("{} exists; pass --overwrite to replace it", p.display())));
+        }
+    }
+    let (cfg, params, merged) = crate::merge::merged_params(model, adapter, device)?;
+    let source = Source::open(model, &cfg)?;
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let text = text_file(&cfg, &params, &source, out_type)?;
+    text.write(&text_path)?;
+    let mmproj = match cfg.vision {
+        Some(_) => {
+            let f = mmproj_file(&cfg, &params, &source, out_type)?;
+            f.write(&mmproj_path)?;
+            Some(mmproj_path)
+        }
+        None => {
+            if mmproj_path.exists() {
+                std::fs::remove_file(&mmproj_path).map_err(|e| Error::io(&mmproj_path, e))?;
+            }
+            None
+        }
+    };
+    Ok(Exported { text: text_path, mmproj, merged })
+}
+
+/// What the export reads from the model besides its weights.
+pub struct Source {
+    /// `general.name`.
+    pub name: String,
+    /// The text model's context length.
+    pub context_length: u64,
+    /// Tokenizer metadata (`tokenizer.*`), in the converter's order.
+    pub tokenizer: Vec<(String, Meta)>,
+    /// Image mean and std, for a vision model.
+    pub mean_std: Option<([f32; 3], [f32; 3])>,
+}
+
+impl Source {
+    /// Reads the name, context length, tokenizer and image normalization of `model`.
+    pub fn open(model: &Path, cfg: &Gemma3Config) -> Result<Self> {
+        if model.extension().is_some_and(|e| e == "gguf") {
+            let f = crate::nn::gguf::GgufFile::open(model)?;
+            let name = f.get("general.name").and_then(|v| v.as_str()).map(str::to_string);
+            let context_length = f.require("gemma3.context_length")?.as_u64().unwrap_or(131_072);
+            return Ok(Source {
+                name: name.unwrap_or_else(|| title_case(&file_stem(model))),
+                context_length,
+                tokenizer: tokenizer::from_gguf(&f)?,
+                mean_std: None,
+            });
+        }
+        let config_path = model.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::invalid(format!("{}: invalid JSON: {e}", config_path.display())))?;
+        let text_cfg = config.get("text_config").unwrap_or(&config);
+        let context_length = text_cfg["max_position_embeddings"].as_u64().unwrap_or(131_072);
+        let mean_std = match cfg.vision {
+            Some(_) => {
+                let p = crate::data::Processor::from_model(model)?;
+                Some((p.image.mean, p.image.std))
+            }
+            None => None,
+        };
+        Ok(Source {
+            name: title_case(&file_stem(model)),
+            context_length,
+            tokenizer: tokenizer::from_hf_dir(model, cfg.text.vocab_size)?,
+            mean_std,
+        })
+    }
+}
+
+fn file_stem(p: &Path) -> String {
+    let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
+}
+
+/// `gemma-3-4b-it` -> `Gemma 3 4b It` (the converter's fallback name from a directory).
+fn title_case(s: &str) -> String {
+    s.split(['-', '_', ' '])
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            let mut c = w.chars();
+            c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Parameter count as gguf's `size_label` writes it (`229K`, `4.3B`, ...).
+fn size_label(n: usize) -> String {
+    let n = n as f64;
+    let (scaled, suffix) = if n > 1e12 {
+        (n * 1e-12, "T")
+    } else if n > 1e9 {
+        (n * 1e-9, "B")
+    } else if n > 1e6 {
+        (n * 1e-6, "M")
+    } else {
+        (n * 1e-3, "K")
+    };
+    let int_digits = format!("{}", scaled.round() as u64).trim_start_matches('0').len();
+    let fix = 2usize.saturating_sub(int_digits);
+    format!("{scaled:.fix$}{suffix}")
+}
+
+/// The storage type of a tensor, as the converter chooses it: 1-D tensors and norms in f32;
+/// the projector's input projection in f16; the vision embeddings in f32; a Q8_0 matrix whose
+/// rows are not whole blocks in f16.
+fn storage_type(gguf: &str, shape: &[usize], out: OutType) -> GgmlType {
+    if gguf == "mm.input_projection.weight" {
+        return GgmlType::F16;
+    }
+    if gguf.starts_with("v.patch_embd.") || gguf.starts_with("v.position_embd.") {
+        return GgmlType::F32;
+    }
+    if shape.len() <= 1 || gguf.ends_with("_norm.weight") || !gguf.ends_with(".weight") {
+        return GgmlType::F32;
+    }
+    let t = out.matrix_type();
+    if t == GgmlType::Q8_0 && !shape[shape.len() - 1].is_multiple_of(32) {
+        return GgmlType::F16;
+    }
+    t
+}
+
+fn add_tensors(w: &mut GgufWriter, params: &[MergedParam], vision: bool, out: OutType) -> Result<usize> {
+    let mut count = 0;
+    for p in params {
+        let Some(gguf) = gguf_name(&p.name) else {
+            return Err(Error::invalid(format!("{}: no GGUF name for this tensor", p.name)));
+        };
+        if gguf.starts_with("v.") || gguf.starts_with("mm.") {
+            if !vision {
+                continue;
+            }
+        } else if vision {
+            continue;
+        }
+        let values: Vec<f32> =
+            if is_norm_shifted(&p.name) { p.values.iter().map(|v| v + 1.0).collect() } else { p.values.clone() };
+        w.add_tensor(&gguf, &p.shape, &values, storage_type(&gguf, &p.shape, out))?;
+        count += values.len();
+    }
+    Ok(count)
+}
+
+fn general(w: &mut GgufWriter, arch: &str, kind: &str, name: &str, params: usize, out: OutType) -> Result<()> {
+    w.set("general.architecture", Meta::str(arch))?;
+    w.set("general.type", Meta::str(kind))?;
+    w.set("general.name", Meta::str(name))?;
+    w.set("general.size_label", Meta::str(size_label(params)))?;
+    w.set("general.file_type", Meta::U32(out.file_type()))?;
+    w.set("general.quantization_version", Meta::U32(2))
+}
+
+/// The text model's GGUF (architecture `gemma3`).
+pub fn text_file(cfg: &Gemma3Config, params: &[MergedParam], source: &Source, out: OutType) -> Result<GgufWriter> {
+    let mut tensors = GgufWriter::new();
+    let n = add_tensors(&mut tensors, params, false, out)?;
+    let t = &cfg.text;
+    let mut w = GgufWriter::new();
+    general(&mut w, "gemma3", "model", &source.name, n, out)?;
+    let u = |x: usize| Meta::U32(x as u32);
+    w.set("gemma3.block_count", u(t.layer_types.len()))?;
+    w.set("gemma3.context_length", Meta::U32(source.context_length as u32))?;
+    w.set("gemma3.embedding_length", u(t.hidden_size))?;
+    w.set("gemma3.feed_forward_length", u(t.intermediate_size))?;
+    w.set("gemma3.attention.head_count", u(t.num_attention_heads))?;
+    w.set("gemma3.attention.head_count_kv", u(t.num_key_value_heads))?;
+    if t.rope_global.linear_factor != 1.0 {
+        w.set("gemma3.rope.scaling.type", Meta::str("linear"))?;
+        w.set("gemma3.rope.scaling.factor", Meta::F32(t.rope_global.linear_factor as f32))?;
+    }
+    w.set("gemma3.rope.freq_base", Meta::F32(t.rope_global.theta as f32))?;
+    w.set("gemma3.rope.freq_base_swa", Meta::F32(t.rope_local.theta as f32))?;
+    w.set("gemma3.attention.layer_norm_rms_epsilon", Meta::F32(t.rms_norm_eps as f32))?;
+    w.set("gemma3.attention.key_length", u(t.head_dim))?;
+    w.set("gemma3.attention.value_length", u(t.head_dim))?;
+    w.set("gemma3.attention.sliding_window", u(t.sliding_window))?;
+    // llama.cpp assumes one global layer in six (the 6th, 12th, ...); any other layout is
+    // written out per layer (a key its Gemma 3 loader reads; the converter never needs it).
+    let sliding: Vec<bool> = t.layer_types.iter().map(|k| *k == LayerKind::Sliding).collect();
+    if sliding.iter().enumerate().any(|(i, &s)| s != ((i + 1) % 6 != 0)) {
+        let flags = sliding.iter().map(|&s| Meta::Bool(s)).collect();
+        w.set("gemma3.attention.sliding_window_pattern", Meta::Array(MetaItem::Bool, flags))?;
+    }
+    for (k, v) in &source.tokenizer {
+        w.set(k, v.clone())?;
+    }
+    w.take_tensors(tensors)?;
+    Ok(w)
+}
+
+/// The vision projector's GGUF (architecture `clip`, projector type `gemma3`).
+pub fn mmproj_file(cfg: &Gemma3Config, params: &[MergedParam], source: &Source, out: OutType) -> Result<GgufWriter> {
+    let v = cfg.vision.as_ref().ok_or_else(|| Error::invalid("mmproj: the model has no vision tower"))?;
+    let (mean, std) = source.mean_std.ok_or_else(|| Error::invalid("mmproj: no image mean and std"))?;
+    let mut tensors = GgufWriter::new();
+    let n = add_tensors(&mut tensors, params, true, out)?;
+    let mut w = GgufWriter::new();
+    general(&mut w, "clip", "mmproj", &source.name, n, out)?;
+    let u = |x: usize| Meta::U32(x as u32);
+    w.set("clip.has_vision_encoder", Meta::Bool(true))?;
+    w.set("clip.vision.projection_dim", u(cfg.text.hidden_size))?;
+    w.set("clip.vision.image_size", u(v.image_size))?;
+    w.set("clip.vision.patch_size", u(v.patch_size))?;
+    w.set("clip.vision.embedding_length", u(v.hidden_size))?;
+    w.set("clip.vision.feed_forward_length", u(v.intermediate_size))?;
+    w.set("clip.vision.block_count", u(v.num_hidden_layers))?;
+    w.set("clip.vision.attention.head_count", u(v.num_attention_heads))?;
+    w.set("clip.vision.image_mean", Meta::f32s(&mean))?;
+    w.set("clip.vision.image_std", Meta::f32s(&std))?;
+    w.set("clip.projector_type", Meta::str("gemma3"))?;
+    w.set("clip.vision.attention.layer_norm_epsilon", Meta::F32(v.layer_norm_eps as f32))?;
+    w.set("clip.use_gelu", Meta::Bool(true))?;
+    // Pooling of the patch grid to the image tokens: llama.cpp assumes 4 (896 px, 14 px
+    // patches, 256 tokens) unless the file says otherwise.
+    let per_side = (cfg.mm_tokens_per_image as f64).sqrt().round() as usize;
+    let scale = (v.image_size / v.patch_size).checked_div(per_side).unwrap_or(0);
+    if scale > 0 && scale != 4 {
+        w.set("clip.vision.projector.scale_factor", u(scale))?;
+    }
+    w.take_tensors(tensors)?;
+    Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_labels_as_gguf_writes_them() {
+        assert_eq!(size_label(229_952), "230K");
+        assert_eq!(size_label(78_000), "78K");
+        assert_eq!(size_label(268_098_176), "268M");
+        assert_eq!(size_label(4_300_079_472), "4.3B");
+        assert_eq!(title_case("gemma-3-4b-it"), "Gemma 3 4b It");
+    }
+
+    #[test]
+    fn out_types_parse_and_refuse() {
+        assert_eq!("q8_0".parse::<OutType>().unwrap(), OutType::Q8_0);
+        assert!("q4_k".parse::<OutType>().unwrap_err().to_string().contains("q8_0"));
+    }
+}

@@ -1,0 +1,191 @@
+//! `lapidary export-gguf` on the bundled tiny VLM with a trained adapter: every exported tensor
+//! equals the merged model's (f32), the text file read back gives the merged model's logits
+//! (f32, f16, bf16, Q8_0 within measured bounds), and names, shapes, types and metadata equal
+//! what llama.cpp's converter writes for the same checkpoint (tests/fixtures/gguf-export,
+//! from tools/reference/gguf_export_reference.py).
+
+use lapidary::autograd::Tape;
+use lapidary::core::Device;
+use lapidary::demo::{bundled_model, write_dataset};
+use lapidary::export::{OutType, gguf_name, is_norm_shifted};
+use lapidary::gemma3::Batch;
+use lapidary::nn::gguf::{GgufFile, Value};
+use lapidary::train::{TrainConfig, Trainer};
+use std::path::{Path, PathBuf};
+
+/// A LoRA adapter on every linear of the bundled model after a few steps (B no longer zero).
+fn trained_adapter(dir: &Path) -> PathBuf {
+    write_dataset(dir, "train", 8, 5).unwrap();
+    let cfg = TrainConfig {
+        model: bundled_model(),
+        data: dir.join("train.jsonl"),
+        eval_fraction: 0.0,
+        output_dir: dir.join("out"),
+        lora_r: 4,
+        lora_alpha: 8.0,
+        learning_rate: 2e-2,
+        max_steps: 3,
+        micro_batch_size: 2,
+        max_len: 64,
+        seed: 3,
+        ..TrainConfig::default()
+    };
+    let dev = Device::from_env_or_cpu().unwrap();
+    Trainer::new(cfg, &dev).unwrap().run(false).unwrap();
+    dir.join("out/final")
+}
+
+fn text_logits(model: &Path, adapter: Option<&Path>, ids: &[u32], dev: &Device) -> Vec<f32> {
+    let tape = Tape::new();
+    let (m, _) = lapidary::cli::open_frozen(model, adapter, &tape, dev).unwrap();
+    let batch = Batch::prompt(ids, usize::MAX, None);
+    m.forward(&tape, &batch, false).unwrap().logits.value().to_f32_vec().unwrap()
+}
+
+fn worst_relative(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+}
+
+#[test]
+fn exported_files_hold_the_merged_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = trained_adapter(tmp.path());
+    let dev = Device::from_env_or_cpu().unwrap();
+    let model = bundled_model();
+    // Tokens past the sliding window (32), so sliding and global layers differ.
+    let ids: Vec<u32> = (0..48u32).map(|i| [2, 4, 100, 37][i as usize % 4] + (i * 7) % 200).collect();
+    let want = text_logits(&model, Some(&adapter), &ids, &dev);
+    let base = text_logits(&model, None, &ids, &dev);
+    assert!(worst_relative(&base, &want) > 1e-3, "the adapter should change the logits");
+
+    let out = tmp.path().join("gguf");
+    let e = lapidary::export::run(&model, Some(&adapter), &out, OutType::F32, false, &dev).unwrap();
+    assert!(e.merged > 0);
+    let mmproj = e.mmproj.clone().expect("a vision model gets an mmproj file");
+    // Every tensor: the merged value (plus one where llama.cpp stores 1 + w), exactly in f32.
+    let (_, params, _) = lapidary::merge::merged_params(&model, Some(&adapter), &dev).unwrap();
+    let (text_f, proj_f) = (GgufFile::open(&e.text).unwrap(), GgufFile::open(&mmproj).unwrap());
+    assert_eq!(text_f.tensors.len() + proj_f.tensors.len(), params.len());
+    for p in &params {
+        let name = gguf_name(&p.name).unwrap();
+        let f = if name.starts_with("v.") || name.starts_with("mm.") { &proj_f } else { &text_f };
+        let (values, shape) = f.tensor_f32(&name).unwrap();
+        assert_eq!(shape, p.shape, "{name}");
+        let shift = if is_norm_shifted(&p.name) { 1.0 } else { 0.0 };
+        let tol = if name == "mm.input_projection.weight" { 1e-3 } else { 0.0 };
+        for (a, b) in values.iter().zip(&p.values) {
+            assert!((a - (b + shift)).abs() <= tol * b.abs().max(1e-2), "{name}: {a} vs {}", b + shift);
+        }
+    }
+    // An existing export is not replaced unasked.
+    let again = lapidary::export::run(&model, Some(&adapter), &out, OutType::F32, false, &dev);
+    assert!(again.unwrap_err().to_string().contains("--overwrite"));
+
+    // The text file read back: the merged model's logits.
+    let mut report = Vec::new();
+    for (t, bound) in [(OutType::F32, 1e-5), (OutType::F16, 1e-2), (OutType::Bf16, 3e-2), (OutType::Q8_0, 5e-2)] {
+        let e = lapidary::export::run(&model, Some(&adapter), &out, t, true, &dev).unwrap();
+        let got = text_logits(&e.text, None, &ids, &dev);
+        let w = worst_relative(&got, &want);
+        report.push(format!("{t:?} {w:.2e}"));
+        assert!(w <= bound, "{t:?}: logits {w:.2e} from the merged model's (bound {bound:.0e})");
+    }
+    println!("export-gguf read back, worst logit error relative to max |logit|: {}", report.join(", "));
+}
+
+/// The converter's listing of one file.
+fn listing(kind: &str) -> serde_json::Value {
+    let path = crate::repo_path("tests/fixtures/gguf-export/listing.json");
+    let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    all[kind].clone()
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::U64(_) => "UINT",
+        Value::I64(_) => "INT",
+        Value::F64(_) => "FLOAT",
+        Value::Bool(_) => "BOOL",
+        Value::Str(_) => "STRING",
+        Value::Array(_) => "ARRAY",
+    }
+}
+
+fn json_of(v: &Value) -> serde_json::Value {
+    match v {
+        Value::U64(x) => (*x).into(),
+        Value::I64(x) => (*x).into(),
+        Value::F64(x) => (*x).into(),
+        Value::Bool(x) => (*x).into(),
+        Value::Str(x) => x.clone().into(),
+        Value::Array(a) => a.iter().map(json_of).collect(),
+    }
+}
+
+fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-6 * x.abs().max(1.0),
+        _ => match (a.as_array(), b.as_array()) {
+            (Some(x), Some(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q)),
+            _ => a == b,
+        },
+    }
+}
+
+fn check_against_converter(file: &Path, kind: &str, extra_keys: &[&str]) {
+    let want = listing(kind);
+    let f = GgufFile::open(file).unwrap();
+    let want_meta = want["metadata"].as_object().unwrap();
+    for (key, w) in want_meta {
+        let got = f.get(key).unwrap_or_else(|| panic!("{kind}: metadata {key} missing"));
+        let wt = w["type"][0].as_str().unwrap();
+        assert!(wt.starts_with(type_name(got)), "{kind}: {key} is {got:?}, the converter writes {wt}");
+        let wv = &w["value"];
+        let gv = json_of(got);
+        if let Some(len) = wv.get("len") {
+            let ga = gv.as_array().unwrap();
+            assert_eq!(ga.len() as u64, len.as_u64().unwrap(), "{kind}: {key} length");
+            let head = wv["head"].as_array().unwrap();
+            let tail = wv["tail"].as_array().unwrap();
+            assert!(same(&ga[..head.len()].to_vec().into(), &wv["head"]), "{kind}: {key} head");
+            assert!(same(&ga[ga.len() - tail.len()..].to_vec().into(), &wv["tail"]), "{kind}: {key} tail");
+        } else {
+            assert!(same(&gv, wv), "{kind}: {key} = {gv}, the converter writes {wv}");
+        }
+    }
+    for key in f.metadata.keys() {
+        assert!(want_meta.contains_key(key) || extra_keys.contains(&key.as_str()), "{kind}: extra metadata {key}");
+    }
+    let want_t = want["tensors"].as_object().unwrap();
+    assert_eq!(f.tensors.len(), want_t.len(), "{kind}: tensor count");
+    for (name, w) in want_t {
+        let t = f.tensors.get(name).unwrap_or_else(|| panic!("{kind}: tensor {name} missing"));
+        let shape: Vec<usize> = w["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
+        assert_eq!(t.shape, shape, "{kind}: {name} shape");
+        let ty = format!("{:?}", t.ggml_type).to_uppercase();
+        assert_eq!(ty, w["type"].as_str().unwrap(), "{kind}: {name} type");
+    }
+}
+
+#[test]
+fn export_writes_what_llama_cpps_converter_writes() {
+    let dev = Device::from_env_or_cpu().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    for (t, label) in [(OutType::F16, "f16"), (OutType::Q8_0, "q8_0")] {
+        let e = lapidary::export::run(&bundled_model(), None, out.path(), t, false, &dev).unwrap();
+        assert_eq!(e.merged, 0);
+        // The tiny model's layers (3 sliding, then 1 global) are not llama.cpp's default of one
+        // global in six: written per layer, a key the converter has no need of for real Gemma 3.
+        check_against_converter(&e.text, &format!("text-{label}"), &["gemma3.attention.sliding_window_pattern"]);
+        check_against_converter(e.mmproj.as_ref().unwrap(), &format!("mmproj-{label}"), &[]);
+    }
+    // Without a vision tower (a text-only GGUF written back out) there is no mmproj file; the
+    // tokenizer and metadata survive the round trip.
+    let text_only = out.path().join("tiny-vlm-f16.gguf");
+    let again = tempfile::tempdir().unwrap();
+    let e = lapidary::export::run(&text_only, None, again.path(), OutType::F16, false, &dev).unwrap();
+    assert!(e.mmproj.is_none());
+    check_against_converter(&e.text, "text-f16", &["gemma3.attention.sliding_window_pattern"]);
+}
