@@ -189,3 +189,24 @@ fn export_writes_what_llama_cpps_converter_writes() {
     assert!(e.mmproj.is_none());
     check_against_converter(&e.text, "text-f16", &["gemma3.attention.sliding_window_pattern"]);
 }
+
+/// The real Gemma 3 270M exported to f16 is, byte for byte, the file transformers loaded with the
+/// same token ids and logits as lapidary on the source (tools/reference/check_export.py, figures
+/// in the fixture).
+#[test]
+fn the_270m_export_is_the_file_transformers_was_checked_on() {
+    use sha2::Digest;
+    let Some(source) = crate::gguf::gemma3_gguf() else { return };
+    let path = crate::repo_path("tests/fixtures/gguf-export/transformers_checked.json");
+    let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(rec["token_ids_equal"], true);
+    assert!(rec["logits_max_rel_diff"].as_f64().unwrap() < 1e-2, "{rec}");
+    let dev = Device::from_env_or_cpu().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let e = lapidary::export::run(&source, None, out.path(), OutType::F16, false, &dev).unwrap();
+    assert_eq!(e.text.file_name().unwrap().to_str().unwrap(), rec["export"].as_str().unwrap());
+    assert!(e.mmproj.is_none());
+    let bytes = std::fs::read(&e.text).unwrap();
+    let digest: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(digest, rec["sha256"].as_str().unwrap(), "the export differs from the file transformers checked");
+}
