@@ -2,7 +2,8 @@
 //!
 //! Built so far: [`Linear`] with an adapter slot (its frozen base optionally packed as bf16 or
 //! NF4), [`Weights`]: memory-mapped safetensors checkpoints (single or sharded) or GGUF files
-//! ([`gguf`]) loaded by name with strict key accounting and prefix aliases. A model crate builds
+//! ([`gguf`], which also writes GGUF files: F32, F16, BF16, Q8_0) loaded by name with strict key
+//! accounting and prefix aliases. A model crate builds
 //! its linears with the HF weight names; an adapter crate (LoRA) fills the slot by parameter
 //! path afterwards, so model code never changes to gain adapters. Still to come here: norms, embeddings, patch embedding,
 //! RoPE tables and attention layers.
