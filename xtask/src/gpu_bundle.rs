@@ -209,9 +209,11 @@ fn check_needed(bin: &Path) -> Result<(), String> {
 fn compress(stage: &Path, archive: &Path) -> Result<(), String> {
     let tmp = archive.with_extension("xz.tmp");
     // One xz stream, one thread, a dictionary larger than the input: the LLVM inside every
-    // binary after the first is found as a long match.
+    // binary after the first is found as a long match. Preset 3 (on the 822 MiB of binaries
+    // today): 62.1 MiB in 114 s, against 63.4 MiB in 62 s at preset 1 and 56.0 MiB in 589 s at
+    // preset 6; an x86 branch filter makes it larger (80 MB), since it breaks those matches.
     let script = format!(
-        "tar -C '{}' -cf - lapidary-gpu | xz -T1 --lzma2=preset=1,dict=1GiB > '{}'",
+        "tar -C '{}' -cf - lapidary-gpu | xz -T1 --lzma2=preset=3,dict=1GiB > '{}'",
         stage.display(),
         tmp.display()
     );
