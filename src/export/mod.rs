@@ -15,9 +15,10 @@ use crate::gemma3::LayerKind;
 use crate::merge::MergedParam;
 use crate::nn::gguf::dequant::GgmlType;
 use crate::nn::gguf::write::{GgufWriter, Meta, MetaItem};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-pub use names::{gguf_name, is_norm_shifted};
+pub use names::GgufNames;
 
 /// What `export-gguf` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,12 +97,7 @@ pub fn run(
     overwrite: bool,
     device: &Device,
 ) -> Result<Exported> {
-    let stem = model
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.is_empty() && s != "." && s != "..")
-        .or_else(|| std::fs::canonicalize(model).ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into())))
-        .unwrap_or_else(|| "model".into());
+    let stem = file_stem(model);
     let text_path = out_dir.join(format!("{stem}-{}.gguf", out_type.label()));
     let mmproj_path = out_dir.join(format!("mmproj-{stem}-{}.gguf", out_type.label()));
     for p in [&text_path, &mmproj_path] {
@@ -156,10 +152,7 @@ impl Source {
                 mean_std: None,
             });
         }
-        let config_path = model.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::invalid(format!("{}: invalid JSON: {e}", config_path.display())))?;
+        let config = crate::data::processor::read_json(&model.join("config.json"))?;
         let text_cfg = config.get("text_config").unwrap_or(&config);
         let context_length = text_cfg["max_position_embeddings"].as_u64().unwrap_or(131_072);
         let mean_std = match cfg.vision {
@@ -178,6 +171,7 @@ impl Source {
     }
 }
 
+/// The model's name on disk: a directory's name (also for `.`), a file's stem.
 fn file_stem(p: &Path) -> String {
     let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into())
@@ -232,10 +226,16 @@ fn storage_type(gguf: &str, shape: &[usize], out: OutType) -> GgmlType {
     t
 }
 
-fn add_tensors(w: &mut GgufWriter, params: &[MergedParam], vision: bool, out: OutType) -> Result<usize> {
+fn add_tensors(
+    w: &mut GgufWriter,
+    params: &[MergedParam],
+    names: &GgufNames,
+    vision: bool,
+    out: OutType,
+) -> Result<usize> {
     let mut count = 0;
     for p in params {
-        let Some(gguf) = gguf_name(&p.name) else {
+        let Some(gguf) = names.get(&p.name) else {
             return Err(Error::invalid(format!("{}: no GGUF name for this tensor", p.name)));
         };
         if gguf.starts_with("v.") || gguf.starts_with("mm.") {
@@ -245,8 +245,11 @@ fn add_tensors(w: &mut GgufWriter, params: &[MergedParam], vision: bool, out: Ou
         } else if vision {
             continue;
         }
-        let values: Vec<f32> =
-            if is_norm_shifted(&p.name) { p.values.iter().map(|v| v + 1.0).collect() } else { p.values.clone() };
+        let values: Cow<'_, [f32]> = if names.is_norm_shifted(&p.name) {
+            Cow::Owned(p.values.iter().map(|v| v + 1.0).collect())
+        } else {
+            Cow::Borrowed(&p.values)
+        };
         w.add_tensor(&gguf, &p.shape, &values, storage_type(&gguf, &p.shape, out))?;
         count += values.len();
     }
@@ -265,7 +268,7 @@ fn general(w: &mut GgufWriter, arch: &str, kind: &str, name: &str, params: usize
 /// The text model's GGUF (architecture `gemma3`).
 pub fn text_file(cfg: &Gemma3Config, params: &[MergedParam], source: &Source, out: OutType) -> Result<GgufWriter> {
     let mut tensors = GgufWriter::new();
-    let n = add_tensors(&mut tensors, params, false, out)?;
+    let n = add_tensors(&mut tensors, params, &GgufNames::new(&cfg.text), false, out)?;
     let t = &cfg.text;
     let mut w = GgufWriter::new();
     general(&mut w, "gemma3", "model", &source.name, n, out)?;
@@ -305,7 +308,7 @@ pub fn mmproj_file(cfg: &Gemma3Config, params: &[MergedParam], source: &Source, 
     let v = cfg.vision.as_ref().ok_or_else(|| Error::invalid("mmproj: the model has no vision tower"))?;
     let (mean, std) = source.mean_std.ok_or_else(|| Error::invalid("mmproj: no image mean and std"))?;
     let mut tensors = GgufWriter::new();
-    let n = add_tensors(&mut tensors, params, true, out)?;
+    let n = add_tensors(&mut tensors, params, &GgufNames::new(&cfg.text), true, out)?;
     let mut w = GgufWriter::new();
     general(&mut w, "clip", "mmproj", &source.name, n, out)?;
     let u = |x: usize| Meta::U32(x as u32);

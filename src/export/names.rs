@@ -1,58 +1,48 @@
-//! lapidary's parameter names -> llama.cpp's GGUF tensor names for Gemma 3: the text model as
-//! the GGUF reader maps it (`blk.N.attn_q.weight`, ...), the SigLIP tower and projector as the
-//! converter's `mmproj` names them (`v.blk.N.attn_q.weight`, `v.patch_embd.weight`,
-//! `mm.input_projection.weight`, ...). Which tensors llama.cpp stores as `1 + w` (Gemma's RMS
-//! norms). Not the values.
+//! lapidary's parameter names -> llama.cpp's GGUF tensor names for Gemma 3: the text model
+//! through the table the GGUF reader loads with ([`crate::gemma3::gguf::tensor_names`], so
+//! reading and writing cannot disagree), the SigLIP tower and projector as the converter's
+//! `mmproj` names them (`v.blk.N.attn_q.weight`, `v.patch_embd.weight`,
+//! `mm.input_projection.weight`, ...); and which tensors llama.cpp stores as `1 + w` (Gemma's RMS
+//! norms, the projector's included; SigLIP's layer norms are stored as they are). Not the values.
 
-/// The GGUF name of the parameter `name`, `None` for one llama.cpp has no place for.
-pub fn gguf_name(name: &str) -> Option<String> {
-    if let Some(rest) = name.strip_prefix("language_model.model.") {
-        return text_name(rest);
-    }
-    if let Some(rest) = name.strip_prefix("vision_tower.") {
-        return vision_name(rest.strip_prefix("vision_model.").unwrap_or(rest));
-    }
-    match name {
-        "multi_modal_projector.mm_input_projection_weight" => Some("mm.input_projection.weight".into()),
-        "multi_modal_projector.mm_soft_emb_norm.weight" => Some("mm.soft_emb_norm.weight".into()),
-        _ => None,
-    }
+use crate::gemma3::Gemma3TextConfig;
+use std::collections::{BTreeMap, BTreeSet};
+
+const PROJECTOR_NORM: &str = "multi_modal_projector.mm_soft_emb_norm.weight";
+
+/// The GGUF names of one model's parameters.
+pub struct GgufNames {
+    text: BTreeMap<String, String>,
+    shifted: BTreeSet<String>,
 }
 
-/// Whether llama.cpp stores the parameter `name` as `1 + w` (every Gemma RMS norm, the
-/// projector's included; SigLIP's layer norms are stored as they are).
-pub fn is_norm_shifted(name: &str) -> bool {
-    (name.starts_with("language_model.model.") && name.ends_with("norm.weight"))
-        || name == "multi_modal_projector.mm_soft_emb_norm.weight"
-}
-
-fn text_name(rest: &str) -> Option<String> {
-    match rest {
-        "embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "norm.weight" => return Some("output_norm.weight".into()),
-        _ => {}
+impl GgufNames {
+    /// The names of a Gemma 3 model whose text model is `text`.
+    pub fn new(text: &Gemma3TextConfig) -> Self {
+        let (text, mut shifted) = crate::gemma3::gguf::tensor_names(text);
+        shifted.insert(PROJECTOR_NORM.to_string());
+        GgufNames { text, shifted }
     }
-    let rest = rest.strip_prefix("layers.")?;
-    let (layer, module) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, suffix) = module.rsplit_once('.')?;
-    let g = match module {
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "post_attention_norm",
-        "pre_feedforward_layernorm" => "ffn_norm",
-        "post_feedforward_layernorm" => "post_ffw_norm",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}.{suffix}"))
+
+    /// The GGUF name of the parameter `name`, `None` for one llama.cpp has no place for.
+    pub fn get(&self, name: &str) -> Option<String> {
+        if let Some(g) = self.text.get(name) {
+            return Some(g.clone());
+        }
+        if let Some(rest) = name.strip_prefix("vision_tower.") {
+            return vision_name(rest.strip_prefix("vision_model.").unwrap_or(rest));
+        }
+        match name {
+            "multi_modal_projector.mm_input_projection_weight" => Some("mm.input_projection.weight".into()),
+            PROJECTOR_NORM => Some("mm.soft_emb_norm.weight".into()),
+            _ => None,
+        }
+    }
+
+    /// Whether llama.cpp stores the parameter `name` as `1 + w`.
+    pub fn is_norm_shifted(&self, name: &str) -> bool {
+        self.shifted.contains(name)
+    }
 }
 
 fn vision_name(rest: &str) -> Option<String> {
@@ -86,9 +76,11 @@ mod tests {
 
     #[test]
     fn names_as_llama_cpp_has_them() {
+        let cfg = crate::gemma3::Gemma3Config::from_file(crate::demo::bundled_model().join("config.json")).unwrap();
+        let names = GgufNames::new(&cfg.text);
         let cases = [
             ("language_model.model.embed_tokens.weight", "token_embd.weight"),
-            ("language_model.model.layers.11.self_attn.k_norm.weight", "blk.11.attn_k_norm.weight"),
+            ("language_model.model.layers.3.self_attn.k_norm.weight", "blk.3.attn_k_norm.weight"),
             ("language_model.model.layers.0.mlp.down_proj.weight", "blk.0.ffn_down.weight"),
             ("vision_tower.encoder.layers.3.self_attn.out_proj.bias", "v.blk.3.attn_out.bias"),
             ("vision_tower.vision_model.encoder.layers.3.mlp.fc1.weight", "v.blk.3.ffn_up.weight"),
@@ -96,12 +88,12 @@ mod tests {
             ("multi_modal_projector.mm_input_projection_weight", "mm.input_projection.weight"),
         ];
         for (ours, theirs) in cases {
-            assert_eq!(gguf_name(ours).as_deref(), Some(theirs), "{ours}");
+            assert_eq!(names.get(ours).as_deref(), Some(theirs), "{ours}");
         }
-        assert_eq!(gguf_name("language_model.model.layers.0.self_attn.rotary.weight"), None);
-        assert!(is_norm_shifted("language_model.model.layers.2.input_layernorm.weight"));
-        assert!(is_norm_shifted("multi_modal_projector.mm_soft_emb_norm.weight"));
-        assert!(!is_norm_shifted("vision_tower.post_layernorm.weight"));
-        assert!(!is_norm_shifted("language_model.model.layers.2.self_attn.q_proj.weight"));
+        assert_eq!(names.get("language_model.model.layers.0.self_attn.rotary.weight"), None);
+        assert!(names.is_norm_shifted("language_model.model.layers.2.input_layernorm.weight"));
+        assert!(names.is_norm_shifted(PROJECTOR_NORM));
+        assert!(!names.is_norm_shifted("vision_tower.post_layernorm.weight"));
+        assert!(!names.is_norm_shifted("language_model.model.layers.2.self_attn.q_proj.weight"));
     }
 }

@@ -8,6 +8,7 @@
 //! tokenization.
 
 use crate::core::{Error, Result};
+use crate::data::processor::read_json;
 use crate::nn::gguf::write::{Meta, MetaItem};
 use crate::nn::gguf::{GgufFile, Value};
 use std::path::Path;
@@ -24,11 +25,6 @@ struct Vocab {
     tokens: Vec<String>,
     scores: Vec<f32>,
     types: Vec<i32>,
-}
-
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::invalid(format!("{}: invalid JSON: {e}", path.display())))
 }
 
 /// Tokenizer metadata from an HF model directory whose text model has `vocab_size` rows.

@@ -7,7 +7,7 @@
 use lapidary::autograd::Tape;
 use lapidary::core::Device;
 use lapidary::demo::{bundled_model, write_dataset};
-use lapidary::export::{OutType, gguf_name, is_norm_shifted};
+use lapidary::export::{GgufNames, OutType};
 use lapidary::gemma3::Batch;
 use lapidary::nn::gguf::{GgufFile, Value};
 use lapidary::train::{TrainConfig, Trainer};
@@ -72,15 +72,16 @@ fn exported_files_hold_the_merged_model() {
     assert!(e.merged > 0);
     let mmproj = e.mmproj.clone().expect("a vision model gets an mmproj file");
     // Every tensor: the merged value (plus one where llama.cpp stores 1 + w), exactly in f32.
-    let (_, params, _) = lapidary::merge::merged_params(&model, Some(&adapter), &dev).unwrap();
+    let (cfg, params, _) = lapidary::merge::merged_params(&model, Some(&adapter), &dev).unwrap();
+    let names = GgufNames::new(&cfg.text);
     let (text_f, proj_f) = (GgufFile::open(&e.text).unwrap(), GgufFile::open(&mmproj).unwrap());
     assert_eq!(text_f.tensors.len() + proj_f.tensors.len(), params.len());
     for p in &params {
-        let name = gguf_name(&p.name).unwrap();
+        let name = names.get(&p.name).unwrap();
         let f = if name.starts_with("v.") || name.starts_with("mm.") { &proj_f } else { &text_f };
         let (values, shape) = f.tensor_f32(&name).unwrap();
         assert_eq!(shape, p.shape, "{name}");
-        let shift = if is_norm_shifted(&p.name) { 1.0 } else { 0.0 };
+        let shift = if names.is_norm_shifted(&p.name) { 1.0 } else { 0.0 };
         let tol = if name == "mm.input_projection.weight" { 1e-3 } else { 0.0 };
         for (a, b) in values.iter().zip(&p.values) {
             assert!((a - (b + shift)).abs() <= tol * b.abs().max(1e-2), "{name}: {a} vs {}", b + shift);

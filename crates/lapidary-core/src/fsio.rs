@@ -9,11 +9,18 @@ use std::path::{Path, PathBuf};
 /// Writes `bytes` to `path` through a temporary file in the same directory, synced before the
 /// rename and the directory synced after it.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] for content produced piece by piece: `write` fills a buffered temporary file
+/// (nothing is held whole in memory), which is then synced and renamed over `path`. On any error
+/// the temporary file is removed and `path` is left as it was.
+pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     let tmp = sibling(path, "tmp");
     let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        write(&mut f)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);

@@ -79,7 +79,8 @@ impl Default for EncodeOptions {
     }
 }
 
-fn read_json(path: &Path) -> Result<Value> {
+/// A JSON file, or an error naming it.
+pub fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::invalid(format!("{}: invalid JSON: {e}", path.display())))
 }

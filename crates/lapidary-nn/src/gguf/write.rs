@@ -153,11 +153,6 @@ impl GgufWriter {
         Ok(())
     }
 
-    /// The metadata entries so far, in order.
-    pub fn metadata(&self) -> &[(String, Meta)] {
-        &self.metadata
-    }
-
     /// Adds a tensor of row-major `shape` from f32 `values`, stored as `ggml_type` (F32, F16, BF16
     /// or Q8_0; a Q8_0 tensor's rows must be whole 32-value blocks).
     pub fn add_tensor(&mut self, name: &str, shape: &[usize], values: &[f32], ggml_type: GgmlType) -> Result<()> {
@@ -195,13 +190,9 @@ impl GgufWriter {
         Ok(())
     }
 
-    /// Names, row-major shapes and storage types of the tensors so far, in order.
-    pub fn tensor_list(&self) -> Vec<(&str, &[usize], GgmlType)> {
-        self.tensors.iter().map(|t| (t.name.as_str(), t.shape.as_slice(), t.ggml_type)).collect()
-    }
-
-    /// The whole file.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+    /// The header: magic, version, counts, metadata and tensor directory (tensor data follows
+    /// from the next multiple of [`ALIGNMENT`]).
+    fn header(&self) -> Result<Vec<u8>> {
         let mut out = b"GGUF".to_vec();
         out.extend(3u32.to_le_bytes());
         out.extend((self.tensors.len() as u64).to_le_bytes());
@@ -222,18 +213,34 @@ impl GgufWriter {
             out.extend((offset as u64).to_le_bytes());
             offset += t.bytes.len().div_ceil(ALIGNMENT) * ALIGNMENT;
         }
-        for t in &self.tensors {
-            out.resize(out.len().div_ceil(ALIGNMENT) * ALIGNMENT, 0);
-            out.extend(&t.bytes);
-        }
-        out.resize(out.len().div_ceil(ALIGNMENT) * ALIGNMENT, 0);
         Ok(out)
     }
 
-    /// Writes the file to `path` through a temporary file renamed into place.
+    /// Writes the file's bytes to `w`: the header, then each tensor at its aligned offset.
+    fn write_to(&self, header: &[u8], w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let pad = |len: usize| vec![0u8; len.div_ceil(ALIGNMENT) * ALIGNMENT - len];
+        w.write_all(header)?;
+        w.write_all(&pad(header.len()))?;
+        for t in &self.tensors {
+            w.write_all(&t.bytes)?;
+            w.write_all(&pad(t.bytes.len()))?;
+        }
+        Ok(())
+    }
+
+    /// The whole file.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let header = self.header()?;
+        let mut out = Vec::new();
+        self.write_to(&header, &mut out).expect("writing to memory");
+        Ok(out)
+    }
+
+    /// Writes the file to `path` through a temporary file renamed into place, streamed (the
+    /// file is never held whole in memory).
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_bytes().map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
-        lapidary_core::fsio::write_atomic(path, &bytes)
+        let header = self.header().map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+        lapidary_core::fsio::write_atomic_with(path, |w| self.write_to(&header, w))
     }
 }
 
