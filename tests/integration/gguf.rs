@@ -6,6 +6,7 @@
 
 use lapidary::nn::gguf::GgufFile;
 use std::path::PathBuf;
+use lapidary::nn::safetensors::LoadTensor;
 
 /// The assembled GGUF, if present: `LAPIDARY_GEMMA3_GGUF`, else the package's default location.
 /// Absent, the caller skips, except under `CI=true`, where a missing file fails the test.

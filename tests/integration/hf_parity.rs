@@ -10,6 +10,7 @@ use lapidary::nn::Weights;
 use lapidary::nn::safetensors::SafetensorsFiles;
 use lapidary::siglip::{SiglipVisionConfig, SiglipVisionModel};
 use std::path::PathBuf;
+use lapidary::nn::safetensors::LoadTensor;
 
 pub(crate) fn fixtures() -> PathBuf {
     crate::repo_path("tests/fixtures/tiny-gemma3")

@@ -10,6 +10,7 @@ use lapidary::autograd::{BackwardOptions, Tape, Trainable};
 use lapidary::core::{DType, Device};
 use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration};
 use lapidary::nn::safetensors::{self, SafetensorsFiles};
+use lapidary::nn::safetensors::LoadTensor;
 
 /// Where each source row's real tokens landed: (packed row, first column, source row, length).
 type Placement = Vec<(usize, usize, usize, usize)>;

@@ -9,6 +9,7 @@ use lapidary::demo::{bundled_model, write_dataset};
 use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration, GenerateOptions, Sampling, argmax};
 use lapidary::train::{Schedule, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
+use lapidary::nn::safetensors::LoadTensor;
 
 fn config(dir: &Path) -> TrainConfig {
     TrainConfig {

@@ -88,6 +88,7 @@ fn main() -> ExitCode {
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
+    kernel_free_crates()?;
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)?;
@@ -101,6 +102,31 @@ fn test(extra: &[String]) -> Result<(), String> {
     )?;
     // Kernels are JIT-compiled for the CPU they run on: check CPUs other than this one.
     cpu_check::run()
+}
+
+/// The crates that promise to build without CubeCL (and so without LLVM): none of them may
+/// reach it through any normal dependency.
+const KERNEL_FREE: [&str; 2] = ["lapidary-io", "lapidary-data"];
+
+/// Fails when a [`KERNEL_FREE`] crate's dependency tree holds a `cubecl` crate.
+fn kernel_free_crates() -> Result<(), String> {
+    for krate in KERNEL_FREE {
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["tree", "--offline", "--edges", "normal", "--prefix", "none", "--package", krate])
+            .current_dir(workspace_root())
+            .output()
+            .map_err(|e| format!("could not run cargo tree: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("`cargo tree --package {krate}` failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let tree = String::from_utf8_lossy(&out.stdout);
+        let kernels: Vec<&str> = tree.lines().filter(|l| l.starts_with("cubecl")).collect();
+        if !kernels.is_empty() {
+            return Err(format!("{krate} must build without CubeCL, but depends on {}", kernels.join(", ")));
+        }
+        eprintln!("{krate}: kernel-free ({} crates in its tree, no cubecl)", tree.lines().count());
+    }
+    Ok(())
 }
 
 fn demo(extra: &[String]) -> Result<(), String> {

@@ -16,19 +16,14 @@
 //! ```
 
 mod device;
-mod dtype;
-mod error;
-pub mod fsio;
 pub mod jit_builtins;
 mod kernel_failure;
 pub mod launch;
 pub mod pacing;
-pub mod rng;
 mod tensor;
 
 pub use device::{Device, DeviceKind, MemoryStats};
-pub use dtype::DType;
-pub use error::{Error, Result};
+pub use lapidary_io::{DType, Error, Result, fsio, rng};
 pub use kernel_failure::kernel_failure;
 pub use tensor::{Tensor, set_poison_outputs};
 

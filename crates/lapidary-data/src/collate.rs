@@ -4,7 +4,7 @@
 //! Not the model's label shift (the model does it), not the choice of what to pack (`pack.rs`).
 
 use crate::processor::{Example, Processor};
-use lapidary_core::{Error, Result};
+use lapidary_io::{Error, Result};
 
 /// A padded batch, host side. Integer fields are row-major `[batch, seq]`.
 #[derive(Clone, Debug, PartialEq)]

@@ -5,7 +5,7 @@
 
 use crate::processor::{EncodeOptions, Example, Processor};
 use crate::template::Conversation;
-use lapidary_core::{Error, Result};
+use lapidary_io::{Error, Result};
 use std::path::{Path, PathBuf};
 
 /// What to do with a row that cannot be used.

@@ -3,7 +3,7 @@
 //! resize with PIL's bilinear filter (antialiased when shrinking; 8-bit fixed point, horizontal
 //! pass then vertical), rescale by 1/255 and normalize per channel. Output is `[3, H, W]` f32, channel-major. Not pan-and-scan.
 
-use lapidary_core::{Error, Result};
+use lapidary_io::{Error, Result};
 use std::path::Path;
 
 /// How images are turned into pixel values (HF's `image_processor` settings).

@@ -1,7 +1,8 @@
 //! lapidary-data: the tokenizer, Gemma 3's chat template, image preprocessing, JSONL datasets and
 //! the collator — from a folder of images and a JSONL file to padded batches with labels and
 //! token_type_ids, matching HF's Gemma3Processor; and the tokenizer a Gemma GGUF file carries
-//! ([`gguf_tokenizer`]). Not the model or the training loop.
+//! ([`gguf_tokenizer`]). Not the model or the training loop. It needs no CubeCL and no LLVM to
+//! build: its only lapidary dependency is the kernel-free `lapidary-io`.
 //!
 //! ```
 //! use lapidary_data::template::{Conversation, render};

@@ -5,7 +5,7 @@
 use crate::image::{self, ImageConfig};
 use crate::template::{self, Conversation};
 use crate::tokenizer::TextTokenizer;
-use lapidary_core::{Error, Result};
+use lapidary_io::{Error, Result};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -90,7 +90,7 @@ impl Processor {
     /// tokenizer it carries and no image support.
     pub fn from_model(path: &Path) -> Result<Self> {
         if path.extension().is_some_and(|e| e == "gguf") {
-            let f = lapidary_nn::gguf::GgufFile::open(path)?;
+            let f = lapidary_io::gguf::GgufFile::open(path)?;
             let tok = crate::gguf_tokenizer::from_gguf(&f)?;
             let tokenizer = TextTokenizer::from_tokenizer(tok, &path.display().to_string())?;
             return Ok(Processor {

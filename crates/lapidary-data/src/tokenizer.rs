@@ -1,7 +1,7 @@
 //! The text tokenizer: a `tokenizer.json` (HF `tokenizers` format) and the ids of the Gemma 3
 //! special tokens. Not the chat template (see `template.rs`) nor image expansion.
 
-use lapidary_core::{Error, Result};
+use lapidary_io::{Error, Result};
 use std::path::Path;
 
 /// A tokenizer with Gemma 3's special tokens resolved to ids.

@@ -1,12 +1,13 @@
 //! lapidary-nn: the layers lapidary models are built from.
 //!
-//! Built so far: [`Linear`] with an adapter slot (its frozen base optionally packed as bf16 or
-//! NF4), [`Weights`]: memory-mapped safetensors checkpoints (single or sharded) or GGUF files
-//! ([`gguf`], which also writes GGUF files: F32, F16, BF16, Q8_0) loaded by name with strict key
-//! accounting and prefix aliases. A model crate builds
-//! its linears with the HF weight names; an adapter crate (LoRA) fills the slot by parameter
-//! path afterwards, so model code never changes to gain adapters. Still to come here: norms, embeddings, patch embedding,
-//! RoPE tables and attention layers.
+//! It is: [`Linear`] with an adapter slot (its frozen base optionally packed as bf16 or NF4), and
+//! [`Weights`]: a model's tensors loaded by name from memory-mapped safetensors checkpoints
+//! (single or sharded) or GGUF files, with strict key accounting and prefix aliases. A model
+//! crate builds its linears with the HF weight names; an adapter crate (LoRA) fills the slot by
+//! parameter path afterwards, so model code never changes to gain adapters. The file formats
+//! themselves ([`safetensors`], [`gguf`]) are the kernel-free `lapidary-io`'s, re-exported here
+//! with the device upload added ([`safetensors::LoadTensor`]). It is not: norms, attention or
+//! embeddings (each model crate has its own).
 //!
 //! ```
 //! use lapidary_autograd::{ops, Tape, Trainable};
@@ -22,7 +23,8 @@
 //! assert_eq!(fc.forward(&x).unwrap().value().to_f32_vec().unwrap(), vec![2., 3., 5.]);
 //! ```
 
-pub mod gguf;
+/// GGUF files, read and written: from the kernel-free `lapidary-io`.
+pub use lapidary_io::gguf;
 mod linear;
 pub mod safetensors;
 mod weights;

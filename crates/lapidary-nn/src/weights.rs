@@ -6,7 +6,7 @@
 //! under HF names. Frozen linears can be packed as they are read. Not the building of layers.
 
 use crate::gguf::GgufFile;
-use crate::safetensors::SafetensorsFiles;
+use crate::safetensors::{LoadTensor, SafetensorsFiles};
 use lapidary_autograd::{Tape, Trainable, Var};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use std::cell::RefCell;

@@ -15,6 +15,7 @@ use lapidary_data::{Collated, Dataset, EncodeOptions, Example, OnBadRow, Process
 use lapidary_gemma3::{Batch, Gemma3ForConditionalGeneration, Parts};
 use lapidary_kernels::{elementwise, gather};
 use lapidary_lora::{LoraConfig, LoraDropout, LoraInit, LoraTargets, PeftAdapterConfig};
+use lapidary_nn::safetensors::LoadTensor;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

@@ -8,7 +8,7 @@ pub mod dequant;
 pub mod write;
 
 use dequant::GgmlType;
-use lapidary_core::{Error, Result};
+use crate::{Error, Result};
 use memmap2::Mmap;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -317,7 +317,7 @@ impl GgufFile {
                     data.len()
                 )));
             }
-            if offset as usize % align != 0 {
+            if !(offset as usize).is_multiple_of(align) {
                 return Err(
                     c.err(format_args!("tensor {name}: offset {offset} is not a multiple of the alignment {align}"))
                 );

@@ -166,7 +166,7 @@ mod tests {
     //! Random blocks, built from random codes and scales; each value checked against the
     //! format's formula.
     use super::*;
-    use lapidary_core::rng::SplitMix64;
+    use crate::rng::SplitMix64;
 
     fn below(rng: &mut SplitMix64, n: u64) -> u64 {
         rng.next_u64() % n

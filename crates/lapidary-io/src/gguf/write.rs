@@ -6,7 +6,7 @@
 //! or metadata keys (the exporter chooses those).
 
 use super::dequant::GgmlType;
-use lapidary_core::{Error, Result};
+use crate::{Error, Result};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -240,7 +240,7 @@ impl GgufWriter {
     /// file is never held whole in memory).
     pub fn write(&self, path: &Path) -> Result<()> {
         let header = self.header().map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
-        lapidary_core::fsio::write_atomic_with(path, |w| self.write_to(&header, w))
+        crate::fsio::write_atomic_with(path, |w| self.write_to(&header, w))
     }
 }
 
@@ -278,7 +278,7 @@ mod tests {
     //! and Q8_0 codes equal ggml's formula on random blocks.
     use super::super::{GgufFile, Value, dequant::dequantize};
     use super::*;
-    use lapidary_core::rng::SplitMix64;
+    use crate::rng::SplitMix64;
     use proptest::prelude::*;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
