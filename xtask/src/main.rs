@@ -8,6 +8,7 @@ mod bench;
 mod cpu_check;
 mod cuda_check;
 mod gpu_bundle;
+mod outside;
 mod setup;
 mod step_bench;
 
@@ -18,8 +19,12 @@ usage: cargo xtask <task> [args]
 
 tasks:
   setup        install the system LLVM CubeCL links against (Debian packages) and lay the
-               offline shim CubeCL's build looks for; idempotent
-  test [args]  setup, then every test of the workspace (extra args go to `cargo test`), the
+               offline shim CubeCL's build looks for; idempotent. --user: the shim in the
+               user's data directory, so projects outside this workspace that depend on a
+               lapidary crate build offline too
+  test [args]  setup, then a check that lapidary-io and lapidary-data build without CubeCL
+               and that a project outside the workspace builds on lapidary-kernels and runs
+               offline, every test of the workspace (extra args go to `cargo test`), the
                doc examples, the HF parity tests again with attention materialized, and
                cpu-check
   bench [args] setup, then the criterion benchmarks and a table of the results (extra
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
     };
     let rest = &args[1..];
     let result = match task.as_str() {
+        "setup" if rest.iter().any(|a| a == "--user") => setup::run_user(),
         "setup" => setup::run(),
         "test" => setup::run().and_then(|_| test(rest)),
         "bench" => setup::run().and_then(|_| bench::run(rest)),
@@ -89,6 +95,7 @@ fn main() -> ExitCode {
 
 fn test(extra: &[String]) -> Result<(), String> {
     kernel_free_crates()?;
+    outside::run()?;
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)?;

@@ -3,7 +3,10 @@
 //! only runs `bin/llvm-config` there. This lays a shim `llvm-config` that forwards to Debian's
 //! LLVM 22 (installed with apt-get when missing) and rewrites absolute library paths into `-l`
 //! flags. `.cargo/config.toml` points `XDG_DATA_HOME` into `target/`, so nothing outside the
-//! checkout is touched. Idempotent; nothing of this is needed at run time.
+//! checkout is touched. `setup --user` lays the same shim in the user's data directory
+//! (`$XDG_DATA_HOME`, else `~/.local/share`), where CubeCL's build looks from any project: then a
+//! project outside this workspace that depends on a lapidary crate builds offline too.
+//! Idempotent; nothing of this is needed at run time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,11 +19,43 @@ const LLVM_MAJOR: u32 = 22;
 const PACKAGES: &[&str] =
     &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "zlib1g-dev", "libxml2-dev", "build-essential"];
 
+/// The shim for this workspace's builds (`target/llvm-shim`, or `$XDG_DATA_HOME` when the caller
+/// set one).
 pub fn run() -> Result<(), String> {
+    let data_home = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(workspace_shim);
+    lay_shim(&data_home)
+}
+
+/// The shim in the user's data directory, for projects outside this workspace.
+pub fn run_user() -> Result<(), String> {
+    let data_home = user_data_home()?;
+    lay_shim(&data_home)?;
+    eprintln!(
+        "setup: CubeCL's LLVM shim is in {}; any project depending on a lapidary crate now builds offline",
+        data_home.join(BUNDLE_DIR).display()
+    );
+    Ok(())
+}
+
+fn workspace_shim() -> PathBuf {
+    crate::workspace_root().join("target/llvm-shim")
+}
+
+/// Where CubeCL's build looks outside this workspace: `$XDG_DATA_HOME` as the user set it (the
+/// workspace's own value, which cargo sets for this process, does not count), else
+/// `~/.local/share`.
+fn user_data_home() -> Result<PathBuf, String> {
+    match std::env::var_os("XDG_DATA_HOME").map(PathBuf::from) {
+        Some(p) if p != workspace_shim() && p.is_absolute() => Ok(p),
+        _ => std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".local/share"))
+            .ok_or_else(|| "neither XDG_DATA_HOME nor HOME is set: no user data directory".to_string()),
+    }
+}
+
+/// Installs LLVM when missing and lays the shim and the bundler's marker under `data_home`.
+pub fn lay_shim(data_home: &Path) -> Result<(), String> {
     let llvm_config = find_or_install_llvm()?;
-    let data_home = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::workspace_root().join("target/llvm-shim"));
     let dir = data_home.join(BUNDLE_DIR);
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).map_err(|e| format!("creating {}: {e}", bin.display()))?;
