@@ -2,7 +2,7 @@
 //! `export-gguf`, `tokenize`, `eval` and `bench-step`. Each subcommand is a thin layer over the library;
 //! `--help` explains every option.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use lapidary::core::Device;
 use lapidary::train::{BaseFormat, Method, Schedule, TrainConfig};
 use std::path::PathBuf;
@@ -26,10 +26,10 @@ enum Command {
     /// language-only LoRA for comparison).
     Demo {
         /// Output directory (dataset, adapters, metrics, plots).
-        #[arg(long, default_value = "lapidary-demo")]
+        #[arg(long, default_value_os_t = lapidary::demo::DemoOptions::default().out)]
         out: PathBuf,
         /// Optimizer steps per run.
-        #[arg(long, default_value_t = 150)]
+        #[arg(long, default_value_t = lapidary::demo::DemoOptions::default().steps)]
         steps: usize,
         /// Skip the language-only comparison run.
         #[arg(long)]
@@ -79,9 +79,9 @@ enum Command {
         /// Output directory (model.safetensors, config.json, tokenizer and processor files).
         #[arg(long)]
         out: PathBuf,
-        /// Stored dtype: bf16, f16 or f32.
-        #[arg(long, default_value = "bf16")]
-        dtype: String,
+        /// Stored dtype.
+        #[arg(long, value_enum, default_value_t = MergedDtype::Bf16)]
+        dtype: MergedDtype,
         /// Replace `--out` when it exists and is not empty.
         #[arg(long)]
         overwrite: bool,
@@ -99,9 +99,9 @@ enum Command {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
-        /// Storage of the matrices: f16, bf16, q8_0 or f32 (norms and vectors stay f32).
-        #[arg(long = "type", default_value = "f16")]
-        out_type: String,
+        /// Storage of the matrices (norms and vectors stay f32).
+        #[arg(long = "type", value_enum, default_value_t = lapidary::export::OutType::F16)]
+        out_type: lapidary::export::OutType,
         /// Replace files of the same names in `--out`.
         #[arg(long)]
         overwrite: bool,
@@ -155,9 +155,9 @@ enum Command {
         /// LoRA rank (alpha equal to it).
         #[arg(long, default_value_t = 16)]
         lora_r: usize,
-        /// Frozen base storage: f32, bf16, nf4 or nf4-dq.
-        #[arg(long, default_value = "bf16")]
-        base_format: String,
+        /// Frozen base storage.
+        #[arg(long, value_enum, default_value_t = TrainConfig::default().base_format)]
+        base_format: BaseFormat,
         /// Turn gradient checkpointing off.
         #[arg(long)]
         no_checkpointing: bool,
@@ -166,6 +166,17 @@ enum Command {
         #[arg(long)]
         profile: bool,
     },
+}
+
+/// The stored dtype of a merged model.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MergedDtype {
+    /// bfloat16.
+    Bf16,
+    /// IEEE half precision.
+    F16,
+    /// f32.
+    F32,
 }
 
 #[derive(Args)]
@@ -183,37 +194,37 @@ struct TrainArgs {
     /// Held-out JSONL (default: hold out --eval-fraction of --data).
     #[arg(long)]
     eval_data: Option<PathBuf>,
-    /// Share of --data held out when --eval-data is not given [default 0.1].
+    /// Share of --data held out when --eval-data is not given.
     #[arg(long)]
     eval_fraction: Option<f32>,
-    /// Output directory: checkpoints, final adapter, metrics.jsonl, loss.png [default lapidary-out].
+    /// Output directory: checkpoints, final adapter, metrics.jsonl, loss.png.
     #[arg(long)]
     output_dir: Option<PathBuf>,
-    /// lora or full [default lora].
+    /// Full fine-tuning or LoRA.
     #[arg(long)]
-    method: Option<String>,
-    /// LoRA rank [default 16].
+    method: Option<Method>,
+    /// LoRA rank.
     #[arg(long)]
     lora_r: Option<usize>,
-    /// LoRA alpha; the scale is alpha / r [default 16].
+    /// LoRA alpha; the scale is alpha / r.
     #[arg(long)]
     lora_alpha: Option<f32>,
     /// rsLoRA scaling, alpha / sqrt(r).
     #[arg(long)]
     use_rslora: Option<bool>,
-    /// Dropout on the adapters' input, as PEFT's lora_dropout [default 0].
+    /// Dropout on the adapters' input, as PEFT's lora_dropout.
     #[arg(long)]
     lora_dropout: Option<f32>,
-    /// LoRA on the vision tower [default true].
+    /// LoRA on the vision tower.
     #[arg(long)]
     finetune_vision_layers: Option<bool>,
-    /// LoRA on the language model [default true].
+    /// LoRA on the language model.
     #[arg(long)]
     finetune_language_layers: Option<bool>,
-    /// LoRA on attention projections [default true].
+    /// LoRA on attention projections.
     #[arg(long)]
     finetune_attention_modules: Option<bool>,
-    /// LoRA on MLP projections [default true].
+    /// LoRA on MLP projections.
     #[arg(long)]
     finetune_mlp_modules: Option<bool>,
     /// Explicit module names, comma-separated (q_proj,fc1,... or all-linear); overrides the
@@ -223,67 +234,64 @@ struct TrainArgs {
     /// Also train the multimodal projector's weights.
     #[arg(long)]
     train_projector: Option<bool>,
-    /// Frozen base storage with LoRA: f32, bf16, nf4 (QLoRA) or nf4-dq (double-quantized
-    /// scales) [default bf16].
+    /// Frozen base storage with LoRA: nf4 is QLoRA, nf4-dq with double-quantized scales.
     #[arg(long)]
-    base_format: Option<String>,
-    /// Peak learning rate [default 2e-4].
+    base_format: Option<BaseFormat>,
+    /// Peak learning rate.
     #[arg(long)]
     learning_rate: Option<f32>,
-    /// AdamW weight decay [default 0.01].
+    /// AdamW weight decay.
     #[arg(long)]
     weight_decay: Option<f32>,
-    /// linear, cosine or constant after warmup [default linear].
+    /// Learning-rate schedule after warmup.
     #[arg(long)]
-    lr_scheduler: Option<String>,
-    /// Warmup steps [default 5].
+    lr_scheduler: Option<Schedule>,
+    /// Warmup steps.
     #[arg(long)]
     warmup_steps: Option<usize>,
-    /// Optimizer steps (0: --num-epochs passes) [default 0].
+    /// Optimizer steps (0: --num-epochs passes).
     #[arg(long)]
     max_steps: Option<usize>,
-    /// Passes over the data when --max-steps is 0 [default 1].
+    /// Passes over the data when --max-steps is 0.
     #[arg(long)]
     num_epochs: Option<usize>,
-    /// Rows per forward pass [default 2].
+    /// Rows per forward pass.
     #[arg(long)]
     micro_batch_size: Option<usize>,
-    /// Micro-batches per optimizer step; the loss is normalized by their total label count
-    /// [default 4].
+    /// Micro-batches per optimizer step; the loss is normalized by their total label count.
     #[arg(long)]
     grad_accum_steps: Option<usize>,
-    /// Clip the global gradient norm (0 = off) [default 1].
+    /// Clip the global gradient norm (0 = off).
     #[arg(long)]
     max_grad_norm: Option<f32>,
-    /// Longest row in tokens; a row whose image block would be cut is an error (or skipped)
-    /// [default 2048].
+    /// Longest row in tokens; a row whose image block would be cut is an error (or skipped).
     #[arg(long)]
     max_len: Option<usize>,
     /// Pack several conversations with their images into each row of up to --max-len tokens
     /// (first-fit decreasing; none is split); each attends only to itself and its positions
-    /// restart at 0 [default false].
+    /// restart at 0.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     packing: Option<bool>,
-    /// Train on assistant turns only [default true].
+    /// Train on assistant turns only.
     #[arg(long)]
     responses_only: Option<bool>,
-    /// Skip and report unusable rows instead of stopping [default false].
+    /// Skip and report unusable rows instead of stopping.
     #[arg(long)]
     skip_bad_rows: Option<bool>,
-    /// Gradient checkpointing [default true].
+    /// Gradient checkpointing.
     #[arg(long)]
     gradient_checkpointing: Option<bool>,
-    /// Seed of initialization, shuffling and the held-out split [default 3407].
+    /// Seed of initialization, shuffling and the held-out split.
     #[arg(long)]
     seed: Option<u64>,
-    /// Held-out loss every N steps (0: at the end) [default 0].
+    /// Held-out loss every N steps (0: at the end).
     #[arg(long)]
     eval_every: Option<usize>,
-    /// Checkpoint every N steps (0: at the end) [default 0].
+    /// Checkpoint every N steps (0: at the end).
     #[arg(long)]
     save_every: Option<usize>,
     /// Start afresh in an output directory holding an earlier run: its checkpoints, final
-    /// weights and metrics are removed [default false].
+    /// weights and metrics are removed.
     #[arg(long)]
     overwrite_output_dir: Option<bool>,
     /// Continue from a checkpoint directory; without a value (or `latest`), from the newest one
@@ -315,43 +323,47 @@ impl TrainArgs {
         set!(finetune_language_layers, finetune_attention_modules, finetune_mlp_modules, train_projector);
         set!(learning_rate, weight_decay, warmup_steps, max_steps, num_epochs, micro_batch_size, grad_accum_steps);
         set!(max_grad_norm, max_len, responses_only, skip_bad_rows, gradient_checkpointing, seed, eval_every);
-        set!(save_every, overwrite_output_dir, packing);
+        set!(save_every, overwrite_output_dir, packing, method, base_format, lr_scheduler);
         if self.eval_data.is_some() {
             c.eval_data = self.eval_data.clone();
         }
         if self.target_modules.is_some() {
             c.target_modules = self.target_modules.clone();
         }
-        if let Some(m) = &self.method {
-            c.method = match m.as_str() {
-                "lora" => Method::Lora,
-                "full" => Method::Full,
-                other => {
-                    return Err(lapidary::core::Error::invalid(format!("--method {other}: expected lora or full")));
-                }
-            };
-        }
-        if let Some(f) = &self.base_format {
-            c.base_format = f.parse::<BaseFormat>()?;
-        }
-        if let Some(s) = &self.lr_scheduler {
-            c.lr_scheduler = match s.as_str() {
-                "linear" => Schedule::Linear,
-                "cosine" => Schedule::Cosine,
-                "constant" => Schedule::Constant,
-                other => {
-                    return Err(lapidary::core::Error::invalid(format!(
-                        "--lr-scheduler {other}: expected linear, cosine or constant"
-                    )));
-                }
-            };
-        }
         Ok(c)
     }
 }
 
+/// The command line, with each `train` option's help ending in its default as
+/// [`TrainConfig::default`] has it: the defaults are written there only.
+fn command() -> clap::Command {
+    // Through text, so that an f32 shows as written (2e-4, not 0.00019999999494757503).
+    let text = serde_json::to_string(&TrainConfig::default()).expect("the default configuration serializes");
+    let defaults: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).expect("an object");
+    Cli::command().mut_subcommand("train", |mut train| {
+        for (key, value) in &defaults {
+            let shown = match value {
+                serde_json::Value::Null => continue,
+                serde_json::Value::String(s) if s.is_empty() => continue,
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if train.get_arguments().any(|a| a.get_id() == key.as_str()) {
+                train = train.mut_arg(key.as_str(), |a| {
+                    let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                    a.help(format!("{help} [default {shown}]"))
+                });
+            }
+        }
+        train
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = (|| {
         let device = match &cli.device {
             Some(spec) => Device::parse(spec)?,
@@ -382,23 +394,17 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Merge { model, adapter, out, dtype, overwrite } => {
-                let dtype = match dtype.as_str() {
-                    "bf16" => lapidary::core::DType::BF16,
-                    "f16" => lapidary::core::DType::F16,
-                    "f32" => lapidary::core::DType::F32,
-                    other => {
-                        return Err(lapidary::core::Error::invalid(format!(
-                            "--dtype {other}: expected bf16, f16 or f32"
-                        )));
-                    }
+                let dtype = match dtype {
+                    MergedDtype::Bf16 => lapidary::core::DType::BF16,
+                    MergedDtype::F16 => lapidary::core::DType::F16,
+                    MergedDtype::F32 => lapidary::core::DType::F32,
                 };
                 let n = lapidary::merge::run(&model, &adapter, &out, dtype, &device, overwrite)?;
                 println!("merged {n} adapted linears; wrote {}", out.display());
                 Ok(())
             }
             Command::ExportGguf { model, adapter, out, out_type, overwrite } => {
-                let t = out_type.parse::<lapidary::export::OutType>()?;
-                let e = lapidary::export::run(&model, adapter.as_deref(), &out, t, overwrite, &device)?;
+                let e = lapidary::export::run(&model, adapter.as_deref(), &out, out_type, overwrite, &device)?;
                 if e.merged > 0 {
                     println!("folded the adapter into {} linears", e.merged);
                 }
@@ -416,7 +422,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::BenchStep { model, batch, steps, warmup, lora_r, base_format, no_checkpointing, profile } => {
-                let base = base_format.parse::<BaseFormat>()?.packing();
+                let base = base_format.packing();
                 let opts = lapidary::bench_step::BenchStepOptions {
                     steps,
                     warmup,
@@ -442,5 +448,49 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn train_config(args: &[&str]) -> TrainConfig {
+        let matches = command().try_get_matches_from([&["lapidary", "train"], args].concat()).unwrap();
+        match Cli::from_arg_matches(&matches).unwrap().command {
+            Command::Train(t) => t.config().unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn train_help_shows_the_configuration_defaults() {
+        let mut cmd = command();
+        cmd.build();
+        let train = cmd.find_subcommand("train").unwrap();
+        let help = |id: &str| train.get_arguments().find(|a| a.get_id() == id).unwrap().get_help().unwrap().to_string();
+        let d = TrainConfig::default();
+        assert!(help("lora_r").ends_with(&format!("[default {}]", d.lora_r)), "{}", help("lora_r"));
+        assert!(help("learning_rate").ends_with("[default 0.0002]"), "{}", help("learning_rate"));
+        assert!(help("method").ends_with("[default lora]"), "{}", help("method"));
+        assert!(help("base_format").ends_with("[default bf16]"), "{}", help("base_format"));
+        assert!(help("output_dir").ends_with("[default lapidary-out]"), "{}", help("output_dir"));
+        // No default to show for options without one.
+        assert!(!help("eval_data").contains("[default"), "{}", help("eval_data"));
+    }
+
+    #[test]
+    fn enum_flags_parse_into_the_configuration_and_bad_values_are_refused() {
+        let c =
+            train_config(&["--method", "full", "--base-format", "nf4-dq", "--lr-scheduler", "cosine", "--lora-r", "8"]);
+        assert_eq!(
+            (c.method, c.base_format, c.lr_scheduler, c.lora_r),
+            (Method::Full, BaseFormat::Nf4Dq, Schedule::Cosine, 8)
+        );
+        let d = train_config(&[]);
+        assert_eq!(d, TrainConfig::default());
+        let e =
+            command().try_get_matches_from(["lapidary", "train", "--lr-scheduler", "step"]).unwrap_err().to_string();
+        assert!(e.contains("step") && e.contains("cosine"), "{e}");
     }
 }

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 pub use names::GgufNames;
 
 /// What `export-gguf` writes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutType {
     /// Everything in f32.
     F32,
@@ -30,20 +30,8 @@ pub enum OutType {
     /// Matrices in bf16.
     Bf16,
     /// Matrices in Q8_0.
+    #[value(name = "q8_0")]
     Q8_0,
-}
-
-impl std::str::FromStr for OutType {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Ok(match s {
-            "f32" => OutType::F32,
-            "f16" => OutType::F16,
-            "bf16" => OutType::Bf16,
-            "q8_0" => OutType::Q8_0,
-            other => return Err(Error::invalid(format!("--type {other}: expected f16, bf16, q8_0 or f32"))),
-        })
-    }
 }
 
 impl OutType {
@@ -351,7 +339,9 @@ mod tests {
 
     #[test]
     fn out_types_parse_and_refuse() {
-        assert_eq!("q8_0".parse::<OutType>().unwrap(), OutType::Q8_0);
-        assert!("q4_k".parse::<OutType>().unwrap_err().to_string().contains("q8_0"));
+        use clap::ValueEnum;
+        assert_eq!(OutType::from_str("q8_0", false).unwrap(), OutType::Q8_0);
+        assert_eq!(OutType::from_str("bf16", false).unwrap(), OutType::Bf16);
+        assert!(OutType::from_str("q4_k", false).is_err());
     }
 }

@@ -4,8 +4,8 @@
 
 use lapidary::bench_step::{BenchStepOptions, run};
 use lapidary::core::{DType, Device};
-use lapidary::nn::safetensors::SafetensorsFiles;
 use lapidary::nn::safetensors::LoadTensor;
+use lapidary::nn::safetensors::SafetensorsFiles;
 
 #[test]
 fn first_step_loss_is_hfs_and_the_report_adds_up() {

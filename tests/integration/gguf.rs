@@ -5,8 +5,8 @@
 //! (tests/fixtures/gemma3-270m-gguf/dequant_reference.json, from tools/reference/gguf_reference.py).
 
 use lapidary::nn::gguf::GgufFile;
-use std::path::PathBuf;
 use lapidary::nn::safetensors::LoadTensor;
+use std::path::PathBuf;
 
 /// The assembled GGUF, if present: `LAPIDARY_GEMMA3_GGUF`, else the package's default location.
 /// Absent, the caller skips, except under `CI=true`, where a missing file fails the test.

@@ -7,10 +7,10 @@ use lapidary::autograd::{Tape, Trainable};
 use lapidary::core::{DType, Device};
 use lapidary::gemma3::MultiModalProjector;
 use lapidary::nn::Weights;
+use lapidary::nn::safetensors::LoadTensor;
 use lapidary::nn::safetensors::SafetensorsFiles;
 use lapidary::siglip::{SiglipVisionConfig, SiglipVisionModel};
 use std::path::PathBuf;
-use lapidary::nn::safetensors::LoadTensor;
 
 pub(crate) fn fixtures() -> PathBuf {
     crate::repo_path("tests/fixtures/tiny-gemma3")

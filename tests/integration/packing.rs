@@ -9,8 +9,8 @@ use crate::hf_parity::{CASES, fixtures, load_batch, rel_err};
 use lapidary::autograd::{BackwardOptions, Tape, Trainable};
 use lapidary::core::{DType, Device};
 use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration};
-use lapidary::nn::safetensors::{self, SafetensorsFiles};
 use lapidary::nn::safetensors::LoadTensor;
+use lapidary::nn::safetensors::{self, SafetensorsFiles};
 
 /// Where each source row's real tokens landed: (packed row, first column, source row, length).
 type Placement = Vec<(usize, usize, usize, usize)>;

@@ -4,9 +4,9 @@
 
 use lapidary::core::Device;
 use lapidary::data::{Dataset, EncodeOptions, OnBadRow, Processor, collate, template};
+use lapidary::nn::safetensors::LoadTensor;
 use lapidary::nn::safetensors::SafetensorsFiles;
 use std::path::PathBuf;
-use lapidary::nn::safetensors::LoadTensor;
 
 fn root() -> PathBuf {
     crate::repo_path("")

@@ -7,9 +7,9 @@ use lapidary::core::{DType, Device, Tensor};
 use lapidary::data::{Collated, Example, collate, collate_packed, pack};
 use lapidary::demo::{bundled_model, write_dataset};
 use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration, GenerateOptions, Sampling, argmax};
+use lapidary::nn::safetensors::LoadTensor;
 use lapidary::train::{Schedule, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
-use lapidary::nn::safetensors::LoadTensor;
 
 fn config(dir: &Path) -> TrainConfig {
     TrainConfig {

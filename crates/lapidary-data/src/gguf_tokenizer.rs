@@ -4,8 +4,8 @@
 //! with U+2581, spaces normalized to U+2581, control tokens special, user-defined tokens whole,
 //! BOS added by default when the file says so. Not other tokenizer families.
 
-use lapidary_io::{Error, Result};
 use lapidary_io::gguf::{GgufFile, Value};
+use lapidary_io::{Error, Result};
 use std::collections::HashMap;
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::fuse::Fuse;

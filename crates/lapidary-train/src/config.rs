@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 /// Full fine-tuning or LoRA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Method {
     /// Low-rank adapters on a frozen base.
     Lora,
@@ -19,6 +20,7 @@ pub enum Method {
 /// How the frozen base's linear weights are held during LoRA training.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum BaseFormat {
     /// f32 (4 bytes a value).
     F32,
@@ -43,24 +45,10 @@ impl BaseFormat {
     }
 }
 
-impl std::str::FromStr for BaseFormat {
-    type Err = Error;
-
-    /// `f32`, `bf16`, `nf4` or `nf4-dq`, as in the configuration file.
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(BaseFormat::F32),
-            "bf16" => Ok(BaseFormat::Bf16),
-            "nf4" => Ok(BaseFormat::Nf4),
-            "nf4-dq" => Ok(BaseFormat::Nf4Dq),
-            other => Err(Error::invalid(format!("base format '{other}': expected f32, bf16, nf4 or nf4-dq"))),
-        }
-    }
-}
-
 /// Learning-rate schedule after warmup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Schedule {
     /// Linear decay to 0 at the last step.
     Linear,

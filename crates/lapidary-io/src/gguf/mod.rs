@@ -7,8 +7,8 @@
 pub mod dequant;
 pub mod write;
 
-use dequant::GgmlType;
 use crate::{Error, Result};
+use dequant::GgmlType;
 use memmap2::Mmap;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
