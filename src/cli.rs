@@ -100,7 +100,7 @@ pub fn generate(
 /// The token ids of `text` by the tokenizer of `model` (an HF directory's `tokenizer.json`, or a
 /// `.gguf` file's own), with BOS when the tokenizer adds it by default, as transformers does.
 pub fn tokenize(model: &Path, text: &str) -> Result<Vec<u32>> {
-    let tok = if model.extension().is_some_and(|e| e == "gguf") {
+    let tok = if crate::nn::gguf::is_gguf_path(model) {
         crate::data::gguf_tokenizer::from_gguf(&crate::nn::gguf::GgufFile::open(model)?)?
     } else {
         let path = model.join("tokenizer.json");

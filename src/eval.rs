@@ -112,8 +112,7 @@ pub fn run(
         // A batch without images never reaches the vision tower: its gradients are absent, as in HF.
         let mut opts = BackwardOptions::default();
         if batch.pixel_values.is_none() {
-            opts.allow_missing =
-                tape_names(&tape, &["vision_tower.", "multi_modal_projector.", "base_model.model.model.vision_tower."]);
+            opts.allow_missing = tape.leaf_names().into_iter().filter(|n| crate::gemma3::is_vision_side(n)).collect();
         }
         let (grads, _) = tape.backward_with(&loss, &opts)?;
         // Each gradient in its parameter's checkpoint shape, as HF reports it.
@@ -135,8 +134,4 @@ pub fn run(
     }
     safetensors::save(out, &entries)?;
     Ok(loss_value)
-}
-
-fn tape_names(tape: &Tape, prefixes: &[&str]) -> Vec<String> {
-    tape.leaf_names().into_iter().filter(|n| prefixes.iter().any(|p| n.starts_with(p))).collect()
 }

@@ -156,7 +156,7 @@ pub fn merged_params(
 
 fn write_merged(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, device: &Device) -> Result<usize> {
     let (_, params, adapted) = merged_params(model_dir, Some(adapter_dir), device)?;
-    let gguf = model_dir.extension().is_some_and(|e| e == "gguf");
+    let gguf = crate::nn::gguf::is_gguf_path(model_dir);
     let mut entries = Vec::new();
     for p in params {
         let mut key = p.stored;

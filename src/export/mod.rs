@@ -129,7 +129,7 @@ pub struct Source {
 impl Source {
     /// Reads the name, context length, tokenizer and image normalization of `model`.
     pub fn open(model: &Path, cfg: &Gemma3Config) -> Result<Self> {
-        if model.extension().is_some_and(|e| e == "gguf") {
+        if crate::nn::gguf::is_gguf_path(model) {
             let f = crate::nn::gguf::GgufFile::open(model)?;
             let name = f.get("general.name").and_then(|v| v.as_str()).map(str::to_string);
             let context_length = f.require("gemma3.context_length")?.as_u64().unwrap_or(131_072);

@@ -393,11 +393,8 @@ fn lora_matrix_rows() -> Vec<Row> {
                         let loss =
                             model.forward_with_pixels(batch, pixels.as_ref(), checkpointing)?.loss.expect("labels");
                         // What a text-only batch cannot reach: vision adapters and the projector.
-                        let unreachable: Vec<String> = tape
-                            .leaf_names()
-                            .into_iter()
-                            .filter(|n| n.contains("vision_tower.") || n.starts_with("multi_modal_projector."))
-                            .collect();
+                        let unreachable: Vec<String> =
+                            tape.leaf_names().into_iter().filter(|n| lapidary::gemma3::is_vision_side(n)).collect();
                         let mut opts = BackwardOptions::default();
                         if pixels.is_none() {
                             opts.allow_missing = unreachable.clone();

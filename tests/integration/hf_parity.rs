@@ -191,7 +191,7 @@ fn every_gradient_matches_hf() {
                 opts.allow_missing = SafetensorsFiles::open(fixtures().join("model"))
                     .unwrap()
                     .names()
-                    .filter(|n| n.starts_with("vision_tower.") || n.starts_with("multi_modal_projector."))
+                    .filter(|n| lapidary::gemma3::is_vision_side(n))
                     .map(str::to_string)
                     .collect();
             }

@@ -89,7 +89,7 @@ impl Processor {
     /// [`Self::from_model_dir`] for a directory; for a `.gguf` file (a text-only model), the
     /// tokenizer it carries and no image support.
     pub fn from_model(path: &Path) -> Result<Self> {
-        if path.extension().is_some_and(|e| e == "gguf") {
+        if lapidary_io::gguf::is_gguf_path(path) {
             let f = lapidary_io::gguf::GgufFile::open(path)?;
             let tok = crate::gguf_tokenizer::from_gguf(&f)?;
             let tokenizer = TextTokenizer::from_tokenizer(tok, &path.display().to_string())?;

@@ -24,5 +24,5 @@ mod projector;
 pub use config::{Gemma3Config, Gemma3TextConfig, LayerKind, Rope};
 pub use decoder::{DecoderContext, DecoderLayer, Gemma3TextModel, KvCache, LayerCache};
 pub use generate::{GenerateOptions, Sampling, argmax};
-pub use model::{Batch, Gemma3ForConditionalGeneration, Output, Parts};
+pub use model::{Batch, Gemma3ForConditionalGeneration, Output, Parts, is_vision_side};
 pub use projector::MultiModalProjector;

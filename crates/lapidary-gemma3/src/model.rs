@@ -146,6 +146,13 @@ impl Batch {
     }
 }
 
+/// Whether parameter `name` (a checkpoint key, a tape leaf or an adapter tensor, with or without
+/// a `model.` or PEFT `base_model.model.` prefix) is on the vision side: the SigLIP tower or the
+/// multimodal projector — what a batch without images never reaches.
+pub fn is_vision_side(name: &str) -> bool {
+    name.split('.').any(|segment| segment == "vision_tower" || segment == "multi_modal_projector")
+}
+
 /// Trainability of the model's three parts.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Parts {
@@ -237,7 +244,7 @@ impl Gemma3ForConditionalGeneration {
         packing: Option<lapidary_kernels::quant::PackFormat>,
     ) -> Result<Self> {
         let dir = dir.as_ref();
-        if dir.extension().is_some_and(|e| e == "gguf") {
+        if lapidary_nn::gguf::is_gguf_path(dir) {
             let f = std::rc::Rc::new(lapidary_nn::gguf::GgufFile::open(dir)?);
             let cfg = crate::gguf::config(&f)?;
             let (names, norms) = crate::gguf::tensor_names(&cfg.text);
@@ -533,7 +540,28 @@ fn next_token_labels(batch: &Batch) -> Option<Vec<i64>> {
 
 #[cfg(test)]
 mod tests {
-    use super::Batch;
+    use super::{Batch, is_vision_side};
+
+    #[test]
+    fn vision_side_names_in_every_spelling() {
+        for name in [
+            "vision_tower.encoder.layers.0.mlp.fc1.weight",
+            "vision_tower.vision_model.post_layernorm.bias",
+            "multi_modal_projector.mm_input_projection_weight",
+            "model.multi_modal_projector.mm_soft_emb_norm.weight",
+            "base_model.model.model.vision_tower.vision_model.encoder.layers.1.self_attn.q_proj.lora_A.weight",
+        ] {
+            assert!(is_vision_side(name), "{name}");
+        }
+        for name in [
+            "language_model.layers.0.self_attn.q_proj.weight",
+            "model.language_model.embed_tokens.weight",
+            "base_model.model.model.language_model.layers.3.mlp.down_proj.lora_B.weight",
+            "not_a_vision_tower_really.weight",
+        ] {
+            assert!(!is_vision_side(name), "{name}");
+        }
+    }
 
     fn batch(ids: Vec<i64>, labels: Option<Vec<i64>>) -> Batch {
         let n = ids.len();

@@ -282,12 +282,7 @@ impl Trainer {
     }
 
     fn vision_side_names(&self) -> Vec<String> {
-        self.opt
-            .params()
-            .iter()
-            .map(|(n, _)| n.clone())
-            .filter(|n| n.contains("vision_tower.") || n.contains("multi_modal_projector."))
-            .collect()
+        self.opt.params().iter().map(|(n, _)| n.clone()).filter(|n| lapidary_gemma3::is_vision_side(n)).collect()
     }
 
     /// One optimizer step over `grad_accum_steps` micro-batches.

@@ -223,6 +223,12 @@ impl Cursor<'_> {
     }
 }
 
+/// Whether `path` names a GGUF file (by its `.gguf` extension) rather than an HF model
+/// directory: how every loader that takes either decides which it was given.
+pub fn is_gguf_path(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
 impl GgufFile {
     /// Opens and parses a GGUF file (version 2 or 3).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {

@@ -185,3 +185,13 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn gguf_paths_are_told_from_model_directories_by_extension() {
+    for p in ["gemma-3-270m-q4_k_m.gguf", "/models/x.GGUF", "a/b.c.gguf"] {
+        assert!(is_gguf_path(Path::new(p)), "{p}");
+    }
+    for p in ["assets/tiny-vlm", "model.safetensors", "gguf", "x.gguf.json"] {
+        assert!(!is_gguf_path(Path::new(p)), "{p}");
+    }
+}
