@@ -90,7 +90,7 @@ pub fn load_peft_adapter(
             continue;
         }
         let (out, inp) = linear.dims();
-        let r = w.files().entry(&ka).and_then(|e| e.shape.first().copied()).unwrap_or(cfg.r);
+        let r = w.resolve(&ka).and_then(|k| w.source().shape(&k)).and_then(|s| s.first().copied()).unwrap_or(cfg.r);
         if r == 0 {
             return Err(Error::invalid(format!("{}: {ka} has rank 0", dir.display())));
         }

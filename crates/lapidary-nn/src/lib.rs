@@ -30,4 +30,4 @@ pub mod safetensors;
 mod weights;
 
 pub use linear::{Adapter, Linear, rebind_all};
-pub use weights::Weights;
+pub use weights::{GgufSource, SafetensorsSource, WeightSource, Weights};

@@ -2,24 +2,26 @@
 //! and the checkpoint lacks is an error naming it and its expected shape; a wrong shape names
 //! both shapes; tensors the model never asked for are listed by [`Weights::unused`] (and are an
 //! error in [`Weights::finish`]). Prefix aliases let one model load several naming schemes (e.g.
-//! `vision_tower.vision_model.` and `vision_tower.`). Sources: safetensors, or a GGUF file seen
-//! under HF names. Frozen linears can be packed as they are read. Not the building of layers.
+//! `vision_tower.vision_model.` and `vision_tower.`). Sources are [`WeightSource`]s
+//! (safetensors, a GGUF file seen under HF names; see `weights/source.rs`). Frozen linears can be
+//! packed as they are read. Not the building of layers.
+
+mod source;
+
+pub use source::{GgufSource, SafetensorsSource, WeightSource};
 
 use crate::gguf::GgufFile;
-use crate::safetensors::{LoadTensor, SafetensorsFiles};
+use crate::safetensors::SafetensorsFiles;
 use lapidary_autograd::{Tape, Trainable, Var};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 
 /// A checkpoint opened for loading a model's parameters.
 pub struct Weights {
-    files: Rc<SafetensorsFiles>,
-    /// A GGUF file in place of safetensors: HF names map to GGUF tensors (see `gguf_names`).
-    gguf: Option<GgufSource>,
-    source: PathBuf,
+    source: Box<dyn WeightSource>,
     aliases: Vec<(String, String)>,
     used: RefCell<BTreeSet<String>>,
     stored_names: RefCell<BTreeMap<String, String>>,
@@ -41,31 +43,21 @@ impl Weights {
         device: &Device,
         dtype: DType,
     ) -> Self {
-        let source = file.path().to_path_buf();
-        // Names the file lacks are missing tensors, reported as such when the model asks for them.
-        let (map, absent) = names.into_iter().partition(|(_, g)| file.tensors.contains_key(g));
-        let gguf = GgufSource { file, map, absent, minus_one };
-        Self::with_source(SafetensorsFiles::empty(), Some(gguf), source, device, dtype)
+        Self::from_source(GgufSource::new(file, names, minus_one), device, dtype)
     }
 
     /// Opens `path` (a `.safetensors` file or a model directory); tensors load onto `device` as
     /// `dtype`.
     pub fn open(path: impl AsRef<Path>, device: &Device, dtype: DType) -> Result<Self> {
         let path = path.as_ref();
-        Ok(Self::with_source(SafetensorsFiles::open(path)?, None, path.to_path_buf(), device, dtype))
+        let source = SafetensorsSource { files: SafetensorsFiles::open(path)?, origin: path.to_path_buf() };
+        Ok(Self::from_source(source, device, dtype))
     }
 
-    fn with_source(
-        files: SafetensorsFiles,
-        gguf: Option<GgufSource>,
-        source: PathBuf,
-        device: &Device,
-        dtype: DType,
-    ) -> Self {
+    /// Weights read from any [`WeightSource`]; tensors load onto `device` as `dtype`.
+    pub fn from_source(source: impl WeightSource + 'static, device: &Device, dtype: DType) -> Self {
         Weights {
-            files: Rc::new(files),
-            gguf,
-            source,
+            source: Box::new(source),
             aliases: Vec::new(),
             used: RefCell::default(),
             stored_names: RefCell::default(),
@@ -83,7 +75,6 @@ impl Weights {
         self
     }
 
-    /// The underlying files.
     /// Frozen linear weights loaded through these weights are packed in `format` straight from
     /// the file (bf16, NF4: QLoRA), never held in full precision on the device.
     pub fn with_packing(mut self, format: Option<lapidary_kernels::quant::PackFormat>) -> Self {
@@ -99,37 +90,22 @@ impl Weights {
     /// A tensor's values on the host as f32 (same checks and accounting as [`Weights::tensor`]).
     pub fn host_values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let stored = self.checked(name, shape)?;
-        if let Some(g) = &self.gguf {
-            return g.values(&stored);
-        }
-        let entry = self.files.entry(&stored).expect("resolved");
-        let dtype = entry.dtype.ok_or_else(|| {
-            Error::invalid(format!("{}: tensor {stored} is not stored as f32, bf16 or f16", self.source.display()))
-        })?;
-        Ok(dtype.decode(self.files.bytes(&stored)?))
+        self.source.values(&stored)
     }
 
-    pub fn files(&self) -> &SafetensorsFiles {
-        &self.files
+    /// Where the tensors come from.
+    pub fn source(&self) -> &dyn WeightSource {
+        self.source.as_ref()
     }
 
     /// The name under which `name` is stored, trying the aliases.
     pub fn resolve(&self, name: &str) -> Option<String> {
-        if let Some(g) = &self.gguf {
-            return g.map.contains_key(name).then(|| name.to_string()).or_else(|| {
-                self.aliases.iter().find_map(|(canon, alt)| {
-                    let candidate = format!("{alt}{}", name.strip_prefix(canon.as_str())?);
-                    g.map.contains_key(&candidate).then_some(candidate)
-                })
-            });
-        }
-        if self.files.entry(name).is_some() {
+        if self.source.shape(name).is_some() {
             return Some(name.to_string());
         }
         self.aliases.iter().find_map(|(canon, alt)| {
-            let rest = name.strip_prefix(canon.as_str())?;
-            let candidate = format!("{alt}{rest}");
-            self.files.entry(&candidate).map(|_| candidate)
+            let candidate = format!("{alt}{}", name.strip_prefix(canon.as_str())?);
+            self.source.shape(&candidate).map(|_| candidate)
         })
     }
 
@@ -141,30 +117,24 @@ impl Weights {
     /// Loads `name`, which must have `shape`.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let stored = self.checked(name, shape)?;
-        if let Some(g) = &self.gguf {
-            return Tensor::from_f32(&self.device, &g.values(&stored)?, shape, self.dtype);
-        }
-        self.files.load(&stored, &self.device, self.dtype)
+        self.source.load(&stored, &self.device, self.dtype)
     }
 
     /// Resolves `name`, checks its shape and records it as used; returns the stored name.
     fn checked(&self, name: &str, shape: &[usize]) -> Result<String> {
         let stored = self.resolve(name).ok_or_else(|| {
-            let gguf_name = self.gguf.as_ref().and_then(|g| g.absent.get(name)).map(|g| format!(", GGUF name {g}"));
+            let note = self.source.missing_note(name).map(|n| format!(", {n}"));
             Error::invalid(format!(
                 "{}: missing tensor {name} (expected shape {shape:?}{})",
-                self.source.display(),
-                gguf_name.unwrap_or_default()
+                self.source.origin().display(),
+                note.unwrap_or_default()
             ))
         })?;
-        let stored_shape = match &self.gguf {
-            Some(g) => g.shape(&stored),
-            None => self.files.entry(&stored).expect("resolved").shape.clone(),
-        };
+        let stored_shape = self.source.shape(&stored).expect("resolved");
         if stored_shape != shape {
             return Err(Error::invalid(format!(
                 "{}: tensor {stored} has shape {:?}, expected {shape:?}",
-                self.files.file_of(&stored).unwrap_or(&self.source).display(),
+                self.source.file_of(&stored).display(),
                 stored_shape
             )));
         }
@@ -198,10 +168,7 @@ impl Weights {
     /// Stored names never loaded so far, sorted.
     pub fn unused(&self) -> Vec<String> {
         let used = self.used.borrow();
-        match &self.gguf {
-            Some(g) => g.map.keys().filter(|n| !used.contains(*n)).cloned().collect(),
-            None => self.files.names().filter(|n| !used.contains(*n)).map(str::to_string).collect(),
-        }
+        self.source.names().into_iter().filter(|n| !used.contains(n)).collect()
     }
 
     /// Ends loading: an error listing every stored tensor the model did not use, unless each
@@ -214,7 +181,7 @@ impl Weights {
         }
         Err(Error::invalid(format!(
             "{}: {} unexpected tensor(s) the model does not use: {}",
-            self.source.display(),
+            self.source.origin().display(),
             extra.len(),
             extra.join(", ")
         )))
@@ -223,27 +190,3 @@ impl Weights {
 
 #[cfg(test)]
 mod tests;
-
-/// A GGUF file seen under HF names.
-struct GgufSource {
-    file: Rc<GgufFile>,
-    /// HF name -> GGUF tensor name, for the tensors the file holds.
-    map: BTreeMap<String, String>,
-    /// HF name -> GGUF tensor name, for the tensors the file lacks.
-    absent: BTreeMap<String, String>,
-    minus_one: BTreeSet<String>,
-}
-
-impl GgufSource {
-    fn shape(&self, hf: &str) -> Vec<usize> {
-        self.file.tensors[&self.map[hf]].shape.clone()
-    }
-
-    fn values(&self, hf: &str) -> Result<Vec<f32>> {
-        let (mut v, _) = self.file.tensor_f32(&self.map[hf])?;
-        if self.minus_one.contains(hf) {
-            v.iter_mut().for_each(|x| *x -= 1.0);
-        }
-        Ok(v)
-    }
-}

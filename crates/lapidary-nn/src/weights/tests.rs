@@ -108,7 +108,7 @@ fn corrupt_and_unsupported_files_are_clear_errors() {
     let w = Weights::open(&ints, &dev(), DType::F32).unwrap();
     let e = w.tensor("ids", &[2]).unwrap_err().to_string();
     assert!(e.contains("tensor ids is stored as I64; expected F32"), "{e}");
-    assert_eq!(w.files().load_i64("ids").unwrap(), (vec![7, -100], vec![2]));
+    assert_eq!(SafetensorsFiles::open(&ints).unwrap().load_i64("ids").unwrap(), (vec![7, -100], vec![2]));
     let floats = dir.path().join("floats.safetensors");
     write(&floats, &[("x", Dtype::F32, vec![1], f32_bytes(&[1.0]))]);
     let e = SafetensorsFiles::open(&floats).unwrap().load_i64("x").unwrap_err().to_string();
@@ -147,4 +147,44 @@ proptest::proptest! {
             }
         }
     }
+}
+
+/// A source that is neither safetensors nor GGUF: tensors computed in memory.
+struct InMemory {
+    origin: std::path::PathBuf,
+    tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+}
+
+impl WeightSource for InMemory {
+    fn origin(&self) -> &Path {
+        &self.origin
+    }
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|(s, _)| s.clone())
+    }
+    fn values(&self, name: &str) -> Result<Vec<f32>> {
+        Ok(self.tensors[name].1.clone())
+    }
+}
+
+#[test]
+fn a_new_source_gets_names_aliases_shape_checks_and_accounting() {
+    let tensors = BTreeMap::from([
+        ("vision_tower.vision_model.w".to_string(), (vec![2], vec![0.5, -1.25])),
+        ("extra".to_string(), (vec![1], vec![3.0])),
+    ]);
+    let w = Weights::from_source(InMemory { origin: "in-memory".into(), tensors }, &dev(), DType::BF16)
+        .with_alias("vision_tower.", "vision_tower.vision_model.");
+    assert_eq!(w.tensor("vision_tower.w", &[2]).unwrap().to_f32_vec().unwrap(), vec![0.5, -1.25]);
+    assert_eq!(w.stored_names()["vision_tower.w"], "vision_tower.vision_model.w");
+    let e = w.tensor("vision_tower.w", &[3]).unwrap_err().to_string();
+    assert!(e.contains("in-memory: tensor vision_tower.vision_model.w has shape [2], expected [3]"), "{e}");
+    let e = w.tensor("missing", &[4]).unwrap_err().to_string();
+    assert!(e.contains("in-memory: missing tensor missing (expected shape [4])"), "{e}");
+    let e = w.finish(&[]).unwrap_err().to_string();
+    assert!(e.contains("1 unexpected tensor(s)") && e.contains("extra"), "{e}");
+    w.finish(&["extra"]).unwrap();
 }
