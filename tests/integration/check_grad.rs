@@ -10,11 +10,11 @@
 //! text-only batch}, adapters with random non-zero A and B (with B = 0 every A gradient would be
 //! zero at step 0). Run with `cargo xtask check-grad` to see the table.
 
-use lapidary::autograd::{BackwardOptions, Tape, Trainable, Var, checkpoint, gradcheck, ops};
+use lapidary::autograd::{BackwardOptions, Tape, Trainable, Var, gradcheck, ops};
 use lapidary::core::{DType, Device, Result, Tensor};
 use lapidary::kernels::attention::AttentionMask;
 use lapidary::lora::LoraAdapter;
-use lapidary::nn::Linear;
+use lapidary::nn::{Linear, ParamsAndLinears, checkpointed};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -122,22 +122,11 @@ fn run_chain(c: &ChainCase) -> Result<ChainResult> {
         let ln_b = w.param(&format!("{p}.layer_norm.bias"), &[HIDDEN], false);
         let fc1 = w.linear(&format!("{p}.mlp.fc1"), 2 * HIDDEN, HIDDEN, c.vision);
         let fc2 = w.linear(&format!("{p}.mlp.fc2"), HIDDEN, 2 * HIDDEN, c.vision);
-        h = if c.checkpointing {
-            let mut params = vec![ln_w.clone(), ln_b.clone()];
-            params.extend(fc1.params());
-            params.extend(fc2.params());
-            let refs: Vec<&Var> = params.iter().collect();
-            let (f1, f2) = (fc1.clone(), fc2.clone());
-            checkpoint(&[&h], &refs, move |_, ins, ps| {
-                // The linears, computing with the segment's own copies of their parameters.
-                let n1 = f1.params().len();
-                let (a, b) = (f1.rebind(&ps[2..2 + n1])?, f2.rebind(&ps[2 + n1..])?);
-                Ok(vec![encoder_layer(&ins[0], &ps[0], &ps[1], &a, &b)?])
-            })?
-            .remove(0)
-        } else {
-            encoder_layer(&h, &ln_w, &ln_b, &fc1, &fc2)?
-        };
+        // The same checkpoint helper the model crates use.
+        let layer = ParamsAndLinears { params: [ln_w, ln_b], linears: [fc1, fc2] };
+        h = checkpointed(&layer, &h, c.checkpointing, |l, x| {
+            encoder_layer(x, &l.params[0], &l.params[1], &l.linears[0], &l.linears[1])
+        })?;
     }
     // Projector (frozen), then the decoder: image features replace the image-token rows.
     let proj = w.linear("projector", HIDDEN, HIDDEN, false);
@@ -164,25 +153,12 @@ fn run_chain(c: &ChainCase) -> Result<ChainResult> {
             .iter()
             .map(|n| w.linear(&format!("{p}.self_attn.{n}"), HIDDEN, HIDDEN, c.language))
             .collect();
-        h = if c.checkpointing {
-            let mut params = vec![norm.clone()];
-            lin.iter().for_each(|l| params.extend(l.params()));
-            let refs: Vec<&Var> = params.iter().collect();
-            let (lin2, rope2) = (lin.clone(), rope.clone());
-            checkpoint(&[&h], &refs, move |_, ins, ps| {
-                let mut at = 1;
-                let mut re = Vec::new();
-                for l in &lin2 {
-                    let n = l.params().len();
-                    re.push(l.rebind(&ps[at..at + n])?);
-                    at += n;
-                }
-                Ok(vec![decoder_layer(&ins[0], &ps[0], &re[0], &re[1], &re[2], &re[3], &rope2)?])
-            })?
-            .remove(0)
-        } else {
-            decoder_layer(&h, &norm, &lin[0], &lin[1], &lin[2], &lin[3], &rope)?
-        };
+        let layer = ParamsAndLinears { params: [norm], linears: <[Linear; 4]>::try_from(lin).expect("four") };
+        let rope2 = rope.clone();
+        h = checkpointed(&layer, &h, c.checkpointing, move |l, x| {
+            let [q, k, v, o] = &l.linears;
+            decoder_layer(x, &l.params[0], q, k, v, o, &rope2)
+        })?;
     }
     // Tied head and the loss on every next token.
     let logits = ops::matmul(&ops::reshape(&h, &[batch * tokens, HIDDEN])?, &table, None, false, true)?;

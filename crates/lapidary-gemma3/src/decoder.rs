@@ -5,10 +5,10 @@
 //! checkpointed segment that receives its parameters explicitly.
 
 use crate::config::{Gemma3TextConfig, LayerKind};
-use lapidary_autograd::{Tape, Trainable, Var, checkpoint, ops};
+use lapidary_autograd::{Tape, Trainable, Var, ops};
 use lapidary_core::{Error, Result, Tensor};
 use lapidary_kernels::attention::AttentionMask;
-use lapidary_nn::{Linear, Weights, rebind_all};
+use lapidary_nn::{Layer, Linear, Weights, checkpointed, rebind_all};
 
 /// Per-batch inputs every layer shares: RoPE tables per layer kind and the masks.
 #[derive(Clone)]
@@ -84,9 +84,10 @@ impl DecoderLayer {
     pub fn linears_mut(&mut self) -> [&mut Linear; 7] {
         [&mut self.q, &mut self.k, &mut self.v, &mut self.o, &mut self.gate, &mut self.up, &mut self.down]
     }
+}
 
-    /// Every parameter the layer computes with, adapters included, in a fixed order.
-    pub fn params(&self) -> Vec<Var> {
+impl Layer for DecoderLayer {
+    fn params(&self) -> Vec<Var> {
         let mut v: Vec<Var> = self.norms.iter().chain(&self.qk_norm).cloned().collect();
         for l in self.linears() {
             v.extend(l.params());
@@ -94,8 +95,7 @@ impl DecoderLayer {
         v
     }
 
-    /// The same layer computing with `ps` in place of [`DecoderLayer::params`].
-    pub fn rebind(&self, ps: &[Var]) -> Result<Self> {
+    fn rebind(&self, ps: &[Var]) -> Result<Self> {
         let [q, k, v, o, gate, up, down]: [Linear; 7] = rebind_all(&self.linears(), &ps[6..])?
             .try_into()
             .map_err(|_| Error::invalid("gemma3 layer: seven linears"))?;
@@ -112,7 +112,9 @@ impl DecoderLayer {
             ..self.clone()
         })
     }
+}
 
+impl DecoderLayer {
     /// `[B, T, H] -> [B, T, H]`.
     pub fn forward(&self, h: &Var, ctx: &DecoderContext) -> Result<Var> {
         self.forward_cached(h, ctx, None)
@@ -207,14 +209,8 @@ impl Gemma3TextModel {
         let mut states = Vec::with_capacity(self.layers.len() + 1);
         for layer in &self.layers {
             states.push(h.clone());
-            h = if checkpointing {
-                let params = layer.params();
-                let refs: Vec<&Var> = params.iter().collect();
-                let (l, c) = (layer.clone(), ctx.clone());
-                checkpoint(&[&h], &refs, move |_, ins, ps| Ok(vec![l.rebind(ps)?.forward(&ins[0], &c)?]))?.remove(0)
-            } else {
-                layer.forward(&h, ctx)?
-            };
+            let c = ctx.clone();
+            h = checkpointed(layer, &h, checkpointing, move |l, h| l.forward(h, &c))?;
         }
         states.push(ops::rms_norm(&h, &self.norm, self.cfg.rms_norm_eps as f32)?);
         Ok(states)

@@ -25,9 +25,11 @@
 
 /// GGUF files, read and written: from the kernel-free `lapidary-io`.
 pub use lapidary_io::gguf;
+mod layer;
 mod linear;
 pub mod safetensors;
 mod weights;
 
+pub use layer::{Layer, ParamsAndLinears, checkpointed};
 pub use linear::{Adapter, Linear, rebind_all};
 pub use weights::{GgufSource, SafetensorsSource, WeightSource, Weights};

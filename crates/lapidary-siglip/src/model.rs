@@ -5,10 +5,10 @@
 //! can run as a checkpointed segment that receives its parameters explicitly.
 
 use crate::SiglipVisionConfig;
-use lapidary_autograd::{Tape, Trainable, Var, checkpoint, ops};
+use lapidary_autograd::{Tape, Trainable, Var, ops};
 use lapidary_core::{Error, Result};
 use lapidary_kernels::attention::AttentionMask;
-use lapidary_nn::{Linear, Weights, rebind_all};
+use lapidary_nn::{Layer, Linear, Weights, checkpointed, rebind_all};
 
 /// One pre-LN encoder layer.
 #[derive(Clone)]
@@ -68,9 +68,10 @@ impl EncoderLayer {
     pub fn linears_mut(&mut self) -> [&mut Linear; 6] {
         [&mut self.q, &mut self.k, &mut self.v, &mut self.out, &mut self.fc1, &mut self.fc2]
     }
+}
 
-    /// Every parameter the layer computes with, adapters included, in a fixed order.
-    pub fn params(&self) -> Vec<Var> {
+impl Layer for EncoderLayer {
+    fn params(&self) -> Vec<Var> {
         let mut v = vec![self.ln1.0.clone(), self.ln1.1.clone(), self.ln2.0.clone(), self.ln2.1.clone()];
         for l in self.linears() {
             v.extend(l.params());
@@ -78,8 +79,7 @@ impl EncoderLayer {
         v
     }
 
-    /// The same layer computing with `ps` in place of [`EncoderLayer::params`].
-    pub fn rebind(&self, ps: &[Var]) -> Result<Self> {
+    fn rebind(&self, ps: &[Var]) -> Result<Self> {
         let [q, k, v, out, fc1, fc2]: [Linear; 6] = rebind_all(&self.linears(), &ps[4..])?
             .try_into()
             .map_err(|_| Error::invalid("siglip layer: six linears"))?;
@@ -96,7 +96,9 @@ impl EncoderLayer {
             eps: self.eps,
         })
     }
+}
 
+impl EncoderLayer {
     /// `[N, P, C] -> [N, P, C]`.
     pub fn forward(&self, x: &Var) -> Result<Var> {
         let (n, p, c) = (x.shape()[0], x.shape()[1], x.shape()[2]);
@@ -166,14 +168,7 @@ impl SiglipVisionModel {
         let x = ops::matmul(&patches, &self.patch_weight, Some(&self.patch_bias), false, true)?;
         let mut x = ops::add(&x, &self.positions)?;
         for layer in &self.layers {
-            x = if checkpointing {
-                let params = layer.params();
-                let refs: Vec<&Var> = params.iter().collect();
-                let l = layer.clone();
-                checkpoint(&[&x], &refs, move |_, ins, ps| Ok(vec![l.rebind(ps)?.forward(&ins[0])?]))?.remove(0)
-            } else {
-                layer.forward(&x)?
-            };
+            x = checkpointed(layer, &x, checkpointing, |l, x| l.forward(x))?;
         }
         ops::layer_norm(&x, &self.post.0, &self.post.1, self.cfg.layer_norm_eps as f32)
     }
