@@ -705,36 +705,105 @@ fn clear_earlier_run(out: &Path, overwrite: bool) -> Result<()> {
     Ok(())
 }
 
-/// The settings that define a run (data, model, method, LoRA, optimizer, schedule, batch shape,
-/// seed) on which `old` and `new` differ, as `field: old -> new`. Step limits, logging and
-/// checkpoint frequency may change on resume.
+/// The settings that may change when a run resumes: where and how often it reports and saves,
+/// how long it runs, and gradient checkpointing (which gives bit-identical results). Every other
+/// setting defines the run, including any added later.
+const MAY_CHANGE_ON_RESUME: [&str; 8] = [
+    "output_dir",
+    "overwrite_output_dir",
+    "max_steps",
+    "num_epochs",
+    "log_every",
+    "eval_every",
+    "save_every",
+    "gradient_checkpointing",
+];
+
+/// The settings that define a run on which `old` and `new` differ, as `field: old -> new`
+/// (every field of [`TrainConfig`] but [`MAY_CHANGE_ON_RESUME`]; paths compared as the files
+/// they name).
 fn run_defining_differences(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
-    let same_path = |a: &Path, b: &Path| {
-        a == b || matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(x), Ok(y)) if x == y)
+    // Through text, so that an f32 reads as written (0.01, not 0.009999999776482582).
+    let fields = |c: &TrainConfig| -> serde_json::Map<String, serde_json::Value> {
+        let text = serde_json::to_string(c).expect("a configuration serializes");
+        serde_json::from_str(&text).expect("an object")
     };
-    let mut out = Vec::new();
-    let mut paths = vec![("model", &old.model, &new.model), ("data", &old.data, &new.data)];
-    if let (Some(a), Some(b)) = (&old.eval_data, &new.eval_data) {
-        paths.push(("eval_data", a, b));
-    } else if old.eval_data != new.eval_data {
-        out.push(format!("eval_data: {:?} -> {:?}", old.eval_data, new.eval_data));
-    }
-    for (name, a, b) in paths {
-        if !same_path(a, b) {
-            out.push(format!("{name}: {} -> {}", a.display(), b.display()));
+    let (a, b) = (fields(old), fields(new));
+    let same_path = |x: &serde_json::Value, y: &serde_json::Value| match (x.as_str(), y.as_str()) {
+        (Some(x), Some(y)) => {
+            x == y || matches!((std::fs::canonicalize(x), std::fs::canonicalize(y)), (Ok(p), Ok(q)) if p == q)
         }
+        _ => false,
+    };
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let none = serde_json::Value::Null;
+    let mut out = Vec::new();
+    for key in keys {
+        if MAY_CHANGE_ON_RESUME.contains(&key.as_str()) {
+            continue;
+        }
+        let (x, y) = (a.get(key).unwrap_or(&none), b.get(key).unwrap_or(&none));
+        if x == y || (["model", "data", "eval_data"].contains(&key.as_str()) && same_path(x, y)) {
+            continue;
+        }
+        let show = |v: &serde_json::Value| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+        out.push(format!("{key}: {} -> {}", show(x), show(y)));
     }
-    macro_rules! compare {
-        ($($f:ident),*) => { $(
-            if old.$f != new.$f {
-                out.push(format!("{}: {:?} -> {:?}", stringify!($f), old.$f, new.$f));
-            }
-        )* };
-    }
-    compare!(eval_fraction, method, lora_r, lora_alpha, use_rslora, lora_dropout, target_modules);
-    compare!(finetune_vision_layers, finetune_language_layers, finetune_attention_modules, finetune_mlp_modules);
-    compare!(train_projector, base_format, learning_rate, weight_decay, adam_beta1, adam_beta2, adam_epsilon);
-    compare!(lr_scheduler, warmup_steps, micro_batch_size, grad_accum_steps, max_grad_norm, max_len);
-    compare!(responses_only, skip_bad_rows, seed, packing);
     out
+}
+
+#[cfg(test)]
+mod resume_tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// `value` changed to another value its field accepts.
+    fn another(key: &str, value: &Value, map: &serde_json::Map<String, Value>) -> Value {
+        let candidates: Vec<Value> = match value {
+            Value::Bool(b) => vec![json!(!b)],
+            Value::Number(n) => match n.as_u64() {
+                Some(u) => vec![json!(u + 1)],
+                None => vec![json!(n.as_f64().unwrap() * 0.5 + 0.125)],
+            },
+            Value::String(s) => ["full", "lora", "cosine", "linear", "nf4", "bf16"]
+                .iter()
+                .map(|c| json!(c))
+                .chain([json!(format!("{s}-other"))])
+                .collect(),
+            _ => vec![json!("held-out.jsonl"), json!(["q_proj"])],
+        };
+        candidates
+            .into_iter()
+            .find(|c| {
+                let mut m = map.clone();
+                m.insert(key.to_string(), c.clone());
+                c != value && serde_json::from_value::<TrainConfig>(Value::Object(m)).is_ok()
+            })
+            .unwrap_or_else(|| panic!("no other value for {key}"))
+    }
+
+    #[test]
+    fn every_setting_but_the_allowed_ones_defines_the_run() {
+        let base = TrainConfig { model: "m".into(), data: "d.jsonl".into(), ..TrainConfig::default() };
+        let map: serde_json::Map<String, Value> = serde_json::from_str(&serde_json::to_string(&base).unwrap()).unwrap();
+        // Fields left out of the serialized form (None) are changed too.
+        let mut keys: Vec<String> = map.keys().cloned().collect();
+        keys.extend(["eval_data", "target_modules"].map(String::from));
+        keys.sort();
+        keys.dedup();
+        assert!(keys.len() >= 39, "{keys:?}");
+        for key in keys {
+            let old = map.get(&key).cloned().unwrap_or(Value::Null);
+            let mut changed = map.clone();
+            changed.insert(key.clone(), another(&key, &old, &map));
+            let new: TrainConfig = serde_json::from_value(Value::Object(changed)).unwrap();
+            let diffs = run_defining_differences(&base, &new);
+            if MAY_CHANGE_ON_RESUME.contains(&key.as_str()) {
+                assert!(diffs.is_empty(), "{key}: {diffs:?}");
+            } else {
+                assert!(diffs.len() == 1 && diffs[0].starts_with(&format!("{key}: ")), "{key}: {diffs:?}");
+            }
+        }
+        assert!(run_defining_differences(&base, &base.clone()).is_empty());
+    }
 }
