@@ -1,7 +1,8 @@
-//! Reading PEFT LoRA adapters: `adapter_config.json` (r, lora_alpha, use_rslora) and
+//! PEFT LoRA adapters, read and written: `adapter_config.json` (r, lora_alpha, use_rslora) and
 //! `adapter_model.safetensors` with keys `<module path>.lora_A.weight` (`[r, in]`) and
-//! `.lora_B.weight` (`[out, r]`). Every adapter tensor must land on a linear of the model and
-//! match its shape; anything left over is an error naming it. Not writing (to come).
+//! `.lora_B.weight` (`[out, r]`). Every adapter tensor read must land on a linear of the model
+//! and match its shape; anything left over is an error naming it. Writing is
+//! [`save_peft_adapter`] (atomic). Not the choice of modules to adapt (see `target.rs`).
 
 use crate::LoraAdapter;
 use lapidary_autograd::{Tape, Trainable};
