@@ -337,9 +337,7 @@ impl TrainArgs {
 /// The command line, with each `train` option's help ending in its default as
 /// [`TrainConfig::default`] has it: the defaults are written there only.
 fn command() -> clap::Command {
-    // Through text, so that an f32 shows as written (2e-4, not 0.00019999999494757503).
-    let text = serde_json::to_string(&TrainConfig::default()).expect("the default configuration serializes");
-    let defaults: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).expect("an object");
+    let defaults = TrainConfig::default().fields();
     Cli::command().mut_subcommand("train", |mut train| {
         for (key, value) in &defaults {
             let shown = match value {

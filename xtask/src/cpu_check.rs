@@ -116,7 +116,7 @@ fn run_emulated(
 
 /// Builds one test target and returns its executable (the one whose file name starts `prefix`).
 fn test_binary(select: &[&str], prefix: &str) -> Result<PathBuf, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo_program();
     let out = Command::new(cargo)
         .args(["test", "--no-run", "--message-format=json"])
         .args(select)

@@ -165,7 +165,7 @@ fn cargo_executables(
     rustflags: &str,
     args: &[&str],
 ) -> Result<Vec<(String, PathBuf)>, String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = crate::cargo_program();
     let out = Command::new(cargo)
         .args(args)
         .current_dir(root)

@@ -118,7 +118,7 @@ const KERNEL_FREE: [&str; 2] = ["lapidary-io", "lapidary-data"];
 /// Fails when a [`KERNEL_FREE`] crate's dependency tree holds a `cubecl` crate.
 fn kernel_free_crates() -> Result<(), String> {
     for krate in KERNEL_FREE {
-        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        let out = Command::new(cargo_program())
             .args(["tree", "--offline", "--edges", "normal", "--prefix", "none", "--package", krate])
             .current_dir(workspace_root())
             .output()
@@ -131,7 +131,8 @@ fn kernel_free_crates() -> Result<(), String> {
         if !kernels.is_empty() {
             return Err(format!("{krate} must build without CubeCL, but depends on {}", kernels.join(", ")));
         }
-        eprintln!("{krate}: kernel-free ({} crates in its tree, no cubecl)", tree.lines().count());
+        let crates: std::collections::BTreeSet<&str> = tree.lines().map(|l| l.trim_end_matches(" (*)")).collect();
+        eprintln!("{krate}: kernel-free ({} crates in its tree, no cubecl)", crates.len());
     }
     Ok(())
 }
@@ -143,6 +144,11 @@ fn demo(extra: &[String]) -> Result<(), String> {
     cargo(&args)
 }
 
+/// The cargo that runs this task (`$CARGO`), else the one on the PATH.
+pub fn cargo_program() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
 /// Runs cargo with `args` in the workspace root; an error when it fails.
 pub fn cargo(args: &[&str]) -> Result<(), String> {
     cargo_env(args, &[])
@@ -150,7 +156,7 @@ pub fn cargo(args: &[&str]) -> Result<(), String> {
 
 /// [`cargo`] with extra environment variables.
 pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = cargo_program();
     let shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
     eprintln!("$ {}cargo {}", shown.concat(), args.join(" "));
     let status = Command::new(cargo)

@@ -61,7 +61,7 @@ overflow-checks = false
     let data = dir.join("data");
     crate::setup::lay_shim(&data)?;
     eprintln!("$ (in {}) cargo run --offline", dir.display());
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let status = Command::new(crate::cargo_program())
         .args(["run", "--offline", "--quiet"])
         .current_dir(&dir)
         .env("XDG_DATA_HOME", &data)

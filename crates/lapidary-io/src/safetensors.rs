@@ -38,11 +38,6 @@ pub struct SafetensorsFiles {
 }
 
 impl SafetensorsFiles {
-    /// No file, no tensor (a stand-in where weights come from elsewhere).
-    pub fn empty() -> Self {
-        SafetensorsFiles { files: Vec::new(), entries: BTreeMap::new() }
-    }
-
     /// Opens a `.safetensors` file, or a model directory holding `model.safetensors` or
     /// `model.safetensors.index.json` with its shards.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {

@@ -212,6 +212,14 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// Every setting as a JSON object keyed by field name (fields that are `None` left out), read
+    /// back from text so that an f32 shows as written (`0.0002`, not `0.00019999999494757503`):
+    /// for listing and comparing settings without naming each field.
+    pub fn fields(&self) -> serde_json::Map<String, serde_json::Value> {
+        let text = serde_json::to_string(self).expect("a configuration serializes");
+        serde_json::from_str(&text).expect("a configuration serializes to an object")
+    }
+
     /// Checks the values; the error names the option.
     pub fn validate(&self) -> Result<()> {
         let bad = |what: &str| Err(Error::invalid(format!("train config: {what}")));

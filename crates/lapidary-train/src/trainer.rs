@@ -723,12 +723,7 @@ const MAY_CHANGE_ON_RESUME: [&str; 8] = [
 /// (every field of [`TrainConfig`] but [`MAY_CHANGE_ON_RESUME`]; paths compared as the files
 /// they name).
 fn run_defining_differences(old: &TrainConfig, new: &TrainConfig) -> Vec<String> {
-    // Through text, so that an f32 reads as written (0.01, not 0.009999999776482582).
-    let fields = |c: &TrainConfig| -> serde_json::Map<String, serde_json::Value> {
-        let text = serde_json::to_string(c).expect("a configuration serializes");
-        serde_json::from_str(&text).expect("an object")
-    };
-    let (a, b) = (fields(old), fields(new));
+    let (a, b) = (old.fields(), new.fields());
     let same_path = |x: &serde_json::Value, y: &serde_json::Value| match (x.as_str(), y.as_str()) {
         (Some(x), Some(y)) => {
             x == y || matches!((std::fs::canonicalize(x), std::fs::canonicalize(y)), (Ok(p), Ok(q)) if p == q)
@@ -785,7 +780,7 @@ mod resume_tests {
     #[test]
     fn every_setting_but_the_allowed_ones_defines_the_run() {
         let base = TrainConfig { model: "m".into(), data: "d.jsonl".into(), ..TrainConfig::default() };
-        let map: serde_json::Map<String, Value> = serde_json::from_str(&serde_json::to_string(&base).unwrap()).unwrap();
+        let map = base.fields();
         // Fields left out of the serialized form (None) are changed too.
         let mut keys: Vec<String> = map.keys().cloned().collect();
         keys.extend(["eval_data", "target_modules"].map(String::from));
