@@ -6,6 +6,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use lapidary::core::{DType, Device, Tensor};
+use lapidary::kernels::matmul::Layout;
 use lapidary::kernels::{attention, elementwise, loss, matmul, norm};
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ fn bench_matmul(c: &mut Criterion) {
             let tb = Tensor::from_f32(&dev, &b, &[s, s], dtype).unwrap();
             g.bench_with_input(BenchmarkId::new(format!("lapidary-{dtype}"), s), &s, |bch, _| {
                 bch.iter(|| {
-                    let c = matmul::matmul(&ta, &tb, None, false, false).unwrap();
+                    let c = matmul::matmul(&ta, &tb, None, Layout::AB).unwrap();
                     dev.sync().unwrap();
                     c
                 })
@@ -54,7 +55,7 @@ fn bench_matmul(c: &mut Criterion) {
             let ta = Tensor::from_f32(&dev, &a, &[s, s], DType::F32).unwrap();
             let tb = Tensor::from_f32(&dev, &b, &[s, s], DType::F32).unwrap();
             // Same result as lapidary's kernel, or the comparison means nothing.
-            let ours = matmul::matmul(&ta, &tb, None, false, false).unwrap().to_f32_vec().unwrap();
+            let ours = matmul::matmul(&ta, &tb, None, Layout::AB).unwrap().to_f32_vec().unwrap();
             let theirs = cubek_cpu_gemm(&dev, &ta, &tb, s).to_f32_vec().unwrap();
             let diff = ours.iter().zip(&theirs).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             assert!(diff < 1e-3 * (s as f32).sqrt(), "cubek and lapidary disagree by {diff}");

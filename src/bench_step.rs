@@ -6,10 +6,10 @@
 //! loading, no schedule, no checkpoints (see `lapidary train`). With `profile`, one more step
 //! runs with every kernel timed on its own (see [`crate::profile`]).
 
-use crate::autograd::{BackwardOptions, Tape, Trainable};
+use crate::autograd::BackwardOptions;
 use crate::core::rng::SplitMix64;
-use crate::core::{DType, Device, Error, Result};
-use crate::gemma3::{Gemma3ForConditionalGeneration, Parts};
+use crate::core::{Device, Error, Result};
+use crate::gemma3::{ForwardOptions, Gemma3ForConditionalGeneration, OpenOptions};
 use crate::kernels::quant::PackFormat;
 use crate::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora};
 use crate::profile::{PassProfile, profile};
@@ -118,16 +118,15 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
     if opts.steps == 0 {
         return Err(Error::invalid("bench-step: --steps must be at least 1"));
     }
-    let batch = crate::eval::read_batch(batch_path, device)?;
+    let batch = crate::gemma3::Batch::read(batch_path, device)?;
     let label_count = batch.label_count();
     if label_count == 0 {
         return Err(Error::invalid(format!("{}: the batch has no label token", batch_path.display())));
     }
     let started = Instant::now();
-    let tape = Tape::new();
-    let parts = Parts { vision: Trainable::No, projector: Trainable::No, text: Trainable::No };
-    let mut model =
-        Gemma3ForConditionalGeneration::open_packed(model_dir, device, DType::F32, &tape, parts, opts.base)?;
+    let open = OpenOptions { packing: opts.base, ..OpenOptions::default() };
+    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, &open)?;
+    let tape = model.tape().clone();
     let lora = LoraConfig {
         r: opts.lora_r,
         lora_alpha: opts.lora_r as f32,
@@ -148,12 +147,16 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
     device.release_memory()?;
     let loaded_bytes = device.memory().in_use;
     eprintln!("bench-step: loaded in {load_s:.1} s, {trainable} adapter values, {loaded_bytes} bytes on {device}");
-    let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
     let opts_bw = BackwardOptions::default();
     let (mut first_loss, mut last_loss) = (f32::NAN, f32::NAN);
     let mut step_s = Vec::with_capacity(opts.steps);
     let mut one_step = || -> Result<f32> {
-        let loss = model.loss_normalized(&batch, pixels.as_ref(), opts.checkpointing, Some(label_count as f32))?;
+        let pass = ForwardOptions {
+            checkpointing: opts.checkpointing,
+            normalizer: Some(label_count as f32),
+            ..Default::default()
+        };
+        let loss = model.loss(&batch, &pass)?;
         let (store, _) = tape.backward_with(&loss, &opts_bw)?;
         let grads: Vec<_> = opt.params().iter().map(|(_, p)| store.get(p).cloned()).collect();
         drop(store);

@@ -2,11 +2,11 @@
 //! (loading, resuming, printing). Not option parsing (main.rs) nor the loop itself
 //! (lapidary-train).
 
-use crate::autograd::{Tape, Trainable};
+use crate::autograd::Trainable;
 use crate::core::{DType, Device, Error, Result, Tensor};
 use crate::data::Processor;
 use crate::data::template::{Content, Conversation, Message, Part};
-use crate::gemma3::{Gemma3ForConditionalGeneration, GenerateOptions, Sampling};
+use crate::gemma3::{Gemma3ForConditionalGeneration, GenerateOptions, OpenOptions, Sampling};
 use crate::train::{TrainConfig, Trainer, checkpoint};
 use std::path::{Path, PathBuf};
 
@@ -52,13 +52,12 @@ pub fn train(cfg: TrainConfig, resume: Option<PathBuf>, device: &Device) -> Resu
 pub fn open_frozen(
     model_dir: &Path,
     adapter: Option<&Path>,
-    tape: &Tape,
     device: &Device,
 ) -> Result<(Gemma3ForConditionalGeneration, usize)> {
-    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, DType::F32, tape, Trainable::No)?;
-    let namer = model.peft_namer();
+    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, &OpenOptions::default())?;
+    let (namer, tape) = (model.peft_namer(), model.tape().clone());
     let adapted = match adapter {
-        Some(dir) => crate::lora::load_peft_adapter(dir, model.linears_mut(), namer, tape, device, Trainable::No)?,
+        Some(dir) => crate::lora::load_peft_adapter(dir, model.linears_mut(), namer, &tape, device, Trainable::No)?,
         None => 0,
     };
     Ok((model, adapted))
@@ -75,8 +74,7 @@ pub fn generate(
     device: &Device,
 ) -> Result<String> {
     let processor = Processor::from_model(model_dir)?;
-    let tape = Tape::new();
-    let (model, _) = open_frozen(model_dir, adapter, &tape, device)?;
+    let (model, _) = open_frozen(model_dir, adapter, device)?;
     let mut parts: Vec<Part> = images.iter().map(|p| Part::Image { path: p.display().to_string() }).collect();
     parts.push(Part::Text { text: prompt.to_string() });
     let conv = Conversation { messages: vec![Message { role: "user".into(), content: Content::Parts(parts) }] };
@@ -93,7 +91,7 @@ pub fn generate(
     };
     let t = &processor.tokenizer;
     let opts = GenerateOptions { max_new_tokens, sampling, stop: vec![t.end_of_turn_id, t.eos_id] };
-    let out = model.generate(&tape, &ids, pixels.as_ref(), &opts)?;
+    let out = model.generate(&ids, pixels.as_ref(), &opts)?;
     t.decode(&out, true)
 }
 

@@ -156,7 +156,7 @@ pub fn caption_accuracy(trainer: &Trainer, items: &[Item]) -> Result<(Accuracy, 
         let pixels = p.pixels(&images[0])?;
         let dev = trainer.device();
         let pv = Tensor::from_f32(dev, &pixels, &[1, 3, p.image.height, p.image.width], DType::F32)?;
-        let out = trainer.model().generate(trainer.tape(), &ids, Some(&pv), &opts)?;
+        let out = trainer.model().generate(&ids, Some(&pv), &opts)?;
         let text = p.tokenizer.decode(&out, true)?.trim().to_string();
         if k == 0 {
             example = format!("{:?} -> {text:?}", item.caption());

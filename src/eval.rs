@@ -7,81 +7,11 @@
 //! the checkpoint (unless `no_grad`). With a PEFT adapter, only the adapter is trainable and
 //! the gradients are `grad.<key in the adapter file>`.
 
-use crate::autograd::{BackwardOptions, Tape, Trainable};
-use crate::core::{DType, Device, Error, Result, Tensor};
-use crate::gemma3::{Batch, Gemma3ForConditionalGeneration};
-use crate::nn::safetensors::{self, SafetensorsFiles};
+use crate::autograd::{BackwardOptions, Trainable};
+use crate::core::{Device, Error, Result, Tensor};
+use crate::gemma3::{Batch, ForwardOptions, Gemma3ForConditionalGeneration, OpenOptions};
+use crate::nn::safetensors;
 use std::path::Path;
-
-/// Reads a batch file.
-pub fn read_batch(path: &Path, device: &Device) -> Result<Batch> {
-    let f = SafetensorsFiles::open(path)?;
-    let int = |name: &str| -> Result<(Vec<i64>, Vec<usize>)> {
-        if f.entry(name).is_none() {
-            return Err(Error::invalid(format!("{}: missing tensor {name} (int64 [B, T])", path.display())));
-        }
-        f.load_i64(name)
-    };
-    let (input_ids, shape) = int("input_ids")?;
-    if shape.len() != 2 {
-        return Err(Error::invalid(format!("{}: input_ids has shape {shape:?}, expected [B, T]", path.display())));
-    }
-    let mut fields = Vec::new();
-    for name in ["attention_mask", "token_type_ids", "labels"] {
-        let (v, s) = int(name)?;
-        if s != shape {
-            return Err(Error::invalid(format!(
-                "{}: {name} has shape {s:?}, expected {shape:?} (as input_ids)",
-                path.display()
-            )));
-        }
-        fields.push(v);
-    }
-    let labels = fields.pop();
-    let token_type_ids = fields.pop().expect("read above");
-    let attention_mask = fields.pop().expect("read above");
-    let pixel_values = match f.entry("pixel_values") {
-        Some(e) if e.shape.len() == 4 => {
-            let dtype = e.dtype.ok_or_else(|| {
-                Error::invalid(format!("{}: pixel_values is not stored as f32, bf16 or f16", path.display()))
-            })?;
-            let values = dtype.decode(f.bytes("pixel_values")?);
-            Error::check_finite(&format!("{}: pixel_values", path.display()), &values, "pixels must be finite")?;
-            Some(Tensor::from_f32(device, &values, &e.shape, DType::F32)?)
-        }
-        Some(e) => {
-            return Err(Error::invalid(format!(
-                "{}: pixel_values has shape {:?}, expected [N, 3, H, W]",
-                path.display(),
-                e.shape
-            )));
-        }
-        None => None,
-    };
-    let position_ids = match f.entry("position_ids") {
-        Some(_) => {
-            let (v, s) = f.load_i64("position_ids")?;
-            if s != shape {
-                return Err(Error::invalid(format!(
-                    "{}: position_ids has shape {s:?}, expected {shape:?} (as input_ids)",
-                    path.display()
-                )));
-            }
-            Some(v)
-        }
-        None => None,
-    };
-    Ok(Batch {
-        batch: shape[0],
-        seq: shape[1],
-        input_ids,
-        attention_mask,
-        token_type_ids,
-        labels,
-        pixel_values,
-        position_ids,
-    })
-}
 
 /// Runs the model on the batch and writes the results (see the module docs). Returns the loss.
 pub fn run(
@@ -92,18 +22,17 @@ pub fn run(
     device: &Device,
     no_grad: bool,
 ) -> Result<f32> {
-    let batch = read_batch(batch_path, device)?;
-    let tape = Tape::new();
+    let batch = Batch::read(batch_path, device)?;
     let trainable = if no_grad { Trainable::No } else { Trainable::Yes };
     let base = if adapter.is_some() { Trainable::No } else { trainable };
-    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, DType::F32, &tape, base)?;
+    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, &OpenOptions::all(base))?;
+    let tape = model.tape().clone();
     if let Some(dir) = adapter {
         let namer = model.peft_namer();
         let linears = model.linears_mut();
         crate::lora::load_peft_adapter(dir, linears, namer, &tape, device, trainable)?;
     }
-    let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
-    let output = model.forward_with_pixels(&batch, pixels.as_ref(), false)?;
+    let output = model.forward(&batch, &ForwardOptions::default())?;
     let loss = output.loss.ok_or_else(|| Error::invalid("batch has no labels"))?;
     let vocab = model.config().text.vocab_size;
     let logits: Tensor = output.logits.value().reshape(&[batch.batch, batch.seq, vocab])?;

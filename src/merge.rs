@@ -4,7 +4,6 @@
 //! the base model (a `.gguf` base gives a Gemma3ForCausalLM checkpoint with a config and tokenizer
 //! built from the file's metadata). Not adapter training.
 
-use crate::autograd::Tape;
 use crate::core::{DType, Device, Error, Result, Tensor};
 use crate::kernels::elementwise;
 use crate::nn::safetensors;
@@ -120,8 +119,8 @@ pub fn merged_params(
     adapter_dir: Option<&Path>,
     device: &Device,
 ) -> Result<(crate::gemma3::Gemma3Config, Vec<MergedParam>, usize)> {
-    let tape = Tape::new();
-    let (mut m, adapted) = crate::cli::open_frozen(model, adapter_dir, &tape, device)?;
+    let (mut m, adapted) = crate::cli::open_frozen(model, adapter_dir, device)?;
+    let tape = m.tape().clone();
     if let Some(dir) = adapter_dir
         && adapted == 0
     {

@@ -12,9 +12,10 @@
 
 use lapidary::autograd::{BackwardOptions, Tape, Trainable, Var, gradcheck, ops};
 use lapidary::core::{DType, Device, Result, Tensor};
+use lapidary::gemma3::{ForwardOptions, OpenOptions};
 use lapidary::kernels::attention::AttentionMask;
 use lapidary::lora::LoraAdapter;
-use lapidary::nn::{Linear, ParamsAndLinears, checkpointed};
+use lapidary::nn::{Layer, Linear, ParamFn, checkpointed, map_within};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -72,28 +73,63 @@ impl Weights<'_> {
 }
 
 /// One pre-norm residual MLP block (the encoder's layer): `h + fc2(gelu(fc1(ln(h))))`.
-fn encoder_layer(h: &Var, ln_w: &Var, ln_b: &Var, fc1: &Linear, fc2: &Linear) -> Result<Var> {
-    let x = ops::layer_norm(h, ln_w, ln_b, 1e-6)?;
-    ops::add(h, &fc2.forward(&ops::gelu_tanh(&fc1.forward(&x)?)?)?)
+#[derive(Clone)]
+struct EncoderBlock {
+    ln: (Var, Var),
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// The one [`Layer`] implementation a layer type needs: its parameters walked by name.
+impl Layer for EncoderBlock {
+    fn map_params(&self, f: &mut ParamFn<'_>) -> Result<Self> {
+        Ok(EncoderBlock {
+            ln: (f("layer_norm.weight", &self.ln.0)?, f("layer_norm.bias", &self.ln.1)?),
+            fc1: map_within("mlp.fc1", &self.fc1, f)?,
+            fc2: map_within("mlp.fc2", &self.fc2, f)?,
+        })
+    }
+}
+
+impl EncoderBlock {
+    fn forward(&self, h: &Var) -> Result<Var> {
+        let x = ops::layer_norm(h, &self.ln.0, &self.ln.1, 1e-6)?;
+        ops::add(h, &self.fc2.forward(&ops::gelu_tanh(&self.fc1.forward(&x)?)?)?)
+    }
 }
 
 /// One pre-norm single-head causal attention block with RoPE (the decoder's layer).
-fn decoder_layer(
-    h: &Var,
-    norm: &Var,
-    q: &Linear,
-    k: &Linear,
-    v: &Linear,
-    o: &Linear,
-    rope: &(Tensor, Tensor),
-) -> Result<Var> {
-    let (b, t) = (h.shape()[0], h.shape()[1]);
-    let x = ops::rms_norm(h, norm, 1e-6)?;
-    let heads = |l: &Linear| -> Result<Var> { ops::reshape(&l.forward(&x)?, &[b, 1, t, HIDDEN]) };
-    let qh = ops::rope(&heads(q)?, &rope.0, &rope.1)?;
-    let kh = ops::rope(&heads(k)?, &rope.0, &rope.1)?;
-    let att = ops::attention(&qh, &kh, &heads(v)?, 1.0 / (HIDDEN as f32).sqrt(), &AttentionMask::causal())?;
-    ops::add(h, &o.forward(&ops::reshape(&att, &[b, t, HIDDEN])?)?)
+#[derive(Clone)]
+struct DecoderBlock {
+    norm: Var,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+}
+
+impl Layer for DecoderBlock {
+    fn map_params(&self, f: &mut ParamFn<'_>) -> Result<Self> {
+        Ok(DecoderBlock {
+            norm: f("input_layernorm.weight", &self.norm)?,
+            q: map_within("self_attn.q_proj", &self.q, f)?,
+            k: map_within("self_attn.k_proj", &self.k, f)?,
+            v: map_within("self_attn.v_proj", &self.v, f)?,
+            o: map_within("self_attn.o_proj", &self.o, f)?,
+        })
+    }
+}
+
+impl DecoderBlock {
+    fn forward(&self, h: &Var, rope: &(Tensor, Tensor)) -> Result<Var> {
+        let (b, t) = (h.shape()[0], h.shape()[1]);
+        let x = ops::rms_norm(h, &self.norm, 1e-6)?;
+        let heads = |l: &Linear| -> Result<Var> { ops::reshape(&l.forward(&x)?, &[b, 1, t, HIDDEN]) };
+        let qh = ops::rope(&heads(&self.q)?, &rope.0, &rope.1)?;
+        let kh = ops::rope(&heads(&self.k)?, &rope.0, &rope.1)?;
+        let att = ops::attention(&qh, &kh, &heads(&self.v)?, 1.0 / (HIDDEN as f32).sqrt(), &AttentionMask::causal())?;
+        ops::add(h, &self.o.forward(&ops::reshape(&att, &[b, t, HIDDEN])?)?)
+    }
 }
 
 struct ChainCase {
@@ -118,15 +154,16 @@ fn run_chain(c: &ChainCase) -> Result<ChainResult> {
     let mut h = embed.forward(&pixels)?;
     for l in 0..2 {
         let p = format!("vision.layers.{l}");
-        let ln_w = w.param(&format!("{p}.layer_norm.weight"), &[HIDDEN], false);
-        let ln_b = w.param(&format!("{p}.layer_norm.bias"), &[HIDDEN], false);
-        let fc1 = w.linear(&format!("{p}.mlp.fc1"), 2 * HIDDEN, HIDDEN, c.vision);
-        let fc2 = w.linear(&format!("{p}.mlp.fc2"), HIDDEN, 2 * HIDDEN, c.vision);
+        let layer = EncoderBlock {
+            ln: (
+                w.param(&format!("{p}.layer_norm.weight"), &[HIDDEN], false),
+                w.param(&format!("{p}.layer_norm.bias"), &[HIDDEN], false),
+            ),
+            fc1: w.linear(&format!("{p}.mlp.fc1"), 2 * HIDDEN, HIDDEN, c.vision),
+            fc2: w.linear(&format!("{p}.mlp.fc2"), HIDDEN, 2 * HIDDEN, c.vision),
+        };
         // The same checkpoint helper the model crates use.
-        let layer = ParamsAndLinears { params: [ln_w, ln_b], linears: [fc1, fc2] };
-        h = checkpointed(&layer, &h, c.checkpointing, |l, x| {
-            encoder_layer(x, &l.params[0], &l.params[1], &l.linears[0], &l.linears[1])
-        })?;
+        h = checkpointed(&layer, &h, c.checkpointing, |l, x| l.forward(x))?;
     }
     // Projector (frozen), then the decoder: image features replace the image-token rows.
     let proj = w.linear("projector", HIDDEN, HIDDEN, false);
@@ -148,20 +185,15 @@ fn run_chain(c: &ChainCase) -> Result<ChainResult> {
     );
     for l in 0..2 {
         let p = format!("language.layers.{l}");
-        let norm = w.param(&format!("{p}.input_layernorm.weight"), &[HIDDEN], false);
-        let lin: Vec<Linear> = ["q_proj", "k_proj", "v_proj", "o_proj"]
-            .iter()
-            .map(|n| w.linear(&format!("{p}.self_attn.{n}"), HIDDEN, HIDDEN, c.language))
-            .collect();
-        let layer = ParamsAndLinears { params: [norm], linears: <[Linear; 4]>::try_from(lin).expect("four") };
+        let mut linear = |n: &str| w.linear(&format!("{p}.self_attn.{n}"), HIDDEN, HIDDEN, c.language);
+        let (q, k, v, o) = (linear("q_proj"), linear("k_proj"), linear("v_proj"), linear("o_proj"));
+        let layer =
+            DecoderBlock { norm: w.param(&format!("{p}.input_layernorm.weight"), &[HIDDEN], false), q, k, v, o };
         let rope2 = rope.clone();
-        h = checkpointed(&layer, &h, c.checkpointing, move |l, x| {
-            let [q, k, v, o] = &l.linears;
-            decoder_layer(x, &l.params[0], q, k, v, o, &rope2)
-        })?;
+        h = checkpointed(&layer, &h, c.checkpointing, move |l, x| l.forward(x, &rope2))?;
     }
     // Tied head and the loss on every next token.
-    let logits = ops::matmul(&ops::reshape(&h, &[batch * tokens, HIDDEN])?, &table, None, false, true)?;
+    let logits = ops::matmul(&ops::reshape(&h, &[batch * tokens, HIDDEN])?, &table, None, ops::Layout::ABt)?;
     let labels: Vec<i64> =
         (0..batch * tokens).map(|i| if i % tokens == tokens - 1 { -100 } else { ids[i + 1] as i64 }).collect();
     let loss = ops::cross_entropy(&logits, &labels, None)?;
@@ -258,15 +290,19 @@ fn real_model_rows() -> Vec<Row> {
     let root = crate::repo_path("tests/fixtures/tiny-gemma3");
     let mut rows = Vec::new();
     for case in ["two_rows_one_image_each", "text_only"] {
-        let batch = lapidary::eval::read_batch(&root.join("cases").join(format!("{case}.safetensors")), &dev).unwrap();
+        let batch =
+            lapidary::gemma3::Batch::read(&root.join("cases").join(format!("{case}.safetensors")), &dev).unwrap();
         // (gradients by name, trainable leaves, finite non-zero, names with an exactly-zero gradient)
         type RealRun = (BTreeMap<String, Vec<f32>>, usize, usize, Vec<String>);
         let run = |checkpointing: bool| -> Result<RealRun> {
-            let tape = Tape::new();
             let model =
-                Gemma3ForConditionalGeneration::open(root.join("model"), &dev, DType::F32, &tape, Trainable::Yes)?;
+                Gemma3ForConditionalGeneration::open(root.join("model"), &dev, &OpenOptions::all(Trainable::Yes))?;
+            let tape = model.tape().clone();
             let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
-            let loss = model.forward_with_pixels(&batch, pixels.as_ref(), checkpointing)?.loss.expect("labels");
+            let loss = model
+                .forward(&batch, &ForwardOptions { pixels: pixels.as_ref(), checkpointing, ..Default::default() })?
+                .loss
+                .expect("labels");
             let mut opts = BackwardOptions::default();
             if pixels.is_none() {
                 opts.allow_missing =
@@ -318,7 +354,9 @@ fn lora_matrix_rows() -> Vec<Row> {
     let root = crate::repo_path("tests/fixtures/tiny-gemma3");
     let batches: Vec<(&str, lapidary::gemma3::Batch)> = ["two_rows_one_image_each", "text_only"]
         .iter()
-        .map(|c| (*c, lapidary::eval::read_batch(&root.join("cases").join(format!("{c}.safetensors")), &dev).unwrap()))
+        .map(|c| {
+            (*c, lapidary::gemma3::Batch::read(&root.join("cases").join(format!("{c}.safetensors")), &dev).unwrap())
+        })
         .collect();
     let mut rows = Vec::new();
     for (vision, language) in [(true, true), (true, false), (false, true), (false, false)] {
@@ -334,19 +372,17 @@ fn lora_matrix_rows() -> Vec<Row> {
                 }
                 for (case, batch) in &batches {
                     let run = |checkpointing: bool| -> Result<MatrixRun> {
-                        let tape = Tape::new();
                         let parts = Parts {
                             vision: Trainable::No,
                             projector: if projector { Trainable::Yes } else { Trainable::No },
                             text: Trainable::No,
                         };
-                        let mut model = Gemma3ForConditionalGeneration::open_parts(
+                        let mut model = Gemma3ForConditionalGeneration::open(
                             root.join("model"),
                             &dev,
-                            DType::F32,
-                            &tape,
-                            parts,
+                            &OpenOptions { parts, ..OpenOptions::default() },
                         )?;
+                        let tape = model.tape().clone();
                         if vision || language {
                             let cfg = LoraConfig {
                                 r: 2,
@@ -366,8 +402,13 @@ fn lora_matrix_rows() -> Vec<Row> {
                             )?;
                         }
                         let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
-                        let loss =
-                            model.forward_with_pixels(batch, pixels.as_ref(), checkpointing)?.loss.expect("labels");
+                        let loss = model
+                            .forward(
+                                batch,
+                                &ForwardOptions { pixels: pixels.as_ref(), checkpointing, ..Default::default() },
+                            )?
+                            .loss
+                            .expect("labels");
                         // What a text-only batch cannot reach: vision adapters and the projector.
                         let unreachable: Vec<String> =
                             tape.leaf_names().into_iter().filter(|n| lapidary::gemma3::is_vision_side(n)).collect();

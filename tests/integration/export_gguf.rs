@@ -4,11 +4,11 @@
 //! what llama.cpp's converter writes for the same checkpoint (tests/fixtures/gguf-export,
 //! from tools/reference/gguf_export_reference.py).
 
-use lapidary::autograd::Tape;
 use lapidary::core::Device;
 use lapidary::demo::{bundled_model, write_dataset};
 use lapidary::export::{GgufNames, OutType};
 use lapidary::gemma3::Batch;
+use lapidary::gemma3::ForwardOptions;
 use lapidary::nn::gguf::{GgufFile, Value};
 use lapidary::train::{TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
@@ -36,10 +36,9 @@ fn trained_adapter(dir: &Path) -> PathBuf {
 }
 
 fn text_logits(model: &Path, adapter: Option<&Path>, ids: &[u32], dev: &Device) -> Vec<f32> {
-    let tape = Tape::new();
-    let (m, _) = lapidary::cli::open_frozen(model, adapter, &tape, dev).unwrap();
+    let (m, _) = lapidary::cli::open_frozen(model, adapter, dev).unwrap();
     let batch = Batch::prompt(ids, usize::MAX, None);
-    m.forward(&tape, &batch, false).unwrap().logits.value().to_f32_vec().unwrap()
+    m.forward(&batch, &ForwardOptions::default()).unwrap().logits.value().to_f32_vec().unwrap()
 }
 
 /// `‖got - want‖₂ / ‖want‖₂`.

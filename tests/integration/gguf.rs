@@ -4,6 +4,7 @@
 //! directory, and every storage type's dequantization against the gguf package's own
 //! (tests/fixtures/gemma3-270m-gguf/dequant_reference.json, from tools/reference/gguf_reference.py).
 
+use lapidary::gemma3::{ForwardOptions, OpenOptions};
 use lapidary::nn::gguf::GgufFile;
 use lapidary::nn::safetensors::LoadTensor;
 use std::path::PathBuf;
@@ -98,14 +99,13 @@ fn malformed_files_are_clear_errors() {
 
 #[test]
 fn gemma3_270m_from_gguf_matches_transformers_on_real_text() {
-    use lapidary::autograd::{Tape, Trainable};
     use lapidary::core::{DType, Device};
     use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration, GenerateOptions, Sampling};
     let Some(path) = gemma3_gguf() else { return };
     let dev = Device::from_env_or_cpu().unwrap();
-    let tape = Tape::new();
     let t0 = std::time::Instant::now();
-    let model = Gemma3ForConditionalGeneration::open(&path, &dev, DType::F32, &tape, Trainable::No).unwrap();
+    let model = Gemma3ForConditionalGeneration::open(&path, &dev, &OpenOptions::default()).unwrap();
+    let tape = model.tape().clone();
     let load_s = t0.elapsed().as_secs_f64();
     let reference = lapidary::nn::safetensors::SafetensorsFiles::open(crate::repo_path(
         "tests/fixtures/gemma3-270m-gguf/logits_reference.safetensors",
@@ -120,7 +120,7 @@ fn gemma3_270m_from_gguf_matches_transformers_on_real_text() {
     let t0 = std::time::Instant::now();
     let logits = {
         let _g = tape.no_grad();
-        model.forward(&tape, &batch, false).unwrap().logits.value().to_f32_vec().unwrap()
+        model.forward(&batch, &ForwardOptions::default()).unwrap().logits.value().to_f32_vec().unwrap()
     };
     let fwd_s = t0.elapsed().as_secs_f64();
     let vocab = model.config().text.vocab_size;
@@ -144,7 +144,7 @@ fn gemma3_270m_from_gguf_matches_transformers_on_real_text() {
     let prompt: Vec<u32> = ints("prompt_ids").iter().map(|&i| i as u32).collect();
     let want: Vec<u32> = ints("greedy_ids").iter().map(|&i| i as u32).collect();
     let opts = GenerateOptions { max_new_tokens: want.len(), sampling: Sampling::Greedy, stop: vec![] };
-    let got = model.generate(&tape, &prompt, None, &opts).unwrap();
+    let got = model.generate(&prompt, None, &opts).unwrap();
     assert_eq!(got, want, "greedy generation differs from transformers'");
 }
 

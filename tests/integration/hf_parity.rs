@@ -6,9 +6,10 @@
 use lapidary::autograd::{Tape, Trainable};
 use lapidary::core::{DType, Device};
 use lapidary::gemma3::MultiModalProjector;
-use lapidary::nn::Weights;
+use lapidary::gemma3::{ForwardOptions, OpenOptions};
 use lapidary::nn::safetensors::LoadTensor;
 use lapidary::nn::safetensors::SafetensorsFiles;
+use lapidary::nn::{Scope, Weights};
 use lapidary::siglip::{SiglipVisionConfig, SiglipVisionModel};
 use std::path::PathBuf;
 
@@ -31,11 +32,8 @@ fn rel_err_floor(got: &[f32], want: &[f32], floor: f64) -> f64 {
 #[test]
 fn image_features_match_hf() {
     let dev = Device::from_env_or_cpu().unwrap();
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("model/config.json")).unwrap()).unwrap();
+    let cfg = lapidary::gemma3::Gemma3Config::from_file(fixtures().join("model/config.json")).unwrap();
     let vcfg = SiglipVisionConfig::from_file(fixtures().join("model/config.json")).unwrap();
-    let text_hidden = config["text_config"]["hidden_size"].as_u64().unwrap() as usize;
-    let mm = config["mm_tokens_per_image"].as_u64().unwrap() as usize;
     for (case, layout) in [("two_rows_one_image_each", "model"), ("two_images_and_padded_text_row", "model-hub")] {
         let f = SafetensorsFiles::open(fixtures().join("cases").join(format!("{case}.safetensors"))).unwrap();
         let want = f.load("image_features", &dev, DType::F32).unwrap().to_f32_vec().unwrap();
@@ -44,19 +42,9 @@ fn image_features_match_hf() {
                 .unwrap()
                 .with_alias("vision_tower.", "vision_tower.vision_model.");
             let tape = Tape::new();
-            let tower = SiglipVisionModel::load(&vcfg, &w, "vision_tower.", &tape, Trainable::No).unwrap();
-            let proj = MultiModalProjector::load(
-                &w,
-                "multi_modal_projector.",
-                vcfg.hidden_size,
-                text_hidden,
-                vcfg.grid(),
-                mm,
-                vcfg.layer_norm_eps,
-                &tape,
-                Trainable::No,
-            )
-            .unwrap();
+            let root = Scope::new(&w, &tape, Trainable::No);
+            let tower = SiglipVisionModel::load(&vcfg, &root.at("vision_tower")).unwrap();
+            let proj = MultiModalProjector::load(&cfg, &root.at("multi_modal_projector")).unwrap();
             let pixels = tape.input(f.load("pixel_values", &dev, DType::F32).unwrap());
             let feats = proj.forward(&tower.forward(&pixels, checkpointing).unwrap()).unwrap();
             assert_eq!(feats.shape(), f.entry("image_features").unwrap().shape.as_slice());
@@ -94,11 +82,9 @@ fn logits_and_loss_match_hf() {
     for layout in ["model", "model-hub"] {
         for case in CASES {
             let (batch, f) = load_batch(case, &dev);
-            let tape = Tape::new();
             let model =
-                Gemma3ForConditionalGeneration::open(fixtures().join(layout), &dev, DType::F32, &tape, Trainable::No)
-                    .unwrap();
-            let out = model.forward(&tape, &batch, false).unwrap();
+                Gemma3ForConditionalGeneration::open(fixtures().join(layout), &dev, &OpenOptions::default()).unwrap();
+            let out = model.forward(&batch, &ForwardOptions::default()).unwrap();
             let want = f.load("logits", &dev, DType::F32).unwrap().to_f32_vec().unwrap();
             let err = rel_err(&out.logits.value().to_f32_vec().unwrap(), &want);
             assert_eq!(out.hidden_states.len(), 4);
@@ -147,16 +133,11 @@ fn bf16_weights_give_hf_loss_within_1e_2() {
                 lapidary::core::Tensor::from_f32(&dev, &px.to_f32_vec().unwrap(), px.shape(), DType::BF16).unwrap(),
             );
         }
-        let tape = Tape::new();
-        let model = Gemma3ForConditionalGeneration::open(
-            fixtures().join("model-bf16"),
-            &dev,
-            DType::BF16,
-            &tape,
-            Trainable::No,
-        )
-        .unwrap();
-        let loss = model.forward(&tape, &batch, false).unwrap().loss.unwrap().value().to_f32_vec().unwrap()[0] as f64;
+        let open = OpenOptions { dtype: DType::BF16, ..OpenOptions::default() };
+        let model = Gemma3ForConditionalGeneration::open(fixtures().join("model-bf16"), &dev, &open).unwrap();
+        let loss =
+            model.forward(&batch, &ForwardOptions::default()).unwrap().loss.unwrap().value().to_f32_vec().unwrap()[0]
+                as f64;
         let want = manifest["cases"][case]["bf16_loss"].as_f64().unwrap();
         println!("{case} (bf16): loss {loss:.5} vs HF bf16 {want:.5}");
         assert!(((loss - want) / want).abs() < 1e-2, "{case}: bf16 loss {loss} vs HF {want}");
@@ -170,17 +151,23 @@ fn every_gradient_matches_hf() {
     let dev = Device::from_env_or_cpu().unwrap();
     for case in CASES {
         let (batch, f) = load_batch(case, &dev);
-        // The training path (`loss_normalized`: head and cross-entropy fused in chunks) too.
+        // The training path (`loss`: head and cross-entropy fused in chunks) too.
         for (checkpointing, fused) in [(false, false), (true, false), (true, true)] {
-            let tape = Tape::new();
             let model =
-                Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, &tape, Trainable::Yes)
+                Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, &OpenOptions::all(Trainable::Yes))
                     .unwrap();
+            let tape = model.tape().clone();
             let pixels = batch.pixel_values.as_ref().map(|p| tape.param("pixel_values", p.clone(), Trainable::Yes));
             let loss = if fused {
-                model.loss_normalized(&batch, pixels.as_ref(), checkpointing, None).unwrap()
+                model
+                    .loss(&batch, &ForwardOptions { pixels: pixels.as_ref(), checkpointing, ..Default::default() })
+                    .unwrap()
             } else {
-                model.forward_with_pixels(&batch, pixels.as_ref(), checkpointing).unwrap().loss.unwrap()
+                model
+                    .forward(&batch, &ForwardOptions { pixels: pixels.as_ref(), checkpointing, ..Default::default() })
+                    .unwrap()
+                    .loss
+                    .unwrap()
             };
             let want_loss = f.load("loss", &dev, DType::F32).unwrap().to_f32_vec().unwrap()[0];
             let got_loss = loss.value().to_f32_vec().unwrap()[0];
@@ -312,10 +299,8 @@ fn bad_inputs_are_clear_errors() {
     let px = batch.pixel_values.take().unwrap();
     let one = px.to_f32_vec().unwrap()[..px.numel() / 2].to_vec();
     batch.pixel_values = Some(lapidary::core::Tensor::from_f32(&dev, &one, &[1, 3, 32, 32], DType::F32).unwrap());
-    let tape = Tape::new();
-    let model =
-        Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, &tape, Trainable::No).unwrap();
-    let e = model.forward(&tape, &batch, false).err().unwrap().to_string();
+    let model = Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, &OpenOptions::default()).unwrap();
+    let e = model.forward(&batch, &ForwardOptions::default()).err().unwrap().to_string();
     assert!(e.contains("8 image tokens but 1 image(s) x 4 tokens per image"), "{e}");
 
     // A checkpoint missing a tensor, and one with a tensor the model does not know.
@@ -342,19 +327,13 @@ fn bad_inputs_are_clear_errors() {
     let path = dir.path().join("model.safetensors");
     lapidary::nn::safetensors::save(&path, &entries("language_model.model.layers.1.self_attn.k_norm.weight", false))
         .unwrap();
-    let e = Gemma3ForConditionalGeneration::open(dir.path(), &dev, DType::F32, &Tape::new(), Trainable::No)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = Gemma3ForConditionalGeneration::open(dir.path(), &dev, &OpenOptions::default()).err().unwrap().to_string();
     assert!(
         e.contains("missing tensor language_model.model.layers.1.self_attn.k_norm.weight (expected shape [16])"),
         "{e}"
     );
     lapidary::nn::safetensors::save(&path, &entries("", true)).unwrap();
-    let e = Gemma3ForConditionalGeneration::open(dir.path(), &dev, DType::F32, &Tape::new(), Trainable::No)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = Gemma3ForConditionalGeneration::open(dir.path(), &dev, &OpenOptions::default()).err().unwrap().to_string();
     assert!(e.contains("1 unexpected tensor(s)") && e.contains("vision_tower.head.weight"), "{e}");
 }
 
@@ -378,10 +357,10 @@ fn adapters_made_here_round_trip_through_peft_files() {
         dropout: None,
     };
     let dir = tempfile::tempdir().unwrap();
-    let tape = Tape::new();
     let mut model =
-        Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, &tape, Trainable::No).unwrap();
-    let base_logits = model.forward(&tape, &batch, false).unwrap().logits.value().to_f32_vec().unwrap();
+        Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, &OpenOptions::default()).unwrap();
+    let tape = model.tape().clone();
+    let base_logits = model.forward(&batch, &ForwardOptions::default()).unwrap().logits.value().to_f32_vec().unwrap();
     let paths = attach_lora(
         &cfg,
         model.linears_mut(),
@@ -392,7 +371,7 @@ fn adapters_made_here_round_trip_through_peft_files() {
     )
     .unwrap();
     assert_eq!(paths.len(), 33);
-    let logits = model.forward(&tape, &batch, false).unwrap().logits.value().to_f32_vec().unwrap();
+    let logits = model.forward(&batch, &ForwardOptions::default()).unwrap().logits.value().to_f32_vec().unwrap();
     assert!(rel_err(&logits, &base_logits) > 1e-3, "the adapter changes the logits");
     let linears: Vec<&lapidary::nn::Linear> = model.linears_mut().into_iter().map(|l| &*l).collect();
     let tensors = adapter_tensors(&linears, &tape).unwrap();
@@ -430,9 +409,9 @@ fn adamw_step_on_the_adapter_matches_torch() {
     use lapidary::lora::load_peft_adapter;
     let dev = Device::from_env_or_cpu().unwrap();
     let (batch, f) = load_batch("adapter_two_rows_one_image_each", &dev);
-    let tape = Tape::new();
     let mut model =
-        Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, &tape, Trainable::No).unwrap();
+        Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, &OpenOptions::default()).unwrap();
+    let tape = model.tape().clone();
     let n = load_peft_adapter(
         &fixtures().join("adapter"),
         model.linears_mut(),
@@ -443,7 +422,7 @@ fn adamw_step_on_the_adapter_matches_torch() {
     )
     .unwrap();
     assert_eq!(n, 33);
-    let loss = model.forward(&tape, &batch, false).unwrap().loss.unwrap();
+    let loss = model.forward(&batch, &ForwardOptions::default()).unwrap().loss.unwrap();
     let (grads, _) = tape.backward(&loss).unwrap();
     let linears: Vec<&lapidary::nn::Linear> = model.linears_mut().into_iter().map(|l| &*l).collect();
     let mut before_step = std::collections::HashMap::new();
@@ -500,12 +479,11 @@ fn adamw_step_on_the_adapter_matches_torch() {
 fn peft_adapter_with_the_projector_in_modules_to_save_gives_pefts_logits() {
     let dev = Device::from_env_or_cpu().unwrap();
     let (batch, _) = load_batch("two_rows_one_image_each", &dev);
-    let tape = Tape::new();
     let (model, adapted) =
-        lapidary::cli::open_frozen(&fixtures().join("model"), Some(&fixtures().join("adapter-projector")), &tape, &dev)
+        lapidary::cli::open_frozen(&fixtures().join("model"), Some(&fixtures().join("adapter-projector")), &dev)
             .unwrap();
     assert_eq!(adapted, 3 + 2 + 2, "q_proj in 3 decoder and 2 vision layers, fc1 in 2 vision layers");
-    let out = model.forward(&tape, &batch, false).unwrap();
+    let out = model.forward(&batch, &ForwardOptions::default()).unwrap();
     let f = SafetensorsFiles::open(fixtures().join("cases/adapter_projector.safetensors")).unwrap();
     let want = f.load("logits", &dev, DType::F32).unwrap().to_f32_vec().unwrap();
     let got = out.logits.value().to_f32_vec().unwrap();

@@ -6,9 +6,10 @@
 //! starts inside an image is refused.
 
 use crate::hf_parity::{CASES, fixtures, load_batch, rel_err};
-use lapidary::autograd::{BackwardOptions, Tape, Trainable};
+use lapidary::autograd::{BackwardOptions, Trainable};
 use lapidary::core::{DType, Device};
 use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration};
+use lapidary::gemma3::{ForwardOptions, OpenOptions};
 use lapidary::nn::safetensors::LoadTensor;
 use lapidary::nn::safetensors::{self, SafetensorsFiles};
 
@@ -75,12 +76,14 @@ fn a_packed_row_gives_each_conversation_hfs_logits_loss_and_gradients() {
         let (packed, placed) = pack(&batch, &[(0..batch.batch).collect()], 3);
         assert_eq!(packed.batch, 1);
         for checkpointing in [false, true] {
-            let tape = Tape::new();
             let model =
-                Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, &tape, Trainable::Yes)
+                Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, &OpenOptions::all(Trainable::Yes))
                     .unwrap();
+            let tape = model.tape().clone();
             let pixels = packed.pixel_values.as_ref().map(|p| tape.param("pixel_values", p.clone(), Trainable::Yes));
-            let out = model.forward_with_pixels(&packed, pixels.as_ref(), checkpointing).unwrap();
+            let out = model
+                .forward(&packed, &ForwardOptions { pixels: pixels.as_ref(), checkpointing, ..Default::default() })
+                .unwrap();
             let want = f.load("logits", &dev, DType::F32).unwrap().to_f32_vec().unwrap();
             let err = segment_err(&out.logits.value().to_f32_vec().unwrap(), &packed, &want, batch.seq, &placed);
             let loss = out.loss.unwrap();
@@ -126,15 +129,13 @@ fn a_packed_row_gives_each_conversation_hfs_logits_loss_and_gradients() {
 #[test]
 fn packed_rows_side_by_side_match_each_conversation_run_alone() {
     let dev = Device::from_env_or_cpu().unwrap();
-    let tape = Tape::new();
-    let model =
-        Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, &tape, Trainable::No).unwrap();
+    let model = Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, &OpenOptions::default()).unwrap();
     // Row 0: both image rows of a case in reverse order; row 1: one row alone, then padding.
     let (batch, _) = load_batch("two_images_and_padded_text_row", &dev);
-    let alone = model.forward(&tape, &batch, false).unwrap().logits.value().to_f32_vec().unwrap();
+    let alone = model.forward(&batch, &ForwardOptions::default()).unwrap().logits.value().to_f32_vec().unwrap();
     let (packed, placed) = pack(&batch, &[vec![1, 0], vec![1]], 2);
     // Images follow row order: row 1 of the source has none, so the pixels stay as they are.
-    let got = model.forward(&tape, &packed, false).unwrap().logits.value().to_f32_vec().unwrap();
+    let got = model.forward(&packed, &ForwardOptions::default()).unwrap().logits.value().to_f32_vec().unwrap();
     let err = segment_err(&got, &packed, &alone, batch.seq, &placed);
     println!("two packed rows: logits rel err {err:.2e} against each conversation alone");
     assert!(err < 1e-5, "packed logits differ from the conversations run alone by {err:.2e}");
@@ -147,10 +148,8 @@ fn a_sequence_starting_inside_an_image_is_refused() {
     let (mut packed, _) = pack(&batch, &[vec![0, 1]], 0);
     let first_image = packed.token_type_ids.iter().position(|&t| t == 1).unwrap();
     packed.position_ids.as_mut().unwrap()[first_image + 1] = 0;
-    let tape = Tape::new();
-    let model =
-        Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, DType::F32, &tape, Trainable::No).unwrap();
-    let e = model.forward(&tape, &packed, false).err().expect("a split image is an error").to_string();
+    let model = Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, &OpenOptions::default()).unwrap();
+    let e = model.forward(&packed, &ForwardOptions::default()).err().expect("a split image is an error").to_string();
     assert!(e.contains("position_ids") && e.contains(&format!("row 0, position {}", first_image + 1)), "{e}");
 }
 

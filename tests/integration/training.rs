@@ -2,11 +2,11 @@
 //! (1 x 8 = 2 x 4 = 4 x 2 = 8 x 1), packed rows equal to padded ones, exact resume from a checkpoint, KV-cache decoding equal to
 //! full recomputation, and a merged adapter giving the adapter's logits.
 
-use lapidary::autograd::{Tape, Trainable};
 use lapidary::core::{DType, Device, Tensor};
 use lapidary::data::{Collated, Example, collate, collate_packed, pack};
 use lapidary::demo::{bundled_model, write_dataset};
 use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration, GenerateOptions, Sampling, argmax};
+use lapidary::gemma3::{ForwardOptions, OpenOptions};
 use lapidary::nn::safetensors::LoadTensor;
 use lapidary::train::{Schedule, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
@@ -199,8 +199,8 @@ fn kv_cache_decoding_equals_full_recomputation() {
     let dev = Device::from_env_or_cpu().unwrap();
     let model_dir = bundled_model();
     let p = lapidary::data::Processor::from_model_dir(&model_dir).unwrap();
-    let tape = Tape::new();
-    let model = Gemma3ForConditionalGeneration::open(&model_dir, &dev, DType::F32, &tape, Trainable::No).unwrap();
+    let model = Gemma3ForConditionalGeneration::open(&model_dir, &dev, &OpenOptions::default()).unwrap();
+    let tape = model.tape().clone();
     let conv: lapidary::data::template::Conversation =
         serde_json::from_str(std::fs::read_to_string(dir.path().join("train.jsonl")).unwrap().lines().next().unwrap())
             .unwrap();
@@ -211,12 +211,12 @@ fn kv_cache_decoding_equals_full_recomputation() {
     let image_id = model.config().image_token_index;
     // 40 tokens: past the sliding window (32) of the local layers.
     let opts = GenerateOptions { max_new_tokens: 40, sampling: Sampling::Greedy, stop: vec![] };
-    let fast = model.generate(&tape, &ids, Some(&pv), &opts).unwrap();
+    let fast = model.generate(&ids, Some(&pv), &opts).unwrap();
     let mut seq = ids.clone();
     let vocab = model.config().text.vocab_size;
     for (k, &tok) in fast.iter().enumerate() {
         let _g = tape.no_grad();
-        let out = model.forward(&tape, &Batch::prompt(&seq, image_id, Some(pv.clone())), false).unwrap();
+        let out = model.forward(&Batch::prompt(&seq, image_id, Some(pv.clone())), &ForwardOptions::default()).unwrap();
         let logits = out.logits.value().to_f32_vec().unwrap();
         let last = &logits[(seq.len() - 1) * vocab..];
         assert_eq!(argmax(last), tok, "token {k}");
@@ -224,14 +224,14 @@ fn kv_cache_decoding_equals_full_recomputation() {
     }
     // The cached step's logits themselves.
     let mut cache = lapidary::gemma3::KvCache::new(model.config().text.layer_types.len());
-    model.prefill(&tape, &Batch::prompt(&ids, image_id, Some(pv.clone())), &mut cache).unwrap();
+    model.prefill(&Batch::prompt(&ids, image_id, Some(pv.clone())), &mut cache).unwrap();
     let mut got = Vec::new();
     for &t in &fast[..35] {
-        got = model.decode_step(&tape, t, &mut cache).unwrap();
+        got = model.decode_step(t, &mut cache).unwrap();
     }
     let full_seq: Vec<u32> = ids.iter().chain(&fast[..35]).copied().collect();
     let _g = tape.no_grad();
-    let out = model.forward(&tape, &Batch::prompt(&full_seq, image_id, Some(pv)), false).unwrap();
+    let out = model.forward(&Batch::prompt(&full_seq, image_id, Some(pv)), &ForwardOptions::default()).unwrap();
     let logits = out.logits.value().to_f32_vec().unwrap();
     let want = &logits[(full_seq.len() - 1) * vocab..];
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -258,10 +258,9 @@ fn merged_adapter_gives_the_adapter_logits() {
     .unwrap();
     assert!(n > 0);
     let case = fixtures().join("cases/adapter_two_rows_one_image_each.safetensors");
-    let batch = lapidary::eval::read_batch(&case, &dev).unwrap();
-    let tape = Tape::new();
-    let merged = Gemma3ForConditionalGeneration::open(out.path(), &dev, DType::F32, &tape, Trainable::No).unwrap();
-    let got = merged.forward(&tape, &batch, false).unwrap().logits.value().to_f32_vec().unwrap();
+    let batch = lapidary::gemma3::Batch::read(&case, &dev).unwrap();
+    let merged = Gemma3ForConditionalGeneration::open(out.path(), &dev, &OpenOptions::default()).unwrap();
+    let got = merged.forward(&batch, &ForwardOptions::default()).unwrap().logits.value().to_f32_vec().unwrap();
     let f = lapidary::nn::safetensors::SafetensorsFiles::open(&case).unwrap();
     let want = f.load("logits", &dev, DType::F32).unwrap().to_f32_vec().unwrap();
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -278,8 +277,8 @@ fn merged_adapter_gives_the_adapter_logits() {
         false,
     )
     .unwrap();
-    let m16 = Gemma3ForConditionalGeneration::open(out16.path(), &dev, DType::F32, &tape, Trainable::No).unwrap();
-    let got16 = m16.forward(&tape, &batch, false).unwrap().logits.value().to_f32_vec().unwrap();
+    let m16 = Gemma3ForConditionalGeneration::open(out16.path(), &dev, &OpenOptions::default()).unwrap();
+    let got16 = m16.forward(&batch, &ForwardOptions::default()).unwrap().logits.value().to_f32_vec().unwrap();
     let worst16 = got16.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(worst16 <= 3e-2 * scale, "bf16 merged logits differ by {worst16} (scale {scale})");
     println!("merge: f32 worst {:.2e}, bf16 worst {:.2e} (relative to max |logit|)", worst / scale, worst16 / scale);
@@ -429,8 +428,7 @@ fn a_full_fine_tune_saves_every_tensor_in_the_base_checkpoints_shape() {
         checked += 1;
     }
     assert_eq!(checked, base.names().count(), "the full fine-tune did not save every tensor");
-    let tape = Tape::new();
-    Gemma3ForConditionalGeneration::open(&out.join("final"), &dev, DType::F32, &tape, Trainable::No).unwrap();
+    Gemma3ForConditionalGeneration::open(&out.join("final"), &dev, &OpenOptions::default()).unwrap();
 }
 
 #[test]
@@ -446,11 +444,7 @@ fn adapters_with_rank_zero_or_non_finite_weights_are_refused() {
         dst
     };
     let open = |adapter: &Path| {
-        let tape = Tape::new();
-        lapidary::cli::open_frozen(&fixtures().join("model"), Some(adapter), &tape, &dev)
-            .map(|_| ())
-            .unwrap_err()
-            .to_string()
+        lapidary::cli::open_frozen(&fixtures().join("model"), Some(adapter), &dev).map(|_| ()).unwrap_err().to_string()
     };
     let rank0 = copy("rank0");
     let cfg_path = rank0.join("adapter_config.json");
@@ -481,9 +475,8 @@ fn eval_and_generation_refuse_non_finite_results() {
     let out = tmp.path().join("out.safetensors");
     let e = lapidary::eval::run(&model, &case, &out, None, &dev, true).unwrap_err().to_string();
     assert!(e.contains("the loss is NaN") && e.contains("non-finite"), "{e}");
-    let tape = Tape::new();
-    let m = Gemma3ForConditionalGeneration::open(&model, &dev, DType::F32, &tape, Trainable::No).unwrap();
+    let m = Gemma3ForConditionalGeneration::open(&model, &dev, &OpenOptions::default()).unwrap();
     let opts = GenerateOptions { max_new_tokens: 3, sampling: Sampling::Greedy, stop: vec![] };
-    let e = m.generate(&tape, &[2, 5, 7], None, &opts).unwrap_err().to_string();
+    let e = m.generate(&[2, 5, 7], None, &opts).unwrap_err().to_string();
     assert!(e.contains("logits of step 0") && e.contains("non-finite"), "{e}");
 }

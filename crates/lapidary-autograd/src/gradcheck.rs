@@ -6,6 +6,7 @@
 use crate::{Tape, Trainable, Var, ops};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use lapidary_kernels::attention::AttentionMask;
+use lapidary_kernels::matmul::Layout;
 
 /// A differentiable op under test: its inputs' shapes and how to apply it.
 pub type OpCase = (&'static str, Vec<Vec<usize>>, Box<dyn Fn(&[Var]) -> Result<Var>>);
@@ -117,17 +118,17 @@ pub fn op_cases() -> Vec<OpCase> {
         (
             "matmul",
             vec![vec![2, 3, 4], vec![5, 4], vec![5]],
-            Box::new(|v: &[Var]| ops::matmul(&v[0], &v[1], Some(&v[2]), false, true)),
+            Box::new(|v: &[Var]| ops::matmul(&v[0], &v[1], Some(&v[2]), Layout::ABt)),
         ),
         (
             "matmul_trans_a",
             vec![vec![2, 4, 3], vec![2, 4, 5]],
-            Box::new(|v: &[Var]| ops::matmul(&v[0], &v[1], None, true, false)),
+            Box::new(|v: &[Var]| ops::matmul(&v[0], &v[1], None, Layout::AtB)),
         ),
         (
             "matmul_add",
             vec![vec![2, 3, 5], vec![2, 3, 4], vec![5, 4]],
-            Box::new(|v: &[Var]| ops::matmul_add(&v[0], &v[1], &v[2], false, true)),
+            Box::new(|v: &[Var]| ops::matmul_add(&v[0], &v[1], &v[2], Layout::ABt)),
         ),
         ("add_broadcast", vec![vec![3, 4], vec![4]], Box::new(|v: &[Var]| ops::add(&v[0], &v[1]))),
         ("mul_broadcast", vec![vec![3, 4], vec![4]], Box::new(|v: &[Var]| ops::mul(&v[0], &v[1]))),

@@ -22,7 +22,7 @@
 //! let x = tape.input(Tensor::from_f32(&dev, &[1., 2., 3., 4.], &[2, 2], DType::F32).unwrap());
 //! let w = tape.param("w", Tensor::from_f32(&dev, &[0.5, -1., 1., 2.], &[2, 2], DType::F32).unwrap(), Trainable::Yes);
 //! let frozen = tape.param("frozen", Tensor::from_f32(&dev, &[1., 1.], &[2], DType::F32).unwrap(), Trainable::No);
-//! let y = ops::add(&ops::matmul(&x, &w, None, false, false).unwrap(), &frozen).unwrap();
+//! let y = ops::add(&ops::matmul(&x, &w, None, ops::Layout::AB).unwrap(), &frozen).unwrap();
 //! let loss = ops::sum_all(&y).unwrap();
 //! let (grads, report) = tape.backward(&loss).unwrap();
 //! // d sum(x·w) / dw = xᵀ · 1
@@ -30,6 +30,12 @@
 //! assert!(grads.get(&frozen).is_none());
 //! assert_eq!(report.rows.len(), 1);
 //! ```
+//!
+//! Building: this crate runs kernels through CubeCL's CPU runtime, which links a local LLVM 22.
+//! Once per machine, from a checkout of the repository: `cargo xtask setup --user` (Debian's
+//! LLVM packages and the shim CubeCL's bundler looks for); then any project builds offline. Give
+//! dependencies `opt-level = 3` in the dev profile, or kernels crawl. With `--features cuda`
+//! (on `lapidary-core`) kernels also run on NVIDIA GPUs.
 
 mod checkpoint;
 mod grad;

@@ -5,6 +5,7 @@
 use crate::gradcheck::{fd_check, op_cases};
 use crate::{BackwardOptions, Tape, Trainable, Var, checkpoint, ops};
 use lapidary_core::{DType, Device, Result, Tensor};
+use lapidary_kernels::matmul::Layout;
 use lapidary_testkit::random_values;
 
 fn dev() -> Device {
@@ -86,8 +87,8 @@ fn no_grad_scope_records_nothing() {
 
 /// A layer whose only trainable tensors are its parameters: `gelu(x · w_frozen + x · a · b)`.
 fn adapter_layer(x: &Var, w: &Var, a: &Var, b: &Var) -> Result<Var> {
-    let base = ops::matmul(x, w, None, false, false)?;
-    let low = ops::matmul(&ops::matmul(x, a, None, false, false)?, b, None, false, false)?;
+    let base = ops::matmul(x, w, None, Layout::AB)?;
+    let low = ops::matmul(&ops::matmul(x, a, None, Layout::AB)?, b, None, Layout::AB)?;
     ops::gelu_tanh(&ops::add(&base, &low)?)
 }
 
@@ -146,7 +147,7 @@ fn packed_matmul_gives_the_dense_products_and_input_gradient() {
                 ops::matmul_packed(&x, &w, Some(&bias)).unwrap()
             } else {
                 let dense = tape.input(w.to_f32().unwrap());
-                ops::matmul(&x, &dense, Some(&bias), false, true).unwrap()
+                ops::matmul(&x, &dense, Some(&bias), Layout::ABt).unwrap()
             };
             let loss = ops::sum_all(&ops::mul(&y, &y).unwrap()).unwrap();
             let (g, _) = tape.backward(&loss).unwrap();
@@ -174,7 +175,7 @@ fn chunked_linear_cross_entropy_equals_the_unfused_ops() {
         let w = tape.param("w", t(&wv, &[vocab, hid]), Trainable::Yes);
         let loss = match fused {
             Some(chunk) => ops::linear_cross_entropy(&h, &w, &labels, normalizer, chunk).unwrap(),
-            None => ops::cross_entropy(&ops::matmul(&h, &w, None, false, true).unwrap(), &labels, normalizer).unwrap(),
+            None => ops::cross_entropy(&ops::matmul(&h, &w, None, Layout::ABt).unwrap(), &labels, normalizer).unwrap(),
         };
         let (grads, _) = tape.backward(&loss).unwrap();
         let g = |name: &str| grads.by_name(name).unwrap().to_f32_vec().unwrap();
@@ -210,7 +211,7 @@ fn linear_cross_entropy_scales_its_gradient_by_the_upstream_one() {
         let loss = if fused {
             ops::linear_cross_entropy(&h, &w, &labels, None, Some(2)).unwrap()
         } else {
-            ops::cross_entropy(&ops::matmul(&h, &w, None, false, true).unwrap(), &labels, None).unwrap()
+            ops::cross_entropy(&ops::matmul(&h, &w, None, Layout::ABt).unwrap(), &labels, None).unwrap()
         };
         let (grads, _) = tape.backward(&ops::scale(&loss, factor).unwrap()).unwrap();
         grads.by_name("h").unwrap().to_f32_vec().unwrap()

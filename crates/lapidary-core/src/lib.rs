@@ -14,6 +14,12 @@
 //! assert_eq!(t.shape(), &[2, 3]);
 //! assert_eq!(t.to_f32_vec().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
 //! ```
+//!
+//! Building: this crate runs kernels through CubeCL's CPU runtime, which links a local LLVM 22.
+//! Once per machine, from a checkout of the repository: `cargo xtask setup --user` (Debian's
+//! LLVM packages and the shim CubeCL's bundler looks for); then any project builds offline. Give
+//! dependencies `opt-level = 3` in the dev profile, or kernels crawl. With `--features cuda`
+//! (on `lapidary-core`) kernels also run on NVIDIA GPUs.
 
 mod device;
 pub mod jit_builtins;

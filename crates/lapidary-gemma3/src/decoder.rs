@@ -5,10 +5,11 @@
 //! checkpointed segment that receives its parameters explicitly.
 
 use crate::config::{Gemma3TextConfig, LayerKind};
-use lapidary_autograd::{Tape, Trainable, Var, ops};
+use lapidary_autograd::{Var, ops};
 use lapidary_core::{Error, Result, Tensor};
 use lapidary_kernels::attention::AttentionMask;
-use lapidary_nn::{Layer, Linear, Weights, checkpointed, rebind_all};
+use lapidary_kernels::matmul::Layout;
+use lapidary_nn::{Layer, Linear, ParamFn, Scope, checkpointed, map_within};
 
 /// Per-batch inputs every layer shares: RoPE tables per layer kind and the masks.
 #[derive(Clone)]
@@ -27,15 +28,19 @@ pub struct DecoderContext {
 #[derive(Clone)]
 pub struct DecoderLayer {
     kind: LayerKind,
-    norms: [Var; 4],
-    qk_norm: [Var; 2],
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    input_layernorm: Var,
+    q_norm: Var,
+    k_norm: Var,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_attention_layernorm: Var,
+    pre_feedforward_layernorm: Var,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    post_feedforward_layernorm: Var,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -43,31 +48,29 @@ pub struct DecoderLayer {
     scale: f32,
 }
 
-fn linear(w: &Weights, tape: &Tape, path: &str, out: usize, inp: usize, t: Trainable) -> Result<Linear> {
-    Linear::load(w, tape, path, out, inp, false, t)
-}
-
 impl DecoderLayer {
-    fn load(cfg: &Gemma3TextConfig, kind: LayerKind, w: &Weights, tape: &Tape, p: &str, t: Trainable) -> Result<Self> {
+    fn load(cfg: &Gemma3TextConfig, kind: LayerKind, s: &Scope<'_>) -> Result<Self> {
         let (h, d, i) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
         let (hq, hkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-        let norm = |n: &str, dim: usize| w.param(tape, &format!("{p}.{n}.weight"), &[dim], t);
+        let (attn, mlp) = (s.at("self_attn"), s.at("mlp"));
+        let norm = |s: &Scope<'_>, name: &str, dim: usize| s.at(name).param("weight", &[dim]);
+        // Fields load in the order written: the norms, then the linears (the order parameters
+        // are registered, and so written by merge and export).
         Ok(DecoderLayer {
             kind,
-            norms: [
-                norm("input_layernorm", h)?,
-                norm("post_attention_layernorm", h)?,
-                norm("pre_feedforward_layernorm", h)?,
-                norm("post_feedforward_layernorm", h)?,
-            ],
-            qk_norm: [norm("self_attn.q_norm", d)?, norm("self_attn.k_norm", d)?],
-            q: linear(w, tape, &format!("{p}.self_attn.q_proj"), hq * d, h, t)?,
-            k: linear(w, tape, &format!("{p}.self_attn.k_proj"), hkv * d, h, t)?,
-            v: linear(w, tape, &format!("{p}.self_attn.v_proj"), hkv * d, h, t)?,
-            o: linear(w, tape, &format!("{p}.self_attn.o_proj"), h, hq * d, t)?,
-            gate: linear(w, tape, &format!("{p}.mlp.gate_proj"), i, h, t)?,
-            up: linear(w, tape, &format!("{p}.mlp.up_proj"), i, h, t)?,
-            down: linear(w, tape, &format!("{p}.mlp.down_proj"), h, i, t)?,
+            input_layernorm: norm(s, "input_layernorm", h)?,
+            post_attention_layernorm: norm(s, "post_attention_layernorm", h)?,
+            pre_feedforward_layernorm: norm(s, "pre_feedforward_layernorm", h)?,
+            post_feedforward_layernorm: norm(s, "post_feedforward_layernorm", h)?,
+            q_norm: norm(&attn, "q_norm", d)?,
+            k_norm: norm(&attn, "k_norm", d)?,
+            q_proj: attn.linear("q_proj", hq * d, h)?,
+            k_proj: attn.linear("k_proj", hkv * d, h)?,
+            v_proj: attn.linear("v_proj", hkv * d, h)?,
+            o_proj: attn.linear("o_proj", h, hq * d)?,
+            gate_proj: mlp.linear("gate_proj", i, h)?,
+            up_proj: mlp.linear("up_proj", i, h)?,
+            down_proj: mlp.linear("down_proj", h, i)?,
             heads: hq,
             kv_heads: hkv,
             head_dim: d,
@@ -76,39 +79,36 @@ impl DecoderLayer {
         })
     }
 
-    fn linears(&self) -> [&Linear; 7] {
-        [&self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down]
-    }
-
     /// The layer's linears (q, k, v, o, gate, up, down projections), to attach adapters to.
     pub fn linears_mut(&mut self) -> [&mut Linear; 7] {
-        [&mut self.q, &mut self.k, &mut self.v, &mut self.o, &mut self.gate, &mut self.up, &mut self.down]
+        [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+            &mut self.gate_proj,
+            &mut self.up_proj,
+            &mut self.down_proj,
+        ]
     }
 }
 
 impl Layer for DecoderLayer {
-    fn params(&self) -> Vec<Var> {
-        let mut v: Vec<Var> = self.norms.iter().chain(&self.qk_norm).cloned().collect();
-        for l in self.linears() {
-            v.extend(l.params());
-        }
-        v
-    }
-
-    fn rebind(&self, ps: &[Var]) -> Result<Self> {
-        let [q, k, v, o, gate, up, down]: [Linear; 7] = rebind_all(&self.linears(), &ps[6..])?
-            .try_into()
-            .map_err(|_| Error::invalid("gemma3 layer: seven linears"))?;
+    fn map_params(&self, f: &mut ParamFn<'_>) -> Result<Self> {
         Ok(DecoderLayer {
-            norms: [ps[0].clone(), ps[1].clone(), ps[2].clone(), ps[3].clone()],
-            qk_norm: [ps[4].clone(), ps[5].clone()],
-            q,
-            k,
-            v,
-            o,
-            gate,
-            up,
-            down,
+            input_layernorm: f("input_layernorm.weight", &self.input_layernorm)?,
+            q_norm: f("self_attn.q_norm.weight", &self.q_norm)?,
+            k_norm: f("self_attn.k_norm.weight", &self.k_norm)?,
+            q_proj: map_within("self_attn.q_proj", &self.q_proj, f)?,
+            k_proj: map_within("self_attn.k_proj", &self.k_proj, f)?,
+            v_proj: map_within("self_attn.v_proj", &self.v_proj, f)?,
+            o_proj: map_within("self_attn.o_proj", &self.o_proj, f)?,
+            post_attention_layernorm: f("post_attention_layernorm.weight", &self.post_attention_layernorm)?,
+            pre_feedforward_layernorm: f("pre_feedforward_layernorm.weight", &self.pre_feedforward_layernorm)?,
+            gate_proj: map_within("mlp.gate_proj", &self.gate_proj, f)?,
+            up_proj: map_within("mlp.up_proj", &self.up_proj, f)?,
+            down_proj: map_within("mlp.down_proj", &self.down_proj, f)?,
+            post_feedforward_layernorm: f("post_feedforward_layernorm.weight", &self.post_feedforward_layernorm)?,
             ..self.clone()
         })
     }
@@ -129,14 +129,14 @@ impl DecoderLayer {
             LayerKind::Sliding => (&ctx.rope_local, &ctx.mask_sliding),
             LayerKind::Full => (&ctx.rope_global, &ctx.mask_full),
         };
-        let x = ops::rms_norm(h, &self.norms[0], self.eps)?;
+        let x = ops::rms_norm(h, &self.input_layernorm, self.eps)?;
         let heads =
             |l: &Linear, n: usize| -> Result<Var> { ops::swap_middle(&ops::reshape(&l.forward(&x)?, &[b, t, n, d])?) };
-        let q = ops::rope(&ops::rms_norm(&heads(&self.q, self.heads)?, &self.qk_norm[0], self.eps)?, &rope.0, &rope.1)?;
-        let k =
-            ops::rope(&ops::rms_norm(&heads(&self.k, self.kv_heads)?, &self.qk_norm[1], self.eps)?, &rope.0, &rope.1)?;
-        let mut v = heads(&self.v, self.kv_heads)?;
-        let mut k = k;
+        let q =
+            ops::rope(&ops::rms_norm(&heads(&self.q_proj, self.heads)?, &self.q_norm, self.eps)?, &rope.0, &rope.1)?;
+        let k = heads(&self.k_proj, self.kv_heads)?;
+        let mut k = ops::rope(&ops::rms_norm(&k, &self.k_norm, self.eps)?, &rope.0, &rope.1)?;
+        let mut v = heads(&self.v_proj, self.kv_heads)?;
         if let Some(cache) = cache {
             let (ka, va) = match cache.take() {
                 None => (k.value().clone(), v.value().clone()),
@@ -147,11 +147,11 @@ impl DecoderLayer {
             v = h.tape().input(va);
         }
         let att = ops::attention(&q, &k, &v, self.scale, mask)?;
-        let att = self.o.forward(&ops::reshape(&ops::swap_middle(&att)?, &[b, t, self.heads * d])?)?;
-        let h = ops::add(h, &ops::rms_norm(&att, &self.norms[1], self.eps)?)?;
-        let x = ops::rms_norm(&h, &self.norms[2], self.eps)?;
-        let mlp = self.down.forward(&ops::geglu(&self.gate.forward(&x)?, &self.up.forward(&x)?)?)?;
-        ops::add(&h, &ops::rms_norm(&mlp, &self.norms[3], self.eps)?)
+        let att = self.o_proj.forward(&ops::reshape(&ops::swap_middle(&att)?, &[b, t, self.heads * d])?)?;
+        let h = ops::add(h, &ops::rms_norm(&att, &self.post_attention_layernorm, self.eps)?)?;
+        let x = ops::rms_norm(&h, &self.pre_feedforward_layernorm, self.eps)?;
+        let mlp = self.down_proj.forward(&ops::geglu(&self.gate_proj.forward(&x)?, &self.up_proj.forward(&x)?)?)?;
+        ops::add(&h, &ops::rms_norm(&mlp, &self.post_feedforward_layernorm, self.eps)?)
     }
 }
 
@@ -164,18 +164,21 @@ pub struct Gemma3TextModel {
 }
 
 impl Gemma3TextModel {
-    /// Loads `{prefix}embed_tokens.weight`, `{prefix}layers.N...`, `{prefix}norm.weight` (HF
-    /// names; prefix `language_model.model.` in a Gemma3ForConditionalGeneration checkpoint).
-    pub fn load(cfg: &Gemma3TextConfig, w: &Weights, prefix: &str, tape: &Tape, t: Trainable) -> Result<Self> {
-        let embed = w.param(tape, &format!("{prefix}embed_tokens.weight"), &[cfg.vocab_size, cfg.hidden_size], t)?;
-        let layers = cfg
-            .layer_types
-            .iter()
-            .enumerate()
-            .map(|(i, &kind)| DecoderLayer::load(cfg, kind, w, tape, &format!("{prefix}layers.{i}"), t))
-            .collect::<Result<Vec<_>>>()?;
-        let norm = w.param(tape, &format!("{prefix}norm.weight"), &[cfg.hidden_size], t)?;
-        Ok(Gemma3TextModel { cfg: cfg.clone(), embed, layers, norm })
+    /// Loads `embed_tokens.weight`, `layers.N...`, `norm.weight` below `scope` (HF names; the
+    /// scope `language_model.model` in a Gemma3ForConditionalGeneration checkpoint).
+    pub fn load(cfg: &Gemma3TextConfig, scope: &Scope<'_>) -> Result<Self> {
+        let layers = scope.at("layers");
+        Ok(Gemma3TextModel {
+            cfg: cfg.clone(),
+            embed: scope.at("embed_tokens").param("weight", &[cfg.vocab_size, cfg.hidden_size])?,
+            layers: cfg
+                .layer_types
+                .iter()
+                .enumerate()
+                .map(|(i, &kind)| DecoderLayer::load(cfg, kind, &layers.at(i)))
+                .collect::<Result<_>>()?,
+            norm: scope.at("norm").param("weight", &[cfg.hidden_size])?,
+        })
     }
 
     /// The configuration.
@@ -236,7 +239,7 @@ impl Gemma3TextModel {
 
     /// Logits `[rows, vocab]` of final hidden states `[rows, hidden]` through the tied head.
     pub fn logits(&self, h: &Var) -> Result<Var> {
-        ops::matmul(h, &self.embed, None, false, true)
+        ops::matmul(h, &self.embed, None, Layout::ABt)
     }
 
     /// Cross-entropy of `labels` (-100 ignored) at the rows of the final hidden states

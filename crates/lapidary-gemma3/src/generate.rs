@@ -2,9 +2,9 @@
 //! a time; greedy, or sampled with temperature, top-k and top-p. Stops at any of the stop ids
 //! or after `max_new_tokens`. Not tokenization or chat formatting.
 
+use crate::batch::Batch;
 use crate::decoder::KvCache;
-use crate::model::{Batch, Gemma3ForConditionalGeneration};
-use lapidary_autograd::Tape;
+use crate::model::Gemma3ForConditionalGeneration;
 use lapidary_core::rng::SplitMix64;
 use lapidary_core::{Error, Result, Tensor};
 
@@ -83,16 +83,10 @@ fn sample(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, rng: &mut 
 impl Gemma3ForConditionalGeneration {
     /// Generates after `prompt` (token ids; image soft tokens where `pixel_values`' images go).
     /// Returns the new tokens.
-    pub fn generate(
-        &self,
-        tape: &Tape,
-        prompt: &[u32],
-        pixel_values: Option<&Tensor>,
-        opts: &GenerateOptions,
-    ) -> Result<Vec<u32>> {
+    pub fn generate(&self, prompt: &[u32], pixel_values: Option<&Tensor>, opts: &GenerateOptions) -> Result<Vec<u32>> {
         let batch = Batch::prompt(prompt, self.config().image_token_index, pixel_values.cloned());
         let mut cache = KvCache::new(self.config().text.layer_types.len());
-        let mut logits = self.prefill(tape, &batch, &mut cache)?;
+        let mut logits = self.prefill(&batch, &mut cache)?;
         let mut rng = match opts.sampling {
             Sampling::Sample { seed, .. } => SplitMix64::new(seed),
             Sampling::Greedy => SplitMix64::new(0),
@@ -114,7 +108,7 @@ impl Gemma3ForConditionalGeneration {
             if opts.stop.contains(&next) || out.len() == opts.max_new_tokens {
                 break;
             }
-            logits = self.decode_step(tape, next, &mut cache)?;
+            logits = self.decode_step(next, &mut cache)?;
         }
         Ok(out)
     }

@@ -9,12 +9,12 @@
 //! The types the API needs are re-exported, so this crate is the only dependency:
 //!
 //! ```
-//! use lapidary_gemma3::{Batch, DType, Device, Gemma3ForConditionalGeneration, Tape, Tensor, Trainable};
+//! use lapidary_gemma3::{Batch, DType, Device, ForwardOptions, Gemma3ForConditionalGeneration, OpenOptions, Tensor};
 //!
 //! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/tiny-vlm");
 //! let dev = Device::cpu().unwrap();
-//! let tape = Tape::new(); // holds the weights; nothing is recorded for gradients when frozen
-//! let model = Gemma3ForConditionalGeneration::open(dir, &dev, DType::F32, &tape, Trainable::No).unwrap();
+//! // The default options: f32, every part frozen (nothing is recorded for gradients).
+//! let model = Gemma3ForConditionalGeneration::open(dir, &dev, &OpenOptions::default()).unwrap();
 //! let cfg = model.config();
 //! let vision = cfg.vision.as_ref().unwrap();
 //!
@@ -28,14 +28,21 @@
 //! let pixels = Tensor::from_f32(&dev, &pixels, &[1, 3, side, side], DType::F32).unwrap();
 //!
 //! let batch = Batch::prompt(&ids, cfg.image_token_index, Some(pixels));
-//! let out = model.forward(&tape, &batch, false).unwrap();
+//! let out = model.forward(&batch, &ForwardOptions::default()).unwrap();
 //! let logits = out.logits.value();
 //! assert_eq!(logits.shape(), &[ids.len(), cfg.text.vocab_size]);
 //! let last = &logits.to_f32_vec().unwrap()[(ids.len() - 1) * cfg.text.vocab_size..];
 //! let next = lapidary_gemma3::argmax(last);
 //! assert!((next as usize) < cfg.text.vocab_size);
 //! ```
+//!
+//! Building: this crate runs kernels through CubeCL's CPU runtime, which links a local LLVM 22.
+//! Once per machine, from a checkout of the repository: `cargo xtask setup --user` (Debian's
+//! LLVM packages and the shim CubeCL's bundler looks for); then any project builds offline. Give
+//! dependencies `opt-level = 3` in the dev profile, or kernels crawl. With `--features cuda`
+//! (on `lapidary-core`) kernels also run on NVIDIA GPUs.
 
+mod batch;
 mod config;
 mod decoder;
 mod generate;
@@ -43,14 +50,16 @@ pub mod gguf;
 mod model;
 mod projector;
 
+pub use batch::Batch;
 pub use config::{Gemma3Config, Gemma3TextConfig, LayerKind, Rope};
 pub use decoder::{DecoderContext, DecoderLayer, Gemma3TextModel, KvCache, LayerCache};
 pub use generate::{GenerateOptions, Sampling, argmax};
-pub use model::{Batch, Gemma3ForConditionalGeneration, Output, Parts, is_vision_side};
+pub use model::{ForwardOptions, Gemma3ForConditionalGeneration, OpenOptions, Output, Parts, is_vision_side};
 
 // The types this crate's signatures use, so that it can be used on its own.
 pub use lapidary_autograd::{Tape, Trainable, Var};
 pub use lapidary_core::{DType, Device, Error, Result, Tensor};
-pub use lapidary_nn::{Linear, Weights};
+pub use lapidary_kernels::quant::PackFormat;
+pub use lapidary_nn::{Linear, Scope, Weights};
 pub use lapidary_siglip::{SiglipVisionConfig, SiglipVisionModel};
 pub use projector::MultiModalProjector;

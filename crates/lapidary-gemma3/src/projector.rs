@@ -4,9 +4,11 @@
 //! epsilon, then multiplied by `mm_input_projection_weight` (`[Cv, Ct]`, used as `x @ W`, not a
 //! Linear).
 
-use lapidary_autograd::{Tape, Trainable, Var, ops};
+use crate::config::Gemma3Config;
+use lapidary_autograd::{Var, ops};
 use lapidary_core::{Error, Result};
-use lapidary_nn::Weights;
+use lapidary_kernels::matmul::Layout;
+use lapidary_nn::Scope;
 
 /// The projector from vision features to text embeddings.
 pub struct MultiModalProjector {
@@ -17,33 +19,18 @@ pub struct MultiModalProjector {
 }
 
 impl MultiModalProjector {
-    /// Loads `{prefix}mm_soft_emb_norm.weight` (`[vision_hidden]`) and
-    /// `{prefix}mm_input_projection_weight` (`[vision_hidden, text_hidden]`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn load(
-        w: &Weights,
-        prefix: &str,
-        vision_hidden: usize,
-        text_hidden: usize,
-        patch_grid: usize,
-        mm_tokens_per_image: usize,
-        vision_eps: f64,
-        tape: &Tape,
-        trainable: Trainable,
-    ) -> Result<Self> {
-        let side = (mm_tokens_per_image as f64).sqrt() as usize;
-        if side * side != mm_tokens_per_image || side == 0 || !patch_grid.is_multiple_of(side) {
-            return Err(Error::invalid(format!(
-                "mm_tokens_per_image {mm_tokens_per_image} must be a perfect square whose side divides the patch grid side {patch_grid}"
-            )));
-        }
-        let norm_name = format!("{prefix}mm_soft_emb_norm.weight");
-        let proj_name = format!("{prefix}mm_input_projection_weight");
+    /// Loads `mm_soft_emb_norm.weight` (`[vision_hidden]`) and `mm_input_projection_weight`
+    /// (`[vision_hidden, text_hidden]`) below `scope`, for `cfg`'s tower, pooling and text width.
+    pub fn load(cfg: &Gemma3Config, scope: &Scope<'_>) -> Result<Self> {
+        let vision = cfg.vision.as_ref().ok_or_else(|| Error::invalid("projector: the model has no vision tower"))?;
+        // mm_tokens_per_image is a perfect square whose side divides the patch grid's.
+        cfg.validate_multimodal()?;
+        let side = (1..).find(|s| s * s >= cfg.mm_tokens_per_image).expect("a square root");
         Ok(MultiModalProjector {
-            norm: w.param(tape, &norm_name, &[vision_hidden], trainable)?,
-            projection: w.param(tape, &proj_name, &[vision_hidden, text_hidden], trainable)?,
-            pool: patch_grid / side,
-            eps: vision_eps as f32,
+            norm: scope.at("mm_soft_emb_norm").param("weight", &[vision.hidden_size])?,
+            projection: scope.param("mm_input_projection_weight", &[vision.hidden_size, cfg.text.hidden_size])?,
+            pool: vision.grid() / side,
+            eps: vision.layer_norm_eps as f32,
         })
     }
 
@@ -51,11 +38,6 @@ impl MultiModalProjector {
     pub fn forward(&self, vision: &Var) -> Result<Var> {
         let pooled = ops::avg_pool(vision, self.pool)?;
         let normed = ops::rms_norm(&pooled, &self.norm, self.eps)?;
-        ops::matmul(&normed, &self.projection, None, false, false)
-    }
-
-    /// The projector's parameters (norm weight, projection weight).
-    pub fn params(&self) -> Vec<Var> {
-        vec![self.norm.clone(), self.projection.clone()]
+        ops::matmul(&normed, &self.projection, None, Layout::AB)
     }
 }

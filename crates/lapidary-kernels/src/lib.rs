@@ -27,6 +27,12 @@
 //! ```
 //!
 //! See `KERNELS.md` in this crate for how to add a kernel.
+//!
+//! Building: this crate runs kernels through CubeCL's CPU runtime, which links a local LLVM 22.
+//! Once per machine, from a checkout of the repository: `cargo xtask setup --user` (Debian's
+//! LLVM packages and the shim CubeCL's bundler looks for); then any project builds offline. Give
+//! dependencies `opt-level = 3` in the dev profile, or kernels crawl. With `--features cuda`
+//! (on `lapidary-core`) kernels also run on NVIDIA GPUs.
 
 #[macro_use]
 mod dispatch;

@@ -27,9 +27,16 @@
 //! // x + 2 · (x·Aᵀ)·Bᵀ = [1, 2] + 2 · 3 · [1, -1]
 //! assert_eq!(fc.forward(&x).unwrap().value().to_f32_vec().unwrap(), vec![7., -4.]);
 //! ```
+//!
+//! Building: this crate runs kernels through CubeCL's CPU runtime, which links a local LLVM 22.
+//! Once per machine, from a checkout of the repository: `cargo xtask setup --user` (Debian's
+//! LLVM packages and the shim CubeCL's bundler looks for); then any project builds offline. Give
+//! dependencies `opt-level = 3` in the dev profile, or kernels crawl. With `--features cuda`
+//! (on `lapidary-core`) kernels also run on NVIDIA GPUs.
 
 use lapidary_autograd::{Var, ops};
 use lapidary_core::{Error, Result};
+use lapidary_kernels::matmul::Layout;
 use lapidary_nn::Adapter;
 use std::rc::Rc;
 
@@ -79,7 +86,7 @@ impl LoraAdapter {
             Some((d, salt)) => d.apply(x, *salt)?,
             None => x.clone(),
         };
-        let low = ops::matmul(&x, &self.a, None, false, true)?;
+        let low = ops::matmul(&x, &self.a, None, Layout::ABt)?;
         let b = if self.scale == 1.0 { self.b.clone() } else { ops::scale(&self.b, self.scale)? };
         Ok((low, b))
     }
@@ -93,33 +100,26 @@ impl LoraAdapter {
 impl Adapter for LoraAdapter {
     fn delta(&self, x: &Var) -> Result<Var> {
         let (low, b) = self.low_rank(x)?;
-        ops::matmul(&low, &b, None, false, true)
+        ops::matmul(&low, &b, None, Layout::ABt)
     }
 
     fn apply(&self, x: &Var, y: &Var) -> Result<Var> {
         let (low, b) = self.low_rank(x)?;
-        ops::matmul_add(y, &low, &b, false, true)
+        ops::matmul_add(y, &low, &b, Layout::ABt)
     }
 
-    fn params(&self) -> Vec<Var> {
-        vec![self.a.clone(), self.b.clone()]
-    }
-
-    fn rebind(&self, params: &[Var]) -> Result<Rc<dyn Adapter>> {
-        match params {
-            [a, b] => Ok(Rc::new(LoraAdapter {
-                a: a.clone(),
-                b: b.clone(),
-                scale: self.scale,
-                dropout: self.dropout.clone(),
-            })),
-            _ => Err(Error::invalid(format!("LoRA: rebind with {} parameters, expected 2 (A, B)", params.len()))),
-        }
+    fn map_params(&self, f: &mut lapidary_nn::ParamFn<'_>) -> Result<Rc<dyn Adapter>> {
+        Ok(Rc::new(LoraAdapter {
+            a: f("lora_A.weight", &self.a)?,
+            b: f("lora_B.weight", &self.b)?,
+            scale: self.scale,
+            dropout: self.dropout.clone(),
+        }))
     }
 
     /// `scale · B · A`, `[out, in]`.
     fn weight_delta(&self) -> Result<Option<lapidary_core::Tensor>> {
-        let ba = lapidary_kernels::matmul::matmul(self.b.value(), self.a.value(), None, false, false)?;
+        let ba = lapidary_kernels::matmul::matmul(self.b.value(), self.a.value(), None, Layout::AB)?;
         Ok(Some(lapidary_kernels::elementwise::scale(&ba, self.scale)?))
     }
 }

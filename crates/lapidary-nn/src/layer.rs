@@ -1,67 +1,55 @@
-//! The one layer abstraction: a [`Layer`] walks its own parameters (adapters included) and can
-//! be rebuilt computing with other copies of them, which is all gradient checkpointing needs;
-//! [`checkpointed`] is the one place a layer runs as a recomputed segment. Adding a layer type
-//! means implementing [`Layer`] once. Not the layers' forward passes (their signatures differ).
+//! The one layer abstraction: a [`Layer`] walks its own parameters (adapters included) under
+//! their names within the layer, and can be rebuilt computing with other variables found by those
+//! names, which is all gradient checkpointing needs; [`checkpointed`] is the one place a layer
+//! runs as a recomputed segment. Adding a layer type means writing [`Layer::map_params`] once.
+//! Not the layers' forward passes (their signatures differ).
 
-use crate::linear::{Linear, rebind_all};
 use lapidary_autograd::{Var, checkpoint};
 use lapidary_core::{Error, Result};
+use std::collections::BTreeMap;
 
-/// A layer that walks its own parameters.
+/// What a parameter walk calls for each parameter: its name within the layer and its variable;
+/// it returns the variable the rebuilt layer computes with.
+pub type ParamFn<'a> = dyn FnMut(&str, &Var) -> Result<Var> + 'a;
+
+/// A layer that walks its own parameters by name.
 pub trait Layer: Clone + 'static {
-    /// Every parameter the layer computes with, adapters included, in a fixed order.
-    fn params(&self) -> Vec<Var>;
+    /// Calls `f` on every parameter the layer computes with, adapters included, under its name
+    /// within the layer (HF's: `self_attn.q_proj.weight`, `self_attn.q_proj.lora_A.weight`), and
+    /// returns the same layer computing with what `f` returned for each. Fails only where `f`
+    /// does.
+    fn map_params(&self, f: &mut ParamFn<'_>) -> Result<Self>;
 
-    /// The same layer computing with `params` (in [`Layer::params`]'s order) in place of its own.
-    fn rebind(&self, params: &[Var]) -> Result<Self>;
+    /// Every parameter with its name within the layer, in the walk's order.
+    fn params(&self) -> Vec<(String, Var)> {
+        let mut out = Vec::new();
+        self.map_params(&mut |name, v| {
+            out.push((name.to_string(), v.clone()));
+            Ok(v.clone())
+        })
+        .expect("a walk that returns each variable unchanged cannot fail");
+        out
+    }
+
+    /// The same layer computing with `by_name[name]` in place of each of its parameters; an
+    /// error names the first parameter `by_name` lacks.
+    fn rebind(&self, by_name: &BTreeMap<String, Var>) -> Result<Self> {
+        self.map_params(&mut |name, _| {
+            by_name.get(name).cloned().ok_or_else(|| Error::invalid(format!("rebind: no variable given for {name}")))
+        })
+    }
 }
 
-impl Layer for Linear {
-    fn params(&self) -> Vec<Var> {
-        Linear::params(self)
-    }
-
-    fn rebind(&self, params: &[Var]) -> Result<Self> {
-        Linear::rebind(self, params)
-    }
-}
-
-/// Plain parameters (norm weights, biases) followed by linears: the shape of most transformer
-/// layers, rebound in that order. A layer type can keep its fields in one of these or implement
-/// [`Layer`] itself.
-#[derive(Clone, Debug)]
-pub struct ParamsAndLinears<const P: usize, const L: usize> {
-    /// The plain parameters.
-    pub params: [Var; P],
-    /// The linears.
-    pub linears: [Linear; L],
-}
-
-impl<const P: usize, const L: usize> Layer for ParamsAndLinears<P, L> {
-    fn params(&self) -> Vec<Var> {
-        let mut v = self.params.to_vec();
-        self.linears.iter().for_each(|l| v.extend(l.params()));
-        v
-    }
-
-    fn rebind(&self, ps: &[Var]) -> Result<Self> {
-        if ps.len() < P {
-            return Err(Error::invalid(format!(
-                "rebind: {} parameters given, the layer has {P} before its linears",
-                ps.len()
-            )));
-        }
-        let params: [Var; P] = std::array::from_fn(|i| ps[i].clone());
-        let linears: [Linear; L] = rebind_all(&self.linears.iter().collect::<Vec<_>>(), &ps[P..])?
-            .try_into()
-            .map_err(|_| Error::invalid(format!("rebind: expected {L} linears")))?;
-        Ok(ParamsAndLinears { params, linears })
-    }
+/// `layer.map_params` with each name prefixed by `prefix.`: a layer walking one of its
+/// sub-layers (`map_within("self_attn.q_proj", &self.q_proj, f)`).
+pub fn map_within<L: Layer>(prefix: &str, layer: &L, f: &mut ParamFn<'_>) -> Result<L> {
+    layer.map_params(&mut |name, v| f(&format!("{prefix}.{name}"), v))
 }
 
 /// `forward(layer, x)`; with `checkpointing`, as a segment whose activations are recomputed during
-/// backward, the layer's parameters passed to it explicitly so that their gradients (adapters,
-/// trained weights) reach the outer tape exactly as without checkpointing.
+/// backward, the layer's parameters passed to it explicitly (and found again by name inside) so
+/// that their gradients (adapters, trained weights) reach the outer tape exactly as without
+/// checkpointing.
 pub fn checkpointed<L, F>(layer: &L, x: &Var, checkpointing: bool, forward: F) -> Result<Var>
 where
     L: Layer,
@@ -70,45 +58,85 @@ where
     if !checkpointing {
         return forward(layer, x);
     }
-    let params = layer.params();
+    let (names, params): (Vec<String>, Vec<Var>) = layer.params().into_iter().unzip();
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(twice) = names.iter().find(|n| !seen.insert(n.as_str())) {
+        return Err(Error::invalid(format!("checkpointed layer: two parameters named {twice}")));
+    }
     let refs: Vec<&Var> = params.iter().collect();
     let own = layer.clone();
-    Ok(checkpoint(&[x], &refs, move |_, ins, ps| Ok(vec![forward(&own.rebind(ps)?, &ins[0])?]))?.remove(0))
+    let segment = move |_: &lapidary_autograd::Tape, ins: &[Var], ps: &[Var]| {
+        let by_name: BTreeMap<String, Var> = names.iter().cloned().zip(ps.iter().cloned()).collect();
+        Ok(vec![forward(&own.rebind(&by_name)?, &ins[0])?])
+    };
+    Ok(checkpoint(&[x], &refs, segment)?.remove(0))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Linear;
     use lapidary_autograd::{Tape, Trainable, ops};
     use lapidary_core::rng::SplitMix64;
     use lapidary_core::{DType, Device, Tensor};
 
-    /// A two-linear block with a layer norm, run with and without checkpointing: same output,
-    /// and the same gradient for every parameter and for the input, bit for bit.
-    #[test]
-    fn checkpointing_gives_the_same_values_and_gradients() {
+    /// A layer norm and two linears, written as a model crate writes a layer.
+    #[derive(Clone)]
+    struct Block {
+        ln: (Var, Var),
+        fc1: Linear,
+        fc2: Linear,
+    }
+
+    impl Layer for Block {
+        fn map_params(&self, f: &mut ParamFn<'_>) -> Result<Self> {
+            Ok(Block {
+                ln: (f("ln.weight", &self.ln.0)?, f("ln.bias", &self.ln.1)?),
+                fc1: map_within("fc1", &self.fc1, f)?,
+                fc2: map_within("fc2", &self.fc2, f)?,
+            })
+        }
+    }
+
+    fn block(tape: &Tape, seed: u64) -> Block {
         let dev = Device::cpu().unwrap();
-        let run = |checkpointing: bool| {
-            let tape = Tape::new();
-            let mut rng = SplitMix64::new(11);
-            let mut t = |shape: &[usize]| {
-                let n: usize = shape.iter().product();
-                let v: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
-                Tensor::from_f32(&dev, &v, shape, DType::F32).unwrap()
-            };
-            let x = tape.param("x", t(&[2, 3, 8]), Trainable::Yes);
-            let ln = [tape.param("ln.w", t(&[8]), Trainable::Yes), tape.param("ln.b", t(&[8]), Trainable::Yes)];
-            let fc1 = Linear::new("fc1", tape.param("fc1.w", t(&[16, 8]), Trainable::Yes), None);
-            let fc2 = Linear::new(
+        let mut rng = SplitMix64::new(seed);
+        let mut t = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+            Tensor::from_f32(&dev, &v, shape, DType::F32).unwrap()
+        };
+        Block {
+            ln: (tape.param("ln.w", t(&[8]), Trainable::Yes), tape.param("ln.b", t(&[8]), Trainable::Yes)),
+            fc1: Linear::new("fc1", tape.param("fc1.w", t(&[16, 8]), Trainable::Yes), None),
+            fc2: Linear::new(
                 "fc2",
                 tape.param("fc2.w", t(&[8, 16]), Trainable::No),
                 Some(tape.param("fc2.b", t(&[8]), Trainable::Yes)),
-            );
-            let layer = ParamsAndLinears { params: ln, linears: [fc1, fc2] };
+            ),
+        }
+    }
+
+    /// The block run with and without checkpointing: same output, and the same gradient for
+    /// every parameter and for the input, bit for bit.
+    #[test]
+    fn checkpointing_gives_the_same_values_and_gradients() {
+        let run = |checkpointing: bool| {
+            let tape = Tape::new();
+            let layer = block(&tape, 11);
+            let x = {
+                let mut rng = SplitMix64::new(3);
+                let v: Vec<f32> = (0..48).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+                tape.param(
+                    "x",
+                    Tensor::from_f32(&Device::cpu().unwrap(), &v, &[2, 3, 8], DType::F32).unwrap(),
+                    Trainable::Yes,
+                )
+            };
             let y = checkpointed(&layer, &x, checkpointing, |l, x| {
-                let h = ops::layer_norm(x, &l.params[0], &l.params[1], 1e-6)?;
-                let h = ops::gelu_tanh(&l.linears[0].forward(&h)?)?;
-                ops::add(x, &l.linears[1].forward(&h)?)
+                let h = ops::layer_norm(x, &l.ln.0, &l.ln.1, 1e-6)?;
+                let h = ops::gelu_tanh(&l.fc1.forward(&h)?)?;
+                ops::add(x, &l.fc2.forward(&h)?)
             })
             .unwrap();
             let loss = ops::sum_all(&ops::mul(&y, &y).unwrap()).unwrap();
@@ -127,13 +155,41 @@ mod tests {
     }
 
     #[test]
-    fn rebinding_with_too_few_parameters_is_an_error() {
-        let dev = Device::cpu().unwrap();
+    fn parameters_are_named_within_the_layer_and_rebound_by_name() {
         let tape = Tape::new();
-        let w = tape.param("w", Tensor::from_f32(&dev, &[1.0; 4], &[2, 2], DType::F32).unwrap(), Trainable::Yes);
-        let layer = ParamsAndLinears { params: [w.clone()], linears: [Linear::new("fc", w.clone(), None)] };
-        assert!(layer.rebind(&[]).is_err());
-        assert!(layer.rebind(&[w.clone()]).is_err());
-        assert_eq!(layer.rebind(&[w.clone(), w]).unwrap().params().len(), 2);
+        let layer = block(&tape, 5);
+        let names: Vec<String> = layer.params().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["ln.weight", "ln.bias", "fc1.weight", "fc2.weight", "fc2.bias"]);
+        // Rebinding swaps by name, whatever the order of the map.
+        let other = block(&tape, 6);
+        let by_name: BTreeMap<String, Var> = other.params().into_iter().collect();
+        let rebound = layer.rebind(&by_name).unwrap();
+        for ((n, a), (_, b)) in rebound.params().iter().zip(other.params()) {
+            assert_eq!(a.id(), b.id(), "{n}");
+        }
+        let mut missing = by_name.clone();
+        missing.remove("fc2.bias");
+        let e = layer.rebind(&missing).err().expect("a missing name is an error").to_string();
+        assert!(e.contains("no variable given for fc2.bias"), "{e}");
+    }
+
+    #[test]
+    fn two_parameters_with_one_name_cannot_be_checkpointed() {
+        #[derive(Clone)]
+        struct Twice(Var);
+        impl Layer for Twice {
+            fn map_params(&self, f: &mut ParamFn<'_>) -> Result<Self> {
+                f("w", &self.0)?;
+                Ok(Twice(f("w", &self.0)?))
+            }
+        }
+        let tape = Tape::new();
+        let w = tape.param(
+            "w",
+            Tensor::from_f32(&Device::cpu().unwrap(), &[1.0; 4], &[4], DType::F32).unwrap(),
+            Trainable::Yes,
+        );
+        let e = checkpointed(&Twice(w.clone()), &w, true, |l, x| ops::mul(&l.0, x)).unwrap_err().to_string();
+        assert!(e.contains("two parameters named w"), "{e}");
     }
 }

@@ -3,9 +3,11 @@
 //! itself (see `lapidary-lora`). A frozen base can be packed (bf16, NF4) and is then expanded to
 //! f32 for each matmul.
 
-use crate::Weights;
-use lapidary_autograd::{Tape, Trainable, Var, ops};
+use crate::Scope;
+use crate::layer::{Layer, ParamFn};
+use lapidary_autograd::{Trainable, Var, ops};
 use lapidary_core::{Error, Result};
+use lapidary_kernels::matmul::Layout;
 use lapidary_kernels::quant::{PackFormat, PackedMatrix};
 use std::fmt;
 use std::rc::Rc;
@@ -19,11 +21,20 @@ pub trait Adapter {
     fn apply(&self, x: &Var, y: &Var) -> Result<Var> {
         ops::add(y, &self.delta(x)?)
     }
+    /// Calls `f` on each of the adapter's own parameters under its name within the linear
+    /// (PEFT's: `lora_A.weight`) and returns the same adapter computing with what `f` returned (a
+    /// checkpointed segment recomputes with its own copies). Fails only where `f` does.
+    fn map_params(&self, f: &mut ParamFn<'_>) -> Result<Rc<dyn Adapter>>;
     /// The adapter's own parameters (for optimizers and checkpointed segments).
-    fn params(&self) -> Vec<Var>;
-    /// The same adapter computing with other variables in place of [`Adapter::params`], in the
-    /// same order (a checkpointed segment recomputes with its own copies).
-    fn rebind(&self, params: &[Var]) -> Result<Rc<dyn Adapter>>;
+    fn params(&self) -> Vec<Var> {
+        let mut out = Vec::new();
+        self.map_params(&mut |_, v| {
+            out.push(v.clone());
+            Ok(v.clone())
+        })
+        .expect("a walk that returns each variable unchanged cannot fail");
+        out
+    }
     /// The change to the base weight (`[out, in]`) that has the same effect, for merging the
     /// adapter into the base; `None` when the adapter cannot be expressed so.
     fn weight_delta(&self) -> Result<Option<lapidary_core::Tensor>> {
@@ -56,26 +67,17 @@ impl Linear {
         Linear { path: path.into(), weight: Base::Dense(weight), bias, adapter: None }
     }
 
-    /// Loads `{path}.weight` (`[out, in]`) and, with `bias`, `{path}.bias` (`[out]`) from `w`
-    /// onto `tape`. A frozen weight is packed straight from the file when `w` packs
-    /// ([`Weights::with_packing`]).
-    pub fn load(
-        w: &Weights,
-        tape: &Tape,
-        path: &str,
-        out: usize,
-        inp: usize,
-        bias: bool,
-        trainable: Trainable,
-    ) -> Result<Self> {
-        let bias = if bias { Some(w.param(tape, &format!("{path}.bias"), &[out], trainable)?) } else { None };
-        if let (Some(format), Trainable::No) = (w.packing(), trainable) {
-            let values = w.host_values(&format!("{path}.weight"), &[out, inp])?;
-            let matrix = PackedMatrix::pack(w.device(), &values, &[out, inp], format)?;
-            return Ok(Linear { path: path.to_string(), weight: Base::Packed(Rc::new(matrix)), bias, adapter: None });
+    /// Loads `weight` (`[out, in]`) at `scope` (whose path becomes the layer's), with `bias`
+    /// already loaded or none. A frozen weight is packed straight from the file when the scope's
+    /// weights pack ([`crate::Weights::with_packing`]).
+    pub fn load(scope: &Scope<'_>, out: usize, inp: usize, bias: Option<Var>) -> Result<Self> {
+        let path = scope.path().to_string();
+        if let (Some(format), Trainable::No) = (scope.weights().packing(), scope.trainable()) {
+            let values = scope.weights().host_values(&scope.name("weight"), &[out, inp])?;
+            let matrix = PackedMatrix::pack(scope.weights().device(), &values, &[out, inp], format)?;
+            return Ok(Linear { path, weight: Base::Packed(Rc::new(matrix)), bias, adapter: None });
         }
-        let weight = w.param(tape, &format!("{path}.weight"), &[out, inp], trainable)?;
-        Ok(Linear::new(path, weight, bias))
+        Ok(Linear::new(path, scope.param("weight", &[out, inp])?, bias))
     }
 
     /// The parameter path of this layer.
@@ -149,40 +151,6 @@ impl Linear {
         self.adapter.as_ref()
     }
 
-    /// Every parameter this layer computes with: weight (unless packed), bias, then the
-    /// adapter's.
-    pub fn params(&self) -> Vec<Var> {
-        let mut v: Vec<Var> = self.weight().cloned().into_iter().collect();
-        v.extend(self.bias.clone());
-        if let Some(a) = &self.adapter {
-            v.extend(a.params());
-        }
-        v
-    }
-
-    /// The same layer computing with `params` in place of [`Linear::params`] (same order).
-    pub fn rebind(&self, params: &[Var]) -> Result<Linear> {
-        let n = self.params().len();
-        if params.len() != n {
-            return Err(Error::invalid(format!(
-                "{}: rebind with {} parameters, the layer has {n}",
-                self.path,
-                params.len()
-            )));
-        }
-        let dense = usize::from(self.weight().is_some());
-        let at = dense + usize::from(self.bias.is_some());
-        let adapter = match &self.adapter {
-            Some(a) => Some(a.rebind(&params[at..])?),
-            None => None,
-        };
-        let weight = match &self.weight {
-            Base::Dense(_) => Base::Dense(params[0].clone()),
-            Base::Packed(matrix) => Base::Packed(matrix.clone()),
-        };
-        Ok(Linear { path: self.path.clone(), weight, bias: self.bias.as_ref().map(|_| params[dense].clone()), adapter })
-    }
-
     /// `x · Wᵀ + b (+ adapter term)` for `x: [..., in]`.
     pub fn forward(&self, x: &Var) -> Result<Var> {
         let (_, inf) = self.dims();
@@ -190,7 +158,7 @@ impl Linear {
             return Err(Error::shape(format!("{}: input", self.path), format!("[..., {inf}]"), x.shape()));
         }
         let y = match &self.weight {
-            Base::Dense(w) => ops::matmul(x, w, self.bias.as_ref(), false, true)?,
+            Base::Dense(w) => ops::matmul(x, w, self.bias.as_ref(), Layout::ABt)?,
             Base::Packed(matrix) => ops::matmul_packed(x, matrix, self.bias.as_ref())?,
         };
         match &self.adapter {
@@ -213,20 +181,17 @@ impl fmt::Debug for Linear {
     }
 }
 
-/// Rebinds each of `layers` in turn to consecutive runs of `params` (each layer takes as many as
-/// its [`Linear::params`] has); a checkpointed segment rebuilds its linears this way.
-pub fn rebind_all(layers: &[&Linear], params: &[Var]) -> Result<Vec<Linear>> {
-    let mut at = 0;
-    let mut out = Vec::with_capacity(layers.len());
-    for l in layers {
-        let n = l.params().len();
-        if at + n > params.len() {
-            return Err(Error::invalid(format!("{}: rebind ran out of parameters ({} given)", l.path(), params.len())));
-        }
-        out.push(l.rebind(&params[at..at + n])?);
-        at += n;
+/// Parameters `weight` (unless packed), `bias`, then the adapter's.
+impl Layer for Linear {
+    fn map_params(&self, f: &mut ParamFn<'_>) -> Result<Self> {
+        let weight = match &self.weight {
+            Base::Dense(w) => Base::Dense(f("weight", w)?),
+            Base::Packed(matrix) => Base::Packed(matrix.clone()),
+        };
+        let bias = self.bias.as_ref().map(|b| f("bias", b)).transpose()?;
+        let adapter = self.adapter.as_ref().map(|a| a.map_params(f)).transpose()?;
+        Ok(Linear { path: self.path.clone(), weight, bias, adapter })
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -247,7 +212,7 @@ mod tests {
             e.contains("model.layers.0.mlp.up_proj: input") && e.contains("[..., 3]") && e.contains("[2, 2]"),
             "{e}"
         );
-        let e = fc.rebind(&[]).unwrap_err().to_string();
-        assert!(e.contains("rebind with 0 parameters, the layer has 1"), "{e}");
+        let e = fc.rebind(&Default::default()).unwrap_err().to_string();
+        assert!(e.contains("no variable given for weight"), "{e}");
     }
 }

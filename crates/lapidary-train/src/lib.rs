@@ -11,6 +11,12 @@
 //! assert_eq!(lr_at(cfg.lr_scheduler, 1.0, cfg.warmup_steps, 1, 10), 0.5); // warming up
 //! assert!(lr_at(cfg.lr_scheduler, 1.0, cfg.warmup_steps, 9, 10) < 0.1); // near the end
 //! ```
+//!
+//! Building: this crate runs kernels through CubeCL's CPU runtime, which links a local LLVM 22.
+//! Once per machine, from a checkout of the repository: `cargo xtask setup --user` (Debian's
+//! LLVM packages and the shim CubeCL's bundler looks for); then any project builds offline. Give
+//! dependencies `opt-level = 3` in the dev profile, or kernels crawl. With `--features cuda`
+//! (on `lapidary-core`) kernels also run on NVIDIA GPUs.
 
 pub mod checkpoint;
 pub mod config;

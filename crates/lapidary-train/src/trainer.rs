@@ -12,7 +12,7 @@ use lapidary_autograd::{BackwardOptions, Tape, Trainable};
 use lapidary_core::rng::SplitMix64;
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use lapidary_data::{Collated, Dataset, EncodeOptions, Example, OnBadRow, Processor, collate, collate_packed};
-use lapidary_gemma3::{Batch, Gemma3ForConditionalGeneration, Parts};
+use lapidary_gemma3::{Batch, ForwardOptions, Gemma3ForConditionalGeneration, OpenOptions, Parts};
 use lapidary_kernels::{elementwise, gather};
 use lapidary_lora::{LoraConfig, LoraDropout, LoraInit, LoraTargets, PeftAdapterConfig};
 use lapidary_nn::safetensors::LoadTensor;
@@ -50,7 +50,6 @@ pub struct Trainer {
     cfg: TrainConfig,
     processor: Processor,
     model: Gemma3ForConditionalGeneration,
-    tape: Tape,
     device: Device,
     opt: AdamW,
     train: Vec<Example>,
@@ -85,6 +84,74 @@ pub fn to_batch(c: &Collated, processor: &Processor, device: &Device) -> Result<
     })
 }
 
+/// The training and held-out rows (`eval_data`, else `eval_fraction` of the data held out by a
+/// seeded shuffle) and the report of the rows skipped.
+fn load_data(cfg: &TrainConfig, processor: &Processor) -> Result<(Vec<Example>, Vec<Example>, String)> {
+    let enc = EncodeOptions { max_len: cfg.max_len, responses_only: cfg.responses_only };
+    let on_bad = if cfg.skip_bad_rows { OnBadRow::Skip } else { OnBadRow::Error };
+    let data = Dataset::load(&cfg.data, processor, &enc, on_bad)?;
+    let mut skipped = data.skipped_report();
+    let (train, eval) = match &cfg.eval_data {
+        Some(path) => {
+            let ev = Dataset::load(path, processor, &enc, on_bad)?;
+            skipped.push_str(&ev.skipped_report());
+            (data.examples, ev.examples)
+        }
+        None if cfg.eval_fraction > 0.0 && data.len() >= 2 => {
+            let n_eval = ((data.len() as f32 * cfg.eval_fraction).round() as usize).clamp(1, data.len() - 1);
+            let order = shuffled(data.len(), cfg.seed ^ 0xE7A1);
+            let held: std::collections::HashSet<usize> = order[..n_eval].iter().copied().collect();
+            let (mut tr, mut ev) = (Vec::new(), Vec::new());
+            for (i, ex) in data.examples.into_iter().enumerate() {
+                if held.contains(&i) { ev.push(ex) } else { tr.push(ex) }
+            }
+            (tr, ev)
+        }
+        None => (data.examples, Vec::new()),
+    };
+    Ok((train, eval, skipped))
+}
+
+/// How the method opens the model: full fine-tuning trains every part; LoRA freezes the base
+/// and packs its linears as they are read (bf16 by default, NF4 for QLoRA: their f32 copies
+/// never reach the device), the projector trained when asked.
+fn open_options(cfg: &TrainConfig) -> OpenOptions {
+    match cfg.method {
+        Method::Full => OpenOptions::all(Trainable::Yes),
+        Method::Lora => {
+            let projector = if cfg.train_projector { Trainable::Yes } else { Trainable::No };
+            OpenOptions {
+                parts: Parts { vision: Trainable::No, projector, text: Trainable::No },
+                packing: cfg.base_format.packing(),
+                ..OpenOptions::default()
+            }
+        }
+    }
+}
+
+/// The LoRA adapters the configuration asks for: `target_modules` (or `all-linear`) when given,
+/// else the towers and module kinds chosen by the `finetune_*` switches.
+fn lora_config(cfg: &TrainConfig) -> LoraConfig {
+    let targets = match &cfg.target_modules {
+        Some(m) if m.len() == 1 && m[0] == "all-linear" => LoraTargets::AllLinear,
+        Some(m) => LoraTargets::Modules(m.clone()),
+        None => LoraTargets::Layers {
+            vision: cfg.finetune_vision_layers,
+            language: cfg.finetune_language_layers,
+            attention: cfg.finetune_attention_modules,
+            mlp: cfg.finetune_mlp_modules,
+        },
+    };
+    LoraConfig {
+        r: cfg.lora_r,
+        lora_alpha: cfg.lora_alpha,
+        use_rslora: cfg.use_rslora,
+        targets,
+        init: LoraInit::Default,
+        dropout: (cfg.lora_dropout > 0.0).then(|| LoraDropout::new(cfg.lora_dropout)),
+    }
+}
+
 fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = SplitMix64::new(seed);
@@ -100,71 +167,18 @@ impl Trainer {
     pub fn new(cfg: TrainConfig, device: &Device) -> Result<Self> {
         cfg.validate()?;
         let processor = Processor::from_model(&cfg.model)?;
-        let enc = EncodeOptions { max_len: cfg.max_len, responses_only: cfg.responses_only };
-        let on_bad = if cfg.skip_bad_rows { OnBadRow::Skip } else { OnBadRow::Error };
-        let data = Dataset::load(&cfg.data, &processor, &enc, on_bad)?;
-        let mut skipped = data.skipped_report();
-        let (train, eval) = match &cfg.eval_data {
-            Some(path) => {
-                let ev = Dataset::load(path, &processor, &enc, on_bad)?;
-                skipped.push_str(&ev.skipped_report());
-                (data.examples, ev.examples)
-            }
-            None if cfg.eval_fraction > 0.0 && data.len() >= 2 => {
-                let n_eval = ((data.len() as f32 * cfg.eval_fraction).round() as usize).clamp(1, data.len() - 1);
-                let order = shuffled(data.len(), cfg.seed ^ 0xE7A1);
-                let held: std::collections::HashSet<usize> = order[..n_eval].iter().copied().collect();
-                let (mut tr, mut ev) = (Vec::new(), Vec::new());
-                for (i, ex) in data.examples.into_iter().enumerate() {
-                    if held.contains(&i) { ev.push(ex) } else { tr.push(ex) }
-                }
-                (tr, ev)
-            }
-            None => (data.examples, Vec::new()),
-        };
-        let tape = Tape::new();
-        let packing = cfg.base_format.packing();
-        let mut model = match cfg.method {
-            Method::Full => {
-                let parts = Parts { vision: Trainable::Yes, projector: Trainable::Yes, text: Trainable::Yes };
-                Gemma3ForConditionalGeneration::open_parts(&cfg.model, device, DType::F32, &tape, parts)?
-            }
-            Method::Lora => {
-                // The frozen base's linears are packed as they are read (bf16 by default, NF4 for
-                // QLoRA): their f32 copies never reach the device.
-                let projector = if cfg.train_projector { Trainable::Yes } else { Trainable::No };
-                let parts = Parts { vision: Trainable::No, projector, text: Trainable::No };
-                Gemma3ForConditionalGeneration::open_packed(&cfg.model, device, DType::F32, &tape, parts, packing)?
-            }
-        };
-        let mut adapted_modules = Vec::new();
-        let mut dropout = None;
+        let (train, eval, skipped) = load_data(&cfg, &processor)?;
+        let mut model = Gemma3ForConditionalGeneration::open(&cfg.model, device, &open_options(&cfg))?;
+        let (mut adapted_modules, mut dropout) = (Vec::new(), None);
         if cfg.method == Method::Lora {
-            let targets = match &cfg.target_modules {
-                Some(m) if m.len() == 1 && m[0] == "all-linear" => LoraTargets::AllLinear,
-                Some(m) => LoraTargets::Modules(m.clone()),
-                None => LoraTargets::Layers {
-                    vision: cfg.finetune_vision_layers,
-                    language: cfg.finetune_language_layers,
-                    attention: cfg.finetune_attention_modules,
-                    mlp: cfg.finetune_mlp_modules,
-                },
-            };
-            let lora = LoraConfig {
-                r: cfg.lora_r,
-                lora_alpha: cfg.lora_alpha,
-                use_rslora: cfg.use_rslora,
-                targets,
-                init: LoraInit::Default,
-                dropout: (cfg.lora_dropout > 0.0).then(|| LoraDropout::new(cfg.lora_dropout)),
-            };
+            let lora = lora_config(&cfg);
             dropout = lora.dropout.clone();
             let mut rng = SplitMix64::new(cfg.seed);
-            let namer = model.peft_namer();
+            let (namer, tape) = (model.peft_namer(), model.tape().clone());
             let paths = lapidary_lora::attach_lora(&lora, model.linears_mut(), namer, &tape, device, &mut rng)?;
             adapted_modules = paths.iter().map(|p| p.rsplit('.').next().unwrap_or(p).to_string()).collect();
         }
-        let params = tape.trainable_params();
+        let params = model.tape().trainable_params();
         if params.is_empty() {
             return Err(Error::invalid("train: nothing is trainable with this configuration"));
         }
@@ -193,7 +207,6 @@ impl Trainer {
             cfg,
             processor,
             model,
-            tape,
             device: device.clone(),
             opt,
             train,
@@ -229,7 +242,7 @@ impl Trainer {
 
     /// The tape the model's parameters live on.
     pub fn tape(&self) -> &Tape {
-        &self.tape
+        self.model.tape()
     }
 
     /// Rows used for training and held out.
@@ -347,13 +360,12 @@ impl Trainer {
             }
             let batch = to_batch(c, &self.processor, &self.device)?;
             tokens += c.attention_mask.iter().filter(|&&m| m != 0).count();
-            let pixels = batch.pixel_values.as_ref().map(|p| self.tape.input(p.clone()));
-            let loss = self.model.loss_normalized(
-                &batch,
-                pixels.as_ref(),
-                self.cfg.gradient_checkpointing,
-                Some(label_tokens as f32),
-            )?;
+            let pass = ForwardOptions {
+                checkpointing: self.cfg.gradient_checkpointing,
+                normalizer: Some(label_tokens as f32),
+                ..Default::default()
+            };
+            let loss = self.model.loss(&batch, &pass)?;
             let micro_loss = loss.value().to_f32_vec()?[0] as f64;
             if !micro_loss.is_finite() {
                 return Err(non_finite(self.state.step + 1, "the loss", micro_loss));
@@ -361,7 +373,7 @@ impl Trainer {
             loss_total += micro_loss;
             let opts =
                 BackwardOptions { allow_missing: if c.images == 0 { self.vision_side_names() } else { Vec::new() } };
-            let (store, _) = self.tape.backward_with(&loss, &opts)?;
+            let (store, _) = self.tape().backward_with(&loss, &opts)?;
             for (i, (_, p)) in params.iter().enumerate() {
                 if let Some(g) = store.get(p) {
                     grads[i] = Some(match grads[i].take() {
@@ -386,7 +398,7 @@ impl Trainer {
 
     /// Mean cross-entropy per label token over `rows` (no gradients).
     pub fn loss_on(&self, rows: &[Example]) -> Result<f64> {
-        let _guard = self.tape.no_grad();
+        let _guard = self.tape().no_grad();
         let (mut sum, mut count) = (0f64, 0usize);
         for chunk in rows.chunks(self.cfg.micro_batch_size.max(1)) {
             let refs: Vec<&Example> = chunk.iter().collect();
@@ -396,8 +408,7 @@ impl Trainer {
                 continue;
             }
             let batch = to_batch(&c, &self.processor, &self.device)?;
-            let pixels = batch.pixel_values.as_ref().map(|p| self.tape.input(p.clone()));
-            let loss = self.model.loss_normalized(&batch, pixels.as_ref(), false, Some(1.0))?;
+            let loss = self.model.loss(&batch, &ForwardOptions { normalizer: Some(1.0), ..Default::default() })?;
             sum += loss.value().to_f32_vec()?[0] as f64;
             count += n;
         }

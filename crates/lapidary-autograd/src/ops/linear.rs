@@ -3,16 +3,22 @@
 use super::upstream;
 use crate::{Var, tape::BackwardFn};
 use lapidary_core::Result;
-use lapidary_kernels::matmul as mm;
+use lapidary_kernels::matmul::{self as mm, Layout, Needs};
 
 /// `op(a) · op(b) (+ bias)`; see `lapidary_kernels::matmul::matmul` for the layouts.
-pub fn matmul(a: &Var, b: &Var, bias: Option<&Var>, trans_a: bool, trans_b: bool) -> Result<Var> {
-    let out = mm::matmul(a.value(), b.value(), bias.map(Var::value), trans_a, trans_b)?;
+pub fn matmul(a: &Var, b: &Var, bias: Option<&Var>, layout: Layout) -> Result<Var> {
+    let out = mm::matmul(a.value(), b.value(), bias.map(Var::value), layout)?;
     let (av, bv) = (a.value().clone(), b.value().clone());
     let has_bias = bias.is_some();
     let backward: BackwardFn = Box::new(move |outs, needs| {
         let need_bias = has_bias && needs[2];
-        let g = mm::matmul_backward(&av, &bv, &upstream(outs), trans_a, trans_b, needs[0], needs[1], need_bias)?;
+        let g = mm::matmul_backward(
+            &av,
+            &bv,
+            &upstream(outs),
+            layout,
+            Needs { a: needs[0], b: needs[1], bias: need_bias },
+        )?;
         let mut v = vec![g.a, g.b];
         if has_bias {
             v.push(g.bias);
@@ -26,12 +32,12 @@ pub fn matmul(a: &Var, b: &Var, bias: Option<&Var>, trans_a: bool, trans_b: bool
 
 /// `addend + op(a) · op(b)` in one pass where the kernel allows it (see
 /// `lapidary_kernels::matmul::matmul_add`): a Linear's output plus its low-rank term.
-pub fn matmul_add(addend: &Var, a: &Var, b: &Var, trans_a: bool, trans_b: bool) -> Result<Var> {
-    let out = mm::matmul_add(addend.value(), a.value(), b.value(), trans_a, trans_b)?;
+pub fn matmul_add(addend: &Var, a: &Var, b: &Var, layout: Layout) -> Result<Var> {
+    let out = mm::matmul_add(addend.value(), a.value(), b.value(), layout)?;
     let (av, bv) = (a.value().clone(), b.value().clone());
     let backward: BackwardFn = Box::new(move |outs, needs| {
         let dy = upstream(outs);
-        let g = mm::matmul_backward(&av, &bv, &dy, trans_a, trans_b, needs[1], needs[2], false)?;
+        let g = mm::matmul_backward(&av, &bv, &dy, layout, Needs { a: needs[1], b: needs[2], bias: false })?;
         Ok(vec![needs[0].then_some(dy), g.a, g.b])
     });
     addend.tape().record1(&[addend, a, b], out, backward)

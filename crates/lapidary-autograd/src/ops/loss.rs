@@ -5,6 +5,7 @@
 use super::upstream;
 use crate::{Var, tape::BackwardFn};
 use lapidary_core::{Error, Result, Tensor};
+use lapidary_kernels::matmul::Layout;
 use lapidary_kernels::{elementwise as ew, gather, loss as ls, matmul as mm, reduce};
 
 /// Cross-entropy of `logits: [N, V]` against `labels` (-100 ignored), divided by `normalizer`
@@ -84,7 +85,7 @@ pub fn linear_cross_entropy(
     let mut dw: Option<Tensor> = None;
     for ids in &chunks {
         let hc = gather::gather_rows(&hv, ids)?;
-        let logits = mm::matmul(&hc, &wv, None, false, true)?;
+        let logits = mm::matmul(&hc, &wv, None, Layout::ABt)?;
         if !(need_h || need_w) {
             loss_sum = ew::add(&loss_sum, &ls::cross_entropy(&logits, &chunk_labels(ids))?.loss_sum)?;
             continue;
@@ -93,11 +94,11 @@ pub fn linear_cross_entropy(
         loss_sum = ew::add(&loss_sum, &ce.loss_sum)?;
         drop(logits);
         if let Some(acc) = &dh {
-            let dhc = mm::matmul(&dlogits, &wv, None, false, false)?;
+            let dhc = mm::matmul(&dlogits, &wv, None, Layout::AB)?;
             dh = Some(gather::scatter_rows(acc, &dhc, ids)?);
         }
         if need_w {
-            let dwc = mm::matmul(&dlogits, &hc, None, true, false)?;
+            let dwc = mm::matmul(&dlogits, &hc, None, Layout::AtB)?;
             dw = Some(match dw.take() {
                 None => dwc,
                 Some(acc) => ew::add(&acc, &dwc)?,

@@ -32,7 +32,7 @@ pub use mask::{AttentionMask, segments_from_positions};
 pub use repeat_kv::{repeat_kv, repeat_kv_backward};
 pub use softmax::{masked_softmax, masked_softmax_backward};
 
-use crate::matmul::{matmul, matmul_backward};
+use crate::matmul::{Layout, Needs, matmul, matmul_backward};
 use lapidary_core::{Error, Result, Tensor};
 
 /// Which implementation [`attention_with`] runs.
@@ -169,9 +169,9 @@ pub fn attention_with(
     let groups = h / k.dim(1);
     let kr = repeat_kv(k, groups)?;
     let vr = repeat_kv(v, groups)?;
-    let scores = matmul(q, &kr, None, false, true)?;
+    let scores = matmul(q, &kr, None, Layout::ABt)?;
     let probs = masked_softmax(&scores, scale, mask)?;
-    let out = matmul(&probs, &vr, None, false, false)?;
+    let out = matmul(&probs, &vr, None, Layout::AB)?;
     Ok((out, AttentionSaved { inner: Saved::Materialized { k: kr, v: vr, probs, groups } }))
 }
 
@@ -185,12 +185,12 @@ pub fn attention_backward(q: &Tensor, saved: &AttentionSaved, dout: &Tensor, sca
         Saved::Materialized { k, v, probs, groups } => (k, v, probs, *groups),
     };
     // out = P·V
-    let g1 = matmul_backward(probs, v, dout, false, false, true, true, false)?;
+    let g1 = matmul_backward(probs, v, dout, Layout::AB, Needs::OPERANDS)?;
     let dprobs = g1.a.expect("asked for");
     let dv = g1.b.expect("asked for");
     let dscores = masked_softmax_backward(probs, &dprobs, scale)?;
     // scores = Q·Kᵀ
-    let g2 = matmul_backward(q, k, &dscores, false, true, true, true, false)?;
+    let g2 = matmul_backward(q, k, &dscores, Layout::ABt, Needs::OPERANDS)?;
     Ok(AttentionGrads {
         q: g2.a.expect("asked for"),
         k: repeat_kv_backward(&g2.b.expect("asked for"), groups)?,

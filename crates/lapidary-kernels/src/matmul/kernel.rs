@@ -7,6 +7,7 @@
 //! cache; a long K is walked in blocks, all tiles taking one block before the next.
 
 use super::transpose;
+use super::{Layout, Needs};
 use crate::reduce;
 use cubecl::prelude::*;
 use lapidary_core::{Error, Result, Tensor, launch};
@@ -256,16 +257,16 @@ fn matmul_kernel<F: Float, N: Size>(
 /// - `bias`: `[N]`, added to every row
 ///
 /// Returns `[..., M, N]` in `a`'s dtype; all operands must share dtype and device.
-pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_a: bool, trans_b: bool) -> Result<Tensor> {
-    matmul_impl(a, b, bias, None, trans_a, trans_b)
+pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, layout: Layout) -> Result<Tensor> {
+    matmul_impl(a, b, bias, None, layout.transposes_a(), layout.transposes_b())
 }
 
 /// `addend + op(a) · op(b)`: [`matmul`] starting from `addend` (the output's shape and dtype)
 /// instead of zeros, so a sum such as a Linear's output plus its LoRA term costs no extra pass.
 /// On the register kernel the addend is read as the accumulators' start; on the other routes
 /// (A · Bᵀ read in place, GPUs) it is added after the product.
-pub fn matmul_add(addend: &Tensor, a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool) -> Result<Tensor> {
-    matmul_impl(a, b, None, Some(addend), trans_a, trans_b)
+pub fn matmul_add(addend: &Tensor, a: &Tensor, b: &Tensor, layout: Layout) -> Result<Tensor> {
+    matmul_impl(a, b, None, Some(addend), layout.transposes_a(), layout.transposes_b())
 }
 
 fn matmul_impl(
@@ -425,43 +426,34 @@ pub struct MatmulGrads {
     pub bias: Option<Tensor>,
 }
 
-/// Backward of [`matmul`] given `dc` (shape of its output). Computes only the gradients asked
-/// for (`need_a`, `need_b`, `need_bias`), each in its input's own layout.
-#[allow(clippy::too_many_arguments)]
-pub fn matmul_backward(
-    a: &Tensor,
-    b: &Tensor,
-    dc: &Tensor,
-    trans_a: bool,
-    trans_b: bool,
-    need_a: bool,
-    need_b: bool,
-    need_bias: bool,
-) -> Result<MatmulGrads> {
+/// Backward of [`matmul`] given `dc` (shape of its output). Computes only the gradients `needs`
+/// asks for, each in its input's own layout.
+pub fn matmul_backward(a: &Tensor, b: &Tensor, dc: &Tensor, layout: Layout, needs: Needs) -> Result<MatmulGrads> {
+    let (trans_a, trans_b) = (layout.transposes_a(), layout.transposes_b());
     let n = dc.dim(-1);
     let b_shared = b.rank() == 2 && a.rank() > 2;
     // A = op_a(A'), C = A·B. dA = dC·Bᵀ; dA' = dAᵀ when trans_a.
-    let ga = if need_a {
+    let ga = if needs.a {
         // dop(A) = dC · op(B)ᵀ; stored transposed back when trans_a.
-        let g = matmul(dc, b, None, false, !trans_b)?;
+        let g = matmul(dc, b, None, Layout::new(false, !trans_b))?;
         Some(if trans_a { transpose(&g)? } else { g })
     } else {
         None
     };
-    let gb = if need_b {
+    let gb = if needs.b {
         let (dc2, a2) =
             if b_shared { (flatten_rows(dc)?, flatten_rows_of(a, trans_a)?) } else { (dc.clone(), a.clone()) };
         Some(if trans_b {
             // dB' [N, K] = dCᵀ · A
-            matmul(&dc2, &a2, None, true, trans_a)?
+            matmul(&dc2, &a2, None, Layout::new(true, trans_a))?
         } else {
             // dB [K, N] = Aᵀ · dC
-            matmul(&a2, &dc2, None, !trans_a, false)?
+            matmul(&a2, &dc2, None, Layout::new(!trans_a, false))?
         })
     } else {
         None
     };
-    let gbias = if need_bias { Some(reduce::sum_rows(&dc.reshape(&[dc.numel() / n.max(1), n])?)?) } else { None };
+    let gbias = if needs.bias { Some(reduce::sum_rows(&dc.reshape(&[dc.numel() / n.max(1), n])?)?) } else { None };
     Ok(MatmulGrads { a: ga, b: gb, bias: gbias })
 }
 
@@ -486,6 +478,7 @@ fn flatten_rows_of(a: &Tensor, trans_a: bool) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::super::reference;
+    use super::super::{Layout, Needs};
     use crate::test_util::*;
     use lapidary_core::DType;
     use lapidary_testkit::{Tol, TolExt};
@@ -518,7 +511,7 @@ mod tests {
         let bias_t = bias.then(|| random_tensor(&dev, &[n], dt, seed.wrapping_add(2), 1.0));
         let (ah, bh) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
         let biash = bias_t.as_ref().map(|t| t.to_f32_vec().unwrap());
-        let c = super::matmul(&a, &b, bias_t.as_ref(), ta, tb).unwrap();
+        let c = super::matmul(&a, &b, bias_t.as_ref(), Layout::new(ta, tb)).unwrap();
         assert_eq!(c.shape(), &[batch, m, n]);
         let want = reference::matmul(&ah, &bh, biash.as_deref(), batch, m, k, n, ta, tb, shared);
         let what = format!("matmul b{batch} m{m} k{k} n{n} ta{ta} tb{tb} shared{shared} bias{bias} {dt}");
@@ -527,7 +520,8 @@ mod tests {
         // Backward against the reference: dA = dC·op(B)ᵀ, dB = op(A)ᵀ·dC, in each input's layout.
         let dc = random_tensor(&dev, &[batch, m, n], dt, seed.wrapping_add(3), 1.0);
         let dch = dc.to_f32_vec().unwrap();
-        let g = super::matmul_backward(&a, &b, &dc, ta, tb, true, true, bias).unwrap();
+        let g =
+            super::matmul_backward(&a, &b, &dc, Layout::new(ta, tb), Needs { a: true, b: true, bias: bias }).unwrap();
         // dop(A)[b] = dC[b] · op(B)ᵀ  ([m, n] · [n, k])
         let d_opa = reference::matmul(&dch, &bh, None, batch, m, n, k, false, !tb, shared);
         let want_a = if ta { transpose_host(&d_opa, batch, m, k) } else { d_opa };
@@ -615,7 +609,7 @@ mod tests {
                 let (ah, bh, dh) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap(), addend.to_f32_vec().unwrap());
                 let prod = reference::matmul(&ah, &bh, None, batch, m, k, n, ta, tb, shared);
                 let want: Vec<f32> = prod.iter().zip(&dh).map(|(p, d)| p + d).collect();
-                let got = super::matmul_add(&addend, &a, &b, ta, tb).unwrap();
+                let got = super::matmul_add(&addend, &a, &b, Layout::new(ta, tb)).unwrap();
                 assert_eq!(got.shape(), &[batch, m, n]);
                 let what = format!("matmul_add b{batch} m{m} k{k} n{n} ta{ta} tb{tb} shared{shared} {dt}");
                 assert_close(&what, &got.to_f32_vec().unwrap(), &want, tol(dt, k));
@@ -623,7 +617,7 @@ mod tests {
         }
         let a = random_tensor(&dev, &[3, 4], DType::F32, 1, 1.0);
         let b = random_tensor(&dev, &[4, 5], DType::F32, 2, 1.0);
-        let e = super::matmul_add(&random_tensor(&dev, &[3, 4], DType::F32, 3, 1.0), &a, &b, false, false);
+        let e = super::matmul_add(&random_tensor(&dev, &[3, 4], DType::F32, 3, 1.0), &a, &b, Layout::AB);
         assert!(e.unwrap_err().to_string().contains("matmul_add: addend"));
     }
 
@@ -663,14 +657,14 @@ mod tests {
         let dev = device();
         let a = random_tensor(&dev, &[2, 3, 4], DType::F32, 1, 1.0);
         let b = random_tensor(&dev, &[5, 6], DType::F32, 2, 1.0);
-        let e = super::matmul(&a, &b, None, false, false).unwrap_err().to_string();
+        let e = super::matmul(&a, &b, None, Layout::AB).unwrap_err().to_string();
         assert!(e.contains("matmul: b") && e.contains("[4, N]") && e.contains("[5, 6]"), "{e}");
         let b = random_tensor(&dev, &[4, 6], DType::BF16, 2, 1.0);
-        let e = super::matmul(&a, &b, None, false, false).unwrap_err().to_string();
+        let e = super::matmul(&a, &b, None, Layout::AB).unwrap_err().to_string();
         assert!(e.contains("expected dtype F32") && e.contains("BF16"), "{e}");
         let b = random_tensor(&dev, &[4, 6], DType::F32, 2, 1.0);
         let bias = random_tensor(&dev, &[5], DType::F32, 3, 1.0);
-        let e = super::matmul(&a, &b, Some(&bias), false, false).unwrap_err().to_string();
+        let e = super::matmul(&a, &b, Some(&bias), Layout::AB).unwrap_err().to_string();
         assert!(e.contains("bias") && e.contains("[6]"), "{e}");
     }
 }

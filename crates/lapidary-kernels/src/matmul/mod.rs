@@ -12,25 +12,27 @@
 //!
 //! ```
 //! use lapidary_core::{Device, DType, Tensor};
-//! use lapidary_kernels::matmul;
+//! use lapidary_kernels::matmul::{self, Layout, Needs};
 //! let dev = Device::cpu().unwrap();
 //! // x [2, 3] times a weight stored [out=2, in=3] (a Linear): x · Wᵀ + bias.
 //! let x = Tensor::from_f32(&dev, &[1., 2., 3., 4., 5., 6.], &[2, 3], DType::F32).unwrap();
 //! let w = Tensor::from_f32(&dev, &[1., 0., 0., 0., 1., 1.], &[2, 3], DType::F32).unwrap();
 //! let b = Tensor::from_f32(&dev, &[0.5, -0.5], &[2], DType::F32).unwrap();
-//! let y = matmul::matmul(&x, &w, Some(&b), false, true).unwrap();
+//! let y = matmul::matmul(&x, &w, Some(&b), Layout::ABt).unwrap();
 //! assert_eq!(y.to_f32_vec().unwrap(), vec![1.5, 4.5, 4.5, 10.5]);
 //! let dy = Tensor::from_f32(&dev, &[1.; 4], &[2, 2], DType::F32).unwrap();
-//! let g = matmul::matmul_backward(&x, &w, &dy, false, true, true, true, true).unwrap();
+//! let g = matmul::matmul_backward(&x, &w, &dy, Layout::ABt, Needs::ALL).unwrap();
 //! assert_eq!(g.bias.unwrap().to_f32_vec().unwrap(), vec![2.0, 2.0]);
 //! ```
 
 pub mod accelerated;
 mod kernel;
+mod layout;
 pub use accelerated::matmul_mixed;
 mod nt;
 pub mod reference;
 mod transpose;
 
 pub use kernel::{MatmulGrads, matmul, matmul_add, matmul_backward};
+pub use layout::{Layout, Needs};
 pub use transpose::{swap_middle, transpose};

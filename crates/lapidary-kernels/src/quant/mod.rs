@@ -256,7 +256,7 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
 /// (as a bf16 model's activations are), f32 accumulation and output.
 pub fn matmul_packed(x: &Tensor, w: &PackedMatrix, bias: Option<&Tensor>, trans_w: bool) -> Result<Tensor> {
     if x.device().is_cpu() {
-        return crate::matmul::matmul(x, &w.to_f32()?, bias, false, trans_w);
+        return crate::matmul::matmul(x, &w.to_f32()?, bias, crate::matmul::Layout::new(false, trans_w));
     }
     crate::matmul::matmul_mixed(&cast(x, DType::BF16)?, &w.expand(DType::BF16)?, bias, trans_w, DType::F32)
 }

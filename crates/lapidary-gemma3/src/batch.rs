@@ -1,0 +1,238 @@
+//! [`Batch`]: one batch as HF's processor makes it (token ids, masks, token types, labels,
+//! pixels, optional packed positions), its checks, and where batches come from: a batch file
+//! ([`Batch::read`]) or a prompt ([`Batch::prompt`]). Not the collation of a dataset (see
+//! lapidary-data) nor the forward pass.
+
+use lapidary_core::{DType, Device, Error, Result, Tensor};
+use lapidary_nn::safetensors::SafetensorsFiles;
+use std::path::Path;
+
+/// One batch as HF's processor makes it. Integer fields are row-major `[batch, seq]`.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    /// Rows.
+    pub batch: usize,
+    /// Tokens per row.
+    pub seq: usize,
+    /// Token ids.
+    pub input_ids: Vec<i64>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Vec<i64>,
+    /// 1 on image soft tokens.
+    pub token_type_ids: Vec<i64>,
+    /// Labels (-100 = not counted); `None` for no loss.
+    pub labels: Option<Vec<i64>>,
+    /// `[images, 3, H, W]`, images in row order.
+    pub pixel_values: Option<Tensor>,
+    /// Positions of the tokens `[B, T]`; `None` for `0..T` in every row. A packed row holds
+    /// several sequences: each starts where its position is 0 (the padding-free collators'
+    /// convention), attends only within itself, and its RoPE positions restart there.
+    pub position_ids: Option<Vec<i64>>,
+}
+
+impl Batch {
+    /// Checks what the model would otherwise read wrongly: at least one row and one token, every
+    /// field `batch x seq` long, ids within the vocabulary (or the image soft token), masks and
+    /// token types 0 or 1, labels -100 or within the vocabulary. Errors name the field and the
+    /// (row, position).
+    pub fn validate(&self, vocab_size: usize, image_token: usize) -> Result<()> {
+        let (b, t) = (self.batch, self.seq);
+        if b == 0 || t == 0 {
+            return Err(Error::invalid(format!("batch: {b} row(s) of {t} token(s); at least one of each is needed")));
+        }
+        let mut fields = vec![
+            ("input_ids", &self.input_ids),
+            ("attention_mask", &self.attention_mask),
+            ("token_type_ids", &self.token_type_ids),
+        ];
+        if let Some(labels) = &self.labels {
+            fields.push(("labels", labels));
+        }
+        for (name, v) in &fields {
+            if v.len() != b * t {
+                return Err(Error::invalid(format!("batch: {name} has {} values, expected {b} x {t}", v.len())));
+            }
+        }
+        let at = |i: usize| format!("row {}, position {}", i / t, i % t);
+        if let Some(p) = &self.position_ids {
+            if p.len() != b * t {
+                return Err(Error::invalid(format!("batch: position_ids has {} values, expected {b} x {t}", p.len())));
+            }
+            if let Some(i) = p.iter().position(|&x| x < 0) {
+                return Err(Error::invalid(format!("batch: position_ids at {} is {}; expected >= 0", at(i), p[i])));
+            }
+            // A sequence may not start inside an image: its tokens would be split between two.
+            if let Some(i) = (0..b * t)
+                .find(|&i| i % t > 0 && p[i] == 0 && self.token_type_ids[i] == 1 && self.token_type_ids[i - 1] == 1)
+            {
+                return Err(Error::invalid(format!(
+                    "batch: a sequence starts (position_ids 0) at {} inside an image's tokens; \
+                     an image must lie within one sequence",
+                    at(i)
+                )));
+            }
+        }
+        let vocab = vocab_size as i64;
+        for (name, v) in fields {
+            let bad = v.iter().position(|&x| match name {
+                "input_ids" => !((0..vocab).contains(&x) || x == image_token as i64),
+                "labels" => !(x == -100 || (0..vocab).contains(&x)),
+                _ => !(x == 0 || x == 1),
+            });
+            if let Some(i) = bad {
+                let expected = match name {
+                    "input_ids" => format!("0 to {} or the image token {image_token}", vocab - 1),
+                    "labels" => format!("-100 or 0 to {}", vocab - 1),
+                    _ => "0 or 1".to_string(),
+                };
+                return Err(Error::invalid(format!("batch: {name} at {} is {}; expected {expected}", at(i), v[i])));
+            }
+        }
+        Ok(())
+    }
+
+    /// One row of `ids` without labels or padding (a prompt): token_type_ids 1 where an id is
+    /// `image_token`, the images' pixels when there are any.
+    pub fn prompt(ids: &[u32], image_token: usize, pixel_values: Option<Tensor>) -> Self {
+        Batch {
+            batch: 1,
+            seq: ids.len(),
+            input_ids: ids.iter().map(|&i| i as i64).collect(),
+            attention_mask: vec![1; ids.len()],
+            token_type_ids: ids.iter().map(|&i| i64::from(i as usize == image_token)).collect(),
+            labels: None,
+            pixel_values,
+            position_ids: None,
+        }
+    }
+
+    /// Per token: 0 for text, else the 1-based index of its image within the row (each
+    /// contiguous run of image tokens is one block, attended bidirectionally).
+    pub fn image_blocks(&self) -> Vec<f32> {
+        let t = self.seq;
+        let mut blocks = vec![0f32; self.batch * t];
+        for (r, types) in self.token_type_ids.chunks(t.max(1)).enumerate() {
+            let mut block = 0.0;
+            for (c, &ty) in types.iter().enumerate() {
+                if ty == 1 {
+                    if c == 0 || types[c - 1] != 1 {
+                        block += 1.0;
+                    }
+                    blocks[r * t + c] = block;
+                }
+            }
+        }
+        blocks
+    }
+
+    /// Whether position `c` of row `r` starts a sequence (position 0 of a packed row).
+    pub fn starts_sequence(&self, r: usize, c: usize) -> bool {
+        c == 0 || self.position_ids.as_ref().is_some_and(|p| p[r * self.seq + c] == 0)
+    }
+
+    /// Number of positions the loss counts: next-token labels other than -100 whose position is
+    /// not padding and does not start a sequence (as the loss shifts them).
+    pub fn label_count(&self) -> usize {
+        let (b, t) = (self.batch, self.seq);
+        let Some(labels) = &self.labels else { return 0 };
+        (0..b)
+            .map(|r| {
+                (1..t)
+                    .filter(|&c| {
+                        self.attention_mask[r * t + c] != 0 && labels[r * t + c] != -100 && !self.starts_sequence(r, c)
+                    })
+                    .count()
+            })
+            .sum()
+    }
+
+    /// Reads a batch file (safetensors): `input_ids`, `attention_mask`, `token_type_ids` and
+    /// `labels` (int64 `[B, T]`), with images `pixel_values` (`[N, 3, H, W]`, images in row
+    /// order, f32/bf16/f16) and for packed rows `position_ids` (int64 `[B, T]`). Errors name the
+    /// file and the tensor.
+    pub fn read(path: &Path, device: &Device) -> Result<Batch> {
+        let f = SafetensorsFiles::open(path)?;
+        let err = |what: String| Error::invalid(format!("{}: {what}", path.display()));
+        let missing = |name: &str| err(format!("missing tensor {name} (int64 [B, T])"));
+        let (input_ids, shape) = match f.entry("input_ids") {
+            Some(_) => f.load_i64("input_ids")?,
+            None => return Err(missing("input_ids")),
+        };
+        if shape.len() != 2 {
+            return Err(err(format!("input_ids has shape {shape:?}, expected [B, T]")));
+        }
+        // Another int64 field, shaped as input_ids; `None` when the file lacks it.
+        let int = |name: &str| -> Result<Option<Vec<i64>>> {
+            if f.entry(name).is_none() {
+                return Ok(None);
+            }
+            let (v, s) = f.load_i64(name)?;
+            if s != shape {
+                return Err(err(format!("{name} has shape {s:?}, expected {shape:?} (as input_ids)")));
+            }
+            Ok(Some(v))
+        };
+        let required = |name: &str| int(name)?.ok_or_else(|| missing(name));
+        let (attention_mask, token_type_ids) = (required("attention_mask")?, required("token_type_ids")?);
+        let labels = Some(required("labels")?);
+        let pixel_values = match f.entry("pixel_values") {
+            None => None,
+            Some(e) if e.shape.len() != 4 => {
+                return Err(err(format!("pixel_values has shape {:?}, expected [N, 3, H, W]", e.shape)));
+            }
+            Some(e) => {
+                let dtype = e.dtype.ok_or_else(|| err("pixel_values is not stored as f32, bf16 or f16".into()))?;
+                let values = dtype.decode(f.bytes("pixel_values")?);
+                Error::check_finite(&format!("{}: pixel_values", path.display()), &values, "pixels must be finite")?;
+                Some(Tensor::from_f32(device, &values, &e.shape, DType::F32)?)
+            }
+        };
+        let position_ids = int("position_ids")?;
+        let (batch, seq) = (shape[0], shape[1]);
+        Ok(Batch { batch, seq, input_ids, attention_mask, token_type_ids, labels, pixel_values, position_ids })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Batch;
+
+    fn batch(ids: Vec<i64>, labels: Option<Vec<i64>>) -> Batch {
+        let n = ids.len();
+        Batch {
+            batch: 2,
+            seq: n / 2,
+            input_ids: ids,
+            attention_mask: vec![1; n],
+            token_type_ids: vec![0; n],
+            labels,
+            pixel_values: None,
+            position_ids: None,
+        }
+    }
+
+    #[test]
+    fn ids_and_labels_outside_the_vocabulary_are_errors_naming_the_position() {
+        assert!(batch(vec![1, 2, 3, 200], None).validate(100, 200).is_ok());
+        let e = batch(vec![1, 2, 3, 100], None).validate(100, 200).unwrap_err().to_string();
+        assert!(e.contains("input_ids at row 1, position 1 is 100"), "{e}");
+        let e = batch(vec![1, -1, 3, 4], None).validate(100, 200).unwrap_err().to_string();
+        assert!(e.contains("input_ids at row 0, position 1 is -1"), "{e}");
+        let e = batch(vec![1, 2, 3, 4], Some(vec![-100, 5, 100, -100])).validate(100, 200).unwrap_err().to_string();
+        assert!(e.contains("labels at row 1, position 0 is 100"), "{e}");
+        let mut b = batch(vec![1, 2, 3, 4], None);
+        b.attention_mask[2] = 2;
+        assert!(b.validate(100, 200).unwrap_err().to_string().contains("attention_mask at row 1, position 0 is 2"));
+        let empty = Batch { batch: 0, seq: 4, ..batch(vec![], None) };
+        assert!(empty.validate(100, 200).unwrap_err().to_string().contains("0 row(s)"));
+        let short = Batch { seq: 3, ..batch(vec![1, 2, 3, 4], None) };
+        assert!(short.validate(100, 200).unwrap_err().to_string().contains("input_ids has 4 values, expected 2 x 3"));
+    }
+
+    #[test]
+    fn each_run_of_image_tokens_is_its_own_block() {
+        let mut b = batch(vec![1; 12], None);
+        b.token_type_ids = vec![0, 1, 1, 0, 1, 0, 1, 1, 0, 0, 0, 1];
+        assert_eq!(b.image_blocks(), vec![0., 1., 1., 0., 2., 0., 1., 1., 0., 0., 0., 2.]);
+    }
+}
