@@ -8,6 +8,7 @@ use crate::config::{Gemma3TextConfig, LayerKind};
 use lapidary_autograd::{Var, ops};
 use lapidary_core::{Error, Result, Tensor};
 use lapidary_kernels::attention::AttentionMask;
+use lapidary_kernels::gather::concat;
 use lapidary_kernels::matmul::Layout;
 use lapidary_nn::{Layer, Linear, ParamFn, Scope, checkpointed, map_within};
 
@@ -140,7 +141,7 @@ impl DecoderLayer {
         if let Some(cache) = cache {
             let (ka, va) = match cache.take() {
                 None => (k.value().clone(), v.value().clone()),
-                Some((pk, pv)) => (concat_time(&pk, k.value())?, concat_time(&pv, v.value())?),
+                Some((pk, pv)) => (concat(&pk, k.value(), 2)?, concat(&pv, v.value(), 2)?),
             };
             *cache = Some((ka.clone(), va.clone()));
             k = h.tape().input(ka);
@@ -250,7 +251,8 @@ impl Gemma3TextModel {
     }
 }
 
-/// One layer's cached keys and values, `[B, kv_heads, T, head_dim]` each.
+/// One layer's cached keys and values, `[B, kv_heads, T, head_dim]` each, on the device (each
+/// step joins its keys and values to them there: no host copy).
 pub type LayerCache = Option<(Tensor, Tensor)>;
 
 /// Keys and values of every layer for the tokens seen so far (generation).
@@ -275,20 +277,4 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-}
-
-/// `[B, N, Ta, D]` and `[B, N, Tb, D]` joined along time (host copy; generation only).
-fn concat_time(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (sa, sb) = (a.shape(), b.shape());
-    if sa.len() != 4 || sb.len() != 4 || sa[0] != sb[0] || sa[1] != sb[1] || sa[3] != sb[3] {
-        return Err(Error::shape("KV cache: new keys", format!("[{}, {}, T, {}]", sa[0], sa[1], sa[3]), sb));
-    }
-    let (rows, ta, tb, d) = (sa[0] * sa[1], sa[2], sb[2], sa[3]);
-    let (av, bv) = (a.to_f32_vec()?, b.to_f32_vec()?);
-    let mut out = Vec::with_capacity(rows * (ta + tb) * d);
-    for r in 0..rows {
-        out.extend_from_slice(&av[r * ta * d..(r + 1) * ta * d]);
-        out.extend_from_slice(&bv[r * tb * d..(r + 1) * tb * d]);
-    }
-    Tensor::from_f32(a.device(), &out, &[sa[0], sa[1], ta + tb, d], a.dtype())
 }

@@ -315,10 +315,10 @@ impl Gemma3ForConditionalGeneration {
         let _guard = self.tape.no_grad();
         let h = self.inputs_embeds(batch, self.pixels(batch, &ForwardOptions::default()).as_ref(), false)?;
         let h = self.text.forward_cached(&h, &self.context(batch, cache.len())?, cache)?;
-        let (t, hidden) = (h.shape()[1], self.cfg.text.hidden_size);
-        let last = &h.value().to_f32_vec()?[(t - 1) * hidden..t * hidden];
-        let x = self.tape.input(Tensor::from_f32(h.value().device(), last, &[1, hidden], h.value().dtype())?);
-        self.text.logits(&x)?.value().to_f32_vec()
+        // The last position's row, picked on the device: one read per step, of the logits.
+        let t = h.shape()[1];
+        let last = ops::gather_rows(&ops::reshape(&h, &[t, self.cfg.text.hidden_size])?, &[t as u32 - 1])?;
+        self.text.logits(&last)?.value().to_f32_vec()
     }
 
     /// Rope tables and masks for `batch` at positions `offset..offset + seq` (offset > 0:

@@ -1,7 +1,8 @@
 //! Index-driven data movement, forward and backward: row gather (embedding lookup) and its
 //! deterministic scatter-add, the merge of image features into the token sequence at given rows,
 //! the patch extraction of a non-overlapping convolution (im2col) and the projector's 2-D average
-//! pool. Indices come from the host (token ids and image positions are known there), so the
+//! pool, and the join of two tensors along an axis (a KV cache growing on the device). Indices
+//! come from the host (token ids and image positions are known there), so the
 //! scatter-add is grouped by index on the host and needs no atomics.
 //!
 //! ```
@@ -79,6 +80,23 @@ fn copy_kernel<F: Float>(src: &[F], dst: &mut [F]) {
     }
 }
 
+/// Rows of `out` (`ia + ib` wide) made of a row of `a` (`ia` wide) then a row of `b` (`ib`).
+#[cube(launch_unchecked)]
+fn concat_kernel<F: Float>(a: &[F], b: &[F], out: &mut [F], ia: usize, ib: usize) {
+    let stride = CUBE_DIM as usize * CUBE_COUNT;
+    let width = ia + ib;
+    let mut i = ABSOLUTE_POS;
+    while i < out.len() {
+        let (o, j) = (i / width, i % width);
+        if j < ia {
+            out[i] = a[o * ia + j];
+        } else {
+            out[i] = b[o * ib + j - ia];
+        }
+        i += stride;
+    }
+}
+
 /// `keep` = 1 copies `dst`, otherwise the row comes from `src[src_row]`.
 #[cube(launch_unchecked)]
 fn merge_rows_kernel<F: Float>(
@@ -142,6 +160,42 @@ pub fn copy_into(dst: &Tensor, src: &Tensor) -> Result<()> {
         )
     });
     Ok(())
+}
+
+/// `a` and `b` joined along `axis` (every other dim equal, same dtype and device), on the device:
+/// e.g. a KV cache `[B, heads, T, D]` extended by this step's keys along `axis` 2.
+pub fn concat(a: &Tensor, b: &Tensor, axis: usize) -> Result<Tensor> {
+    let (sa, sb) = (a.shape(), b.shape());
+    if axis >= sa.len() {
+        return Err(Error::invalid(format!("concat: axis {axis} of a rank-{} tensor", sa.len())));
+    }
+    let mut expected = sa.to_vec();
+    expected[axis] = sb.get(axis).copied().unwrap_or(0);
+    b.expect_shape(&format!("concat: b (as a {sa:?} but along axis {axis})"), &expected)?;
+    b.expect_dtype("concat: b", &[a.dtype()])?;
+    if a.device() != b.device() {
+        return Err(Error::Device(format!("concat: a on {}, b on {}", a.device(), b.device())));
+    }
+    let mut shape = sa.to_vec();
+    shape[axis] += sb[axis];
+    let dev = a.device();
+    let out = Tensor::uninit(dev, &shape, a.dtype())?;
+    let (ia, ib): (usize, usize) = (sa[axis..].iter().product(), sb[axis..].iter().product());
+    if out.numel() == 0 {
+        return Ok(out);
+    }
+    let (count, dim) = launch::grid_1d(dev, out.numel());
+    dispatch_float!(a.dtype(), F => unsafe {
+        concat_kernel::launch_unchecked::<F>(
+            dev.client(), count, dim,
+            BufferArg::from_raw_parts(a.handle().clone(), a.numel().max(1)),
+            BufferArg::from_raw_parts(b.handle().clone(), b.numel().max(1)),
+            BufferArg::from_raw_parts(out.handle().clone(), out.numel()),
+            ia,
+            ib,
+        )
+    });
+    Ok(out)
 }
 
 /// Row gather: `out[i] = table[ids[i]]` for `table: [V, C]`; returns `[ids.len(), C]`.

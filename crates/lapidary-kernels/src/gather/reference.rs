@@ -5,6 +5,17 @@ pub fn gather_rows(table: &[f32], c: usize, ids: &[u32]) -> Vec<f32> {
     ids.iter().flat_map(|&i| table[i as usize * c..(i as usize + 1) * c].iter().copied()).collect()
 }
 
+/// `a` and `b` joined along an axis with `outer` = the product of the dims before it.
+pub fn concat(a: &[f32], b: &[f32], outer: usize) -> Vec<f32> {
+    let (ia, ib) = (a.len() / outer.max(1), b.len() / outer.max(1));
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    for o in 0..outer {
+        out.extend_from_slice(&a[o * ia..(o + 1) * ia]);
+        out.extend_from_slice(&b[o * ib..(o + 1) * ib]);
+    }
+    out
+}
+
 /// Scatter-add of `dy` rows into `rows` rows at `ids`.
 pub fn gather_rows_backward(dy: &[f32], c: usize, ids: &[u32], rows: usize) -> Vec<f32> {
     let mut out = vec![0f64; rows * c];

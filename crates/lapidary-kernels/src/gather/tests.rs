@@ -25,6 +25,31 @@ proptest! {
     }
 
     #[test]
+    fn concat_matches_reference(shape in shape_strategy(4, 5), axis_pick in 0usize..4, extra in 1usize..6, dt in dtype_strategy(), seed in any::<u64>()) {
+        let dev = device();
+        let axis = axis_pick % shape.len();
+        let mut shape_b = shape.clone();
+        shape_b[axis] = extra;
+        let a = random_tensor(&dev, &shape, dt, seed, 1.0);
+        let b = random_tensor(&dev, &shape_b, dt, seed ^ 7, 1.0);
+        let out = concat(&a, &b, axis).unwrap();
+        let mut want_shape = shape.clone();
+        want_shape[axis] += extra;
+        prop_assert_eq!(out.shape(), want_shape.as_slice());
+        let want = r::concat(&a.to_f32_vec().unwrap(), &b.to_f32_vec().unwrap(), shape[..axis].iter().product());
+        prop_assert_eq!(out.to_f32_vec().unwrap(), want);
+        // Any other dim differing, or the axis past the rank, is an error naming the operand.
+        if shape.len() > 1 {
+            let mut bad = shape_b.clone();
+            let other = (axis + 1) % shape.len();
+            bad[other] += 1;
+            let e = concat(&a, &random_tensor(&dev, &bad, dt, seed, 1.0), axis).unwrap_err().to_string();
+            prop_assert!(e.contains("concat: b"), "{}", e);
+        }
+        prop_assert!(concat(&a, &b, shape.len()).is_err());
+    }
+
+    #[test]
     fn copy_into_overwrites_every_sharing_tensor(n in 1usize..3000, dt in dtype_strategy(), seed in any::<u64>()) {
         let dev = device();
         let dst = random_tensor(&dev, &[n], dt, seed, 1.0);

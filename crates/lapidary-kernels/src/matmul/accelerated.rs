@@ -16,6 +16,7 @@
 //! cuda-check`. Not here: the bias (added by the caller) and packed NF4 bases (expanded before
 //! the call).
 
+use super::Layout;
 use cubecl::ir::{ElemType, FloatKind};
 use cubecl::std::tensor::TensorHandle;
 use cubek_matmul::definition::{MatmulElems, MatmulGlobalElems, MatmulSetupError};
@@ -65,7 +66,8 @@ fn binding(t: &Tensor, batches: usize, transposed: bool) -> TensorHandle {
 /// Writes `op(a) · op(b)` into `c` (`lead + [M, N]`, contiguous; `a`'s dtype, or f32 for 16-bit
 /// operands). `a` and `b` share a dtype; shapes are the caller's to check (as [`super::matmul`]
 /// does); `b` of rank 2 is shared by every batch.
-pub fn matmul_into(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, c: &Tensor, route: Route) -> Result<()> {
+pub fn matmul_into(a: &Tensor, b: &Tensor, layout: Layout, c: &Tensor, route: Route) -> Result<()> {
+    let (trans_a, trans_b) = (layout.transposes_a(), layout.transposes_b());
     let batches = a.numel() / (a.dim(-2) * a.dim(-1));
     let b_shared = b.rank() == 2 && a.rank() > 2;
     // A shared B with A read as stored: one GEMM over every batch's rows, [1, batches·M, K].
@@ -150,7 +152,7 @@ pub fn matmul_mixed(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_b: bool
     if c.numel() == 0 || k == 0 {
         return if k == 0 { Tensor::zeros(a.device(), &shape, out) } else { Ok(c) };
     }
-    matmul_into(a, b, false, trans_b, &c, Route::for_dtype(a.dtype()))?;
+    matmul_into(a, b, Layout::new(false, trans_b), &c, Route::for_dtype(a.dtype()))?;
     match bias {
         Some(bias) => {
             bias.expect_shape(&format!("{op}: bias"), &[n])?;
@@ -163,7 +165,7 @@ pub fn matmul_mixed(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_b: bool
 #[cfg(test)]
 mod tests {
     use super::super::reference;
-    use super::{Route, matmul_into};
+    use super::{Layout, Route, matmul_into};
     use crate::test_util::*;
     use lapidary_core::{DType, Tensor};
     use lapidary_testkit::{Tol, TolExt, assert_close};
@@ -190,7 +192,7 @@ mod tests {
         let a = random_tensor(&dev, &a_shape, dt, seed, 1.0);
         let b = random_tensor(&dev, &b_shape, dt, seed.wrapping_add(1), 1.0);
         let c = Tensor::uninit(&dev, &[batch, m, n], dt).unwrap();
-        matmul_into(&a, &b, ta, tb, &c, route).unwrap();
+        matmul_into(&a, &b, Layout::new(ta, tb), &c, route).unwrap();
         let want =
             reference::matmul(&a.to_f32_vec().unwrap(), &b.to_f32_vec().unwrap(), None, batch, m, k, n, ta, tb, shared);
         let t = dt.tol();

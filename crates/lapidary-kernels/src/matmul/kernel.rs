@@ -338,7 +338,13 @@ fn matmul_impl(
     }
     if !a.device().is_cpu() {
         // GPUs: cubek's routines (tensor cores for 16-bit operands), layouts read in place.
-        super::accelerated::matmul_into(a, b, trans_a, trans_b, &c, super::accelerated::Route::for_dtype(a.dtype()))?;
+        super::accelerated::matmul_into(
+            a,
+            b,
+            Layout::new(trans_a, trans_b),
+            &c,
+            super::accelerated::Route::for_dtype(a.dtype()),
+        )?;
         return match bias {
             Some(bias) => crate::elementwise::add(&c, bias),
             None => Ok(c),
