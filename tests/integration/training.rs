@@ -73,6 +73,27 @@ fn gradient_accumulation_equals_one_big_batch() {
     }
 }
 
+/// A step reads from the device a fixed number of times (per micro-batch: its loss, the
+/// cross-entropy's upstream scale, the gradient report; then the clipping norm), however many
+/// tensors it trains: each read waits for the device, so one per tensor would stall a GPU
+/// hundreds of times a step.
+#[test]
+fn a_step_reads_from_the_device_a_few_times_whatever_the_tensor_count() {
+    let dir = dataset(8);
+    let dev = Device::from_env_or_cpu().unwrap();
+    let cfg = TrainConfig { target_modules: Some(vec!["all-linear".into()]), ..config(dir.path()) };
+    let accum = cfg.grad_accum_steps as u64;
+    let mut trainer = Trainer::new(cfg, &dev).unwrap();
+    let tensors = trainer.trainable_names().len() as u64;
+    trainer.step().unwrap();
+    let before = lapidary::core::host_reads();
+    trainer.step().unwrap();
+    let reads = lapidary::core::host_reads() - before;
+    println!("one step of {accum} micro-batches, {tensors} trainable tensors: {reads} reads from the device");
+    assert!(tensors > 3 * accum + 1, "the check needs more tensors than its bound ({tensors})");
+    assert!(reads <= 3 * accum + 1, "{reads} reads in a step of {accum} micro-batches");
+}
+
 #[test]
 fn packed_rows_give_the_padded_batchs_loss_and_gradients() {
     let dir = dataset(8);

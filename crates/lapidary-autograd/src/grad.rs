@@ -177,6 +177,11 @@ impl Tape {
     pub fn report(&self, store: &GradStore) -> Result<GradReport> {
         let inner = self.inner.borrow();
         let mut report = GradReport::default();
+        // Every trainable gradient's sum of squares in one buffer, read back once.
+        let trained: Vec<&Tensor> =
+            inner.leaves.iter().filter(|l| l.trainable).filter_map(|l| store.grads.get(&l.id)).collect();
+        let sums = if trained.is_empty() { Vec::new() } else { reduce::sum_sq_each(&trained)?.to_f32_vec()? };
+        let mut sums = sums.into_iter();
         for leaf in &inner.leaves {
             let g = store.grads.get(&leaf.id);
             if !leaf.trainable {
@@ -187,8 +192,8 @@ impl Tape {
             }
             let (has_grad, finite, norm) = match g {
                 None => (false, false, 0.0),
-                Some(g) => {
-                    let ss = reduce::sum_sq(g)?.to_f32_vec()?[0] as f64;
+                Some(_) => {
+                    let ss = sums.next().expect("one sum per trained gradient") as f64;
                     (true, ss.is_finite(), if ss.is_finite() { ss.sqrt() } else { f64::NAN })
                 }
             };

@@ -31,7 +31,7 @@ mod tensor;
 pub use device::{Device, DeviceKind, MemoryStats};
 pub use kernel_failure::kernel_failure;
 pub use lapidary_io::{DType, Error, Result, fsio, rng};
-pub use tensor::{Tensor, set_poison_outputs};
+pub use tensor::{Tensor, host_reads, set_poison_outputs};
 
 /// The CubeCL version this build links, re-exported so that dependants use the very same one.
 pub use cubecl;

@@ -16,6 +16,17 @@ pub fn set_poison_outputs(on: bool) {
     POISON_OUTPUTS.store(on, Ordering::SeqCst);
 }
 
+thread_local! {
+    static HOST_READS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Reads from a device back to the host made by this thread so far ([`Tensor::to_bytes`] and
+/// what calls it). Each one waits for the device to finish the work queued before it, so a
+/// training step should make a handful, not one per tensor; tests count them.
+pub fn host_reads() -> u64 {
+    HOST_READS.with(|c| c.get())
+}
+
 /// A contiguous tensor on a device.
 #[derive(Clone)]
 pub struct Tensor {
@@ -81,6 +92,7 @@ impl Tensor {
 
     /// Downloads the raw little-endian bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        HOST_READS.with(|c| c.set(c.get() + 1));
         let bytes = self
             .device
             .client()

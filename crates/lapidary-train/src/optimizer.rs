@@ -104,10 +104,10 @@ impl AdamW {
 /// The global L2 norm of `grads`; when `max_norm > 0`, scales them by
 /// `min(1, max_norm / (norm + 1e-6))` (torch's clip_grad_norm_). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f32) -> Result<f32> {
-    let mut total = 0f64;
-    for g in grads.iter().flatten() {
-        total += reduce::sum_sq(g)?.to_f32_vec()?[0] as f64;
-    }
+    // Every gradient's sum of squares in one buffer, read back once; summed in order.
+    let present: Vec<&Tensor> = grads.iter().flatten().collect();
+    let sums = if present.is_empty() { Vec::new() } else { reduce::sum_sq_each(&present)?.to_f32_vec()? };
+    let total: f64 = sums.iter().map(|&s| s as f64).sum();
     let norm = total.sqrt() as f32;
     if !norm.is_finite() {
         return Err(Error::invalid(format!(

@@ -67,13 +67,13 @@ fn sum_sq_partial_kernel<F: Float, N: Size>(x: &[Vector<F, N>], partial: &mut [f
 // Kernel code: iterators are not in the cube language.
 #[allow(clippy::needless_range_loop)]
 #[cube(launch_unchecked)]
-fn sum_partials_kernel(partial: &[f32], out: &mut [f32]) {
+fn sum_partials_kernel(partial: &[f32], out: &mut [f32], slot: usize) {
     if ABSOLUTE_POS == 0 {
         let mut s = 0.0f32;
         for i in 0..partial.len() {
             s += partial[i];
         }
-        out[0] = s;
+        out[slot] = s;
     }
 }
 
@@ -122,32 +122,48 @@ pub fn sum_last(x: &Tensor) -> Result<Tensor> {
 /// summing these over tensors gives the global norm for gradient clipping). Deterministic: fixed
 /// per-unit partials, then one ordered sum.
 pub fn sum_sq(x: &Tensor) -> Result<Tensor> {
-    let dev = x.device();
-    let n = x.numel();
-    let w = launch::vector_width(&[n]);
-    let (count, dim) = launch::grid_1d(dev, n / w);
-    let units = match count {
-        CubeCount::Static(c, _, _) => c as usize * dim.num_elems() as usize,
-        _ => unreachable!("grid_1d returns a static count"),
+    sum_sq_each(&[x])
+}
+
+/// [`sum_sq`] of each of `xs` (non-empty, one device), into one f32 `[xs.len()]` tensor: a
+/// norm per tensor with a single read back to the host, however many tensors (the gradient
+/// report and clipping of a step with hundreds of adapter tensors).
+pub fn sum_sq_each(xs: &[&Tensor]) -> Result<Tensor> {
+    let Some(first) = xs.first() else {
+        return Err(Error::invalid("sum_sq_each: no tensor given"));
     };
-    let partial = Tensor::uninit(dev, &[units], DType::F32)?;
-    let out = Tensor::uninit(dev, &[1], DType::F32)?;
-    dispatch_float!(x.dtype(), F => unsafe {
-        sum_sq_partial_kernel::launch_unchecked::<F>(
-            dev.client(), count, dim, w,
-            BufferArg::from_raw_parts(x.handle().clone(), n),
-            BufferArg::from_raw_parts(partial.handle().clone(), units),
-        )
-    });
-    lapidary_core::launch::guarded(|| unsafe {
-        sum_partials_kernel::launch_unchecked(
-            dev.client(),
-            CubeCount::Static(1, 1, 1),
-            CubeDim::new_1d(1),
-            BufferArg::from_raw_parts(partial.handle().clone(), units),
-            BufferArg::from_raw_parts(out.handle().clone(), 1),
-        )
-    });
+    let dev = first.device();
+    if let Some(x) = xs.iter().find(|x| x.device() != dev) {
+        return Err(Error::Device(format!("sum_sq_each: tensors on {dev} and on {}", x.device())));
+    }
+    let out = Tensor::uninit(dev, &[xs.len()], DType::F32)?;
+    for (slot, x) in xs.iter().enumerate() {
+        let n = x.numel();
+        let w = launch::vector_width(&[n]);
+        let (count, dim) = launch::grid_1d(dev, n / w);
+        let units = match count {
+            CubeCount::Static(c, _, _) => c as usize * dim.num_elems() as usize,
+            _ => unreachable!("grid_1d returns a static count"),
+        };
+        let partial = Tensor::uninit(dev, &[units], DType::F32)?;
+        dispatch_float!(x.dtype(), F => unsafe {
+            sum_sq_partial_kernel::launch_unchecked::<F>(
+                dev.client(), count, dim, w,
+                BufferArg::from_raw_parts(x.handle().clone(), n),
+                BufferArg::from_raw_parts(partial.handle().clone(), units),
+            )
+        });
+        lapidary_core::launch::guarded(|| unsafe {
+            sum_partials_kernel::launch_unchecked(
+                dev.client(),
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(1),
+                BufferArg::from_raw_parts(partial.handle().clone(), units),
+                BufferArg::from_raw_parts(out.handle().clone(), xs.len()),
+                slot,
+            )
+        });
+    }
     Ok(out)
 }
 
@@ -173,6 +189,20 @@ mod tests {
             let ss = super::sum_sq(&x).unwrap();
             prop_assert_eq!(ss.dtype(), DType::F32);
             assert_close("sum_sq", &ss.to_f32_vec().unwrap(), &[reference::sum_sq(&xh)], Tol::F32);
+        }
+
+        #[test]
+        fn sum_sq_each_is_each_tensors_sum_sq(sizes in proptest::collection::vec(1usize..5000, 1..7), seed in any::<u64>(), dt in dtype_strategy()) {
+            let dev = device();
+            let xs: Vec<_> = sizes.iter().enumerate().map(|(i, &n)| random_tensor(&dev, &[n], dt, seed ^ i as u64, 2.0)).collect();
+            let refs: Vec<&_> = xs.iter().collect();
+            let each = super::sum_sq_each(&refs).unwrap();
+            prop_assert_eq!(each.shape(), &[xs.len()][..]);
+            // The same sums bit for bit as one tensor at a time.
+            let one_by_one: Vec<f32> = xs.iter().map(|x| super::sum_sq(x).unwrap().to_f32_vec().unwrap()[0]).collect();
+            prop_assert_eq!(each.to_f32_vec().unwrap(), one_by_one.clone());
+            let want: Vec<f32> = xs.iter().map(|x| reference::sum_sq(&x.to_f32_vec().unwrap())).collect();
+            assert_close("sum_sq_each", &one_by_one, &want, Tol::F32);
         }
     }
 
