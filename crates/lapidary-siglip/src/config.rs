@@ -8,62 +8,43 @@ use std::path::Path;
 
 /// The SigLIP vision tower's configuration (HF `SiglipVisionConfig` field names).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct SiglipVisionConfig {
     /// Width of the encoder.
-    #[serde(default = "d_hidden")]
     pub hidden_size: usize,
     /// Width of the MLP.
-    #[serde(default = "d_intermediate")]
     pub intermediate_size: usize,
     /// Encoder layers.
-    #[serde(default = "d_layers")]
     pub num_hidden_layers: usize,
     /// Attention heads.
-    #[serde(default = "d_heads")]
     pub num_attention_heads: usize,
     /// Image channels.
-    #[serde(default = "d_channels")]
     pub num_channels: usize,
     /// Input side in pixels.
-    #[serde(default = "d_image")]
     pub image_size: usize,
     /// Patch side in pixels.
-    #[serde(default = "d_patch")]
     pub patch_size: usize,
     /// LayerNorm epsilon.
-    #[serde(default = "d_eps")]
     pub layer_norm_eps: f64,
     /// Activation (only `gelu_pytorch_tanh` is supported).
-    #[serde(default = "d_act")]
     pub hidden_act: String,
 }
 
-fn d_hidden() -> usize {
-    768
-}
-fn d_intermediate() -> usize {
-    3072
-}
-fn d_layers() -> usize {
-    12
-}
-fn d_heads() -> usize {
-    12
-}
-fn d_channels() -> usize {
-    3
-}
-fn d_image() -> usize {
-    224
-}
-fn d_patch() -> usize {
-    16
-}
-fn d_eps() -> f64 {
-    1e-6
-}
-fn d_act() -> String {
-    "gelu_pytorch_tanh".into()
+impl Default for SiglipVisionConfig {
+    /// HF's defaults (SigLIP base, 224 px, patches of 16), used for fields a file leaves out.
+    fn default() -> Self {
+        SiglipVisionConfig {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 16,
+            layer_norm_eps: 1e-6,
+            hidden_act: "gelu_pytorch_tanh".into(),
+        }
+    }
 }
 
 impl SiglipVisionConfig {
@@ -100,13 +81,13 @@ impl SiglipVisionConfig {
                 self.hidden_act
             )));
         }
-        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             return Err(Error::invalid(format!(
                 "vision config: image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size
             )));
         }
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::invalid(format!(
                 "vision config: hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
