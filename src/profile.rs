@@ -1,5 +1,5 @@
 //! Per-kernel time of a pass, from CubeCL's launch observer: every kernel launched while a
-//! [`KernelProfiler`] is recording is timed on its own (the runtime waits for each one, so the
+//! [`profile`] call is recording is timed on its own (the runtime waits for each one, so the
 //! pass runs slower than unprofiled and the sum is each kernel's own cost), and the rest of the
 //! pass's wall time is host work between launches. Not a sampling profiler: time spent on the
 //! host is one figure, not broken down.

@@ -2,7 +2,7 @@
 //! backward, written once and run by CubeCL's CPU runtime or compiled to CUDA.
 //!
 //! Each op family is a module with one public entry function per op. An entry function checks
-//! shapes and dtypes and returns a clear [`Error`](lapidary_core::Error), picks launch sizes for
+//! shapes and dtypes and returns a clear [`Error`], picks launch sizes for
 //! the device, then launches. Beside each kernel lives a plain host reference (`reference`
 //! modules, f64 where it matters) that the tests compare against on random shapes.
 //! Storage may be f32, bf16 or f16; arithmetic is always f32.

@@ -1,6 +1,6 @@
 //! GGUF files (llama.cpp's format): memory-mapped, header, metadata (`general.*`, `gemma3.*`,
 //! `tokenizer.ggml.*`) and tensor directory parsed once; tensors dequantized to f32 on request
-//! (see [`dequant`]); files written by [`write`]. Shapes are returned row-major (GGUF lists
+//! (see [`dequant`]); files written by [`mod@write`]. Shapes are returned row-major (GGUF lists
 //! dimensions innermost first).
 //! Errors name the file and what was malformed. Not the mapping of names to a model.
 

@@ -1,7 +1,7 @@
 //! Frozen base weights stored compactly and expanded to f32 for the matmul: bf16 (2 bytes a
 //! value) or NF4 (QLoRA: 4 bits a value + one absmax per 64 values, optionally the absmax
 //! double-quantized to 8 bits). [`PackedMatrix::to_f32`] expands on the device with a kernel, per
-//! use; the packed form is what stays in memory. Host references in [`reference`]. Not
+//! use; the packed form is what stays in memory. Host references in [`mod@reference`]. Not
 //! trainable storage (gradients never flow into a packed weight).
 
 pub mod reference;
