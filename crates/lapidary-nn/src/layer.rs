@@ -22,13 +22,7 @@ pub trait Layer: Clone + 'static {
 
     /// Every parameter with its name within the layer, in the walk's order.
     fn params(&self) -> Vec<(String, Var)> {
-        let mut out = Vec::new();
-        self.map_params(&mut |name, v| {
-            out.push((name.to_string(), v.clone()));
-            Ok(v.clone())
-        })
-        .expect("a walk that returns each variable unchanged cannot fail");
-        out
+        visited(|f| self.map_params(f))
     }
 
     /// The same layer computing with `by_name[name]` in place of each of its parameters; an
@@ -38,6 +32,19 @@ pub trait Layer: Clone + 'static {
             by_name.get(name).cloned().ok_or_else(|| Error::invalid(format!("rebind: no variable given for {name}")))
         })
     }
+}
+
+/// Every parameter `walk` visits, with its name, in order; the walk is given a function that
+/// returns each variable unchanged (so it cannot fail). [`Layer::params`] and
+/// [`crate::Adapter::params`] are this over their `map_params`.
+pub(crate) fn visited<T>(walk: impl FnOnce(&mut ParamFn<'_>) -> Result<T>) -> Vec<(String, Var)> {
+    let mut out = Vec::new();
+    walk(&mut |name, v| {
+        out.push((name.to_string(), v.clone()));
+        Ok(v.clone())
+    })
+    .expect("a walk that returns each variable unchanged cannot fail");
+    out
 }
 
 /// `layer.map_params` with each name prefixed by `prefix.`: a layer walking one of its

@@ -4,7 +4,7 @@
 //! f32 for each matmul.
 
 use crate::Scope;
-use crate::layer::{Layer, ParamFn};
+use crate::layer::{Layer, ParamFn, visited};
 use lapidary_autograd::{Trainable, Var, ops};
 use lapidary_core::{Error, Result};
 use lapidary_kernels::matmul::Layout;
@@ -27,13 +27,7 @@ pub trait Adapter {
     fn map_params(&self, f: &mut ParamFn<'_>) -> Result<Rc<dyn Adapter>>;
     /// The adapter's own parameters (for optimizers and checkpointed segments).
     fn params(&self) -> Vec<Var> {
-        let mut out = Vec::new();
-        self.map_params(&mut |_, v| {
-            out.push(v.clone());
-            Ok(v.clone())
-        })
-        .expect("a walk that returns each variable unchanged cannot fail");
-        out
+        visited(|f| self.map_params(f)).into_iter().map(|(_, v)| v).collect()
     }
     /// The change to the base weight (`[out, in]`) that has the same effect, for merging the
     /// adapter into the base; `None` when the adapter cannot be expressed so.
