@@ -22,6 +22,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod optimizer;
+pub mod plot;
 pub mod schedule;
 pub mod trainer;
 

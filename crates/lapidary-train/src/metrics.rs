@@ -1,7 +1,6 @@
 //! Metrics a person can read and plot: one JSON object a line (`metrics.jsonl`: step, loss, lr,
-//! grad_norm, padding fraction, tokens/s; eval lines with eval_loss), and a loss-curve PNG drawn
-//! here (training loss in blue, held-out loss in red, axes with the step and loss ranges printed
-//! in a small built-in digit font). Not a plotting library.
+//! grad_norm, padding fraction, tokens/s; eval lines with eval_loss), and one run's loss-curve PNG
+//! (training and held-out loss, drawn by [`crate::plot`]). Not a plotting library.
 
 use lapidary_core::{Error, Result};
 use serde_json::Value;
@@ -56,93 +55,27 @@ pub fn truncate_after(path: &Path, step: usize) -> Result<()> {
     lapidary_core::fsio::write_atomic(path, text.as_bytes())
 }
 
-const W: u32 = 800;
-const H: u32 = 480;
-const LEFT: u32 = 70;
-const BOTTOM: u32 = 40;
-const TOP: u32 = 20;
-const RIGHT: u32 = 20;
+/// The (step, value) points of `key` in metrics records (lines without it are skipped).
+pub fn series(records: &[Value], key: &str) -> Vec<(f64, f64)> {
+    records.iter().filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?))).collect()
+}
 
-/// Draws `train` and `eval` (step, loss) series into a PNG.
+/// Draws one run's training and held-out loss into a PNG (see [`crate::plot`]).
 pub fn plot_loss(path: &Path, train: &[(f64, f64)], eval: &[(f64, f64)]) -> Result<()> {
-    let mut img = image::RgbImage::from_pixel(W, H, image::Rgb([255, 255, 255]));
-    let all: Vec<&(f64, f64)> = train.iter().chain(eval).filter(|p| p.1.is_finite()).collect();
-    if !all.is_empty() {
-        let (x0, x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-        let (y0, y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-        let (x1, y1) = (if x1 > x0 { x1 } else { x0 + 1.0 }, if y1 > y0 { y1 } else { y0 + 1.0 });
-        let px = |x: f64| LEFT as f64 + (x - x0) / (x1 - x0) * (W - LEFT - RIGHT) as f64;
-        let py = |y: f64| (H - BOTTOM) as f64 - (y - y0) / (y1 - y0) * (H - BOTTOM - TOP) as f64;
-        let grey = image::Rgb([120, 120, 120]);
-        line(&mut img, LEFT as f64, TOP as f64, LEFT as f64, (H - BOTTOM) as f64, grey);
-        line(&mut img, LEFT as f64, (H - BOTTOM) as f64, (W - RIGHT) as f64, (H - BOTTOM) as f64, grey);
-        text(&mut img, 4, TOP, &format!("{y1:.3}"));
-        text(&mut img, 4, H - BOTTOM - 10, &format!("{y0:.3}"));
-        text(&mut img, LEFT, H - BOTTOM + 10, &format!("{x0:.0}"));
-        text(&mut img, W - RIGHT - 60, H - BOTTOM + 10, &format!("{x1:.0}"));
-        for (series, colour) in [(train, image::Rgb([30, 90, 200])), (eval, image::Rgb([210, 40, 40]))] {
-            let pts: Vec<(f64, f64)> = series.iter().filter(|p| p.1.is_finite()).map(|p| (px(p.0), py(p.1))).collect();
-            for w in pts.windows(2) {
-                line(&mut img, w[0].0, w[0].1, w[1].0, w[1].1, colour);
-            }
-            for p in &pts {
-                for d in -1i32..=1 {
-                    put(&mut img, p.0 as i32 + d, p.1 as i32, colour);
-                    put(&mut img, p.0 as i32, p.1 as i32 + d, colour);
-                }
-            }
-        }
-    }
-    let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| Error::invalid(format!("{}: cannot write the plot: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-fn put(img: &mut image::RgbImage, x: i32, y: i32, c: image::Rgb<u8>) {
-    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
-        img.put_pixel(x as u32, y as u32, c);
-    }
-}
-
-fn line(img: &mut image::RgbImage, x0: f64, y0: f64, x1: f64, y1: f64, c: image::Rgb<u8>) {
-    let n = (x1 - x0).abs().max((y1 - y0).abs()).ceil().max(1.0) as usize;
-    for i in 0..=n {
-        let t = i as f64 / n as f64;
-        put(img, (x0 + t * (x1 - x0)).round() as i32, (y0 + t * (y1 - y0)).round() as i32, c);
-    }
-}
-
-/// 3x5 glyphs for digits, '.', '-' and 'e', scaled 2x.
-fn text(img: &mut image::RgbImage, x: u32, y: u32, s: &str) {
-    const GLYPHS: [(char, [u8; 5]); 13] = [
-        ('0', [7, 5, 5, 5, 7]),
-        ('1', [2, 6, 2, 2, 7]),
-        ('2', [7, 1, 7, 4, 7]),
-        ('3', [7, 1, 7, 1, 7]),
-        ('4', [5, 5, 7, 1, 1]),
-        ('5', [7, 4, 7, 1, 7]),
-        ('6', [7, 4, 7, 5, 7]),
-        ('7', [7, 1, 1, 1, 1]),
-        ('8', [7, 5, 7, 5, 7]),
-        ('9', [7, 5, 7, 1, 7]),
-        ('.', [0, 0, 0, 0, 2]),
-        ('-', [0, 0, 7, 0, 0]),
-        ('e', [0, 7, 7, 4, 7]),
-    ];
-    let black = image::Rgb([0, 0, 0]);
-    for (k, ch) in s.chars().enumerate() {
-        let Some((_, rows)) = GLYPHS.iter().find(|(c, _)| *c == ch) else { continue };
-        for (r, bits) in rows.iter().enumerate() {
-            for col in 0..3 {
-                if bits & (4 >> col) != 0 {
-                    for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-                        put(img, (x + k as u32 * 8 + col * 2 + dx) as i32, (y + r as u32 * 2 + dy) as i32, black);
-                    }
-                }
-            }
-        }
-    }
+    let curve = |label: &str, points: &[(f64, f64)], colour, markers| crate::plot::Curve {
+        label: label.into(),
+        points: points.to_vec(),
+        colour,
+        markers,
+    };
+    crate::plot::loss_curves(
+        path,
+        "Loss",
+        &[
+            curve("training", train, crate::plot::PALETTE[0], false),
+            curve("held-out", eval, crate::plot::PALETTE[1], true),
+        ],
+    )
 }
 
 #[cfg(test)]
@@ -159,13 +92,16 @@ mod tests {
         truncate_after(&path, 3).unwrap();
         let recs = read(&path).unwrap();
         assert_eq!(recs.len(), 3);
-        let pts: Vec<(f64, f64)> =
-            recs.iter().map(|r| (r["step"].as_f64().unwrap(), r["loss"].as_f64().unwrap())).collect();
+        append(&path, &serde_json::json!({"step": 3, "eval_loss": 1.5})).unwrap();
+        let recs = read(&path).unwrap();
+        let pts = series(&recs, "loss");
+        assert_eq!(pts, vec![(1.0, 3.0), (2.0, 1.5), (3.0, 1.0)]);
+        assert_eq!(series(&recs, "eval_loss"), vec![(3.0, 1.5)]);
         let png = dir.path().join("loss.png");
-        plot_loss(&png, &pts, &[(3.0, 1.5)]).unwrap();
+        plot_loss(&png, &pts, &series(&recs, "eval_loss")).unwrap();
         let img = image::open(&png).unwrap().to_rgb8();
-        assert_eq!(img.dimensions(), (W, H));
-        assert!(img.pixels().any(|p| p.0 == [30, 90, 200]) && img.pixels().any(|p| p.0 == [210, 40, 40]));
+        let has = |c: (u8, u8, u8)| img.pixels().any(|p| p.0 == [c.0, c.1, c.2]);
+        assert!(has(crate::plot::PALETTE[0]) && has(crate::plot::PALETTE[1]));
     }
 
     #[test]

@@ -627,10 +627,7 @@ impl Trainer {
         self.save_weights(&staged)?;
         lapidary_core::fsio::replace_dir(&staged, &final_dir)?;
         let recs = metrics::read(&metrics_path)?;
-        let series = |key: &str| -> Vec<(f64, f64)> {
-            recs.iter().filter_map(|r| Some((r["step"].as_f64()?, r[key].as_f64()?))).collect()
-        };
-        let (train_pts, eval_pts) = (series("loss"), series("eval_loss"));
+        let (train_pts, eval_pts) = (metrics::series(&recs, "loss"), metrics::series(&recs, "eval_loss"));
         metrics::plot_loss(&out.join("loss.png"), &train_pts, &eval_pts)?;
         Ok(RunSummary {
             steps: self.state.step,
