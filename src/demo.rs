@@ -1,8 +1,11 @@
-//! The main job the README's first command runs: a vision fine-tune on the CPU. It draws a
-//! dataset of coloured shapes (PNG files + JSONL, through the same pipeline as a user's data),
-//! measures how well the bundled tiny Gemma 3 model (assets/tiny-vlm) captions held-out images,
-//! fine-tunes LoRA on the vision and language towers, and measures again; then the same run with
-//! language layers only, to show what the vision adapters add. Not a benchmark.
+//! The main job the README's first command runs: a vision fine-tune on the CPU. The bundled base
+//! (assets/tiny-vlm-pretrained, made by tools/reference/make_demo_base.py) was pretrained to name
+//! the colour of a shape ("A red shape."); its projector carries what that needs and no more. The
+//! demo draws a dataset of shapes filled with patterns (PNG files + JSONL, through the same
+//! pipeline as a user's data) and teaches a distinction the base was never asked about, the
+//! pattern: "A red shape with vertical stripes." It fine-tunes LoRA on the vision and language
+//! towers, then on the language tower only, and compares held-out caption accuracy (greedy
+//! decoding) and the loss curves of both runs on one plot. Not a benchmark.
 
 use crate::core::rng::SplitMix64;
 use crate::core::{DType, Device, Error, Result, Tensor};
@@ -23,8 +26,8 @@ pub const COLOURS: [(&str, [u8; 3]); 8] = [
     ("white", [245, 245, 245]),
     ("cyan", [40, 220, 220]),
 ];
-/// Shape names.
-pub const SHAPES: [&str; 4] = ["circle", "square", "triangle", "cross"];
+/// Pattern names, in the order `pattern_on` numbers them.
+pub const PATTERNS: [&str; 4] = ["vertical stripes", "horizontal stripes", "diagonal stripes", "checks"];
 const PROMPTS: [&str; 4] =
     ["What is in the image?", "Describe the image.", "What do you see?", "Caption this picture."];
 
@@ -41,35 +44,64 @@ pub struct DemoOptions {
     pub eval_rows: usize,
     /// Also run language-only LoRA for comparison.
     pub compare: bool,
+    /// Seed of the images drawn, the adapters' initialization and the order of the rows.
+    pub seed: u64,
 }
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        DemoOptions { out: PathBuf::from("lapidary-demo"), steps: 150, train_rows: 480, eval_rows: 48, compare: true }
+        DemoOptions {
+            out: PathBuf::from("lapidary-demo"),
+            steps: 300,
+            train_rows: 1000,
+            eval_rows: 100,
+            compare: true,
+            seed: 1,
+        }
     }
 }
 
-/// The bundled tiny model.
+/// The random tiny model (assets/tiny-vlm, made by tools/reference/make_demo.py): the test suite's
+/// model, and the source of the demo's base.
 pub fn bundled_model() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-vlm")
 }
 
-fn draw(colour: [u8; 3], shape: &str, rng: &mut SplitMix64) -> image::RgbImage {
+/// The demo's base: the tiny model pretrained to name colours (assets/tiny-vlm-pretrained).
+pub fn demo_base_model() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/tiny-vlm-pretrained")
+}
+
+/// Whether pixel (x, y) of a shape filled with pattern `p` is drawn in the full colour (the
+/// others get a quarter of it): every pattern covers half the pixels, so the mean colour of a
+/// shape does not tell its pattern.
+pub fn pattern_on(p: usize, x: u32, y: u32) -> bool {
+    match p {
+        0 => x % 2 == 0,
+        1 => y % 2 == 0,
+        2 => (x + y) % 4 < 2,
+        _ => (x + y) % 2 == 0,
+    }
+}
+
+/// A 32x32 image: a dark random background, a circle or a square (random size and place) of
+/// `colour` filled with pattern `p`, noise of -8..7 on every channel.
+fn draw(colour: [u8; 3], p: usize, rng: &mut SplitMix64) -> image::RgbImage {
     let n = 32u32;
     let bg = [rng.next_u64() % 60, rng.next_u64() % 60, rng.next_u64() % 60].map(|v| v as u8);
+    let circle = rng.next_u64() % 2 == 0;
     let r = 7.0 + rng.next_f32() * 5.0;
     let cx = r + rng.next_f32() * (n as f32 - 2.0 * r);
     let cy = r + rng.next_f32() * (n as f32 - 2.0 * r);
     image::RgbImage::from_fn(n, n, |x, y| {
         let (dx, dy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
-        let inside = match shape {
-            "circle" => dx * dx + dy * dy <= r * r,
-            "square" => dx.abs() <= r * 0.8 && dy.abs() <= r * 0.8,
-            "triangle" => dy >= -r && dy <= r * 0.8 && dx.abs() <= (dy + r) * 0.55,
-            _ => (dx.abs() <= r * 0.3 && dy.abs() <= r) || (dy.abs() <= r * 0.3 && dx.abs() <= r),
+        let inside = if circle { dx * dx + dy * dy <= r * r } else { dx.abs() <= r * 0.8 && dy.abs() <= r * 0.8 };
+        let base = match (inside, pattern_on(p, x, y)) {
+            (true, true) => colour,
+            (true, false) => colour.map(|c| c / 4),
+            (false, _) => bg,
         };
         let noise = (rng.next_u64() % 16) as i32 - 8;
-        let base = if inside { colour } else { bg };
         image::Rgb(base.map(|c| (c as i32 + noise).clamp(0, 255) as u8))
     })
 }
@@ -81,16 +113,16 @@ pub struct Item {
     pub image: PathBuf,
     /// Colour word.
     pub colour: &'static str,
-    /// Shape word.
-    pub shape: &'static str,
+    /// Pattern words.
+    pub pattern: &'static str,
     /// The prompt asked.
     pub prompt: &'static str,
 }
 
 impl Item {
-    /// The caption taught: `A red circle.`
+    /// The caption taught: `A red shape with vertical stripes.`
     pub fn caption(&self) -> String {
-        format!("A {} {}.", self.colour, self.shape)
+        format!("A {} shape with {}.", self.colour, self.pattern)
     }
 }
 
@@ -104,13 +136,13 @@ pub fn write_dataset(dir: &Path, name: &str, rows: usize, seed: u64) -> Result<V
     let mut f = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
     for i in 0..rows {
         let (colour, rgb) = COLOURS[(rng.next_u64() % COLOURS.len() as u64) as usize];
-        let shape = SHAPES[(rng.next_u64() % SHAPES.len() as u64) as usize];
+        let p = (rng.next_u64() % PATTERNS.len() as u64) as usize;
         let prompt = PROMPTS[(rng.next_u64() % PROMPTS.len() as u64) as usize];
         let file = images.join(format!("{name}-{i:04}.png"));
-        draw(rgb, shape, &mut rng)
+        draw(rgb, p, &mut rng)
             .save(&file)
             .map_err(|e| Error::invalid(format!("{}: cannot write: {e}", file.display())))?;
-        let item = Item { image: file, colour, shape, prompt };
+        let item = Item { image: file, colour, pattern: PATTERNS[p], prompt };
         let row = serde_json::json!({"messages": [
             {"role": "user", "content": [
                 {"type": "image", "path": format!("images/{name}-{i:04}.png")},
@@ -122,16 +154,37 @@ pub fn write_dataset(dir: &Path, name: &str, rows: usize, seed: u64) -> Result<V
     Ok(items)
 }
 
-/// Caption accuracy of a trained (or untouched) model on `items`: exact captions, right colour
-/// word, right shape word (greedy decoding).
+/// Caption accuracy of a model on held-out items (greedy decoding): exact captions, the right
+/// colour word, the right pattern words.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Accuracy {
     /// Exact caption matches.
     pub exact: f64,
     /// The colour word right.
     pub colour: f64,
-    /// The shape word right.
-    pub shape: f64,
+    /// The pattern words right.
+    pub pattern: f64,
+}
+
+impl std::fmt::Display for Accuracy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exact {:.0}%, colour {:.0}%, pattern {:.0}%",
+            100.0 * self.exact,
+            100.0 * self.colour,
+            100.0 * self.pattern
+        )
+    }
+}
+
+/// The colour word and the pattern words of a caption `A <colour> shape with <pattern>.`
+/// (`None` for a part the text does not have).
+pub fn caption_parts(text: &str) -> (Option<&str>, Option<&str>) {
+    let text = text.trim().trim_end_matches('.');
+    let colour = text.split_whitespace().nth(1);
+    let pattern = text.split_once(" with ").map(|(_, p)| p.trim());
+    (colour, pattern)
 }
 
 /// Captions every item with the trainer's model and scores them; returns the accuracy and one
@@ -139,10 +192,17 @@ pub struct Accuracy {
 pub fn caption_accuracy(trainer: &Trainer, items: &[Item]) -> Result<(Accuracy, String)> {
     let p = trainer.processor();
     let opts =
-        GenerateOptions { max_new_tokens: 10, sampling: Sampling::Greedy, stop: vec![p.tokenizer.end_of_turn_id] };
+        GenerateOptions { max_new_tokens: 24, sampling: Sampling::Greedy, stop: vec![p.tokenizer.end_of_turn_id] };
     let mut acc = Accuracy::default();
     let mut example = String::new();
+    let bar = indicatif::ProgressBar::new(items.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "   captioning held-out images {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("a valid template"),
+    );
     for (k, item) in items.iter().enumerate() {
+        bar.inc(1);
         let conv = Conversation {
             messages: vec![Message {
                 role: "user".into(),
@@ -161,18 +221,19 @@ pub fn caption_accuracy(trainer: &Trainer, items: &[Item]) -> Result<(Accuracy, 
         if k == 0 {
             example = format!("{:?} -> {text:?}", item.caption());
         }
-        let words: Vec<&str> = text.trim_end_matches('.').split_whitespace().collect();
+        let (colour, pattern) = caption_parts(&text);
         acc.exact += f64::from(text == item.caption());
-        acc.colour += f64::from(words.get(1) == Some(&item.colour));
-        acc.shape += f64::from(words.get(2) == Some(&item.shape));
+        acc.colour += f64::from(colour == Some(item.colour));
+        acc.pattern += f64::from(pattern == Some(item.pattern));
     }
+    bar.finish_and_clear();
     let n = items.len().max(1) as f64;
-    Ok((Accuracy { exact: acc.exact / n, colour: acc.colour / n, shape: acc.shape / n }, example))
+    Ok((Accuracy { exact: acc.exact / n, colour: acc.colour / n, pattern: acc.pattern / n }, example))
 }
 
 fn config(opts: &DemoOptions, out: &Path, vision: bool) -> TrainConfig {
     TrainConfig {
-        model: bundled_model(),
+        model: demo_base_model(),
         data: opts.out.join("data/train.jsonl"),
         eval_data: Some(opts.out.join("data/eval.jsonl")),
         output_dir: out.to_path_buf(),
@@ -188,40 +249,45 @@ fn config(opts: &DemoOptions, out: &Path, vision: bool) -> TrainConfig {
         grad_accum_steps: 1,
         max_len: 128,
         gradient_checkpointing: true,
-        seed: 7,
-        eval_every: 20,
+        seed: opts.seed,
+        eval_every: 25,
         // The demo's own directory: a second demo run replaces the first one's results.
         overwrite_output_dir: true,
         ..TrainConfig::default()
     }
 }
 
+/// What one fine-tune gave.
+struct RunOutcome {
+    label: &'static str,
+    dir: PathBuf,
+    adapter: PathBuf,
+    after: Accuracy,
+}
+
 fn one_run(
     opts: &DemoOptions,
-    label: &str,
-    dir: &str,
-    vision: bool,
+    (label, dir, vision): (&'static str, &str, bool),
     items: &[Item],
     device: &Device,
-) -> Result<Accuracy> {
+    before: &mut Option<Accuracy>,
+) -> Result<RunOutcome> {
     let out = opts.out.join(dir);
     let mut trainer = Trainer::new(config(opts, &out, vision), device)?;
     let (tr, ev) = trainer.sizes();
     println!(
         "\n== {label}: LoRA r 16 on {} ({} trainable values), {tr} training rows, {ev} held out, {} steps",
-        if vision { "vision + language towers" } else { "language tower only" },
+        if vision { "the vision and language towers" } else { "the language tower only" },
         trainer.trainable_values(),
         trainer.total_steps()
     );
-    let (before, ex_before) = caption_accuracy(&trainer, items)?;
-    println!(
-        "   before: held-out captions exact {:.0}%, colour {:.0}%, shape {:.0}%   e.g. {ex_before}",
-        100.0 * before.exact,
-        100.0 * before.colour,
-        100.0 * before.shape
-    );
+    if before.is_none() {
+        let (acc, example) = caption_accuracy(&trainer, items)?;
+        println!("   the base, before fine-tuning: held-out captions {acc}   e.g. {example}");
+        *before = Some(acc);
+    }
     let s = trainer.run(true)?;
-    let (after, ex_after) = caption_accuracy(&trainer, items)?;
+    let (after, example) = caption_accuracy(&trainer, items)?;
     println!(
         "   training loss {:.3} -> {:.3}; held-out loss {:.3} -> {:.3}; {:.0} s",
         s.first_loss,
@@ -230,38 +296,102 @@ fn one_run(
         s.eval_after.unwrap_or(f64::NAN),
         s.seconds
     );
-    println!(
-        "   after:  held-out captions exact {:.0}%, colour {:.0}%, shape {:.0}%   e.g. {ex_after}",
-        100.0 * after.exact,
-        100.0 * after.colour,
-        100.0 * after.shape
-    );
-    println!(
-        "   adapter: {}   metrics: {}   plot: {}",
-        s.output.display(),
-        out.join("metrics.jsonl").display(),
-        out.join("loss.png").display()
-    );
-    Ok(after)
+    println!("   after: held-out captions {after}   e.g. {example}");
+    Ok(RunOutcome { label, dir: out, adapter: s.output, after })
+}
+
+/// Both runs' training and held-out loss on one figure.
+fn plot_runs(path: &Path, runs: &[RunOutcome]) -> Result<()> {
+    let mut curves = Vec::new();
+    for (run, colour) in runs.iter().zip(crate::train::plot::PALETTE) {
+        let records = crate::train::metrics::read(&run.dir.join("metrics.jsonl"))?;
+        for (key, what, markers) in [("loss", "training", false), ("eval_loss", "held-out", true)] {
+            curves.push(crate::train::plot::Curve {
+                label: format!("{}: {what}", run.label),
+                points: crate::train::metrics::series(&records, key),
+                colour,
+                markers,
+            });
+        }
+    }
+    crate::train::plot::loss_curves(path, "Fine-tuning the pattern: loss of both runs", &curves)
 }
 
 /// Runs the demo and prints its report.
 pub fn run(device: &Device, opts: &DemoOptions) -> Result<()> {
-    println!("lapidary demo on {device}: captioning coloured shapes with the bundled tiny Gemma 3 model");
+    println!(
+        "lapidary demo on {device}: teaching the bundled tiny Gemma 3 base (pretrained to name colours) to name patterns"
+    );
     let data = opts.out.join("data");
-    write_dataset(&data, "train", opts.train_rows, 1)?;
-    let items = write_dataset(&data, "eval", opts.eval_rows, 2)?;
+    write_dataset(&data, "train", opts.train_rows, opts.seed.wrapping_mul(2))?;
+    let items = write_dataset(&data, "eval", opts.eval_rows, opts.seed.wrapping_mul(2) + 1)?;
     println!("dataset: {} training and {} held-out images in {}", opts.train_rows, opts.eval_rows, data.display());
-    let full = one_run(opts, "vision + language", "vision-language", true, &items, device)?;
+    let mut before = None;
+    let mut runs = vec![one_run(opts, ("vision + language", "vision-language", true), &items, device, &mut before)?];
     if opts.compare {
-        let lang = one_run(opts, "language only", "language-only", false, &items, device)?;
+        runs.push(one_run(opts, ("language only", "language-only", false), &items, device, &mut before)?);
+    }
+    let plot = opts.out.join("loss.png");
+    plot_runs(&plot, &runs)?;
+    println!("\nWhere to look:");
+    for r in &runs {
         println!(
-            "\nWhat the vision adapters add: held-out shape accuracy {:.0}% with them, {:.0}% without; exact captions {:.0}% vs {:.0}%",
-            100.0 * full.shape,
-            100.0 * lang.shape,
-            100.0 * full.exact,
-            100.0 * lang.exact
+            "   {}: adapter {}, metrics {}, plot {}",
+            r.label,
+            r.adapter.display(),
+            r.dir.join("metrics.jsonl").display(),
+            r.dir.join("loss.png").display()
+        );
+    }
+    println!("   both runs' loss: {}", plot.display());
+    println!(
+        "   try it: lapidary generate --model {} --adapter {} --image {} --prompt {:?}",
+        demo_base_model().display(),
+        runs[0].adapter.display(),
+        items[0].image.display(),
+        items[0].prompt
+    );
+    if let [full, lang] = &runs[..] {
+        println!(
+            "\nWhat training the vision tower adds: held-out exact captions {:.0}% with vision + language LoRA, {:.0}% with language-only LoRA (pattern right {:.0}% vs {:.0}%; colour {:.0}% vs {:.0}%)",
+            100.0 * full.after.exact,
+            100.0 * lang.after.exact,
+            100.0 * full.after.pattern,
+            100.0 * lang.after.pattern,
+            100.0 * full.after.colour,
+            100.0 * lang.after.colour
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captions_split_into_colour_and_pattern() {
+        assert_eq!(caption_parts("A red shape with vertical stripes."), (Some("red"), Some("vertical stripes")));
+        assert_eq!(caption_parts(" A cyan shape with checks. "), (Some("cyan"), Some("checks")));
+        assert_eq!(caption_parts("A red shape."), (Some("red"), None));
+        assert_eq!(caption_parts(""), (None, None));
+    }
+
+    #[test]
+    fn every_pattern_covers_half_of_any_even_square_and_no_two_agree() {
+        for p in 0..PATTERNS.len() {
+            let on = (0..4).flat_map(|y| (0..4).map(move |x| (x, y))).filter(|&(x, y)| pattern_on(p, x, y)).count();
+            assert_eq!(on, 8, "{}", PATTERNS[p]);
+            for q in 0..p {
+                assert!(
+                    (0..4)
+                        .flat_map(|y| (0..4).map(move |x| (x, y)))
+                        .any(|(x, y)| pattern_on(p, x, y) != pattern_on(q, x, y)),
+                    "{} and {}",
+                    PATTERNS[p],
+                    PATTERNS[q]
+                );
+            }
+        }
+    }
 }

@@ -31,9 +31,18 @@ enum Command {
         /// Optimizer steps per run.
         #[arg(long, default_value_t = lapidary::demo::DemoOptions::default().steps)]
         steps: usize,
+        /// Training images drawn.
+        #[arg(long, default_value_t = lapidary::demo::DemoOptions::default().train_rows)]
+        train_rows: usize,
+        /// Held-out images drawn (captioned before and after each run).
+        #[arg(long, default_value_t = lapidary::demo::DemoOptions::default().eval_rows)]
+        eval_rows: usize,
         /// Skip the language-only comparison run.
         #[arg(long)]
         no_compare: bool,
+        /// Seed of the images, the adapters' initialization and the row order.
+        #[arg(long, default_value_t = lapidary::demo::DemoOptions::default().seed)]
+        seed: u64,
     },
     /// Fine-tunes a model on a JSONL dataset (LoRA by default). Options come from `--config`
     /// (TOML, keys named like the flags with underscores) and are overridden by flags.
@@ -368,8 +377,9 @@ fn main() -> ExitCode {
             None => Device::from_env()?,
         };
         match cli.command {
-            Command::Demo { out, steps, no_compare } => {
-                let opts = lapidary::demo::DemoOptions { out, steps, compare: !no_compare, ..Default::default() };
+            Command::Demo { out, steps, train_rows, eval_rows, no_compare, seed } => {
+                let opts =
+                    lapidary::demo::DemoOptions { out, steps, train_rows, eval_rows, compare: !no_compare, seed };
                 lapidary::demo::run(&device, &opts)
             }
             Command::Train(args) => lapidary::cli::train(args.config()?, args.resume.clone(), &device),

@@ -3,6 +3,7 @@
 
 mod bench_step;
 mod check_grad;
+mod demo;
 mod export_gguf;
 mod gguf;
 mod hf_fixtures;

@@ -218,7 +218,8 @@ fn workloads(
         list.push((name.to_string(), c, minute));
     }
     let mut demo = Command::new(&lapidary);
-    demo.args(["demo", "--steps", "2", "--no-compare", "--out"]).arg(dir.join("demo"));
+    demo.args(["demo", "--steps", "2", "--train-rows", "16", "--eval-rows", "4", "--no-compare", "--out"])
+        .arg(dir.join("demo"));
     list.push(("demo".to_string(), demo, 3 * minute));
     let mut sample = Command::new(&lapidary);
     sample
