@@ -97,47 +97,42 @@ fn draw(pixels: &mut [u8], title: &str, curves: &[Curve]) -> Drawn {
     builder.caption(title, ("sans-serif", 22)).margin(16).x_label_area_size(44).y_label_area_size(64);
     if log {
         let mut chart = builder.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(text)?;
-        chart
-            .configure_mesh()
-            .x_desc("optimizer step")
-            .y_desc("loss (log scale)")
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| loss_label(*v))
-            .draw()
-            .map_err(text)?;
-        for c in curves {
-            series(&mut chart, c)?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(text)?;
+        axes_and_curves(&mut chart, "loss (log scale)", curves)?;
     } else {
         let mut chart = builder.build_cartesian_2d(x0..x1, y0..y1).map_err(text)?;
-        chart
-            .configure_mesh()
-            .x_desc("optimizer step")
-            .y_desc("loss")
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| loss_label(*v))
-            .draw()
-            .map_err(text)?;
-        for c in curves {
-            series(&mut chart, c)?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()
-            .map_err(text)?;
+        axes_and_curves(&mut chart, "loss", curves)?;
     }
     root.present().map_err(text)?;
     Ok(())
+}
+
+/// The mesh with its labels, the curves, the legend: the same on a linear and a log loss axis.
+fn axes_and_curves<'a, Y>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>,
+    y_desc: &str,
+    curves: &[Curve],
+) -> Drawn
+where
+    Y: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .x_desc("optimizer step")
+        .y_desc(y_desc)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| loss_label(*v))
+        .draw()
+        .map_err(text)?;
+    for c in curves {
+        series(chart, c)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(text)
 }
 
 /// A tick label with as many decimals as its size needs: 8, 2.5, 0.25, 0.031.
