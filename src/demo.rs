@@ -344,8 +344,9 @@ pub fn run(device: &Device, opts: &DemoOptions) -> Result<()> {
         );
     }
     println!("   both runs' loss: {}", plot.display());
+    let exe = std::env::current_exe().map_or_else(|_| "lapidary".to_string(), |p| p.display().to_string());
     println!(
-        "   try it: lapidary generate --model {} --adapter {} --image {} --prompt {:?}",
+        "   try it: {exe} generate --model {} --adapter {} --image {} --prompt {:?}",
         demo_base_model().display(),
         runs[0].adapter.display(),
         items[0].image.display(),
