@@ -29,9 +29,10 @@ pub fn run() -> Result<(), String> {
         return Ok(());
     }
     let qemu = find_or_install_qemu()?;
-    let core = test_binary(&["--package", "lapidary-core", "--lib"], "lapidary_core-")?;
-    let kernels = test_binary(&["--package", "lapidary-kernels", "--lib"], "lapidary_kernels-")?;
-    let integration = test_binary(&["--package", "lapidary", "--test", "integration"], "integration-")?;
+    let built = workspace_test_binaries()?;
+    let core = pick(&built, "lapidary_core-")?;
+    let kernels = pick(&built, "lapidary_kernels-")?;
+    let integration = pick(&built, "integration-")?;
 
     let mut rows = Vec::new();
     for (cpu, what) in CPUS {
@@ -114,24 +115,32 @@ fn run_emulated(
     Ok((out.status.success(), secs, if env.is_empty() { summary } else { text }))
 }
 
-/// Builds one test target and returns its executable (the one whose file name starts `prefix`).
-fn test_binary(select: &[&str], prefix: &str) -> Result<PathBuf, String> {
-    let cargo = crate::cargo_program();
-    let out = Command::new(cargo)
-        .args(["test", "--no-run", "--message-format=json"])
-        .args(select)
+/// The test executables of `cargo test --workspace --all-targets`, the build `cargo xtask test`
+/// has just made: nothing is rebuilt. (Selecting one package instead would resolve its
+/// dependencies' features apart from the workspace's and rebuild them, minutes on 2 cores.)
+fn workspace_test_binaries() -> Result<Vec<PathBuf>, String> {
+    let out = Command::new(crate::cargo_program())
+        .args(["test", "--no-run", "--workspace", "--all-targets", "--message-format=json"])
         .current_dir(crate::workspace_root())
         .output()
         .map_err(|e| format!("could not run cargo: {e}"))?;
     if !out.status.success() {
-        return Err(format!("building {prefix}* failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!("building the workspace's tests failed:\n{}", String::from_utf8_lossy(&out.stderr)));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
+    Ok(stdout
         .lines()
         .filter_map(|l| l.split("\"executable\":\"").nth(1).and_then(|r| r.split('"').next()))
         .map(PathBuf::from)
+        .collect())
+}
+
+/// The executable among `built` whose file name starts with `prefix` (`lapidary_kernels-`).
+fn pick(built: &[PathBuf], prefix: &str) -> Result<PathBuf, String> {
+    built
+        .iter()
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+        .cloned()
         .ok_or_else(|| format!("cargo built no test executable named {prefix}*"))
 }
 

@@ -24,7 +24,11 @@ const ALLOWED_NEEDED: &[&str] =
 /// One CUDA code path: its directory in the archive and the cargo feature selecting it.
 pub const BACKENDS: &[(&str, &str)] = &[("llvm", "cuda"), ("cpp", "cuda-cpp")];
 
-pub fn run(extra: &[String]) -> Result<(), String> {
+/// `--no-archive` (CI): build and check the binaries (glibc their only shared objects), without
+/// staging and compressing the archive, which takes minutes and is only needed to carry it.
+pub const NO_ARCHIVE: &str = "--no-archive";
+
+pub fn run(args: &[String]) -> Result<(), String> {
     let root = crate::workspace_root();
     let out = root.join("target/gpu-bundle");
     let stage = out.join("stage");
@@ -32,6 +36,17 @@ pub fn run(extra: &[String]) -> Result<(), String> {
     if stage.exists() {
         std::fs::remove_dir_all(&stage).map_err(|e| format!("removing {}: {e}", stage.display()))?;
     }
+    let extra: Vec<String> = args.iter().filter(|a| *a != NO_ARCHIVE).cloned().collect();
+    if extra.len() < args.len() {
+        for (dir, feature) in BACKENDS {
+            for (name, exe) in build_backend(feature, &extra)? {
+                check_needed(&exe)?;
+                println!("{dir}/{name}: built, needs only glibc's shared objects");
+            }
+        }
+        return Ok(());
+    }
+    let extra = &extra[..];
     let mut manifest = format!("lapidary {} ({})\n", git(&root, &["describe", "--always", "--dirty"]), date());
     for (dir, feature) in BACKENDS {
         for (name, exe) in build_backend(feature, extra)? {

@@ -36,7 +36,8 @@ tasks:
                `lapidary demo`)
   gpu-bundle   setup, then build the CUDA test, benchmark and lapidary binaries (both CUDA
                code paths, statically linked) into target/gpu-bundle/lapidary-gpu.tar.xz for
-               tools/gpu/run.sh on a GPU machine (extra args go to cargo)
+               tools/gpu/run.sh on a GPU machine (extra args go to cargo; --no-archive
+               builds and checks the binaries without packing them)
   check-grad   setup, then the gradient-flow check: finite differences for every
                differentiable op and the adapter chain with checkpointing off and on,
                printed as one table; fails on any failure
