@@ -85,10 +85,10 @@ pub fn demo_base_model() -> PathBuf {
 /// shape does not tell its pattern.
 pub fn pattern_on(p: usize, x: u32, y: u32) -> bool {
     match p {
-        0 => x % 2 == 0,
-        1 => y % 2 == 0,
+        0 => x.is_multiple_of(2),
+        1 => y.is_multiple_of(2),
         2 => (x + y) % 4 < 2,
-        _ => (x + y) % 2 == 0,
+        _ => (x + y).is_multiple_of(2),
     }
 }
 
@@ -97,7 +97,7 @@ pub fn pattern_on(p: usize, x: u32, y: u32) -> bool {
 fn draw(colour: [u8; 3], p: usize, rng: &mut SplitMix64) -> image::RgbImage {
     let n = 32u32;
     let bg = [rng.next_u64() % 60, rng.next_u64() % 60, rng.next_u64() % 60].map(|v| v as u8);
-    let circle = rng.next_u64() % 2 == 0;
+    let circle = rng.next_u64().is_multiple_of(2);
     let r = 7.0 + rng.next_f32() * 5.0;
     let cx = r + rng.next_f32() * (n as f32 - 2.0 * r);
     let cy = r + rng.next_f32() * (n as f32 - 2.0 * r);

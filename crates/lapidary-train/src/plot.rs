@@ -52,9 +52,12 @@ pub fn loss_curves(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
+/// The step range, the loss range, and whether the loss axis is logarithmic.
+type Ranges = ((f64, f64), (f64, f64), bool);
+
 /// The axes' ranges: steps from the first to the last point, losses padded a little (by a factor
 /// on a log scale). `None` when there is no finite point.
-fn ranges(curves: &[Curve]) -> Option<((f64, f64), (f64, f64), bool)> {
+fn ranges(curves: &[Curve]) -> Option<Ranges> {
     let pts = curves.iter().flat_map(|c| c.points.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts {
