@@ -61,23 +61,15 @@ impl Default for DemoOptions {
     }
 }
 
-/// A path in the repository's `assets/`: under `LAPIDARY_REPO_DIR` when set (a binary run away
-/// from the checkout it was built in, as the GPU bundle's are), else under that checkout.
-fn asset(name: &str) -> PathBuf {
-    let root =
-        std::env::var_os("LAPIDARY_REPO_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
-    root.join("assets").join(name)
-}
-
 /// The random tiny model (assets/tiny-vlm, made by tools/reference/make_demo.py): the test suite's
 /// model, and the source of the demo's base.
 pub fn bundled_model() -> PathBuf {
-    asset("tiny-vlm")
+    crate::repo_path("assets/tiny-vlm")
 }
 
 /// The demo's base: the tiny model pretrained to name colours (assets/tiny-vlm-pretrained).
 pub fn demo_base_model() -> PathBuf {
-    asset("tiny-vlm-pretrained")
+    crate::repo_path("assets/tiny-vlm-pretrained")
 }
 
 /// Whether pixel (x, y) of a shape filled with pattern `p` is drawn in the full colour (the

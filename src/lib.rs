@@ -29,3 +29,12 @@ pub mod eval;
 pub mod export;
 pub mod merge;
 pub mod profile;
+
+/// A path inside this repository (its assets and test fixtures): under `LAPIDARY_REPO_DIR` when
+/// set (a binary run away from the checkout it was built in, as the GPU bundle's are), else under
+/// that checkout. `""` is the root.
+pub fn repo_path(rel: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("LAPIDARY_REPO_DIR")
+        .map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), std::path::PathBuf::from);
+    if rel.is_empty() { root } else { root.join(rel) }
+}

@@ -6,7 +6,7 @@
 use lapidary_core::{Error, Result};
 use plotters::prelude::*;
 use std::path::Path;
-use std::sync::Once;
+use std::sync::OnceLock;
 
 /// DejaVu Sans cut to printable ASCII (its licence: `fonts/LICENSE-DejaVu`).
 const FONT: &[u8] = include_bytes!("../fonts/DejaVuSans-ascii.ttf");
@@ -29,14 +29,12 @@ pub struct Curve {
 /// Colours for runs drawn together (training and held-out curves of one run share one).
 pub const PALETTE: [(u8, u8, u8); 4] = [(31, 100, 200), (230, 120, 20), (40, 160, 60), (150, 60, 180)];
 
+/// Registers the font once per process; an error on every call when it does not parse.
 fn register_font() -> Result<()> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| {
-        result = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
-            .map_err(|_| Error::invalid("the plot font compiled into lapidary-train does not parse".to_string()));
-    });
-    result
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let parsed =
+        *REGISTERED.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
+    if parsed { Ok(()) } else { Err(Error::invalid("the plot font compiled into lapidary-train does not parse")) }
 }
 
 /// Draws `curves` under `title` into the PNG at `path` (written to a temporary file and renamed).
@@ -46,10 +44,10 @@ pub fn loss_curves(path: &Path, title: &str, curves: &[Curve]) -> Result<()> {
     draw(&mut pixels, title, curves)
         .map_err(|e| Error::invalid(format!("{}: cannot draw the plot: {e}", path.display())))?;
     let img = image::RgbImage::from_raw(WIDTH, HEIGHT, pixels).expect("the buffer has WIDTH x HEIGHT pixels");
-    let tmp = path.with_extension("png.tmp");
-    img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| Error::invalid(format!("{}: cannot write the plot: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| Error::invalid(format!("{}: cannot encode the plot: {e}", path.display())))?;
+    lapidary_core::fsio::write_atomic(path, png.get_ref())
 }
 
 /// The step range, the loss range, and whether the loss axis is logarithmic.
@@ -185,7 +183,8 @@ mod tests {
         let dark = img.pixels().filter(|p| p.0.iter().all(|&c| c < 80)).count();
         assert!(coloured > 200, "curve pixels: {coloured}");
         assert!(dark > 500, "text and axes pixels: {dark}");
-        assert!(!dir.path().join("loss.png.tmp").exists());
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(files, ["loss.png"], "no temporary file is left");
     }
 
     #[test]
