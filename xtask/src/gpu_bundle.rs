@@ -109,28 +109,33 @@ pub fn build_backend(feature: &str, extra: &[String]) -> Result<Vec<(&'static st
     let static_dir = out.join("static-libs");
     lay_static_libs(&static_dir)?;
     let rustflags = format!("-L native={} -C link-arg=-static-libgcc", static_dir.display());
-    let builds: [(&str, Vec<&str>); 3] = [
-        ("kernel-tests", vec!["test", "--no-run", "--package", "lapidary-kernels", "--lib"]),
-        ("model-tests", vec!["test", "--no-run", "--package", "lapidary", "--test", "integration"]),
-        ("bench-kernels+lapidary", vec!["build", "--package", "lapidary", "--bench", "kernels", "--bin", "lapidary"]),
+    // One cargo invocation for all of them: cargo resolves features once, so CubeCL and LLVM's
+    // bindings compile once. Built separately, `--package lapidary-kernels` alone unifies
+    // features differently from the root package and compiles them all a second time.
+    let mut args = vec![
+        "test", "--no-run", "--package", "lapidary-kernels", "--package", "lapidary", "--lib", "--test", "integration",
+        "--bench", "kernels", "--profile", "gpu-bundle", "--features", feature, "--message-format=json-render-diagnostics",
     ];
+    args.extend(extra.iter().map(String::as_str));
+    eprintln!("gpu-bundle: {feature}: building the kernel tests, the model tests, the kernel benchmarks and lapidary");
     let mut found: Vec<(&'static str, PathBuf)> = Vec::new();
-    for (what, mut args) in builds {
-        args.extend(["--profile", "gpu-bundle", "--features", feature, "--message-format=json-render-diagnostics"]);
-        args.extend(extra.iter().map(String::as_str));
-        eprintln!("gpu-bundle: {feature}: building {what}");
-        for (target, exe) in cargo_executables(&root, &build_dir, &rustflags, &args)? {
-            let name = match target.as_str() {
-                "lapidary_kernels" => "kernel-tests",
-                "integration" => "model-tests",
-                "kernels" => "bench-kernels",
-                "lapidary" => "lapidary",
-                _ => continue,
-            };
-            // The model tests' build also links the `lapidary` binary: the first one found is kept.
-            if !found.iter().any(|(n, _)| *n == name) {
-                found.push((name, exe));
-            }
+    for artifact in cargo_executables(&root, &build_dir, &rustflags, &args)? {
+        let name = match (artifact.target.as_str(), artifact.kind.as_str()) {
+            ("lapidary_kernels", "lib") => "kernel-tests",
+            ("integration", "test") => "model-tests",
+            ("kernels", "bench") => "bench-kernels",
+            // The model tests need the binary, so cargo links it; the root library's own unit
+            // tests (also named `lapidary`) are not bundled.
+            ("lapidary", "bin") => "lapidary",
+            _ => continue,
+        };
+        if !found.iter().any(|(n, _)| *n == name) {
+            found.push((name, artifact.exe));
+        }
+    }
+    for wanted in ["kernel-tests", "model-tests", "bench-kernels", "lapidary"] {
+        if !found.iter().any(|(n, _)| *n == wanted) {
+            return Err(format!("the {feature} build produced no {wanted} executable"));
         }
     }
     Ok(found)
@@ -173,13 +178,16 @@ fn system_lib(name: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{name} not found (Debian: zlib1g-dev, libzstd-dev; `cargo xtask setup` installs them)"))
 }
 
-/// Runs cargo and returns (target name, executable) for every executable it produced.
-fn cargo_executables(
-    root: &Path,
-    target_dir: &Path,
-    rustflags: &str,
-    args: &[&str],
-) -> Result<Vec<(String, PathBuf)>, String> {
+/// An executable cargo produced: its target's name (`-` as `_`), the target's first kind
+/// (`lib`, `bin`, `test`, `bench`) and its path.
+struct Artifact {
+    target: String,
+    kind: String,
+    exe: PathBuf,
+}
+
+/// Runs cargo and returns every executable it produced.
+fn cargo_executables(root: &Path, target_dir: &Path, rustflags: &str, args: &[&str]) -> Result<Vec<Artifact>, String> {
     let cargo = crate::cargo_program();
     let out = Command::new(cargo)
         .args(args)
@@ -196,9 +204,10 @@ fn cargo_executables(
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
         if msg["reason"] == "compiler-artifact"
-            && let (Some(exe), Some(name)) = (msg["executable"].as_str(), msg["target"]["name"].as_str())
+            && let (Some(exe), Some(name), Some(kind)) =
+                (msg["executable"].as_str(), msg["target"]["name"].as_str(), msg["target"]["kind"][0].as_str())
         {
-            exes.push((name.replace('-', "_"), PathBuf::from(exe)));
+            exes.push(Artifact { target: name.replace('-', "_"), kind: kind.to_string(), exe: PathBuf::from(exe) });
         }
     }
     Ok(exes)
