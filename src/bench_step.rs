@@ -10,6 +10,7 @@ use crate::autograd::BackwardOptions;
 use crate::core::rng::SplitMix64;
 use crate::core::{Device, Error, Result};
 use crate::gemma3::{ForwardOptions, Gemma3ForConditionalGeneration, OpenOptions};
+use crate::kernels::optim::{GUARD_COEF, GUARD_LOSS, GUARD_NORM};
 use crate::kernels::quant::PackFormat;
 use crate::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora};
 use crate::profile::{PassProfile, profile};
@@ -157,14 +158,20 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
             ..Default::default()
         };
         let loss = model.loss(&batch, &pass)?;
-        let (store, _) = tape.backward_with(&loss, &opts_bw)?;
+        let store = tape.backward_unread(&loss, &opts_bw)?;
         let grads: Vec<_> = opt.params().iter().map(|(_, p)| store.get(p).cloned()).collect();
         drop(store);
-        opt.step(&grads, 1e-4)?;
+        // As the trainer steps, without clipping (as the PyTorch peer); its one read per step.
+        let guard = opt.step(&grads, 1e-4, 0.0, loss.value())?.to_f32_vec()?;
         drop(grads);
-        let value = loss.value().to_f32_vec()?[0];
+        if guard[GUARD_COEF].is_nan() || guard[GUARD_COEF] <= 0.0 {
+            return Err(Error::invalid(format!(
+                "bench-step: the loss ({}) or the gradient norm ({}) is not finite",
+                guard[GUARD_LOSS], guard[GUARD_NORM]
+            )));
+        }
         device.sync()?;
-        Ok(value)
+        Ok(guard[GUARD_LOSS])
     };
     for i in 0..opts.warmup + opts.steps {
         let t0 = Instant::now();

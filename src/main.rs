@@ -293,6 +293,10 @@ struct TrainArgs {
     /// Seed of initialization, shuffling and the held-out split.
     #[arg(long)]
     seed: Option<u64>,
+    /// Metrics every N steps; the steps between read nothing back from the device (their
+    /// figures and checks are read at once on the logged step).
+    #[arg(long)]
+    log_every: Option<usize>,
     /// Held-out loss every N steps (0: at the end).
     #[arg(long)]
     eval_every: Option<usize>,
@@ -332,7 +336,7 @@ impl TrainArgs {
         set!(finetune_language_layers, finetune_attention_modules, finetune_mlp_modules, train_projector);
         set!(learning_rate, weight_decay, warmup_steps, max_steps, num_epochs, micro_batch_size, grad_accum_steps);
         set!(max_grad_norm, max_len, responses_only, skip_bad_rows, gradient_checkpointing, seed, eval_every);
-        set!(save_every, overwrite_output_dir, packing, method, base_format, lr_scheduler);
+        set!(save_every, log_every, overwrite_output_dir, packing, method, base_format, lr_scheduler);
         if self.eval_data.is_some() {
             c.eval_data = self.eval_data.clone();
         }

@@ -73,25 +73,56 @@ fn gradient_accumulation_equals_one_big_batch() {
     }
 }
 
-/// A step reads from the device a fixed number of times (per micro-batch: its loss, the
-/// cross-entropy's upstream scale, the gradient report; then the clipping norm), however many
-/// tensors it trains: each read waits for the device, so one per tensor would stall a GPU
-/// hundreds of times a step.
+/// A step reads nothing back from the device, however many tensors it trains: its loss,
+/// gradient norm and checks wait there, and one read brings those of every step since the last
+/// read. Each read waits for the device; a few a step (or one per tensor) stall a GPU.
 #[test]
-fn a_step_reads_from_the_device_a_few_times_whatever_the_tensor_count() {
+fn steps_read_nothing_until_their_figures_are_read_at_once() {
     let dir = dataset(8);
     let dev = Device::from_env_or_cpu().unwrap();
     let cfg = TrainConfig { target_modules: Some(vec!["all-linear".into()]), ..config(dir.path()) };
-    let accum = cfg.grad_accum_steps as u64;
+    let mut one_by_one = Trainer::new(cfg.clone(), &dev).unwrap();
+    let want: Vec<_> = (0..4).map(|_| one_by_one.step().unwrap()).collect();
     let mut trainer = Trainer::new(cfg, &dev).unwrap();
-    let tensors = trainer.trainable_names().len() as u64;
+    let tensors = trainer.trainable_names().len();
     trainer.step().unwrap();
     let before = lapidary::core::host_reads();
-    trainer.step().unwrap();
+    for _ in 0..3 {
+        trainer.step_unread().unwrap();
+    }
+    let unread = lapidary::core::host_reads() - before;
+    let got = trainer.read_steps().unwrap();
     let reads = lapidary::core::host_reads() - before;
-    println!("one step of {accum} micro-batches, {tensors} trainable tensors: {reads} reads from the device");
-    assert!(tensors > 3 * accum + 1, "the check needs more tensors than its bound ({tensors})");
-    assert!(reads <= 3 * accum + 1, "{reads} reads in a step of {accum} micro-batches");
+    println!("3 steps of 2 micro-batches, {tensors} trainable tensors: {unread} reads, then {reads} for their figures");
+    assert!(tensors > 10, "the check needs many tensors ({tensors})");
+    assert_eq!((unread, reads), (0, 1), "reads from the device: while stepping, then for the figures");
+    // The same figures as steps read one at a time, clipping included.
+    assert_eq!(got, want[1..], "figures of steps read together");
+    assert!(got.iter().all(|s| s.loss.is_finite() && s.grad_norm > 0.0), "{got:?}");
+    assert!(trainer.read_steps().unwrap().is_empty());
+}
+
+/// A non-finite loss found when the figures are read, steps after it: that step and the later
+/// ones changed nothing, the error names the step, and the trainer refuses to go on.
+#[test]
+fn a_non_finite_step_read_late_leaves_the_weights_as_they_were() {
+    let dir = dataset(8);
+    let dev = Device::from_env_or_cpu().unwrap();
+    let model = model_with_nan(dir.path(), &bundled_model(), "language_model.model.layers.0.mlp.down_proj.weight");
+    let mut trainer = Trainer::new(TrainConfig { model, ..config(dir.path()) }, &dev).unwrap();
+    let weights = |t: &Trainer| -> Vec<Vec<f32>> {
+        t.tape().trainable_params().iter().map(|(_, v)| v.value().to_f32_vec().unwrap()).collect()
+    };
+    let before = weights(&trainer);
+    for _ in 0..3 {
+        trainer.step_unread().unwrap();
+    }
+    let err = trainer.read_steps().unwrap_err().to_string();
+    assert!(err.contains("step 1:") && err.contains("the loss is NaN"), "{err}");
+    assert_eq!(weights(&trainer), before, "a skipped step changed the weights");
+    let again = trainer.step_unread().unwrap_err().to_string();
+    assert_eq!(again, err, "a trainer goes on after a non-finite step");
+    assert!(trainer.save_checkpoint().is_err());
 }
 
 #[test]

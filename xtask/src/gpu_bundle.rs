@@ -113,8 +113,22 @@ pub fn build_backend(feature: &str, extra: &[String]) -> Result<Vec<(&'static st
     // bindings compile once. Built separately, `--package lapidary-kernels` alone unifies
     // features differently from the root package and compiles them all a second time.
     let mut args = vec![
-        "test", "--no-run", "--package", "lapidary-kernels", "--package", "lapidary", "--lib", "--test", "integration",
-        "--bench", "kernels", "--profile", "gpu-bundle", "--features", feature, "--message-format=json-render-diagnostics",
+        "test",
+        "--no-run",
+        "--package",
+        "lapidary-kernels",
+        "--package",
+        "lapidary",
+        "--lib",
+        "--test",
+        "integration",
+        "--bench",
+        "kernels",
+        "--profile",
+        "gpu-bundle",
+        "--features",
+        feature,
+        "--message-format=json-render-diagnostics",
     ];
     args.extend(extra.iter().map(String::as_str));
     eprintln!("gpu-bundle: {feature}: building the kernel tests, the model tests, the kernel benchmarks and lapidary");

@@ -112,37 +112,47 @@ impl Tape {
         self.backward_with(loss, &BackwardOptions::default())
     }
 
-    /// [`Tape::backward`] with options.
+    /// [`Tape::backward`] with options. Reads every trainable gradient's sum of squares back
+    /// from the device, in one buffer.
     pub fn backward_with(&self, loss: &Var, opts: &BackwardOptions) -> Result<(GradStore, GradReport)> {
+        let store = self.backward_unread(loss, opts)?;
+        let report = self.report(&store)?;
+        let non_finite: Vec<String> = report
+            .rows
+            .iter()
+            .filter(|r| r.has_grad && !r.finite)
+            .map(|r| format!("{} (non-finite gradient)", r.name))
+            .collect();
+        if !non_finite.is_empty() {
+            return Err(flow_error(&non_finite, &[]));
+        }
+        Ok((store, report))
+    }
+
+    /// Backward from a scalar loss with the half of [`Tape::backward_with`]'s check that needs
+    /// nothing from the device: every trainable leaf (but those in `allow_missing`) got a
+    /// gradient, and no frozen one did. Reads nothing back, so a GPU is never waited for;
+    /// whether the gradients are finite is the caller's to check later (the trainer reads every
+    /// gradient's sum of squares with the step's other figures, once per logged step).
+    pub fn backward_unread(&self, loss: &Var, opts: &BackwardOptions) -> Result<GradStore> {
         if loss.value().numel() != 1 {
             return Err(Error::shape("backward: loss", "a single value", loss.shape()));
         }
         let seed = gather::fill(loss.value().device(), loss.shape(), 1.0, loss.value().dtype())?;
         let store = self.backward_seeded(&[(loss.clone(), seed)])?;
-        let report = self.report(&store)?;
-        let missing: Vec<String> = report
-            .failures()
-            .into_iter()
-            .filter(|r| r.has_grad || !opts.allow_missing.contains(&r.name))
-            .map(|r| {
-                if r.has_grad {
-                    format!("{} (non-finite gradient)", r.name)
-                } else {
-                    format!("{} (no gradient)", r.name)
-                }
-            })
-            .collect();
-        if !missing.is_empty() || !report.frozen_touched.is_empty() {
-            let mut msg = String::from("gradient flow check failed:");
-            for m in &missing {
-                msg.push_str(&format!("\n  trainable {m}"));
+        let (mut missing, mut frozen_touched) = (Vec::new(), Vec::new());
+        for leaf in &self.inner.borrow().leaves {
+            let has_grad = store.grads.contains_key(&leaf.id);
+            if leaf.trainable && !has_grad && !opts.allow_missing.contains(&leaf.name) {
+                missing.push(format!("{} (no gradient)", leaf.name));
+            } else if !leaf.trainable && has_grad {
+                frozen_touched.push(leaf.name.clone());
             }
-            for n in &report.frozen_touched {
-                msg.push_str(&format!("\n  frozen {n} received a gradient"));
-            }
-            return Err(Error::Invalid(msg));
         }
-        Ok((store, report))
+        if !missing.is_empty() || !frozen_touched.is_empty() {
+            return Err(flow_error(&missing, &frozen_touched));
+        }
+        Ok(store)
     }
 
     /// Backward from several outputs with given upstream gradients; returns the gradients of
@@ -201,6 +211,19 @@ impl Tape {
         }
         Ok(report)
     }
+}
+
+/// The gradient-flow check's error: trainable leaves (with what is wrong) and frozen leaves
+/// that got a gradient.
+fn flow_error(trainable: &[String], frozen_touched: &[String]) -> Error {
+    let mut msg = String::from("gradient flow check failed:");
+    for m in trainable {
+        msg.push_str(&format!("\n  trainable {m}"));
+    }
+    for n in frozen_touched {
+        msg.push_str(&format!("\n  frozen {n} received a gradient"));
+    }
+    Error::Invalid(msg)
 }
 
 fn accumulate(grads: &mut HashMap<VarId, Tensor>, id: VarId, g: Tensor) -> Result<()> {

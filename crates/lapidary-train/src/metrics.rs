@@ -1,5 +1,5 @@
 //! Metrics a person can read and plot: one JSON object a line (`metrics.jsonl`: step, loss, lr,
-//! grad_norm, padding fraction, tokens/s; eval lines with eval_loss), and one run's loss-curve PNG
+//! grad_norm, padding fraction, tokens/s since the figures were last read; eval lines with eval_loss), and one run's loss-curve PNG
 //! (training and held-out loss, drawn by [`crate::plot`]). Not a plotting library.
 
 use lapidary_core::{Error, Result};

@@ -1,9 +1,10 @@
-//! AdamW over named parameters with f32 moments, global gradient-norm clipping, and the
-//! optimizer state as named tensors (for checkpoints). Not the learning-rate schedule.
+//! AdamW over named parameters with f32 moments, global gradient-norm clipping and a guard
+//! against non-finite steps — all on the device, with nothing read back — and the optimizer
+//! state as named tensors (for checkpoints). Not the learning-rate schedule.
 
 use lapidary_autograd::Var;
 use lapidary_core::{DType, Error, Result, Tensor};
-use lapidary_kernels::{elementwise, gather, optim, reduce};
+use lapidary_kernels::{gather, optim, reduce};
 
 /// AdamW hyper-parameters that do not change per step.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -33,6 +34,9 @@ pub struct AdamW {
     cfg: AdamWConfig,
     /// Optimizer steps taken (bias correction uses it).
     pub steps: u64,
+    /// Set on the device by the first step whose loss or gradient norm is not finite; from
+    /// then on no step changes anything (see [`optim::step_guard`]).
+    halted: Tensor,
 }
 
 impl AdamW {
@@ -44,7 +48,11 @@ impl AdamW {
             m.push(Tensor::zeros(p.value().device(), p.shape(), DType::F32)?);
             v.push(Tensor::zeros(p.value().device(), p.shape(), DType::F32)?);
         }
-        Ok(AdamW { params, m, v, cfg, steps: 0 })
+        let Some((_, first)) = params.first() else {
+            return Err(Error::invalid("AdamW: no parameter to optimize"));
+        };
+        let halted = Tensor::zeros(first.value().device(), &[1], DType::F32)?;
+        Ok(AdamW { params, m, v, cfg, steps: 0, halted })
     }
 
     /// The parameters, named, in order.
@@ -53,8 +61,16 @@ impl AdamW {
     }
 
     /// One step with `grads[i]` for `params[i]` (`None`: the parameter got no gradient in this
-    /// step and is left as it is, as torch does).
-    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f32) -> Result<()> {
+    /// step and is left as it is, as torch does) and the step's `loss` (f32 `[1]`), without
+    /// reading anything back: the global gradient norm, the clipping factor `min(1, max_norm /
+    /// (norm + 1e-6))` (torch's `clip_grad_norm_`; `max_norm` 0: none) and the verdict on a
+    /// non-finite loss or norm are computed on the device, and the update uses them there. A
+    /// step with a non-finite loss or norm changes nothing, and neither does any later one.
+    ///
+    /// Returns the step guard's buffer (layout: [`optim::GUARD_COEF`] and the next constants;
+    /// the sums of squares are those of the present gradients, in order), for the caller to
+    /// read when it logs, together with other steps'.
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f32, max_norm: f32, loss: &Tensor) -> Result<Tensor> {
         if grads.len() != self.params.len() {
             return Err(Error::invalid(format!(
                 "AdamW: {} gradients for {} parameters",
@@ -62,6 +78,11 @@ impl AdamW {
                 self.params.len()
             )));
         }
+        let present: Vec<&Tensor> = grads.iter().flatten().collect();
+        if present.is_empty() {
+            return Err(Error::invalid("AdamW: a step without any gradient"));
+        }
+        let guard = optim::step_guard(&reduce::sum_sq_each(&present)?, loss, &self.halted, max_norm)?;
         self.steps += 1;
         for (i, g) in grads.iter().enumerate() {
             let Some(g) = g else { continue };
@@ -75,9 +96,9 @@ impl AdamW {
                 weight_decay: decay,
                 step: self.steps,
             };
-            optim::adamw_step(p.value(), g, &self.m[i], &self.v[i], h)?;
+            optim::adamw_step_scaled(p.value(), g, &self.m[i], &self.v[i], h, &guard)?;
         }
-        Ok(())
+        Ok(guard)
     }
 
     /// The moments as `exp_avg.<name>` / `exp_avg_sq.<name>` tensors.
@@ -99,28 +120,4 @@ impl AdamW {
         self.steps = steps;
         Ok(())
     }
-}
-
-/// The global L2 norm of `grads`; when `max_norm > 0`, scales them by
-/// `min(1, max_norm / (norm + 1e-6))` (torch's clip_grad_norm_). Returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f32) -> Result<f32> {
-    // Every gradient's sum of squares in one buffer, read back once; summed in order.
-    let present: Vec<&Tensor> = grads.iter().flatten().collect();
-    let sums = if present.is_empty() { Vec::new() } else { reduce::sum_sq_each(&present)?.to_f32_vec()? };
-    let total: f64 = sums.iter().map(|&s| s as f64).sum();
-    let norm = total.sqrt() as f32;
-    if !norm.is_finite() {
-        return Err(Error::invalid(format!(
-            "the gradient norm is {norm}: training diverged (lower the learning rate)"
-        )));
-    }
-    if max_norm > 0.0 {
-        let coef = (max_norm / (norm + 1e-6)).min(1.0);
-        if coef < 1.0 {
-            for g in grads.iter_mut().flatten() {
-                *g = elementwise::scale(g, coef)?;
-            }
-        }
-    }
-    Ok(norm)
 }

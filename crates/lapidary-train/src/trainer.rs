@@ -1,18 +1,21 @@
 //! The training loop: loads the model and data, attaches LoRA (or trains every weight), and
 //! runs optimizer steps of `grad_accum_steps` micro-batches whose summed loss is normalized by
 //! their total label count; clips, steps AdamW, follows the schedule, evaluates held-out loss,
-//! saves checkpoints, resumes exactly, reports progress and metrics. Not data encoding (see
+//! saves checkpoints, resumes exactly, reports progress and metrics. A step reads nothing back
+//! from the device: its loss, gradient norm and the checks on them wait on the device until the
+//! next logged step reads every pending step's figures at once. Not data encoding (see
 //! lapidary-data) nor generation.
 
 use crate::checkpoint::{self, CheckpointMeta, TrainState};
 use crate::config::{Method, TrainConfig};
-use crate::optimizer::{AdamW, AdamWConfig, clip_grad_norm};
+use crate::optimizer::{AdamW, AdamWConfig};
 use crate::{metrics, schedule};
 use lapidary_autograd::{BackwardOptions, Tape, Trainable};
 use lapidary_core::rng::SplitMix64;
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use lapidary_data::{Collated, Dataset, EncodeOptions, Example, OnBadRow, Processor, collate, collate_packed};
 use lapidary_gemma3::{Batch, ForwardOptions, Gemma3ForConditionalGeneration, OpenOptions, Parts};
+use lapidary_kernels::optim::{GUARD_COEF, GUARD_LOSS, GUARD_NORM, GUARD_SUMS};
 use lapidary_kernels::{elementwise, gather};
 use lapidary_lora::{LoraConfig, LoraDropout, LoraInit, LoraTargets, PeftAdapterConfig};
 use lapidary_nn::safetensors::LoadTensor;
@@ -60,8 +63,25 @@ pub struct Trainer {
     adapted_modules: Vec<String>,
     dropout: Option<std::rc::Rc<LoraDropout>>,
     total_steps: usize,
+    /// Steps done on the device whose figures are not read yet.
+    unread: Vec<UnreadStep>,
+    /// The error of a step found not finite: the trainer refuses to go on after it.
+    failed: Option<String>,
     /// Where the run stands.
     pub state: TrainState,
+}
+
+/// A step done on the device, its figures not read yet.
+struct UnreadStep {
+    step: usize,
+    lr: f32,
+    label_tokens: usize,
+    tokens: usize,
+    slots: usize,
+    /// Indices (optimizer order) of the tensors that got a gradient: the guard's sums, in order.
+    present: Vec<usize>,
+    /// The step guard's buffer.
+    guard: Tensor,
 }
 
 /// Converts a collated batch to the model's batch.
@@ -216,6 +236,8 @@ impl Trainer {
             adapted_modules,
             dropout,
             total_steps,
+            unread: Vec::new(),
+            failed: None,
             state: TrainState::default(),
         })
     }
@@ -298,8 +320,8 @@ impl Trainer {
         self.opt.params().iter().map(|(n, _)| n.clone()).filter(|n| lapidary_gemma3::is_vision_side(n)).collect()
     }
 
-    /// One optimizer step over `grad_accum_steps` micro-batches.
-    pub fn step(&mut self) -> Result<StepStats> {
+    /// The next step's micro-batches (`grad_accum_steps` of them) from the data order.
+    fn next_micro_batches(&mut self) -> Result<Vec<Collated>> {
         let mut micro = Vec::with_capacity(self.cfg.grad_accum_steps);
         for _ in 0..self.cfg.grad_accum_steps {
             let rows = self.next_rows(self.cfg.micro_batch_size);
@@ -312,18 +334,36 @@ impl Trainer {
                 collate(&refs, &self.processor)?
             });
         }
-        self.step_on(&micro)
+        Ok(micro)
+    }
+
+    /// One optimizer step over `grad_accum_steps` micro-batches, and its figures (one read from
+    /// the device, together with any step done unread before it).
+    pub fn step(&mut self) -> Result<StepStats> {
+        self.step_unread()?;
+        Ok(self.read_steps()?.pop().expect("the step just done"))
+    }
+
+    /// [`Self::step`] without reading anything back from the device; returns the step's
+    /// number. Its figures come with the next [`Self::read_steps`].
+    pub fn step_unread(&mut self) -> Result<usize> {
+        let micro = self.next_micro_batches()?;
+        self.step_on_unread(&micro)
     }
 
     /// One optimizer step on given micro-batches (their losses are normalized by their total
-    /// label count, so any split of the same rows gives the same step).
+    /// label count, so any split of the same rows gives the same step), and its figures.
     pub fn step_on(&mut self, micro: &[Collated]) -> Result<StepStats> {
-        let (loss, mut grads, label_tokens, tokens) = self.gradients_on(micro)?;
-        let step = self.state.step + 1;
-        let grad_norm = clip_grad_norm(&mut grads, self.cfg.max_grad_norm)?;
-        if !grad_norm.is_finite() {
-            return Err(non_finite(step, "the gradient norm", grad_norm as f64));
+        self.step_on_unread(micro)?;
+        Ok(self.read_steps()?.pop().expect("the step just done"))
+    }
+
+    /// [`Self::step_on`] without reading anything back from the device.
+    pub fn step_on_unread(&mut self, micro: &[Collated]) -> Result<usize> {
+        if let Some(e) = &self.failed {
+            return Err(Error::invalid(e.clone()));
         }
+        let (loss, grads, label_tokens, tokens) = self.gradients_unread(micro)?;
         let lr = schedule::lr_at(
             self.cfg.lr_scheduler,
             self.cfg.learning_rate,
@@ -331,26 +371,96 @@ impl Trainer {
             self.state.step,
             self.total_steps,
         );
-        self.opt.step(&grads, lr)?;
+        let guard = self.opt.step(&grads, lr, self.cfg.max_grad_norm, &loss)?;
         self.state.step += 1;
         self.state.tokens += tokens as u64;
-        let slots = micro.iter().map(|c| c.batch * c.seq).sum();
-        Ok(StepStats { step: self.state.step, loss, lr, grad_norm, label_tokens, tokens, slots })
+        self.unread.push(UnreadStep {
+            step: self.state.step,
+            lr,
+            label_tokens,
+            tokens,
+            slots: micro.iter().map(|c| c.batch * c.seq).sum(),
+            present: (0..grads.len()).filter(|&i| grads[i].is_some()).collect(),
+            guard,
+        });
+        Ok(self.state.step)
+    }
+
+    /// The figures of every step done since the last read, in order, read from the device at
+    /// once. An error naming the step, and the tensor where one is to blame, for the first step
+    /// whose loss or gradient is not finite: on the device that step and every later one
+    /// changed nothing, and this trainer takes no further step.
+    pub fn read_steps(&mut self) -> Result<Vec<StepStats>> {
+        if let Some(e) = &self.failed {
+            return Err(Error::invalid(e.clone()));
+        }
+        let unread = std::mem::take(&mut self.unread);
+        let Some(first) = unread.first() else { return Ok(Vec::new()) };
+        let mut all = first.guard.clone();
+        for u in &unread[1..] {
+            all = gather::concat(&all, &u.guard, 0)?;
+        }
+        let values = all.to_f32_vec()?;
+        let mut at = 0;
+        let mut stats = Vec::with_capacity(unread.len());
+        for u in unread {
+            let v = &values[at..at + GUARD_SUMS + u.present.len()];
+            at += v.len();
+            let (loss, grad_norm) = (v[GUARD_LOSS] as f64, v[GUARD_NORM]);
+            // Not positive: skipped by the guard.
+            if v[GUARD_COEF].is_nan() || v[GUARD_COEF] <= 0.0 {
+                let names = self.trainable_names();
+                let culprit = u.present.iter().zip(&v[GUARD_SUMS..]).find(|(_, s)| !s.is_finite());
+                let e = if !loss.is_finite() {
+                    non_finite(u.step, "the loss", loss)
+                } else if let Some((&i, &s)) = culprit {
+                    non_finite(u.step, &format!("the gradient of {} (its sum of squares)", names[i]), s as f64)
+                } else if !grad_norm.is_finite() {
+                    non_finite(u.step, "the gradient norm", grad_norm as f64)
+                } else {
+                    Error::invalid(format!("step {}: skipped on the device after an earlier non-finite step", u.step))
+                };
+                self.failed = Some(e.to_string());
+                return Err(e);
+            }
+            stats.push(StepStats {
+                step: u.step,
+                loss,
+                lr: u.lr,
+                grad_norm,
+                label_tokens: u.label_tokens,
+                tokens: u.tokens,
+                slots: u.slots,
+            });
+        }
+        Ok(stats)
     }
 
     /// The loss and the accumulated gradient of every trainable tensor (in
     /// [`Self::trainable_names`] order; `None` where none arrived) over `micro`, each
     /// micro-batch's summed cross-entropy divided by the label count of all of them. Also the
-    /// label and real token counts. Changes nothing; an error naming the step when a
-    /// micro-batch's loss is not finite (before its backward pass).
+    /// label and real token counts. Changes nothing; an error naming the step when the loss is
+    /// not finite.
     pub fn gradients_on(&self, micro: &[Collated]) -> Result<(f64, Vec<Option<Tensor>>, usize, usize)> {
+        let (loss, grads, label_tokens, tokens) = self.gradients_unread(micro)?;
+        let loss = loss.to_f32_vec()?[0] as f64;
+        if !loss.is_finite() {
+            return Err(non_finite(self.state.step + 1, "the loss", loss));
+        }
+        Ok((loss, grads, label_tokens, tokens))
+    }
+
+    /// [`Self::gradients_on`] with the loss left on the device (f32 `[1]`) and nothing read
+    /// back: the gradient-flow check done here is the structural one (every trainable tensor
+    /// got a gradient, no frozen one did); finiteness is the step guard's.
+    fn gradients_unread(&self, micro: &[Collated]) -> Result<(Tensor, Vec<Option<Tensor>>, usize, usize)> {
         let label_tokens: usize = micro.iter().map(Collated::label_count).sum();
         if label_tokens == 0 {
             return Err(Error::invalid("train: a step without any label token"));
         }
         let params: Vec<_> = self.opt.params().to_vec();
         let mut grads: Vec<Option<Tensor>> = vec![None; params.len()];
-        let mut loss_total = 0f64;
+        let mut loss_total: Option<Tensor> = None;
         let mut tokens = 0usize;
         for (k, c) in micro.iter().enumerate() {
             if let Some(d) = &self.dropout {
@@ -366,14 +476,13 @@ impl Trainer {
                 ..Default::default()
             };
             let loss = self.model.loss(&batch, &pass)?;
-            let micro_loss = loss.value().to_f32_vec()?[0] as f64;
-            if !micro_loss.is_finite() {
-                return Err(non_finite(self.state.step + 1, "the loss", micro_loss));
-            }
-            loss_total += micro_loss;
+            loss_total = Some(match loss_total.take() {
+                None => loss.value().clone(),
+                Some(acc) => elementwise::add(&acc, loss.value())?,
+            });
             let opts =
                 BackwardOptions { allow_missing: if c.images == 0 { self.vision_side_names() } else { Vec::new() } };
-            let (store, _) = self.tape().backward_with(&loss, &opts)?;
+            let store = self.tape().backward_unread(&loss, &opts)?;
             for (i, (_, p)) in params.iter().enumerate() {
                 if let Some(g) = store.get(p) {
                     grads[i] = Some(match grads[i].take() {
@@ -383,7 +492,8 @@ impl Trainer {
                 }
             }
         }
-        Ok((loss_total, grads, label_tokens, tokens))
+        let loss = loss_total.ok_or_else(|| Error::invalid("train: a step without any micro-batch"))?;
+        Ok((loss, grads, label_tokens, tokens))
     }
 
     /// Names of the trainable tensors, in optimizer order.
@@ -396,10 +506,11 @@ impl Trainer {
         &self.train
     }
 
-    /// Mean cross-entropy per label token over `rows` (no gradients).
+    /// Mean cross-entropy per label token over `rows` (no gradients); summed on the device and
+    /// read back once.
     pub fn loss_on(&self, rows: &[Example]) -> Result<f64> {
         let _guard = self.tape().no_grad();
-        let (mut sum, mut count) = (0f64, 0usize);
+        let (mut sum, mut count) = (None::<Tensor>, 0usize);
         for chunk in rows.chunks(self.cfg.micro_batch_size.max(1)) {
             let refs: Vec<&Example> = chunk.iter().collect();
             let c = collate(&refs, &self.processor)?;
@@ -409,10 +520,16 @@ impl Trainer {
             }
             let batch = to_batch(&c, &self.processor, &self.device)?;
             let loss = self.model.loss(&batch, &ForwardOptions { normalizer: Some(1.0), ..Default::default() })?;
-            sum += loss.value().to_f32_vec()?[0] as f64;
+            sum = Some(match sum.take() {
+                None => loss.value().clone(),
+                Some(acc) => elementwise::add(&acc, loss.value())?,
+            });
             count += n;
         }
-        Ok(if count == 0 { f64::NAN } else { sum / count as f64 })
+        Ok(match sum {
+            Some(sum) if count > 0 => sum.to_f32_vec()?[0] as f64 / count as f64,
+            _ => f64::NAN,
+        })
     }
 
     /// Held-out loss (NaN when nothing is held out).
@@ -426,7 +543,14 @@ impl Trainer {
 
     /// Writes the adapter (LoRA: PEFT format) or the trained weights (full: tensors under their
     /// checkpoint names) into `dir`.
+    /// Every step must have been read ([`Self::read_steps`]) first.
     pub fn save_weights(&self, dir: &Path) -> Result<()> {
+        if let Some(u) = self.unread.first() {
+            return Err(Error::invalid(format!(
+                "save_weights: steps {}..={} are not read yet (read_steps checks them first)",
+                u.step, self.state.step
+            )));
+        }
         self.ensure_finite()?;
         match self.cfg.method {
             Method::Lora => {
@@ -484,8 +608,10 @@ impl Trainer {
         }
     }
 
-    /// Saves a checkpoint of the current state; returns its directory.
-    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+    /// Saves a checkpoint of the current state, after reading (and so checking) the steps not
+    /// read yet; returns its directory.
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        self.read_steps()?;
         self.ensure_finite()?;
         std::fs::create_dir_all(&self.cfg.output_dir).map_err(|e| Error::io(&self.cfg.output_dir, e))?;
         let meta =
@@ -587,15 +713,26 @@ impl Trainer {
         bar.set_position(self.state.step as u64);
         let started = Instant::now();
         let mut last_loss = f64::NAN;
+        // Tokens and time since the figures were last read: a step's own time is not known
+        // until the device has finished it.
+        let (mut since, mut tokens_since) = (Instant::now(), 0usize);
         while self.state.step < self.total_steps {
-            let t0 = Instant::now();
-            let s = self.step()?;
-            let secs = t0.elapsed().as_secs_f64();
+            let step = self.step_unread()?;
+            bar.set_position(step as u64);
+            let last = step == self.total_steps;
+            let log = step % self.cfg.log_every.max(1) == 0 || last;
+            let eval = !self.eval.is_empty() && ((self.cfg.eval_every > 0 && step % self.cfg.eval_every == 0) || last);
+            let save = (self.cfg.save_every > 0 && step % self.cfg.save_every == 0) || last;
+            if !(log || eval || save) {
+                continue;
+            }
+            let read = self.read_steps()?;
+            let s = read.last().expect("the step just done");
+            tokens_since += read.iter().map(|s| s.tokens).sum::<usize>();
+            let tps = tokens_since as f64 / since.elapsed().as_secs_f64().max(1e-9);
             last_loss = s.loss;
-            let tps = s.tokens as f64 / secs.max(1e-9);
-            bar.set_position(s.step as u64);
             bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, tps));
-            if s.step % self.cfg.log_every.max(1) == 0 || s.step == self.total_steps {
+            if log {
                 metrics::append(
                     &metrics_path,
                     &serde_json::json!({
@@ -607,15 +744,15 @@ impl Trainer {
                     }),
                 )?;
             }
-            let last = s.step == self.total_steps;
-            if !self.eval.is_empty() && ((self.cfg.eval_every > 0 && s.step % self.cfg.eval_every == 0) || last) {
+            if eval {
                 let l = self.eval_loss()?;
-                metrics::append(&metrics_path, &serde_json::json!({"step": s.step, "eval_loss": l}))?;
-                bar.println(format!("step {}: held-out loss {l:.4}", s.step));
+                metrics::append(&metrics_path, &serde_json::json!({"step": step, "eval_loss": l}))?;
+                bar.println(format!("step {step}: held-out loss {l:.4}"));
             }
-            if (self.cfg.save_every > 0 && s.step % self.cfg.save_every == 0) || last {
+            if save {
                 self.save_checkpoint()?;
             }
+            (since, tokens_since) = (Instant::now(), 0);
         }
         bar.finish();
         let final_dir = out.join("final");
@@ -663,9 +800,9 @@ pub struct RunSummary {
 /// The error for a step whose loss or gradient is not finite: parameters are left as they were.
 fn non_finite(step: usize, what: &str, value: f64) -> Error {
     Error::invalid(format!(
-        "step {step}: {what} is {value}; stopping without updating or saving anything. Likely causes: \
-         non-finite values in the base weights or the pixels, or a learning rate too high (the last \
-         checkpoint, if any, is intact)"
+        "step {step}: {what} is {value}; stopping with the weights as they were before that step, and \
+         saving nothing. Likely causes: non-finite values in the base weights or the pixels, or a \
+         learning rate too high (the last checkpoint, if any, is intact)"
     ))
 }
 

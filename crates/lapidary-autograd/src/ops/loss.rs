@@ -22,8 +22,9 @@ pub fn cross_entropy(logits: &Var, labels: &[i64], normalizer: Option<f32>) -> R
         &[logits],
         loss,
         Box::new(move |outs, _| {
-            let g = upstream(outs).to_f32_vec()?[0];
-            Ok(vec![Some(ls::cross_entropy_backward(&lv, &ce, g / norm)?)])
+            // The upstream gradient stays on the device: nothing is read back.
+            let d = ls::cross_entropy_backward(&lv, &ce, 1.0 / norm)?;
+            Ok(vec![Some(ew::scale_by(&d, &upstream(outs))?)])
         }),
     )
 }
@@ -110,10 +111,11 @@ pub fn linear_cross_entropy(
     }
     let loss = ew::scale(&loss_sum, 1.0 / norm)?;
     let backward: BackwardFn = Box::new(move |outs, needs| {
-        let g = upstream(outs).to_f32_vec()?[0];
+        // Scaled by the upstream gradient on the device: nothing is read back.
+        let g = upstream(outs);
         let scaled = |t: &Option<Tensor>, need: bool| -> Result<Option<Tensor>> {
             match t {
-                Some(t) if need => Ok(Some(if g == 1.0 { t.clone() } else { ew::scale(t, g)? })),
+                Some(t) if need => Ok(Some(ew::scale_by(t, &g)?)),
                 _ => Ok(None),
             }
         };

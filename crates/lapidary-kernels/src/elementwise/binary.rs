@@ -1,4 +1,5 @@
-//! Binary elementwise ops with suffix broadcasting — `add`, `mul` — plus `scale` and GeGLU
+//! Binary elementwise ops with suffix broadcasting — `add`, `mul` — plus `scale` (by a host
+//! number), `scale_by` (by a number on the device) and GeGLU
 //! (`gelu_tanh(gate) * up`), each with its backward. `b` may have the full shape of `a` or a
 //! suffix of it (a bias `[C]` on `[..., C]`, positions `[P, C]` on `[B, P, C]`); the backward then
 //! sums `b`'s gradient over the broadcast rows.
@@ -33,6 +34,17 @@ fn scale_kernel<F: Float, N: Size>(a: &[Vector<F, N>], out: &mut [Vector<F, N>],
     let mut i = ABSOLUTE_POS;
     while i < a.len() {
         out[i] = Vector::cast_from(Vector::<f32, N>::cast_from(a[i]) * Vector::new(s));
+        i += stride;
+    }
+}
+
+#[cube(launch_unchecked)]
+fn scale_by_kernel<F: Float, N: Size>(a: &[Vector<F, N>], s: &[f32], out: &mut [Vector<F, N>]) {
+    let stride = CUBE_DIM as usize * CUBE_COUNT;
+    let factor = Vector::<f32, N>::new(s[0]);
+    let mut i = ABSOLUTE_POS;
+    while i < a.len() {
+        out[i] = Vector::cast_from(Vector::<f32, N>::cast_from(a[i]) * factor);
         i += stride;
     }
 }
@@ -130,6 +142,28 @@ pub fn scale(a: &Tensor, s: f32) -> Result<Tensor> {
     Ok(out)
 }
 
+/// `s[0] * a`, for `s` an f32 `[1]` tensor on `a`'s device: a factor that is only known there
+/// (an upstream gradient, a clipping coefficient), used without reading it back.
+pub fn scale_by(a: &Tensor, s: &Tensor) -> Result<Tensor> {
+    s.expect_shape("scale_by: factor", &[1])?;
+    s.expect_dtype("scale_by: factor", &[lapidary_core::DType::F32])?;
+    if s.device() != a.device() {
+        return Err(Error::Device(format!("scale_by: tensor on {} and factor on {}", a.device(), s.device())));
+    }
+    let out = Tensor::uninit(a.device(), a.shape(), a.dtype())?;
+    let w = launch::vector_width(&[a.numel()]);
+    let (count, dim) = launch::grid_1d(a.device(), a.numel() / w);
+    dispatch_float!(a.dtype(), F => unsafe {
+        scale_by_kernel::launch_unchecked::<F>(
+            a.device().client(), count, dim, w,
+            BufferArg::from_raw_parts(a.handle().clone(), a.numel()),
+            BufferArg::from_raw_parts(s.handle().clone(), 1),
+            BufferArg::from_raw_parts(out.handle().clone(), a.numel()),
+        )
+    });
+    Ok(out)
+}
+
 /// Sums `g` (shape of `a`) down to `b_shape` (a suffix of it): the gradient of a broadcast operand.
 pub fn sum_to(g: &Tensor, b_shape: &[usize]) -> Result<Tensor> {
     if g.shape() == b_shape {
@@ -214,6 +248,8 @@ mod tests {
             assert_close("add", &super::add(&a, &b).unwrap().to_f32_vec().unwrap(), &r::broadcast(&ah, &bh, |x, y| x + y), t);
             assert_close("mul", &super::mul(&a, &b).unwrap().to_f32_vec().unwrap(), &r::broadcast(&ah, &bh, |x, y| x * y), t);
             assert_close("scale", &super::scale(&a, s).unwrap().to_f32_vec().unwrap(), &ah.iter().map(|x| x * s).collect::<Vec<_>>(), t);
+            let factor = lapidary_core::Tensor::from_f32(&dev, &[s], &[1], DType::F32).unwrap();
+            assert_close("scale_by", &super::scale_by(&a, &factor).unwrap().to_f32_vec().unwrap(), &ah.iter().map(|x| x * s).collect::<Vec<_>>(), t);
             let rows = ah.len() / bh.len();
             let tsum = Tol { abs: t.abs * (rows as f64).sqrt() * 2.0, rel: t.rel };
             let (_, db) = super::add_backward(&dy, b.shape()).unwrap();

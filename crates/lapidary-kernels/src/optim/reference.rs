@@ -1,4 +1,5 @@
-//! Host reference of one AdamW step, written as PyTorch's single-tensor AdamW computes it (f64).
+//! Host reference of one AdamW step, written as PyTorch's single-tensor AdamW computes it (f64),
+//! and of the step guard (f32, summed in order, as the kernel does).
 
 use super::AdamWStep;
 
@@ -17,4 +18,18 @@ pub fn adamw_step(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], h: Ada
         m[i] = mi as f32;
         v[i] = vi as f32;
     }
+}
+
+/// The step guard's output for `sums` and `loss` (see `super::step_guard`); updates `halted`.
+pub fn step_guard(sums: &[f32], loss: f32, halted: &mut bool, max_norm: f32) -> Vec<f32> {
+    let total = sums.iter().fold(0f32, |t, &s| t + s);
+    let norm = total.sqrt();
+    let mut coef = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) } else { 1.0 };
+    if !loss.is_finite() || !norm.is_finite() || *halted {
+        coef = -1.0;
+        *halted = true;
+    }
+    let mut out = vec![coef, norm, loss];
+    out.extend_from_slice(sums);
+    out
 }
