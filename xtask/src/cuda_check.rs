@@ -81,7 +81,7 @@ pub fn run() -> Result<(), String> {
     let mut report = String::new();
     let mut summary = Vec::new();
     for (backend, feature) in crate::gpu_bundle::BACKENDS {
-        let bins: HashMap<&str, PathBuf> = crate::gpu_bundle::build_backend(feature, &[])?.into_iter().collect();
+        let bins: HashMap<&str, PathBuf> = crate::gpu_bundle::build_backend(feature, &[], false)?.into_iter().collect();
         // The two architectures side by side: each workload is mostly one compiling thread.
         let results: Vec<Result<Config, String>> = std::thread::scope(|scope| {
             let handles: Vec<_> = ARCHS
@@ -425,7 +425,7 @@ fn table(backend: &str, sm: u32, rows: &BTreeMap<String, KernelRow>) -> String {
 /// The LLVM path without libdevice must fail loudly on a kernel that calls `exp` (softmax):
 /// proof that a compile failure is seen here, not read back as zeros.
 fn negative_check(tools: &CudaTools, driver: &Path, out: &Path, failures: &mut Vec<String>) -> Result<(), String> {
-    let bins: HashMap<&str, PathBuf> = crate::gpu_bundle::build_backend("cuda", &[])?.into_iter().collect();
+    let bins: HashMap<&str, PathBuf> = crate::gpu_bundle::build_backend("cuda", &[], false)?.into_iter().collect();
     let dir = out.join("negative");
     reset_dir(&dir)?;
     let bare = dir.join("cuda-without-libdevice");

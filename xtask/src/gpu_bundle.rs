@@ -24,8 +24,10 @@ const ALLOWED_NEEDED: &[&str] =
 /// One CUDA code path: its directory in the archive and the cargo feature selecting it.
 pub const BACKENDS: &[(&str, &str)] = &[("llvm", "cuda"), ("cpp", "cuda-cpp")];
 
-/// `--no-archive` (CI): build and check the binaries (glibc their only shared objects), without
-/// staging and compressing the archive, which takes minutes and is only needed to carry it.
+/// `--no-archive` (CI): build and check the binaries `cargo xtask cuda-check` runs (glibc their
+/// only shared objects), without the kernel benchmarks (the workspace's test build compiles
+/// them) and without staging and compressing the archive, which takes minutes and is only
+/// needed to carry it.
 pub const NO_ARCHIVE: &str = "--no-archive";
 
 pub fn run(args: &[String]) -> Result<(), String> {
@@ -39,7 +41,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let extra: Vec<String> = args.iter().filter(|a| *a != NO_ARCHIVE).cloned().collect();
     if extra.len() < args.len() {
         for (dir, feature) in BACKENDS {
-            for (name, exe) in build_backend(feature, &extra)? {
+            for (name, exe) in build_backend(feature, &extra, false)? {
                 check_needed(&exe)?;
                 println!("{dir}/{name}: built, needs only glibc's shared objects");
             }
@@ -49,7 +51,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let extra = &extra[..];
     let mut manifest = format!("lapidary {} ({})\n", git(&root, &["describe", "--always", "--dirty"]), date());
     for (dir, feature) in BACKENDS {
-        for (name, exe) in build_backend(feature, extra)? {
+        for (name, exe) in build_backend(feature, extra, true)? {
             let dest = top.join(dir).join(name);
             copy(&exe, &dest)?;
             check_needed(&dest)?;
@@ -99,10 +101,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// Builds, for the CUDA code path of cargo feature `feature` (see [`BACKENDS`]), the kernel tests,
-/// the model tests, the kernel benchmarks and the `lapidary` binary, statically linked, in
-/// `target/gpu-bundle/build`; returns them by their bundle names (`kernel-tests`,
-/// `model-tests`, `bench-kernels`, `lapidary`). `extra` goes to cargo.
-pub fn build_backend(feature: &str, extra: &[String]) -> Result<Vec<(&'static str, PathBuf)>, String> {
+/// the model tests, the `lapidary` binary and (`bench`) the kernel benchmarks, statically
+/// linked, in `target/gpu-bundle/build`; returns them by their bundle names (`kernel-tests`,
+/// `model-tests`, `lapidary`, `bench-kernels`). `extra` goes to cargo.
+pub fn build_backend(feature: &str, extra: &[String], bench: bool) -> Result<Vec<(&'static str, PathBuf)>, String> {
     let root = crate::workspace_root();
     let out = root.join("target/gpu-bundle");
     let build_dir = out.join("build");
@@ -122,16 +124,20 @@ pub fn build_backend(feature: &str, extra: &[String]) -> Result<Vec<(&'static st
         "--lib",
         "--test",
         "integration",
-        "--bench",
-        "kernels",
         "--profile",
         "gpu-bundle",
         "--features",
         feature,
         "--message-format=json-render-diagnostics",
     ];
+    if bench {
+        args.extend(["--bench", "kernels"]);
+    }
     args.extend(extra.iter().map(String::as_str));
-    eprintln!("gpu-bundle: {feature}: building the kernel tests, the model tests, the kernel benchmarks and lapidary");
+    eprintln!(
+        "gpu-bundle: {feature}: building the kernel tests, the model tests, lapidary{}",
+        if bench { " and the kernel benchmarks" } else { "" }
+    );
     let mut found: Vec<(&'static str, PathBuf)> = Vec::new();
     for artifact in cargo_executables(&root, &build_dir, &rustflags, &args)? {
         let name = match (artifact.target.as_str(), artifact.kind.as_str()) {
@@ -147,7 +153,7 @@ pub fn build_backend(feature: &str, extra: &[String]) -> Result<Vec<(&'static st
             found.push((name, artifact.exe));
         }
     }
-    for wanted in ["kernel-tests", "model-tests", "bench-kernels", "lapidary"] {
+    for wanted in ["kernel-tests", "model-tests", "lapidary"].into_iter().chain(bench.then_some("bench-kernels")) {
         if !found.iter().any(|(n, _)| *n == wanted) {
             return Err(format!("the {feature} build produced no {wanted} executable"));
         }
