@@ -84,9 +84,12 @@ pub fn linear_cross_entropy(
     let mut loss_sum = Tensor::zeros(&dev, &[1], lapidary_core::DType::F32)?;
     let mut dh = if need_h { Some(Tensor::zeros(&dev, hv.shape(), hv.dtype())?) } else { None };
     let mut dw: Option<Tensor> = None;
+    // The head is prepared once for every chunk's product (packed on the CPU).
+    let head = mm::PreparedB::new(&wv, true)?;
+    let head_for_dh = if need_h { Some(mm::PreparedB::new(&wv, false)?) } else { None };
     for ids in &chunks {
         let hc = gather::gather_rows(&hv, ids)?;
-        let logits = mm::matmul(&hc, &wv, None, Layout::ABt)?;
+        let logits = mm::matmul_prepared(&hc, &head)?;
         if !(need_h || need_w) {
             loss_sum = ew::add(&loss_sum, &ls::cross_entropy(&logits, &chunk_labels(ids))?.loss_sum)?;
             continue;
@@ -94,8 +97,8 @@ pub fn linear_cross_entropy(
         let (ce, dlogits) = ls::cross_entropy_with_grad(&logits, &chunk_labels(ids), 1.0 / norm)?;
         loss_sum = ew::add(&loss_sum, &ce.loss_sum)?;
         drop(logits);
-        if let Some(acc) = &dh {
-            let dhc = mm::matmul(&dlogits, &wv, None, Layout::AB)?;
+        if let (Some(acc), Some(head_for_dh)) = (&dh, &head_for_dh) {
+            let dhc = mm::matmul_prepared(&dlogits, head_for_dh)?;
             dh = Some(gather::scatter_rows(acc, &dhc, ids)?);
         }
         if need_w {

@@ -2,7 +2,9 @@
 //! 8 rows × 2 vectors of C and walks K with fused multiply-adds in f32; A is read as scalars
 //! (any row/col stride, so a transposed A costs nothing), B and C along N in vectors of the
 //! widest width dividing N, at most one of the CPU's registers (16 f32 lanes with AVX-512, 8
-//! with AVX2: the 16 accumulators must fit its register file). Units step through tiles
+//! with AVX2: the 16 accumulators must fit its register file). B is read either in place
+//! (`[K, N]`, rows N apart) or packed in panels (`pack.rs`: a transposed B, and a large one);
+//! a B used for several products can be packed once ([`PreparedB`]). Units step through tiles
 //! grid-stride, rows fastest, so one unit's consecutive tiles reuse the same panel of B from
 //! cache; a long K is walked in blocks, all tiles taking one block before the next.
 
@@ -17,6 +19,13 @@ const SB_M: usize = 8;
 const SB_N: usize = 8;
 /// Shortest K read in place by the `A · Bᵀ` kernel.
 const NT_MIN_K: usize = 64;
+/// Fewest rows of A for which packing B pays: below, `A · Bᵀ` reads B in place.
+const PACK_MIN_M: usize = 32;
+/// Smallest B (values) packed when not transposed.
+const PACK_MIN_B: usize = 1 << 20;
+/// Longest K walked in one block (beyond, f32 products take K in blocks of 512, which keeps an
+/// unpacked B in cache too).
+const K_BLOCKED: usize = 4096;
 
 // Kernel code: `div_ceil` is not in the cube language.
 #[allow(clippy::manual_div_ceil)]
@@ -38,6 +47,7 @@ fn matmul_kernel<F: Float, N: Size>(
     k_block: usize,
     #[comptime] has_bias: bool,
     #[comptime] has_addend: bool,
+    #[comptime] packed: bool,
 ) {
     let tiles_m = (m + 7) / 8;
     let tiles_n = (n_vec + 1) / 2;
@@ -144,10 +154,16 @@ fn matmul_kernel<F: Float, N: Size>(
                     c70 = Vector::cast_from(c[c_base + r7 * n_vec + j0]);
                     c71 = Vector::cast_from(c[c_base + r7 * n_vec + j1]);
                 }
+                // Packed B: the tile's panel holds its two vectors of each step side by side.
+                let panel = b_base + tn * k * 2;
                 for p in k0..k1 {
-                    let brow = b_base + p * n_vec;
-                    let b0 = Vector::<f32, N>::cast_from(b[brow + j0]);
-                    let b1 = Vector::<f32, N>::cast_from(b[brow + j1]);
+                    let (i0, i1) = if packed {
+                        (panel + p * 2, panel + p * 2 + 1)
+                    } else {
+                        (b_base + p * n_vec + j0, b_base + p * n_vec + j1)
+                    };
+                    let b0 = Vector::<f32, N>::cast_from(b[i0]);
+                    let b1 = Vector::<f32, N>::cast_from(b[i1]);
                     let ap = p * a_col_stride;
                     let v0 = Vector::<f32, N>::new(f32::cast_from(a[a0 + ap]));
                     let v1 = Vector::<f32, N>::new(f32::cast_from(a[a1 + ap]));
@@ -258,7 +274,7 @@ fn matmul_kernel<F: Float, N: Size>(
 ///
 /// Returns `[..., M, N]` in `a`'s dtype; all operands must share dtype and device.
 pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, layout: Layout) -> Result<Tensor> {
-    matmul_impl(a, b, bias, None, layout.transposes_a(), layout.transposes_b())
+    matmul_impl(a, b, bias, None, layout.transposes_a(), layout.transposes_b(), None)
 }
 
 /// `addend + op(a) · op(b)`: [`matmul`] starting from `addend` (the output's shape and dtype)
@@ -266,7 +282,47 @@ pub fn matmul(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, layout: Layout) -> 
 /// On the register kernel the addend is read as the accumulators' start; on the other routes
 /// (A · Bᵀ read in place, GPUs) it is added after the product.
 pub fn matmul_add(addend: &Tensor, a: &Tensor, b: &Tensor, layout: Layout) -> Result<Tensor> {
-    matmul_impl(a, b, None, Some(addend), layout.transposes_a(), layout.transposes_b())
+    matmul_impl(a, b, None, Some(addend), layout.transposes_a(), layout.transposes_b(), None)
+}
+
+/// A B prepared once for several products `a · op(b)` with different `a` (the chunks of a
+/// fused output head): on the CPU its packed panels are made here, not again for each product.
+#[derive(Clone, Debug)]
+pub struct PreparedB {
+    b: Tensor,
+    trans_b: bool,
+    packed: Option<Tensor>,
+}
+
+impl PreparedB {
+    /// Prepares `b` (`[K, N]`, or `[N, K]` when `trans_b`; rank 2, shared by every product).
+    pub fn new(b: &Tensor, trans_b: bool) -> Result<Self> {
+        if b.rank() != 2 {
+            return Err(Error::shape("PreparedB: b", "[K, N] or [N, K] (rank 2)", b.shape()));
+        }
+        let (k, n) = if trans_b { (b.dim(1), b.dim(0)) } else { (b.dim(0), b.dim(1)) };
+        let packed = if b.device().is_cpu() && k > 0 && n > 0 && pack_mode(PACK_MIN_M, k, n, trans_b) {
+            Some(super::pack::pack_b(b, trans_b, k, n, vector_width_n(n))?)
+        } else {
+            None
+        };
+        Ok(PreparedB { b: b.clone(), trans_b, packed })
+    }
+}
+
+/// [`matmul`] of `a` (`[..., M, K]`) and a prepared B: the same result, without preparing B again.
+pub fn matmul_prepared(a: &Tensor, b: &PreparedB) -> Result<Tensor> {
+    matmul_impl(a, &b.b, None, None, false, b.trans_b, b.packed.as_ref())
+}
+
+/// The vector width of the register kernel along N: one of the CPU's registers at most, and at
+/// least two vectors when N allows it (the tile is two vectors wide).
+fn vector_width_n(n: usize) -> usize {
+    let mut w = launch::vector_width_up_to(&[n], launch::cpu_register_lanes());
+    if n / w < 2 && w > 1 {
+        w /= 2;
+    }
+    w
 }
 
 fn matmul_impl(
@@ -276,6 +332,7 @@ fn matmul_impl(
     addend: Option<&Tensor>,
     trans_a: bool,
     trans_b: bool,
+    packed: Option<&Tensor>,
 ) -> Result<Tensor> {
     let op = if addend.is_some() { "matmul_add" } else { "matmul" };
     if a.rank() < 2 {
@@ -329,11 +386,12 @@ fn matmul_impl(
     }
     let lanes = launch::cpu_register_lanes();
     let w_k = launch::vector_width_up_to(&[k], lanes);
-    let read_b_in_place = trans_b && !trans_a && w_k >= 4 && k >= NT_MIN_K;
+    let pack = pack_mode(m, k, n, trans_b);
+    let read_b_in_place = trans_b && !trans_a && w_k >= 4 && k >= NT_MIN_K && m < PACK_MIN_M;
     if let Some(addend) = addend {
         if k == 0 || !a.device().is_cpu() || read_b_in_place {
             // Routes without an addend in their kernel: the product, then one add.
-            return crate::elementwise::add(addend, &matmul_impl(a, b, None, None, trans_a, trans_b)?);
+            return crate::elementwise::add(addend, &matmul_impl(a, b, None, None, trans_a, trans_b, packed)?);
         }
     }
     if !a.device().is_cpu() {
@@ -382,13 +440,17 @@ fn matmul_impl(
         });
         return Ok(c);
     }
-    let b_kn = if trans_b { transpose(b)? } else { b.clone() };
-    // At least two vectors along N when N allows it: the tile is two vectors wide.
-    let mut w = launch::vector_width_up_to(&[n], lanes);
-    if n / w < 2 && w > 1 {
-        w /= 2;
-    }
+    let w = vector_width_n(n);
     let n_vec = n / w;
+    let (b_kn, b_batch_stride) = if pack {
+        let packed = match packed {
+            Some(p) => p.clone(),
+            None => super::pack::pack_b(b, trans_b, k, n, w)?,
+        };
+        (packed, n_vec.div_ceil(2) * k * 2)
+    } else {
+        (if trans_b { transpose(b)? } else { b.clone() }, k * n_vec)
+    };
     let (a_row_stride, a_col_stride) = if trans_a { (1, m) } else { (k, 1) };
     let tiles = batches * m.div_ceil(8 * SB_M) * SB_M * n_vec.div_ceil(2 * SB_N) * SB_N;
     let (count, dim) = launch::grid_tiles(a.device(), tiles);
@@ -405,20 +467,28 @@ fn matmul_impl(
             BufferArg::from_raw_parts(c.handle().clone(), c.numel()),
             batches, m, k, n_vec,
             a_row_stride, a_col_stride, m * k,
-            if b_shared { 0 } else { k * n_vec },
+            if b_shared { 0 } else { b_batch_stride },
             k_block(k, a.dtype()),
             bias.is_some(),
             addend.is_some(),
+            pack,
         )
     });
     Ok(c)
+}
+
+/// Whether the register kernel reads B packed ([`super::pack`]): always for a transposed B (the
+/// packing pass is the transpose), and for a large B (4 MiB of f32 or more) once A has enough
+/// rows to reuse it; a small B is read in place from cache.
+fn pack_mode(m: usize, k: usize, n: usize, trans_b: bool) -> bool {
+    trans_b || (m >= PACK_MIN_M && k * n >= PACK_MIN_B && k <= K_BLOCKED)
 }
 
 /// Block of K walked by all tiles before the next: long products (K beyond 4,096, such as a
 /// vocabulary-sized K) in blocks of 512 so each block's rows of A and B stay in cache, with f32
 /// partial sums kept in C between blocks; everything else in one block.
 fn k_block(k: usize, dtype: lapidary_core::DType) -> usize {
-    if dtype == lapidary_core::DType::F32 && k > 4096 { 512 } else { k.max(1) }
+    if dtype == lapidary_core::DType::F32 && k > K_BLOCKED { 512 } else { k.max(1) }
 }
 
 /// Gradients of [`matmul`] with respect to its inputs.
@@ -574,7 +644,7 @@ mod tests {
         #![proptest_config(crate::test_util::cases(40))]
         #[test]
         fn matmul_forward_backward_match_reference(
-            batch in 1usize..3, m in 1usize..23, k in 1usize..37, n in 1usize..41,
+            batch in 1usize..3, m in 1usize..41, k in 1usize..37, n in 1usize..41,
             ta in any::<bool>(), tb in any::<bool>(), shared in any::<bool>(), bias in any::<bool>(),
             dt in dtype_strategy(), seed in any::<u64>(),
         ) {
@@ -638,9 +708,20 @@ mod tests {
     }
 
     #[test]
+    fn large_b_packed_in_panels() {
+        // A B of 2^20 values or more, with 32 rows of A or more, is packed before the product
+        // (a transposed B always is): edges in M and N (an odd count of vectors: the last panel
+        // repeats its vector), a batch of B's, K in blocks, every dtype.
+        check(1, 37, 1024, 1030, false, false, true, true, DType::F32, 41);
+        check(2, 33, 1024, 1024, false, false, false, false, DType::BF16, 42);
+        check(1, 40, 4200, 264, false, false, true, false, DType::F32, 43);
+        check(2, 45, 300, 72, false, true, false, true, DType::F16, 44);
+    }
+
+    #[test]
     fn weights_read_in_place_along_k() {
-        // trans_b without trans_a, K of at least 64 and a multiple of 4, 8 or 16: the A·Bᵀ
-        // kernel, with edges in both M and N (not multiples of its 4 x 4 tile), shared and
+        // trans_b without trans_a, fewer than 32 rows, K of at least 64 and a multiple of 4, 8
+        // or 16: the A·Bᵀ kernel (33 rows: packed), with edges in both M and N (not multiples of its 4 x 4 tile), shared and
         // batched B, every dtype.
         for (i, (batch, m, k, n, shared, bias)) in [
             (2, 13, 64, 23, true, true),
@@ -656,6 +737,33 @@ mod tests {
                 check(batch, m, k, n, false, true, shared, bias, dt, 100 + i as u64);
             }
         }
+    }
+
+    #[test]
+    fn prepared_b_gives_the_products_of_b() {
+        // One B prepared (packed when it would be), then products with A's of several row counts
+        // (below 32: read in place or unpacked; above: the prepared panels), against the reference.
+        let dev = device();
+        for (i, (k, n, tb)) in
+            [(96, 70, true), (40, 33, true), (1100, 1000, false), (64, 48, false)].into_iter().enumerate()
+        {
+            for dt in [DType::F32, DType::BF16] {
+                let seed = 500 + 10 * i as u64;
+                let b = random_tensor(&dev, &if tb { [n, k] } else { [k, n] }, dt, seed, 1.0);
+                let prepared = super::PreparedB::new(&b, tb).unwrap();
+                let bh = b.to_f32_vec().unwrap();
+                for m in [3, 37] {
+                    let a = random_tensor(&dev, &[m, k], dt, seed + m as u64, 1.0);
+                    let want = reference::matmul(&a.to_f32_vec().unwrap(), &bh, None, 1, m, k, n, false, tb, true);
+                    let got = super::matmul_prepared(&a, &prepared).unwrap();
+                    assert_eq!(got.shape(), &[m, n]);
+                    let what = format!("matmul_prepared m{m} k{k} n{n} tb{tb} {dt}");
+                    assert_close(&what, &got.to_f32_vec().unwrap(), &want, tol(dt, k));
+                }
+            }
+        }
+        let b3 = random_tensor(&dev, &[2, 4, 5], DType::F32, 1, 1.0);
+        assert!(super::PreparedB::new(&b3, false).unwrap_err().to_string().contains("PreparedB: b"));
     }
 
     #[test]

@@ -3,10 +3,10 @@
 //! batch (rank 2), as a weight is. Storage f32 / bf16 / f16, accumulation in f32.
 //!
 //! One register-blocked kernel (`kernel.rs`): each unit computes 8 rows × 2 vectors of C,
-//! walking K with fused multiply-adds, B and C loaded along N in vectors. `A · Bᵀ` (a Linear's
-//! forward, W stored `[N, K]`) has its own kernel (`nt.rs`) that reads B in place along K when a
-//! vector of 4 or more divides K; otherwise a transposed B is first made contiguous along N by
-//! the transpose kernel. On GPUs the same entry runs cubek-matmul's routines instead
+//! walking K with fused multiply-adds, B and C loaded along N in vectors. A transposed B (a
+//! Linear's forward, W stored `[N, K]`) and a large B are first packed in panels along N
+//! (`pack.rs`), so every step along K reads one contiguous run; with fewer than 32 rows of A
+//! (generation) `A · Bᵀ` is read in place along K by its own kernel (`nt.rs`) instead. On GPUs the same entry runs cubek-matmul's routines instead
 //! (`accelerated.rs`: tensor cores for bf16/f16, every layout read in place). Backward is expressed with the same op
 //! (`dA = dC · Bᵀ`, `dB = Aᵀ · dC`) and a bias gradient by [`crate::reduce::sum_rows`].
 //!
@@ -30,9 +30,10 @@ mod kernel;
 mod layout;
 pub use accelerated::matmul_mixed;
 mod nt;
+mod pack;
 pub mod reference;
 mod transpose;
 
-pub use kernel::{MatmulGrads, matmul, matmul_add, matmul_backward};
+pub use kernel::{MatmulGrads, PreparedB, matmul, matmul_add, matmul_backward, matmul_prepared};
 pub use layout::{Layout, Needs};
 pub use transpose::{swap_middle, transpose};

@@ -2,7 +2,8 @@
 //! (every Linear's forward) without transposing the weight first. Each unit owns tiles of 4 rows
 //! of A × 4 rows of B and walks K in vectors, both operands contiguous; 16 accumulators are
 //! summed across lanes at the end. Used by [`super::kernel::matmul`] when `trans_b` is set,
-//! `trans_a` is not, and a vector of at least 4 divides K; the transpose path remains otherwise.
+//! `trans_a` is not, A has fewer than 32 rows (too few to repay packing B) and a vector of at
+//! least 4 divides K; B is packed otherwise.
 
 use crate::norm::hsum;
 use cubecl::prelude::*;
