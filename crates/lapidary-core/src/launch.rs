@@ -5,15 +5,15 @@ use crate::Device;
 use cubecl::prelude::{CubeCount, CubeDim};
 
 /// Grid for a grid-stride loop over `n` work items: each unit handles items
-/// `ABSOLUTE_POS, ABSOLUTE_POS + CUBE_COUNT * CUBE_DIM, …`. On the CPU runtime a cube has at most
-/// one unit per core and few cubes are launched (each costs a scheduling step); on GPUs cubes of
-/// 256 units, enough to fill the card.
+/// `ABSOLUTE_POS, ABSOLUTE_POS + CUBE_COUNT * CUBE_DIM, …`. On the CPU runtime one cube of one
+/// unit per core: each unit runs every cube of a launch in turn, so with more cubes each core
+/// would sweep the whole buffer once per cube (a GeGLU over 4 MB: 2.5 ms with 8 cubes, 1.0 ms
+/// with one). On GPUs cubes of 256 units, enough to fill the card.
 pub fn grid_1d(device: &Device, n: usize) -> (CubeCount, CubeDim) {
     let n = n.max(1);
     if device.is_cpu() {
         let units = device.max_units_per_cube().max(1);
-        let cubes = (n.div_ceil(units as usize * 4096)).clamp(1, 64) as u32;
-        (CubeCount::Static(cubes, 1, 1), CubeDim::new_1d(units))
+        (CubeCount::Static(1, 1, 1), CubeDim::new_1d(units))
     } else {
         let units = 256u32.min(device.max_units_per_cube());
         let cubes = n.div_ceil(units as usize).min(65_535 * 4) as u32;

@@ -4,7 +4,7 @@
 //! suffix of it (a bias `[C]` on `[..., C]`, positions `[P, C]` on `[B, P, C]`); the backward then
 //! sums `b`'s gradient over the broadcast rows.
 
-use super::gelu::{gelu_tanh_f32, gelu_tanh_grad_f32};
+use super::gelu::{gelu_tanh_and_grad_f32, gelu_tanh_f32};
 use crate::reduce;
 use cubecl::prelude::*;
 use lapidary_core::{Error, Result, Tensor, launch};
@@ -74,8 +74,9 @@ fn geglu_backward_kernel<F: Float, N: Size>(
         let g = Vector::<f32, N>::cast_from(gate[i]);
         let u = Vector::<f32, N>::cast_from(up[i]);
         let d = Vector::<f32, N>::cast_from(dy[i]);
-        dgate[i] = Vector::cast_from(gelu_tanh_grad_f32(g) * u * d);
-        dup[i] = Vector::cast_from(gelu_tanh_f32(g) * d);
+        let (value, grad) = gelu_tanh_and_grad_f32(g);
+        dgate[i] = Vector::cast_from(grad * u * d);
+        dup[i] = Vector::cast_from(value * d);
         i += stride;
     }
 }

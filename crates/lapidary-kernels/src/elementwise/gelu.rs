@@ -7,24 +7,52 @@ use lapidary_core::{Result, Tensor, launch};
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const COEF: f32 = 0.044_715;
 
+/// tanh through one exponential, `sign(z) (1 - e) / (1 + e)` with `e = exp(-2|z|)` (never
+/// overflows; as accurate as f32's tanh near ±1): vector exponentials are polynomials on the CPU
+/// runtime, its `tanh` a library call per lane.
+#[cube]
+fn tanh_f32<N: Size>(z: Vector<f32, N>) -> Vector<f32, N> {
+    let one = Vector::new(1.0f32);
+    // The magnitude from |z| (a NaN stays NaN, an infinite z gives e = 0), the sign from z
+    // clamped to [-1, 1] (exactly ±1 for |z| >= 1e-30; below, tanh is 0 to within f32).
+    let e = (z.abs() * Vector::new(-2.0f32)).exp();
+    let zc = min(max(z, -one), one);
+    (one - e) / (one + e) * (zc / max(zc.abs(), Vector::new(1e-30f32)))
+}
+
+/// tanh(√(2/π) (x + 0.044715 x³)), the term both directions share.
+#[cube]
+fn gelu_inner_tanh<N: Size>(x: Vector<f32, N>) -> Vector<f32, N> {
+    tanh_f32(Vector::new(SQRT_2_OVER_PI) * (x + Vector::new(COEF) * x * x * x))
+}
+
 /// gelu_tanh(x) = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³))), in f32.
 #[cube]
 pub(crate) fn gelu_tanh_f32<N: Size>(x: Vector<f32, N>) -> Vector<f32, N> {
+    Vector::new(0.5f32) * x * (Vector::new(1.0f32) + gelu_inner_tanh(x))
+}
+
+/// d gelu_tanh / dx given `t = gelu_inner_tanh(x)`, in f32.
+#[cube]
+fn gelu_tanh_grad_from<N: Size>(x: Vector<f32, N>, t: Vector<f32, N>) -> Vector<f32, N> {
     let half = Vector::new(0.5f32);
     let one = Vector::new(1.0f32);
-    let inner = Vector::new(SQRT_2_OVER_PI) * (x + Vector::new(COEF) * x * x * x);
-    half * x * (one + inner.tanh())
+    let c = Vector::new(SQRT_2_OVER_PI);
+    let a = Vector::new(COEF);
+    half * (one + t) + half * x * (one - t * t) * c * (one + Vector::new(3.0f32) * a * x * x)
 }
 
 /// d gelu_tanh / dx, in f32.
 #[cube]
 pub(crate) fn gelu_tanh_grad_f32<N: Size>(x: Vector<f32, N>) -> Vector<f32, N> {
-    let half = Vector::new(0.5f32);
-    let one = Vector::new(1.0f32);
-    let c = Vector::new(SQRT_2_OVER_PI);
-    let a = Vector::new(COEF);
-    let t = (c * (x + a * x * x * x)).tanh();
-    half * (one + t) + half * x * (one - t * t) * c * (one + Vector::new(3.0f32) * a * x * x)
+    gelu_tanh_grad_from(x, gelu_inner_tanh(x))
+}
+
+/// `(gelu_tanh(x), d gelu_tanh / dx)` with one tanh, in f32.
+#[cube]
+pub(crate) fn gelu_tanh_and_grad_f32<N: Size>(x: Vector<f32, N>) -> (Vector<f32, N>, Vector<f32, N>) {
+    let t = gelu_inner_tanh(x);
+    (Vector::new(0.5f32) * x * (Vector::new(1.0f32) + t), gelu_tanh_grad_from(x, t))
 }
 
 #[cube(launch_unchecked)]
@@ -116,6 +144,27 @@ mod tests {
             let numeric = (f(x as f64 + h) - f(x as f64 - h)) / (2.0 * h);
             assert!((analytic[i] as f64 - numeric).abs() < 1e-4, "x={x}: {} vs {numeric}", analytic[i]);
         }
+    }
+
+    #[test]
+    fn saturated_and_tiny_inputs_match_reference() {
+        // tanh is computed through an exponential: where it overflows (large |x|) the result
+        // must still saturate to x or 0 (gradient 1 or 0), and near 0 it must stay accurate.
+        let dev = device();
+        let xs = [-1e15f32, -100.0, -20.0, -9.0, -3e-4, -1e-7, 0.0, 1e-7, 3e-4, 9.0, 20.0, 100.0, 1e15, 5.0, -5.0, 0.5];
+        let x = lapidary_core::Tensor::from_f32(&dev, &xs, &[xs.len()], DType::F32).unwrap();
+        let dy = lapidary_core::Tensor::from_f32(&dev, &[1.0; 16], &[16], DType::F32).unwrap();
+        let tol = lapidary_testkit::Tol { abs: 1e-6, rel: 1e-5 };
+        assert_close("gelu_tanh", &super::gelu_tanh(&x).unwrap().to_f32_vec().unwrap(), &reference::gelu_tanh(&xs), tol);
+        let want = reference::gelu_tanh_backward(&xs, &[1.0; 16]);
+        let got = super::gelu_tanh_backward(&x, &dy).unwrap().to_f32_vec().unwrap();
+        assert_close("gelu_tanh_backward", &got, &want, tol);
+        assert!(got.iter().all(|g| g.is_finite()), "{got:?}");
+        // A NaN stays NaN both ways (the step guard must see it).
+        let nan = lapidary_core::Tensor::from_f32(&dev, &[f32::NAN, 1.0], &[2], DType::F32).unwrap();
+        let one = lapidary_core::Tensor::from_f32(&dev, &[1.0, 1.0], &[2], DType::F32).unwrap();
+        assert!(super::gelu_tanh(&nan).unwrap().to_f32_vec().unwrap()[0].is_nan());
+        assert!(super::gelu_tanh_backward(&nan, &one).unwrap().to_f32_vec().unwrap()[0].is_nan());
     }
 
     #[test]

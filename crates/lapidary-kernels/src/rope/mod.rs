@@ -20,50 +20,46 @@ pub mod reference;
 use cubecl::prelude::*;
 use lapidary_core::{DType, Error, Result, Tensor, launch};
 
-#[allow(unused_assignments)]
+/// One row of D values (a head at one position) per step, walked as its two halves in vectors:
+/// `y1 = x1 cos1 - x2 sin1`, `y2 = x2 cos2 + x1 sin2` (backward: `dx1 = dy1 cos1 + dy2 sin2`,
+/// `dx2 = dy2 cos2 - dy1 sin1`). Each unit takes `rows_per_unit` consecutive rows.
 #[cube(launch_unchecked)]
-fn rope_kernel<F: Float>(
-    x: &[F],
-    cos: &[f32],
-    sin: &[f32],
-    out: &mut [F],
+fn rope_kernel<F: Float, N: Size>(
+    x: &[Vector<F, N>],
+    cos: &[Vector<f32, N>],
+    sin: &[Vector<f32, N>],
+    out: &mut [Vector<F, N>],
+    rows: usize,
     heads: usize,
     t_len: usize,
-    d: usize,
+    half_vec: usize,
+    rows_per_unit: usize,
     #[comptime] table_batched: bool,
     #[comptime] backward: bool,
 ) {
-    let stride = CUBE_DIM as usize * CUBE_COUNT;
-    let half = d / 2;
-    let mut i = ABSOLUTE_POS;
-    while i < x.len() {
-        let dd = i % d;
-        let t = (i / d) % t_len;
-        let b = i / (d * t_len * heads);
+    let first = ABSOLUTE_POS * rows_per_unit;
+    let end = min(first + rows_per_unit, rows);
+    for r in first..end {
+        let t = r % t_len;
         let mut tb = 0usize;
         if table_batched {
-            tb = b;
+            tb = r / (t_len * heads);
         }
-        let j = (tb * t_len + t) * d + dd;
-        let xv = f32::cast_from(x[i]);
-        let mut other = 0.0f32;
-        if backward {
-            // dx_j = dy_j cos_j + (j < half ? dy_{j+h} sin_{j+h} : -dy_{j-h} sin_{j-h})
-            if dd < half {
-                other = f32::cast_from(x[i + half]) * sin[j + half];
+        let xrow = r * 2 * half_vec;
+        let trow = (tb * t_len + t) * 2 * half_vec;
+        for v in 0..half_vec {
+            let x1 = Vector::<f32, N>::cast_from(x[xrow + v]);
+            let x2 = Vector::<f32, N>::cast_from(x[xrow + half_vec + v]);
+            let (c1, c2) = (cos[trow + v], cos[trow + half_vec + v]);
+            let (s1, s2) = (sin[trow + v], sin[trow + half_vec + v]);
+            if backward {
+                out[xrow + v] = Vector::cast_from(x1 * c1 + x2 * s2);
+                out[xrow + half_vec + v] = Vector::cast_from(x2 * c2 - x1 * s1);
             } else {
-                other = -f32::cast_from(x[i - half]) * sin[j - half];
-            }
-        } else {
-            // rotate_half(x)_j = j < half ? -x_{j+h} : x_{j-h}
-            if dd < half {
-                other = -f32::cast_from(x[i + half]) * sin[j];
-            } else {
-                other = f32::cast_from(x[i - half]) * sin[j];
+                out[xrow + v] = Vector::cast_from(x1 * c1 - x2 * s1);
+                out[xrow + half_vec + v] = Vector::cast_from(x2 * c2 + x1 * s2);
             }
         }
-        out[i] = F::cast_from(xv * cos[j] + other);
-        i += stride;
     }
 }
 
@@ -79,18 +75,40 @@ fn launch_rope(op: &str, x: &Tensor, cos: &Tensor, sin: &Tensor, backward: bool)
         }
     }
     let out = Tensor::uninit(x.device(), x.shape(), x.dtype())?;
-    let (count, dim) = launch::grid_1d(x.device(), x.numel());
+    let rows = b * h * t;
+    if rows == 0 || d == 0 {
+        return Ok(out);
+    }
+    let w = launch::vector_width_up_to(&[d / 2], launch::cpu_register_lanes());
+    let dev = x.device();
+    // The CPU: one run of consecutive rows per core. GPUs: one row per unit.
+    let (count, dim, rows_per_unit) = if dev.is_cpu() {
+        let (count, dim) = launch::grid_tiles(dev, rows);
+        (count, dim, rows.div_ceil(dim.x as usize))
+    } else {
+        let (count, dim) = launch::grid_1d(dev, rows);
+        let units = dim.x as usize * count_of(&count);
+        (count, dim, rows.div_ceil(units))
+    };
     dispatch_float!(x.dtype(), F => unsafe {
         rope_kernel::launch_unchecked::<F>(
-            x.device().client(), count, dim,
+            dev.client(), count, dim, w,
             BufferArg::from_raw_parts(x.handle().clone(), x.numel()),
             BufferArg::from_raw_parts(cos.handle().clone(), cos.numel()),
             BufferArg::from_raw_parts(sin.handle().clone(), sin.numel()),
             BufferArg::from_raw_parts(out.handle().clone(), x.numel()),
-            h, t, d, cos.dim(0) == b && b > 1, backward,
+            rows, h, t, d / 2 / w, rows_per_unit, cos.dim(0) == b && b > 1, backward,
         )
     });
     Ok(out)
+}
+
+/// Cubes in a static 1-d count.
+fn count_of(count: &CubeCount) -> usize {
+    match count {
+        CubeCount::Static(x, _, _) => *x as usize,
+        _ => 1,
+    }
 }
 
 /// `x * cos + rotate_half(x) * sin` for `x: [B, H, T, D]`, tables `[1 or B, T, D]` (f32).
