@@ -8,10 +8,13 @@
 use cubecl::prelude::*;
 use lapidary_core::{Result, Tensor, launch};
 
+/// One step along K of one panel per iteration (its two vectors), each unit a run of `chunk`
+/// consecutive steps, coordinates stepped rather than divided out for each vector.
 #[cube(launch_unchecked)]
-fn pack_b_kernel<F: Float, N: Size>(
+fn pack_b_kernel<F: Float>(
     b: &[F],
-    out: &mut [Vector<F, N>],
+    out: &mut [F],
+    #[comptime] lanes: usize,
     k: usize,
     n_vec: usize,
     panels: usize,
@@ -20,22 +23,34 @@ fn pack_b_kernel<F: Float, N: Size>(
     batch_stride: usize,
     chunk: usize,
 ) {
-    let total = out.len();
-    let mut o = ABSOLUTE_POS * chunk;
-    let end = min(o + chunk, total);
-    while o < end {
-        let pair = o / 2;
-        let p = pair % k;
-        let panel = pair / k;
-        let j = min((panel % panels) * 2 + o % 2, n_vec - 1);
-        let base = (panel / panels) * batch_stride + p * row_stride + j * N::value() * col_stride;
-        let mut v = Vector::<F, N>::new(F::new(0.0));
-        #[unroll]
-        for l in 0..N::value() {
-            v.insert(l, b[base + l * col_stride]);
+    let steps = out.len() / (2 * lanes);
+    let mut q = ABSOLUTE_POS * chunk;
+    let end = min(q + chunk, steps);
+    if q < end {
+        let mut p = q % k;
+        let mut panel = (q / k) % panels;
+        let mut bi = q / k / panels;
+        while q < end {
+            let base = bi * batch_stride + p * row_stride;
+            let c0 = base + min(panel * 2, n_vec - 1) * lanes * col_stride;
+            let c1 = base + min(panel * 2 + 1, n_vec - 1) * lanes * col_stride;
+            let o = q * 2 * lanes;
+            #[unroll]
+            for l in 0..lanes {
+                out[o + l] = b[c0 + l * col_stride];
+                out[o + lanes + l] = b[c1 + l * col_stride];
+            }
+            q += 1;
+            p += 1;
+            if p == k {
+                p = 0;
+                panel += 1;
+                if panel == panels {
+                    panel = 0;
+                    bi += 1;
+                }
+            }
         }
-        out[o] = v;
-        o += 1;
     }
 }
 
@@ -50,13 +65,19 @@ pub(super) fn pack_b(b: &Tensor, trans_b: bool, k: usize, n: usize, w: usize) ->
     let out = Tensor::uninit(b.device(), &[vectors * w], b.dtype())?;
     let (row_stride, col_stride) = if trans_b { (1, k) } else { (n, 1) };
     let dev = b.device();
-    let (count, dim) = launch::grid_tiles(dev, vectors.div_ceil(4));
-    let chunk = vectors.div_ceil(dim.x as usize).next_multiple_of(4).max(4);
+    let steps = vectors / 2;
+    let (count, dim) = launch::grid_tiles(dev, steps);
+    let units = dim.x as usize * match count {
+        CubeCount::Static(x, _, _) => x as usize,
+        _ => 1,
+    };
+    let chunk = steps.div_ceil(units).max(1);
     dispatch_float!(b.dtype(), F => unsafe {
         pack_b_kernel::launch_unchecked::<F>(
-            dev.client(), count, dim, w,
+            dev.client(), count, dim,
             BufferArg::from_raw_parts(b.handle().clone(), b.numel()),
             BufferArg::from_raw_parts(out.handle().clone(), vectors * w),
+            w,
             k, n_vec, panels, row_stride, col_stride, k * n,
             chunk,
         )
