@@ -157,6 +157,16 @@ impl Tensor {
         &self.handle
     }
 
+    /// Whether `other` is this tensor: the same memory (not merely equal values), offset, shape
+    /// and dtype. While either is alive its memory is not given to another tensor, so a cache
+    /// that holds one can tell it from a later tensor.
+    pub fn same_storage(&self, other: &Tensor) -> bool {
+        std::ptr::eq(self.handle.memory.descriptor(), other.handle.memory.descriptor())
+            && self.handle.offset_start == other.handle.offset_start
+            && self.shape == other.shape
+            && self.dtype == other.dtype
+    }
+
     /// Bytes the buffer holds.
     pub fn size_bytes(&self) -> usize {
         self.numel() * self.dtype.size()

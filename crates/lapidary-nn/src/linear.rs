@@ -1,14 +1,17 @@
 //! `Linear`: `y = x · Wᵀ + b` with W in HF's `[out, in]` layout, plus an adapter slot. An adapter
 //! adds its own term computed from the same input (LoRA: `s · (x · Aᵀ) · Bᵀ`). Not the adapter
 //! itself (see `lapidary-lora`). A frozen base can be packed (bf16, NF4) and is then expanded to
-//! f32 for each matmul.
+//! f32 for each matmul; a frozen f32/bf16/f16 base on the CPU keeps the matmul's packed panels of
+//! itself after its first use (`FrozenPanels`), so the forward and the checkpointed recompute
+//! of every step do not pack it again (one more copy of the weight in memory).
 
 use crate::Scope;
 use crate::layer::{Layer, ParamFn, visited};
 use lapidary_autograd::{Trainable, Var, ops};
-use lapidary_core::{Error, Result};
-use lapidary_kernels::matmul::Layout;
+use lapidary_core::{Error, Result, Tensor};
+use lapidary_kernels::matmul::{Layout, PreparedB};
 use lapidary_kernels::quant::{PackFormat, PackedMatrix};
+use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
 
@@ -43,6 +46,31 @@ pub struct Linear {
     weight: Base,
     bias: Option<Var>,
     adapter: Option<Rc<dyn Adapter>>,
+    panels: FrozenPanels,
+}
+
+/// The matmul's prepared (packed) form of a frozen dense base weight, made at its first use on
+/// the CPU and shared by the layer's clones (a checkpointed segment's copy included). Used only
+/// while the weight is frozen and is the very tensor it was made from (the same storage): a
+/// weight that is trained, replaced or rebound to another tensor is multiplied as it is.
+#[derive(Clone, Default)]
+struct FrozenPanels(Rc<RefCell<Option<PreparedB>>>);
+
+impl FrozenPanels {
+    /// The prepared form of `w` when it can stand for it, made now if needed.
+    fn of(&self, w: &Var) -> Result<Option<PreparedB>> {
+        let value: &Tensor = w.value();
+        if w.requires_grad() || !value.device().is_cpu() {
+            return Ok(None);
+        }
+        let mut slot = self.0.borrow_mut();
+        if let Some(p) = slot.as_ref().filter(|p| p.tensor().same_storage(value)) {
+            return Ok(Some(p.clone()));
+        }
+        let prepared = PreparedB::new(value, true)?;
+        *slot = Some(prepared.clone());
+        Ok(Some(prepared))
+    }
 }
 
 /// The base weight: a tape variable, or a frozen packed copy (bf16 / NF4) expanded per use.
@@ -58,7 +86,7 @@ impl Linear {
     /// A layer at parameter path `path` (e.g. `model.layers.0.self_attn.q_proj`) with weight
     /// `[out, in]` and optional bias `[out]`.
     pub fn new(path: impl Into<String>, weight: Var, bias: Option<Var>) -> Self {
-        Linear { path: path.into(), weight: Base::Dense(weight), bias, adapter: None }
+        Linear { path: path.into(), weight: Base::Dense(weight), bias, adapter: None, panels: FrozenPanels::default() }
     }
 
     /// Loads `weight` (`[out, in]`) at `scope` (whose path becomes the layer's), with `bias`
@@ -69,7 +97,8 @@ impl Linear {
         if let (Some(format), Trainable::No) = (scope.weights().packing(), scope.trainable()) {
             let values = scope.weights().host_values(&scope.name("weight"), &[out, inp])?;
             let matrix = PackedMatrix::pack(scope.weights().device(), &values, &[out, inp], format)?;
-            return Ok(Linear { path, weight: Base::Packed(Rc::new(matrix)), bias, adapter: None });
+            let weight = Base::Packed(Rc::new(matrix));
+            return Ok(Linear { path, weight, bias, adapter: None, panels: FrozenPanels::default() });
         }
         Ok(Linear::new(path, scope.param("weight", &[out, inp])?, bias))
     }
@@ -127,6 +156,7 @@ impl Linear {
         let matrix = Rc::new(PackedMatrix::from_tensor(w.value(), format)?);
         w.tape().release_leaf(w.id());
         self.weight = Base::Packed(matrix);
+        self.panels = FrozenPanels::default();
         Ok(())
     }
 
@@ -152,7 +182,10 @@ impl Linear {
             return Err(Error::shape(format!("{}: input", self.path), format!("[..., {inf}]"), x.shape()));
         }
         let y = match &self.weight {
-            Base::Dense(w) => ops::matmul(x, w, self.bias.as_ref(), Layout::ABt)?,
+            Base::Dense(w) => match self.panels.of(w)? {
+                Some(prepared) => ops::matmul_prepared(x, &prepared, self.bias.as_ref())?,
+                None => ops::matmul(x, w, self.bias.as_ref(), Layout::ABt)?,
+            },
             Base::Packed(matrix) => ops::matmul_packed(x, matrix, self.bias.as_ref())?,
         };
         match &self.adapter {
@@ -184,7 +217,7 @@ impl Layer for Linear {
         };
         let bias = self.bias.as_ref().map(|b| f("bias", b)).transpose()?;
         let adapter = self.adapter.as_ref().map(|a| a.map_params(f)).transpose()?;
-        Ok(Linear { path: self.path.clone(), weight, bias, adapter })
+        Ok(Linear { path: self.path.clone(), weight, bias, adapter, panels: self.panels.clone() })
     }
 }
 
@@ -208,5 +241,64 @@ mod tests {
         );
         let e = fc.rebind(&Default::default()).unwrap_err().to_string();
         assert!(e.contains("no variable given for weight"), "{e}");
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 20) as f32 / 2048.0 - 1.0)
+            .collect()
+    }
+
+    /// `x · Wᵀ + b` on the host.
+    fn host_linear(x: &[f32], w: &[f32], b: &[f32], rows: usize, inp: usize, out: usize) -> Vec<f32> {
+        let mut y = vec![0f32; rows * out];
+        for r in 0..rows {
+            for o in 0..out {
+                let dot: f32 = (0..inp).map(|i| x[r * inp + i] * w[o * inp + i]).sum();
+                y[r * out + o] = dot + b[o];
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn frozen_panels_are_reused_only_for_the_tensor_they_were_made_from() {
+        let dev = Device::from_env_or_cpu().unwrap();
+        let (rows, inp, out) = (40, 24, 20);
+        let tape = Tape::new();
+        let (wv, w2v, bv, xv) = (values(out * inp, 1), values(out * inp, 2), values(out, 3), values(rows * inp, 4));
+        let w = tape.param("w", Tensor::from_f32(&dev, &wv, &[out, inp], DType::F32).unwrap(), Trainable::No);
+        let b = tape.param("b", Tensor::from_f32(&dev, &bv, &[out], DType::F32).unwrap(), Trainable::Yes);
+        let fc = Linear::new("fc", w, Some(b));
+        let x = tape.input(Tensor::from_f32(&dev, &xv, &[rows, inp], DType::F32).unwrap());
+        let close = |got: Vec<f32>, want: Vec<f32>| {
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "element {i}: {g} vs {w}");
+            }
+        };
+        let want = host_linear(&xv, &wv, &bv, rows, inp, out);
+        // First and second use: the same result; the panels were made once, on the CPU.
+        close(fc.forward(&x).unwrap().value().to_f32_vec().unwrap(), want.clone());
+        close(fc.forward(&x).unwrap().value().to_f32_vec().unwrap(), want.clone());
+        assert_eq!(fc.panels.0.borrow().is_some(), dev.is_cpu());
+        // A clone rebound to another weight computes with that weight, not the cached panels.
+        let w2 = tape.param("w2", Tensor::from_f32(&dev, &w2v, &[out, inp], DType::F32).unwrap(), Trainable::No);
+        let b_again = fc.bias().unwrap().clone();
+        let by_name = [("weight".to_string(), w2), ("bias".to_string(), b_again)].into_iter().collect();
+        let rebound = fc.rebind(&by_name).unwrap();
+        close(rebound.forward(&x).unwrap().value().to_f32_vec().unwrap(), host_linear(&xv, &w2v, &bv, rows, inp, out));
+        // ... and the original still with its own.
+        close(fc.forward(&x).unwrap().value().to_f32_vec().unwrap(), want);
+        // A trainable weight is multiplied as it is, and gets its gradient; the bias gets its
+        // gradient through the prepared product (the sum over rows of the upstream ones).
+        let wt = tape.param("wt", Tensor::from_f32(&dev, &wv, &[out, inp], DType::F32).unwrap(), Trainable::Yes);
+        let trained = Linear::new("trained", wt.clone(), None);
+        let y = trained.forward(&x).unwrap();
+        assert!(trained.panels.0.borrow().is_none());
+        let loss = ops::add(&ops::sum_all(&y).unwrap(), &ops::sum_all(&fc.forward(&x).unwrap()).unwrap()).unwrap();
+        let (grads, _) = tape.backward(&loss).unwrap();
+        assert!(grads.get(&wt).is_some());
+        let db = grads.get(fc.bias().unwrap()).unwrap().to_f32_vec().unwrap();
+        close(db, vec![rows as f32; out]);
     }
 }

@@ -30,6 +30,28 @@ pub fn matmul(a: &Var, b: &Var, bias: Option<&Var>, layout: Layout) -> Result<Va
     a.tape().record1(&inputs, out, backward)
 }
 
+/// `x · op(W) (+ bias)` with a frozen `W` prepared once for many products
+/// (`lapidary_kernels::matmul::PreparedB`: packed on the CPU): the gradient reaches `x` and the
+/// bias, never `W`, which is not an input of the product here.
+pub fn matmul_prepared(x: &Var, w: &mm::PreparedB, bias: Option<&Var>) -> Result<Var> {
+    let out = mm::matmul_prepared(x.value(), w, bias.map(Var::value))?;
+    let (xv, wv, layout) = (x.value().clone(), w.tensor().clone(), Layout::new(false, w.trans_b()));
+    let has_bias = bias.is_some();
+    let backward: BackwardFn = Box::new(move |outs, needs| {
+        let need_bias = has_bias && needs[1];
+        let g =
+            mm::matmul_backward(&xv, &wv, &upstream(outs), layout, Needs { a: needs[0], b: false, bias: need_bias })?;
+        let mut v = vec![g.a];
+        if has_bias {
+            v.push(g.bias);
+        }
+        Ok(v)
+    });
+    let mut inputs = vec![x];
+    inputs.extend(bias);
+    x.tape().record1(&inputs, out, backward)
+}
+
 /// `addend + op(a) · op(b)` in one pass where the kernel allows it (see
 /// `lapidary_kernels::matmul::matmul_add`): a Linear's output plus its low-rank term.
 pub fn matmul_add(addend: &Var, a: &Var, b: &Var, layout: Layout) -> Result<Var> {

@@ -89,7 +89,7 @@ pub fn linear_cross_entropy(
     let head_for_dh = if need_h { Some(mm::PreparedB::new(&wv, false)?) } else { None };
     for ids in &chunks {
         let hc = gather::gather_rows(&hv, ids)?;
-        let logits = mm::matmul_prepared(&hc, &head)?;
+        let logits = mm::matmul_prepared(&hc, &head, None)?;
         if !(need_h || need_w) {
             loss_sum = ew::add(&loss_sum, &ls::cross_entropy(&logits, &chunk_labels(ids))?.loss_sum)?;
             continue;
@@ -98,7 +98,7 @@ pub fn linear_cross_entropy(
         loss_sum = ew::add(&loss_sum, &ce.loss_sum)?;
         drop(logits);
         if let (Some(acc), Some(head_for_dh)) = (&dh, &head_for_dh) {
-            let dhc = mm::matmul_prepared(&dlogits, head_for_dh)?;
+            let dhc = mm::matmul_prepared(&dlogits, head_for_dh, None)?;
             dh = Some(gather::scatter_rows(acc, &dhc, ids)?);
         }
         if need_w {

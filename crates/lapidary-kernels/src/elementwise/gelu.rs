@@ -155,7 +155,12 @@ mod tests {
         let x = lapidary_core::Tensor::from_f32(&dev, &xs, &[xs.len()], DType::F32).unwrap();
         let dy = lapidary_core::Tensor::from_f32(&dev, &[1.0; 16], &[16], DType::F32).unwrap();
         let tol = lapidary_testkit::Tol { abs: 1e-6, rel: 1e-5 };
-        assert_close("gelu_tanh", &super::gelu_tanh(&x).unwrap().to_f32_vec().unwrap(), &reference::gelu_tanh(&xs), tol);
+        assert_close(
+            "gelu_tanh",
+            &super::gelu_tanh(&x).unwrap().to_f32_vec().unwrap(),
+            &reference::gelu_tanh(&xs),
+            tol,
+        );
         let want = reference::gelu_tanh_backward(&xs, &[1.0; 16]);
         let got = super::gelu_tanh_backward(&x, &dy).unwrap().to_f32_vec().unwrap();
         assert_close("gelu_tanh_backward", &got, &want, tol);

@@ -308,11 +308,22 @@ impl PreparedB {
         };
         Ok(PreparedB { b: b.clone(), trans_b, packed })
     }
+
+    /// The B it was prepared from.
+    pub fn tensor(&self) -> &Tensor {
+        &self.b
+    }
+
+    /// Whether B is read transposed (`[N, K]`).
+    pub fn trans_b(&self) -> bool {
+        self.trans_b
+    }
 }
 
-/// [`matmul`] of `a` (`[..., M, K]`) and a prepared B: the same result, without preparing B again.
-pub fn matmul_prepared(a: &Tensor, b: &PreparedB) -> Result<Tensor> {
-    matmul_impl(a, &b.b, None, None, false, b.trans_b, b.packed.as_ref())
+/// [`matmul`] of `a` (`[..., M, K]`) and a prepared B (`+ bias`): the same result, without
+/// preparing B again.
+pub fn matmul_prepared(a: &Tensor, b: &PreparedB, bias: Option<&Tensor>) -> Result<Tensor> {
+    matmul_impl(a, &b.b, bias, None, false, b.trans_b, b.packed.as_ref())
 }
 
 /// The vector width of the register kernel along N: one of the CPU's registers at most, and at
@@ -755,7 +766,7 @@ mod tests {
                 for m in [3, 37] {
                     let a = random_tensor(&dev, &[m, k], dt, seed + m as u64, 1.0);
                     let want = reference::matmul(&a.to_f32_vec().unwrap(), &bh, None, 1, m, k, n, false, tb, true);
-                    let got = super::matmul_prepared(&a, &prepared).unwrap();
+                    let got = super::matmul_prepared(&a, &prepared, None).unwrap();
                     assert_eq!(got.shape(), &[m, n]);
                     let what = format!("matmul_prepared m{m} k{k} n{n} tb{tb} {dt}");
                     assert_close(&what, &got.to_f32_vec().unwrap(), &want, tol(dt, k));
