@@ -49,17 +49,30 @@ fn block_max(s: &Array<f32>, n: usize) -> f32 {
 }
 
 /// Turns the first `n` scores (masked ones at `NONE`) into `exp(score - m)` in place (0 for
-/// masked ones) and returns their sum.
+/// masked ones) and returns their sum. `N` scores at a time through one vector exponential (on
+/// the CPU runtime a scalar one is a library call); a masked score, or a lane past `n`, enters
+/// it as `NONE` and leaves as 0.
 #[cube]
-fn exp_block(s: &mut Array<f32>, n: usize, m: f32) -> f32 {
+fn exp_block<N: Size>(s: &mut Array<f32>, n: usize, m: f32) -> f32 {
     let mut sum = 0.0f32;
-    for j in 0..n {
-        let mut e = 0.0f32;
-        if s[j] > f32::new(NONE) {
-            e = f32::exp(s[j] - m);
+    let mut j0 = 0;
+    while j0 < n {
+        let mut x = Vector::<f32, N>::new(f32::new(NONE));
+        #[unroll]
+        for l in 0..N::value() {
+            if j0 + l < n && s[j0 + l] > f32::new(NONE) {
+                x.insert(l, s[j0 + l] - m);
+            }
         }
-        s[j] = e;
-        sum += e;
+        let e = x.exp();
+        #[unroll]
+        for l in 0..N::value() {
+            if j0 + l < n {
+                s[j0 + l] = e.extract(l);
+                sum += e.extract(l);
+            }
+        }
+        j0 += N::value();
     }
     sum
 }
@@ -215,10 +228,10 @@ fn flash_forward_kernel<F: Float, N: Size>(
             rescale(&mut o1, c1, d_vec);
             rescale(&mut o2, c2, d_vec);
             rescale(&mut o3, c3, d_vec);
-            l0 = l0 * c0 + exp_block(&mut s0, n, n0);
-            l1 = l1 * c1 + exp_block(&mut s1, n, n1);
-            l2 = l2 * c2 + exp_block(&mut s2, n, n2);
-            l3 = l3 * c3 + exp_block(&mut s3, n, n3);
+            l0 = l0 * c0 + exp_block::<N>(&mut s0, n, n0);
+            l1 = l1 * c1 + exp_block::<N>(&mut s1, n, n1);
+            l2 = l2 * c2 + exp_block::<N>(&mut s2, n, n2);
+            l3 = l3 * c3 + exp_block::<N>(&mut s3, n, n3);
             m0 = n0;
             m1 = n1;
             m2 = n2;

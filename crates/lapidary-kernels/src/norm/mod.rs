@@ -22,15 +22,28 @@ pub mod reference;
 use cubecl::prelude::*;
 use lapidary_core::{DType, Error, Result, Tensor, launch};
 
-/// The sum of a vector's lanes.
+/// The sum of a vector's lanes, in four interleaved partial sums (lanes `l`, `l + 4`, …) added
+/// at the end: a chain of a quarter of the lanes instead of all of them, so that the sums of
+/// several vectors (a tile's dot products) overlap.
 #[cube]
 pub(crate) fn hsum<N: Size>(v: Vector<f32, N>) -> f32 {
-    let mut s = 0.0f32;
+    let mut s0 = 0.0f32;
+    let mut s1 = 0.0f32;
+    let mut s2 = 0.0f32;
+    let mut s3 = 0.0f32;
     #[unroll]
     for l in 0..N::value() {
-        s += v.extract(l);
+        if l % 4 == 0 {
+            s0 += v.extract(l);
+        } else if l % 4 == 1 {
+            s1 += v.extract(l);
+        } else if l % 4 == 2 {
+            s2 += v.extract(l);
+        } else {
+            s3 += v.extract(l);
+        }
     }
-    s
+    (s0 + s1) + (s2 + s3)
 }
 
 /// Mean of one row (0 for RMSNorm, which does not center).
