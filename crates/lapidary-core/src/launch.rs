@@ -69,6 +69,16 @@ pub fn grid_tiles(device: &Device, tiles: usize) -> (CubeCount, CubeDim) {
     }
 }
 
+/// Units a 1-d launch runs in all (`cubes × units per cube`), for kernels that split work into
+/// one contiguous run per unit.
+pub fn units_of(count: &CubeCount, dim: &CubeDim) -> usize {
+    let cubes = match count {
+        CubeCount::Static(x, _, _) => *x as usize,
+        _ => 1,
+    };
+    cubes * dim.x as usize
+}
+
 /// Runs one kernel launch. When the runtime panics while launching (a paced CPU launch runs the
 /// kernel's compilation on the caller's behalf and raises the runtime's panic in the caller, see
 /// [`crate::pacing`]), the failure the panic hook recorded is left for the next read or sync to

@@ -461,7 +461,8 @@ fn matmul_impl(
         };
         (packed, n_vec.div_ceil(2) * k * 2)
     } else {
-        (if trans_b { transpose(b)? } else { b.clone() }, k * n_vec)
+        // Not packed: never a transposed B (`pack_mode`), so B is read as it is.
+        (b.clone(), k * n_vec)
     };
     let (a_row_stride, a_col_stride) = if trans_a { (1, m) } else { (k, 1) };
     let tiles = batches * m.div_ceil(8 * SB_M) * SB_M * n_vec.div_ceil(2 * SB_N) * SB_N;
@@ -734,8 +735,8 @@ mod tests {
     #[test]
     fn weights_read_in_place_along_k() {
         // trans_b without trans_a, fewer than 32 rows, K of at least 64 and a multiple of 4, 8
-        // or 16: the A·Bᵀ kernel (33 rows: packed), with edges in both M and N (not multiples of its 4 x 4 tile), shared and
-        // batched B, every dtype.
+        // or 16: the A·Bᵀ kernel (33 rows: packed), with edges in both M and N (not multiples
+        // of its 4 x 4 tile), shared and batched B, every dtype.
         for (i, (batch, m, k, n, shared, bias)) in [
             (2, 13, 64, 23, true, true),
             (1, 5, 68, 9, true, false),

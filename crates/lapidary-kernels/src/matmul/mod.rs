@@ -6,9 +6,10 @@
 //! walking K with fused multiply-adds, B and C loaded along N in vectors. A transposed B (a
 //! Linear's forward, W stored `[N, K]`) and a large B are first packed in panels along N
 //! (`pack.rs`), so every step along K reads one contiguous run; with fewer than 32 rows of A
-//! (generation) `A · Bᵀ` is read in place along K by its own kernel (`nt.rs`) instead. On GPUs the same entry runs cubek-matmul's routines instead
-//! (`accelerated.rs`: tensor cores for bf16/f16, every layout read in place). Backward is expressed with the same op
-//! (`dA = dC · Bᵀ`, `dB = Aᵀ · dC`) and a bias gradient by [`crate::reduce::sum_rows`].
+//! (generation) `A · Bᵀ` is read in place along K by its own kernel (`nt.rs`) instead. On GPUs
+//! the same entry runs cubek-matmul's routines instead (`accelerated.rs`: tensor cores for
+//! bf16/f16, every layout read in place). Backward is expressed with the same op (`dA = dC ·
+//! Bᵀ`, `dB = Aᵀ · dC`) and a bias gradient by [`crate::reduce::sum_rows`].
 //!
 //! ```
 //! use lapidary_core::{Device, DType, Tensor};

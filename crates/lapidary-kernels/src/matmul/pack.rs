@@ -67,11 +67,7 @@ pub(super) fn pack_b(b: &Tensor, trans_b: bool, k: usize, n: usize, w: usize) ->
     let dev = b.device();
     let steps = vectors / 2;
     let (count, dim) = launch::grid_tiles(dev, steps);
-    let units = dim.x as usize
-        * match count {
-            CubeCount::Static(x, _, _) => x as usize,
-            _ => 1,
-        };
+    let units = launch::units_of(&count, &dim);
     let chunk = steps.div_ceil(units).max(1);
     dispatch_float!(b.dtype(), F => unsafe {
         pack_b_kernel::launch_unchecked::<F>(

@@ -87,7 +87,7 @@ fn launch_rope(op: &str, x: &Tensor, cos: &Tensor, sin: &Tensor, backward: bool)
         (count, dim, rows.div_ceil(dim.x as usize))
     } else {
         let (count, dim) = launch::grid_1d(dev, rows);
-        let units = dim.x as usize * count_of(&count);
+        let units = launch::units_of(&count, &dim);
         (count, dim, rows.div_ceil(units))
     };
     dispatch_float!(x.dtype(), F => unsafe {
@@ -101,14 +101,6 @@ fn launch_rope(op: &str, x: &Tensor, cos: &Tensor, sin: &Tensor, backward: bool)
         )
     });
     Ok(out)
-}
-
-/// Cubes in a static 1-d count.
-fn count_of(count: &CubeCount) -> usize {
-    match count {
-        CubeCount::Static(x, _, _) => *x as usize,
-        _ => 1,
-    }
 }
 
 /// `x * cos + rotate_half(x) * sin` for `x: [B, H, T, D]`, tables `[1 or B, T, D]` (f32).
