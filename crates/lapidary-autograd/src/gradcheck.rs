@@ -168,7 +168,16 @@ pub fn op_cases() -> Vec<OpCase> {
         (
             "linear_cross_entropy_chunked",
             vec![vec![5, 3], vec![4, 3]],
-            Box::new(|v: &[Var]| ops::linear_cross_entropy(&v[0], &v[1], &[1, -100, 3, 0, 2], Some(3.0), Some(2))),
+            Box::new(|v: &[Var]| {
+                ops::linear_cross_entropy(
+                    &v[0],
+                    &v[1],
+                    &crate::FrozenPanels::default(),
+                    &[1, -100, 3, 0, 2],
+                    Some(3.0),
+                    Some(2),
+                )
+            }),
         ),
     ]
 }

@@ -38,12 +38,14 @@
 //! (on `lapidary-core`) kernels also run on NVIDIA GPUs.
 
 mod checkpoint;
+mod frozen;
 mod grad;
 pub mod gradcheck;
 pub mod ops;
 mod tape;
 
 pub use checkpoint::checkpoint;
+pub use frozen::FrozenPanels;
 pub use grad::{BackwardOptions, GradReport, GradStore, LeafReport};
 pub use tape::{NoGradGuard, Tape, Trainable, Var, VarId};
 

@@ -3,7 +3,7 @@
 //! non-checkpointed ones bit for bit), and no-grad scopes.
 
 use crate::gradcheck::{fd_check, op_cases};
-use crate::{BackwardOptions, Tape, Trainable, Var, checkpoint, ops};
+use crate::{BackwardOptions, FrozenPanels, Tape, Trainable, Var, checkpoint, ops};
 use lapidary_core::{DType, Device, Result, Tensor};
 use lapidary_kernels::matmul::Layout;
 use lapidary_testkit::random_values;
@@ -174,7 +174,9 @@ fn chunked_linear_cross_entropy_equals_the_unfused_ops() {
         let h = tape.param("h", t(&hv, &[n, hid]), Trainable::Yes);
         let w = tape.param("w", t(&wv, &[vocab, hid]), Trainable::Yes);
         let loss = match fused {
-            Some(chunk) => ops::linear_cross_entropy(&h, &w, &labels, normalizer, chunk).unwrap(),
+            Some(chunk) => {
+                ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &labels, normalizer, chunk).unwrap()
+            }
             None => ops::cross_entropy(&ops::matmul(&h, &w, None, Layout::ABt).unwrap(), &labels, normalizer).unwrap(),
         };
         let (grads, _) = tape.backward(&loss).unwrap();
@@ -209,7 +211,7 @@ fn linear_cross_entropy_scales_its_gradient_by_the_upstream_one() {
         let h = tape.param("h", t(&hv, &[n, hid]), Trainable::Yes);
         let w = tape.param("w", t(&wv, &[vocab, hid]), w_trainable);
         let loss = if fused {
-            ops::linear_cross_entropy(&h, &w, &labels, None, Some(2)).unwrap()
+            ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &labels, None, Some(2)).unwrap()
         } else {
             ops::cross_entropy(&ops::matmul(&h, &w, None, Layout::ABt).unwrap(), &labels, None).unwrap()
         };
@@ -227,11 +229,42 @@ fn linear_cross_entropy_scales_its_gradient_by_the_upstream_one() {
     let tape = Tape::new();
     let h = tape.param("h", t(&hv, &[n, hid]), Trainable::Yes);
     let w = tape.param("w", t(&wv, &[vocab, hid]), Trainable::No);
-    let recorded = ops::linear_cross_entropy(&h, &w, &labels, None, None).unwrap().value().to_f32_vec().unwrap();
+    let recorded = ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &labels, None, None)
+        .unwrap()
+        .value()
+        .to_f32_vec()
+        .unwrap();
     let _guard = tape.no_grad();
-    let plain = ops::linear_cross_entropy(&h, &w, &labels, None, None).unwrap();
+    let plain = ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &labels, None, None).unwrap();
     assert!(!plain.requires_grad());
     assert_eq!(plain.value().to_f32_vec().unwrap(), recorded);
+}
+
+#[test]
+fn kept_head_panels_serve_only_the_weight_they_were_made_from() {
+    // One FrozenPanels across calls: the same frozen head twice (its forms made once, then
+    // reused), then another head: every loss and gradient as with nothing kept.
+    let (n, hid, vocab) = (9, 6, 40);
+    let labels: Vec<i64> = (0..n).map(|i| (i * 7 % vocab) as i64).collect();
+    let hv = random_values(n * hid, 61, 1.0);
+    let kept = FrozenPanels::default();
+    let run = |wv: &[f32], panels: &FrozenPanels| {
+        let tape = Tape::new();
+        let h = tape.param("h", t(&hv, &[n, hid]), Trainable::Yes);
+        let w = tape.param("w", t(wv, &[vocab, hid]), Trainable::No);
+        let loss = ops::linear_cross_entropy(&h, &w, panels, &labels, None, Some(4)).unwrap();
+        let (grads, _) = tape.backward(&loss).unwrap();
+        (loss.value().to_f32_vec().unwrap(), grads.by_name("h").unwrap().to_f32_vec().unwrap())
+    };
+    for (i, seed) in [62, 62, 63].into_iter().enumerate() {
+        let wv = random_values(vocab * hid, seed, 1.0);
+        let (want_loss, want_dh) = run(&wv, &FrozenPanels::default());
+        let (loss, dh) = run(&wv, &kept);
+        let cpu = Device::from_env_or_cpu().unwrap().is_cpu();
+        assert_eq!(kept.held(), (cpu, cpu), "call {i}");
+        lapidary_testkit::assert_close(&format!("loss, call {i}"), &loss, &want_loss, lapidary_testkit::Tol::F32);
+        lapidary_testkit::assert_close(&format!("dh, call {i}"), &dh, &want_dh, lapidary_testkit::Tol::F32);
+    }
 }
 
 #[test]
@@ -239,13 +272,15 @@ fn linear_cross_entropy_errors_name_what_is_wrong() {
     let tape = Tape::new();
     let h = tape.param("h", t(&random_values(6, 1, 1.0), &[2, 3]), Trainable::Yes);
     let w = tape.param("w", t(&random_values(8, 2, 1.0), &[2, 4]), Trainable::Yes);
-    let e = ops::linear_cross_entropy(&h, &w, &[0, 1], None, None).unwrap_err().to_string();
+    let e = ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &[0, 1], None, None).unwrap_err().to_string();
     assert!(e.contains("[N, H] and [V, H]"), "{e}");
     let w = tape.param("w3", t(&random_values(6, 2, 1.0), &[2, 3]), Trainable::Yes);
-    let e = ops::linear_cross_entropy(&h, &w, &[-100, -100], None, None).unwrap_err().to_string();
+    let e =
+        ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &[-100, -100], None, None).unwrap_err().to_string();
     assert!(e.contains("no label to count"), "{e}");
-    let e = ops::linear_cross_entropy(&h, &w, &[0], None, None).unwrap_err().to_string();
+    let e = ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &[0], None, None).unwrap_err().to_string();
     assert!(e.contains("1 labels for 2 rows"), "{e}");
-    let e = ops::linear_cross_entropy(&h, &w, &[-100, 5], None, Some(1)).unwrap_err().to_string();
+    let e =
+        ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &[-100, 5], None, Some(1)).unwrap_err().to_string();
     assert!(e.contains("label 5 at position 1 is outside the vocabulary 0..2"), "{e}");
 }

@@ -5,7 +5,7 @@
 //! checkpointed segment that receives its parameters explicitly.
 
 use crate::config::{Gemma3TextConfig, LayerKind};
-use lapidary_autograd::{Var, ops};
+use lapidary_autograd::{FrozenPanels, Var, ops};
 use lapidary_core::{Error, Result, Tensor};
 use lapidary_kernels::attention::AttentionMask;
 use lapidary_kernels::gather::concat;
@@ -160,6 +160,8 @@ impl DecoderLayer {
 pub struct Gemma3TextModel {
     cfg: Gemma3TextConfig,
     embed: Var,
+    /// The tied head's packed forms while the embedding is frozen (kept between steps).
+    head_panels: FrozenPanels,
     layers: Vec<DecoderLayer>,
     norm: Var,
 }
@@ -172,6 +174,7 @@ impl Gemma3TextModel {
         Ok(Gemma3TextModel {
             cfg: cfg.clone(),
             embed: scope.at("embed_tokens").param("weight", &[cfg.vocab_size, cfg.hidden_size])?,
+            head_panels: FrozenPanels::default(),
             layers: cfg
                 .layer_types
                 .iter()
@@ -247,7 +250,7 @@ impl Gemma3TextModel {
     /// `h: [N, H]` through the tied head, divided by `normalizer` (default: the label count),
     /// with the head and the loss fused: the `[N, vocab]` logits are never materialized.
     pub fn head_loss(&self, h: &Var, labels: &[i64], normalizer: Option<f32>) -> Result<Var> {
-        ops::linear_cross_entropy(h, &self.embed, labels, normalizer, None)
+        ops::linear_cross_entropy(h, &self.embed, &self.head_panels, labels, normalizer, None)
     }
 }
 

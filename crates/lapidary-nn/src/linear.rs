@@ -2,16 +2,14 @@
 //! adds its own term computed from the same input (LoRA: `s · (x · Aᵀ) · Bᵀ`). Not the adapter
 //! itself (see `lapidary-lora`). A frozen base can be packed (bf16, NF4) and is then expanded to
 //! f32 for each matmul; a frozen f32/bf16/f16 base on the CPU keeps the matmul's packed panels of
-//! itself after its first use (`FrozenPanels`), so the forward and the checkpointed recompute
-//! of every step do not pack it again (one more copy of the weight in memory).
+//! itself for the product and for the input's gradient after their first use
+//! (`lapidary_autograd::FrozenPanels`), so no step packs it again (a copy of the weight per form).
 
 use crate::Scope;
 use crate::layer::{Layer, ParamFn, visited};
-use lapidary_autograd::{Trainable, Var, ops};
-use lapidary_core::{Error, Result, Tensor};
-use lapidary_kernels::matmul::{Layout, PreparedB};
+use lapidary_autograd::{FrozenPanels, Trainable, Var, ops};
+use lapidary_core::{Error, Result};
 use lapidary_kernels::quant::{PackFormat, PackedMatrix};
-use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
 
@@ -47,30 +45,6 @@ pub struct Linear {
     bias: Option<Var>,
     adapter: Option<Rc<dyn Adapter>>,
     panels: FrozenPanels,
-}
-
-/// The matmul's prepared (packed) form of a frozen dense base weight, made at its first use on
-/// the CPU and shared by the layer's clones (a checkpointed segment's copy included). Used only
-/// while the weight is frozen and is the very tensor it was made from (the same storage): a
-/// weight that is trained, replaced or rebound to another tensor is multiplied as it is.
-#[derive(Clone, Default)]
-struct FrozenPanels(Rc<RefCell<Option<PreparedB>>>);
-
-impl FrozenPanels {
-    /// The prepared form of `w` when it can stand for it, made now if needed.
-    fn of(&self, w: &Var) -> Result<Option<PreparedB>> {
-        let value: &Tensor = w.value();
-        if w.requires_grad() || !value.device().is_cpu() {
-            return Ok(None);
-        }
-        let mut slot = self.0.borrow_mut();
-        if let Some(p) = slot.as_ref().filter(|p| p.tensor().same_storage(value)) {
-            return Ok(Some(p.clone()));
-        }
-        let prepared = PreparedB::new(value, true)?;
-        *slot = Some(prepared.clone());
-        Ok(Some(prepared))
-    }
 }
 
 /// The base weight: a tape variable, or a frozen packed copy (bf16 / NF4) expanded per use.
@@ -182,10 +156,7 @@ impl Linear {
             return Err(Error::shape(format!("{}: input", self.path), format!("[..., {inf}]"), x.shape()));
         }
         let y = match &self.weight {
-            Base::Dense(w) => match self.panels.of(w)? {
-                Some(prepared) => ops::matmul_prepared(x, &prepared, self.bias.as_ref())?,
-                None => ops::matmul(x, w, self.bias.as_ref(), Layout::ABt)?,
-            },
+            Base::Dense(w) => ops::matmul_frozen(x, w, &self.panels, self.bias.as_ref())?,
             Base::Packed(matrix) => ops::matmul_packed(x, matrix, self.bias.as_ref())?,
         };
         match &self.adapter {
@@ -245,7 +216,9 @@ mod tests {
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
-            .map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 20) as f32 / 2048.0 - 1.0)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(0x85eb_ca6b)) >> 20) as f32 / 2048.0 - 1.0
+            })
             .collect()
     }
 
@@ -270,7 +243,7 @@ mod tests {
         let w = tape.param("w", Tensor::from_f32(&dev, &wv, &[out, inp], DType::F32).unwrap(), Trainable::No);
         let b = tape.param("b", Tensor::from_f32(&dev, &bv, &[out], DType::F32).unwrap(), Trainable::Yes);
         let fc = Linear::new("fc", w, Some(b));
-        let x = tape.input(Tensor::from_f32(&dev, &xv, &[rows, inp], DType::F32).unwrap());
+        let x = tape.param("x", Tensor::from_f32(&dev, &xv, &[rows, inp], DType::F32).unwrap(), Trainable::Yes);
         let close = |got: Vec<f32>, want: Vec<f32>| {
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "element {i}: {g} vs {w}");
@@ -280,7 +253,7 @@ mod tests {
         // First and second use: the same result; the panels were made once, on the CPU.
         close(fc.forward(&x).unwrap().value().to_f32_vec().unwrap(), want.clone());
         close(fc.forward(&x).unwrap().value().to_f32_vec().unwrap(), want.clone());
-        assert_eq!(fc.panels.0.borrow().is_some(), dev.is_cpu());
+        assert_eq!(fc.panels.held(), (dev.is_cpu(), false));
         // A clone rebound to another weight computes with that weight, not the cached panels.
         let w2 = tape.param("w2", Tensor::from_f32(&dev, &w2v, &[out, inp], DType::F32).unwrap(), Trainable::No);
         let b_again = fc.bias().unwrap().clone();
@@ -294,11 +267,17 @@ mod tests {
         let wt = tape.param("wt", Tensor::from_f32(&dev, &wv, &[out, inp], DType::F32).unwrap(), Trainable::Yes);
         let trained = Linear::new("trained", wt.clone(), None);
         let y = trained.forward(&x).unwrap();
-        assert!(trained.panels.0.borrow().is_none());
+        assert_eq!(trained.panels.held(), (false, false));
         let loss = ops::add(&ops::sum_all(&y).unwrap(), &ops::sum_all(&fc.forward(&x).unwrap()).unwrap()).unwrap();
         let (grads, _) = tape.backward(&loss).unwrap();
         assert!(grads.get(&wt).is_some());
         let db = grads.get(fc.bias().unwrap()).unwrap().to_f32_vec().unwrap();
         close(db, vec![rows as f32; out]);
+        // The input's gradient: through the trained weight and through the frozen one's panels
+        // for `dy · W` (made by this backward), `dx[r, i] = 2 · Σ_o W[o, i]` for `dy = 1`.
+        assert_eq!(fc.panels.held(), (dev.is_cpu(), dev.is_cpu()));
+        let col_sums: Vec<f32> = (0..inp).map(|i| 2.0 * (0..out).map(|o| wv[o * inp + i]).sum::<f32>()).collect();
+        let want_dx: Vec<f32> = (0..rows).flat_map(|_| col_sums.iter().copied()).collect();
+        close(grads.get(&x).unwrap().to_f32_vec().unwrap(), want_dx);
     }
 }

@@ -1,9 +1,10 @@
 //! Matmul and the shape ops around it (reshape, transposes).
 
 use super::upstream;
-use crate::{Var, tape::BackwardFn};
+use crate::{FrozenPanels, Var, tape::BackwardFn};
 use lapidary_core::Result;
 use lapidary_kernels::matmul::{self as mm, Layout, Needs};
+use lapidary_kernels::reduce;
 
 /// `op(a) · op(b) (+ bias)`; see `lapidary_kernels::matmul::matmul` for the layouts.
 pub fn matmul(a: &Var, b: &Var, bias: Option<&Var>, layout: Layout) -> Result<Var> {
@@ -30,20 +31,25 @@ pub fn matmul(a: &Var, b: &Var, bias: Option<&Var>, layout: Layout) -> Result<Va
     a.tape().record1(&inputs, out, backward)
 }
 
-/// `x · op(W) (+ bias)` with a frozen `W` prepared once for many products
-/// (`lapidary_kernels::matmul::PreparedB`: packed on the CPU): the gradient reaches `x` and the
-/// bias, never `W`, which is not an input of the product here.
-pub fn matmul_prepared(x: &Var, w: &mm::PreparedB, bias: Option<&Var>) -> Result<Var> {
-    let out = mm::matmul_prepared(x.value(), w, bias.map(Var::value))?;
-    let (xv, wv, layout) = (x.value().clone(), w.tensor().clone(), Layout::new(false, w.trans_b()));
+/// `x · Wᵀ (+ bias)` for a weight `w: [out, in]` (a Linear), served from `panels` while it is
+/// frozen on the CPU ([`FrozenPanels`]: packed once, reused by every later call and by the
+/// gradient of `x`); a trainable weight, or one on a GPU, is the plain [`matmul`] and gets its
+/// gradient. A frozen `w` is not an input of the product: the gradient reaches `x` and the bias.
+pub fn matmul_frozen(x: &Var, w: &Var, panels: &FrozenPanels, bias: Option<&Var>) -> Result<Var> {
+    let Some(prepared) = panels.for_product(w)? else {
+        return matmul(x, w, bias, Layout::ABt);
+    };
+    let out = mm::matmul_prepared(x.value(), &prepared, bias.map(Var::value))?;
+    let (wv, panels) = (w.value().clone(), panels.clone());
     let has_bias = bias.is_some();
     let backward: BackwardFn = Box::new(move |outs, needs| {
-        let need_bias = has_bias && needs[1];
-        let g =
-            mm::matmul_backward(&xv, &wv, &upstream(outs), layout, Needs { a: needs[0], b: false, bias: need_bias })?;
-        let mut v = vec![g.a];
+        let dy = upstream(outs);
+        let dx = if needs[0] { Some(mm::matmul_prepared(&dy, &panels.for_gradient(&wv)?, None)?) } else { None };
+        let mut v = vec![dx];
         if has_bias {
-            v.push(g.bias);
+            let out_features = wv.dim(0);
+            let rows = dy.reshape(&[dy.numel() / out_features.max(1), out_features])?;
+            v.push(if needs[1] { Some(reduce::sum_rows(&rows)?) } else { None });
         }
         Ok(v)
     });

@@ -3,7 +3,7 @@
 //! `[tokens, vocab]` logits never exist whole), and the sum of all elements.
 
 use super::upstream;
-use crate::{Var, tape::BackwardFn};
+use crate::{FrozenPanels, Var, tape::BackwardFn};
 use lapidary_core::{Error, Result, Tensor};
 use lapidary_kernels::matmul::Layout;
 use lapidary_kernels::{elementwise as ew, gather, loss as ls, matmul as mm, reduce};
@@ -36,10 +36,13 @@ const CHUNK_VALUES: usize = 1 << 26;
 /// without the `[N, V]` logits: only rows whose label is not -100 are projected, `chunk_rows` at
 /// a time (default: chunks of at most 2^26 logits), each once: when a gradient is wanted it is
 /// computed in the forward pass from each chunk's logits, and backward only scales it. Same loss
-/// and gradients as the unfused ops, up to summation order.
+/// and gradients as the unfused ops, up to summation order. A frozen `w` on the CPU is served
+/// from `panels`, packed once for every later call (pass a fresh [`FrozenPanels`] to keep
+/// nothing); a trainable one is packed per call.
 pub fn linear_cross_entropy(
     h: &Var,
     w: &Var,
+    panels: &FrozenPanels,
     labels: &[i64],
     normalizer: Option<f32>,
     chunk_rows: Option<usize>,
@@ -84,9 +87,16 @@ pub fn linear_cross_entropy(
     let mut loss_sum = Tensor::zeros(&dev, &[1], lapidary_core::DType::F32)?;
     let mut dh = if need_h { Some(Tensor::zeros(&dev, hv.shape(), hv.dtype())?) } else { None };
     let mut dw: Option<Tensor> = None;
-    // The head is prepared once for every chunk's product (packed on the CPU).
-    let head = mm::PreparedB::new(&wv, true)?;
-    let head_for_dh = if need_h { Some(mm::PreparedB::new(&wv, false)?) } else { None };
+    // The head is prepared once for every chunk's product (packed on the CPU), or kept.
+    let head = match panels.for_product(w)? {
+        Some(kept) => kept,
+        None => mm::PreparedB::new(&wv, true)?,
+    };
+    let head_for_dh = match (need_h, FrozenPanels::applies_to(w)) {
+        (false, _) => None,
+        (true, true) => Some(panels.for_gradient(&wv)?),
+        (true, false) => Some(mm::PreparedB::new(&wv, false)?),
+    };
     for ids in &chunks {
         let hc = gather::gather_rows(&hv, ids)?;
         let logits = mm::matmul_prepared(&hc, &head, None)?;

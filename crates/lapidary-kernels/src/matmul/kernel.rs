@@ -310,6 +310,21 @@ impl PreparedB {
         Ok(PreparedB { b: b.clone(), trans_b, packed })
     }
 
+    /// Prepares `b` for many calls (a frozen weight kept between steps): on the CPU always
+    /// packed, whatever its size, since the packing is paid once. Same layouts as [`Self::new`].
+    pub fn kept(b: &Tensor, trans_b: bool) -> Result<Self> {
+        if b.rank() != 2 {
+            return Err(Error::shape("PreparedB: b", "[K, N] or [N, K] (rank 2)", b.shape()));
+        }
+        let (k, n) = if trans_b { (b.dim(1), b.dim(0)) } else { (b.dim(0), b.dim(1)) };
+        let packed = if b.device().is_cpu() && k > 0 && n > 0 {
+            Some(super::pack::pack_b(b, trans_b, k, n, vector_width_n(n))?)
+        } else {
+            None
+        };
+        Ok(PreparedB { b: b.clone(), trans_b, packed })
+    }
+
     /// The B it was prepared from.
     pub fn tensor(&self) -> &Tensor {
         &self.b
@@ -398,7 +413,8 @@ fn matmul_impl(
     }
     let lanes = launch::cpu_register_lanes();
     let w_k = launch::vector_width_up_to(&[k], lanes);
-    let pack = pack_mode(m, k, n, trans_b);
+    // Panels made beforehand are used whenever the register kernel runs.
+    let pack = packed.is_some() || pack_mode(m, k, n, trans_b);
     let read_b_in_place = trans_b && !trans_a && w_k >= 4 && k >= NT_MIN_K && m < PACK_MIN_M;
     if let Some(addend) = addend {
         if k == 0 || !a.device().is_cpu() || read_b_in_place {
@@ -755,29 +771,38 @@ mod tests {
 
     #[test]
     fn prepared_b_gives_the_products_of_b() {
-        // One B prepared (packed when it would be), then products with A's of several row counts
-        // (below 32: read in place or unpacked; above: the prepared panels), against the reference.
+        // One B prepared per call (packed when it would be) or kept (always packed), then
+        // products with A's of several row counts (below 32: read in place or with the kept
+        // panels; above: the panels) and a batch of A's sharing it, against the reference. K of
+        // 4,100 is walked in blocks, through panels only when kept.
         let dev = device();
-        for (i, (k, n, tb)) in
-            [(96, 70, true), (40, 33, true), (80, 70, false), (64, 48, false)].into_iter().enumerate()
-        {
-            for dt in [DType::F32, DType::BF16] {
+        let cases = [(96, 70, true), (40, 33, true), (80, 70, false), (64, 48, false), (4100, 20, false)];
+        for (i, (k, n, tb)) in cases.into_iter().enumerate() {
+            for (dt, kept) in [(DType::F32, false), (DType::F32, true), (DType::BF16, false), (DType::BF16, true)] {
                 let seed = 500 + 10 * i as u64;
                 let b = random_tensor(&dev, &if tb { [n, k] } else { [k, n] }, dt, seed, 1.0);
-                let prepared = super::PreparedB::new(&b, tb).unwrap();
+                let prepared =
+                    if kept { super::PreparedB::kept(&b, tb).unwrap() } else { super::PreparedB::new(&b, tb).unwrap() };
                 let bh = b.to_f32_vec().unwrap();
-                for m in [3, 37] {
-                    let a = random_tensor(&dev, &[m, k], dt, seed + m as u64, 1.0);
-                    let want = reference::matmul(&a.to_f32_vec().unwrap(), &bh, None, 1, m, k, n, false, tb, true);
+                for (batches, m) in [(1, 3), (1, 37), (2, 19)] {
+                    let a = random_tensor(&dev, &[batches, m, k], dt, seed + m as u64, 1.0);
+                    let ah = a.to_f32_vec().unwrap();
+                    let want: Vec<f32> = (0..batches)
+                        .flat_map(|bi| {
+                            let a_bi = &ah[bi * m * k..(bi + 1) * m * k];
+                            reference::matmul(a_bi, &bh, None, 1, m, k, n, false, tb, true)
+                        })
+                        .collect();
                     let got = super::matmul_prepared(&a, &prepared, None).unwrap();
-                    assert_eq!(got.shape(), &[m, n]);
-                    let what = format!("matmul_prepared m{m} k{k} n{n} tb{tb} {dt}");
+                    assert_eq!(got.shape(), &[batches, m, n]);
+                    let what = format!("matmul_prepared {batches}x{m} k{k} n{n} tb{tb} {dt} kept {kept}");
                     assert_close(&what, &got.to_f32_vec().unwrap(), &want, tol(dt, k));
                 }
             }
         }
         let b3 = random_tensor(&dev, &[2, 4, 5], DType::F32, 1, 1.0);
         assert!(super::PreparedB::new(&b3, false).unwrap_err().to_string().contains("PreparedB: b"));
+        assert!(super::PreparedB::kept(&b3, true).unwrap_err().to_string().contains("PreparedB: b"));
     }
 
     #[test]

@@ -1,0 +1,61 @@
+//! The packed forms of a frozen weight, kept between steps: `W` prepared for the product
+//! `x · Wᵀ` and for the gradient `dy · W` (`lapidary_kernels::matmul::PreparedB`, panels on the
+//! CPU), each made at its first use and reused by every later forward, checkpointed recompute
+//! and backward. A weight that is trained, on a GPU, or not the very tensor the panels were made
+//! from (another storage) is never served from them. Not a cache of activations.
+
+use crate::Var;
+use lapidary_core::{Result, Tensor};
+use lapidary_kernels::matmul::PreparedB;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// A frozen weight's prepared forms, shared by the clones of the layer that holds it (a
+/// checkpointed segment's copy included). Costs one more copy of the weight per form in use.
+#[derive(Clone, Default)]
+pub struct FrozenPanels(Rc<RefCell<Slots>>);
+
+#[derive(Default)]
+struct Slots {
+    product: Option<PreparedB>,
+    gradient: Option<PreparedB>,
+}
+
+impl FrozenPanels {
+    /// Whether `w` can be served from kept panels: frozen and on the CPU.
+    pub fn applies_to(w: &Var) -> bool {
+        !w.requires_grad() && w.value().device().is_cpu()
+    }
+
+    /// `w` (`[out, in]`) prepared for `x · wᵀ`; `None` unless [`Self::applies_to`] holds.
+    pub fn for_product(&self, w: &Var) -> Result<Option<PreparedB>> {
+        if !Self::applies_to(w) {
+            return Ok(None);
+        }
+        self.kept(w.value(), true).map(Some)
+    }
+
+    /// `w` (`[out, in]`) prepared for `dy · w`, the gradient of `x`; made at the first backward,
+    /// so a model that never trains never holds it. For a `w` that [`Self::applies_to`].
+    pub(crate) fn for_gradient(&self, w: &Tensor) -> Result<PreparedB> {
+        self.kept(w, false)
+    }
+
+    /// The kept form of `w` in one layout, made now when missing or made from another tensor.
+    fn kept(&self, w: &Tensor, trans_b: bool) -> Result<PreparedB> {
+        let mut slots = self.0.borrow_mut();
+        let slot = if trans_b { &mut slots.product } else { &mut slots.gradient };
+        if let Some(p) = slot.as_ref().filter(|p| p.tensor().same_storage(w)) {
+            return Ok(p.clone());
+        }
+        let prepared = PreparedB::kept(w, trans_b)?;
+        *slot = Some(prepared.clone());
+        Ok(prepared)
+    }
+
+    /// Which forms are held now: `(product, gradient)`.
+    pub fn held(&self) -> (bool, bool) {
+        let slots = self.0.borrow();
+        (slots.product.is_some(), slots.gradient.is_some())
+    }
+}
