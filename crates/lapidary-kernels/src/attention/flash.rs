@@ -1,21 +1,25 @@
 //! Fused (flash) attention forward: `O = softmax(scale · Q·Kᵀ, mask) · V` without the scores
-//! ever leaving the unit. Each unit owns a tile of four query rows of one (batch, head), reads
-//! the key/value head they share in place (grouped-query heads by indexing, no repeat_kv copy),
-//! and walks the visible keys (see `flash_mask.rs`) in blocks of [`KEY_BLOCK`] with an online
-//! softmax: scores of a block, the running max and sum rescaled once per block, then `P·V`
-//! accumulated in f32. Saves only `O` and the log-sum-exp per row, O(T·D) memory. The backward
-//! is `flash_backward.rs`; the materialized path (`mod.rs`) is the reference it is tested against.
+//! ever leaving the unit. Each unit owns a tile of four query rows of one (batch, head) and walks
+//! the visible keys (see `flash_mask.rs`) of the key/value head they share (grouped-query heads
+//! by indexing, no repeat_kv copy) in blocks of one vector of keys, read from K regrouped with
+//! keys in lanes (`flash_lanes.rs`): a block's scores are one vector multiply-add per dimension
+//! and row, masked lane by lane only where the block is not seen whole. Online softmax: the
+//! running max and sum rescaled once per block, then `P·V` accumulated in f32 from V in place.
+//! Saves only `O` and the log-sum-exp per row, O(T·D) memory. The backward is
+//! `flash_backward.rs`; the materialized path (`mod.rs`) is the reference it is tested against.
 
 use super::AttentionMask;
-use super::flash_mask::{MaskFlags, key_hi, key_lo, tile, visible};
+use super::flash_lanes::{lane_max, lanes_for, load_scaled, rows_to_lanes, spill};
+use super::flash_mask::{MaskFlags, Tile, block_seen_by_all, key_hi, key_lo, tile, visible};
 use crate::norm::hsum;
 use cubecl::prelude::*;
 use lapidary_core::{DType, Result, Tensor, launch};
 
-/// Keys scored per online-softmax step.
-pub(super) const KEY_BLOCK: usize = 16;
 /// Stand-in for minus infinity (max of no score yet); `lse` of a row that sees no key is `-NONE`.
 pub(super) const NONE: f32 = -3.0e38;
+
+/// The scores of a tile's four rows against one block of keys (keys in lanes).
+pub(super) type Scores4<L> = (Vector<f32, L>, Vector<f32, L>, Vector<f32, L>, Vector<f32, L>);
 
 /// Copies row `base` of `x` (`d_vec` vectors) into `dst` as f32.
 #[cube]
@@ -38,54 +42,15 @@ pub(super) fn zero_row<N: Size>(dst: &mut Array<Vector<f32, N>>, #[comptime] d_v
     }
 }
 
-/// The largest of the first `n` scores.
+/// `exp(s - m)` lane by lane: 0 for masked lanes (`NONE`), and for every lane while the row has
+/// seen no key (`m` still `NONE`).
 #[cube]
-fn block_max(s: &Array<f32>, n: usize) -> f32 {
-    let mut m = f32::new(NONE);
-    for j in 0..n {
-        m = max(m, s[j]);
+fn exp_from<L: Size>(s: Vector<f32, L>, m: f32) -> Vector<f32, L> {
+    let mut e = Vector::<f32, L>::new(0.0f32);
+    if m > f32::new(NONE) {
+        e = (s - Vector::<f32, L>::new(m)).exp();
     }
-    m
-}
-
-/// Turns the first `n` scores (masked ones at `NONE`) into `exp(score - m)` in place (0 for
-/// masked ones) and returns their sum. `N` scores at a time through one vector exponential (on
-/// the CPU runtime a scalar one is a library call); a masked score, or a lane past `n`, enters
-/// it as `NONE` and leaves as 0.
-#[cube]
-fn exp_block<N: Size>(s: &mut Array<f32>, n: usize, m: f32) -> f32 {
-    let mut sum = 0.0f32;
-    let mut j0 = 0;
-    while j0 < n {
-        let mut x = Vector::<f32, N>::new(f32::new(NONE));
-        #[unroll]
-        for l in 0..N::value() {
-            if j0 + l < n && s[j0 + l] > f32::new(NONE) {
-                x.insert(l, s[j0 + l] - m);
-            }
-        }
-        let e = x.exp();
-        #[unroll]
-        for l in 0..N::value() {
-            if j0 + l < n {
-                s[j0 + l] = e.extract(l);
-                sum += e.extract(l);
-            }
-        }
-        j0 += N::value();
-    }
-    sum
-}
-
-/// Multiplies the accumulator row by `alpha` (the online softmax's rescale to a new max).
-#[cube]
-fn rescale<N: Size>(o: &mut Array<Vector<f32, N>>, alpha: f32, #[comptime] d_vec: usize) {
-    if alpha < 1.0 {
-        let av = Vector::<f32, N>::new(alpha);
-        for p in 0..d_vec {
-            o[p] *= av;
-        }
-    }
+    e
 }
 
 /// Writes a finished row: `o / l` (zero when no key was visible) and its log-sum-exp.
@@ -113,12 +78,77 @@ fn store_row<F: Float, N: Size>(
     lse[row] = stat;
 }
 
+/// Scores of four query rows (scalars `q0..q3`, already scaled) against the `L` keys of one block
+/// of `kt` (keys in lanes, from `base`): one vector multiply-add per dimension and row.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn score4<F: Float, L: Size>(
+    kt: &[Vector<F, L>],
+    base: usize,
+    q0: &Array<f32>,
+    q1: &Array<f32>,
+    q2: &Array<f32>,
+    q3: &Array<f32>,
+    #[comptime] d: usize,
+) -> Scores4<L> {
+    let mut s0 = Vector::<f32, L>::new(0.0f32);
+    let mut s1 = Vector::<f32, L>::new(0.0f32);
+    let mut s2 = Vector::<f32, L>::new(0.0f32);
+    let mut s3 = Vector::<f32, L>::new(0.0f32);
+    for dd in 0..d {
+        let y = Vector::<f32, L>::cast_from(kt[base + dd]);
+        s0 = fma(Vector::new(q0[dd]), y, s0);
+        s1 = fma(Vector::new(q1[dd]), y, s1);
+        s2 = fma(Vector::new(q2[dd]), y, s2);
+        s3 = fma(Vector::new(q3[dd]), y, s3);
+    }
+    (s0, s1, s2, s3)
+}
+
+/// Masks (sets to `NONE`) the lanes of a block of keys from `kb` that query tile `qt` does not
+/// see: outside `[lo, hi)` or refused by the mask.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn mask_keys<L: Size>(
+    s: &mut Scores4<L>,
+    blocks: &[f32],
+    keep: &[f32],
+    segments: &[f32],
+    b: usize,
+    qt: &Tile,
+    kb: usize,
+    lo: usize,
+    hi: usize,
+    s_len: usize,
+    window: usize,
+    #[comptime] flags: MaskFlags,
+) {
+    let none = f32::new(NONE);
+    #[unroll]
+    for l in 0..L::value() {
+        let kk = kb + l;
+        let inside = kk >= lo && kk < hi;
+        if !(inside && visible(blocks, keep, segments, b, qt.p0, kk, qt.b0, qt.s0, s_len, window, flags)) {
+            s.0.insert(l, none);
+        }
+        if !(inside && visible(blocks, keep, segments, b, qt.p1, kk, qt.b1, qt.s1, s_len, window, flags)) {
+            s.1.insert(l, none);
+        }
+        if !(inside && visible(blocks, keep, segments, b, qt.p2, kk, qt.b2, qt.s2, s_len, window, flags)) {
+            s.2.insert(l, none);
+        }
+        if !(inside && visible(blocks, keep, segments, b, qt.p3, kk, qt.b3, qt.s3, s_len, window, flags)) {
+            s.3.insert(l, none);
+        }
+    }
+}
+
 // Kernel code: `div_ceil` is not in the cube language.
 #[allow(clippy::manual_div_ceil, clippy::too_many_arguments)]
 #[cube(launch_unchecked)]
-fn flash_forward_kernel<F: Float, N: Size>(
-    q: &[Vector<F, N>],
-    k: &[Vector<F, N>],
+fn flash_forward_kernel<F: Float, N: Size, L: Size>(
+    q: &[F],
+    kt: &[Vector<F, L>],
     v: &[Vector<F, N>],
     out: &mut [Vector<F, N>],
     lse: &mut [f32],
@@ -133,36 +163,40 @@ fn flash_forward_kernel<F: Float, N: Size>(
     q_offset: usize,
     window: usize,
     scale: f32,
+    #[comptime] d: usize,
     #[comptime] d_vec: usize,
     #[comptime] flags: MaskFlags,
 ) {
+    let lanes = L::value();
     let tiles = (t_len + 3) / 4;
     let total = batch * heads * tiles;
     let kv_heads = heads / groups;
-    let mut q0 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut q1 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut q2 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut q3 = Array::<Vector<f32, N>>::new(d_vec);
+    let key_blocks = (s_len + lanes - 1) / lanes;
+    let mut q0 = Array::<f32>::new(d);
+    let mut q1 = Array::<f32>::new(d);
+    let mut q2 = Array::<f32>::new(d);
+    let mut q3 = Array::<f32>::new(d);
     let mut o0 = Array::<Vector<f32, N>>::new(d_vec);
     let mut o1 = Array::<Vector<f32, N>>::new(d_vec);
     let mut o2 = Array::<Vector<f32, N>>::new(d_vec);
     let mut o3 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut s0 = Array::<f32>::new(KEY_BLOCK);
-    let mut s1 = Array::<f32>::new(KEY_BLOCK);
-    let mut s2 = Array::<f32>::new(KEY_BLOCK);
-    let mut s3 = Array::<f32>::new(KEY_BLOCK);
+    let mut e0 = Array::<f32>::new(L::value());
+    let mut e1 = Array::<f32>::new(L::value());
+    let mut e2 = Array::<f32>::new(L::value());
+    let mut e3 = Array::<f32>::new(L::value());
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let mut w = ABSOLUTE_POS;
     while w < total {
         let bh = w / tiles;
         let t0 = (w % tiles) * 4;
         let b = bh / heads;
-        let kv_row0 = (b * kv_heads + (bh % heads) / groups) * s_len;
+        let bkv = b * kv_heads + (bh % heads) / groups;
+        let kv_row0 = bkv * s_len;
         let qt = tile(blocks, segments, b, bh * t_len, t0, t_len, q_offset, s_len);
-        load_row(q, qt.r0 * d_vec, &mut q0, d_vec);
-        load_row(q, qt.r1 * d_vec, &mut q1, d_vec);
-        load_row(q, qt.r2 * d_vec, &mut q2, d_vec);
-        load_row(q, qt.r3 * d_vec, &mut q3, d_vec);
+        load_scaled(q, qt.r0 * d, &mut q0, scale, d);
+        load_scaled(q, qt.r1 * d, &mut q1, scale, d);
+        load_scaled(q, qt.r2 * d, &mut q2, scale, d);
+        load_scaled(q, qt.r3 * d, &mut q3, scale, d);
         zero_row(&mut o0, d_vec);
         zero_row(&mut o1, d_vec);
         zero_row(&mut o2, d_vec);
@@ -177,80 +211,59 @@ fn flash_forward_kernel<F: Float, N: Size>(
         let mut l3 = 0.0f32;
         let lo = key_lo(blocks, segments, b, s_len, window, &qt, flags);
         let hi = key_hi(blocks, segments, b, s_len, &qt, flags);
-        let mut kb = lo;
-        while kb < hi {
-            let n = min(KEY_BLOCK, hi - kb);
-            for j in 0..n {
-                let kk = kb + j;
-                let kr = (kv_row0 + kk) * d_vec;
-                let mut a0 = Vector::<f32, N>::new(0.0f32);
-                let mut a1 = Vector::<f32, N>::new(0.0f32);
-                let mut a2 = Vector::<f32, N>::new(0.0f32);
-                let mut a3 = Vector::<f32, N>::new(0.0f32);
-                for p in 0..d_vec {
-                    let y = Vector::<f32, N>::cast_from(k[kr + p]);
-                    a0 = fma(q0[p], y, a0);
-                    a1 = fma(q1[p], y, a1);
-                    a2 = fma(q2[p], y, a2);
-                    a3 = fma(q3[p], y, a3);
-                }
-                s0[j] = select(
-                    visible(blocks, keep, segments, b, qt.p0, kk, qt.b0, qt.s0, s_len, window, flags),
-                    hsum(a0) * scale,
-                    f32::new(NONE),
-                );
-                s1[j] = select(
-                    visible(blocks, keep, segments, b, qt.p1, kk, qt.b1, qt.s1, s_len, window, flags),
-                    hsum(a1) * scale,
-                    f32::new(NONE),
-                );
-                s2[j] = select(
-                    visible(blocks, keep, segments, b, qt.p2, kk, qt.b2, qt.s2, s_len, window, flags),
-                    hsum(a2) * scale,
-                    f32::new(NONE),
-                );
-                s3[j] = select(
-                    visible(blocks, keep, segments, b, qt.p3, kk, qt.b3, qt.s3, s_len, window, flags),
-                    hsum(a3) * scale,
-                    f32::new(NONE),
-                );
+        let mut blk = lo / lanes;
+        while blk * lanes < hi {
+            let kb = blk * lanes;
+            let mut s = score4(kt, (bkv * key_blocks + blk) * d, &q0, &q1, &q2, &q3, d);
+            if !block_seen_by_all(keep, segments, b, &qt, kb, lanes, lo, hi, s_len, window, flags) {
+                mask_keys(&mut s, blocks, keep, segments, b, &qt, kb, lo, hi, s_len, window, flags);
             }
             // Online softmax: move each row to its new max, rescaling what is accumulated.
-            let n0 = max(m0, block_max(&s0, n));
-            let n1 = max(m1, block_max(&s1, n));
-            let n2 = max(m2, block_max(&s2, n));
-            let n3 = max(m3, block_max(&s3, n));
+            let n0 = max(m0, lane_max(s.0));
+            let n1 = max(m1, lane_max(s.1));
+            let n2 = max(m2, lane_max(s.2));
+            let n3 = max(m3, lane_max(s.3));
             let c0 = f32::exp(m0 - n0);
             let c1 = f32::exp(m1 - n1);
             let c2 = f32::exp(m2 - n2);
             let c3 = f32::exp(m3 - n3);
-            rescale(&mut o0, c0, d_vec);
-            rescale(&mut o1, c1, d_vec);
-            rescale(&mut o2, c2, d_vec);
-            rescale(&mut o3, c3, d_vec);
-            l0 = l0 * c0 + exp_block::<N>(&mut s0, n, n0);
-            l1 = l1 * c1 + exp_block::<N>(&mut s1, n, n1);
-            l2 = l2 * c2 + exp_block::<N>(&mut s2, n, n2);
-            l3 = l3 * c3 + exp_block::<N>(&mut s3, n, n3);
+            let p0 = exp_from(s.0, n0);
+            let p1 = exp_from(s.1, n1);
+            let p2 = exp_from(s.2, n2);
+            let p3 = exp_from(s.3, n3);
+            l0 = l0 * c0 + hsum(p0);
+            l1 = l1 * c1 + hsum(p1);
+            l2 = l2 * c2 + hsum(p2);
+            l3 = l3 * c3 + hsum(p3);
             m0 = n0;
             m1 = n1;
             m2 = n2;
             m3 = n3;
-            for j in 0..n {
-                let vr = (kv_row0 + kb + j) * d_vec;
-                let e0 = Vector::<f32, N>::new(s0[j]);
-                let e1 = Vector::<f32, N>::new(s1[j]);
-                let e2 = Vector::<f32, N>::new(s2[j]);
-                let e3 = Vector::<f32, N>::new(s3[j]);
-                for p in 0..d_vec {
-                    let y = Vector::<f32, N>::cast_from(v[vr + p]);
-                    o0[p] = fma(e0, y, o0[p]);
-                    o1[p] = fma(e1, y, o1[p]);
-                    o2[p] = fma(e2, y, o2[p]);
-                    o3[p] = fma(e3, y, o3[p]);
+            spill(p0, &mut e0);
+            spill(p1, &mut e1);
+            spill(p2, &mut e2);
+            spill(p3, &mut e3);
+            // P·V over the block's keys in range, one column vector at a time.
+            let j_lo = max(lo, kb) - kb;
+            let j_hi = min(hi, kb + lanes) - kb;
+            for p in 0..d_vec {
+                let mut a0 = o0[p] * Vector::new(c0);
+                let mut a1 = o1[p] * Vector::new(c1);
+                let mut a2 = o2[p] * Vector::new(c2);
+                let mut a3 = o3[p] * Vector::new(c3);
+                for j in j_lo..j_hi {
+                    let y = Vector::<f32, N>::cast_from(v[(kv_row0 + kb + j) * d_vec + p]);
+                    a0 = fma(Vector::new(e0[j]), y, a0);
+                    a1 = fma(Vector::new(e1[j]), y, a1);
+                    a2 = fma(Vector::new(e2[j]), y, a2);
+                    a3 = fma(Vector::new(e3[j]), y, a3);
                 }
+                o0[p] = a0;
+                o1[p] = a1;
+                o2[p] = a2;
+                o3[p] = a3;
             }
-            kb += KEY_BLOCK;
+            blk += 1;
         }
         store_row(out, lse, &o0, m0, l0, qt.r0, d_vec);
         if t0 + 1 < t_len {
@@ -298,15 +311,17 @@ pub(super) fn flash_forward(
     }
     let out = Tensor::uninit(dev, q.shape(), q.dtype())?;
     let lse = Tensor::uninit(dev, &[b, h, t], DType::F32)?;
-    let vw = launch::vector_width(&[d]);
+    let lanes = lanes_for(q);
+    let vw = launch::vector_width_up_to(&[d], lanes);
+    let kt = rows_to_lanes(k, lanes)?;
     let tiles = b * h * t.div_ceil(4);
     let (count, dim) = launch::grid_1d(dev, tiles);
     let [blocks, keep, segments] = mask_buffers(mask, &lse);
     dispatch_float!(q.dtype(), F => unsafe {
         flash_forward_kernel::launch_unchecked::<F>(
-            dev.client(), count, dim, vw,
+            dev.client(), count, dim, vw, lanes,
             buf(q),
-            buf(k),
+            BufferArg::from_raw_parts(kt.handle().clone(), kt.numel()),
             buf(v),
             buf(&out),
             buf(&lse),
@@ -314,7 +329,7 @@ pub(super) fn flash_forward(
             buf(keep),
             buf(segments),
             b, h, h / hkv, t, s, mask.q_offset, mask.window.unwrap_or(0), scale,
-            d / vw, MaskFlags::of(mask),
+            d, d / vw, MaskFlags::of(mask),
         )
     });
     Ok((out, lse))

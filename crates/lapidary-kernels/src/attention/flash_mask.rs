@@ -73,6 +73,51 @@ pub(super) fn visible(
     ok
 }
 
+/// Whether every query of tile `q` sees every key of the block `[kb, kb + lanes)`, so that the
+/// block needs no mask: inside `[lo, hi)`, before the first query when causal, inside the last
+/// query's window, kept by the padding, in the queries' one segment. Image blocks only add
+/// keys, so they never make it false.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn block_seen_by_all(
+    keep: &[f32],
+    segments: &[f32],
+    b: usize,
+    q: &Tile,
+    kb: usize,
+    lanes: usize,
+    lo: usize,
+    hi: usize,
+    s_len: usize,
+    window: usize,
+    #[comptime] flags: MaskFlags,
+) -> bool {
+    let mut all = kb >= lo && kb + lanes <= hi;
+    if flags.causal {
+        all = all && kb + lanes <= q.p0 + 1;
+    }
+    if flags.use_window {
+        all = all && kb + window > q.p3;
+    }
+    if flags.use_segments {
+        all = all && q.s0 == q.s1 && q.s0 == q.s2 && q.s0 == q.s3;
+    }
+    if flags.use_keep || flags.use_segments {
+        let mut l = 0usize;
+        while all && l < lanes {
+            let i = b * s_len + kb + l;
+            if flags.use_keep {
+                all = keep[i] > 0.0;
+            }
+            if flags.use_segments {
+                all = all && segments[i] == q.s0;
+            }
+            l += 1;
+        }
+    }
+    all
+}
+
 /// Whether `x` equals one of four ids (ids `<= 0` never match when `positive_only`).
 #[cube]
 fn matches4(x: f32, a: f32, b: f32, c: f32, d: f32, #[comptime] positive_only: bool) -> bool {

@@ -22,6 +22,7 @@
 
 mod flash;
 mod flash_backward;
+mod flash_lanes;
 mod flash_mask;
 mod mask;
 pub mod reference;
