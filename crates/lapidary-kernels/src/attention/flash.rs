@@ -10,29 +10,13 @@
 
 use super::AttentionMask;
 use super::flash_lanes::{lane_max, lanes_for, load_scaled, rows_to_lanes, spill};
-use super::flash_mask::{MaskFlags, Tile, block_seen_by_all, key_hi, key_lo, tile, visible};
+use super::flash_mask::{MaskFlags, Scores4, block_seen_by_all, key_hi, key_lo, mask_keys, tile};
 use crate::norm::hsum;
 use cubecl::prelude::*;
 use lapidary_core::{DType, Result, Tensor, launch};
 
 /// Stand-in for minus infinity (max of no score yet); `lse` of a row that sees no key is `-NONE`.
 pub(super) const NONE: f32 = -3.0e38;
-
-/// The scores of a tile's four rows against one block of keys (keys in lanes).
-pub(super) type Scores4<L> = (Vector<f32, L>, Vector<f32, L>, Vector<f32, L>, Vector<f32, L>);
-
-/// Copies row `base` of `x` (`d_vec` vectors) into `dst` as f32.
-#[cube]
-pub(super) fn load_row<F: Float, N: Size>(
-    x: &[Vector<F, N>],
-    base: usize,
-    dst: &mut Array<Vector<f32, N>>,
-    #[comptime] d_vec: usize,
-) {
-    for p in 0..d_vec {
-        dst[p] = Vector::<f32, N>::cast_from(x[base + p]);
-    }
-}
 
 /// Sets the first `d_vec` vectors of `dst` to zero.
 #[cube]
@@ -103,44 +87,6 @@ pub(super) fn score4<F: Float, L: Size>(
         s3 = fma(Vector::new(q3[dd]), y, s3);
     }
     (s0, s1, s2, s3)
-}
-
-/// Masks (sets to `NONE`) the lanes of a block of keys from `kb` that query tile `qt` does not
-/// see: outside `[lo, hi)` or refused by the mask.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub(super) fn mask_keys<L: Size>(
-    s: &mut Scores4<L>,
-    blocks: &[f32],
-    keep: &[f32],
-    segments: &[f32],
-    b: usize,
-    qt: &Tile,
-    kb: usize,
-    lo: usize,
-    hi: usize,
-    s_len: usize,
-    window: usize,
-    #[comptime] flags: MaskFlags,
-) {
-    let none = f32::new(NONE);
-    #[unroll]
-    for l in 0..L::value() {
-        let kk = kb + l;
-        let inside = kk >= lo && kk < hi;
-        if !(inside && visible(blocks, keep, segments, b, qt.p0, kk, qt.b0, qt.s0, s_len, window, flags)) {
-            s.0.insert(l, none);
-        }
-        if !(inside && visible(blocks, keep, segments, b, qt.p1, kk, qt.b1, qt.s1, s_len, window, flags)) {
-            s.1.insert(l, none);
-        }
-        if !(inside && visible(blocks, keep, segments, b, qt.p2, kk, qt.b2, qt.s2, s_len, window, flags)) {
-            s.2.insert(l, none);
-        }
-        if !(inside && visible(blocks, keep, segments, b, qt.p3, kk, qt.b3, qt.s3, s_len, window, flags)) {
-            s.3.insert(l, none);
-        }
-    }
 }
 
 // Kernel code: `div_ceil` is not in the cube language.

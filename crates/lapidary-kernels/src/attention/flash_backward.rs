@@ -1,12 +1,17 @@
 //! Fused (flash) attention backward. The probabilities are recomputed block by block from Q, K
 //! and the forward's log-sum-exp, never stored: `P = exp(scale·q·k − lse)`, `dP = dO·V`,
 //! `dS = P ∘ (dP − δ) · scale` with `δ = rowsum(dO ∘ O)`. Three passes, no atomics, so results are
-//! deterministic: δ per query row; dQ with units owning four query rows (`dQ += dS·K`); dK and dV
-//! with units owning four keys of one key/value head, summing over every query head that shares
-//! it (`dV += P·dO`, `dK += dS·Q`). Visible ranges come from `flash_mask.rs`. Not the forward.
+//! deterministic: δ per query row; dQ with units owning four query rows, scoring a block of keys
+//! at once from K and V regrouped with keys in lanes (`dQ += dS·K`); dK and dV with units owning
+//! four keys of one key/value head, scoring a block of queries at once from Q and dO regrouped
+//! the same way and summing over every query head that shares the keys (`dV += P·dO`,
+//! `dK += dS·Q`). Visible ranges and masks come from `flash_mask.rs`. Not the forward.
 
-use super::flash::{buf, load_row, mask_buffers, zero_row};
-use super::flash_mask::{MaskFlags, id_at, key_hi, key_lo, query_hi, query_lo, tile, visible};
+use super::flash::{buf, mask_buffers, score4, zero_row};
+use super::flash_lanes::{lanes_for, load_scaled, rows_to_lanes, spill};
+use super::flash_mask::{
+    MaskFlags, block_seen_by_all, key_hi, key_lo, mask_keys, mask_queries, queries_see_block, query_hi, query_lo, tile,
+};
 use super::{AttentionGrads, AttentionMask};
 use crate::norm::hsum;
 use cubecl::prelude::*;
@@ -37,24 +42,22 @@ fn delta_kernel<F: Float, N: Size>(
     }
 }
 
-/// The recomputed probability of one (query, key) pair, 0 when the key is not visible.
+/// `dS = P ∘ (dP − δ) · scale` of one row and block, with `P = exp(s − lse)` (0 in masked lanes).
 #[cube]
-fn prob(dot_qk: f32, lse: f32, scale: f32, seen: bool) -> f32 {
-    let mut p = 0.0f32;
-    if seen {
-        p = f32::exp(dot_qk * scale - lse);
-    }
-    p
+fn score_grad<L: Size>(s: Vector<f32, L>, dp: Vector<f32, L>, lse: f32, delta: f32, scale: f32) -> Vector<f32, L> {
+    let p = (s - Vector::new(lse)).exp();
+    p * (dp - Vector::new(delta)) * Vector::new(scale)
 }
 
 // Kernel code: `div_ceil` is not in the cube language.
 #[allow(clippy::manual_div_ceil, clippy::too_many_arguments)]
 #[cube(launch_unchecked)]
-fn flash_dq_kernel<F: Float, N: Size>(
-    q: &[Vector<F, N>],
+fn flash_dq_kernel<F: Float, N: Size, L: Size>(
+    q: &[F],
+    kt: &[Vector<F, L>],
+    vt: &[Vector<F, L>],
     k: &[Vector<F, N>],
-    v: &[Vector<F, N>],
-    dout: &[Vector<F, N>],
+    dout: &[F],
     lse: &[f32],
     delta: &[f32],
     dq: &mut [Vector<F, N>],
@@ -69,103 +72,88 @@ fn flash_dq_kernel<F: Float, N: Size>(
     q_offset: usize,
     window: usize,
     scale: f32,
+    #[comptime] d: usize,
     #[comptime] d_vec: usize,
     #[comptime] flags: MaskFlags,
 ) {
+    let lanes = L::value();
     let tiles = (t_len + 3) / 4;
     let total = batch * heads * tiles;
     let kv_heads = heads / groups;
-    let mut q0 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut q1 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut q2 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut q3 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut g0 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut g1 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut g2 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut g3 = Array::<Vector<f32, N>>::new(d_vec);
+    let key_blocks = (s_len + lanes - 1) / lanes;
+    let mut q0 = Array::<f32>::new(d);
+    let mut q1 = Array::<f32>::new(d);
+    let mut q2 = Array::<f32>::new(d);
+    let mut q3 = Array::<f32>::new(d);
+    let mut g0 = Array::<f32>::new(d);
+    let mut g1 = Array::<f32>::new(d);
+    let mut g2 = Array::<f32>::new(d);
+    let mut g3 = Array::<f32>::new(d);
     let mut a0 = Array::<Vector<f32, N>>::new(d_vec);
     let mut a1 = Array::<Vector<f32, N>>::new(d_vec);
     let mut a2 = Array::<Vector<f32, N>>::new(d_vec);
     let mut a3 = Array::<Vector<f32, N>>::new(d_vec);
+    let mut e0 = Array::<f32>::new(L::value());
+    let mut e1 = Array::<f32>::new(L::value());
+    let mut e2 = Array::<f32>::new(L::value());
+    let mut e3 = Array::<f32>::new(L::value());
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let mut w = ABSOLUTE_POS;
     while w < total {
         let bh = w / tiles;
         let t0 = (w % tiles) * 4;
         let b = bh / heads;
-        let kv_row0 = (b * kv_heads + (bh % heads) / groups) * s_len;
+        let bkv = b * kv_heads + (bh % heads) / groups;
+        let kv_row0 = bkv * s_len;
         let qt = tile(blocks, segments, b, bh * t_len, t0, t_len, q_offset, s_len);
-        load_row(q, qt.r0 * d_vec, &mut q0, d_vec);
-        load_row(q, qt.r1 * d_vec, &mut q1, d_vec);
-        load_row(q, qt.r2 * d_vec, &mut q2, d_vec);
-        load_row(q, qt.r3 * d_vec, &mut q3, d_vec);
-        load_row(dout, qt.r0 * d_vec, &mut g0, d_vec);
-        load_row(dout, qt.r1 * d_vec, &mut g1, d_vec);
-        load_row(dout, qt.r2 * d_vec, &mut g2, d_vec);
-        load_row(dout, qt.r3 * d_vec, &mut g3, d_vec);
+        load_scaled(q, qt.r0 * d, &mut q0, scale, d);
+        load_scaled(q, qt.r1 * d, &mut q1, scale, d);
+        load_scaled(q, qt.r2 * d, &mut q2, scale, d);
+        load_scaled(q, qt.r3 * d, &mut q3, scale, d);
+        load_scaled(dout, qt.r0 * d, &mut g0, 1.0, d);
+        load_scaled(dout, qt.r1 * d, &mut g1, 1.0, d);
+        load_scaled(dout, qt.r2 * d, &mut g2, 1.0, d);
+        load_scaled(dout, qt.r3 * d, &mut g3, 1.0, d);
         zero_row(&mut a0, d_vec);
         zero_row(&mut a1, d_vec);
         zero_row(&mut a2, d_vec);
         zero_row(&mut a3, d_vec);
         let lo = key_lo(blocks, segments, b, s_len, window, &qt, flags);
         let hi = key_hi(blocks, segments, b, s_len, &qt, flags);
-        for kk in lo..hi {
-            let kr = (kv_row0 + kk) * d_vec;
-            let mut s0 = Vector::<f32, N>::new(0.0f32);
-            let mut s1 = Vector::<f32, N>::new(0.0f32);
-            let mut s2 = Vector::<f32, N>::new(0.0f32);
-            let mut s3 = Vector::<f32, N>::new(0.0f32);
-            let mut d0 = Vector::<f32, N>::new(0.0f32);
-            let mut d1 = Vector::<f32, N>::new(0.0f32);
-            let mut d2 = Vector::<f32, N>::new(0.0f32);
-            let mut d3 = Vector::<f32, N>::new(0.0f32);
-            for p in 0..d_vec {
-                let kv = Vector::<f32, N>::cast_from(k[kr + p]);
-                let vv = Vector::<f32, N>::cast_from(v[kr + p]);
-                s0 = fma(q0[p], kv, s0);
-                s1 = fma(q1[p], kv, s1);
-                s2 = fma(q2[p], kv, s2);
-                s3 = fma(q3[p], kv, s3);
-                d0 = fma(g0[p], vv, d0);
-                d1 = fma(g1[p], vv, d1);
-                d2 = fma(g2[p], vv, d2);
-                d3 = fma(g3[p], vv, d3);
+        let mut blk = lo / lanes;
+        while blk * lanes < hi {
+            let kb = blk * lanes;
+            let base = (bkv * key_blocks + blk) * d;
+            let mut s = score4(kt, base, &q0, &q1, &q2, &q3, d);
+            if !block_seen_by_all(keep, segments, b, &qt, kb, lanes, lo, hi, s_len, window, flags) {
+                mask_keys(&mut s, blocks, keep, segments, b, &qt, kb, lo, hi, s_len, window, flags);
             }
-            let e0 = prob(
-                hsum(s0),
-                lse[qt.r0],
-                scale,
-                visible(blocks, keep, segments, b, qt.p0, kk, qt.b0, qt.s0, s_len, window, flags),
-            );
-            let e1 = prob(
-                hsum(s1),
-                lse[qt.r1],
-                scale,
-                visible(blocks, keep, segments, b, qt.p1, kk, qt.b1, qt.s1, s_len, window, flags),
-            );
-            let e2 = prob(
-                hsum(s2),
-                lse[qt.r2],
-                scale,
-                visible(blocks, keep, segments, b, qt.p2, kk, qt.b2, qt.s2, s_len, window, flags),
-            );
-            let e3 = prob(
-                hsum(s3),
-                lse[qt.r3],
-                scale,
-                visible(blocks, keep, segments, b, qt.p3, kk, qt.b3, qt.s3, s_len, window, flags),
-            );
-            let c0 = Vector::<f32, N>::new(e0 * (hsum(d0) - delta[qt.r0]) * scale);
-            let c1 = Vector::<f32, N>::new(e1 * (hsum(d1) - delta[qt.r1]) * scale);
-            let c2 = Vector::<f32, N>::new(e2 * (hsum(d2) - delta[qt.r2]) * scale);
-            let c3 = Vector::<f32, N>::new(e3 * (hsum(d3) - delta[qt.r3]) * scale);
+            let dp = score4(vt, base, &g0, &g1, &g2, &g3, d);
+            spill(score_grad(s.0, dp.0, lse[qt.r0], delta[qt.r0], scale), &mut e0);
+            spill(score_grad(s.1, dp.1, lse[qt.r1], delta[qt.r1], scale), &mut e1);
+            spill(score_grad(s.2, dp.2, lse[qt.r2], delta[qt.r2], scale), &mut e2);
+            spill(score_grad(s.3, dp.3, lse[qt.r3], delta[qt.r3], scale), &mut e3);
+            // dQ += dS · K over the block's keys in range, one column vector at a time.
+            let j_lo = max(lo, kb) - kb;
+            let j_hi = min(hi, kb + lanes) - kb;
             for p in 0..d_vec {
-                let kv = Vector::<f32, N>::cast_from(k[kr + p]);
-                a0[p] = fma(c0, kv, a0[p]);
-                a1[p] = fma(c1, kv, a1[p]);
-                a2[p] = fma(c2, kv, a2[p]);
-                a3[p] = fma(c3, kv, a3[p]);
+                let mut c0 = a0[p];
+                let mut c1 = a1[p];
+                let mut c2 = a2[p];
+                let mut c3 = a3[p];
+                for j in j_lo..j_hi {
+                    let y = Vector::<f32, N>::cast_from(k[(kv_row0 + kb + j) * d_vec + p]);
+                    c0 = fma(Vector::new(e0[j]), y, c0);
+                    c1 = fma(Vector::new(e1[j]), y, c1);
+                    c2 = fma(Vector::new(e2[j]), y, c2);
+                    c3 = fma(Vector::new(e3[j]), y, c3);
+                }
+                a0[p] = c0;
+                a1[p] = c1;
+                a2[p] = c2;
+                a3[p] = c3;
             }
+            blk += 1;
         }
         for p in 0..d_vec {
             dq[qt.r0 * d_vec + p] = Vector::cast_from(a0[p]);
@@ -189,14 +177,30 @@ fn flash_dq_kernel<F: Float, N: Size>(
     }
 }
 
+/// The log-sum-exp (or δ) of the `L` query rows of a block from `row0` (of a head's `t_len`
+/// rows from `head_row0`) as one vector, 0 past the last row.
+#[cube]
+fn row_stats<L: Size>(stat: &[f32], head_row0: usize, row0: usize, t_len: usize) -> Vector<f32, L> {
+    let mut v = Vector::<f32, L>::new(0.0f32);
+    #[unroll]
+    for l in 0..L::value() {
+        if row0 + l < t_len {
+            v.insert(l, stat[head_row0 + row0 + l]);
+        }
+    }
+    v
+}
+
 // Kernel code: `div_ceil` is not in the cube language.
 #[allow(clippy::manual_div_ceil, clippy::too_many_arguments)]
 #[cube(launch_unchecked)]
-fn flash_dkdv_kernel<F: Float, N: Size>(
+fn flash_dkdv_kernel<F: Float, N: Size, L: Size>(
+    qt: &[Vector<F, L>],
+    gt: &[Vector<F, L>],
     q: &[Vector<F, N>],
-    k: &[Vector<F, N>],
-    v: &[Vector<F, N>],
     dout: &[Vector<F, N>],
+    k: &[F],
+    v: &[F],
     lse: &[f32],
     delta: &[f32],
     dk: &mut [Vector<F, N>],
@@ -212,20 +216,23 @@ fn flash_dkdv_kernel<F: Float, N: Size>(
     q_offset: usize,
     window: usize,
     scale: f32,
+    #[comptime] d: usize,
     #[comptime] d_vec: usize,
     #[comptime] flags: MaskFlags,
 ) {
+    let lanes = L::value();
     let tiles = (s_len + 3) / 4;
     let total = batch * kv_heads * tiles;
     let heads = kv_heads * groups;
-    let mut k0 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut k1 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut k2 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut k3 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut v0 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut v1 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut v2 = Array::<Vector<f32, N>>::new(d_vec);
-    let mut v3 = Array::<Vector<f32, N>>::new(d_vec);
+    let query_blocks = (t_len + lanes - 1) / lanes;
+    let mut k0 = Array::<f32>::new(d);
+    let mut k1 = Array::<f32>::new(d);
+    let mut k2 = Array::<f32>::new(d);
+    let mut k3 = Array::<f32>::new(d);
+    let mut v0 = Array::<f32>::new(d);
+    let mut v1 = Array::<f32>::new(d);
+    let mut v2 = Array::<f32>::new(d);
+    let mut v3 = Array::<f32>::new(d);
     let mut gk0 = Array::<Vector<f32, N>>::new(d_vec);
     let mut gk1 = Array::<Vector<f32, N>>::new(d_vec);
     let mut gk2 = Array::<Vector<f32, N>>::new(d_vec);
@@ -234,6 +241,14 @@ fn flash_dkdv_kernel<F: Float, N: Size>(
     let mut gv1 = Array::<Vector<f32, N>>::new(d_vec);
     let mut gv2 = Array::<Vector<f32, N>>::new(d_vec);
     let mut gv3 = Array::<Vector<f32, N>>::new(d_vec);
+    let mut p0 = Array::<f32>::new(L::value());
+    let mut p1 = Array::<f32>::new(L::value());
+    let mut p2 = Array::<f32>::new(L::value());
+    let mut p3 = Array::<f32>::new(L::value());
+    let mut e0 = Array::<f32>::new(L::value());
+    let mut e1 = Array::<f32>::new(L::value());
+    let mut e2 = Array::<f32>::new(L::value());
+    let mut e3 = Array::<f32>::new(L::value());
     let stride = CUBE_DIM as usize * CUBE_COUNT;
     let mut w = ABSOLUTE_POS;
     while w < total {
@@ -243,14 +258,14 @@ fn flash_dkdv_kernel<F: Float, N: Size>(
         let kh = bkv % kv_heads;
         // Keys past the end are clamped for loads and skipped for stores.
         let kt = tile(blocks, segments, b, bkv * s_len, j0, s_len, 0, s_len);
-        load_row(k, kt.r0 * d_vec, &mut k0, d_vec);
-        load_row(k, kt.r1 * d_vec, &mut k1, d_vec);
-        load_row(k, kt.r2 * d_vec, &mut k2, d_vec);
-        load_row(k, kt.r3 * d_vec, &mut k3, d_vec);
-        load_row(v, kt.r0 * d_vec, &mut v0, d_vec);
-        load_row(v, kt.r1 * d_vec, &mut v1, d_vec);
-        load_row(v, kt.r2 * d_vec, &mut v2, d_vec);
-        load_row(v, kt.r3 * d_vec, &mut v3, d_vec);
+        load_scaled(k, kt.r0 * d, &mut k0, scale, d);
+        load_scaled(k, kt.r1 * d, &mut k1, scale, d);
+        load_scaled(k, kt.r2 * d, &mut k2, scale, d);
+        load_scaled(k, kt.r3 * d, &mut k3, scale, d);
+        load_scaled(v, kt.r0 * d, &mut v0, 1.0, d);
+        load_scaled(v, kt.r1 * d, &mut v1, 1.0, d);
+        load_scaled(v, kt.r2 * d, &mut v2, 1.0, d);
+        load_scaled(v, kt.r3 * d, &mut v3, 1.0, d);
         zero_row(&mut gk0, d_vec);
         zero_row(&mut gk1, d_vec);
         zero_row(&mut gk2, d_vec);
@@ -259,81 +274,96 @@ fn flash_dkdv_kernel<F: Float, N: Size>(
         zero_row(&mut gv1, d_vec);
         zero_row(&mut gv2, d_vec);
         zero_row(&mut gv3, d_vec);
-        let qa = query_lo(blocks, segments, b, q_offset, s_len, &kt, flags);
-        let qz = query_hi(blocks, segments, b, q_offset + t_len, s_len, window, &kt, flags);
+        // Query rows (not positions) that can see the tile: [ta, tz).
+        let ta = query_lo(blocks, segments, b, q_offset, s_len, &kt, flags) - q_offset;
+        let tz =
+            max(query_hi(blocks, segments, b, q_offset + t_len, s_len, window, &kt, flags), ta + q_offset) - q_offset;
         for g in 0..groups {
             let bh = b * heads + kh * groups + g;
-            for pos in qa..qz {
-                let r = bh * t_len + pos - q_offset;
-                let bq = id_at(blocks, b, pos, s_len, 0.0);
-                let sq = id_at(segments, b, pos, s_len, -1.0);
-                let mut s0 = Vector::<f32, N>::new(0.0f32);
-                let mut s1 = Vector::<f32, N>::new(0.0f32);
-                let mut s2 = Vector::<f32, N>::new(0.0f32);
-                let mut s3 = Vector::<f32, N>::new(0.0f32);
-                let mut d0 = Vector::<f32, N>::new(0.0f32);
-                let mut d1 = Vector::<f32, N>::new(0.0f32);
-                let mut d2 = Vector::<f32, N>::new(0.0f32);
-                let mut d3 = Vector::<f32, N>::new(0.0f32);
-                for p in 0..d_vec {
-                    let qv = Vector::<f32, N>::cast_from(q[r * d_vec + p]);
-                    let gv = Vector::<f32, N>::cast_from(dout[r * d_vec + p]);
-                    s0 = fma(qv, k0[p], s0);
-                    s1 = fma(qv, k1[p], s1);
-                    s2 = fma(qv, k2[p], s2);
-                    s3 = fma(qv, k3[p], s3);
-                    d0 = fma(gv, v0[p], d0);
-                    d1 = fma(gv, v1[p], d1);
-                    d2 = fma(gv, v2[p], d2);
-                    d3 = fma(gv, v3[p], d3);
+            let mut blk = ta / lanes;
+            while blk * lanes < tz {
+                let qb = blk * lanes;
+                let base = (bh * query_blocks + blk) * d;
+                let mut s = score4(qt, base, &k0, &k1, &k2, &k3, d);
+                if !queries_see_block(
+                    keep,
+                    segments,
+                    b,
+                    &kt,
+                    qb + q_offset,
+                    lanes,
+                    ta + q_offset,
+                    tz + q_offset,
+                    s_len,
+                    window,
+                    flags,
+                ) {
+                    mask_queries(
+                        &mut s,
+                        blocks,
+                        keep,
+                        segments,
+                        b,
+                        &kt,
+                        qb + q_offset,
+                        ta + q_offset,
+                        tz + q_offset,
+                        s_len,
+                        window,
+                        flags,
+                    );
                 }
-                let (l, dl) = (lse[r], delta[r]);
-                let e0 = prob(
-                    hsum(s0),
-                    l,
-                    scale,
-                    visible(blocks, keep, segments, b, pos, kt.p0, bq, sq, s_len, window, flags),
-                );
-                let e1 = prob(
-                    hsum(s1),
-                    l,
-                    scale,
-                    visible(blocks, keep, segments, b, pos, kt.p1, bq, sq, s_len, window, flags),
-                );
-                let e2 = prob(
-                    hsum(s2),
-                    l,
-                    scale,
-                    visible(blocks, keep, segments, b, pos, kt.p2, bq, sq, s_len, window, flags),
-                );
-                let e3 = prob(
-                    hsum(s3),
-                    l,
-                    scale,
-                    visible(blocks, keep, segments, b, pos, kt.p3, bq, sq, s_len, window, flags),
-                );
-                let c0 = Vector::<f32, N>::new(e0 * (hsum(d0) - dl) * scale);
-                let c1 = Vector::<f32, N>::new(e1 * (hsum(d1) - dl) * scale);
-                let c2 = Vector::<f32, N>::new(e2 * (hsum(d2) - dl) * scale);
-                let c3 = Vector::<f32, N>::new(e3 * (hsum(d3) - dl) * scale);
-                let (f0, f1, f2, f3) = (
-                    Vector::<f32, N>::new(e0),
-                    Vector::<f32, N>::new(e1),
-                    Vector::<f32, N>::new(e2),
-                    Vector::<f32, N>::new(e3),
-                );
+                let dp = score4(gt, base, &v0, &v1, &v2, &v3, d);
+                let l = row_stats::<L>(lse, bh * t_len, qb, t_len);
+                let dl = row_stats::<L>(delta, bh * t_len, qb, t_len);
+                let pr0 = (s.0 - l).exp();
+                let pr1 = (s.1 - l).exp();
+                let pr2 = (s.2 - l).exp();
+                let pr3 = (s.3 - l).exp();
+                let sc = Vector::<f32, L>::new(scale);
+                spill(pr0, &mut p0);
+                spill(pr1, &mut p1);
+                spill(pr2, &mut p2);
+                spill(pr3, &mut p3);
+                spill(pr0 * (dp.0 - dl) * sc, &mut e0);
+                spill(pr1 * (dp.1 - dl) * sc, &mut e1);
+                spill(pr2 * (dp.2 - dl) * sc, &mut e2);
+                spill(pr3 * (dp.3 - dl) * sc, &mut e3);
+                // dV += P · dO and dK += dS · Q over the block's rows in range.
+                let i_lo = max(ta, qb) - qb;
+                let i_hi = min(tz, qb + lanes) - qb;
+                let row0 = bh * t_len + qb;
                 for p in 0..d_vec {
-                    let qv = Vector::<f32, N>::cast_from(q[r * d_vec + p]);
-                    let gv = Vector::<f32, N>::cast_from(dout[r * d_vec + p]);
-                    gk0[p] = fma(c0, qv, gk0[p]);
-                    gk1[p] = fma(c1, qv, gk1[p]);
-                    gk2[p] = fma(c2, qv, gk2[p]);
-                    gk3[p] = fma(c3, qv, gk3[p]);
-                    gv0[p] = fma(f0, gv, gv0[p]);
-                    gv1[p] = fma(f1, gv, gv1[p]);
-                    gv2[p] = fma(f2, gv, gv2[p]);
-                    gv3[p] = fma(f3, gv, gv3[p]);
+                    let mut ck0 = gk0[p];
+                    let mut ck1 = gk1[p];
+                    let mut ck2 = gk2[p];
+                    let mut ck3 = gk3[p];
+                    let mut cv0 = gv0[p];
+                    let mut cv1 = gv1[p];
+                    let mut cv2 = gv2[p];
+                    let mut cv3 = gv3[p];
+                    for i in i_lo..i_hi {
+                        let x = Vector::<f32, N>::cast_from(q[(row0 + i) * d_vec + p]);
+                        let y = Vector::<f32, N>::cast_from(dout[(row0 + i) * d_vec + p]);
+                        ck0 = fma(Vector::new(e0[i]), x, ck0);
+                        ck1 = fma(Vector::new(e1[i]), x, ck1);
+                        ck2 = fma(Vector::new(e2[i]), x, ck2);
+                        ck3 = fma(Vector::new(e3[i]), x, ck3);
+                        cv0 = fma(Vector::new(p0[i]), y, cv0);
+                        cv1 = fma(Vector::new(p1[i]), y, cv1);
+                        cv2 = fma(Vector::new(p2[i]), y, cv2);
+                        cv3 = fma(Vector::new(p3[i]), y, cv3);
+                    }
+                    gk0[p] = ck0;
+                    gk1[p] = ck1;
+                    gk2[p] = ck2;
+                    gk3[p] = ck3;
+                    gv0[p] = cv0;
+                    gv1[p] = cv1;
+                    gv2[p] = cv2;
+                    gv3[p] = cv3;
                 }
+                blk += 1;
             }
         }
         for p in 0..d_vec {
@@ -384,7 +414,8 @@ pub(super) fn flash_backward(
             v: Tensor::zeros(dev, v.shape(), v.dtype())?,
         });
     }
-    let vw = launch::vector_width(&[d]);
+    let lanes = lanes_for(q);
+    let vw = launch::vector_width_up_to(&[d], lanes);
     let rows = b * h * t;
     let delta = Tensor::uninit(dev, &[b, h, t], DType::F32)?;
     let dq = Tensor::uninit(dev, q.shape(), q.dtype())?;
@@ -396,22 +427,25 @@ pub(super) fn flash_backward(
     dispatch_float!(q.dtype(), F => unsafe {
         delta_kernel::launch_unchecked::<F>(dev.client(), count, dim, vw, buf(out), buf(dout), buf(&delta), rows, d / vw)
     });
+    let (kt, vt) = (rows_to_lanes(k, lanes)?, rows_to_lanes(v, lanes)?);
     let (count, dim) = launch::grid_1d(dev, b * h * t.div_ceil(4));
     dispatch_float!(q.dtype(), F => unsafe {
         flash_dq_kernel::launch_unchecked::<F>(
-            dev.client(), count, dim, vw,
-            buf(q), buf(k), buf(v), buf(dout), buf(lse), buf(&delta), buf(&dq),
+            dev.client(), count, dim, vw, lanes,
+            buf(q), buf(&kt), buf(&vt), buf(k), buf(dout), buf(lse), buf(&delta), buf(&dq),
             buf(blocks), buf(keep), buf(segments),
-            b, h, h / hkv, t, s, mask.q_offset, window, scale, d / vw, flags,
+            b, h, h / hkv, t, s, mask.q_offset, window, scale, d, d / vw, flags,
         )
     });
+    drop((kt, vt));
+    let (qt, gt) = (rows_to_lanes(q, lanes)?, rows_to_lanes(dout, lanes)?);
     let (count, dim) = launch::grid_1d(dev, b * hkv * s.div_ceil(4));
     dispatch_float!(q.dtype(), F => unsafe {
         flash_dkdv_kernel::launch_unchecked::<F>(
-            dev.client(), count, dim, vw,
-            buf(q), buf(k), buf(v), buf(dout), buf(lse), buf(&delta), buf(&dk), buf(&dv),
+            dev.client(), count, dim, vw, lanes,
+            buf(&qt), buf(&gt), buf(q), buf(dout), buf(k), buf(v), buf(lse), buf(&delta), buf(&dk), buf(&dv),
             buf(blocks), buf(keep), buf(segments),
-            b, hkv, h / hkv, t, s, mask.q_offset, window, scale, d / vw, flags,
+            b, hkv, h / hkv, t, s, mask.q_offset, window, scale, d, d / vw, flags,
         )
     });
     Ok(AttentionGrads { q: dq, k: dk, v: dv })

@@ -4,6 +4,7 @@
 //! kernels skip whole spans (the future of a causal row, keys before a sliding window, other
 //! segments) without ever storing a mask. Not the materialized softmax (that is `softmax.rs`).
 
+use super::flash::NONE;
 use cubecl::prelude::*;
 
 /// The mask's switches, fixed per kernel instantiation (a comptime argument).
@@ -116,6 +117,128 @@ pub(super) fn block_seen_by_all(
         }
     }
     all
+}
+
+/// The scores of a tile's four rows against one block of keys (keys in lanes).
+pub(super) type Scores4<L> = (Vector<f32, L>, Vector<f32, L>, Vector<f32, L>, Vector<f32, L>);
+
+/// Masks (sets to `NONE`) the lanes of a block of keys from `kb` that query tile `qt` does not
+/// see: outside `[lo, hi)` or refused by the mask.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn mask_keys<L: Size>(
+    s: &mut Scores4<L>,
+    blocks: &[f32],
+    keep: &[f32],
+    segments: &[f32],
+    b: usize,
+    qt: &Tile,
+    kb: usize,
+    lo: usize,
+    hi: usize,
+    s_len: usize,
+    window: usize,
+    #[comptime] flags: MaskFlags,
+) {
+    let none = f32::new(NONE);
+    #[unroll]
+    for l in 0..L::value() {
+        let kk = kb + l;
+        let inside = kk >= lo && kk < hi;
+        if !(inside && visible(blocks, keep, segments, b, qt.p0, kk, qt.b0, qt.s0, s_len, window, flags)) {
+            s.0.insert(l, none);
+        }
+        if !(inside && visible(blocks, keep, segments, b, qt.p1, kk, qt.b1, qt.s1, s_len, window, flags)) {
+            s.1.insert(l, none);
+        }
+        if !(inside && visible(blocks, keep, segments, b, qt.p2, kk, qt.b2, qt.s2, s_len, window, flags)) {
+            s.2.insert(l, none);
+        }
+        if !(inside && visible(blocks, keep, segments, b, qt.p3, kk, qt.b3, qt.s3, s_len, window, flags)) {
+            s.3.insert(l, none);
+        }
+    }
+}
+
+/// Whether every key of tile `k` is seen by every query of the block at positions
+/// `[q0, q0 + lanes)`, so that the block needs no mask: inside `[qa, qz)`, at or after the last
+/// key when causal, inside the first key's window, the keys kept by the padding, one segment.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn queries_see_block(
+    keep: &[f32],
+    segments: &[f32],
+    b: usize,
+    k: &Tile,
+    q0: usize,
+    lanes: usize,
+    qa: usize,
+    qz: usize,
+    s_len: usize,
+    window: usize,
+    #[comptime] flags: MaskFlags,
+) -> bool {
+    let mut all = q0 >= qa && q0 + lanes <= qz;
+    if flags.causal {
+        all = all && k.p3 <= q0;
+    }
+    if flags.use_window {
+        all = all && q0 + lanes <= k.p0 + window;
+    }
+    if flags.use_keep {
+        let row = b * s_len;
+        all =
+            all && keep[row + k.p0] > 0.0 && keep[row + k.p1] > 0.0 && keep[row + k.p2] > 0.0 && keep[row + k.p3] > 0.0;
+    }
+    if flags.use_segments {
+        all = all && k.s0 == k.s1 && k.s0 == k.s2 && k.s0 == k.s3;
+        let mut l = 0usize;
+        while all && l < lanes {
+            all = segments[b * s_len + q0 + l] == k.s0;
+            l += 1;
+        }
+    }
+    all
+}
+
+/// Masks (sets to `NONE`) the lanes of a block of queries at positions from `q0` that do not
+/// see the keys of tile `k`: outside `[qa, qz)` or refused by the mask.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn mask_queries<L: Size>(
+    s: &mut Scores4<L>,
+    blocks: &[f32],
+    keep: &[f32],
+    segments: &[f32],
+    b: usize,
+    k: &Tile,
+    q0: usize,
+    qa: usize,
+    qz: usize,
+    s_len: usize,
+    window: usize,
+    #[comptime] flags: MaskFlags,
+) {
+    let none = f32::new(NONE);
+    #[unroll]
+    for l in 0..L::value() {
+        let pos = q0 + l;
+        let inside = pos >= qa && pos < qz;
+        let bq = id_at(blocks, b, pos, s_len, 0.0);
+        let sq = id_at(segments, b, pos, s_len, -1.0);
+        if !(inside && visible(blocks, keep, segments, b, pos, k.p0, bq, sq, s_len, window, flags)) {
+            s.0.insert(l, none);
+        }
+        if !(inside && visible(blocks, keep, segments, b, pos, k.p1, bq, sq, s_len, window, flags)) {
+            s.1.insert(l, none);
+        }
+        if !(inside && visible(blocks, keep, segments, b, pos, k.p2, bq, sq, s_len, window, flags)) {
+            s.2.insert(l, none);
+        }
+        if !(inside && visible(blocks, keep, segments, b, pos, k.p3, bq, sq, s_len, window, flags)) {
+            s.3.insert(l, none);
+        }
+    }
 }
 
 /// Whether `x` equals one of four ids (ids `<= 0` never match when `positive_only`).
