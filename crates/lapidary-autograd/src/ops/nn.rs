@@ -13,8 +13,8 @@ pub fn rms_norm(x: &Var, w: &Var, eps: f32) -> Result<Var> {
         &[x, w],
         out,
         Box::new(move |outs, needs| {
-            let g = nm::rms_norm_backward(&xv, &wv, &upstream(outs), eps)?;
-            Ok(vec![needs[0].then_some(g.x), needs[1].then_some(g.weight)])
+            let g = nm::rms_norm_backward(&xv, &wv, &upstream(outs), eps, needs[1])?;
+            Ok(vec![needs[0].then_some(g.x), g.weight])
         }),
     )
 }
@@ -27,8 +27,12 @@ pub fn layer_norm(x: &Var, w: &Var, b: &Var, eps: f32) -> Result<Var> {
         &[x, w, b],
         out,
         Box::new(move |outs, needs| {
-            let g = nm::layer_norm_backward(&xv, &wv, &upstream(outs), eps)?;
-            Ok(vec![needs[0].then_some(g.x), needs[1].then_some(g.weight), if needs[2] { g.bias } else { None }])
+            let g = nm::layer_norm_backward(&xv, &wv, &upstream(outs), eps, needs[1] || needs[2])?;
+            Ok(vec![
+                needs[0].then_some(g.x),
+                if needs[1] { g.weight } else { None },
+                if needs[2] { g.bias } else { None },
+            ])
         }),
     )
 }

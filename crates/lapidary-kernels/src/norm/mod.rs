@@ -1,8 +1,8 @@
 //! Normalization over the last axis, forward and backward side by side: Gemma's RMSNorm
 //! `x * rsqrt(mean(x²) + eps) * (1 + w)` (also used per head for q/k norm, with C = head_dim) and
 //! SigLIP's LayerNorm `(x - mean) * rstd * w + b`. Statistics in f32. Each unit owns whole rows;
-//! the weight gradients are a second, column-parallel pass (deterministic, no atomics), reading
-//! the per-row statistics the backward recomputes.
+//! the weight gradients, when asked for (a frozen norm skips them), are a second, column-parallel
+//! pass (deterministic, no atomics), reading the per-row statistics the backward recomputes.
 //!
 //! ```
 //! use lapidary_core::{Device, DType, Tensor};
@@ -13,8 +13,11 @@
 //! let y = norm::rms_norm(&x, &w, 0.0).unwrap().to_f32_vec().unwrap();
 //! let r = (12.5f32).sqrt(); // rms of [3, 4]
 //! assert!((y[0] - 3. / r).abs() < 1e-6 && (y[1] - 8. / r).abs() < 1e-6);
-//! let g = norm::rms_norm_backward(&x, &w, &Tensor::full(&dev, &[1, 2], 1.0, DType::F32).unwrap(), 0.0).unwrap();
-//! assert_eq!(g.x.shape(), &[1, 2]);
+//! let dy = Tensor::full(&dev, &[1, 2], 1.0, DType::F32).unwrap();
+//! let g = norm::rms_norm_backward(&x, &w, &dy, 0.0, true).unwrap();
+//! assert_eq!((g.x.shape(), g.weight.unwrap().shape()), (&[1, 2][..], &[2][..]));
+//! // A frozen weight: the input's gradient only.
+//! assert!(norm::rms_norm_backward(&x, &w, &dy, 0.0, false).unwrap().weight.is_none());
 //! ```
 
 pub mod reference;
@@ -252,13 +255,21 @@ fn forward(op: &str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Re
 pub struct NormGrads {
     /// Gradient of the input, shape of `x`.
     pub x: Tensor,
-    /// Gradient of the weight, `[C]`.
-    pub weight: Tensor,
-    /// Gradient of the bias, `[C]` (LayerNorm only).
+    /// Gradient of the weight, `[C]` (when asked for).
+    pub weight: Option<Tensor>,
+    /// Gradient of the bias, `[C]` (LayerNorm only, when asked for).
     pub bias: Option<Tensor>,
 }
 
-fn backward(op: &str, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32, layer_norm: bool) -> Result<NormGrads> {
+fn backward(
+    op: &str,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    eps: f32,
+    layer_norm: bool,
+    params: bool,
+) -> Result<NormGrads> {
     let c = check(op, x, w, None)?;
     dy.expect_shape(&format!("{op}: dy"), x.shape())?;
     let rows = x.numel() / c.max(1);
@@ -279,7 +290,12 @@ fn backward(op: &str, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32, layer_norm:
             BufferArg::from_raw_parts(dx.handle().clone(), x.numel()),
             BufferArg::from_raw_parts(stats.handle().clone(), rows * 2),
             rows, c / vw, c as f32, eps, layer_norm,
-        );
+        )
+    });
+    if !params {
+        return Ok(NormGrads { x: dx, weight: None, bias: None });
+    }
+    dispatch_float!(x.dtype(), F => unsafe {
         norm_backward_cols_kernel::launch_unchecked::<F>(
             dev.client(), ccount, cdim,
             BufferArg::from_raw_parts(x.handle().clone(), x.numel()),
@@ -290,7 +306,7 @@ fn backward(op: &str, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32, layer_norm:
             rows, c, layer_norm,
         )
     });
-    Ok(NormGrads { x: dx, weight: dw, bias: layer_norm.then_some(db) })
+    Ok(NormGrads { x: dx, weight: Some(dw), bias: layer_norm.then_some(db) })
 }
 
 /// Gemma RMSNorm over the last axis: `x * rsqrt(mean(x²) + eps) * (1 + weight)`, `weight: [C]`.
@@ -299,9 +315,10 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     forward("rms_norm", x, weight, None, eps)
 }
 
-/// Backward of [`rms_norm`] (statistics recomputed from `x`).
-pub fn rms_norm_backward(x: &Tensor, weight: &Tensor, dy: &Tensor, eps: f32) -> Result<NormGrads> {
-    backward("rms_norm_backward", x, weight, dy, eps, false)
+/// Backward of [`rms_norm`] (statistics recomputed from `x`); the weight's gradient only when
+/// `params` asks for it.
+pub fn rms_norm_backward(x: &Tensor, weight: &Tensor, dy: &Tensor, eps: f32, params: bool) -> Result<NormGrads> {
+    backward("rms_norm_backward", x, weight, dy, eps, false, params)
 }
 
 /// LayerNorm over the last axis: `(x - mean) * rsqrt(var + eps) * weight + bias`.
@@ -309,9 +326,10 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Resul
     forward("layer_norm", x, weight, Some(bias), eps)
 }
 
-/// Backward of [`layer_norm`] (statistics recomputed from `x`).
-pub fn layer_norm_backward(x: &Tensor, weight: &Tensor, dy: &Tensor, eps: f32) -> Result<NormGrads> {
-    backward("layer_norm_backward", x, weight, dy, eps, true)
+/// Backward of [`layer_norm`] (statistics recomputed from `x`); the weight's and bias's
+/// gradients only when `params` asks for them.
+pub fn layer_norm_backward(x: &Tensor, weight: &Tensor, dy: &Tensor, eps: f32, params: bool) -> Result<NormGrads> {
+    backward("layer_norm_backward", x, weight, dy, eps, true, params)
 }
 
 #[cfg(test)]
@@ -335,10 +353,18 @@ mod tests {
             let (xh, wh, bh, dyh) = (x.to_f32_vec().unwrap(), w.to_f32_vec().unwrap(), b.to_f32_vec().unwrap(), dy.to_f32_vec().unwrap());
             let want = r::norm(&xh, &wh, ln.then_some(&bh[..]), c, eps);
             let (y, g) = if ln {
-                (super::layer_norm(&x, &w, &b, eps).unwrap(), super::layer_norm_backward(&x, &w, &dy, eps).unwrap())
+                (super::layer_norm(&x, &w, &b, eps).unwrap(), super::layer_norm_backward(&x, &w, &dy, eps, true).unwrap())
             } else {
-                (super::rms_norm(&x, &w, eps).unwrap(), super::rms_norm_backward(&x, &w, &dy, eps).unwrap())
+                (super::rms_norm(&x, &w, eps).unwrap(), super::rms_norm_backward(&x, &w, &dy, eps, true).unwrap())
             };
+            // Without the parameters' gradients: the same input gradient, nothing else.
+            let g_x = if ln {
+                super::layer_norm_backward(&x, &w, &dy, eps, false).unwrap()
+            } else {
+                super::rms_norm_backward(&x, &w, &dy, eps, false).unwrap()
+            };
+            prop_assert!(g_x.weight.is_none() && g_x.bias.is_none());
+            prop_assert_eq!(g_x.x.to_f32_vec().unwrap(), g.x.to_f32_vec().unwrap());
             // Normalized values can reach sqrt(C); gradients sum C or `rows` terms.
             let t = dt.tol();
             let tol = Tol { abs: t.abs * 4.0, rel: t.rel * 2.0 };
@@ -346,7 +372,7 @@ mod tests {
             let (dx, dw, db) = r::norm_backward(&xh, &wh, &dyh, c, eps, ln);
             let tg = Tol { abs: t.abs * 4.0 * (c.max(rows) as f64).sqrt(), rel: t.rel * 4.0 };
             assert_close("norm dx", &g.x.to_f32_vec().unwrap(), &dx, tg);
-            assert_close("norm dweight", &g.weight.to_f32_vec().unwrap(), &dw, tg);
+            assert_close("norm dweight", &g.weight.unwrap().to_f32_vec().unwrap(), &dw, tg);
             if ln {
                 assert_close("norm dbias", &g.bias.unwrap().to_f32_vec().unwrap(), &db, tg);
             } else {
