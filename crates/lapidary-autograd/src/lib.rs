@@ -11,7 +11,8 @@
 //!   gradients never depend on whether its activation input requires a gradient (the case in
 //!   which reentrant checkpointing silently drops every vision-adapter gradient).
 //! - [`ops`] wraps the kernels of `lapidary-kernels` as differentiable ops. This crate launches
-//!   nothing itself.
+//!   nothing itself. [`FrozenPanels`] keeps a frozen weight's packed forms (for its product and
+//!   for the input's gradient) between steps, for [`ops::matmul_frozen`] and the fused head.
 //!
 //! ```
 //! use lapidary_autograd::{ops, Tape, Trainable};
