@@ -24,6 +24,8 @@ const PACK_MIN_M: usize = 32;
 /// Smallest B (values) packed when not transposed (in this crate's tests 4,096, so that small
 /// products, cheap under CPU emulation, take the packed route too).
 const PACK_MIN_B: usize = if cfg!(test) { 1 << 12 } else { 1 << 20 };
+/// Below this K, a transposed B's gradient is taken as the transpose of `Aᵀ · dC` (CPU).
+const SHORT_K: usize = 32;
 /// Longest K walked in one block (beyond, f32 products take K in blocks of 512, which keeps an
 /// unpacked B in cache too).
 const K_BLOCKED: usize = 4096;
@@ -548,7 +550,12 @@ pub fn matmul_backward(a: &Tensor, b: &Tensor, dc: &Tensor, layout: Layout, need
     let gb = if needs.b {
         let (dc2, a2) =
             if b_shared { (flatten_rows(dc)?, flatten_rows_of(a, trans_a)?) } else { (dc.clone(), a.clone()) };
-        Some(if trans_b {
+        let k = if trans_a { a2.dim(-2) } else { a2.dim(-1) };
+        Some(if trans_b && k < SHORT_K && n >= 4 * k && a.device().is_cpu() {
+            // dB' [N, K] with a short K (a LoRA rank): (Aᵀ · dC)ᵀ reads dC along its rows, where
+            // dCᵀ · A would read it down its columns, a row apart at every step.
+            transpose(&matmul(&a2, &dc2, None, Layout::new(!trans_a, false))?)?
+        } else if trans_b {
             // dB' [N, K] = dCᵀ · A
             matmul(&dc2, &a2, None, Layout::new(true, trans_a))?
         } else {
@@ -686,6 +693,10 @@ mod tests {
         // n multiple of 8 (widest vector), m not a multiple of the 8-row tile, odd vector count.
         check(2, 13, 64, 24, false, false, false, true, DType::F32, 11);
         check(1, 5, 3, 8, true, true, true, false, DType::BF16, 12);
+        // A transposed B with a short K: its gradient through the transpose of Aᵀ · dC (shared
+        // and batched B, A read either way).
+        check(2, 9, 16, 70, true, true, true, false, DType::F32, 13);
+        check(2, 9, 16, 70, false, true, false, true, DType::BF16, 14);
     }
 
     #[test]
