@@ -27,22 +27,16 @@ impl FrozenPanels {
         !w.requires_grad() && w.value().device().is_cpu()
     }
 
-    /// `w` (`[out, in]`) prepared for `x · wᵀ`; `None` unless [`Self::applies_to`] holds.
-    pub fn for_product(&self, w: &Var) -> Result<Option<PreparedB>> {
-        if !Self::applies_to(w) {
-            return Ok(None);
-        }
-        self.kept(w.value(), true).map(Some)
-    }
-
-    /// `w` (`[out, in]`) prepared for `dy · w`, the gradient of `x`; made at the first backward,
-    /// so a model that never trains never holds it. For a `w` that [`Self::applies_to`].
-    pub(crate) fn for_gradient(&self, w: &Tensor) -> Result<PreparedB> {
-        self.kept(w, false)
+    /// `w` (`[out, in]`) prepared for `x · wᵀ` (`trans_b`) or for `dy · w`, the gradient of `x`:
+    /// the kept form when [`Self::applies_to`] holds (the gradient's made at the first backward,
+    /// so a model that never trains never holds it), else prepared for this call only.
+    pub fn prepared(&self, w: &Var, trans_b: bool) -> Result<PreparedB> {
+        if Self::applies_to(w) { self.kept(w.value(), trans_b) } else { PreparedB::new(w.value(), trans_b) }
     }
 
     /// The kept form of `w` in one layout, made now when missing or made from another tensor.
-    fn kept(&self, w: &Tensor, trans_b: bool) -> Result<PreparedB> {
+    /// For a `w` that [`Self::applies_to`].
+    pub(crate) fn kept(&self, w: &Tensor, trans_b: bool) -> Result<PreparedB> {
         let mut slots = self.0.borrow_mut();
         let slot = if trans_b { &mut slots.product } else { &mut slots.gradient };
         if let Some(p) = slot.as_ref().filter(|p| p.tensor().same_storage(w)) {

@@ -36,15 +36,16 @@ pub fn matmul(a: &Var, b: &Var, bias: Option<&Var>, layout: Layout) -> Result<Va
 /// gradient of `x`); a trainable weight, or one on a GPU, is the plain [`matmul`] and gets its
 /// gradient. A frozen `w` is not an input of the product: the gradient reaches `x` and the bias.
 pub fn matmul_frozen(x: &Var, w: &Var, panels: &FrozenPanels, bias: Option<&Var>) -> Result<Var> {
-    let Some(prepared) = panels.for_product(w)? else {
+    if !FrozenPanels::applies_to(w) {
         return matmul(x, w, bias, Layout::ABt);
-    };
+    }
+    let prepared = panels.prepared(w, true)?;
     let out = mm::matmul_prepared(x.value(), &prepared, bias.map(Var::value))?;
     let (wv, panels) = (w.value().clone(), panels.clone());
     let has_bias = bias.is_some();
     let backward: BackwardFn = Box::new(move |outs, needs| {
         let dy = upstream(outs);
-        let dx = if needs[0] { Some(mm::matmul_prepared(&dy, &panels.for_gradient(&wv)?, None)?) } else { None };
+        let dx = if needs[0] { Some(mm::matmul_prepared(&dy, &panels.kept(&wv, false)?, None)?) } else { None };
         let mut v = vec![dx];
         if has_bias {
             let out_features = wv.dim(0);

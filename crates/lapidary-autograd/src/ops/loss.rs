@@ -88,15 +88,8 @@ pub fn linear_cross_entropy(
     let mut dh = if need_h { Some(Tensor::zeros(&dev, hv.shape(), hv.dtype())?) } else { None };
     let mut dw: Option<Tensor> = None;
     // The head is prepared once for every chunk's product (packed on the CPU), or kept.
-    let head = match panels.for_product(w)? {
-        Some(kept) => kept,
-        None => mm::PreparedB::new(&wv, true)?,
-    };
-    let head_for_dh = match (need_h, FrozenPanels::applies_to(w)) {
-        (false, _) => None,
-        (true, true) => Some(panels.for_gradient(&wv)?),
-        (true, false) => Some(mm::PreparedB::new(&wv, false)?),
-    };
+    let head = panels.prepared(w, true)?;
+    let head_for_dh = if need_h { Some(panels.prepared(w, false)?) } else { None };
     for ids in &chunks {
         let hc = gather::gather_rows(&hv, ids)?;
         let logits = mm::matmul_prepared(&hc, &head, None)?;

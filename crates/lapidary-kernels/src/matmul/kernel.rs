@@ -300,26 +300,22 @@ pub struct PreparedB {
 impl PreparedB {
     /// Prepares `b` (`[K, N]`, or `[N, K]` when `trans_b`; rank 2, shared by every product).
     pub fn new(b: &Tensor, trans_b: bool) -> Result<Self> {
-        if b.rank() != 2 {
-            return Err(Error::shape("PreparedB: b", "[K, N] or [N, K] (rank 2)", b.shape()));
-        }
-        let (k, n) = if trans_b { (b.dim(1), b.dim(0)) } else { (b.dim(0), b.dim(1)) };
-        let packed = if b.device().is_cpu() && k > 0 && n > 0 && pack_mode(PACK_MIN_M, k, n, trans_b) {
-            Some(super::pack::pack_b(b, trans_b, k, n, vector_width_n(n))?)
-        } else {
-            None
-        };
-        Ok(PreparedB { b: b.clone(), trans_b, packed })
+        Self::prepare(b, trans_b, false)
     }
 
     /// Prepares `b` for many calls (a frozen weight kept between steps): on the CPU always
     /// packed, whatever its size, since the packing is paid once. Same layouts as [`Self::new`].
     pub fn kept(b: &Tensor, trans_b: bool) -> Result<Self> {
+        Self::prepare(b, trans_b, true)
+    }
+
+    /// Packed on the CPU when the register kernel would pack it for `PACK_MIN_M` rows, or always.
+    fn prepare(b: &Tensor, trans_b: bool, always: bool) -> Result<Self> {
         if b.rank() != 2 {
             return Err(Error::shape("PreparedB: b", "[K, N] or [N, K] (rank 2)", b.shape()));
         }
         let (k, n) = if trans_b { (b.dim(1), b.dim(0)) } else { (b.dim(0), b.dim(1)) };
-        let packed = if b.device().is_cpu() && k > 0 && n > 0 {
+        let packed = if b.device().is_cpu() && k > 0 && n > 0 && (always || pack_mode(PACK_MIN_M, k, n, trans_b)) {
             Some(super::pack::pack_b(b, trans_b, k, n, vector_width_n(n))?)
         } else {
             None
