@@ -392,6 +392,20 @@ fn flash_dkdv_kernel<F: Float, N: Size, L: Size>(
     }
 }
 
+/// `δ = rowsum(dO ∘ O)` per query row of `out, dout: [B, H, T, D]`, as `[B, H, T]` f32.
+pub(super) fn row_deltas(out: &Tensor, dout: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = (out.dim(0), out.dim(1), out.dim(2), out.dim(3));
+    let dev = out.device();
+    let rows = b * h * t;
+    let vw = launch::vector_width_up_to(&[d], lanes_for(out));
+    let delta = Tensor::uninit(dev, &[b, h, t], DType::F32)?;
+    let (count, dim) = launch::grid_1d(dev, rows);
+    dispatch_float!(out.dtype(), F => unsafe {
+        delta_kernel::launch_unchecked::<F>(dev.client(), count, dim, vw, buf(out), buf(dout), buf(&delta), rows, d / vw)
+    });
+    Ok(delta)
+}
+
 /// Fused backward: gradients of q, k, v from the forward's output and log-sum-exp.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn flash_backward(
@@ -416,17 +430,12 @@ pub(super) fn flash_backward(
     }
     let lanes = lanes_for(q);
     let vw = launch::vector_width_up_to(&[d], lanes);
-    let rows = b * h * t;
-    let delta = Tensor::uninit(dev, &[b, h, t], DType::F32)?;
+    let delta = row_deltas(out, dout)?;
     let dq = Tensor::uninit(dev, q.shape(), q.dtype())?;
     let dk = Tensor::uninit(dev, k.shape(), k.dtype())?;
     let dv = Tensor::uninit(dev, v.shape(), v.dtype())?;
     let [blocks, keep, segments] = mask_buffers(mask, lse);
     let (window, flags) = (mask.window.unwrap_or(0), MaskFlags::of(mask));
-    let (count, dim) = launch::grid_1d(dev, rows);
-    dispatch_float!(q.dtype(), F => unsafe {
-        delta_kernel::launch_unchecked::<F>(dev.client(), count, dim, vw, buf(out), buf(dout), buf(&delta), rows, d / vw)
-    });
     let (kt, vt) = (rows_to_lanes(k, lanes)?, rows_to_lanes(v, lanes)?);
     let (count, dim) = launch::grid_1d(dev, b * h * t.div_ceil(4));
     dispatch_float!(q.dtype(), F => unsafe {

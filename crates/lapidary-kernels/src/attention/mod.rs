@@ -24,6 +24,8 @@ mod flash;
 mod flash_backward;
 mod flash_lanes;
 mod flash_mask;
+mod flash_tiled;
+mod flash_tiled_backward;
 mod mask;
 pub mod reference;
 mod repeat_kv;
@@ -40,14 +42,21 @@ use lapidary_core::{Error, Result, Tensor};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttentionPath {
     /// Fused on the CPU runtime (faster there at every length measured, 16 to 8,192 tokens:
-    /// benches/RESULTS.md); materialized on GPUs, whose products run on tensor cores (the fused
-    /// kernel is one unit per four query rows, a CPU shape). `LAPIDARY_ATTENTION=flash|
-    /// materialized` overrides the choice.
+    /// benches/RESULTS.md); fused in the GPU's shape on GPUs (tiles in shared memory, tensor
+    /// cores for 16-bit types). `LAPIDARY_ATTENTION=flash|tiled|materialized` overrides the
+    /// choice.
     Auto,
     /// Scores and probabilities materialized (the reference).
     Materialized,
-    /// Fused, O(T·D) memory.
+    /// Fused, O(T·D) memory, in the CPU's shape: a unit per four query rows, a block of keys in
+    /// one vector register (`flash.rs`).
     Flash,
+    /// Fused, O(T·D) memory, in the GPU's shape: a cube per block of query rows, a plane per 16
+    /// of them, tiles in shared memory, products on tensor cores where the device has them
+    /// (`flash_tiled.rs`). Runs on the CPU runtime too (without tensor cores), where it is
+    /// tested; the CPU-shaped kernel takes over when a tile of the head dimension does not fit
+    /// in the device's shared memory.
+    Tiled,
 }
 
 impl AttentionPath {
@@ -56,9 +65,10 @@ impl AttentionPath {
         match self {
             AttentionPath::Auto => match std::env::var("LAPIDARY_ATTENTION").as_deref() {
                 Ok("flash") => AttentionPath::Flash,
+                Ok("tiled") => AttentionPath::Tiled,
                 Ok("materialized") => AttentionPath::Materialized,
                 _ if cpu => AttentionPath::Flash,
-                _ => AttentionPath::Materialized,
+                _ => AttentionPath::Tiled,
             },
             p => p,
         }
@@ -91,6 +101,8 @@ enum Saved {
         out: Tensor,
         lse: Tensor,
         mask: AttentionMask,
+        /// Whether the GPU-shaped kernels ran (the backward then takes them too where they fit).
+        tiled: bool,
     },
 }
 
@@ -162,9 +174,21 @@ pub fn attention_with(
         }
     }
     mask.check(b, k.dim(2))?;
-    if path.resolve(q.device().is_cpu()) == AttentionPath::Flash {
-        let (out, lse) = flash::flash_forward(q, k, v, scale, mask)?;
-        let inner = Saved::Flash { k: k.clone(), v: v.clone(), out: out.clone(), lse, mask: mask.clone() };
+    let path = path.resolve(q.device().is_cpu());
+    if path != AttentionPath::Materialized {
+        let tiled = if path == AttentionPath::Tiled { flash_tiled::forward_shape(q) } else { None };
+        let (out, lse) = match tiled {
+            Some(shape) => flash_tiled::tiled_forward(q, k, v, scale, mask, shape)?,
+            None => flash::flash_forward(q, k, v, scale, mask)?,
+        };
+        let inner = Saved::Flash {
+            k: k.clone(),
+            v: v.clone(),
+            out: out.clone(),
+            lse,
+            mask: mask.clone(),
+            tiled: tiled.is_some(),
+        };
         return Ok((out, AttentionSaved { inner }));
     }
     let groups = h / k.dim(1);
@@ -180,8 +204,12 @@ pub fn attention_with(
 pub fn attention_backward(q: &Tensor, saved: &AttentionSaved, dout: &Tensor, scale: f32) -> Result<AttentionGrads> {
     dout.expect_shape("attention_backward: dout", q.shape())?;
     let (k, v, probs, groups) = match &saved.inner {
-        Saved::Flash { k, v, out, lse, mask } => {
-            return flash_backward::flash_backward(q, k, v, out, lse, dout, scale, mask);
+        Saved::Flash { k, v, out, lse, mask, tiled } => {
+            return if *tiled {
+                flash_tiled_backward::tiled_backward(q, k, v, out, lse, dout, scale, mask)
+            } else {
+                flash_backward::flash_backward(q, k, v, out, lse, dout, scale, mask)
+            };
         }
         Saved::Materialized { k, v, probs, groups } => (k, v, probs, *groups),
     };

@@ -138,6 +138,57 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(crate::test_util::cases(16))]
+    #[test]
+    fn tiled_flash_attention_matches_reference(
+        b in 1usize..3, hkv in 1usize..3, groups in 1usize..4, t in 1usize..45, cached in 0usize..4,
+        d in prop_oneof![1usize..10, Just(16usize), Just(24usize), Just(72usize)],
+        causal in any::<bool>(), window in proptest::option::of(1usize..20), use_blocks in any::<bool>(),
+        use_pad in any::<bool>(), use_seg in any::<bool>(), runs in any::<bool>(),
+        dt in dtype_strategy(), seed in any::<u64>(),
+    ) {
+        let cached = if causal { cached } else { 0 };
+        let dims = Dims { b, h: hkv * groups, hkv, t, s: t + cached, d };
+        let mask = AttentionMask { causal, window: if causal { window } else { None }, q_offset: cached, ..Default::default() };
+        check_case(AttentionPath::Tiled, dims, dt, mask, [use_blocks, use_pad, use_seg], runs, seed);
+    }
+}
+
+#[test]
+fn tiled_kernels_agree_with_the_cpu_shaped_ones_in_every_layout() {
+    // Groups of one or several units, one to three groups a cube, a head dimension padded to a
+    // multiple of 16, grouped-query heads, queries after a cache, image blocks and a window.
+    use super::flash_tiled::{TiledShape, tiled_forward};
+    let dev = device();
+    let (b, h, hkv, t, s, d) = (2, 4, 2, 37, 40, 20);
+    let q = random_tensor(&dev, &[b, h, t, d], DType::F32, 21, 1.0);
+    let k = random_tensor(&dev, &[b, hkv, s, d], DType::F32, 22, 1.0);
+    let v = random_tensor(&dev, &[b, hkv, s, d], DType::F32, 23, 1.0);
+    let dout = random_tensor(&dev, &[b, h, t, d], DType::F32, 24, 1.0);
+    let blocks: Vec<f32> = (0..b * s).map(|i| if (5..17).contains(&(i % s)) { 1.0 } else { 0.0 }).collect();
+    let mut mask =
+        AttentionMask::sliding(23).with_blocks(Tensor::from_f32(&dev, &blocks, &[b, s], DType::F32).unwrap());
+    mask.q_offset = s - t;
+    let scale = 0.3;
+    let (of, sf) = attention_with(&q, &k, &v, scale, &mask, AttentionPath::Flash).unwrap();
+    let gf = attention_backward(&q, &sf, &dout, scale).unwrap();
+    let lse = sf.log_sum_exp().unwrap();
+    let tol = Tol { abs: 1e-5, rel: 1e-4 };
+    for (groups, units) in [(1, 1), (1, 2), (2, 2), (3, 1)] {
+        let shape = TiledShape { groups, units, d, dp: 32, tensor_cores: false };
+        let what = |x: &str| format!("{x} with {groups} groups of {units} units");
+        let (ot, lt) = tiled_forward(&q, &k, &v, scale, &mask, shape).unwrap();
+        assert_close(&what("out"), &host(&ot), &host(&of), tol);
+        assert_close(&what("lse"), &host(&lt), &host(lse), tol);
+        let g = super::flash_tiled_backward::tiled_backward_in(&q, &k, &v, &of, lse, &dout, scale, &mask, shape, shape)
+            .unwrap();
+        assert_close(&what("dq"), &host(&g.q), &host(&gf.q), tol);
+        assert_close(&what("dk"), &host(&g.k), &host(&gf.k), tol);
+        assert_close(&what("dv"), &host(&g.v), &host(&gf.v), tol);
+    }
+}
+
 #[test]
 fn flash_and_materialized_agree_on_a_long_packed_row() {
     // 150 tokens in three segments (text, image block, text | text), sliding window 37, 8 query
@@ -166,14 +217,16 @@ fn flash_and_materialized_agree_on_a_long_packed_row() {
         .with_segments(Tensor::from_f32(&dev, &segments, &[b, t], DType::F32).unwrap());
     let scale = 0.1;
     let (om, sm) = attention_with(&q, &k, &v, scale, &mask, AttentionPath::Materialized).unwrap();
-    let (of, sf) = attention_with(&q, &k, &v, scale, &mask, AttentionPath::Flash).unwrap();
-    let tol = Tol { abs: 1e-5, rel: 1e-4 };
-    assert_close("out", &host(&of), &host(&om), tol);
     let gm = attention_backward(&q, &sm, &dout, scale).unwrap();
-    let gf = attention_backward(&q, &sf, &dout, scale).unwrap();
-    assert_close("dq", &host(&gf.q), &host(&gm.q), tol);
-    assert_close("dk", &host(&gf.k), &host(&gm.k), tol);
-    assert_close("dv", &host(&gf.v), &host(&gm.v), tol);
+    let tol = Tol { abs: 1e-5, rel: 1e-4 };
+    for path in [AttentionPath::Flash, AttentionPath::Tiled] {
+        let (of, sf) = attention_with(&q, &k, &v, scale, &mask, path).unwrap();
+        assert_close(&format!("{path:?} out"), &host(&of), &host(&om), tol);
+        let gf = attention_backward(&q, &sf, &dout, scale).unwrap();
+        assert_close(&format!("{path:?} dq"), &host(&gf.q), &host(&gm.q), tol);
+        assert_close(&format!("{path:?} dk"), &host(&gf.k), &host(&gm.k), tol);
+        assert_close(&format!("{path:?} dv"), &host(&gf.v), &host(&gm.v), tol);
+    }
 }
 
 #[test]
