@@ -63,15 +63,19 @@ def rows():
         ("text attention", T, TEXT["heads"], TEXT["hd"], TEXT["layers"]),
         ("vision attention", VIS["patches"], VIS["heads"], VIS["hidden"] // VIS["heads"], VIS["layers"]),
     ]:
-        flops_fwd = 2 * 2 * n * n * heads * hd * layers
-        flops = flops_fwd * 4  # forward, recompute, backward (2x)
-        # lapidary materializes f32 scores: written, softmax read+write, read by P·V; backward
-        # reads P and dP and writes dS: ~7 passes over [heads, n, n] f32 per layer and pass.
-        scores = heads * n * n * F32 * layers
-        lap_bytes = scores * 7 * 2  # forward + recompute ~ 2 x 3.5 passes, backward 7 more: ~14
-        # SDPA / flash attention: Q, K, V, O and dO, dQ, dK, dV only.
-        io = 4 * n * heads * hd * BF16 * layers
-        out.append((name, flops, lap_bytes, flops, io * 4, PEAK_BF16))
+        product = 2 * n * n * heads * hd * layers  # one [n, n] x hd product over every layer
+        # Both fused, nothing of size n x n stored. Products: forward 2 (S, P.V), recomputed 2.
+        # SDPA's flash backward 5 (S, dP, dV, dK, dQ); lapidary's tiled backward 7 (its dQ
+        # kernel and its dK/dV kernel each recompute S and dP, so that neither needs atomics).
+        lap_flops, hf_flops = product * 11, product * 9
+        # Bytes: passes over [n, heads, hd] bf16 tensors. SDPA: Q, K, V, O forward and again
+        # recomputed, Q, K, V, O, dO, dQ, dK, dV backward (16). lapidary: the same forward (8),
+        # delta reads O and dO, the dQ kernel Q, dO, K, V and writes dQ, the dK/dV kernel K, V,
+        # Q, dO and writes dK, dV (13): 21.
+        # lapidary's activations are f32, so its attention reads f32 and multiplies without
+        # tensor cores (those serve bf16/f16 activations); HF's model runs in bf16.
+        io = n * heads * hd * layers
+        out.append((name, lap_flops, io * F32 * 21, hf_flops, io * BF16 * 16, (PEAK_F32, PEAK_BF16)))
     # Output head + cross-entropy: logits [T, vocab] against the tied embedding.
     h, v = TEXT["hidden"], TEXT["vocab"]
     head_flops = 2 * T * h * v
@@ -106,7 +110,8 @@ def main():
     print("|---|---:|---:|---:|---:|---:|---:|")
     tot = [0.0] * 6
     for name, lf, lb, hf, hb, peak in rows():
-        lt, ht = bound(lf, lb, peak), bound(hf, hb, peak)
+        lap_peak, hf_peak = peak if isinstance(peak, tuple) else (peak, peak)
+        lt, ht = bound(lf, lb, lap_peak), bound(hf, hb, hf_peak)
         for j, x in enumerate([lf, lb, lt, hf, hb, ht]):
             tot[j] += x
         print(f"| {name} | {lf / 1e9:,.0f} | {lb / 1e9:,.1f} | {lt * 1e3:,.1f} | {hf / 1e9:,.0f} | {hb / 1e9:,.1f} | {ht * 1e3:,.1f} |")

@@ -102,12 +102,15 @@ fn test(extra: &[String]) -> Result<(), String> {
     cargo(&args)?;
     // Doc examples are part of each crate's promise to its users.
     cargo(&["test", "--workspace", "--doc"])?;
-    // Attention runs fused on the CPU: run the HF parity and packing tests again with the
-    // scores materialized (the reference path, and the GPUs' default).
-    cargo_env(
-        &["test", "--package", "lapidary", "--test", "integration", "--", "hf_parity", "packing"],
-        &[("LAPIDARY_ATTENTION", "materialized")],
-    )?;
+    // Attention runs fused in the CPU's shape on the CPU: run the HF parity and packing tests
+    // again with the scores materialized (the reference path) and fused in the GPU's shape (the
+    // GPUs' default, here without tensor cores).
+    for path in ["materialized", "tiled"] {
+        cargo_env(
+            &["test", "--package", "lapidary", "--test", "integration", "--", "hf_parity", "packing"],
+            &[("LAPIDARY_ATTENTION", path)],
+        )?;
+    }
     // Kernels are JIT-compiled for the CPU they run on: check CPUs other than this one.
     cpu_check::run()
 }

@@ -34,6 +34,9 @@ pub(super) struct TiledShape {
     pub dp: usize,
     /// Products on tensor cores.
     pub tensor_cores: bool,
+    /// f32 tensors staged (and multiplied) in bf16, so that their products can run on tensor
+    /// cores; softmax, accumulation and results stay f32. Off unless asked for.
+    pub bf16_products: bool,
 }
 
 impl TiledShape {
@@ -56,15 +59,18 @@ impl TiledShape {
         let props = dev.client().properties();
         let d = q.dim(-1);
         let dp = d.div_ceil(TILE) * TILE;
-        let elem = q.dtype().size();
+        let bf16_products =
+            q.dtype() == DType::F32 && std::env::var("LAPIDARY_ATTENTION_PRODUCTS").as_deref() == Ok("bf16");
+        let staged = if bf16_products { DType::BF16 } else { q.dtype() };
+        let elem = staged.size();
         let cpu = dev.is_cpu();
         let (units, budget, choices): (usize, usize, &[usize]) = if cpu {
             (1, props.hardware.max_shared_memory_size, &[2, 1])
         } else {
             (props.hardware.plane_size_max as usize, props.hardware.max_shared_memory_size.min(100 << 10), &[4, 2, 1])
         };
-        let tensor_cores = !cpu && q.dtype() != DType::F32 && {
-            let e = elem_type(q.dtype());
+        let tensor_cores = !cpu && staged != DType::F32 && {
+            let e = elem_type(staged);
             let config =
                 MmaConfig { a_type: e, b_type: e, cd_type: ElemType::Float(FloatKind::F32), m: 16, n: 16, k: 16 };
             props.features.matmul.cmma.contains(&config)
@@ -74,7 +80,7 @@ impl TiledShape {
             .iter()
             .copied()
             .find(|&g| bytes(g, dp, elem) <= budget && g * units <= max_units)
-            .map(|groups| TiledShape { groups, units, d, dp, tensor_cores })
+            .map(|groups| TiledShape { groups, units, d, dp, tensor_cores, bf16_products })
     }
 }
 
@@ -85,6 +91,26 @@ fn elem_type(dtype: DType) -> ElemType {
         DType::F16 => FloatKind::F16,
     })
 }
+
+/// Runs a tiled kernel's launch `$body` with `$F` bound to the tensors' type and `$S` to the type
+/// they are staged in: bf16 for f32 tensors with `bf16_products`, else `$F`.
+macro_rules! launch_staged {
+    ($dtype:expr, $bf16_products:expr, $F:ident, $S:ident => $body:expr) => {
+        if $dtype == lapidary_core::DType::F32 && $bf16_products {
+            type $F = f32;
+            type $S = half::bf16;
+            lapidary_core::launch::guarded(|| {
+                $body;
+            })
+        } else {
+            dispatch_float!($dtype, $F => {
+                type $S = $F;
+                $body
+            })
+        }
+    };
+}
+pub(super) use launch_staged;
 
 /// `C (+)= A · B` for one group: `A` 16 × `kd` and `B` `kd` × `n` (`kd`, `n` multiples of 16) in
 /// shared memory, each stored row-major or, when `*_cols`, column-major (a transposed operand
@@ -214,15 +240,16 @@ pub(super) fn tile_accumulate<F: Float>(
 }
 
 /// Copies rows `first..first + rows` of the `len` rows from `row0` of `src` (`d` wide) into
-/// `dst` (`dp` wide, from 0), zero past `len` and past `d`; every unit of the cube takes part.
+/// `dst` (`dp` wide, from 0, in the staged type), zero past `len` and past `d`; every unit of the
+/// cube takes part.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(super) fn stage_rows<F: Float>(
+pub(super) fn stage_rows<F: Float, S: Float>(
     src: &[F],
     row0: usize,
     first: usize,
     len: usize,
-    dst: &mut [F],
+    dst: &mut [S],
     #[comptime] rows: usize,
     #[comptime] shape: TiledShape,
 ) {
@@ -232,9 +259,9 @@ pub(super) fn stage_rows<F: Float>(
     while i < rows * dp {
         let r = i / dp;
         let c = i % dp;
-        let mut x = F::new(0.0);
+        let mut x = S::new(0.0);
         if first + r < len && c < d {
-            x = src[(row0 + first + r) * d + c];
+            x = S::cast_from(src[(row0 + first + r) * d + c]);
         }
         dst[i] = x;
         i += comptime!(shape.cube_units());
@@ -297,7 +324,7 @@ pub(super) fn cube_key_range(
 // Kernel code: `div_ceil` is not in the cube language.
 #[allow(clippy::too_many_arguments)]
 #[cube(launch_unchecked)]
-fn tiled_forward_kernel<F: Float>(
+fn tiled_forward_kernel<F: Float, S: Float>(
     q: &[F],
     k: &[F],
     v: &[F],
@@ -327,10 +354,10 @@ fn tiled_forward_kernel<F: Float>(
     let q_row0 = bh * t_len;
     let g = UNIT_POS as usize / units;
     let u = UNIT_POS as usize % units;
-    let mut q_s = Shared::<[F]>::new_aligned_slice(comptime!(rows * dp), 32usize);
-    let mut k_s = Shared::<[F]>::new_aligned_slice(comptime!(TILE * dp), 32usize);
-    let mut v_s = Shared::<[F]>::new_aligned_slice(comptime!(TILE * dp), 32usize);
-    let mut p_s = Shared::<[F]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
+    let mut q_s = Shared::<[S]>::new_aligned_slice(comptime!(rows * dp), 32usize);
+    let mut k_s = Shared::<[S]>::new_aligned_slice(comptime!(TILE * dp), 32usize);
+    let mut v_s = Shared::<[S]>::new_aligned_slice(comptime!(TILE * dp), 32usize);
+    let mut p_s = Shared::<[S]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
     let mut o_s = Shared::<[f32]>::new_aligned_slice(comptime!(rows * dp), 32usize);
     let mut s_s = Shared::<[f32]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
     let mut m_s = Shared::<[f32]>::new_slice(rows);
@@ -387,7 +414,7 @@ fn tiled_forward_kernel<F: Float>(
                     p = f32::exp(s_s[row * TILE + j] - m_new);
                 }
                 sum += p;
-                p_s[row * TILE + j] = F::cast_from(p);
+                p_s[row * TILE + j] = S::cast_from(p);
             }
             l_s[row] = l_s[row] * c + sum;
             m_s[row] = m_new;
@@ -432,8 +459,8 @@ fn tiled_forward_kernel<F: Float>(
     }
 }
 
-/// Shared memory of the forward with `groups` groups: queries, output, scores and probabilities
-/// per group, one block of keys and values, the row statistics.
+/// Shared memory of the forward with `groups` groups (`elem`: the staged type's bytes): queries,
+/// output, scores and probabilities per group, one block of keys and values, the row statistics.
 fn forward_bytes(groups: usize, dp: usize, elem: usize) -> usize {
     let rows = TILE * groups;
     rows * dp * (elem + 4) + rows * TILE * (4 + elem) + 2 * TILE * dp * elem + rows * 8 + rows * 2
@@ -467,8 +494,8 @@ pub(super) fn tiled_forward(
     let count = CubeCount::Static(t.div_ceil(shape.rows()) as u32, (b * h) as u32, 1);
     let dim = CubeDim::new_1d(shape.cube_units() as u32);
     let [blocks, keep, segments] = mask_buffers(mask, &lse);
-    dispatch_float!(q.dtype(), F => unsafe {
-        tiled_forward_kernel::launch_unchecked::<F>(
+    launch_staged!(q.dtype(), shape.bf16_products, F, S => unsafe {
+        tiled_forward_kernel::launch_unchecked::<F, S>(
             dev.client(), count, dim,
             buf(q), buf(k), buf(v), buf(&out), buf(&lse), buf(blocks), buf(keep), buf(segments),
             h, h / hkv, t, s, mask.q_offset, mask.window.unwrap_or(0), scale,

@@ -10,7 +10,9 @@
 use super::flash::{NONE, buf, mask_buffers};
 use super::flash_backward::{flash_backward, row_deltas};
 use super::flash_mask::{MaskFlags, id_at, query_hi, query_lo, tile, visible};
-use super::flash_tiled::{TILE, TiledShape, cube_key_range, stage_rows, tile_accumulate, tile_scores, zero_shared};
+use super::flash_tiled::{
+    TILE, TiledShape, cube_key_range, launch_staged, stage_rows, tile_accumulate, tile_scores, zero_shared,
+};
 use super::{AttentionGrads, AttentionMask};
 use cubecl::prelude::*;
 use lapidary_core::{Result, Tensor};
@@ -41,7 +43,7 @@ fn write_rows<F: Float>(
 
 #[allow(clippy::too_many_arguments)]
 #[cube(launch_unchecked)]
-fn tiled_dq_kernel<F: Float>(
+fn tiled_dq_kernel<F: Float, S: Float>(
     q: &[F],
     k: &[F],
     v: &[F],
@@ -72,11 +74,11 @@ fn tiled_dq_kernel<F: Float>(
     let q_row0 = bh * t_len;
     let g = UNIT_POS as usize / units;
     let u = UNIT_POS as usize % units;
-    let mut q_s = Shared::<[F]>::new_aligned_slice(comptime!(rows * dp), 32usize);
-    let mut do_s = Shared::<[F]>::new_aligned_slice(comptime!(rows * dp), 32usize);
+    let mut q_s = Shared::<[S]>::new_aligned_slice(comptime!(rows * dp), 32usize);
+    let mut do_s = Shared::<[S]>::new_aligned_slice(comptime!(rows * dp), 32usize);
     // One block of values, then of keys, in turn.
-    let mut kv_s = Shared::<[F]>::new_aligned_slice(comptime!(TILE * dp), 32usize);
-    let mut ds_s = Shared::<[F]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
+    let mut kv_s = Shared::<[S]>::new_aligned_slice(comptime!(TILE * dp), 32usize);
+    let mut ds_s = Shared::<[S]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
     let mut dq_s = Shared::<[f32]>::new_aligned_slice(comptime!(rows * dp), 32usize);
     let mut s_s = Shared::<[f32]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
     let mut dp_s = Shared::<[f32]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
@@ -123,7 +125,7 @@ fn tiled_dq_kernel<F: Float>(
                     let p = f32::exp(s_s[row * TILE + j] * scale - stat);
                     ds = p * (dp_s[row * TILE + j] - dl) * scale;
                 }
-                ds_s[row * TILE + j] = F::cast_from(ds);
+                ds_s[row * TILE + j] = S::cast_from(ds);
             }
             r += units;
         }
@@ -182,7 +184,7 @@ fn cube_query_range(
 
 #[allow(clippy::too_many_arguments)]
 #[cube(launch_unchecked)]
-fn tiled_dkdv_kernel<F: Float>(
+fn tiled_dkdv_kernel<F: Float, S: Float>(
     q: &[F],
     k: &[F],
     v: &[F],
@@ -215,12 +217,12 @@ fn tiled_dkdv_kernel<F: Float>(
     let k_row0 = bkv * s_len;
     let g = UNIT_POS as usize / units;
     let u = UNIT_POS as usize % units;
-    let mut k_s = Shared::<[F]>::new_aligned_slice(comptime!(rows * dp), 32usize);
-    let mut v_s = Shared::<[F]>::new_aligned_slice(comptime!(rows * dp), 32usize);
-    let mut q_s = Shared::<[F]>::new_aligned_slice(comptime!(TILE * dp), 32usize);
-    let mut do_s = Shared::<[F]>::new_aligned_slice(comptime!(TILE * dp), 32usize);
-    let mut p_s = Shared::<[F]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
-    let mut ds_s = Shared::<[F]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
+    let mut k_s = Shared::<[S]>::new_aligned_slice(comptime!(rows * dp), 32usize);
+    let mut v_s = Shared::<[S]>::new_aligned_slice(comptime!(rows * dp), 32usize);
+    let mut q_s = Shared::<[S]>::new_aligned_slice(comptime!(TILE * dp), 32usize);
+    let mut do_s = Shared::<[S]>::new_aligned_slice(comptime!(TILE * dp), 32usize);
+    let mut p_s = Shared::<[S]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
+    let mut ds_s = Shared::<[S]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
     let mut dk_s = Shared::<[f32]>::new_aligned_slice(comptime!(rows * dp), 32usize);
     let mut dv_s = Shared::<[f32]>::new_aligned_slice(comptime!(rows * dp), 32usize);
     let mut s_s = Shared::<[f32]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
@@ -262,8 +264,8 @@ fn tiled_dkdv_kernel<F: Float>(
                             ds = p * (dp_s[row * TILE + i] - delta[q_row0 + t]) * scale;
                         }
                     }
-                    p_s[row * TILE + i] = F::cast_from(p);
-                    ds_s[row * TILE + i] = F::cast_from(ds);
+                    p_s[row * TILE + i] = S::cast_from(p);
+                    ds_s[row * TILE + i] = S::cast_from(ds);
                 }
                 r += units;
             }
@@ -338,8 +340,8 @@ pub(super) fn tiled_backward_in(
     let (window, flags) = (mask.window.unwrap_or(0), MaskFlags::of(mask));
     let count = CubeCount::Static(t.div_ceil(dq_shape.rows()) as u32, (b * h) as u32, 1);
     let dim = CubeDim::new_1d(dq_shape.cube_units() as u32);
-    dispatch_float!(q.dtype(), F => unsafe {
-        tiled_dq_kernel::launch_unchecked::<F>(
+    launch_staged!(q.dtype(), dq_shape.bf16_products, F, S => unsafe {
+        tiled_dq_kernel::launch_unchecked::<F, S>(
             dev.client(), count, dim,
             buf(q), buf(k), buf(v), buf(dout), buf(lse), buf(&delta), buf(&dq),
             buf(blocks), buf(keep), buf(segments),
@@ -348,8 +350,8 @@ pub(super) fn tiled_backward_in(
     });
     let count = CubeCount::Static(s.div_ceil(dkdv_shape.rows()) as u32, (b * hkv) as u32, 1);
     let dim = CubeDim::new_1d(dkdv_shape.cube_units() as u32);
-    dispatch_float!(q.dtype(), F => unsafe {
-        tiled_dkdv_kernel::launch_unchecked::<F>(
+    launch_staged!(q.dtype(), dkdv_shape.bf16_products, F, S => unsafe {
+        tiled_dkdv_kernel::launch_unchecked::<F, S>(
             dev.client(), count, dim,
             buf(q), buf(k), buf(v), buf(dout), buf(lse), buf(&delta), buf(&dk), buf(&dv),
             buf(blocks), buf(keep), buf(segments),

@@ -174,13 +174,17 @@ fn tiled_kernels_agree_with_the_cpu_shaped_ones_in_every_layout() {
     let (of, sf) = attention_with(&q, &k, &v, scale, &mask, AttentionPath::Flash).unwrap();
     let gf = attention_backward(&q, &sf, &dout, scale).unwrap();
     let lse = sf.log_sum_exp().unwrap();
-    let tol = Tol { abs: 1e-5, rel: 1e-4 };
-    for (groups, units) in [(1, 1), (1, 2), (2, 2), (3, 1)] {
-        let shape = TiledShape { groups, units, d, dp: 32, tensor_cores: false };
-        let what = |x: &str| format!("{x} with {groups} groups of {units} units");
+    // Last, f32 tensors with their products in bf16 (as tensor cores would take them): within
+    // bf16's tolerance.
+    for (groups, units, bf16_products) in [(1, 1, false), (1, 2, false), (2, 2, false), (3, 1, false), (2, 1, true)] {
+        let tol = if bf16_products { DType::BF16.tol() } else { Tol { abs: 1e-5, rel: 1e-4 } };
+        let shape = TiledShape { groups, units, d, dp: 32, tensor_cores: false, bf16_products };
+        let what = |x: &str| format!("{x} with {groups} groups of {units} units, bf16 products {bf16_products}");
         let (ot, lt) = tiled_forward(&q, &k, &v, scale, &mask, shape).unwrap();
         assert_close(&what("out"), &host(&ot), &host(&of), tol);
         assert_close(&what("lse"), &host(&lt), &host(lse), tol);
+        let off = host(&ot).iter().zip(host(&of)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert_eq!(off > 1e-4, bf16_products, "{}: largest difference {off}", what("out"));
         let g = super::flash_tiled_backward::tiled_backward_in(&q, &k, &v, &of, lse, &dout, scale, &mask, shape, shape)
             .unwrap();
         assert_close(&what("dq"), &host(&g.q), &host(&gf.q), tol);
