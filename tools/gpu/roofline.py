@@ -72,10 +72,11 @@ def rows():
         # recomputed, Q, K, V, O, dO, dQ, dK, dV backward (16). lapidary: the same forward (8),
         # delta reads O and dO, the dQ kernel Q, dO, K, V and writes dQ, the dK/dV kernel K, V,
         # Q, dO and writes dK, dV (13): 21.
-        # lapidary's activations are f32, so its attention reads f32 and multiplies without
-        # tensor cores (those serve bf16/f16 activations); HF's model runs in bf16.
+        # lapidary's activations are f32: its attention reads f32 and, as run.sh runs the step
+        # (LAPIDARY_ATTENTION_PRODUCTS=bf16), multiplies in bf16 on tensor cores (with f32
+        # products it would be bound by the f32 peak: 96 and 171 ms). HF's model runs in bf16.
         io = n * heads * hd * layers
-        out.append((name, lap_flops, io * F32 * 21, hf_flops, io * BF16 * 16, (PEAK_F32, PEAK_BF16)))
+        out.append((name, lap_flops, io * F32 * 21, hf_flops, io * BF16 * 16, PEAK_BF16))
     # Output head + cross-entropy: logits [T, vocab] against the tied embedding.
     h, v = TEXT["hidden"], TEXT["vocab"]
     head_flops = 2 * T * h * v
@@ -110,8 +111,7 @@ def main():
     print("|---|---:|---:|---:|---:|---:|---:|")
     tot = [0.0] * 6
     for name, lf, lb, hf, hb, peak in rows():
-        lap_peak, hf_peak = peak if isinstance(peak, tuple) else (peak, peak)
-        lt, ht = bound(lf, lb, lap_peak), bound(hf, hb, hf_peak)
+        lt, ht = bound(lf, lb, peak), bound(hf, hb, peak)
         for j, x in enumerate([lf, lb, lt, hf, hb, ht]):
             tot[j] += x
         print(f"| {name} | {lf / 1e9:,.0f} | {lb / 1e9:,.1f} | {lt * 1e3:,.1f} | {hf / 1e9:,.0f} | {hb / 1e9:,.1f} | {ht * 1e3:,.1f} |")

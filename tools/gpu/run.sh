@@ -146,8 +146,11 @@ LAPIDARY_BENCH_MATMUL="$matmul_sizes" run_phase bench-kernels $((75 * scale)) "$
   --warm-up-time 0.3 --measurement-time 1 --noplot
 
 # ---- 3. the LoRA step, lapidary then HF ----
-run_phase lapidary-step $((180 * scale)) "$b/$chosen/lapidary" bench-step --model "$model_dir" \
-  --batch "$model_dir/batch.safetensors" --steps 1 --warmup 1
+# On the GPU attention's products run in bf16 on tensor cores (lapidary's activations are f32;
+# HF's model computes attention in bf16).
+products=bf16; [ "$cpu" = 1 ] && products=
+LAPIDARY_ATTENTION_PRODUCTS=$products run_phase lapidary-step $((180 * scale)) "$b/$chosen/lapidary" bench-step \
+  --model "$model_dir" --batch "$model_dir/batch.safetensors" --steps 1 --warmup 1
 grep -E '^\{' "$out_dir/lapidary-step.log" | tail -1 >"$out_dir/lapidary-step.json"
 
 # ---- 4. PyTorch on the same card ----

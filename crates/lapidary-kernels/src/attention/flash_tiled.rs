@@ -362,6 +362,7 @@ fn tiled_forward_kernel<F: Float, S: Float>(
     let mut s_s = Shared::<[f32]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
     let mut m_s = Shared::<[f32]>::new_slice(rows);
     let mut l_s = Shared::<[f32]>::new_slice(rows);
+    let mut c_s = Shared::<[f32]>::new_slice(rows);
     let mut range_s = Shared::<[u32]>::new_slice(comptime!(rows / 2));
 
     stage_rows(q, q_row0, t0, t_len, &mut q_s, rows, shape);
@@ -384,7 +385,7 @@ fn tiled_forward_kernel<F: Float, S: Float>(
         tile_scores(&q_s, g * TILE * dp, &k_s, &mut s_s, g * TILE * TILE, shape, u);
         sync_cube();
         // Online softmax, one row per unit at a time: scale and mask, move to the new max,
-        // rescale the row's sum and output, write the probabilities.
+        // rescale the row's sum, write the probabilities and the row's rescaling factor.
         let mut r = u;
         while r < TILE {
             let row = g * TILE + r;
@@ -418,13 +419,19 @@ fn tiled_forward_kernel<F: Float, S: Float>(
             }
             l_s[row] = l_s[row] * c + sum;
             m_s[row] = m_new;
-            for cc in 0..dp {
-                o_s[row * dp + cc] = o_s[row * dp + cc] * c;
-            }
+            c_s[row] = c;
             r += units;
         }
         sync_cube();
-        // O += P·V.
+        // The group's output rows rescaled to their new maxima, every unit of the group taking
+        // part; then O += P·V.
+        let mut e = u;
+        while e < TILE * dp {
+            let at = g * TILE * dp + e;
+            o_s[at] = o_s[at] * c_s[g * TILE + e / dp];
+            e += units;
+        }
+        sync_cube();
         tile_accumulate(&p_s, g * TILE * TILE, &v_s, &mut o_s, g * TILE * dp, shape, u);
         kb += TILE;
     }
@@ -463,7 +470,7 @@ fn tiled_forward_kernel<F: Float, S: Float>(
 /// output, scores and probabilities per group, one block of keys and values, the row statistics.
 fn forward_bytes(groups: usize, dp: usize, elem: usize) -> usize {
     let rows = TILE * groups;
-    rows * dp * (elem + 4) + rows * TILE * (4 + elem) + 2 * TILE * dp * elem + rows * 8 + rows * 2
+    rows * dp * (elem + 4) + rows * TILE * (4 + elem) + 2 * TILE * dp * elem + rows * 12 + rows * 2
 }
 
 /// The tiled layout for `q`'s shape on its device, `None` when one group's shared memory is more
