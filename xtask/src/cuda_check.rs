@@ -20,8 +20,8 @@
 //! Not a test of results: no kernel runs, so the test binaries' own verdicts mean nothing here
 //! (they fail on the zeros they read back) and are ignored; `tools/gpu/run.sh` on a GPU checks
 //! results. Coverage is what the workloads reach: the model and trainer paths (bench-step with
-//! each base format, eval, a short demo with generation) completely, the kernel tests up to
-//! each test's first comparison.
+//! each base format and each attention path, eval, a short demo with generation) completely,
+//! the kernel tests up to each test's first comparison.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -203,6 +203,15 @@ fn workloads(
         list.push((format!("bench-step-{format}"), step(format, true), minute));
     }
     list.push(("bench-step-bf16-no-ckpt".to_string(), step("bf16", false), minute));
+    // Attention on GPUs: fused in the GPU's shape by default (f32 products above); here its
+    // tensor-core instances (bf16 products, as tools/gpu/run.sh runs the step) and the
+    // materialized path, forward and backward.
+    let mut products = step("bf16", true);
+    products.env("LAPIDARY_ATTENTION_PRODUCTS", "bf16");
+    list.push(("bench-step-attention-bf16-products".to_string(), products, minute));
+    let mut materialized = step("bf16", true);
+    materialized.env("LAPIDARY_ATTENTION", "materialized");
+    list.push(("bench-step-attention-materialized".to_string(), materialized, minute));
     for (name, adapter) in [("eval-full", None), ("eval-adapter", Some(tiny.join("adapter")))] {
         let mut c = Command::new(&lapidary);
         c.arg("eval")
