@@ -46,6 +46,7 @@ pub mod optim;
 pub mod quant;
 pub mod reduce;
 pub mod rope;
+mod rows;
 
 pub use lapidary_core::{DType, Device, Error, Result, Tensor};
 

@@ -19,35 +19,57 @@
 pub mod reference;
 
 use crate::norm::hsum;
+use crate::rows::{RowSplit, cube_first_row, row_lane, row_max, row_offset, row_step, row_sum};
 use cubecl::prelude::*;
 use lapidary_core::{DType, Error, Result, Tensor, launch};
 
 /// Labels with this value are not counted.
 pub const IGNORE_INDEX: i64 = -100;
 
-/// Log-sum-exp of one row of `vocab_vec` vectors, in f32 (exponentials on whole vectors).
+/// Log-sum-exp of one row of `vocab_vec` vectors, in f32 (exponentials on whole vectors): this
+/// unit's share of the row (`lane`, every `split.units`-th vector; none when not `active`),
+/// reduced over the row's units.
 #[cube]
-fn row_log_sum_exp<F: Float, N: Size>(logits: &[Vector<F, N>], base: usize, vocab_vec: usize) -> f32 {
+#[allow(clippy::too_many_arguments)]
+fn row_log_sum_exp<F: Float, N: Size>(
+    logits: &[Vector<F, N>],
+    base: usize,
+    vocab_vec: usize,
+    active: bool,
+    lane: usize,
+    scratch: &mut [f32],
+    #[comptime] split: RowSplit,
+) -> f32 {
     let mut mv = Vector::<f32, N>::new(-3.0e38f32);
-    for j in 0..vocab_vec {
-        mv = max(mv, Vector::<f32, N>::cast_from(logits[base + j]));
+    if active {
+        let mut j = lane;
+        while j < vocab_vec {
+            mv = max(mv, Vector::<f32, N>::cast_from(logits[base + j]));
+            j += comptime!(split.units);
+        }
     }
     let mut mx = f32::new(-3.0e38);
     #[unroll]
     for l in 0..N::value() {
         mx = max(mx, mv.extract(l));
     }
+    mx = row_max(mx, scratch, split);
     let shift = Vector::<f32, N>::new(mx);
     let mut sv = Vector::<f32, N>::new(0.0f32);
-    for j in 0..vocab_vec {
-        sv += (Vector::<f32, N>::cast_from(logits[base + j]) - shift).exp();
+    if active {
+        let mut j = lane;
+        while j < vocab_vec {
+            sv += (Vector::<f32, N>::cast_from(logits[base + j]) - shift).exp();
+            j += comptime!(split.units);
+        }
     }
-    mx + f32::ln(hsum(sv))
+    mx + f32::ln(row_sum(hsum(sv), scratch, split))
 }
 
-/// Writes `(softmax - onehot(label)) * scale` for one row whose log-sum-exp is `lse`, or zeros
-/// when the row's label is ignored (negative).
+/// Writes `(softmax - onehot(label)) * scale` for this unit's share of one row whose
+/// log-sum-exp is `lse`, or zeros when the row's label is ignored (negative).
 #[cube]
+#[allow(clippy::too_many_arguments)]
 fn write_row_grad<F: Float, N: Size>(
     logits: &[Vector<F, N>],
     dlogits: &mut [Vector<F, N>],
@@ -56,31 +78,38 @@ fn write_row_grad<F: Float, N: Size>(
     label: f32,
     lse: f32,
     scale: f32,
+    lane: usize,
+    #[comptime] split: RowSplit,
 ) {
+    let mut j = lane;
     if label >= 0.0 {
         let shift = Vector::<f32, N>::new(lse);
         let sc = Vector::<f32, N>::new(scale);
-        for j in 0..vocab_vec {
-            dlogits[base + j] = Vector::cast_from((Vector::<f32, N>::cast_from(logits[base + j]) - shift).exp() * sc);
-        }
         let li = u32::cast_from(label) as usize;
-        let at = base + li / N::value();
-        let mut g = (Vector::<f32, N>::cast_from(logits[at]) - shift).exp() * sc;
-        let lane = li % N::value();
-        let hit = g.extract_dynamic(lane) - scale;
-        g.insert_dynamic(lane, hit);
-        dlogits[at] = Vector::cast_from(g);
+        let (at, hit) = (li / N::value(), li % N::value());
+        while j < vocab_vec {
+            let mut g = (Vector::<f32, N>::cast_from(logits[base + j]) - shift).exp() * sc;
+            if j == at {
+                let v = g.extract_dynamic(hit) - scale;
+                g.insert_dynamic(hit, v);
+            }
+            dlogits[base + j] = Vector::cast_from(g);
+            j += comptime!(split.units);
+        }
     } else {
         let zero = Vector::<F, N>::new(F::new(0.0));
-        for j in 0..vocab_vec {
+        while j < vocab_vec {
             dlogits[base + j] = zero;
+            j += comptime!(split.units);
         }
     }
 }
 
-/// One unit per row: log-sum-exp and loss (`lse - logit[label]`, 0 for an ignored row), and with
-/// `with_grad` the row's gradient too, while the row is in cache.
+/// Per row: log-sum-exp and loss (`lse - logit[label]`, 0 for an ignored row), and with
+/// `with_grad` the row's gradient too, while the row is in cache. Rows laid over units as
+/// `split` says (`rows.rs`).
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn ce_forward_kernel<F: Float, N: Size>(
     logits: &[Vector<F, N>],
     labels: &[f32],
@@ -91,29 +120,40 @@ fn ce_forward_kernel<F: Float, N: Size>(
     vocab_vec: usize,
     scale: f32,
     #[comptime] with_grad: bool,
+    #[comptime] split: RowSplit,
 ) {
-    let stride = CUBE_DIM as usize * CUBE_COUNT;
-    let mut r = ABSOLUTE_POS;
-    while r < rows {
+    let mut scratch = Shared::<[f32]>::new_slice(comptime!(split.scratch_len()));
+    let offset = row_offset(split);
+    let step = row_step(split);
+    let lane = row_lane(split);
+    let mut cube_row = cube_first_row(split);
+    while cube_row < rows {
+        let r = cube_row + offset;
+        let active = r < rows;
         let base = r * vocab_vec;
-        let l = row_log_sum_exp(logits, base, vocab_vec);
-        lse[r] = l;
-        let label = labels[r];
-        let mut v = 0.0f32;
-        if label >= 0.0 {
-            let li = u32::cast_from(label) as usize;
-            v = l - f32::cast_from(logits[base + li / N::value()].extract_dynamic(li % N::value()));
+        let l = row_log_sum_exp(logits, base, vocab_vec, active, lane, &mut scratch, split);
+        if active {
+            let label = labels[r];
+            if lane == 0 {
+                let mut v = 0.0f32;
+                if label >= 0.0 {
+                    let li = u32::cast_from(label) as usize;
+                    v = l - f32::cast_from(logits[base + li / N::value()].extract_dynamic(li % N::value()));
+                }
+                lse[r] = l;
+                loss[r] = v;
+            }
+            if with_grad {
+                write_row_grad(logits, dlogits, base, vocab_vec, label, l, scale, lane, split);
+            }
         }
-        loss[r] = v;
-        if with_grad {
-            write_row_grad(logits, dlogits, base, vocab_vec, label, l, scale);
-        }
-        r += stride;
+        cube_row += step;
     }
 }
 
-/// One unit per row: the gradient from a saved log-sum-exp.
+/// Per row: the gradient from a saved log-sum-exp, rows laid over units as `split` says.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn ce_backward_kernel<F: Float, N: Size>(
     logits: &[Vector<F, N>],
     labels: &[f32],
@@ -122,12 +162,18 @@ fn ce_backward_kernel<F: Float, N: Size>(
     rows: usize,
     vocab_vec: usize,
     scale: f32,
+    #[comptime] split: RowSplit,
 ) {
-    let stride = CUBE_DIM as usize * CUBE_COUNT;
-    let mut r = ABSOLUTE_POS;
-    while r < rows {
-        write_row_grad(logits, dlogits, r * vocab_vec, vocab_vec, labels[r], lse[r], scale);
-        r += stride;
+    let offset = row_offset(split);
+    let step = row_step(split);
+    let lane = row_lane(split);
+    let mut cube_row = cube_first_row(split);
+    while cube_row < rows {
+        let r = cube_row + offset;
+        if r < rows {
+            write_row_grad(logits, dlogits, r * vocab_vec, vocab_vec, labels[r], lse[r], scale, lane, split);
+        }
+        cube_row += step;
     }
 }
 
@@ -185,7 +231,7 @@ fn launch_forward(logits: &Tensor, labels: &[i64], grad_scale: Option<f32>) -> R
     };
     if rows > 0 && vocab > 0 {
         let w = launch::vector_width_up_to(&[vocab], 16);
-        let (count_c, dim) = launch::grid_1d(dev, rows);
+        let (split, count_c, dim) = RowSplit::for_rows(dev, rows, vocab / w);
         // Without a gradient the logits stand in for the unwritten output binding.
         let d_handle = grad.as_ref().unwrap_or(logits).handle().clone();
         dispatch_float!(logits.dtype(), F => unsafe {
@@ -197,7 +243,7 @@ fn launch_forward(logits: &Tensor, labels: &[i64], grad_scale: Option<f32>) -> R
                 BufferArg::from_raw_parts(lse.handle().clone(), rows),
                 BufferArg::from_raw_parts(d_handle, logits.numel()),
                 rows, vocab / w, grad_scale.unwrap_or(0.0),
-                grad_scale.is_some(),
+                grad_scale.is_some(), split,
             )
         });
     }
@@ -216,7 +262,7 @@ pub fn cross_entropy_backward(logits: &Tensor, ce: &CrossEntropy, scale: f32) ->
         return Ok(d);
     }
     let w = launch::vector_width_up_to(&[vocab], 16);
-    let (count, dim) = launch::grid_1d(dev, rows);
+    let (split, count, dim) = RowSplit::for_rows(dev, rows, vocab / w);
     dispatch_float!(logits.dtype(), F => unsafe {
         ce_backward_kernel::launch_unchecked::<F>(
             dev.client(), count, dim, w,
@@ -224,7 +270,7 @@ pub fn cross_entropy_backward(logits: &Tensor, ce: &CrossEntropy, scale: f32) ->
             BufferArg::from_raw_parts(ce.labels.handle().clone(), ce.labels.numel()),
             BufferArg::from_raw_parts(ce.lse.handle().clone(), ce.lse.numel()),
             BufferArg::from_raw_parts(d.handle().clone(), logits.numel()),
-            rows, vocab / w, scale,
+            rows, vocab / w, scale, split,
         )
     });
     Ok(d)
@@ -241,7 +287,8 @@ mod tests {
     proptest! {
         #![proptest_config(crate::test_util::cases(24))]
         #[test]
-        fn cross_entropy_matches_reference(rows in 1usize..20, vocab in prop_oneof![2usize..90, (1usize..12).prop_map(|v| v * 16)], dt in dtype_strategy(), seed in any::<u64>()) {
+        fn cross_entropy_matches_reference(rows in 1usize..20, vocab in prop_oneof![2usize..90, (1usize..12).prop_map(|v| v * 16)], dt in dtype_strategy(), seed in any::<u64>(), split in crate::rows::split_strategy()) {
+            crate::rows::force_split(split);
             let dev = device();
             let logits = random_tensor(&dev, &[rows, vocab], dt, seed, 4.0);
             let lh = logits.to_f32_vec().unwrap();

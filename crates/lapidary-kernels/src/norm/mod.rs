@@ -1,6 +1,7 @@
 //! Normalization over the last axis, forward and backward side by side: Gemma's RMSNorm
 //! `x * rsqrt(mean(x²) + eps) * (1 + w)` (also used per head for q/k norm, with C = head_dim) and
-//! SigLIP's LayerNorm `(x - mean) * rstd * w + b`. Statistics in f32. Each unit owns whole rows;
+//! SigLIP's LayerNorm `(x - mean) * rstd * w + b`. Statistics in f32. A unit owns whole rows on the
+//! CPU, a row is shared by up to 256 units of a cube on GPUs (`rows.rs`);
 //! the weight gradients, when asked for (a frozen norm skips them), are a second, column-parallel
 //! pass (deterministic, no atomics), reading the per-row statistics the backward recomputes.
 //!
@@ -22,6 +23,7 @@
 
 pub mod reference;
 
+use crate::rows::{RowSplit, cube_first_row, row_lane, row_offset, row_step, row_sum};
 use cubecl::prelude::*;
 use lapidary_core::{DType, Error, Result, Tensor, launch};
 
@@ -49,28 +51,39 @@ pub(crate) fn hsum<N: Size>(v: Vector<f32, N>) -> f32 {
     (s0 + s1) + (s2 + s3)
 }
 
-/// Mean of one row (0 for RMSNorm, which does not center).
+/// Mean of one row (0 for RMSNorm, which does not center), the row's `lane`-th share of vectors
+/// summed by this unit (none when `active` is false) and reduced over the row's units.
 #[cube]
+#[allow(clippy::too_many_arguments)]
 fn row_mean<F: Float, N: Size>(
     x: &[Vector<F, N>],
     base: usize,
     cols_vec: usize,
     cols: f32,
+    active: bool,
+    lane: usize,
+    scratch: &mut [f32],
     #[comptime] center: bool,
+    #[comptime] split: RowSplit,
 ) -> f32 {
     let mut mean = 0.0f32;
     if center {
         let mut s = Vector::<f32, N>::new(0.0f32);
-        for j in 0..cols_vec {
-            s += Vector::<f32, N>::cast_from(x[base + j]);
+        if active {
+            let mut j = lane;
+            while j < cols_vec {
+                s += Vector::<f32, N>::cast_from(x[base + j]);
+                j += comptime!(split.units);
+            }
         }
-        mean = hsum(s) / cols;
+        mean = row_sum(hsum(s), scratch, split) / cols;
     }
     mean
 }
 
-/// `1 / sqrt(mean((x - mean)²) + eps)` of one row.
+/// `1 / sqrt(mean((x - mean)²) + eps)` of one row, shared out as [`row_mean`] is.
 #[cube]
+#[allow(clippy::too_many_arguments)]
 fn row_rstd<F: Float, N: Size>(
     x: &[Vector<F, N>],
     base: usize,
@@ -78,17 +91,37 @@ fn row_rstd<F: Float, N: Size>(
     cols: f32,
     mean: Vector<f32, N>,
     eps: f32,
+    active: bool,
+    lane: usize,
+    scratch: &mut [f32],
+    #[comptime] split: RowSplit,
 ) -> f32 {
     let mut ss = Vector::<f32, N>::new(0.0f32);
-    for j in 0..cols_vec {
-        let d = Vector::<f32, N>::cast_from(x[base + j]) - mean;
-        ss = fma(d, d, ss);
+    if active {
+        let mut j = lane;
+        while j < cols_vec {
+            let d = Vector::<f32, N>::cast_from(x[base + j]) - mean;
+            ss = fma(d, d, ss);
+            j += comptime!(split.units);
+        }
     }
-    1.0f32 / f32::sqrt(hsum(ss) / cols + eps)
+    1.0f32 / f32::sqrt(row_sum(hsum(ss), scratch, split) / cols + eps)
 }
 
-/// Forward of both norms. `mode` 0 = Gemma RMSNorm (1 + w), 1 = LayerNorm with bias.
+/// The effective weight of column vector `j`: `w` (LayerNorm) or `1 + w` (Gemma RMSNorm).
+#[cube]
+fn weight_at<F: Float, N: Size>(w: &[Vector<F, N>], j: usize, #[comptime] layer_norm: bool) -> Vector<f32, N> {
+    let mut wv = Vector::<f32, N>::cast_from(w[j]);
+    if !layer_norm {
+        wv += Vector::new(1.0f32);
+    }
+    wv
+}
+
+/// Forward of both norms. `mode` 0 = Gemma RMSNorm (1 + w), 1 = LayerNorm with bias. Rows laid
+/// over units as `split` says (`rows.rs`).
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn norm_forward_kernel<F: Float, N: Size>(
     x: &[Vector<F, N>],
     w: &[Vector<F, N>],
@@ -99,31 +132,39 @@ fn norm_forward_kernel<F: Float, N: Size>(
     cols: f32,
     eps: f32,
     #[comptime] layer_norm: bool,
+    #[comptime] split: RowSplit,
 ) {
-    let stride = CUBE_DIM as usize * CUBE_COUNT;
-    let mut r = ABSOLUTE_POS;
-    while r < rows {
+    let mut scratch = Shared::<[f32]>::new_slice(comptime!(split.scratch_len()));
+    let offset = row_offset(split);
+    let step = row_step(split);
+    let lane = row_lane(split);
+    let mut cube_row = cube_first_row(split);
+    while cube_row < rows {
+        let r = cube_row + offset;
+        let active = r < rows;
         let base = r * cols_vec;
-        let mean = row_mean(x, base, cols_vec, cols, layer_norm);
+        let mean = row_mean(x, base, cols_vec, cols, active, lane, &mut scratch, layer_norm, split);
         let mv = Vector::<f32, N>::new(mean);
-        let rstd_s = row_rstd(x, base, cols_vec, cols, mv, eps);
-        let rstd = Vector::<f32, N>::new(rstd_s);
-        for j in 0..cols_vec {
-            let xhat = (Vector::<f32, N>::cast_from(x[base + j]) - mv) * rstd;
-            let wv = Vector::<f32, N>::cast_from(w[j]);
-            let out = if layer_norm {
-                xhat * wv + Vector::<f32, N>::cast_from(b[j])
-            } else {
-                xhat * (wv + Vector::new(1.0f32))
-            };
-            y[base + j] = Vector::cast_from(out);
+        let rstd = Vector::<f32, N>::new(row_rstd(x, base, cols_vec, cols, mv, eps, active, lane, &mut scratch, split));
+        if active {
+            let mut j = lane;
+            while j < cols_vec {
+                let xhat = (Vector::<f32, N>::cast_from(x[base + j]) - mv) * rstd;
+                let mut out = xhat * weight_at(w, j, layer_norm);
+                if layer_norm {
+                    out += Vector::<f32, N>::cast_from(b[j]);
+                }
+                y[base + j] = Vector::cast_from(out);
+                j += comptime!(split.units);
+            }
         }
-        r += stride;
+        cube_row += step;
     }
 }
 
 /// Backward, pass 1 (row-parallel): dx, and each row's mean and rstd for pass 2.
 #[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
 fn norm_backward_rows_kernel<F: Float, N: Size>(
     x: &[Vector<F, N>],
     w: &[Vector<F, N>],
@@ -135,46 +176,54 @@ fn norm_backward_rows_kernel<F: Float, N: Size>(
     cols: f32,
     eps: f32,
     #[comptime] layer_norm: bool,
+    #[comptime] split: RowSplit,
 ) {
-    let stride = CUBE_DIM as usize * CUBE_COUNT;
-    let mut r = ABSOLUTE_POS;
-    while r < rows {
+    let mut scratch = Shared::<[f32]>::new_slice(comptime!(split.scratch_len()));
+    let offset = row_offset(split);
+    let step = row_step(split);
+    let lane = row_lane(split);
+    let mut cube_row = cube_first_row(split);
+    while cube_row < rows {
+        let r = cube_row + offset;
+        let active = r < rows;
         let base = r * cols_vec;
-        let mean = row_mean(x, base, cols_vec, cols, layer_norm);
+        let mean = row_mean(x, base, cols_vec, cols, active, lane, &mut scratch, layer_norm, split);
         let mv = Vector::<f32, N>::new(mean);
-        let rstd_s = row_rstd(x, base, cols_vec, cols, mv, eps);
+        let rstd_s = row_rstd(x, base, cols_vec, cols, mv, eps, active, lane, &mut scratch, split);
         let rstd = Vector::<f32, N>::new(rstd_s);
         // g = dy * w_eff; need mean(g) (LayerNorm only) and mean(g * xhat).
         let mut sg = Vector::<f32, N>::new(0.0f32);
         let mut sgx = Vector::<f32, N>::new(0.0f32);
-        for j in 0..cols_vec {
-            let xhat = (Vector::<f32, N>::cast_from(x[base + j]) - mv) * rstd;
-            let mut wv = Vector::<f32, N>::cast_from(w[j]);
-            if !layer_norm {
-                wv += Vector::new(1.0f32);
+        if active {
+            let mut j = lane;
+            while j < cols_vec {
+                let xhat = (Vector::<f32, N>::cast_from(x[base + j]) - mv) * rstd;
+                let g = Vector::<f32, N>::cast_from(dy[base + j]) * weight_at(w, j, layer_norm);
+                sg += g;
+                sgx = fma(g, xhat, sgx);
+                j += comptime!(split.units);
             }
-            let g = Vector::<f32, N>::cast_from(dy[base + j]) * wv;
-            sg += g;
-            sgx = fma(g, xhat, sgx);
         }
         let mut mean_g_s = 0.0f32;
         if layer_norm {
-            mean_g_s = hsum(sg) / cols;
+            mean_g_s = row_sum(hsum(sg), &mut scratch, split) / cols;
         }
         let mean_g = Vector::<f32, N>::new(mean_g_s);
-        let mean_gx = Vector::<f32, N>::new(hsum(sgx) / cols);
-        for j in 0..cols_vec {
-            let xhat = (Vector::<f32, N>::cast_from(x[base + j]) - mv) * rstd;
-            let mut wv = Vector::<f32, N>::cast_from(w[j]);
-            if !layer_norm {
-                wv += Vector::new(1.0f32);
+        let mean_gx = Vector::<f32, N>::new(row_sum(hsum(sgx), &mut scratch, split) / cols);
+        if active {
+            let mut j = lane;
+            while j < cols_vec {
+                let xhat = (Vector::<f32, N>::cast_from(x[base + j]) - mv) * rstd;
+                let g = Vector::<f32, N>::cast_from(dy[base + j]) * weight_at(w, j, layer_norm);
+                dx[base + j] = Vector::cast_from(rstd * (g - mean_g - xhat * mean_gx));
+                j += comptime!(split.units);
             }
-            let g = Vector::<f32, N>::cast_from(dy[base + j]) * wv;
-            dx[base + j] = Vector::cast_from(rstd * (g - mean_g - xhat * mean_gx));
+            if lane == 0 {
+                stats[2 * r] = mean;
+                stats[2 * r + 1] = rstd_s;
+            }
         }
-        stats[2 * r] = mean;
-        stats[2 * r + 1] = rstd_s;
-        r += stride;
+        cube_row += step;
     }
 }
 
@@ -235,7 +284,7 @@ fn forward(op: &str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Re
     let rows = x.numel() / c.max(1);
     let y = Tensor::uninit(x.device(), x.shape(), x.dtype())?;
     let vw = launch::vector_width(&[c]);
-    let (count, dim) = launch::grid_1d(x.device(), rows);
+    let (split, count, dim) = RowSplit::for_rows(x.device(), rows, c / vw.max(1));
     let bh = b.unwrap_or(w);
     dispatch_float!(x.dtype(), F => unsafe {
         norm_forward_kernel::launch_unchecked::<F>(
@@ -244,7 +293,7 @@ fn forward(op: &str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Re
             BufferArg::from_raw_parts(w.handle().clone(), c),
             BufferArg::from_raw_parts(bh.handle().clone(), c),
             BufferArg::from_raw_parts(y.handle().clone(), x.numel()),
-            rows, c / vw, c as f32, eps, b.is_some(),
+            rows, c / vw, c as f32, eps, b.is_some(), split,
         )
     });
     Ok(y)
@@ -279,7 +328,7 @@ fn backward(
     let dw = Tensor::uninit(dev, &[c], x.dtype())?;
     let db = if layer_norm { Tensor::uninit(dev, &[c], x.dtype())? } else { dw.clone() };
     let vw = launch::vector_width(&[c]);
-    let (count, dim) = launch::grid_1d(dev, rows);
+    let (split, count, dim) = RowSplit::for_rows(dev, rows, c / vw.max(1));
     let (ccount, cdim) = launch::grid_1d(dev, c);
     dispatch_float!(x.dtype(), F => unsafe {
         norm_backward_rows_kernel::launch_unchecked::<F>(
@@ -289,7 +338,7 @@ fn backward(
             BufferArg::from_raw_parts(dy.handle().clone(), x.numel()),
             BufferArg::from_raw_parts(dx.handle().clone(), x.numel()),
             BufferArg::from_raw_parts(stats.handle().clone(), rows * 2),
-            rows, c / vw, c as f32, eps, layer_norm,
+            rows, c / vw, c as f32, eps, layer_norm, split,
         )
     });
     if !params {
@@ -343,7 +392,8 @@ mod tests {
     proptest! {
         #![proptest_config(crate::test_util::cases(24))]
         #[test]
-        fn norms_match_reference(rows in 1usize..20, c in 1usize..70, seed in any::<u64>(), dt in dtype_strategy(), ln in any::<bool>()) {
+        fn norms_match_reference(rows in 1usize..20, c in 1usize..70, seed in any::<u64>(), dt in dtype_strategy(), ln in any::<bool>(), split in crate::rows::split_strategy()) {
+            crate::rows::force_split(split);
             let dev = device();
             let eps = 1e-6f32;
             let x = random_tensor(&dev, &[rows, c], dt, seed, 2.0);
