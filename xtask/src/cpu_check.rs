@@ -94,6 +94,10 @@ fn run_emulated(
     // The GPU matmul route (cubek's routines) never runs on the CPU runtime outside its own
     // tests, which compile large kernels: too slow under emulation, and not what this checks.
     cmd.args(["--skip", "matmul::accelerated"]);
+    // Likewise the attention kernels in the GPU's shape (their tests: `tiled` in the name): the
+    // CPU runs the CPU-shaped ones, and their barriers, a spinning thread per unit, crawl under
+    // emulation (90 s for two tests).
+    cmd.args(["--skip", "tiled"]);
     if let Some(f) = filter {
         cmd.arg(f);
     }
