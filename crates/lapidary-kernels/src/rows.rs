@@ -95,42 +95,34 @@ pub(crate) fn row_lane(#[comptime] split: RowSplit) -> usize {
 /// The sum of `v` over the units sharing this unit's row, given to each of them.
 #[cube]
 pub(crate) fn row_sum(v: f32, scratch: &mut [f32], #[comptime] split: RowSplit) -> f32 {
-    let mut out = v;
-    if comptime!(split.units > 1) {
-        let unit = UNIT_POS as usize;
-        let lane = unit % comptime!(split.units);
-        scratch[unit] = v;
-        sync_cube();
-        // Halving steps: units `lane < half` fold in the value `half` further on.
-        #[unroll]
-        for level in 0..comptime!(split.units.trailing_zeros() as usize) {
-            let half = comptime!(split.units / 2) >> level;
-            if lane < half {
-                scratch[unit] = scratch[unit] + scratch[unit + half];
-            }
-            sync_cube();
-        }
-        out = scratch[unit - lane];
-        sync_cube();
-    }
-    out
+    row_fold(v, scratch, split, false)
 }
 
 /// The maximum of `v` over the units sharing this unit's row, given to each of them.
 #[cube]
 pub(crate) fn row_max(v: f32, scratch: &mut [f32], #[comptime] split: RowSplit) -> f32 {
+    row_fold(v, scratch, split, true)
+}
+
+/// Folds `v` over the units sharing this unit's row (a sum, or the maximum with `maximum`),
+/// through `scratch`, in halving steps: units `lane < half` fold in the value `half` further on.
+#[cube]
+fn row_fold(v: f32, scratch: &mut [f32], #[comptime] split: RowSplit, #[comptime] maximum: bool) -> f32 {
     let mut out = v;
     if comptime!(split.units > 1) {
         let unit = UNIT_POS as usize;
         let lane = unit % comptime!(split.units);
         scratch[unit] = v;
         sync_cube();
-        // Halving steps: units `lane < half` fold in the value `half` further on.
         #[unroll]
         for level in 0..comptime!(split.units.trailing_zeros() as usize) {
             let half = comptime!(split.units / 2) >> level;
             if lane < half {
-                scratch[unit] = max(scratch[unit], scratch[unit + half]);
+                if maximum {
+                    scratch[unit] = max(scratch[unit], scratch[unit + half]);
+                } else {
+                    scratch[unit] = scratch[unit] + scratch[unit + half];
+                }
             }
             sync_cube();
         }

@@ -311,8 +311,15 @@ pub(super) fn cube_key_range(
         scratch[2 * i + 1] = hi as u32;
         i += comptime!(shape.cube_units());
     }
+    range_union(scratch, s_len, tiles)
+}
+
+/// Once every tile has written its range `[lo, hi)` into `scratch` (two values a tile): the
+/// smallest range holding them all (`none` past every index, empty ranges `[none, 0)`).
+#[cube]
+pub(super) fn range_union(scratch: &mut [u32], none: usize, #[comptime] tiles: usize) -> (usize, usize) {
     sync_cube();
-    let mut lo = s_len;
+    let mut lo = none;
     let mut hi = 0usize;
     for i in 0..tiles {
         lo = min(lo, scratch[2 * i] as usize);
@@ -321,7 +328,6 @@ pub(super) fn cube_key_range(
     (lo, hi)
 }
 
-// Kernel code: `div_ceil` is not in the cube language.
 #[allow(clippy::too_many_arguments)]
 #[cube(launch_unchecked)]
 fn tiled_forward_kernel<F: Float, S: Float>(

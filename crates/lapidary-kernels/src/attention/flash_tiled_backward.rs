@@ -11,7 +11,7 @@ use super::flash::{NONE, buf, mask_buffers};
 use super::flash_backward::{flash_backward, row_deltas};
 use super::flash_mask::{MaskFlags, id_at, query_hi, query_lo, tile, visible};
 use super::flash_tiled::{
-    TILE, TiledShape, cube_key_range, launch_staged, stage_rows, tile_accumulate, tile_scores, zero_shared,
+    TILE, TiledShape, cube_key_range, launch_staged, range_union, stage_rows, tile_accumulate, tile_scores, zero_shared,
 };
 use super::{AttentionGrads, AttentionMask};
 use cubecl::prelude::*;
@@ -172,14 +172,7 @@ fn cube_query_range(
         scratch[2 * i + 1] = tz as u32;
         i += comptime!(shape.cube_units());
     }
-    sync_cube();
-    let mut ta = t_len;
-    let mut tz = 0usize;
-    for i in 0..tiles {
-        ta = min(ta, scratch[2 * i] as usize);
-        tz = max(tz, scratch[2 * i + 1] as usize);
-    }
-    (ta, tz)
+    range_union(scratch, t_len, tiles)
 }
 
 #[allow(clippy::too_many_arguments)]

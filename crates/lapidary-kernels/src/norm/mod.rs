@@ -108,6 +108,26 @@ fn row_rstd<F: Float, N: Size>(
     1.0f32 / f32::sqrt(row_sum(hsum(ss), scratch, split) / cols + eps)
 }
 
+/// `(mean, rstd)` of one row: [`row_mean`] then [`row_rstd`].
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn row_stats<F: Float, N: Size>(
+    x: &[Vector<F, N>],
+    base: usize,
+    cols_vec: usize,
+    cols: f32,
+    eps: f32,
+    active: bool,
+    lane: usize,
+    scratch: &mut [f32],
+    #[comptime] center: bool,
+    #[comptime] split: RowSplit,
+) -> (f32, f32) {
+    let mean = row_mean(x, base, cols_vec, cols, active, lane, scratch, center, split);
+    let rstd = row_rstd(x, base, cols_vec, cols, Vector::<f32, N>::new(mean), eps, active, lane, scratch, split);
+    (mean, rstd)
+}
+
 /// The effective weight of column vector `j`: `w` (LayerNorm) or `1 + w` (Gemma RMSNorm).
 #[cube]
 fn weight_at<F: Float, N: Size>(w: &[Vector<F, N>], j: usize, #[comptime] layer_norm: bool) -> Vector<f32, N> {
@@ -143,9 +163,9 @@ fn norm_forward_kernel<F: Float, N: Size>(
         let r = cube_row + offset;
         let active = r < rows;
         let base = r * cols_vec;
-        let mean = row_mean(x, base, cols_vec, cols, active, lane, &mut scratch, layer_norm, split);
+        let (mean, rstd_s) = row_stats(x, base, cols_vec, cols, eps, active, lane, &mut scratch, layer_norm, split);
         let mv = Vector::<f32, N>::new(mean);
-        let rstd = Vector::<f32, N>::new(row_rstd(x, base, cols_vec, cols, mv, eps, active, lane, &mut scratch, split));
+        let rstd = Vector::<f32, N>::new(rstd_s);
         if active {
             let mut j = lane;
             while j < cols_vec {
@@ -187,9 +207,8 @@ fn norm_backward_rows_kernel<F: Float, N: Size>(
         let r = cube_row + offset;
         let active = r < rows;
         let base = r * cols_vec;
-        let mean = row_mean(x, base, cols_vec, cols, active, lane, &mut scratch, layer_norm, split);
+        let (mean, rstd_s) = row_stats(x, base, cols_vec, cols, eps, active, lane, &mut scratch, layer_norm, split);
         let mv = Vector::<f32, N>::new(mean);
-        let rstd_s = row_rstd(x, base, cols_vec, cols, mv, eps, active, lane, &mut scratch, split);
         let rstd = Vector::<f32, N>::new(rstd_s);
         // g = dy * w_eff; need mean(g) (LayerNorm only) and mean(g * xhat).
         let mut sg = Vector::<f32, N>::new(0.0f32);
