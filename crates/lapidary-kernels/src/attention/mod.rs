@@ -1,7 +1,9 @@
 //! Masked grouped-query attention `O = softmax(scale · Q·Kᵀ, mask) · V`, forward and backward,
-//! two ways behind one entry. Fused (flash, `flash.rs` / `flash_backward.rs`): the scores never
-//! leave the unit, K/V heads are shared by indexing, the forward saves only O and the
-//! log-sum-exp, memory O(T·D). Materialized (the reference): matmul, the masked softmax and
+//! two ways behind one entry. Fused (flash): the scores never leave the kernel, K/V heads are
+//! shared by indexing, the forward saves only O and the log-sum-exp, memory O(T·D); in the CPU's
+//! shape (`flash.rs` / `flash_backward.rs`: a unit per four query rows, keys in vector lanes) or
+//! the GPU's (`flash_tiled.rs` / `flash_tiled_backward.rs`: tiles in shared memory, tensor
+//! cores). Materialized (the reference): matmul, the masked softmax and
 //! repeat_kv, keeping the `[B, H, T, S]` probabilities for the backward, memory O(T·S) per head.
 //! [`attention`] picks by [`AttentionPath::Auto`]; masks: causal, sliding window, bidirectional
 //! image blocks, padding, packed segments (see [`AttentionMask`]).
