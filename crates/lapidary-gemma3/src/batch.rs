@@ -33,60 +33,45 @@ pub struct Batch {
 impl Batch {
     /// Checks what the model would otherwise read wrongly: at least one row and one token, every
     /// field `batch x seq` long, ids within the vocabulary (or the image soft token), masks and
-    /// token types 0 or 1, labels -100 or within the vocabulary. Errors name the field and the
-    /// (row, position).
+    /// token types 0 or 1, labels -100 or within the vocabulary, positions non-negative and no
+    /// sequence starting inside an image. Errors name the field and the (row, position).
     pub fn validate(&self, vocab_size: usize, image_token: usize) -> Result<()> {
         let (b, t) = (self.batch, self.seq);
         if b == 0 || t == 0 {
             return Err(Error::invalid(format!("batch: {b} row(s) of {t} token(s); at least one of each is needed")));
         }
-        let mut fields = vec![
-            ("input_ids", &self.input_ids),
-            ("attention_mask", &self.attention_mask),
-            ("token_type_ids", &self.token_type_ids),
+        let vocab = vocab_size as i64;
+        let in_vocab = |x: i64| (0..vocab).contains(&x);
+        let (ids, binary) = (|x: i64| in_vocab(x) || x == image_token as i64, |x: i64| x == 0 || x == 1);
+        let (labels, positions) = (|x: i64| x == -100 || in_vocab(x), |x: i64| x >= 0);
+        let fields: [(&str, Option<&Vec<i64>>, &dyn Fn(i64) -> bool, String); 5] = [
+            ("input_ids", Some(&self.input_ids), &ids, format!("0 to {} or the image token {image_token}", vocab - 1)),
+            ("attention_mask", Some(&self.attention_mask), &binary, "0 or 1".into()),
+            ("token_type_ids", Some(&self.token_type_ids), &binary, "0 or 1".into()),
+            ("labels", self.labels.as_ref(), &labels, format!("-100 or 0 to {}", vocab - 1)),
+            ("position_ids", self.position_ids.as_ref(), &positions, ">= 0".into()),
         ];
-        if let Some(labels) = &self.labels {
-            fields.push(("labels", labels));
-        }
-        for (name, v) in &fields {
-            if v.len() != b * t {
+        for (name, v, _, _) in &fields {
+            if let Some(v) = v.filter(|v| v.len() != b * t) {
                 return Err(Error::invalid(format!("batch: {name} has {} values, expected {b} x {t}", v.len())));
             }
         }
         let at = |i: usize| format!("row {}, position {}", i / t, i % t);
-        if let Some(p) = &self.position_ids {
-            if p.len() != b * t {
-                return Err(Error::invalid(format!("batch: position_ids has {} values, expected {b} x {t}", p.len())));
-            }
-            if let Some(i) = p.iter().position(|&x| x < 0) {
-                return Err(Error::invalid(format!("batch: position_ids at {} is {}; expected >= 0", at(i), p[i])));
-            }
-            // A sequence may not start inside an image: its tokens would be split between two.
-            if let Some(i) = (0..b * t)
-                .find(|&i| i % t > 0 && p[i] == 0 && self.token_type_ids[i] == 1 && self.token_type_ids[i - 1] == 1)
-            {
-                return Err(Error::invalid(format!(
-                    "batch: a sequence starts (position_ids 0) at {} inside an image's tokens; \
-                     an image must lie within one sequence",
-                    at(i)
-                )));
+        for (name, v, valid, expected) in &fields {
+            if let Some((i, x)) = v.and_then(|v| v.iter().enumerate().find(|&(_, &x)| !valid(x))) {
+                return Err(Error::invalid(format!("batch: {name} at {} is {x}; expected {expected}", at(i))));
             }
         }
-        let vocab = vocab_size as i64;
-        for (name, v) in fields {
-            let bad = v.iter().position(|&x| match name {
-                "input_ids" => !((0..vocab).contains(&x) || x == image_token as i64),
-                "labels" => !(x == -100 || (0..vocab).contains(&x)),
-                _ => !(x == 0 || x == 1),
-            });
-            if let Some(i) = bad {
-                let expected = match name {
-                    "input_ids" => format!("0 to {} or the image token {image_token}", vocab - 1),
-                    "labels" => format!("-100 or 0 to {}", vocab - 1),
-                    _ => "0 or 1".to_string(),
-                };
-                return Err(Error::invalid(format!("batch: {name} at {} is {}; expected {expected}", at(i), v[i])));
-            }
+        // A sequence may not start inside an image: its tokens would be split between two.
+        let types = &self.token_type_ids;
+        if let Some(i) =
+            (0..b * t).find(|&i| i % t > 0 && types[i] == 1 && types[i - 1] == 1 && self.starts_sequence(i / t, i % t))
+        {
+            return Err(Error::invalid(format!(
+                "batch: a sequence starts (position_ids 0) at {} inside an image's tokens; \
+                 an image must lie within one sequence",
+                at(i)
+            )));
         }
         Ok(())
     }

@@ -170,9 +170,8 @@ impl Gemma3TextConfig {
         };
         let act = v.get("hidden_activation").and_then(Value::as_str).unwrap_or("gelu_pytorch_tanh");
         if act != "gelu_pytorch_tanh" {
-            return Err(Error::invalid(format!(
-                "text_config: hidden_activation {act} is not supported (gelu_pytorch_tanh is)"
-            )));
+            let what = format!("text_config: hidden_activation {act} is not supported (gelu_pytorch_tanh is)");
+            return Err(Error::invalid(what));
         }
         for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
             if v.get(key).is_some_and(|x| !x.is_null()) {
@@ -208,39 +207,25 @@ impl Gemma3TextConfig {
         r("intermediate_size", self.intermediate_size, 1, 1 << 18)?;
         r("num_attention_heads", self.num_attention_heads, 1, 256)?;
         r("num_key_value_heads", self.num_key_value_heads, 1, self.num_attention_heads)?;
-        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
-            return Err(Error::invalid(format!(
-                "text_config: num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                self.num_attention_heads, self.num_key_value_heads
-            )));
+        let (heads, kv_heads, head_dim) = (self.num_attention_heads, self.num_key_value_heads, self.head_dim);
+        let refused = |what: String| Err(Error::invalid(format!("text_config: {what}")));
+        if !heads.is_multiple_of(kv_heads) {
+            return refused(format!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"));
         }
-        r("head_dim", self.head_dim, 2, 1024)?;
-        if !self.head_dim.is_multiple_of(2) {
-            return Err(Error::invalid(format!(
-                "text_config: head_dim {} must be even (RoPE rotates halves)",
-                self.head_dim
-            )));
+        r("head_dim", head_dim, 2, 1024)?;
+        if !head_dim.is_multiple_of(2) {
+            return refused(format!("head_dim {head_dim} must be even (RoPE rotates halves)"));
         }
         r("sliding_window", self.sliding_window, 1, 1 << 24)?;
         r("pad_token_id", self.pad_token_id, 0, self.vocab_size - 1)?;
         Error::check_positive("text_config: rms_norm_eps", self.rms_norm_eps)?;
         Error::check_positive("text_config: query_pre_attn_scalar", self.query_pre_attn_scalar)?;
         for (name, rope) in [("sliding", self.rope_local), ("full", self.rope_global)] {
-            Error::check_positive(&format!("text_config: rope theta of {name} attention"), rope.theta)?;
-            Error::check_positive(
-                &format!("text_config: rope scaling factor of {name} attention"),
-                rope.linear_factor,
-            )?;
+            let what = |k: &str| format!("text_config: rope {k} of {name} attention");
+            Error::check_positive(&what("theta"), rope.theta)?;
+            Error::check_positive(&what("scaling factor"), rope.linear_factor)?;
         }
         Ok(())
-    }
-
-    /// RoPE of a layer kind.
-    pub fn rope(&self, kind: LayerKind) -> Rope {
-        match kind {
-            LayerKind::Sliding => self.rope_local,
-            LayerKind::Full => self.rope_global,
-        }
     }
 }
 
@@ -257,17 +242,10 @@ impl Gemma3Config {
             // Gemma3ForCausalLM: the file is the text config itself.
             return Ok(Gemma3Config::text_only(Gemma3TextConfig::from_json(&v).map_err(ctx)?));
         }
+        let section = |k: &str| v.get(k).ok_or_else(|| ctx(Error::invalid(format!("no {k}"))));
         let cfg = Gemma3Config {
-            text: Gemma3TextConfig::from_json(
-                v.get("text_config").ok_or_else(|| ctx(Error::invalid("no text_config")))?,
-            )
-            .map_err(ctx)?,
-            vision: Some(
-                SiglipVisionConfig::from_json(
-                    v.get("vision_config").ok_or_else(|| ctx(Error::invalid("no vision_config")))?,
-                )
-                .map_err(ctx)?,
-            ),
+            text: Gemma3TextConfig::from_json(section("text_config")?).map_err(ctx)?,
+            vision: Some(SiglipVisionConfig::from_json(section("vision_config")?).map_err(ctx)?),
             mm_tokens_per_image: get("mm_tokens_per_image", 256)?,
             image_token_index: get("image_token_index", 262_144)?,
             boi_token_index: get("boi_token_index", 255_999)?,

@@ -226,12 +226,9 @@ impl Gemma3TextModel {
     /// [`Self::forward`] for generation: extends `cache` (one entry per layer) with this call's
     /// keys and values and returns only the final normalized output.
     pub fn forward_cached(&self, h: &Var, ctx: &DecoderContext, cache: &mut KvCache) -> Result<Var> {
-        if cache.layers.len() != self.layers.len() {
-            return Err(Error::invalid(format!(
-                "KV cache for {} layers used with a model of {}",
-                cache.layers.len(),
-                self.layers.len()
-            )));
+        let (cached, layers) = (cache.layers.len(), self.layers.len());
+        if cached != layers {
+            return Err(Error::invalid(format!("KV cache for {cached} layers used with a model of {layers}")));
         }
         let mut h = h.clone();
         for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {

@@ -40,13 +40,7 @@ pub struct GenerateOptions {
 
 /// Index of the largest value (the first on ties).
 pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
+    v.iter().enumerate().fold(0, |best, (i, &x)| if x > v[best] { i } else { best }) as u32
 }
 
 fn sample(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, rng: &mut SplitMix64) -> u32 {
@@ -60,15 +54,15 @@ fn sample(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, rng: &mut 
     let mut probs: Vec<f64> = idx.iter().map(|&i| (((logits[i] - max) / t) as f64).exp()).collect();
     let sum: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= sum);
-    let mut keep = probs.len();
+    // The smallest head whose probability reaches top_p.
     let mut acc = 0.0;
-    for (k, p) in probs.iter().enumerate() {
-        acc += p;
-        if acc >= top_p as f64 {
-            keep = k + 1;
-            break;
-        }
-    }
+    let keep = probs
+        .iter()
+        .position(|p| {
+            acc += p;
+            acc >= top_p as f64
+        })
+        .map_or(probs.len(), |k| k + 1);
     let total: f64 = probs[..keep].iter().sum();
     let mut r = rng.next_f32() as f64 * total;
     for k in 0..keep {
@@ -87,10 +81,7 @@ impl Gemma3ForConditionalGeneration {
         let batch = Batch::prompt(prompt, self.config().image_token_index, pixel_values.cloned());
         let mut cache = KvCache::new(self.config().text.layer_types.len());
         let mut logits = self.prefill(&batch, &mut cache)?;
-        let mut rng = match opts.sampling {
-            Sampling::Sample { seed, .. } => SplitMix64::new(seed),
-            Sampling::Greedy => SplitMix64::new(0),
-        };
+        let mut rng = SplitMix64::new(if let Sampling::Sample { seed, .. } = opts.sampling { seed } else { 0 });
         let mut out = Vec::new();
         while out.len() < opts.max_new_tokens {
             Error::check_finite(

@@ -17,24 +17,19 @@ pub fn text_config(f: &GgufFile) -> Result<Gemma3TextConfig> {
 
 /// The HF `config.json` of the Gemma3ForCausalLM a GGUF file holds (what `lapidary merge` writes).
 pub fn hf_config(f: &GgufFile) -> Result<serde_json::Value> {
+    let err = |what: String| Error::invalid(format!("{}: {what}", f.path().display()));
     let arch = f.require("general.architecture")?.as_str().unwrap_or("");
     if arch != "gemma3" {
-        return Err(Error::invalid(format!(
-            "{}: architecture {arch:?} is not supported (gemma3 is)",
-            f.path().display()
-        )));
+        return Err(err(format!("architecture {arch:?} is not supported (gemma3 is)")));
     }
     let num = |key: &str| -> Result<serde_json::Value> {
         let v = f.require(&format!("gemma3.{key}"))?;
         v.as_u64()
             .map(serde_json::Value::from)
             .or_else(|| v.as_f64().map(serde_json::Value::from))
-            .ok_or_else(|| Error::invalid(format!("{}: gemma3.{key} is not a number", f.path().display())))
+            .ok_or_else(|| err(format!("gemma3.{key} is not a number")))
     };
-    let embed = f
-        .tensors
-        .get("token_embd.weight")
-        .ok_or_else(|| Error::invalid(format!("{}: no token_embd.weight", f.path().display())))?;
+    let embed = f.tensors.get("token_embd.weight").ok_or_else(|| err("no token_embd.weight".into()))?;
     let id =
         |key: &str, default: u64| f.get(&format!("tokenizer.ggml.{key}")).and_then(|v| v.as_u64()).unwrap_or(default);
     let layers = num("block_count")?.as_u64().unwrap_or(0);
@@ -75,10 +70,7 @@ pub fn hf_config(f: &GgufFile) -> Result<serde_json::Value> {
     if scaling == Some("linear") {
         cfg["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": num("rope.scaling.factor")?});
     } else if let Some(other) = scaling.filter(|s| *s != "none") {
-        return Err(Error::invalid(format!(
-            "{}: gemma3.rope.scaling.type {other:?} is not supported (linear is)",
-            f.path().display()
-        )));
+        return Err(err(format!("gemma3.rope.scaling.type {other:?} is not supported (linear is)")));
     }
     // Per-layer sliding flags (llama.cpp's array form of the pattern), else one in six global.
     if let Some(flags) = f.get("gemma3.attention.sliding_window_pattern").and_then(|v| v.as_array()) {
@@ -87,11 +79,8 @@ pub fn hf_config(f: &GgufFile) -> Result<serde_json::Value> {
             .map(|b| if *b == Value::Bool(true) { "sliding_attention" } else { "full_attention" })
             .collect();
         if types.len() as u64 != layers {
-            return Err(Error::invalid(format!(
-                "{}: gemma3.attention.sliding_window_pattern has {} flags for {layers} layers",
-                f.path().display(),
-                types.len()
-            )));
+            let n = types.len();
+            return Err(err(format!("gemma3.attention.sliding_window_pattern has {n} flags for {layers} layers")));
         }
         cfg["layer_types"] = serde_json::json!(types);
     } else if let Some(n) = f.get("gemma3.attention.sliding_window_pattern").and_then(|v| v.as_u64()) {

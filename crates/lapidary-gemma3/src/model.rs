@@ -337,26 +337,21 @@ impl Gemma3ForConditionalGeneration {
             let upload = |v: &[f32]| Tensor::from_f32(device, v, &[rows, t, cfg.head_dim], DType::F32);
             Ok((upload(&c)?, upload(&s)?))
         };
-        let (mut mask_sliding, mut mask_full) = (AttentionMask::sliding(cfg.sliding_window), AttentionMask::causal());
-        if offset > 0 {
-            mask_sliding.q_offset = offset;
-            mask_full.q_offset = offset;
-        } else {
-            let per_token = |v: &[f32]| Tensor::from_f32(device, v, &[b, t], DType::F32);
-            let keep: Vec<f32> = batch.attention_mask.iter().map(|&m| if m != 0 { 1.0 } else { 0.0 }).collect();
-            let (blocks, keep) = (per_token(&batch.image_blocks())?, per_token(&keep)?);
-            mask_sliding = mask_sliding.with_blocks(blocks.clone()).with_key_padding(keep.clone());
-            mask_full = mask_full.with_blocks(blocks).with_key_padding(keep);
+        // Full-attention layers' mask; sliding layers' is the same within the window.
+        let mut mask_full = AttentionMask { q_offset: offset, ..AttentionMask::causal() };
+        if offset == 0 {
+            let per_token = |v: &[f32]| Tensor::from_f32(device, v, &[b, t], DType::F32).map(Some);
+            let keep: Vec<f32> = batch.attention_mask.iter().map(|&m| f32::from(m != 0)).collect();
+            mask_full.blocks = per_token(&batch.image_blocks())?;
+            mask_full.key_padding = per_token(&keep)?;
             if let Some(p) = &batch.position_ids {
-                let segments = per_token(&segments_from_positions(p, b, t))?;
-                mask_sliding = mask_sliding.with_segments(segments.clone());
-                mask_full = mask_full.with_segments(segments);
+                mask_full.segments = per_token(&segments_from_positions(p, b, t))?;
             }
         }
         Ok(DecoderContext {
             rope_local: table(cfg.rope_local)?,
             rope_global: table(cfg.rope_global)?,
-            mask_sliding,
+            mask_sliding: AttentionMask { window: Some(cfg.sliding_window), ..mask_full.clone() },
             mask_full,
         })
     }

@@ -75,23 +75,17 @@ impl SiglipVisionConfig {
         r("image_size", self.image_size, 1, 4096)?;
         r("patch_size", self.patch_size, 1, self.image_size)?;
         Error::check_positive("vision config: layer_norm_eps", self.layer_norm_eps)?;
-        if self.hidden_act != "gelu_pytorch_tanh" {
-            return Err(Error::invalid(format!(
-                "vision config: hidden_act {} is not supported (gelu_pytorch_tanh is)",
-                self.hidden_act
-            )));
+        let (act, size, patch, width, heads) =
+            (&self.hidden_act, self.image_size, self.patch_size, self.hidden_size, self.num_attention_heads);
+        let refused = |what: String| Err(Error::invalid(format!("vision config: {what}")));
+        if act != "gelu_pytorch_tanh" {
+            return refused(format!("hidden_act {act} is not supported (gelu_pytorch_tanh is)"));
         }
-        if !self.image_size.is_multiple_of(self.patch_size) {
-            return Err(Error::invalid(format!(
-                "vision config: image_size {} is not a multiple of patch_size {}",
-                self.image_size, self.patch_size
-            )));
+        if !size.is_multiple_of(patch) {
+            return refused(format!("image_size {size} is not a multiple of patch_size {patch}"));
         }
-        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            return Err(Error::invalid(format!(
-                "vision config: hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            )));
+        if !width.is_multiple_of(heads) {
+            return refused(format!("hidden_size {width} is not a multiple of num_attention_heads {heads}"));
         }
         Ok(())
     }
