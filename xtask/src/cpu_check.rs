@@ -7,6 +7,7 @@
 //! which cannot be compiled is reported as an error naming it. x86-64 hosts only. Not a
 //! performance check: emulated time says nothing about native speed.
 
+use crate::gpu_bundle::Artifact;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -29,10 +30,11 @@ pub fn run() -> Result<(), String> {
         return Ok(());
     }
     let qemu = find_or_install_qemu()?;
-    let built = workspace_test_binaries()?;
-    let core = pick(&built, "lapidary_core-")?;
-    let kernels = pick(&built, "lapidary_kernels-")?;
-    let integration = pick(&built, "integration-")?;
+    // The executables of the workspace's test build, as `cargo xtask test` made them.
+    let built = crate::test_executables(crate::TEST_BUILD[4])?;
+    let core = pick(&built, "lapidary_core", "lib")?;
+    let kernels = pick(&built, "lapidary_kernels", "lib")?;
+    let integration = pick(&built, "integration", "test")?;
 
     let mut rows = Vec::new();
     for (cpu, what) in CPUS {
@@ -119,33 +121,13 @@ fn run_emulated(
     Ok((out.status.success(), secs, if env.is_empty() { summary } else { text }))
 }
 
-/// The test executables of `cargo test --workspace --all-targets`, the build `cargo xtask test`
-/// has just made: nothing is rebuilt. (Selecting one package instead would resolve its
-/// dependencies' features apart from the workspace's and rebuild them, minutes on 2 cores.)
-fn workspace_test_binaries() -> Result<Vec<PathBuf>, String> {
-    let out = Command::new(crate::cargo_program())
-        .args(["test", "--no-run", "--workspace", "--all-targets", "--message-format=json"])
-        .current_dir(crate::workspace_root())
-        .output()
-        .map_err(|e| format!("could not run cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("building the workspace's tests failed:\n{}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    Ok(stdout
-        .lines()
-        .filter_map(|l| l.split("\"executable\":\"").nth(1).and_then(|r| r.split('"').next()))
-        .map(PathBuf::from)
-        .collect())
-}
-
-/// The executable among `built` whose file name starts with `prefix` (`lapidary_kernels-`).
-fn pick(built: &[PathBuf], prefix: &str) -> Result<PathBuf, String> {
+/// The executable among `built` of target `name` and kind `kind` (`lib` for a library's tests).
+fn pick(built: &[Artifact], name: &str, kind: &str) -> Result<PathBuf, String> {
     built
         .iter()
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
-        .cloned()
-        .ok_or_else(|| format!("cargo built no test executable named {prefix}*"))
+        .find(|a| a.target == name && a.kind == kind)
+        .map(|a| a.exe.clone())
+        .ok_or_else(|| format!("the test build produced no {kind} executable {name}"))
 }
 
 /// `qemu-x86_64`, installed with apt-get (as root) when missing.

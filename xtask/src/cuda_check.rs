@@ -1,8 +1,9 @@
 //! `cargo xtask cuda-check`: every kernel lapidary launches, compiled for real NVIDIA GPUs on a
 //! machine without one, through both CUDA code paths, and assembled to machine code by `ptxas`.
 //!
-//! How: the CUDA builds of the kernel tests, the model tests and the `lapidary` binary (the GPU
-//! bundle's, [`crate::gpu_bundle::build_backend`]) run against a stand-in CUDA driver
+//! How: the kernel tests, the model tests and the `lapidary` binary of the workspace's test build
+//! ([`crate::TEST_BUILD`], CUDA's runtime compiled in; again with CUDA C++'s code path) run
+//! against a stand-in CUDA driver
 //! (`xtask/fake_cuda_driver.rs`, built here with rustc) that describes an sm_80 or sm_90 card,
 //! keeps every PTX module CubeCL hands it and records every launch, but runs nothing. CubeCL
 //! itself does the real work: it expands each kernel the code launches, with the vector widths
@@ -81,7 +82,7 @@ pub fn run() -> Result<(), String> {
     let mut report = String::new();
     let mut summary = Vec::new();
     for (backend, feature) in crate::gpu_bundle::BACKENDS {
-        let bins: HashMap<&str, PathBuf> = crate::gpu_bundle::build_backend(feature, &[], false)?.into_iter().collect();
+        let bins = test_build(feature)?;
         // The two architectures side by side: each workload is mostly one compiling thread.
         let results: Vec<Result<Config, String>> = std::thread::scope(|scope| {
             let handles: Vec<_> = ARCHS
@@ -115,6 +116,23 @@ pub fn run() -> Result<(), String> {
     } else {
         Err(format!("{} failure(s):\n  {}", failures.len(), failures.join("\n  ")))
     }
+}
+
+/// The executables the workloads run for the code path of cargo feature `feature`: the
+/// workspace's test build (`cuda`: the very build `cargo xtask test` runs; `cuda-cpp`: the same
+/// with CUDA C++'s code path), by their names in the GPU bundle.
+fn test_build(feature: &str) -> Result<HashMap<&'static str, PathBuf>, String> {
+    let mut bins = HashMap::new();
+    for a in crate::test_executables(&format!("lapidary/{feature}"))? {
+        let name = match (a.target.as_str(), a.kind.as_str()) {
+            ("lapidary_kernels", "lib") => "kernel-tests",
+            ("integration", "test") => "model-tests",
+            ("lapidary", "bin") => "lapidary",
+            _ => continue,
+        };
+        bins.insert(name, a.exe);
+    }
+    Ok(bins)
 }
 
 /// What one configuration (code path × architecture) found.
@@ -240,8 +258,9 @@ fn workloads(
     kernels.arg("--test-threads=2");
     list.push(("kernel-tests".to_string(), kernels, 3 * minute));
     let mut models = Command::new(bin("model-tests")?);
-    models.arg("--test-threads=2");
-    list.push(("model-tests".to_string(), models, 5 * minute));
+    // The demo's tests run what the demo workload above ran.
+    models.args(["--test-threads=2", "--skip", "demo::"]);
+    list.push(("model-tests".to_string(), models, 8 * minute));
     Ok(list)
 }
 
@@ -434,7 +453,7 @@ fn table(backend: &str, sm: u32, rows: &BTreeMap<String, KernelRow>) -> String {
 /// The LLVM path without libdevice must fail loudly on a kernel that calls `exp` (softmax):
 /// proof that a compile failure is seen here, not read back as zeros.
 fn negative_check(tools: &CudaTools, driver: &Path, out: &Path, failures: &mut Vec<String>) -> Result<(), String> {
-    let bins: HashMap<&str, PathBuf> = crate::gpu_bundle::build_backend("cuda", &[], false)?.into_iter().collect();
+    let bins = test_build("cuda")?;
     let dir = out.join("negative");
     reset_dir(&dir)?;
     let bare = dir.join("cuda-without-libdevice");

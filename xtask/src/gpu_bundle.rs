@@ -139,7 +139,8 @@ pub fn build_backend(feature: &str, extra: &[String], bench: bool) -> Result<Vec
         if bench { " and the kernel benchmarks" } else { "" }
     );
     let mut found: Vec<(&'static str, PathBuf)> = Vec::new();
-    for artifact in cargo_executables(&root, &build_dir, &rustflags, &args)? {
+    let env = [("CARGO_TARGET_DIR", build_dir.as_os_str()), ("RUSTFLAGS", rustflags.as_ref())];
+    for artifact in cargo_executables(&args, &env)? {
         let name = match (artifact.target.as_str(), artifact.kind.as_str()) {
             ("lapidary_kernels", "lib") => "kernel-tests",
             ("integration", "test") => "model-tests",
@@ -200,20 +201,19 @@ fn system_lib(name: &str) -> Result<PathBuf, String> {
 
 /// An executable cargo produced: its target's name (`-` as `_`), the target's first kind
 /// (`lib`, `bin`, `test`, `bench`) and its path.
-struct Artifact {
-    target: String,
-    kind: String,
-    exe: PathBuf,
+pub struct Artifact {
+    pub target: String,
+    pub kind: String,
+    pub exe: PathBuf,
 }
 
-/// Runs cargo and returns every executable it produced.
-fn cargo_executables(root: &Path, target_dir: &Path, rustflags: &str, args: &[&str]) -> Result<Vec<Artifact>, String> {
-    let cargo = crate::cargo_program();
-    let out = Command::new(cargo)
+/// Runs cargo with `args` (which must ask for `--message-format=json…`) and `env` in the
+/// workspace root, and returns every executable it produced.
+pub fn cargo_executables(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<Vec<Artifact>, String> {
+    let out = Command::new(crate::cargo_program())
         .args(args)
-        .current_dir(root)
-        .env("CARGO_TARGET_DIR", target_dir)
-        .env("RUSTFLAGS", rustflags)
+        .envs(env.iter().copied())
+        .current_dir(crate::workspace_root())
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| format!("could not run cargo: {e}"))?;

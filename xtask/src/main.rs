@@ -24,9 +24,9 @@ tasks:
                lapidary crate build offline too
   test [args]  setup, then a check that lapidary-io and lapidary-data build without CubeCL
                and that a project outside the workspace builds on lapidary-kernels and runs
-               offline, every test of the workspace (extra args go to `cargo test`), the
-               doc examples, the HF parity tests again with attention materialized, and
-               cpu-check
+               offline, every test of the workspace (CUDA's runtime compiled in, the CPU's
+               running; extra args go to `cargo test`), the doc examples, the HF parity
+               tests again with attention materialized and tiled, and cpu-check
   bench [args] setup, then the criterion benchmarks and a table of the results (extra
                args go to criterion, e.g. a name filter), then a LoRA training step timed
                against HF transformers + PEFT on this CPU (a small VLM and the 270M GGUF;
@@ -43,8 +43,9 @@ tasks:
                printed as one table; fails on any failure
   cuda-check   setup, then every kernel the model, the trainer and the tests launch, compiled
                for sm_80 and sm_90 through both CUDA code paths (LLVM NVPTX; CUDA C++ by
-               NVRTC) and assembled by ptxas, without a GPU (NVRTC and ptxas from PyPI);
-               one row per kernel: registers, spills, shared memory
+               NVRTC) and assembled by ptxas, without a GPU (NVRTC and ptxas from PyPI), by
+               the test build's executables; one row per kernel: registers, spills, shared
+               memory
   cpu-check    setup, then the kernel tests and the bf16 model tests under qemu-x86_64 on
                CPUs without AVX-512 (Haswell) and without AVX (Nehalem), and a check that
                a kernel that cannot be compiled is an error naming it (x86-64 hosts)
@@ -94,20 +95,48 @@ fn main() -> ExitCode {
     }
 }
 
+/// The workspace's test build: every crate, test, benchmark and binary, with CUDA's runtime
+/// compiled in (LLVM's NVPTX code path) beside the CPU's. The device stays the CPU unless
+/// `LAPIDARY_DEVICE` names another, so the tests run as without it; `cargo xtask cuda-check`
+/// runs these same executables against its stand-in driver, and `cpu-check` under emulation,
+/// so the dependencies compile once for all three.
+pub const TEST_BUILD: [&str; 5] = ["test", "--workspace", "--all-targets", "--features", "lapidary/cuda"];
+
+/// The executables of [`TEST_BUILD`] with `features` in place of its own (`lapidary/cuda`: the
+/// test build itself, nothing rebuilt after `cargo xtask test`; `lapidary/cuda-cpp`: CUDA C++'s
+/// code path), built when not yet.
+pub fn test_executables(features: &str) -> Result<Vec<gpu_bundle::Artifact>, String> {
+    let mut args = TEST_BUILD.to_vec();
+    args[4] = features;
+    args.extend(["--no-run", "--message-format=json-render-diagnostics"]);
+    eprintln!("$ cargo {}", args.join(" "));
+    gpu_bundle::cargo_executables(&args, &[])
+}
+
 fn test(extra: &[String]) -> Result<(), String> {
     kernel_free_crates()?;
     outside::run()?;
-    let mut args = vec!["test", "--workspace", "--all-targets"];
+    let mut args = TEST_BUILD.to_vec();
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)?;
     // Doc examples are part of each crate's promise to its users.
-    cargo(&["test", "--workspace", "--doc"])?;
+    cargo(&["test", "--workspace", "--doc", "--features", "lapidary/cuda"])?;
     // Attention runs fused in the CPU's shape on the CPU: run the HF parity and packing tests
     // again with the scores materialized (the reference path) and fused in the GPU's shape (the
     // GPUs' default, here without tensor cores).
     for path in ["materialized", "tiled"] {
         cargo_env(
-            &["test", "--package", "lapidary", "--test", "integration", "--", "hf_parity", "packing"],
+            &[
+                "test",
+                "--workspace",
+                "--features",
+                "lapidary/cuda",
+                "--test",
+                "integration",
+                "--",
+                "hf_parity",
+                "packing",
+            ],
             &[("LAPIDARY_ATTENTION", path)],
         )?;
     }
