@@ -127,7 +127,8 @@ fn test_build(feature: &str) -> Result<HashMap<&'static str, PathBuf>, String> {
         let name = match (a.target.as_str(), a.kind.as_str()) {
             ("lapidary_kernels", "lib") => "kernel-tests",
             ("integration", "test") => "model-tests",
-            ("lapidary", "bin") => "lapidary",
+            // The binary itself, not its unit tests (a `bin` too).
+            ("lapidary", "bin") if !a.harness => "lapidary",
             _ => continue,
         };
         bins.insert(name, a.exe);
@@ -157,14 +158,21 @@ fn check_config(
     reset_dir(&dir)?;
     let env = Env { tools, driver, sm, dir: &dir, cuda_path: tools.cuda_path.clone() };
     let t0 = Instant::now();
+    let launch_log = dir.join("launch.log");
+    let logged = || std::fs::metadata(&launch_log).map_or(0, |m| m.len());
     for (name, cmd, limit) in workloads(root, bins, &dir)? {
         let log = dir.join(format!("{name}.log"));
+        let before = logged();
         run_workload(&env, cmd, &log, limit)?;
+        // A workload that launched nothing checked nothing (e.g. it refused its arguments).
+        if logged() == before {
+            failures.push(format!("{backend} sm_{sm} {name}: launched no kernel (see {})", log.display()));
+        }
         for marker in scan_failures(&log)? {
             failures.push(format!("{backend} sm_{sm} {name}: {marker} (see {})", log.display()));
         }
     }
-    let (mut rows, launch_errors) = read_launch_log(&dir.join("launch.log"))?;
+    let (mut rows, launch_errors) = read_launch_log(&launch_log)?;
     for e in launch_errors {
         failures.push(format!("{backend} sm_{sm}: launch past the card's limits: {e}"));
     }

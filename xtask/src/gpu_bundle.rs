@@ -145,9 +145,9 @@ pub fn build_backend(feature: &str, extra: &[String], bench: bool) -> Result<Vec
             ("lapidary_kernels", "lib") => "kernel-tests",
             ("integration", "test") => "model-tests",
             ("kernels", "bench") => "bench-kernels",
-            // The model tests need the binary, so cargo links it; the root library's own unit
-            // tests (also named `lapidary`) are not bundled.
-            ("lapidary", "bin") => "lapidary",
+            // The model tests need the binary, so cargo links it; its own unit tests are not
+            // bundled.
+            ("lapidary", "bin") if !artifact.harness => "lapidary",
             _ => continue,
         };
         if !found.iter().any(|(n, _)| *n == name) {
@@ -200,10 +200,12 @@ fn system_lib(name: &str) -> Result<PathBuf, String> {
 }
 
 /// An executable cargo produced: its target's name (`-` as `_`), the target's first kind
-/// (`lib`, `bin`, `test`, `bench`) and its path.
+/// (`lib`, `bin`, `test`, `bench`), whether it is a test harness (a binary's own unit tests are
+/// a `bin` too) and its path.
 pub struct Artifact {
     pub target: String,
     pub kind: String,
+    pub harness: bool,
     pub exe: PathBuf,
 }
 
@@ -227,7 +229,8 @@ pub fn cargo_executables(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Res
             && let (Some(exe), Some(name), Some(kind)) =
                 (msg["executable"].as_str(), msg["target"]["name"].as_str(), msg["target"]["kind"][0].as_str())
         {
-            exes.push(Artifact { target: name.replace('-', "_"), kind: kind.to_string(), exe: PathBuf::from(exe) });
+            let (target, kind, harness) = (name.replace('-', "_"), kind.to_string(), msg["profile"]["test"] == true);
+            exes.push(Artifact { target, kind, harness, exe: PathBuf::from(exe) });
         }
     }
     Ok(exes)
