@@ -24,10 +24,9 @@ const ALLOWED_NEEDED: &[&str] =
 /// One CUDA code path: its directory in the archive and the cargo feature selecting it.
 pub const BACKENDS: &[(&str, &str)] = &[("llvm", "cuda"), ("cpp", "cuda-cpp")];
 
-/// `--no-archive` (CI): build and check the binaries `cargo xtask cuda-check` runs (glibc their
-/// only shared objects), without the kernel benchmarks (the workspace's test build compiles
-/// them) and without staging and compressing the archive, which takes minutes and is only
-/// needed to carry it.
+/// `--no-archive`: build the bundle's tests and binary and check that glibc's are their only
+/// shared objects, without the kernel benchmarks and without staging and compressing the
+/// archive, which takes minutes and is only needed to carry it.
 pub const NO_ARCHIVE: &str = "--no-archive";
 
 pub fn run(args: &[String]) -> Result<(), String> {
