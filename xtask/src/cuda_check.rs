@@ -266,8 +266,7 @@ fn workloads(
     kernels.arg("--test-threads=2");
     list.push(("kernel-tests".to_string(), kernels, 3 * minute));
     let mut models = Command::new(bin("model-tests")?);
-    // The demo's tests run what the demo workload above ran.
-    models.args(["--test-threads=2", "--skip", "demo::"]);
+    models.arg("--test-threads=2");
     list.push(("model-tests".to_string(), models, 8 * minute));
     Ok(list)
 }
