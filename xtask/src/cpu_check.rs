@@ -7,7 +7,7 @@
 //! which cannot be compiled is reported as an error naming it. x86-64 hosts only. Not a
 //! performance check: emulated time says nothing about native speed.
 
-use crate::gpu_bundle::Artifact;
+use crate::Artifact;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
@@ -31,7 +31,7 @@ pub fn run() -> Result<(), String> {
     }
     let qemu = find_or_install_qemu()?;
     // The executables of the workspace's test build, as `cargo xtask test` made them.
-    let built = crate::test_executables(crate::TEST_BUILD[4])?;
+    let built = crate::test_executables(crate::TEST_FEATURES)?;
     let core = pick(&built, "lapidary_core", "lib")?;
     let kernels = pick(&built, "lapidary_kernels", "lib")?;
     let integration = pick(&built, "integration", "test")?;

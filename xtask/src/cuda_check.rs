@@ -2,7 +2,7 @@
 //! machine without one, through both CUDA code paths, and assembled to machine code by `ptxas`.
 //!
 //! How: the kernel tests, the model tests and the `lapidary` binary of the workspace's test build
-//! ([`crate::TEST_BUILD`], CUDA's runtime compiled in; again with CUDA C++'s code path) run
+//! ([`crate::TEST_FEATURES`], CUDA's runtime compiled in; again with CUDA C++'s code path) run
 //! against a stand-in CUDA driver
 //! (`xtask/fake_cuda_driver.rs`, built here with rustc) that describes an sm_80 or sm_90 card,
 //! keeps every PTX module CubeCL hands it and records every launch, but runs nothing. CubeCL
@@ -122,18 +122,8 @@ pub fn run() -> Result<(), String> {
 /// workspace's test build (`cuda`: the very build `cargo xtask test` runs; `cuda-cpp`: the same
 /// with CUDA C++'s code path), by their names in the GPU bundle.
 fn test_build(feature: &str) -> Result<HashMap<&'static str, PathBuf>, String> {
-    let mut bins = HashMap::new();
-    for a in crate::test_executables(&format!("lapidary/{feature}"))? {
-        let name = match (a.target.as_str(), a.kind.as_str()) {
-            ("lapidary_kernels", "lib") => "kernel-tests",
-            ("integration", "test") => "model-tests",
-            // The binary itself, not its unit tests (a `bin` too).
-            ("lapidary", "bin") if !a.harness => "lapidary",
-            _ => continue,
-        };
-        bins.insert(name, a.exe);
-    }
-    Ok(bins)
+    let built = crate::test_executables(&format!("lapidary/{feature}"))?;
+    Ok(built.into_iter().filter_map(|a| Some((crate::gpu_bundle::bundle_name(&a)?, a.exe))).collect())
 }
 
 /// What one configuration (code path × architecture) found.

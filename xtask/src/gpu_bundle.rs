@@ -139,17 +139,10 @@ pub fn build_backend(feature: &str, extra: &[String], bench: bool) -> Result<Vec
     );
     let mut found: Vec<(&'static str, PathBuf)> = Vec::new();
     let env = [("CARGO_TARGET_DIR", build_dir.as_os_str()), ("RUSTFLAGS", rustflags.as_ref())];
-    for artifact in cargo_executables(&args, &env)? {
-        let name = match (artifact.target.as_str(), artifact.kind.as_str()) {
-            ("lapidary_kernels", "lib") => "kernel-tests",
-            ("integration", "test") => "model-tests",
-            ("kernels", "bench") => "bench-kernels",
-            // The model tests need the binary, so cargo links it; its own unit tests are not
-            // bundled.
-            ("lapidary", "bin") if !artifact.harness => "lapidary",
-            _ => continue,
-        };
-        if !found.iter().any(|(n, _)| *n == name) {
+    for artifact in crate::cargo_executables(&args, &env)? {
+        if let Some(name) = bundle_name(&artifact)
+            && !found.iter().any(|(n, _)| *n == name)
+        {
             found.push((name, artifact.exe));
         }
     }
@@ -159,6 +152,19 @@ pub fn build_backend(feature: &str, extra: &[String], bench: bool) -> Result<Vec
         }
     }
     Ok(found)
+}
+
+/// The name an executable of a build goes by in the bundle (and in `cargo xtask cuda-check`'s
+/// workloads): the kernel tests, the model tests, the kernel benchmarks and the `lapidary`
+/// binary itself (not its unit tests, a `bin` too); `None` for any other.
+pub fn bundle_name(a: &crate::Artifact) -> Option<&'static str> {
+    match (a.target.as_str(), a.kind.as_str()) {
+        ("lapidary_kernels", "lib") => Some("kernel-tests"),
+        ("integration", "test") => Some("model-tests"),
+        ("kernels", "bench") => Some("bench-kernels"),
+        ("lapidary", "bin") if !a.harness => Some("lapidary"),
+        _ => None,
+    }
 }
 
 /// A directory holding only static archives of the C/C++ libraries LLVM and Rust's std would
@@ -196,43 +202,6 @@ fn system_lib(name: &str) -> Result<PathBuf, String> {
         .map(|d| Path::new(d).join(name))
         .find(|p| p.exists())
         .ok_or_else(|| format!("{name} not found (Debian: zlib1g-dev, libzstd-dev; `cargo xtask setup` installs them)"))
-}
-
-/// An executable cargo produced: its target's name (`-` as `_`), the target's first kind
-/// (`lib`, `bin`, `test`, `bench`), whether it is a test harness (a binary's own unit tests are
-/// a `bin` too) and its path.
-pub struct Artifact {
-    pub target: String,
-    pub kind: String,
-    pub harness: bool,
-    pub exe: PathBuf,
-}
-
-/// Runs cargo with `args` (which must ask for `--message-format=json…`) and `env` in the
-/// workspace root, and returns every executable it produced.
-pub fn cargo_executables(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<Vec<Artifact>, String> {
-    let out = Command::new(crate::cargo_program())
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(crate::workspace_root())
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .map_err(|e| format!("could not run cargo: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("`cargo {}` failed ({})", args.join(" "), out.status));
-    }
-    let mut exes = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        if msg["reason"] == "compiler-artifact"
-            && let (Some(exe), Some(name), Some(kind)) =
-                (msg["executable"].as_str(), msg["target"]["name"].as_str(), msg["target"]["kind"][0].as_str())
-        {
-            let (target, kind, harness) = (name.replace('-', "_"), kind.to_string(), msg["profile"]["test"] == true);
-            exes.push(Artifact { target, kind, harness, exe: PathBuf::from(exe) });
-        }
-    }
-    Ok(exes)
 }
 
 /// Fails when `bin` needs a shared object other than glibc's.

@@ -95,32 +95,36 @@ fn main() -> ExitCode {
     }
 }
 
-/// The workspace's test build: every crate, test, benchmark and binary, with CUDA's runtime
-/// compiled in (LLVM's NVPTX code path) beside the CPU's. The device stays the CPU unless
-/// `LAPIDARY_DEVICE` names another, so the tests run as without it; `cargo xtask cuda-check`
-/// runs these same executables against its stand-in driver, and `cpu-check` under emulation,
-/// so the dependencies compile once for all three.
-pub const TEST_BUILD: [&str; 5] = ["test", "--workspace", "--all-targets", "--features", "lapidary/cuda"];
+/// The features of the workspace's test build: CUDA's runtime compiled in (LLVM's NVPTX code
+/// path) beside the CPU's. The device stays the CPU unless `LAPIDARY_DEVICE` names another, so
+/// the tests run as without it; `cargo xtask cuda-check` runs the same executables against its
+/// stand-in driver, and `cpu-check` under emulation, so the dependencies compile once for all
+/// three.
+pub const TEST_FEATURES: &str = "lapidary/cuda";
 
-/// The executables of [`TEST_BUILD`] with `features` in place of its own (`lapidary/cuda`: the
-/// test build itself, nothing rebuilt after `cargo xtask test`; `lapidary/cuda-cpp`: CUDA C++'s
-/// code path), built when not yet.
-pub fn test_executables(features: &str) -> Result<Vec<gpu_bundle::Artifact>, String> {
-    let mut args = TEST_BUILD.to_vec();
-    args[4] = features;
+/// `cargo test` over every crate, test, benchmark and binary of the workspace with `features`.
+fn test_build_args(features: &str) -> Vec<&str> {
+    vec!["test", "--workspace", "--all-targets", "--features", features]
+}
+
+/// The executables of the workspace's test build with `features` ([`TEST_FEATURES`]: the test
+/// build itself, nothing rebuilt after `cargo xtask test`; `lapidary/cuda-cpp`: CUDA C++'s code
+/// path), built when not yet.
+pub fn test_executables(features: &str) -> Result<Vec<Artifact>, String> {
+    let mut args = test_build_args(features);
     args.extend(["--no-run", "--message-format=json-render-diagnostics"]);
     eprintln!("$ cargo {}", args.join(" "));
-    gpu_bundle::cargo_executables(&args, &[])
+    cargo_executables(&args, &[])
 }
 
 fn test(extra: &[String]) -> Result<(), String> {
     kernel_free_crates()?;
     outside::run()?;
-    let mut args = TEST_BUILD.to_vec();
+    let mut args = test_build_args(TEST_FEATURES);
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)?;
     // Doc examples are part of each crate's promise to its users.
-    cargo(&["test", "--workspace", "--doc", "--features", "lapidary/cuda"])?;
+    cargo(&["test", "--workspace", "--doc", "--features", TEST_FEATURES])?;
     // Attention runs fused in the CPU's shape on the CPU: run the HF parity and packing tests
     // again with the scores materialized (the reference path) and fused in the GPU's shape (the
     // GPUs' default, here without tensor cores).
@@ -130,7 +134,7 @@ fn test(extra: &[String]) -> Result<(), String> {
                 "test",
                 "--workspace",
                 "--features",
-                "lapidary/cuda",
+                TEST_FEATURES,
                 "--test",
                 "integration",
                 "--",
@@ -199,6 +203,43 @@ pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
         .status()
         .map_err(|e| format!("could not run cargo: {e}"))?;
     if status.success() { Ok(()) } else { Err(format!("`cargo {}` failed ({status})", args.join(" "))) }
+}
+
+/// An executable cargo produced: its target's name (`-` as `_`), the target's first kind
+/// (`lib`, `bin`, `test`, `bench`), whether it is a test harness (a binary's own unit tests are
+/// a `bin` too) and its path.
+pub struct Artifact {
+    pub target: String,
+    pub kind: String,
+    pub harness: bool,
+    pub exe: std::path::PathBuf,
+}
+
+/// Runs cargo with `args` (which must ask for `--message-format=json…`) and `env` in the
+/// workspace root, and returns every executable it produced.
+pub fn cargo_executables(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<Vec<Artifact>, String> {
+    let out = Command::new(cargo_program())
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(workspace_root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("could not run cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("`cargo {}` failed ({})", args.join(" "), out.status));
+    }
+    let mut exes = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if msg["reason"] == "compiler-artifact"
+            && let (Some(exe), Some(name), Some(kind)) =
+                (msg["executable"].as_str(), msg["target"]["name"].as_str(), msg["target"]["kind"][0].as_str())
+        {
+            let (target, kind, harness) = (name.replace('-', "_"), kind.to_string(), msg["profile"]["test"] == true);
+            exes.push(Artifact { target, kind, harness, exe: std::path::PathBuf::from(exe) });
+        }
+    }
+    Ok(exes)
 }
 
 /// The workspace root (the parent of this crate's manifest directory).
