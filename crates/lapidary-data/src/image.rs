@@ -1,7 +1,8 @@
-//! Image preprocessing as Gemma3ImageProcessor does it on image files (PIL backend): decode (JPEG,
-//! PNG, WebP), apply the EXIF orientation, convert to RGB (alpha dropped, as `load_image` does),
-//! resize with PIL's bilinear filter (antialiased when shrinking; 8-bit fixed point, horizontal
-//! pass then vertical), rescale by 1/255 and normalize per channel. Output is `[3, H, W]` f32, channel-major. Not pan-and-scan.
+//! Image preprocessing as Gemma3ImageProcessor does it on image files (PIL backend): decode (JPEG
+//! through libjpeg as PIL does, PNG, WebP, GIF, BMP), apply the EXIF orientation, convert to RGB
+//! (alpha dropped, as `load_image` does), resize with PIL's bilinear filter (antialiased when
+//! shrinking; 8-bit fixed point, horizontal pass then vertical), rescale by 1/255 and normalize
+//! per channel. Output is `[3, H, W]` f32, channel-major. Not pan-and-scan.
 
 use lapidary_io::{Error, Result};
 use std::path::Path;
@@ -59,6 +60,7 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<Rgb8, String> {
     use image::ImageDecoder;
     let reader =
         image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| e.to_string())?;
+    let format = reader.format();
     let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
     // The size comes from the file's header: refuse absurd ones before anything is allocated.
     let (w, h) = decoder.dimensions();
@@ -73,13 +75,43 @@ pub fn decode_rgb(bytes: &[u8]) -> std::result::Result<Rgb8, String> {
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     decoder.set_limits(limits).map_err(|e| e.to_string())?;
     let orientation = decoder.orientation().map_err(|e| e.to_string())?;
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    // JPEG through libjpeg, PIL's decoder, for PIL's exact bytes (CMYK files excepted).
+    let jpeg = match format {
+        Some(image::ImageFormat::Jpeg) => crate::jpeg::decode(bytes, MAX_PIXELS)?,
+        _ => None,
+    };
+    let mut img = match jpeg {
+        Some(rgb) => image::DynamicImage::ImageRgb8(
+            image::RgbImage::from_raw(rgb.width as u32, rgb.height as u32, rgb.data)
+                .ok_or("the JPEG decoder's output has the wrong size")?,
+        ),
+        None => image::DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?,
+    };
     img.apply_orientation(orientation);
     let (width, height) = (img.width() as usize, img.height() as usize);
     if width == 0 || height == 0 {
         return Err("the image is empty".into());
     }
-    Ok(Rgb8 { width, height, data: img.to_rgb8().into_raw() })
+    Ok(Rgb8 { width, height, data: to_rgb8(img) })
+}
+
+/// RGB bytes of a decoded image. 16-bit channels keep their high byte, as PIL reads 16-bit
+/// RGB(A) and gray-alpha PNGs (rounding, `image`'s own conversion, can differ by one level). A
+/// 16-bit gray PNG is read the same way, where PIL clips its values to 255 (a white image).
+fn to_rgb8(img: image::DynamicImage) -> Vec<u8> {
+    use image::DynamicImage as D;
+    let high = |v: &[u16]| v.iter().map(|&x| (x >> 8) as u8).collect::<Vec<u8>>();
+    let (w, h) = (img.width(), img.height());
+    let eight = match &img {
+        D::ImageRgb16(b) => D::ImageRgb8(image::RgbImage::from_raw(w, h, high(b.as_raw())).expect("same size")),
+        D::ImageRgba16(b) => D::ImageRgba8(image::RgbaImage::from_raw(w, h, high(b.as_raw())).expect("same size")),
+        D::ImageLuma16(b) => D::ImageLuma8(image::GrayImage::from_raw(w, h, high(b.as_raw())).expect("same size")),
+        D::ImageLumaA16(b) => {
+            D::ImageLumaA8(image::GrayAlphaImage::from_raw(w, h, high(b.as_raw())).expect("same size"))
+        }
+        _ => img,
+    };
+    eight.to_rgb8().into_raw()
 }
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
@@ -205,6 +237,29 @@ mod tests {
         png.extend(crc32(b"IDAT").to_be_bytes());
         let e = decode_rgb(&png).unwrap_err();
         assert!(e.contains("60000x60000"), "{e}");
+    }
+
+    #[test]
+    fn sixteen_bit_channels_keep_their_high_byte_and_bmp_gif_decode() {
+        // 0x12ff rounds to 0x13 but PIL reads 0x12.
+        let values: Vec<u16> = (0..4 * 3 * 3).map(|i| 0x12ff + (i as u16) * 0x0301).collect();
+        let img = image::DynamicImage::ImageRgb16(image::ImageBuffer::from_raw(4, 3, values.clone()).unwrap());
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+        let want: Vec<u8> = values.iter().map(|v| (v >> 8) as u8).collect();
+        assert_eq!(decode_rgb(&png).unwrap().data, want);
+
+        let rgb: Vec<u8> = (0..5 * 2 * 3).map(|i| (i * 41 % 256) as u8).collect();
+        let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_raw(5, 2, rgb.clone()).unwrap());
+        for format in [image::ImageFormat::Bmp, image::ImageFormat::Gif] {
+            let mut file = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut file), format).unwrap();
+            let back = decode_rgb(&file).unwrap();
+            assert_eq!((back.width, back.height), (5, 2), "{format:?}");
+            if format == image::ImageFormat::Bmp {
+                assert_eq!(back.data, rgb);
+            }
+        }
     }
 
     /// PNG's CRC-32 (so the header above is otherwise valid).

@@ -20,6 +20,7 @@ pub mod collate;
 pub mod dataset;
 pub mod gguf_tokenizer;
 pub mod image;
+pub mod jpeg;
 pub mod pack;
 pub mod processor;
 pub mod template;
