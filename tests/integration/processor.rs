@@ -173,6 +173,10 @@ fn processor_configs_of_the_wrong_type_or_range_are_refused() {
         (model_with("processor_config.json", ip("size", serde_json::json!({"height": 0, "width": 32}))), "size.height"),
         (model_with("processor_config.json", |v| v["image_seq_length"] = serde_json::json!("16")), "image_seq_length"),
         (model_with("config.json", |v| v["text_config"]["vocab_size"] = serde_json::json!(64)), "vocab_size is 64"),
+        (model_with("processor_config.json", ip("do_pan_and_scan", serde_json::json!(true))), "do_pan_and_scan"),
+        (model_with("processor_config.json", ip("do_resize", serde_json::json!(false))), "do_resize"),
+        (model_with("processor_config.json", ip("resample", serde_json::json!(3))), "resample is 3"),
+        (model_with("processor_config.json", ip("do_normalize", serde_json::json!("no"))), "do_normalize"),
     ];
     for (dir, want) in cases {
         let e = Processor::from_model_dir(dir.path()).err().expect("refused").to_string();

@@ -106,7 +106,8 @@ impl Processor {
     /// Reads `tokenizer.json`, `config.json` (`mm_tokens_per_image`, the vision `image_size`,
     /// the text `vocab_size` every token id must fall within)
     /// and, when present, `processor_config.json` or `preprocessor_config.json` (size,
-    /// rescale factor, mean, std, image_seq_length) from an HF model directory.
+    /// rescale factor, mean, std, image_seq_length, do_rescale, do_normalize; pan-and-scan, no
+    /// resizing or another resampling filter are refused) from an HF model directory.
     pub fn from_model_dir(dir: &Path) -> Result<Self> {
         let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
         let config_path = dir.join("config.json");
@@ -167,6 +168,35 @@ impl Processor {
                     }
                     other => return Err(bad(format!("{key} is {other}; expected 3 numbers"))),
                 }
+            }
+            let flag = |key: &str| -> Result<Option<bool>> {
+                match &ip[key] {
+                    serde_json::Value::Null => Ok(None),
+                    serde_json::Value::Bool(b) => Ok(Some(*b)),
+                    x => Err(bad(format!("{key} is {x}; expected true, false or null"))),
+                }
+            };
+            // What Gemma3ImageProcessor can be told to do that this one does not: refused, never
+            // ignored (the model would see other pixels than HF's processor gives it).
+            if flag("do_pan_and_scan")? == Some(true) {
+                return Err(bad("do_pan_and_scan is true; pan-and-scan crops are not supported".into()));
+            }
+            if flag("do_resize")? == Some(false) {
+                return Err(bad("do_resize is false; images are always resized to the vision tower's size".into()));
+            }
+            match &ip["resample"] {
+                serde_json::Value::Null => {}
+                x if x.as_u64() == Some(2) => {}
+                x => {
+                    return Err(bad(format!("resample is {x}; only 2 (PIL's bilinear filter, Gemma 3's) is supported")));
+                }
+            }
+            if flag("do_rescale")? == Some(false) {
+                image.rescale_factor = 1.0;
+            }
+            if flag("do_normalize")? == Some(false) {
+                image.mean = [0.0; 3];
+                image.std = [1.0; 3];
             }
             if let Some(i) = image.std.iter().position(|&s| s <= 0.0) {
                 return Err(bad(format!("image_std[{i}] is {}; expected a number above 0", image.std[i])));

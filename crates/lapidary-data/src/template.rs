@@ -1,5 +1,6 @@
 //! Conversations and Gemma 3's chat format: `<bos>`, a system message folded into the first user
-//! turn, `<start_of_turn>{user|model}\n…<end_of_turn>\n`, text trimmed, each image expanded to
+//! turn, `<start_of_turn>{user|model}\n…<end_of_turn>\n` alternating from user (other orders are
+//! refused, as the template refuses them), text trimmed, each image expanded to
 //! `\n\n<start_of_image>` + N × `<image_soft_token>` + `<end_of_image>\n\n` as Gemma3Processor
 //! does. Also the spans of the text a model is trained on (the assistant turns). Not tokenization.
 
@@ -102,6 +103,15 @@ pub fn render(conv: &Conversation, image_tokens: usize, add_generation_prompt: b
             "system" => return Err(format!("turn {i}: a system message is only allowed first")),
             other => return Err(format!("turn {i}: unknown role {other:?} (expected system, user or assistant)")),
         };
+        // Gemma 3's chat template raises on anything else.
+        if (role == "user") != (i % 2 == 0) {
+            return Err(format!(
+                "turn {i}: a {} turn where a {} turn is due: after an optional system message, turns must \
+                 alternate user, assistant, user, … starting with user",
+                m.role,
+                if i % 2 == 0 { "user" } else { "assistant" }
+            ));
+        }
         text.push_str(START_OF_TURN);
         text.push_str(role);
         text.push('\n');
@@ -167,5 +177,12 @@ mod tests {
         let img_in_answer = r#"{"messages":[{"role":"assistant","content":[{"type":"image","path":"a"}]}]}"#;
         assert!(render(&conv(img_in_answer), 1, false).is_err());
         assert!(render(&conv(r#"{"messages":[]}"#), 1, false).is_err());
+        // Roles must alternate from user, as Gemma 3's template requires.
+        let two_users = r#"{"messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}]}"#;
+        assert!(render(&conv(two_users), 1, false).unwrap_err().contains("turn 1"));
+        let answer_first = r#"{"messages":[{"role":"system","content":"s"},{"role":"assistant","content":"a"}]}"#;
+        assert!(render(&conv(answer_first), 1, false).unwrap_err().contains("turn 0"));
+        let fine = r#"{"messages":[{"role":"user","content":"a"},{"role":"model","content":"b"},{"role":"user","content":"c"}]}"#;
+        assert!(render(&conv(fine), 1, true).is_ok());
     }
 }
