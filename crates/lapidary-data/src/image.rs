@@ -148,7 +148,9 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Resizes with PIL's bilinear filter (`Image.resize(..., BILINEAR)` on an RGB image).
+/// Resizes with PIL's bilinear filter (`Image.resize(..., BILINEAR)` on an RGB image): the
+/// horizontal pass first, as Pillow up to 12 always does. Pillow 13 runs the vertical pass first
+/// for some images much taller than wide (those results can differ by one level).
 pub fn resize_bilinear(img: &Rgb8, width: usize, height: usize) -> Rgb8 {
     let mut cur = img.clone();
     if width != cur.width {

@@ -188,7 +188,9 @@ impl Processor {
                 serde_json::Value::Null => {}
                 x if x.as_u64() == Some(2) => {}
                 x => {
-                    return Err(bad(format!("resample is {x}; only 2 (PIL's bilinear filter, Gemma 3's) is supported")));
+                    return Err(bad(format!(
+                        "resample is {x}; only 2 (PIL's bilinear filter, Gemma 3's) is supported"
+                    )));
                 }
             }
             if flag("do_rescale")? == Some(false) {
