@@ -113,6 +113,11 @@ fn bad_rows_name_file_and_line_or_are_skipped_and_reported() {
         (&good.replace("ok.png", "broken.png"), "cannot decode"),
         (r#"{"messages":[{"role":"user","content":"only a question"}]}"#, "no token to train on"),
         (&good.replace("\"A dot.\"", "\"<image_soft_token>\""), "image tokens must come only from image parts"),
+        (
+            &good.replace("\"path\":\"ok.png\"", "\"url\":\"https://example.com/ok.png\""),
+            "remote images are not downloaded",
+        ),
+        (&good.replace("\"role\":\"assistant\"", "\"role\":\"user\""), "turns must alternate"),
     ];
     for (k, (row, why)) in cases.iter().enumerate() {
         let path = write(tmp.path(), &format!("d{k}.jsonl"), &format!("{good}\n\n{row}\n{good}\n"));
@@ -122,6 +127,25 @@ fn bad_rows_name_file_and_line_or_are_skipped_and_reported() {
         assert_eq!((ds.len(), ds.skipped.len(), ds.skipped[0].line), (2, 1, 3), "case {k}");
         assert!(ds.skipped_report().contains(why));
     }
+}
+
+#[test]
+fn image_parts_name_their_file_under_path_image_or_url() {
+    let p = processor();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(root().join("tests/fixtures/processor/images/exact.png"), tmp.path().join("ok.png")).unwrap();
+    let rows: Vec<String> = ["path", "image", "url"]
+        .iter()
+        .map(|key| {
+            format!(
+                r#"{{"messages":[{{"role":"user","content":[{{"type":"image","{key}":"ok.png"}},{{"type":"text","text":"What?"}}]}},{{"role":"assistant","content":"A dot."}}]}}"#
+            )
+        })
+        .collect();
+    let path = write(tmp.path(), "d.jsonl", &rows.join("\n"));
+    let ds = Dataset::load(&path, &p, &EncodeOptions::default(), OnBadRow::Error).unwrap();
+    assert_eq!(ds.len(), 3);
+    assert!(ds.examples.iter().all(|e| e.input_ids == ds.examples[0].input_ids && e.images == ds.examples[0].images));
 }
 
 #[test]

@@ -240,6 +240,9 @@ impl Processor {
         }
         let mut images = Vec::new();
         for p in &rendered.images {
+            if ["http://", "https://"].iter().any(|scheme| p.to_ascii_lowercase().starts_with(scheme)) {
+                return Err(format!("image {p}: remote images are not downloaded; save the file and give its path"));
+            }
             let path = base_dir.join(p);
             if !path.is_file() {
                 return Err(format!("image {} not found", path.display()));

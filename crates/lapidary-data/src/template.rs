@@ -41,10 +41,11 @@ pub enum Part {
         /// The text.
         text: String,
     },
-    /// An image file, by path (relative to the dataset file) under `path` or `image`.
+    /// An image file, by path (relative to the dataset file) under `path`, `image` or `url` (the
+    /// keys HF's processors read; remote URLs are refused when the row is encoded).
     Image {
         /// The file.
-        #[serde(alias = "image")]
+        #[serde(alias = "image", alias = "url")]
         path: String,
     },
 }
