@@ -9,10 +9,10 @@
 use crate::autograd::BackwardOptions;
 use crate::core::rng::SplitMix64;
 use crate::core::{Device, Error, Result};
-use crate::gemma3::{ForwardOptions, Gemma3ForConditionalGeneration, OpenOptions};
 use crate::kernels::optim::{GUARD_COEF, GUARD_LOSS, GUARD_NORM};
 use crate::kernels::quant::PackFormat;
 use crate::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora};
+use crate::model::{Checkpointing, ForwardOptions, OpenOptions};
 use crate::profile::{PassProfile, profile};
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use std::path::Path;
@@ -31,7 +31,7 @@ pub struct BenchStepOptions {
     /// Frozen base storage; `None` keeps f32.
     pub base: Option<PackFormat>,
     /// Gradient checkpointing.
-    pub checkpointing: bool,
+    pub checkpointing: Checkpointing,
     /// After the timed steps, one more with per-kernel times.
     pub profile: bool,
 }
@@ -43,7 +43,7 @@ impl Default for BenchStepOptions {
             warmup: 1,
             lora_r: 16,
             base: Some(PackFormat::Bf16),
-            checkpointing: true,
+            checkpointing: Checkpointing::EachLayer,
             profile: false,
         }
     }
@@ -119,14 +119,14 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
     if opts.steps == 0 {
         return Err(Error::invalid("bench-step: --steps must be at least 1"));
     }
-    let batch = crate::gemma3::Batch::read(batch_path, device)?;
+    let started = Instant::now();
+    let open = OpenOptions { packing: opts.base, ..OpenOptions::default() };
+    let mut model = crate::registry::open(model_dir, device, &open)?;
+    let batch = model.read_batch(batch_path, device)?;
     let label_count = batch.label_count();
     if label_count == 0 {
         return Err(Error::invalid(format!("{}: the batch has no label token", batch_path.display())));
     }
-    let started = Instant::now();
-    let open = OpenOptions { packing: opts.base, ..OpenOptions::default() };
-    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, &open)?;
     let tape = model.tape().clone();
     let lora = LoraConfig {
         r: opts.lora_r,
@@ -136,8 +136,9 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
         init: LoraInit::Default,
         dropout: None,
     };
-    let namer = model.peft_namer();
-    attach_lora(&lora, model.linears_mut(), namer, &tape, device, &mut SplitMix64::new(0))?;
+    let naming = model.naming();
+    let linears = model.linears_mut();
+    attach_lora(&lora, linears, naming.part_of, naming.peft_path, &tape, device, &mut SplitMix64::new(0))?;
     let params = tape.trainable_params();
     let trainable = params.iter().map(|(_, v)| v.value().shape().iter().product::<usize>()).sum();
     let mut opt = AdamW::new(params, AdamWConfig::default())?;

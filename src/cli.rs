@@ -3,10 +3,9 @@
 //! (lapidary-train).
 
 use crate::autograd::Trainable;
-use crate::core::{DType, Device, Error, Result, Tensor};
-use crate::data::Processor;
+use crate::core::{Device, Error, Result};
 use crate::data::template::{Content, Conversation, Message, Part};
-use crate::gemma3::{Gemma3ForConditionalGeneration, GenerateOptions, OpenOptions, Sampling};
+use crate::model::{GenerateOptions, Model, OpenOptions, Sampling};
 use crate::train::{TrainConfig, Trainer, checkpoint};
 use std::path::{Path, PathBuf};
 
@@ -26,10 +25,12 @@ pub fn train(cfg: TrainConfig, resume: Option<PathBuf>, device: &Device) -> Resu
         trainer.resume(&dir)?;
         println!("resumed from {} at step {}", dir.display(), trainer.state.step);
     }
-    let (tr, ev) = trainer.sizes();
+    let rows = trainer.rows();
     println!(
-        "training {} values on {device}: {tr} rows, {ev} held out, {} steps",
+        "training {} values on {device}: {} rows, {} held out, {} steps",
         trainer.trainable_values(),
+        rows.train,
+        rows.held_out,
         trainer.total_steps()
     );
     let s = trainer.run(true)?;
@@ -47,20 +48,30 @@ pub fn train(cfg: TrainConfig, resume: Option<PathBuf>, device: &Device) -> Resu
     Ok(())
 }
 
-/// Opens an HF model directory, frozen, in f32, with a PEFT LoRA adapter applied when given.
-/// Returns the model and the number of linears the adapter adapts.
-pub fn open_frozen(
-    model_dir: &Path,
-    adapter: Option<&Path>,
-    device: &Device,
-) -> Result<(Gemma3ForConditionalGeneration, usize)> {
-    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, &OpenOptions::default())?;
-    let (namer, tape) = (model.peft_namer(), model.tape().clone());
+/// A model opened frozen, in f32, with the number of linears its adapter adapts.
+pub struct FrozenModel {
+    /// The model, the adapter applied.
+    pub model: Box<dyn Model>,
+    /// Linears the adapter adapts (0 without one).
+    pub adapted: usize,
+}
+
+/// Opens a model (HF directory or `.gguf` file, any family the registry knows), frozen, in f32,
+/// with a PEFT LoRA adapter applied when given.
+pub fn open_frozen(model_dir: &Path, adapter: Option<&Path>, device: &Device) -> Result<FrozenModel> {
+    let mut model = crate::registry::open(model_dir, device, &OpenOptions::default())?;
     let adapted = match adapter {
-        Some(dir) => crate::lora::load_peft_adapter(dir, model.linears_mut(), namer, &tape, device, Trainable::No)?,
+        Some(dir) => load_adapter(model.as_mut(), dir, Trainable::No, device)?,
         None => 0,
     };
-    Ok((model, adapted))
+    Ok(FrozenModel { model, adapted })
+}
+
+/// Loads the PEFT LoRA adapter in `dir` into `model`'s linears (`trainable` or frozen); returns
+/// the number of linears adapted.
+pub fn load_adapter(model: &mut dyn Model, dir: &Path, trainable: Trainable, device: &Device) -> Result<usize> {
+    let (naming, tape) = (model.naming(), model.tape().clone());
+    crate::lora::load_peft_adapter(dir, model.linears_mut(), naming.peft_path, &tape, device, trainable)
 }
 
 /// Generates a reply to `prompt` shown after `images`.
@@ -73,25 +84,15 @@ pub fn generate(
     sampling: Sampling,
     device: &Device,
 ) -> Result<String> {
-    let processor = Processor::from_model(model_dir)?;
-    let (model, _) = open_frozen(model_dir, adapter, device)?;
+    let processor = crate::registry::processor(model_dir)?;
+    let model = open_frozen(model_dir, adapter, device)?.model;
     let mut parts: Vec<Part> = images.iter().map(|p| Part::Image { path: p.display().to_string() }).collect();
     parts.push(Part::Text { text: prompt.to_string() });
     let conv = Conversation { messages: vec![Message { role: "user".into(), content: Content::Parts(parts) }] };
-    let (ids, files) = processor.encode_prompt(&conv, Path::new(""))?;
-    let pixels = if files.is_empty() {
-        None
-    } else {
-        let mut all = Vec::new();
-        for f in &files {
-            all.extend(processor.pixels(f)?);
-        }
-        let (h, w) = (processor.image.height, processor.image.width);
-        Some(Tensor::from_f32(device, &all, &[files.len(), 3, h, w], DType::F32)?)
-    };
+    let prompt = processor.prompt(&conv, Path::new(""))?;
     let t = &processor.tokenizer;
     let opts = GenerateOptions { max_new_tokens, sampling, stop: vec![t.end_of_turn_id, t.eos_id] };
-    let out = model.generate(&ids, pixels.as_ref(), &opts)?;
+    let out = model.generate(&prompt, &opts)?;
     t.decode(&out, true)
 }
 

@@ -8,9 +8,9 @@
 //! decoding) and the loss curves of both runs on one plot. Not a benchmark.
 
 use crate::core::rng::SplitMix64;
-use crate::core::{DType, Device, Error, Result, Tensor};
+use crate::core::{Device, Error, Result};
 use crate::data::template::{Content, Conversation, Message, Part};
-use crate::gemma3::{GenerateOptions, Sampling};
+use crate::model::{GenerateOptions, Sampling};
 use crate::train::{Schedule, TrainConfig, Trainer};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -212,11 +212,7 @@ pub fn caption_accuracy(trainer: &Trainer, items: &[Item]) -> Result<(Accuracy, 
                 ]),
             }],
         };
-        let (ids, images) = p.encode_prompt(&conv, Path::new(""))?;
-        let pixels = p.pixels(&images[0])?;
-        let dev = trainer.device();
-        let pv = Tensor::from_f32(dev, &pixels, &[1, 3, p.image.height, p.image.width], DType::F32)?;
-        let out = trainer.model().generate(&ids, Some(&pv), &opts)?;
+        let out = trainer.model().generate(&p.prompt(&conv, Path::new(""))?, &opts)?;
         let text = p.tokenizer.decode(&out, true)?.trim().to_string();
         if k == 0 {
             example = format!("{:?} -> {text:?}", item.caption());
@@ -274,11 +270,13 @@ fn one_run(
 ) -> Result<RunOutcome> {
     let out = opts.out.join(dir);
     let mut trainer = Trainer::new(config(opts, &out, vision), device)?;
-    let (tr, ev) = trainer.sizes();
+    let rows = trainer.rows();
     println!(
-        "\n== {label}: LoRA r 16 on {} ({} trainable values), {tr} training rows, {ev} held out, {} steps",
+        "\n== {label}: LoRA r 16 on {} ({} trainable values), {} training rows, {} held out, {} steps",
         if vision { "the vision and language towers" } else { "the language tower only" },
         trainer.trainable_values(),
+        rows.train,
+        rows.held_out,
         trainer.total_steps()
     );
     if before.is_none() {

@@ -9,7 +9,7 @@
 
 use crate::autograd::{BackwardOptions, Trainable};
 use crate::core::{Device, Error, Result, Tensor};
-use crate::gemma3::{Batch, ForwardOptions, Gemma3ForConditionalGeneration, OpenOptions};
+use crate::model::{ForwardOptions, OpenOptions};
 use crate::nn::safetensors;
 use std::path::Path;
 
@@ -22,26 +22,24 @@ pub fn run(
     device: &Device,
     no_grad: bool,
 ) -> Result<f32> {
-    let batch = Batch::read(batch_path, device)?;
     let trainable = if no_grad { Trainable::No } else { Trainable::Yes };
     let base = if adapter.is_some() { Trainable::No } else { trainable };
-    let mut model = Gemma3ForConditionalGeneration::open(model_dir, device, &OpenOptions::all(base))?;
+    let mut model = crate::registry::open(model_dir, device, &OpenOptions::all(base))?;
+    let batch = model.read_batch(batch_path, device)?;
     let tape = model.tape().clone();
     if let Some(dir) = adapter {
-        let namer = model.peft_namer();
-        let linears = model.linears_mut();
-        crate::lora::load_peft_adapter(dir, linears, namer, &tape, device, trainable)?;
+        crate::cli::load_adapter(model.as_mut(), dir, trainable, device)?;
     }
     let output = model.forward(&batch, &ForwardOptions::default())?;
     let loss = output.loss.ok_or_else(|| Error::invalid("batch has no labels"))?;
-    let vocab = model.config().text.vocab_size;
+    let vocab = model.vocab_size();
     let logits: Tensor = output.logits.value().reshape(&[batch.batch, batch.seq, vocab])?;
     let mut entries = vec![safetensors::entry_of("logits", &logits)?, safetensors::entry_of("loss", loss.value())?];
     if !no_grad {
         // A batch without images never reaches the vision tower: its gradients are absent, as in HF.
         let mut opts = BackwardOptions::default();
         if batch.pixel_values.is_none() {
-            opts.allow_missing = tape.leaf_names().into_iter().filter(|n| crate::gemma3::is_vision_side(n)).collect();
+            opts.allow_missing = model.unreachable_without_images();
         }
         let (grads, _) = tape.backward_with(&loss, &opts)?;
         // Each gradient in its parameter's checkpoint shape, as HF reports it.

@@ -18,7 +18,9 @@ pub use lapidary_data as data;
 pub use lapidary_gemma3 as gemma3;
 pub use lapidary_kernels as kernels;
 pub use lapidary_lora as lora;
+pub use lapidary_model as model;
 pub use lapidary_nn as nn;
+pub use lapidary_registry as registry;
 pub use lapidary_siglip as siglip;
 pub use lapidary_train as train;
 

@@ -252,6 +252,15 @@ struct TrainArgs {
     /// AdamW weight decay.
     #[arg(long)]
     weight_decay: Option<f32>,
+    /// AdamW's first-moment decay (beta1).
+    #[arg(long)]
+    adam_beta1: Option<f32>,
+    /// AdamW's second-moment decay (beta2).
+    #[arg(long)]
+    adam_beta2: Option<f32>,
+    /// AdamW's epsilon, added to the second moment's square root.
+    #[arg(long)]
+    adam_epsilon: Option<f32>,
     /// Learning-rate schedule after warmup.
     #[arg(long)]
     lr_scheduler: Option<Schedule>,
@@ -337,6 +346,7 @@ impl TrainArgs {
         set!(learning_rate, weight_decay, warmup_steps, max_steps, num_epochs, micro_batch_size, grad_accum_steps);
         set!(max_grad_norm, max_len, responses_only, skip_bad_rows, gradient_checkpointing, seed, eval_every);
         set!(save_every, log_every, overwrite_output_dir, packing, method, base_format, lr_scheduler);
+        set!(adam_beta1, adam_beta2, adam_epsilon);
         if self.eval_data.is_some() {
             c.eval_data = self.eval_data.clone();
         }
@@ -389,9 +399,9 @@ fn main() -> ExitCode {
             Command::Train(args) => lapidary::cli::train(args.config()?, args.resume.clone(), &device),
             Command::Generate { model, adapter, image, prompt, max_new_tokens, temperature, top_k, top_p, seed } => {
                 let sampling = if temperature > 0.0 {
-                    lapidary::gemma3::Sampling::Sample { temperature, top_k, top_p, seed }
+                    lapidary::model::Sampling::Sample { temperature, top_k, top_p, seed }
                 } else {
-                    lapidary::gemma3::Sampling::Greedy
+                    lapidary::model::Sampling::Greedy
                 };
                 let text = lapidary::cli::generate(
                     &model,
@@ -440,7 +450,7 @@ fn main() -> ExitCode {
                     warmup,
                     lora_r,
                     base,
-                    checkpointing: !no_checkpointing,
+                    checkpointing: lapidary::model::Checkpointing::each_layer_if(!no_checkpointing),
                     profile,
                 };
                 let report = lapidary::bench_step::run(&model, &batch, &opts, &device)?;
@@ -504,5 +514,25 @@ mod tests {
         let e =
             command().try_get_matches_from(["lapidary", "train", "--lr-scheduler", "step"]).unwrap_err().to_string();
         assert!(e.contains("step") && e.contains("cosine"), "{e}");
+    }
+
+    #[test]
+    fn every_configuration_option_is_a_flag_that_sets_it() {
+        let mut cmd = command();
+        cmd.build();
+        let train = cmd.find_subcommand("train").unwrap();
+        let mut keys: Vec<String> = TrainConfig::default().fields().keys().cloned().collect();
+        // Fields left out of the serialized form while unset.
+        keys.extend(["eval_data", "target_modules"].map(String::from));
+        assert!(keys.len() >= 39, "{keys:?}");
+        for key in &keys {
+            assert!(
+                train.get_arguments().any(|a| a.get_id() == key.as_str()),
+                "--{} is missing",
+                key.replace('_', "-")
+            );
+        }
+        let c = train_config(&["--adam-beta1", "0.8", "--adam-beta2", "0.95", "--adam-epsilon", "1e-6"]);
+        assert_eq!((c.adam_beta1, c.adam_beta2, c.adam_epsilon), (0.8, 0.95, 1e-6));
     }
 }

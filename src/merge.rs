@@ -10,17 +10,6 @@ use crate::nn::safetensors;
 use std::collections::HashMap;
 use std::path::Path;
 
-const COPIED: [&str; 8] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "processor_config.json",
-    "preprocessor_config.json",
-    "chat_template.jinja",
-    "generation_config.json",
-    "tokenizer.model",
-];
-
 /// Merges `adapter_dir` into `model_dir` and writes the result to `out`. Returns the number of
 /// linears merged.
 /// The output is written into a temporary directory beside `out` and renamed into place once
@@ -101,7 +90,8 @@ fn staging_dir(out: &Path) -> Result<std::path::PathBuf> {
 pub struct MergedParam {
     /// lapidary's name (`language_model.model.layers.0.self_attn.q_proj.weight`, ...).
     pub name: String,
-    /// The name the base's checkpoint stores it under.
+    /// The key an HF checkpoint of the model stores it under (the base's own; for a `.gguf` base,
+    /// the HF class's).
     pub stored: String,
     /// The shape the base stores (e.g. the patch embedding as a conv kernel `[out, 3, p, p]`).
     pub shape: Vec<usize>,
@@ -109,17 +99,20 @@ pub struct MergedParam {
     pub values: Vec<f32>,
 }
 
+/// A model's parameters with an adapter folded in ([`merged_params`]).
+pub struct Merged {
+    /// Every parameter, in the model's order.
+    pub params: Vec<MergedParam>,
+    /// Linears the adapter was folded into.
+    pub adapted: usize,
+}
+
 /// Every parameter of the model at `model` (an HF directory or a `.gguf` file) in f32, with the
 /// PEFT LoRA adapter at `adapter_dir` folded in (`W + scale · B · A`) when given, in the model's
-/// parameter order. Returns the model's config, the parameters and the number of linears merged.
-/// An adapter that matches no linear, an adapter that cannot be folded, a packed base and
-/// non-finite merged values are errors.
-pub fn merged_params(
-    model: &Path,
-    adapter_dir: Option<&Path>,
-    device: &Device,
-) -> Result<(crate::gemma3::Gemma3Config, Vec<MergedParam>, usize)> {
-    let (mut m, adapted) = crate::cli::open_frozen(model, adapter_dir, device)?;
+/// parameter order. An adapter that matches no linear, an adapter that cannot be folded, a packed
+/// base and non-finite merged values are errors.
+pub fn merged_params(model: &Path, adapter_dir: Option<&Path>, device: &Device) -> Result<Merged> {
+    let crate::cli::FrozenModel { model: mut m, adapted } = crate::cli::open_frozen(model, adapter_dir, device)?;
     let tape = m.tape().clone();
     if let Some(dir) = adapter_dir
         && adapted == 0
@@ -144,66 +137,23 @@ pub fn merged_params(
             continue;
         }
         let value = merged.get(&name).unwrap_or(var.value());
-        let stored = m.stored_name(&name).to_string();
-        let shape = m.stored_shape(&name).unwrap_or(value.shape()).to_vec();
+        let stored = m.hf_checkpoint_key(&name);
+        let shape = m.stored_shape(&name).unwrap_or_else(|| value.shape().to_vec());
         let values = value.to_f32_vec()?;
         Error::check_finite(&format!("merged tensor {stored}"), &values, "refusing to write non-finite weights")?;
         params.push(MergedParam { name, stored, shape, values });
     }
-    Ok((m.config().clone(), params, adapted))
+    Ok(Merged { params, adapted })
 }
 
 fn write_merged(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, device: &Device) -> Result<usize> {
-    let (_, params, adapted) = merged_params(model_dir, Some(adapter_dir), device)?;
-    let gguf = crate::nn::gguf::is_gguf_path(model_dir);
+    let merged = merged_params(model_dir, Some(adapter_dir), device)?;
     let mut entries = Vec::new();
-    for p in params {
-        let mut key = p.stored;
-        if gguf {
-            // A GGUF holds a text-only model: HF's Gemma3ForCausalLM names (`model.layers.N...`).
-            key = key.replacen("language_model.model.", "model.", 1);
-        }
+    for p in merged.params {
         let stored = Tensor::from_f32(device, &p.values, &p.shape, dtype)?;
-        entries.push(safetensors::entry_of(key, &stored)?);
+        entries.push(safetensors::entry_of(p.stored, &stored)?);
     }
     safetensors::save(out.join("model.safetensors"), &entries)?;
-    let mut config = if gguf {
-        let f = crate::nn::gguf::GgufFile::open(model_dir)?;
-        write_gguf_tokenizer(&f, out)?;
-        crate::gemma3::gguf::hf_config(&f)?
-    } else {
-        let config_path = model_dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::invalid(format!("{}: invalid JSON: {e}", config_path.display())))?
-    };
-    let torch_name = match dtype {
-        DType::BF16 => "bfloat16",
-        DType::F16 => "float16",
-        DType::F32 => "float32",
-    };
-    config["dtype"] = serde_json::Value::from(torch_name);
-    let dst = out.join("config.json");
-    let pretty = serde_json::to_string_pretty(&config).map_err(|e| Error::invalid(e.to_string()))?;
-    std::fs::write(&dst, pretty).map_err(|e| Error::io(&dst, e))?;
-    for f in COPIED {
-        let src = model_dir.join(f);
-        if src.is_file() {
-            std::fs::copy(&src, out.join(f)).map_err(|e| Error::io(&src, e))?;
-        }
-    }
-    Ok(adapted)
-}
-
-/// The tokenizer a GGUF carries, as `tokenizer.json` + `tokenizer_config.json`.
-fn write_gguf_tokenizer(f: &crate::nn::gguf::GgufFile, out: &Path) -> Result<()> {
-    let tok = crate::data::gguf_tokenizer::from_gguf(f)?;
-    let path = out.join("tokenizer.json");
-    tok.save(&path, false).map_err(|e| Error::invalid(format!("{}: cannot write: {e}", path.display())))?;
-    let cfg = serde_json::json!({
-        "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
-        "add_bos_token": true, "add_eos_token": false,
-    });
-    let path = out.join("tokenizer_config.json");
-    std::fs::write(&path, cfg.to_string()).map_err(|e| Error::io(&path, e))
+    crate::model::write_companions(crate::registry::family_of(model_dir)?, model_dir, out, dtype)?;
+    Ok(merged.adapted)
 }

@@ -1,24 +1,21 @@
 //! `lapidary export-gguf`: a model (HF directory or `.gguf`), with a LoRA adapter folded in when
-//! given, written as the GGUF files llama.cpp, Ollama and LM Studio load: the text model (Gemma 3
-//! architecture, tensor names, metadata and tokenizer as llama.cpp's `convert_hf_to_gguf.py`
-//! writes them) and, for a vision model, the `mmproj` file (SigLIP tower and projector with the
-//! `clip.*` metadata llama.cpp's multimodal library reads). Storage types and the tensors kept in
-//! f32/f16 follow the converter. Files are written through temporary files and renamed; existing
-//! ones are replaced only with `overwrite`. Not quantization to K-quants, not other architectures.
+//! given, written as the GGUF files llama.cpp, Ollama and LM Studio load: the text model (tensor
+//! names, metadata and tokenizer as llama.cpp's `convert_hf_to_gguf.py` writes them) and, for a
+//! vision model, the `mmproj` file (vision tower and projector with the `clip.*` metadata
+//! llama.cpp's multimodal library reads). The family says where each tensor goes and its
+//! architecture's metadata (`lapidary_model::GgufExport`); storage types, `general.*` and the
+//! tokenizer are written here, as the converter does. Files are written through temporary files
+//! and renamed; existing ones are replaced only with `overwrite`. Not quantization to K-quants.
 
-mod names;
 mod tokenizer;
 
 use crate::core::{Device, Error, Result};
-use crate::gemma3::Gemma3Config;
-use crate::gemma3::LayerKind;
 use crate::merge::MergedParam;
+use crate::model::{Family, GgufExport};
 use crate::nn::gguf::dequant::GgmlType;
-use crate::nn::gguf::write::{GgufWriter, Meta, MetaItem};
+use crate::nn::gguf::write::{GgufWriter, Meta};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-
-pub use names::GgufNames;
 
 /// What `export-gguf` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -93,24 +90,24 @@ pub fn run(
             return Err(Error::invalid(format!("{} exists; pass --overwrite to replace it", p.display())));
         }
     }
-    let (cfg, params, merged) = crate::merge::merged_params(model, adapter, device)?;
-    let source = Source::open(model, &cfg)?;
+    let family = crate::registry::family_of(model)?;
+    let layout = family.gguf_export(model)?;
+    let crate::merge::Merged { params, adapted: merged } = crate::merge::merged_params(model, adapter, device)?;
+    let source = Source::open(model, family, layout.architecture())?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    let text = text_file(&cfg, &params, &source, out_type)?;
+    let text = text_file(layout.as_ref(), &params, &source, out_type)?;
     text.write(&text_path)?;
-    let mmproj = match cfg.vision {
-        Some(_) => {
-            let f = mmproj_file(&cfg, &params, &source, out_type)?;
+    match mmproj_file(layout.as_ref(), &params, &source, out_type)? {
+        Some(f) => {
             f.write(&mmproj_path)?;
-            Some(mmproj_path)
         }
         None => {
             if mmproj_path.exists() {
                 std::fs::remove_file(&mmproj_path).map_err(|e| Error::io(&mmproj_path, e))?;
             }
-            None
         }
-    };
+    }
+    let mmproj = source.mean_std.is_some().then_some(mmproj_path);
     Ok(Exported { text: text_path, mmproj, merged })
 }
 
@@ -127,12 +124,13 @@ pub struct Source {
 }
 
 impl Source {
-    /// Reads the name, context length, tokenizer and image normalization of `model`.
-    pub fn open(model: &Path, cfg: &Gemma3Config) -> Result<Self> {
+    /// Reads the name, context length, tokenizer and image normalization of `model`, a model of
+    /// `family` whose GGUF architecture is `architecture`.
+    pub fn open(model: &Path, family: &dyn Family, architecture: &str) -> Result<Self> {
         if crate::nn::gguf::is_gguf_path(model) {
             let f = crate::nn::gguf::GgufFile::open(model)?;
             let name = f.get("general.name").and_then(|v| v.as_str()).map(str::to_string);
-            let context_length = f.require("gemma3.context_length")?.as_u64().unwrap_or(131_072);
+            let context_length = f.require(&format!("{architecture}.context_length"))?.as_u64().unwrap_or(131_072);
             return Ok(Source {
                 name: name.unwrap_or_else(|| title_case(&file_stem(model))),
                 context_length,
@@ -140,12 +138,16 @@ impl Source {
                 mean_std: None,
             });
         }
-        let config = crate::data::processor::read_json(&model.join("config.json"))?;
+        let config = family.hf_config(model)?;
         let text_cfg = config.get("text_config").unwrap_or(&config);
         let context_length = text_cfg["max_position_embeddings"].as_u64().unwrap_or(131_072);
-        let mean_std = match cfg.vision {
+        let vocab_size = text_cfg["vocab_size"]
+            .as_u64()
+            .ok_or_else(|| Error::invalid(format!("{}: config.json has no vocab_size", model.display())))?
+            as usize;
+        let mean_std = match config.get("vision_config") {
             Some(_) => {
-                let p = crate::data::Processor::from_model(model)?;
+                let p = family.processor(model)?;
                 Some((p.image.mean, p.image.std))
             }
             None => None,
@@ -153,7 +155,7 @@ impl Source {
         Ok(Source {
             name: title_case(&file_stem(model)),
             context_length,
-            tokenizer: tokenizer::from_hf_dir(model, cfg.text.vocab_size)?,
+            tokenizer: tokenizer::from_hf_dir(model, vocab_size)?,
             mean_std,
         })
     }
@@ -214,31 +216,26 @@ fn storage_type(gguf: &str, shape: &[usize], out: OutType) -> GgmlType {
     t
 }
 
+/// Adds the tensors of `params` that go to the vision file (`vision`) or to the text file; returns
+/// the number of values added. A parameter the layout has no place for is an error.
 fn add_tensors(
     w: &mut GgufWriter,
     params: &[MergedParam],
-    names: &GgufNames,
+    layout: &dyn GgufExport,
     vision: bool,
     out: OutType,
 ) -> Result<usize> {
     let mut count = 0;
     for p in params {
-        let Some(gguf) = names.get(&p.name) else {
+        let Some(t) = layout.tensor(&p.name) else {
             return Err(Error::invalid(format!("{}: no GGUF name for this tensor", p.name)));
         };
-        if gguf.starts_with("v.") || gguf.starts_with("mm.") {
-            if !vision {
-                continue;
-            }
-        } else if vision {
+        if t.vision != vision {
             continue;
         }
-        let values: Cow<'_, [f32]> = if names.is_norm_shifted(&p.name) {
-            Cow::Owned(p.values.iter().map(|v| v + 1.0).collect())
-        } else {
-            Cow::Borrowed(&p.values)
-        };
-        w.add_tensor(&gguf, &p.shape, &values, storage_type(&gguf, &p.shape, out))?;
+        let values: Cow<'_, [f32]> =
+            if t.plus_one { Cow::Owned(p.values.iter().map(|v| v + 1.0).collect()) } else { Cow::Borrowed(&p.values) };
+        w.add_tensor(&t.name, &p.shape, &values, storage_type(&t.name, &p.shape, out))?;
         count += values.len();
     }
     Ok(count)
@@ -253,36 +250,14 @@ fn general(w: &mut GgufWriter, arch: &str, kind: &str, name: &str, params: usize
     w.set("general.quantization_version", Meta::U32(2))
 }
 
-/// The text model's GGUF (architecture `gemma3`).
-pub fn text_file(cfg: &Gemma3Config, params: &[MergedParam], source: &Source, out: OutType) -> Result<GgufWriter> {
+/// The text model's GGUF (the layout's architecture, with the tokenizer).
+pub fn text_file(layout: &dyn GgufExport, params: &[MergedParam], source: &Source, out: OutType) -> Result<GgufWriter> {
     let mut tensors = GgufWriter::new();
-    let n = add_tensors(&mut tensors, params, &GgufNames::new(&cfg.text), false, out)?;
-    let t = &cfg.text;
+    let n = add_tensors(&mut tensors, params, layout, false, out)?;
     let mut w = GgufWriter::new();
-    general(&mut w, "gemma3", "model", &source.name, n, out)?;
-    let u = |x: usize| Meta::U32(x as u32);
-    w.set("gemma3.block_count", u(t.layer_types.len()))?;
-    w.set("gemma3.context_length", Meta::U32(source.context_length as u32))?;
-    w.set("gemma3.embedding_length", u(t.hidden_size))?;
-    w.set("gemma3.feed_forward_length", u(t.intermediate_size))?;
-    w.set("gemma3.attention.head_count", u(t.num_attention_heads))?;
-    w.set("gemma3.attention.head_count_kv", u(t.num_key_value_heads))?;
-    if t.rope_global.linear_factor != 1.0 {
-        w.set("gemma3.rope.scaling.type", Meta::str("linear"))?;
-        w.set("gemma3.rope.scaling.factor", Meta::F32(t.rope_global.linear_factor as f32))?;
-    }
-    w.set("gemma3.rope.freq_base", Meta::F32(t.rope_global.theta as f32))?;
-    w.set("gemma3.rope.freq_base_swa", Meta::F32(t.rope_local.theta as f32))?;
-    w.set("gemma3.attention.layer_norm_rms_epsilon", Meta::F32(t.rms_norm_eps as f32))?;
-    w.set("gemma3.attention.key_length", u(t.head_dim))?;
-    w.set("gemma3.attention.value_length", u(t.head_dim))?;
-    w.set("gemma3.attention.sliding_window", u(t.sliding_window))?;
-    // llama.cpp assumes one global layer in six (the 6th, 12th, ...); any other layout is
-    // written out per layer (a key its Gemma 3 loader reads; the converter never needs it).
-    let sliding: Vec<bool> = t.layer_types.iter().map(|k| *k == LayerKind::Sliding).collect();
-    if sliding.iter().enumerate().any(|(i, &s)| s != ((i + 1) % 6 != 0)) {
-        let flags = sliding.iter().map(|&s| Meta::Bool(s)).collect();
-        w.set("gemma3.attention.sliding_window_pattern", Meta::Array(MetaItem::Bool, flags))?;
+    general(&mut w, layout.architecture(), "model", &source.name, n, out)?;
+    for (k, v) in layout.text_metadata(source.context_length) {
+        w.set(&k, v)?;
     }
     for (k, v) in &source.tokenizer {
         w.set(k, v.clone())?;
@@ -291,37 +266,25 @@ pub fn text_file(cfg: &Gemma3Config, params: &[MergedParam], source: &Source, ou
     Ok(w)
 }
 
-/// The vision projector's GGUF (architecture `clip`, projector type `gemma3`).
-pub fn mmproj_file(cfg: &Gemma3Config, params: &[MergedParam], source: &Source, out: OutType) -> Result<GgufWriter> {
-    let v = cfg.vision.as_ref().ok_or_else(|| Error::invalid("mmproj: the model has no vision tower"))?;
-    let (mean, std) = source.mean_std.ok_or_else(|| Error::invalid("mmproj: no image mean and std"))?;
+/// The vision projector's GGUF (architecture `clip`); `None` for a text-only model.
+pub fn mmproj_file(
+    layout: &dyn GgufExport,
+    params: &[MergedParam],
+    source: &Source,
+    out: OutType,
+) -> Result<Option<GgufWriter>> {
+    let Some((mean, std)) = source.mean_std else { return Ok(None) };
+    let meta =
+        layout.mmproj_metadata(mean, std).ok_or_else(|| Error::invalid("mmproj: the model has no vision tower"))?;
     let mut tensors = GgufWriter::new();
-    let n = add_tensors(&mut tensors, params, &GgufNames::new(&cfg.text), true, out)?;
+    let n = add_tensors(&mut tensors, params, layout, true, out)?;
     let mut w = GgufWriter::new();
     general(&mut w, "clip", "mmproj", &source.name, n, out)?;
-    let u = |x: usize| Meta::U32(x as u32);
-    w.set("clip.has_vision_encoder", Meta::Bool(true))?;
-    w.set("clip.vision.projection_dim", u(cfg.text.hidden_size))?;
-    w.set("clip.vision.image_size", u(v.image_size))?;
-    w.set("clip.vision.patch_size", u(v.patch_size))?;
-    w.set("clip.vision.embedding_length", u(v.hidden_size))?;
-    w.set("clip.vision.feed_forward_length", u(v.intermediate_size))?;
-    w.set("clip.vision.block_count", u(v.num_hidden_layers))?;
-    w.set("clip.vision.attention.head_count", u(v.num_attention_heads))?;
-    w.set("clip.vision.image_mean", Meta::f32s(&mean))?;
-    w.set("clip.vision.image_std", Meta::f32s(&std))?;
-    w.set("clip.projector_type", Meta::str("gemma3"))?;
-    w.set("clip.vision.attention.layer_norm_epsilon", Meta::F32(v.layer_norm_eps as f32))?;
-    w.set("clip.use_gelu", Meta::Bool(true))?;
-    // Pooling of the patch grid to the image tokens: llama.cpp assumes 4 (896 px, 14 px
-    // patches, 256 tokens) unless the file says otherwise.
-    let per_side = (cfg.mm_tokens_per_image as f64).sqrt().round() as usize;
-    let scale = (v.image_size / v.patch_size).checked_div(per_side).unwrap_or(0);
-    if scale > 0 && scale != 4 {
-        w.set("clip.vision.projector.scale_factor", u(scale))?;
+    for (k, v) in meta {
+        w.set(&k, v)?;
     }
     w.take_tensors(tensors)?;
-    Ok(w)
+    Ok(Some(w))
 }
 
 #[cfg(test)]

@@ -12,7 +12,14 @@ fn first_step_loss_is_hfs_and_the_report_adds_up() {
     let dev = Device::from_env_or_cpu().unwrap();
     let root = crate::repo_path("tests/fixtures/tiny-gemma3");
     let case = root.join("cases/two_rows_one_image_each.safetensors");
-    let opts = BenchStepOptions { steps: 2, warmup: 1, lora_r: 4, base: None, checkpointing: true, profile: true };
+    let opts = BenchStepOptions {
+        steps: 2,
+        warmup: 1,
+        lora_r: 4,
+        base: None,
+        checkpointing: lapidary::model::Checkpointing::EachLayer,
+        profile: true,
+    };
     let report = run(&root.join("model"), &case, &opts, &dev).unwrap();
     let f = SafetensorsFiles::open(&case).unwrap();
     let want = f.load("loss", &dev, DType::F32).unwrap().to_f32_vec().unwrap()[0];

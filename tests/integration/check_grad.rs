@@ -15,6 +15,7 @@ use lapidary::core::{DType, Device, Result, Tensor};
 use lapidary::gemma3::{ForwardOptions, OpenOptions};
 use lapidary::kernels::attention::AttentionMask;
 use lapidary::lora::LoraAdapter;
+use lapidary::model::{Checkpointing, Model};
 use lapidary::nn::{Layer, Linear, ParamFn, checkpointed, map_within};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -163,7 +164,7 @@ fn run_chain(c: &ChainCase) -> Result<ChainResult> {
             fc2: w.linear(&format!("{p}.mlp.fc2"), HIDDEN, 2 * HIDDEN, c.vision),
         };
         // The same checkpoint helper the model crates use.
-        h = checkpointed(&layer, &h, c.checkpointing, |l, x| l.forward(x))?;
+        h = checkpointed(&layer, &h, Checkpointing::each_layer_if(c.checkpointing), |l, x| l.forward(x))?;
     }
     // Projector (frozen), then the decoder: image features replace the image-token rows.
     let proj = w.linear("projector", HIDDEN, HIDDEN, false);
@@ -190,7 +191,7 @@ fn run_chain(c: &ChainCase) -> Result<ChainResult> {
         let layer =
             DecoderBlock { norm: w.param(&format!("{p}.input_layernorm.weight"), &[HIDDEN], false), q, k, v, o };
         let rope2 = rope.clone();
-        h = checkpointed(&layer, &h, c.checkpointing, move |l, x| l.forward(x, &rope2))?;
+        h = checkpointed(&layer, &h, Checkpointing::each_layer_if(c.checkpointing), move |l, x| l.forward(x, &rope2))?;
     }
     // Tied head and the loss on every next token.
     let logits = ops::matmul(&ops::reshape(&h, &[batch * tokens, HIDDEN])?, &table, None, ops::Layout::ABt)?;
@@ -300,7 +301,14 @@ fn real_model_rows() -> Vec<Row> {
             let tape = model.tape().clone();
             let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
             let loss = model
-                .forward(&batch, &ForwardOptions { pixels: pixels.as_ref(), checkpointing, ..Default::default() })?
+                .forward(
+                    &batch,
+                    &ForwardOptions {
+                        pixels: pixels.as_ref(),
+                        checkpointing: Checkpointing::each_layer_if(checkpointing),
+                        ..Default::default()
+                    },
+                )?
                 .loss
                 .expect("labels");
             let mut opts = BackwardOptions::default();
@@ -395,6 +403,7 @@ fn lora_matrix_rows() -> Vec<Row> {
                             attach_lora(
                                 &cfg,
                                 model.linears_mut(),
+                                lapidary::gemma3::part_of,
                                 Gemma3ForConditionalGeneration::peft_path,
                                 &tape,
                                 &dev,
@@ -405,13 +414,20 @@ fn lora_matrix_rows() -> Vec<Row> {
                         let loss = model
                             .forward(
                                 batch,
-                                &ForwardOptions { pixels: pixels.as_ref(), checkpointing, ..Default::default() },
+                                &ForwardOptions {
+                                    pixels: pixels.as_ref(),
+                                    checkpointing: Checkpointing::each_layer_if(checkpointing),
+                                    ..Default::default()
+                                },
                             )?
                             .loss
                             .expect("labels");
                         // What a text-only batch cannot reach: vision adapters and the projector.
-                        let unreachable: Vec<String> =
-                            tape.leaf_names().into_iter().filter(|n| lapidary::gemma3::is_vision_side(n)).collect();
+                        let unreachable: Vec<String> = tape
+                            .leaf_names()
+                            .into_iter()
+                            .filter(|n| lapidary::gemma3::part_of(n).is_vision_side())
+                            .collect();
                         let mut opts = BackwardOptions::default();
                         if pixels.is_none() {
                             opts.allow_missing = unreachable.clone();

@@ -6,7 +6,7 @@
 
 use lapidary::core::Device;
 use lapidary::demo::{bundled_model, write_dataset};
-use lapidary::export::{GgufNames, OutType};
+use lapidary::export::OutType;
 use lapidary::gemma3::Batch;
 use lapidary::gemma3::ForwardOptions;
 use lapidary::nn::gguf::{GgufFile, Value};
@@ -36,7 +36,7 @@ fn trained_adapter(dir: &Path) -> PathBuf {
 }
 
 fn text_logits(model: &Path, adapter: Option<&Path>, ids: &[u32], dev: &Device) -> Vec<f32> {
-    let (m, _) = lapidary::cli::open_frozen(model, adapter, dev).unwrap();
+    let m = lapidary::cli::open_frozen(model, adapter, dev).unwrap().model;
     let batch = Batch::prompt(ids, usize::MAX, None);
     m.forward(&batch, &ForwardOptions::default()).unwrap().logits.value().to_f32_vec().unwrap()
 }
@@ -71,16 +71,18 @@ fn exported_files_hold_the_merged_model() {
     assert!(e.merged > 0);
     let mmproj = e.mmproj.clone().expect("a vision model gets an mmproj file");
     // Every tensor: the merged value (plus one where llama.cpp stores 1 + w), exactly in f32.
-    let (cfg, params, _) = lapidary::merge::merged_params(&model, Some(&adapter), &dev).unwrap();
-    let names = GgufNames::new(&cfg.text);
+    let params = lapidary::merge::merged_params(&model, Some(&adapter), &dev).unwrap().params;
+    let layout = lapidary::registry::family_of(&model).unwrap().gguf_export(&model).unwrap();
     let (text_f, proj_f) = (GgufFile::open(&e.text).unwrap(), GgufFile::open(&mmproj).unwrap());
     assert_eq!(text_f.tensors.len() + proj_f.tensors.len(), params.len());
     for p in &params {
-        let name = names.get(&p.name).unwrap();
-        let f = if name.starts_with("v.") || name.starts_with("mm.") { &proj_f } else { &text_f };
+        let t = layout.tensor(&p.name).unwrap();
+        let name = t.name;
+        assert_eq!(t.vision, name.starts_with("v.") || name.starts_with("mm."), "{name}");
+        let f = if t.vision { &proj_f } else { &text_f };
         let (values, shape) = f.tensor_f32(&name).unwrap();
         assert_eq!(shape, p.shape, "{name}");
-        let shift = if names.is_norm_shifted(&p.name) { 1.0 } else { 0.0 };
+        let shift = if t.plus_one { 1.0 } else { 0.0 };
         let tol = if name == "mm.input_projection.weight" { 1e-3 } else { 0.0 };
         for (a, b) in values.iter().zip(&p.values) {
             assert!((a - (b + shift)).abs() <= tol * b.abs().max(1e-2), "{name}: {a} vs {}", b + shift);

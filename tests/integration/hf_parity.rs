@@ -7,6 +7,7 @@ use lapidary::autograd::{Tape, Trainable};
 use lapidary::core::{DType, Device};
 use lapidary::gemma3::MultiModalProjector;
 use lapidary::gemma3::{ForwardOptions, OpenOptions};
+use lapidary::model::{Checkpointing, Model};
 use lapidary::nn::safetensors::LoadTensor;
 use lapidary::nn::safetensors::SafetensorsFiles;
 use lapidary::nn::{Scope, Weights};
@@ -46,7 +47,8 @@ fn image_features_match_hf() {
             let tower = SiglipVisionModel::load(&vcfg, &root.at("vision_tower")).unwrap();
             let proj = MultiModalProjector::load(&cfg, &root.at("multi_modal_projector")).unwrap();
             let pixels = tape.input(f.load("pixel_values", &dev, DType::F32).unwrap());
-            let feats = proj.forward(&tower.forward(&pixels, checkpointing).unwrap()).unwrap();
+            let feats =
+                proj.forward(&tower.forward(&pixels, Checkpointing::each_layer_if(checkpointing)).unwrap()).unwrap();
             assert_eq!(feats.shape(), f.entry("image_features").unwrap().shape.as_slice());
             let err = rel_err(&feats.value().to_f32_vec().unwrap(), &want);
             println!("{case} ({layout}, checkpointing {checkpointing}): image features max rel err {err:.2e}");
@@ -160,11 +162,25 @@ fn every_gradient_matches_hf() {
             let pixels = batch.pixel_values.as_ref().map(|p| tape.param("pixel_values", p.clone(), Trainable::Yes));
             let loss = if fused {
                 model
-                    .loss(&batch, &ForwardOptions { pixels: pixels.as_ref(), checkpointing, ..Default::default() })
+                    .loss(
+                        &batch,
+                        &ForwardOptions {
+                            pixels: pixels.as_ref(),
+                            checkpointing: Checkpointing::each_layer_if(checkpointing),
+                            ..Default::default()
+                        },
+                    )
                     .unwrap()
             } else {
                 model
-                    .forward(&batch, &ForwardOptions { pixels: pixels.as_ref(), checkpointing, ..Default::default() })
+                    .forward(
+                        &batch,
+                        &ForwardOptions {
+                            pixels: pixels.as_ref(),
+                            checkpointing: Checkpointing::each_layer_if(checkpointing),
+                            ..Default::default()
+                        },
+                    )
                     .unwrap()
                     .loss
                     .unwrap()
@@ -178,7 +194,7 @@ fn every_gradient_matches_hf() {
                 opts.allow_missing = SafetensorsFiles::open(fixtures().join("model"))
                     .unwrap()
                     .names()
-                    .filter(|n| lapidary::gemma3::is_vision_side(n))
+                    .filter(|n| lapidary::gemma3::part_of(n).is_vision_side())
                     .map(str::to_string)
                     .collect();
             }
@@ -364,6 +380,7 @@ fn adapters_made_here_round_trip_through_peft_files() {
     let paths = attach_lora(
         &cfg,
         model.linears_mut(),
+        lapidary::gemma3::part_of,
         Gemma3ForConditionalGeneration::peft_path,
         &tape,
         &dev,
@@ -479,7 +496,7 @@ fn adamw_step_on_the_adapter_matches_torch() {
 fn peft_adapter_with_the_projector_in_modules_to_save_gives_pefts_logits() {
     let dev = Device::from_env_or_cpu().unwrap();
     let (batch, _) = load_batch("two_rows_one_image_each", &dev);
-    let (model, adapted) =
+    let lapidary::cli::FrozenModel { model, adapted } =
         lapidary::cli::open_frozen(&fixtures().join("model"), Some(&fixtures().join("adapter-projector")), &dev)
             .unwrap();
     assert_eq!(adapted, 3 + 2 + 2, "q_proj in 3 decoder and 2 vision layers, fc1 in 2 vision layers");

@@ -9,6 +9,7 @@ mod gguf;
 mod hf_fixtures;
 mod hf_parity;
 mod packing;
+mod param_names;
 mod processor;
 mod qlora;
 mod training;

@@ -90,7 +90,12 @@ fn collator_pads_right_and_counts_labels() {
         assert_eq!((c.input_ids[at], c.attention_mask[at], c.labels[at], c.token_type_ids[at]), (0, 0, -100, 0));
     }
     let want: usize = rows.iter().map(|r| r.labels.iter().skip(1).filter(|&&l| l != -100).count()).sum();
-    assert_eq!(c.label_count(), want);
+    // The model's batch of these rows counts them (the one rule for loss targets).
+    let dev = lapidary::core::Device::from_env_or_cpu().unwrap();
+    let model = lapidary::registry::open(&root().join("assets/tiny-vlm"), &dev, &Default::default()).unwrap();
+    let batch = model.batch(&c, &dev).unwrap();
+    assert_eq!(batch.label_count(), want);
+    assert_eq!(batch.pixel_values.as_ref().map(|p| p.shape().to_vec()), Some(vec![c.images, 3, 32, 32]));
     assert!(want > 0);
 }
 

@@ -8,6 +8,7 @@ use lapidary::gemma3::Gemma3ForConditionalGeneration;
 use lapidary::gemma3::{ForwardOptions, OpenOptions};
 use lapidary::kernels::quant::PackFormat;
 use lapidary::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora};
+use lapidary::model::Model;
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
@@ -94,6 +95,7 @@ fn lora_gradients_flow_through_a_packed_base() {
         let n = attach_lora(
             &cfg,
             m.linears_mut(),
+            lapidary::gemma3::part_of,
             Gemma3ForConditionalGeneration::peft_path,
             &tape,
             &dev,
@@ -101,8 +103,17 @@ fn lora_gradients_flow_through_a_packed_base() {
         )
         .unwrap()
         .len();
-        let loss =
-            m.forward(&batch, &ForwardOptions { checkpointing: ckpt, ..Default::default() }).unwrap().loss.unwrap();
+        let loss = m
+            .forward(
+                &batch,
+                &ForwardOptions {
+                    checkpointing: lapidary::model::Checkpointing::each_layer_if(ckpt),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .loss
+            .unwrap();
         let (grads, report) = tape.backward(&loss).unwrap();
         assert_eq!(report.nonzero(), 2 * n, "every adapter tensor gets a non-zero gradient");
         assert!(report.frozen_touched.is_empty());

@@ -7,7 +7,9 @@ use lapidary::data::{Collated, Example, collate, collate_packed, pack};
 use lapidary::demo::{bundled_model, write_dataset};
 use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration, GenerateOptions, Sampling, argmax};
 use lapidary::gemma3::{ForwardOptions, OpenOptions};
+use lapidary::model::Model;
 use lapidary::nn::safetensors::LoadTensor;
+use lapidary::train::{Gradients, RowCounts};
 use lapidary::train::{Schedule, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
 
@@ -56,7 +58,8 @@ fn gradient_accumulation_equals_one_big_batch() {
     trainer.step_on(&first).unwrap();
     let mut results = Vec::new();
     for per in [8, 4, 2, 1] {
-        let (loss, grads, labels, _) = trainer.gradients_on(&split(&trainer, &refs, per)).unwrap();
+        let Gradients { loss, grads, label_tokens: labels, .. } =
+            trainer.gradients_on(&split(&trainer, &refs, per)).unwrap();
         let flat: Vec<Vec<f32>> = grads.iter().map(|g| g.as_ref().unwrap().to_f32_vec().unwrap()).collect();
         results.push((per, loss, labels, flat));
     }
@@ -134,7 +137,8 @@ fn packed_rows_give_the_padded_batchs_loss_and_gradients() {
     let rows: Vec<Example> = trainer.train_examples().to_vec();
     let refs: Vec<&Example> = rows.iter().collect();
     trainer.step_on(&split(&trainer, &refs, 8)).unwrap();
-    let (loss0, g0, labels0, tokens0) = trainer.gradients_on(&split(&trainer, &refs, 8)).unwrap();
+    let Gradients { loss: loss0, grads: g0, label_tokens: labels0, tokens: tokens0 } =
+        trainer.gradients_on(&split(&trainer, &refs, 8)).unwrap();
     // First-fit decreasing into rows of up to 3 conversations' worth of tokens.
     let lengths: Vec<usize> = rows.iter().map(|e| e.input_ids.len()).collect();
     let longest = *lengths.iter().max().unwrap();
@@ -152,7 +156,7 @@ fn packed_rows_give_the_padded_batchs_loss_and_gradients() {
             rows.len(),
             groups.len()
         );
-        let (loss, g, labels, tokens) = trainer.gradients_on(&micro).unwrap();
+        let Gradients { loss, grads: g, label_tokens: labels, tokens } = trainer.gradients_on(&micro).unwrap();
         assert_eq!((labels, tokens), (labels0, tokens0));
         assert!((loss - loss0).abs() <= 1e-5 * loss0.abs(), "packed loss {loss} vs {loss0}");
         for (t, (a, b)) in g.iter().zip(&g0).enumerate() {
@@ -232,7 +236,7 @@ fn run_writes_adapter_metrics_and_plot() {
     cfg.eval_fraction = 0.25;
     cfg.eval_every = 2;
     let mut t = Trainer::new(cfg, &dev).unwrap();
-    assert_eq!(t.sizes(), (9, 3));
+    assert_eq!(t.rows(), RowCounts { train: 9, held_out: 3 });
     let s = t.run(false).unwrap();
     assert_eq!(s.steps, 6);
     let out = dir.path().join("out");
@@ -263,7 +267,7 @@ fn kv_cache_decoding_equals_full_recomputation() {
     let image_id = model.config().image_token_index;
     // 40 tokens: past the sliding window (32) of the local layers.
     let opts = GenerateOptions { max_new_tokens: 40, sampling: Sampling::Greedy, stop: vec![] };
-    let fast = model.generate(&ids, Some(&pv), &opts).unwrap();
+    let fast = model.generate(&p.prompt(&conv, dir.path()).unwrap(), &opts).unwrap();
     let mut seq = ids.clone();
     let vocab = model.config().text.vocab_size;
     for (k, &tok) in fast.iter().enumerate() {
@@ -349,7 +353,7 @@ fn lora_dropout_changes_training_gradients_and_survives_checkpointing() {
             let b = split(&t, &refs, 2);
             t.step_on(&b).unwrap();
         }
-        let (loss, g, _, _) = t.gradients_on(&split(&t, &refs, 2)).unwrap();
+        let Gradients { loss, grads: g, .. } = t.gradients_on(&split(&t, &refs, 2)).unwrap();
         (loss, g.iter().map(|g| g.as_ref().unwrap().to_f32_vec().unwrap()).collect::<Vec<_>>())
     };
     let (plain_loss, plain) = grads(0.0, false, 1);
@@ -529,6 +533,6 @@ fn eval_and_generation_refuse_non_finite_results() {
     assert!(e.contains("the loss is NaN") && e.contains("non-finite"), "{e}");
     let m = Gemma3ForConditionalGeneration::open(&model, &dev, &OpenOptions::default()).unwrap();
     let opts = GenerateOptions { max_new_tokens: 3, sampling: Sampling::Greedy, stop: vec![] };
-    let e = m.generate(&[2, 5, 7], None, &opts).unwrap_err().to_string();
+    let e = m.generate(&Collated::prompt(&[2, 5, 7], u32::MAX, vec![], 0, vec![]), &opts).unwrap_err().to_string();
     assert!(e.contains("logits of step 0") && e.contains("non-finite"), "{e}");
 }

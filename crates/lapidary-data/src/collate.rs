@@ -1,7 +1,8 @@
 //! The collator: encoded rows to one right-padded batch (pad id, attention mask 0, labels -100,
 //! token_type_ids 0 on padding) with the pixel values of every image in row order; or packed
 //! rows, several conversations each, with position ids that restart at 0 where each begins.
-//! Not the model's label shift (the model does it), not the choice of what to pack (`pack.rs`).
+//! Not the model's label shift nor which labels the loss counts (the model's batch decides), not
+//! the choice of what to pack (`pack.rs`).
 
 use crate::processor::{Example, Processor};
 use lapidary_io::{Error, Result};
@@ -21,25 +22,40 @@ pub struct Collated {
     pub token_type_ids: Vec<i64>,
     /// Labels, -100 where not trained on.
     pub labels: Vec<i64>,
-    /// `[images, 3, H, W]` values, images in row order.
+    /// `[images, ..image_shape]` values, images in row order.
     pub pixel_values: Vec<f32>,
     /// Number of images.
     pub images: usize,
+    /// The shape of one image's pixel values as the processor lays them out (`[3, H, W]`).
+    pub image_shape: Vec<usize>,
     /// Positions `[batch, seq]` of packed rows (each sequence restarts at 0); `None` when every
     /// row holds one sequence.
     pub position_ids: Option<Vec<i64>>,
 }
 
 impl Collated {
-    /// Positions the loss counts (labels other than -100 after the first token of each
-    /// sequence: of a row, or of a conversation in a packed row).
-    pub fn label_count(&self) -> usize {
-        let starts = |i: usize| self.position_ids.as_ref().is_some_and(|p| p[i] == 0);
-        (0..self.batch)
-            .map(|r| {
-                (1..self.seq).filter(|&c| self.labels[r * self.seq + c] != -100 && !starts(r * self.seq + c)).count()
-            })
-            .sum()
+    /// One row of `ids` without labels or padding, with its images (a prompt for generation):
+    /// `token_type_ids` 1 where an id is `image_token`.
+    pub fn prompt(
+        ids: &[u32],
+        image_token: u32,
+        pixel_values: Vec<f32>,
+        images: usize,
+        image_shape: Vec<usize>,
+    ) -> Self {
+        let n = ids.len();
+        Collated {
+            batch: 1,
+            seq: n,
+            input_ids: ids.iter().map(|&i| i as i64).collect(),
+            attention_mask: vec![1; n],
+            token_type_ids: ids.iter().map(|&i| i64::from(i == image_token)).collect(),
+            labels: vec![-100; n],
+            pixel_values,
+            images,
+            image_shape,
+            position_ids: None,
+        }
     }
 }
 
@@ -72,6 +88,7 @@ fn collate_rows(rows: &[Vec<&Example>], processor: &Processor, packed: bool) -> 
         labels: vec![-100; n],
         pixel_values: Vec::new(),
         images: 0,
+        image_shape: vec![3, processor.image.height, processor.image.width],
         position_ids: packed.then(|| vec![0; n]),
     };
     for (r, group) in rows.iter().enumerate() {

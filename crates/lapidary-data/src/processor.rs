@@ -2,6 +2,7 @@
 //! pixel values, as Gemma3Processor's `apply_chat_template` gives them, with HF's settings read
 //! from a model directory. Not batching (see `collate.rs`) nor file reading of whole datasets.
 
+use crate::collate::Collated;
 use crate::image::{self, ImageConfig};
 use crate::template::{self, Conversation};
 use crate::tokenizer::TextTokenizer;
@@ -301,6 +302,18 @@ impl Processor {
         let rendered = template::render(conv, self.image_tokens, true).map_err(Error::invalid)?;
         let ids = self.tokenizer.encode(&rendered.text, false)?.ids;
         Ok((ids, rendered.images.iter().map(|p| base_dir.join(p)).collect()))
+    }
+
+    /// A prompt for generation as one collated row: `conv` encoded with
+    /// `<start_of_turn>model\n` appended, its images (paths relative to `base_dir`) loaded.
+    pub fn prompt(&self, conv: &Conversation, base_dir: &Path) -> Result<Collated> {
+        let (ids, files) = self.encode_prompt(conv, base_dir)?;
+        let mut pixels = Vec::new();
+        for f in &files {
+            pixels.extend(self.pixels(f)?);
+        }
+        let shape = vec![3, self.image.height, self.image.width];
+        Ok(Collated::prompt(&ids, self.tokenizer.image_id, pixels, files.len(), shape))
     }
 
     /// Pixel values `[3, H, W]` of one image file (decoded again unless kept from encoding).

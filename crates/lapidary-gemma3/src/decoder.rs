@@ -10,7 +10,7 @@ use lapidary_core::{Error, Result, Tensor};
 use lapidary_kernels::attention::AttentionMask;
 use lapidary_kernels::gather::concat;
 use lapidary_kernels::matmul::Layout;
-use lapidary_nn::{Layer, Linear, ParamFn, Scope, checkpointed, map_within};
+use lapidary_nn::{Checkpointing, Layer, Linear, ParamFn, Scope, checkpointed, map_within};
 
 /// Per-batch inputs every layer shares: RoPE tables per layer kind and the masks.
 #[derive(Clone)]
@@ -195,6 +195,11 @@ impl Gemma3TextModel {
         &self.embed
     }
 
+    /// The layers.
+    pub fn layers(&self) -> &[DecoderLayer] {
+        &self.layers
+    }
+
     /// The layers (their linears take adapters).
     pub fn layers_mut(&mut self) -> &mut [DecoderLayer] {
         &mut self.layers
@@ -211,7 +216,7 @@ impl Gemma3TextModel {
 
     /// Layers and final norm over `[B, T, H]`. Returns HF's `hidden_states`: the input, the
     /// output of every layer but the last, and the final normalized output (the last element).
-    pub fn forward(&self, h: &Var, ctx: &DecoderContext, checkpointing: bool) -> Result<Vec<Var>> {
+    pub fn forward(&self, h: &Var, ctx: &DecoderContext, checkpointing: Checkpointing) -> Result<Vec<Var>> {
         let mut h = h.clone();
         let mut states = Vec::with_capacity(self.layers.len() + 1);
         for layer in &self.layers {

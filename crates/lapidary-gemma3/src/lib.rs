@@ -1,5 +1,6 @@
 //! lapidary-gemma3: Gemma 3's text decoder, multimodal projector and
-//! Gemma3ForConditionalGeneration, matching HF transformers (logits and loss checked against
+//! Gemma3ForConditionalGeneration as a `lapidary_model::Model` (and the family as a
+//! `lapidary_model::Family`, [`FAMILY`]), matching HF transformers (logits and loss checked against
 //! HF fixtures), configured from HF `config.json` in either schema and loaded with HF names; the
 //! same type without a vision tower is the text-only model (Gemma3ForCausalLM, or a `.gguf` file,
 //! see [`gguf`]). Generation with a KV cache.
@@ -9,7 +10,7 @@
 //! The types the API needs are re-exported, so this crate is the only dependency:
 //!
 //! ```
-//! use lapidary_gemma3::{Batch, DType, Device, ForwardOptions, Gemma3ForConditionalGeneration, OpenOptions, Tensor};
+//! use lapidary_gemma3::{Batch, DType, Device, ForwardOptions, Gemma3ForConditionalGeneration, Model, OpenOptions, Tensor};
 //!
 //! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/tiny-vlm");
 //! let dev = Device::cpu().unwrap();
@@ -42,24 +43,28 @@
 //! dependencies `opt-level = 3` in the dev profile, or kernels crawl. With `--features cuda`
 //! (on `lapidary-core`) kernels also run on NVIDIA GPUs.
 
-mod batch;
 mod config;
 mod decoder;
-mod generate;
+mod family;
 pub mod gguf;
+mod gguf_export;
 mod model;
 mod projector;
 
-pub use batch::Batch;
 pub use config::{Gemma3Config, Gemma3TextConfig, LayerKind, Rope};
 pub use decoder::{DecoderContext, DecoderLayer, Gemma3TextModel, KvCache, LayerCache};
-pub use generate::{GenerateOptions, Sampling, argmax};
-pub use model::{ForwardOptions, Gemma3ForConditionalGeneration, OpenOptions, Output, Parts, is_vision_side};
+pub use family::{FAMILY, Gemma3Family};
+pub use gguf_export::Gemma3Gguf;
+pub use model::{Gemma3ForConditionalGeneration, part_of};
 
 // The types this crate's signatures use, so that it can be used on its own.
 pub use lapidary_autograd::{Tape, Trainable, Var};
 pub use lapidary_core::{DType, Device, Error, Result, Tensor};
 pub use lapidary_kernels::quant::PackFormat;
+pub use lapidary_model::{
+    Batch, Checkpointing, Family, ForwardOptions, GenerateOptions, Model, OpenOptions, Output, Part, Parts, Sampling,
+    argmax,
+};
 pub use lapidary_nn::{Linear, Scope, Weights};
 pub use lapidary_siglip::{SiglipVisionConfig, SiglipVisionModel};
 pub use projector::MultiModalProjector;

@@ -4,92 +4,31 @@
 //! the loss is HF's: mean cross-entropy of next-token labels != -100 where the next position is
 //! not padding.
 
-use crate::batch::Batch;
 use crate::config::Gemma3Config;
 use crate::decoder::{DecoderContext, Gemma3TextModel, KvCache};
 use crate::projector::MultiModalProjector;
-use lapidary_autograd::{Tape, Trainable, Var, ops};
+use lapidary_autograd::{Tape, Var, ops};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
+use lapidary_data::Collated;
 use lapidary_kernels::attention::{AttentionMask, segments_from_positions};
-use lapidary_kernels::quant::PackFormat;
 use lapidary_kernels::rope;
-use lapidary_nn::{Linear, Scope, Weights};
+use lapidary_model::generate::decode;
+use lapidary_model::{Batch, ForwardOptions, GenerateOptions, LayerParams, Model, Naming, OpenOptions, Output, Parts};
+use lapidary_nn::{Checkpointing, Layer, Linear, Part, Scope, Weights};
 use lapidary_siglip::SiglipVisionModel;
 
-/// What a forward pass returns.
-pub struct Output {
-    /// `[batch * seq, vocab]`.
-    pub logits: Var,
-    /// Mean cross-entropy, `[1]`, when labels were given.
-    pub loss: Option<Var>,
-    /// HF's `hidden_states`: decoder input (scaled embeddings with image features), the output
-    /// of every layer but the last, and the final normalized output; each `[B, T, H]`.
-    pub hidden_states: Vec<Var>,
-}
-
-/// Whether parameter `name` (a checkpoint key, a tape leaf or an adapter tensor, with or without
-/// a `model.` or PEFT `base_model.model.` prefix) is on the vision side: the SigLIP tower or the
-/// multimodal projector — what a batch without images never reaches.
-pub fn is_vision_side(name: &str) -> bool {
-    name.split('.').any(|segment| segment == "vision_tower" || segment == "multi_modal_projector")
-}
-
-/// Trainability of the model's three parts.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Parts {
-    /// The SigLIP tower's own weights.
-    pub vision: Trainable,
-    /// The projector's norm and projection weight.
-    pub projector: Trainable,
-    /// The decoder's weights (embedding included).
-    pub text: Trainable,
-}
-
-impl Parts {
-    /// Every part `trainable`.
-    pub fn all(trainable: Trainable) -> Self {
-        Parts { vision: trainable, projector: trainable, text: trainable }
+/// The part of Gemma 3 parameter `name` (a checkpoint key, a tape leaf or an adapter tensor,
+/// with or without a `model.` or PEFT `base_model.model.` prefix): the SigLIP tower, the
+/// multimodal projector, or the language model.
+pub fn part_of(name: &str) -> Part {
+    for segment in name.split('.') {
+        match segment {
+            "vision_tower" => return Part::Vision,
+            "multi_modal_projector" => return Part::Projector,
+            _ => {}
+        }
     }
-}
-
-/// How [`Gemma3ForConditionalGeneration::open`] loads a model.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct OpenOptions {
-    /// The dtype the tensors are held in on the device.
-    pub dtype: DType,
-    /// Which parts are trainable (frozen: nothing is recorded for their gradients).
-    pub parts: Parts,
-    /// Frozen linear weights packed (bf16, NF4: QLoRA) as they are read, so their
-    /// full-precision copies never reach the device; `None`: held as `dtype`.
-    pub packing: Option<PackFormat>,
-}
-
-impl Default for OpenOptions {
-    /// f32, every part frozen, nothing packed: a model for inference.
-    fn default() -> Self {
-        OpenOptions { dtype: DType::F32, parts: Parts::all(Trainable::No), packing: None }
-    }
-}
-
-impl OpenOptions {
-    /// f32, every part `trainable`, nothing packed.
-    pub fn all(trainable: Trainable) -> Self {
-        OpenOptions { parts: Parts::all(trainable), ..Self::default() }
-    }
-}
-
-/// How a forward pass runs; the default is inference on the batch as it is.
-#[derive(Clone, Copy, Default)]
-pub struct ForwardOptions<'a> {
-    /// The images as a variable (e.g. a trainable leaf, to get the gradient with respect to the
-    /// image) in place of `batch.pixel_values`.
-    pub pixels: Option<&'a Var>,
-    /// Each layer recomputed during backward instead of keeping its activations.
-    pub checkpointing: bool,
-    /// The divisor of the summed cross-entropy; `None`: this batch's label count. Gradient
-    /// accumulation passes the label count of all its micro-batches, so that their losses add
-    /// up to the loss of the whole batch (not a mean of means).
-    pub normalizer: Option<f32>,
+    Part::Language
 }
 
 /// The vision-language model.
@@ -101,6 +40,8 @@ pub struct Gemma3ForConditionalGeneration {
     /// The vision tower and projector; `None` in a text-only model.
     vision: Option<(SiglipVisionModel, MultiModalProjector)>,
     text: Gemma3TextModel,
+    /// Opened from a GGUF file (a text-only model whose HF class is Gemma3ForCausalLM).
+    from_gguf: bool,
 }
 
 impl Gemma3ForConditionalGeneration {
@@ -124,6 +65,7 @@ impl Gemma3ForConditionalGeneration {
             stored_shapes: w.stored_shapes(),
             vision,
             text,
+            from_gguf: false,
         })
     }
 
@@ -138,8 +80,9 @@ impl Gemma3ForConditionalGeneration {
             let cfg = crate::gguf::config(&f)?;
             let (names, norms) = crate::gguf::tensor_names(&cfg.text);
             let w = Weights::from_gguf(f, names, norms, device, opts.dtype).with_packing(opts.packing);
-            let model = Self::load(&cfg, &w, &tape, opts.parts)?;
+            let mut model = Self::load(&cfg, &w, &tape, opts.parts)?;
             w.finish(&[])?;
+            model.from_gguf = true;
             return Ok(model);
         }
         let cfg = Gemma3Config::from_file(path.join("config.json"))?;
@@ -153,50 +96,9 @@ impl Gemma3ForConditionalGeneration {
         Ok(model)
     }
 
-    /// The tape the parameters live on (adapters are registered on it; training takes gradients
-    /// from it).
-    pub fn tape(&self) -> &Tape {
-        &self.tape
-    }
-
     /// The configuration.
     pub fn config(&self) -> &Gemma3Config {
         &self.cfg
-    }
-
-    /// The key a parameter is stored under in the checkpoint it was loaded from (parameters are
-    /// named with the transformers 5.x keys; a hub-layout checkpoint stores some differently).
-    pub fn stored_name<'a>(&'a self, name: &'a str) -> &'a str {
-        self.stored_names.get(name).map_or(name, String::as_str)
-    }
-
-    /// The shape a parameter is stored in by its checkpoint (the patch embedding as a conv
-    /// kernel `[out, c, p, p]`, used here as a matrix); `None` for one not loaded from it.
-    pub fn stored_shape(&self, name: &str) -> Option<&[usize]> {
-        self.stored_shapes.get(name).map(Vec::as_slice)
-    }
-
-    /// `t` (a parameter `name`, or its gradient) in the shape its checkpoint stores it in.
-    pub fn in_stored_shape(&self, name: &str, t: &Tensor) -> Result<Tensor> {
-        match self.stored_shape(name) {
-            Some(s) if s != t.shape() => t.reshape(s),
-            _ => Ok(t.clone()),
-        }
-    }
-
-    /// Every linear layer of both towers (paths are checkpoint keys without `.weight`), for
-    /// attaching adapters by path.
-    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        let mut v: Vec<&mut Linear> = Vec::new();
-        if let Some((vision, _)) = &mut self.vision {
-            for l in vision.layers_mut() {
-                v.extend(l.linears_mut());
-            }
-        }
-        for l in self.text.layers_mut() {
-            v.extend(l.linears_mut());
-        }
-        v
     }
 
     /// The module path PEFT gives a linear at checkpoint path `path` (transformers 5.x in-memory
@@ -214,33 +116,6 @@ impl Gemma3ForConditionalGeneration {
     /// `base_model.model.model.layers.N...`).
     pub fn peft_path_causal_lm(path: &str) -> String {
         format!("base_model.model.model.{}", path.strip_prefix("language_model.model.").unwrap_or(path))
-    }
-
-    /// The PEFT path mapping of this model: [`Self::peft_path`] for the vision-language model,
-    /// [`Self::peft_path_causal_lm`] for a text-only one.
-    pub fn peft_namer(&self) -> fn(&str) -> String {
-        if self.vision.is_some() { Self::peft_path } else { Self::peft_path_causal_lm }
-    }
-
-    /// Logits and (with labels) the loss of `batch`.
-    pub fn forward(&self, batch: &Batch, opts: &ForwardOptions<'_>) -> Result<Output> {
-        let hidden_states = self.hidden_states(batch, opts)?;
-        let logits = self.text.logits(&self.final_rows(batch, &hidden_states)?)?;
-        let loss = match next_token_labels(batch) {
-            None => None,
-            Some(shifted) => Some(ops::cross_entropy(&logits, &shifted, opts.normalizer)?),
-        };
-        Ok(Output { logits, loss, hidden_states })
-    }
-
-    /// The loss of [`Self::forward`] alone, for training: the output head and the cross-entropy
-    /// run fused over the labelled positions in chunks, so the `[tokens, vocab]` logits (2.1 GB
-    /// in f32 for 2,048 tokens of Gemma 3's vocabulary, and as much again for their gradient)
-    /// never exist. Same value and gradients up to summation order.
-    pub fn loss(&self, batch: &Batch, opts: &ForwardOptions<'_>) -> Result<Var> {
-        let shifted = next_token_labels(batch).ok_or_else(|| Error::invalid("loss: the batch has no labels"))?;
-        let hidden_states = self.hidden_states(batch, opts)?;
-        self.text.head_loss(&self.final_rows(batch, &hidden_states)?, &shifted, opts.normalizer)
     }
 
     /// The images of a pass: the given variable, else the batch's pixels as an input.
@@ -266,7 +141,7 @@ impl Gemma3ForConditionalGeneration {
 
     /// Decoder input `[B, T, H]`: scaled token embeddings with the image features in place of
     /// the image soft tokens.
-    fn inputs_embeds(&self, batch: &Batch, pixels: Option<&Var>, checkpointing: bool) -> Result<Var> {
+    fn inputs_embeds(&self, batch: &Batch, pixels: Option<&Var>, checkpointing: Checkpointing) -> Result<Var> {
         let (b, t) = (batch.batch, batch.seq);
         batch.validate(self.cfg.text.vocab_size, self.cfg.image_token_index)?;
         // The image soft token may lie past the vocabulary (`embed` looks it up as 0, as HF does,
@@ -313,7 +188,8 @@ impl Gemma3ForConditionalGeneration {
     /// of its last position.
     fn extend(&self, batch: &Batch, cache: &mut KvCache) -> Result<Vec<f32>> {
         let _guard = self.tape.no_grad();
-        let h = self.inputs_embeds(batch, self.pixels(batch, &ForwardOptions::default()).as_ref(), false)?;
+        let h =
+            self.inputs_embeds(batch, self.pixels(batch, &ForwardOptions::default()).as_ref(), Checkpointing::Off)?;
         let h = self.text.forward_cached(&h, &self.context(batch, cache.len())?, cache)?;
         // The last position's row, picked on the device: one read per step, of the logits.
         let t = h.shape()[1];
@@ -357,32 +233,133 @@ impl Gemma3ForConditionalGeneration {
     }
 }
 
-/// Next-token labels of `batch` (label of position `c + 1` at position `c`); -100 at each row's
-/// last position, where the next position is padding, and where the next position starts
-/// another sequence of a packed row. `None` without labels.
-fn next_token_labels(batch: &Batch) -> Option<Vec<i64>> {
-    let (b, t) = (batch.batch, batch.seq);
-    let labels = batch.labels.as_ref()?;
-    Some(
-        (0..b * t)
-            .map(|i| {
-                let (r, c) = (i / t, i % t);
-                if c + 1 < t && batch.attention_mask[r * t + c + 1] != 0 && !batch.starts_sequence(r, c + 1) {
-                    labels[r * t + c + 1]
-                } else {
-                    -100
-                }
-            })
-            .collect(),
-    )
+impl Model for Gemma3ForConditionalGeneration {
+    fn family(&self) -> &'static str {
+        "gemma3"
+    }
+
+    fn tape(&self) -> &Tape {
+        &self.tape
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.text.vocab_size
+    }
+
+    fn has_vision(&self) -> bool {
+        self.vision.is_some()
+    }
+
+    /// [`part_of`]; PEFT paths by [`Self::peft_path`] for the vision-language model,
+    /// [`Self::peft_path_causal_lm`] for a text-only one.
+    fn naming(&self) -> Naming {
+        let peft_path = if self.vision.is_some() { Self::peft_path } else { Self::peft_path_causal_lm };
+        Naming { part_of, peft_path }
+    }
+
+    fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v: Vec<&mut Linear> = Vec::new();
+        if let Some((vision, _)) = &mut self.vision {
+            for l in vision.layers_mut() {
+                v.extend(l.linears_mut());
+            }
+        }
+        for l in self.text.layers_mut() {
+            v.extend(l.linears_mut());
+        }
+        v
+    }
+
+    fn layer_params(&self) -> Vec<LayerParams> {
+        let mut out = Vec::new();
+        if let Some((vision, _)) = &self.vision {
+            for (i, l) in vision.layers().iter().enumerate() {
+                out.push(LayerParams { path: format!("vision_tower.encoder.layers.{i}"), params: l.params() });
+            }
+        }
+        for (i, l) in self.text.layers().iter().enumerate() {
+            out.push(LayerParams { path: format!("language_model.model.layers.{i}"), params: l.params() });
+        }
+        out
+    }
+
+    /// Parameters are named with the transformers 5.x keys; a hub-layout checkpoint stores some
+    /// under `vision_tower.vision_model.` or `model.`, a GGUF file under its own names.
+    fn stored_name(&self, name: &str) -> String {
+        self.stored_names.get(name).map_or(name, String::as_str).to_string()
+    }
+
+    fn stored_shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.stored_shapes.get(name).cloned()
+    }
+
+    /// The checkpoint's own key; for a model opened from GGUF, Gemma3ForCausalLM's
+    /// (`model.layers.N...`).
+    fn hf_checkpoint_key(&self, name: &str) -> String {
+        if self.from_gguf { name.replacen("language_model.model.", "model.", 1) } else { self.stored_name(name) }
+    }
+
+    /// The collated rows' ids, masks and labels as they are; their pixels as `[images, 3, H, W]`.
+    fn batch(&self, rows: &Collated, device: &Device) -> Result<Batch> {
+        let pixel_values = if rows.images > 0 {
+            let mut shape = vec![rows.images];
+            shape.extend(&rows.image_shape);
+            Some(Tensor::from_f32(device, &rows.pixel_values, &shape, DType::F32)?)
+        } else {
+            None
+        };
+        Ok(Batch {
+            batch: rows.batch,
+            seq: rows.seq,
+            input_ids: rows.input_ids.clone(),
+            attention_mask: rows.attention_mask.clone(),
+            token_type_ids: rows.token_type_ids.clone(),
+            labels: Some(rows.labels.clone()),
+            pixel_values,
+            position_ids: rows.position_ids.clone(),
+        })
+    }
+
+    fn forward(&self, batch: &Batch, opts: &ForwardOptions<'_>) -> Result<Output> {
+        let hidden_states = self.hidden_states(batch, opts)?;
+        let logits = self.text.logits(&self.final_rows(batch, &hidden_states)?)?;
+        let loss = match batch.next_token_labels() {
+            None => None,
+            Some(shifted) => Some(ops::cross_entropy(&logits, &shifted, opts.normalizer)?),
+        };
+        Ok(Output { logits, loss, hidden_states })
+    }
+
+    /// The output head and the cross-entropy run fused over the labelled positions in chunks, so
+    /// the `[tokens, vocab]` logits (2.1 GB in f32 for 2,048 tokens of Gemma 3's vocabulary, and
+    /// as much again for their gradient) never exist.
+    fn loss(&self, batch: &Batch, opts: &ForwardOptions<'_>) -> Result<Var> {
+        let shifted = batch.next_token_labels().ok_or_else(|| Error::invalid("loss: the batch has no labels"))?;
+        let hidden_states = self.hidden_states(batch, opts)?;
+        self.text.head_loss(&self.final_rows(batch, &hidden_states)?, &shifted, opts.normalizer)
+    }
+
+    /// With a KV cache kept on the device: the prompt runs once, then one token at a time.
+    fn generate(&self, prompt: &Collated, opts: &GenerateOptions) -> Result<Vec<u32>> {
+        let device = self.text.embed_tokens().value().device().clone();
+        let mut batch = self.batch(prompt, &device)?;
+        batch.labels = None;
+        let mut cache = KvCache::new(self.cfg.text.layer_types.len());
+        let first = self.prefill(&batch, &mut cache)?;
+        decode(first, |token| self.decode_step(token, &mut cache), opts)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_vision_side;
+    use super::part_of;
+    use lapidary_nn::Part;
 
     #[test]
     fn vision_side_names_in_every_spelling() {
+        let is_vision_side = |n: &str| part_of(n).is_vision_side();
+        assert_eq!(part_of("model.multi_modal_projector.mm_soft_emb_norm.weight"), Part::Projector);
+        assert_eq!(part_of("vision_tower.vision_model.post_layernorm.bias"), Part::Vision);
         for name in [
             "vision_tower.encoder.layers.0.mlp.fc1.weight",
             "vision_tower.vision_model.post_layernorm.bias",

@@ -7,7 +7,7 @@ use crate::LoraAdapter;
 use lapidary_autograd::{Tape, Trainable};
 use lapidary_core::rng::SplitMix64;
 use lapidary_core::{DType, Device, Error, Result, Tensor};
-use lapidary_nn::Linear;
+use lapidary_nn::{Linear, Part};
 use std::rc::Rc;
 
 /// Attention projections of both towers (SigLIP and Gemma names).
@@ -64,14 +64,19 @@ pub struct LoraConfig {
 }
 
 impl LoraTargets {
-    /// Whether the linear at checkpoint path `path` is targeted.
-    pub fn matches(&self, path: &str) -> bool {
+    /// Whether the linear at checkpoint path `path`, in part `part` of the model, is targeted.
+    pub fn matches(&self, path: &str, part: Part) -> bool {
         let module = path.rsplit('.').next().unwrap_or(path);
         match self {
             LoraTargets::AllLinear => true,
             LoraTargets::Modules(m) => m.iter().any(|x| x == module),
             LoraTargets::Layers { vision, language, attention, mlp } => {
-                let tower = if path.starts_with("vision_tower.") { *vision } else { *language };
+                let tower = match part {
+                    Part::Vision => *vision,
+                    Part::Language => *language,
+                    // The projector holds no linear of either tower's layers.
+                    Part::Projector => false,
+                };
                 let kind =
                     (*attention && ATTENTION_MODULES.contains(&module)) || (*mlp && MLP_MODULES.contains(&module));
                 tower && kind
@@ -80,12 +85,14 @@ impl LoraTargets {
     }
 }
 
-/// Attaches a new adapter to every targeted linear, registering `lora_A`/`lora_B` on `tape` as
-/// trainable under PEFT's keys (`peft_path(path)` + `.lora_A.weight`). Returns the adapted paths;
-/// an error when nothing matched.
+/// Attaches a new adapter to every targeted linear (`part_of` says which part of the model a
+/// linear's path lies in), registering `lora_A`/`lora_B` on `tape` as trainable under PEFT's keys
+/// (`peft_path(path)` + `.lora_A.weight`). Returns the adapted paths; an error when nothing
+/// matched.
 pub fn attach_lora(
     cfg: &LoraConfig,
     linears: Vec<&mut Linear>,
+    part_of: impl Fn(&str) -> Part,
     peft_path: impl Fn(&str) -> String,
     tape: &Tape,
     device: &Device,
@@ -96,7 +103,7 @@ pub fn attach_lora(
     }
     let mut adapted = Vec::new();
     for linear in linears {
-        if !cfg.targets.matches(linear.path()) {
+        if !cfg.targets.matches(linear.path(), part_of(linear.path())) {
             continue;
         }
         let (out, inp) = linear.dims();
@@ -147,16 +154,19 @@ mod tests {
 
     #[test]
     fn targeting_follows_towers_and_module_kinds() {
+        let (v, l) = (Part::Vision, Part::Language);
         let t = LoraTargets::Layers { vision: true, language: false, attention: true, mlp: false };
-        assert!(t.matches("vision_tower.encoder.layers.0.self_attn.out_proj"));
-        assert!(!t.matches("vision_tower.encoder.layers.0.mlp.fc1"));
-        assert!(!t.matches("language_model.model.layers.0.self_attn.q_proj"));
+        assert!(t.matches("vision_tower.encoder.layers.0.self_attn.out_proj", v));
+        assert!(!t.matches("vision_tower.encoder.layers.0.mlp.fc1", v));
+        assert!(!t.matches("language_model.model.layers.0.self_attn.q_proj", l));
+        // The tower is the model's word, not the path's spelling.
+        assert!(t.matches("model.vision.blocks.0.attn.q_proj", v) && !t.matches("vision_tower.x.q_proj", l));
         let t = LoraTargets::Layers { vision: false, language: true, attention: false, mlp: true };
-        assert!(t.matches("language_model.model.layers.2.mlp.down_proj"));
-        assert!(!t.matches("language_model.model.layers.2.self_attn.o_proj"));
-        assert!(LoraTargets::AllLinear.matches("anything.q_proj"));
+        assert!(t.matches("language_model.model.layers.2.mlp.down_proj", l));
+        assert!(!t.matches("language_model.model.layers.2.self_attn.o_proj", l));
+        assert!(LoraTargets::AllLinear.matches("anything.q_proj", Part::Projector));
         let t = LoraTargets::Modules(vec!["fc1".into(), "q_proj".into()]);
-        assert!(t.matches("vision_tower.encoder.layers.1.mlp.fc1") && !t.matches("x.fc2"));
+        assert!(t.matches("vision_tower.encoder.layers.1.mlp.fc1", v) && !t.matches("x.fc2", l));
     }
 
     #[test]

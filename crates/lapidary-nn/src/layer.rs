@@ -53,16 +53,34 @@ pub fn map_within<L: Layer>(prefix: &str, layer: &L, f: &mut ParamFn<'_>) -> Res
     layer.map_params(&mut |name, v| f(&format!("{prefix}.{name}"), v))
 }
 
-/// `forward(layer, x)`; with `checkpointing`, as a segment whose activations are recomputed during
+/// Whether layers keep their activations for backward or recompute them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Checkpointing {
+    /// Every layer keeps the activations its backward reads (the fastest, the most memory).
+    #[default]
+    Off,
+    /// Each layer runs as a recomputed segment: only its input is kept, its activations are
+    /// computed again during backward (gradients bit-identical to [`Checkpointing::Off`]).
+    EachLayer,
+}
+
+impl Checkpointing {
+    /// [`Checkpointing::EachLayer`] when `on`, else [`Checkpointing::Off`].
+    pub fn each_layer_if(on: bool) -> Self {
+        if on { Checkpointing::EachLayer } else { Checkpointing::Off }
+    }
+}
+
+/// `forward(layer, x)`; with [`Checkpointing::EachLayer`], as a segment whose activations are recomputed during
 /// backward, the layer's parameters passed to it explicitly (and found again by name inside) so
 /// that their gradients (adapters, trained weights) reach the outer tape exactly as without
 /// checkpointing.
-pub fn checkpointed<L, F>(layer: &L, x: &Var, checkpointing: bool, forward: F) -> Result<Var>
+pub fn checkpointed<L, F>(layer: &L, x: &Var, checkpointing: Checkpointing, forward: F) -> Result<Var>
 where
     L: Layer,
     F: Fn(&L, &Var) -> Result<Var> + 'static,
 {
-    if !checkpointing {
+    if checkpointing == Checkpointing::Off {
         return forward(layer, x);
     }
     let (names, params): (Vec<String>, Vec<Var>) = layer.params().into_iter().unzip();
@@ -128,7 +146,7 @@ mod tests {
     /// every parameter and for the input, bit for bit.
     #[test]
     fn checkpointing_gives_the_same_values_and_gradients() {
-        let run = |checkpointing: bool| {
+        let run = |checkpointing: Checkpointing| {
             let tape = Tape::new();
             let layer = block(&tape, 11);
             let x = {
@@ -155,7 +173,7 @@ mod tests {
             out.sort_by(|a, b| a.0.cmp(&b.0));
             out
         };
-        let (plain, ckpt) = (run(false), run(true));
+        let (plain, ckpt) = (run(Checkpointing::Off), run(Checkpointing::EachLayer));
         let names: Vec<&str> = plain.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["fc1.w", "fc2.b", "ln.b", "ln.w", "x", "y"]);
         assert_eq!(plain, ckpt);
@@ -196,7 +214,9 @@ mod tests {
             Tensor::from_f32(&Device::cpu().unwrap(), &[1.0; 4], &[4], DType::F32).unwrap(),
             Trainable::Yes,
         );
-        let e = checkpointed(&Twice(w.clone()), &w, true, |l, x| ops::mul(&l.0, x)).unwrap_err().to_string();
+        let e = checkpointed(&Twice(w.clone()), &w, Checkpointing::EachLayer, |l, x| ops::mul(&l.0, x))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("two parameters named w"), "{e}");
     }
 }

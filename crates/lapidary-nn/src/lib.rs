@@ -34,11 +34,13 @@
 pub use lapidary_io::gguf;
 mod layer;
 mod linear;
+mod part;
 pub mod safetensors;
 mod scope;
 mod weights;
 
-pub use layer::{Layer, ParamFn, checkpointed, map_within};
+pub use layer::{Checkpointing, Layer, ParamFn, checkpointed, map_within};
 pub use linear::{Adapter, Linear};
+pub use part::Part;
 pub use scope::Scope;
 pub use weights::{GgufSource, SafetensorsSource, WeightSource, Weights};

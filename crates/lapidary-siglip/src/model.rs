@@ -9,7 +9,7 @@ use lapidary_autograd::{Var, ops};
 use lapidary_core::Result;
 use lapidary_kernels::attention::AttentionMask;
 use lapidary_kernels::matmul::Layout;
-use lapidary_nn::{Layer, Linear, ParamFn, Scope, checkpointed, map_within};
+use lapidary_nn::{Checkpointing, Layer, Linear, ParamFn, Scope, checkpointed, map_within};
 
 /// One pre-LN encoder layer.
 #[derive(Clone)]
@@ -137,6 +137,11 @@ impl SiglipVisionModel {
         &self.cfg
     }
 
+    /// The encoder layers.
+    pub fn layers(&self) -> &[EncoderLayer] {
+        &self.layers
+    }
+
     /// The encoder layers (their linears take adapters).
     pub fn layers_mut(&mut self) -> &mut [EncoderLayer] {
         &mut self.layers
@@ -144,7 +149,7 @@ impl SiglipVisionModel {
 
     /// `pixel_values: [N, C, H, W]` -> last hidden state `[N, patches, hidden]` (after
     /// `post_layernorm`). With `checkpointing`, each layer is recomputed during backward.
-    pub fn forward(&self, pixels: &Var, checkpointing: bool) -> Result<Var> {
+    pub fn forward(&self, pixels: &Var, checkpointing: Checkpointing) -> Result<Var> {
         let patches = ops::im2col(pixels, self.cfg.patch_size)?;
         let x = ops::matmul(&patches, &self.patch_weight, Some(&self.patch_bias), Layout::ABt)?;
         let mut x = ops::add(&x, &self.positions)?;

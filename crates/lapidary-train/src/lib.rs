@@ -1,8 +1,9 @@
-//! lapidary-train: the training loop for Gemma 3 vision-language models — AdamW with f32 state,
+//! lapidary-train: the training loop for vision-language models of any family lapidary-registry
+//! knows (Gemma 3 today) — AdamW with f32 state,
 //! linear/cosine schedules with warmup, gradient accumulation normalized by the total label
 //! count, gradient-norm clipping, gradient checkpointing, held-out loss, atomic checkpoints with
 //! exact resume, a progress bar, metrics JSONL and a loss plot. Not data encoding (lapidary-data)
-//! nor the model (lapidary-gemma3).
+//! nor the models (lapidary-model's traits, implemented by each family's crate).
 //!
 //! ```
 //! use lapidary_train::{TrainConfig, schedule::lr_at, Schedule};
@@ -27,4 +28,4 @@ pub mod schedule;
 pub mod trainer;
 
 pub use config::{BaseFormat, Method, Schedule, TrainConfig};
-pub use trainer::{RunSummary, StepStats, Trainer, to_batch};
+pub use trainer::{Gradients, RowCounts, RunSummary, StepStats, Trainer};

@@ -1,12 +1,10 @@
-//! Text generation with a KV cache: the prompt (with its images) is run once, then one token at
-//! a time; greedy, or sampled with temperature, top-k and top-p. Stops at any of the stop ids
-//! or after `max_new_tokens`. Not tokenization or chat formatting.
+//! Choosing tokens for generation, the same for every family: the prompt (with its images) is
+//! run once by the model, then one token at a time ([`decode`]); greedy, or sampled with
+//! temperature, top-k and top-p. Stops at any of the stop ids or after `max_new_tokens`. Not the
+//! model's cache (each family keeps its own) nor tokenization or chat formatting.
 
-use crate::batch::Batch;
-use crate::decoder::KvCache;
-use crate::model::Gemma3ForConditionalGeneration;
 use lapidary_core::rng::SplitMix64;
-use lapidary_core::{Error, Result, Tensor};
+use lapidary_core::{Error, Result};
 
 /// How the next token is chosen.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -74,35 +72,33 @@ fn sample(logits: &[f32], temperature: f32, top_k: usize, top_p: f32, rng: &mut 
     idx[keep - 1] as u32
 }
 
-impl Gemma3ForConditionalGeneration {
-    /// Generates after `prompt` (token ids; image soft tokens where `pixel_values`' images go).
-    /// Returns the new tokens.
-    pub fn generate(&self, prompt: &[u32], pixel_values: Option<&Tensor>, opts: &GenerateOptions) -> Result<Vec<u32>> {
-        let batch = Batch::prompt(prompt, self.config().image_token_index, pixel_values.cloned());
-        let mut cache = KvCache::new(self.config().text.layer_types.len());
-        let mut logits = self.prefill(&batch, &mut cache)?;
-        let mut rng = SplitMix64::new(if let Sampling::Sample { seed, .. } = opts.sampling { seed } else { 0 });
-        let mut out = Vec::new();
-        while out.len() < opts.max_new_tokens {
-            Error::check_finite(
-                &format!("generation: the logits of step {}", out.len()),
-                &logits,
-                "the weights, adapter or pixels hold non-finite values",
-            )?;
-            let next = match opts.sampling {
-                Sampling::Greedy => argmax(&logits),
-                Sampling::Sample { temperature, top_k, top_p, .. } => {
-                    sample(&logits, temperature, top_k, top_p, &mut rng)
-                }
-            };
-            out.push(next);
-            if opts.stop.contains(&next) || out.len() == opts.max_new_tokens {
-                break;
-            }
-            logits = self.decode_step(next, &mut cache)?;
+/// The generation loop: `first` is the logits after the prompt, `step(token)` runs one more
+/// token through the model and returns the logits after it. Returns the new tokens.
+pub fn decode(
+    first: Vec<f32>,
+    mut step: impl FnMut(u32) -> Result<Vec<f32>>,
+    opts: &GenerateOptions,
+) -> Result<Vec<u32>> {
+    let mut logits = first;
+    let mut rng = SplitMix64::new(if let Sampling::Sample { seed, .. } = opts.sampling { seed } else { 0 });
+    let mut out = Vec::new();
+    while out.len() < opts.max_new_tokens {
+        Error::check_finite(
+            &format!("generation: the logits of step {}", out.len()),
+            &logits,
+            "the weights, adapter or pixels hold non-finite values",
+        )?;
+        let next = match opts.sampling {
+            Sampling::Greedy => argmax(&logits),
+            Sampling::Sample { temperature, top_k, top_p, .. } => sample(&logits, temperature, top_k, top_p, &mut rng),
+        };
+        out.push(next);
+        if opts.stop.contains(&next) || out.len() == opts.max_new_tokens {
+            break;
         }
-        Ok(out)
+        logits = step(next)?;
     }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -119,5 +115,17 @@ mod tests {
             assert!(s == 1 || s == 3, "{s}");
         }
         assert_eq!(argmax(&logits), 1);
+    }
+
+    #[test]
+    fn decoding_stops_at_a_stop_id_or_the_limit() {
+        // Logits that make token (step + 1) % 4 the most likely.
+        let logits = |k: u32| (0..4).map(|i| if i == (k + 1) % 4 { 1.0 } else { 0.0 }).collect::<Vec<f32>>();
+        let opts =
+            |stop: Vec<u32>, max_new_tokens| GenerateOptions { max_new_tokens, sampling: Sampling::Greedy, stop };
+        assert_eq!(decode(logits(0), |t| Ok(logits(t)), &opts(vec![3], 10)).unwrap(), vec![1, 2, 3]);
+        assert_eq!(decode(logits(0), |t| Ok(logits(t)), &opts(vec![], 5)).unwrap(), vec![1, 2, 3, 0, 1]);
+        let e = decode(vec![f32::NAN; 4], |t| Ok(logits(t)), &opts(vec![], 5)).unwrap_err().to_string();
+        assert!(e.contains("logits of step 0"), "{e}");
     }
 }

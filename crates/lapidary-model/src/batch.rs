@@ -1,7 +1,8 @@
-//! [`Batch`]: one batch as HF's processor makes it (token ids, masks, token types, labels,
-//! pixels, optional packed positions), its checks, and where batches come from: a batch file
+//! [`Batch`]: one batch on the device as HF's processor makes it (token ids, masks, token types,
+//! labels, pixels, optional packed positions), its checks, the one rule for which positions the
+//! loss counts ([`Batch::is_loss_target`]), and where batches come from: a batch file
 //! ([`Batch::read`]) or a prompt ([`Batch::prompt`]). Not the collation of a dataset (see
-//! lapidary-data) nor the forward pass.
+//! lapidary-data; a model turns a `Collated` into its batch) nor the forward pass.
 
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use lapidary_nn::safetensors::SafetensorsFiles;
@@ -115,20 +116,36 @@ impl Batch {
         c == 0 || self.position_ids.as_ref().is_some_and(|p| p[r * self.seq + c] == 0)
     }
 
-    /// Number of positions the loss counts: next-token labels other than -100 whose position is
-    /// not padding and does not start a sequence (as the loss shifts them).
+    /// Whether the label at position `c` of row `r` is a target of the loss — the one rule every
+    /// model, the trainer and the collator's accounting share: as HF's causal-LM loss, position
+    /// `c - 1` predicts the label at `c`, so it counts when that label is not -100, position `c`
+    /// is not padding, and `c` does not start a sequence (the first token of a row or of a
+    /// packed conversation has nothing before it to predict it). `false` without labels.
+    pub fn is_loss_target(&self, r: usize, c: usize) -> bool {
+        let Some(labels) = &self.labels else { return false };
+        let i = r * self.seq + c;
+        c < self.seq && self.attention_mask[i] != 0 && labels[i] != -100 && !self.starts_sequence(r, c)
+    }
+
+    /// Number of positions the loss counts ([`Self::is_loss_target`]).
     pub fn label_count(&self) -> usize {
+        (0..self.batch).map(|r| (1..self.seq).filter(|&c| self.is_loss_target(r, c)).count()).sum()
+    }
+
+    /// Next-token labels, `[batch * seq]`: at position `c` the label of `c + 1` where that is a
+    /// loss target ([`Self::is_loss_target`]), else -100 (each row's last position among them).
+    /// `None` without labels.
+    pub fn next_token_labels(&self) -> Option<Vec<i64>> {
         let (b, t) = (self.batch, self.seq);
-        let Some(labels) = &self.labels else { return 0 };
-        (0..b)
-            .map(|r| {
-                (1..t)
-                    .filter(|&c| {
-                        self.attention_mask[r * t + c] != 0 && labels[r * t + c] != -100 && !self.starts_sequence(r, c)
-                    })
-                    .count()
-            })
-            .sum()
+        let labels = self.labels.as_ref()?;
+        Some(
+            (0..b * t)
+                .map(|i| {
+                    let (r, c) = (i / t, i % t);
+                    if c + 1 < t && self.is_loss_target(r, c + 1) { labels[i + 1] } else { -100 }
+                })
+                .collect(),
+        )
     }
 
     /// Reads a batch file (safetensors): `input_ids`, `attention_mask`, `token_type_ids` and
@@ -212,6 +229,23 @@ mod tests {
         assert!(empty.validate(100, 200).unwrap_err().to_string().contains("0 row(s)"));
         let short = Batch { seq: 3, ..batch(vec![1, 2, 3, 4], None) };
         assert!(short.validate(100, 200).unwrap_err().to_string().contains("input_ids has 4 values, expected 2 x 3"));
+    }
+
+    #[test]
+    fn padding_sequence_starts_and_ignored_labels_are_not_loss_targets() {
+        let mut b = batch(vec![5, 6, 7, 8, 9, 10], Some(vec![5, 6, -100, 8, 9, 10]));
+        b.attention_mask = vec![1, 1, 1, 1, 1, 0];
+        b.position_ids = Some(vec![0, 1, 2, 0, 0, 1]);
+        // Row 0: 6 at 1 counts, -100 at 2 does not. Row 1: position 1 starts a sequence (its
+        // position id is 0) and position 2 is padding.
+        assert_eq!(b.label_count(), 1);
+        assert_eq!(b.next_token_labels().unwrap(), vec![6, -100, -100, -100, -100, -100]);
+        b.position_ids = None;
+        b.attention_mask = vec![1; 6];
+        assert_eq!(b.label_count(), 3);
+        assert_eq!(b.next_token_labels().unwrap(), vec![6, -100, -100, 9, 10, -100]);
+        b.labels = None;
+        assert_eq!((b.label_count(), b.next_token_labels()), (0, None));
     }
 
     #[test]
