@@ -6,7 +6,9 @@
 //! model this repository bundles; the types the API needs are re-exported):
 //!
 //! ```
-//! use lapidary_siglip::{DType, Device, Scope, SiglipVisionConfig, SiglipVisionModel, Tape, Tensor, Trainable, Weights};
+//! use lapidary_siglip::{
+//!     Checkpointing, DType, Device, Scope, SiglipVisionConfig, SiglipVisionModel, Tape, Tensor, Trainable, Weights,
+//! };
 //!
 //! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/tiny-vlm");
 //! let dev = Device::cpu().unwrap();
@@ -21,7 +23,8 @@
 //! let side = cfg.image_size;
 //! let pixels: Vec<f32> = (0..3 * side * side).map(|i| ((i * 7) % 13) as f32 / 6.5 - 1.0).collect();
 //! let pixels = tape.input(Tensor::from_f32(&dev, &pixels, &[1, 3, side, side], DType::F32).unwrap());
-//! let features = tower.forward(&pixels, false).unwrap();
+//! // Checkpointing::EachLayer recomputes each layer during backward instead of keeping it.
+//! let features = tower.forward(&pixels, Checkpointing::Off).unwrap();
 //! let patches = (side / cfg.patch_size) * (side / cfg.patch_size);
 //! assert_eq!(features.value().shape(), &[1, patches, cfg.hidden_size]);
 //! ```
@@ -41,4 +44,4 @@ pub use model::{EncoderLayer, SiglipVisionModel};
 // The types this crate's signatures use, so that it can be used on its own.
 pub use lapidary_autograd::{Tape, Trainable, Var};
 pub use lapidary_core::{DType, Device, Error, Result, Tensor};
-pub use lapidary_nn::{Scope, Weights};
+pub use lapidary_nn::{Checkpointing, Scope, Weights};
