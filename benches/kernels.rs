@@ -205,7 +205,7 @@ fn bench_norm_loss(c: &mut Criterion) {
         g.throughput(Throughput::Bytes((2 * x.size_bytes()) as u64));
         g.bench_function(format!("rms_norm/{dtype}/{rows}x{cols}"), |bch| {
             bch.iter(|| {
-                let y = norm::rms_norm(&x, &w, 1e-6).unwrap();
+                let y = norm::gemma_rms_norm(&x, &w, 1e-6).unwrap();
                 dev.sync().unwrap();
                 y
             })

@@ -386,6 +386,8 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let result = (|| {
+        // The kernel settings, decided once for the whole run (a malformed variable is an error).
+        lapidary::core::set_settings(lapidary::core::Settings::from_env()?);
         let device = match &cli.device {
             Some(spec) => Device::parse(spec)?,
             None => Device::from_env()?,

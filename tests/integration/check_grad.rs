@@ -124,7 +124,7 @@ impl Layer for DecoderBlock {
 impl DecoderBlock {
     fn forward(&self, h: &Var, rope: &(Tensor, Tensor)) -> Result<Var> {
         let (b, t) = (h.shape()[0], h.shape()[1]);
-        let x = ops::rms_norm(h, &self.norm, 1e-6)?;
+        let x = ops::gemma_rms_norm(h, &self.norm, 1e-6)?;
         let heads = |l: &Linear| -> Result<Var> { ops::reshape(&l.forward(&x)?, &[b, 1, t, HIDDEN]) };
         let qh = ops::rope(&heads(&self.q)?, &rope.0, &rope.1)?;
         let kh = ops::rope(&heads(&self.k)?, &rope.0, &rope.1)?;

@@ -6,7 +6,7 @@
 
 use crate::Var;
 use lapidary_core::{Result, Tensor};
-use lapidary_kernels::matmul::PreparedB;
+use lapidary_kernels::matmul::{Layout, PreparedB};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -27,22 +27,23 @@ impl FrozenPanels {
         !w.requires_grad() && w.value().device().is_cpu()
     }
 
-    /// `w` (`[out, in]`) prepared for `x · wᵀ` (`trans_b`) or for `dy · w`, the gradient of `x`:
-    /// the kept form when [`Self::applies_to`] holds (the gradient's made at the first backward,
-    /// so a model that never trains never holds it), else prepared for this call only.
-    pub fn prepared(&self, w: &Var, trans_b: bool) -> Result<PreparedB> {
-        if Self::applies_to(w) { self.kept(w.value(), trans_b) } else { PreparedB::new(w.value(), trans_b) }
+    /// `w` (`[out, in]`) prepared for `x · wᵀ` ([`Layout::ABt`]) or for `dy · w` ([`Layout::AB`],
+    /// the gradient of `x`): the kept form when [`Self::applies_to`] holds (the gradient's made at
+    /// the first backward, so a model that never trains never holds it), else prepared for this
+    /// call only.
+    pub fn prepared(&self, w: &Var, layout: Layout) -> Result<PreparedB> {
+        if Self::applies_to(w) { self.kept(w.value(), layout) } else { PreparedB::new(w.value(), layout) }
     }
 
     /// The kept form of `w` in one layout, made now when missing or made from another tensor.
     /// For a `w` that [`Self::applies_to`].
-    pub(crate) fn kept(&self, w: &Tensor, trans_b: bool) -> Result<PreparedB> {
+    pub(crate) fn kept(&self, w: &Tensor, layout: Layout) -> Result<PreparedB> {
         let mut slots = self.0.borrow_mut();
-        let slot = if trans_b { &mut slots.product } else { &mut slots.gradient };
+        let slot = if layout.b_transposed_only("FrozenPanels")? { &mut slots.product } else { &mut slots.gradient };
         if let Some(p) = slot.as_ref().filter(|p| p.tensor().same_storage(w)) {
             return Ok(p.clone());
         }
-        let prepared = PreparedB::kept(w, trans_b)?;
+        let prepared = PreparedB::kept(w, layout)?;
         *slot = Some(prepared.clone());
         Ok(prepared)
     }

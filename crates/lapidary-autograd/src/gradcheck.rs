@@ -135,6 +135,7 @@ pub fn op_cases() -> Vec<OpCase> {
         ("scale", vec![vec![7]], Box::new(|v: &[Var]| ops::scale(&v[0], -1.5))),
         ("gelu_tanh", vec![vec![9]], Box::new(|v: &[Var]| ops::gelu_tanh(&v[0]))),
         ("geglu", vec![vec![2, 5], vec![2, 5]], Box::new(|v: &[Var]| ops::geglu(&v[0], &v[1]))),
+        ("gemma_rms_norm", vec![vec![3, 6], vec![6]], Box::new(|v: &[Var]| ops::gemma_rms_norm(&v[0], &v[1], 1e-6))),
         ("rms_norm", vec![vec![3, 6], vec![6]], Box::new(|v: &[Var]| ops::rms_norm(&v[0], &v[1], 1e-6))),
         (
             "layer_norm",

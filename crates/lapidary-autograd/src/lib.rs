@@ -4,15 +4,23 @@
 //!   trainable or frozen ([`Tape::param`]), and frozen leaves never get a gradient buffer.
 //! - [`Tape::backward`] walks the tape in reverse, frees each intermediate gradient once used,
 //!   and returns a [`GradStore`] with a [`GradReport`]: for every trainable leaf, by name, whether
-//!   it got a gradient, whether it is finite, and its norm. A trainable leaf without a finite
-//!   gradient is an error naming it, unless explicitly allowed.
+//!   it got a gradient, whether it is finite, and its norm. A trainable leaf without a gradient,
+//!   or with a non-finite one, is an error naming it, unless [`BackwardOptions`] allows it to
+//!   miss one (a batch without images never reaches the vision tower). `Tape::backward_unread`
+//!   makes the same structural check without reading anything back from the device (finiteness
+//!   is then the optimizer's step guard's). [`Tape::no_grad`] records nothing while its guard
+//!   lives (inference, held-out loss).
 //! - [`checkpoint`] runs a segment without keeping its activations and recomputes it during
 //!   backward. The segment receives the trainable parameters it uses as explicit inputs, so their
 //!   gradients never depend on whether its activation input requires a gradient (the case in
 //!   which reentrant checkpointing silently drops every vision-adapter gradient).
-//! - [`ops`] wraps the kernels of `lapidary-kernels` as differentiable ops. This crate launches
-//!   nothing itself. [`FrozenPanels`] keeps a frozen weight's packed forms (for its product and
-//!   for the input's gradient) between steps, for [`ops::matmul_frozen`] and the fused head.
+//! - [`ops`] wraps the kernels of `lapidary-kernels` as differentiable ops (each backward calls
+//!   the kernel crate's backward entry); this crate launches nothing except through those entries.
+//!   [`FrozenPanels`] keeps a frozen weight's packed forms (for its product and for the input's
+//!   gradient) between steps, for [`ops::matmul_frozen`] and the fused head.
+//! - [`gradcheck`] compares every op's backward with central finite differences
+//!   ([`gradcheck::op_cases`] lists them; a new op adds a row there) — what `cargo xtask
+//!   check-grad` prints first.
 //!
 //! ```
 //! use lapidary_autograd::{ops, Tape, Trainable};

@@ -26,11 +26,13 @@ pub mod jit_builtins;
 mod kernel_failure;
 pub mod launch;
 pub mod pacing;
+pub mod settings;
 mod tensor;
 
 pub use device::{Device, DeviceKind, MemoryStats};
 pub use kernel_failure::kernel_failure;
 pub use lapidary_io::{DType, Error, Result, fsio, rng};
+pub use settings::{Settings, set_settings, settings};
 pub use tensor::{Tensor, host_reads, set_poison_outputs};
 
 /// The CubeCL version this build links, re-exported so that dependants use the very same one.

@@ -6,7 +6,7 @@
 //! LoRA step (512 tokens) 16.7-18.5 s queued, 14.7-15.6 s paced; the tiny VLM's training about
 //! 5x the tokens/s; the same losses. Done through CubeCL's process-wide launch observer asking
 //! for each launch's time (which waits for the kernel), as long as a CPU device exists and no GPU
-//! device was opened; `LAPIDARY_CPU_PACING=0` turns it off. Not a profiler (see the `lapidary`
+//! device was opened; `LAPIDARY_CPU_PACING=0` (or `Settings::cpu_pacing`) turns it off. Not a profiler (see the `lapidary`
 //! crate's `profile` for that).
 
 use cubecl::logging::{LaunchObservation, LaunchObserver, TimingRequest};
@@ -28,7 +28,7 @@ static GPU_OPENED: AtomicBool = AtomicBool::new(false);
 
 /// Paces launches from now on, unless turned off or a GPU device is open.
 pub(crate) fn cpu_device_opened() {
-    if std::env::var("LAPIDARY_CPU_PACING").is_ok_and(|v| v == "0") {
+    if !crate::settings().cpu_pacing {
         return;
     }
     let mut slot = PACING.lock().unwrap_or_else(|p| p.into_inner());

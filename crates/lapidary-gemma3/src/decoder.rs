@@ -130,13 +130,16 @@ impl DecoderLayer {
             LayerKind::Sliding => (&ctx.rope_local, &ctx.mask_sliding),
             LayerKind::Full => (&ctx.rope_global, &ctx.mask_full),
         };
-        let x = ops::rms_norm(h, &self.input_layernorm, self.eps)?;
+        let x = ops::gemma_rms_norm(h, &self.input_layernorm, self.eps)?;
         let heads =
             |l: &Linear, n: usize| -> Result<Var> { ops::swap_middle(&ops::reshape(&l.forward(&x)?, &[b, t, n, d])?) };
-        let q =
-            ops::rope(&ops::rms_norm(&heads(&self.q_proj, self.heads)?, &self.q_norm, self.eps)?, &rope.0, &rope.1)?;
+        let q = ops::rope(
+            &ops::gemma_rms_norm(&heads(&self.q_proj, self.heads)?, &self.q_norm, self.eps)?,
+            &rope.0,
+            &rope.1,
+        )?;
         let k = heads(&self.k_proj, self.kv_heads)?;
-        let mut k = ops::rope(&ops::rms_norm(&k, &self.k_norm, self.eps)?, &rope.0, &rope.1)?;
+        let mut k = ops::rope(&ops::gemma_rms_norm(&k, &self.k_norm, self.eps)?, &rope.0, &rope.1)?;
         let mut v = heads(&self.v_proj, self.kv_heads)?;
         if let Some(cache) = cache {
             let (ka, va) = match cache.take() {
@@ -149,10 +152,10 @@ impl DecoderLayer {
         }
         let att = ops::attention(&q, &k, &v, self.scale, mask)?;
         let att = self.o_proj.forward(&ops::reshape(&ops::swap_middle(&att)?, &[b, t, self.heads * d])?)?;
-        let h = ops::add(h, &ops::rms_norm(&att, &self.post_attention_layernorm, self.eps)?)?;
-        let x = ops::rms_norm(&h, &self.pre_feedforward_layernorm, self.eps)?;
+        let h = ops::add(h, &ops::gemma_rms_norm(&att, &self.post_attention_layernorm, self.eps)?)?;
+        let x = ops::gemma_rms_norm(&h, &self.pre_feedforward_layernorm, self.eps)?;
         let mlp = self.down_proj.forward(&ops::geglu(&self.gate_proj.forward(&x)?, &self.up_proj.forward(&x)?)?)?;
-        ops::add(&h, &ops::rms_norm(&mlp, &self.post_feedforward_layernorm, self.eps)?)
+        ops::add(&h, &ops::gemma_rms_norm(&mlp, &self.post_feedforward_layernorm, self.eps)?)
     }
 }
 
@@ -224,7 +227,7 @@ impl Gemma3TextModel {
             let c = ctx.clone();
             h = checkpointed(layer, &h, checkpointing, move |l, h| l.forward(h, &c))?;
         }
-        states.push(ops::rms_norm(&h, &self.norm, self.cfg.rms_norm_eps as f32)?);
+        states.push(ops::gemma_rms_norm(&h, &self.norm, self.cfg.rms_norm_eps as f32)?);
         Ok(states)
     }
 
@@ -240,7 +243,7 @@ impl Gemma3TextModel {
             h = layer.forward_cached(&h, ctx, Some(c))?;
         }
         cache.len += h.shape()[1];
-        ops::rms_norm(&h, &self.norm, self.cfg.rms_norm_eps as f32)
+        ops::gemma_rms_norm(&h, &self.norm, self.cfg.rms_norm_eps as f32)
     }
 
     /// Logits `[rows, vocab]` of final hidden states `[rows, hidden]` through the tied head.

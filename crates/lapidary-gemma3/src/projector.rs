@@ -37,7 +37,7 @@ impl MultiModalProjector {
     /// `[N, P, Cv] -> [N, mm_tokens_per_image, Ct]`.
     pub fn forward(&self, vision: &Var) -> Result<Var> {
         let pooled = ops::avg_pool(vision, self.pool)?;
-        let normed = ops::rms_norm(&pooled, &self.norm, self.eps)?;
+        let normed = ops::gemma_rms_norm(&pooled, &self.norm, self.eps)?;
         ops::matmul(&normed, &self.projection, None, Layout::AB)
     }
 }

@@ -39,13 +39,13 @@ pub fn matmul_frozen(x: &Var, w: &Var, panels: &FrozenPanels, bias: Option<&Var>
     if !FrozenPanels::applies_to(w) {
         return matmul(x, w, bias, Layout::ABt);
     }
-    let prepared = panels.prepared(w, true)?;
+    let prepared = panels.prepared(w, Layout::ABt)?;
     let out = mm::matmul_prepared(x.value(), &prepared, bias.map(Var::value))?;
     let (wv, panels) = (w.value().clone(), panels.clone());
     let has_bias = bias.is_some();
     let backward: BackwardFn = Box::new(move |outs, needs| {
         let dy = upstream(outs);
-        let dx = if needs[0] { Some(mm::matmul_prepared(&dy, &panels.kept(&wv, false)?, None)?) } else { None };
+        let dx = if needs[0] { Some(mm::matmul_prepared(&dy, &panels.kept(&wv, Layout::AB)?, None)?) } else { None };
         let mut v = vec![dx];
         if has_bias {
             let out_features = wv.dim(0);
@@ -83,14 +83,14 @@ pub fn matmul_packed(
     bias: Option<&Var>,
 ) -> Result<Var> {
     use lapidary_kernels::quant;
-    let out = quant::matmul_packed(x.value(), w, bias.map(Var::value), true)?;
+    let out = quant::matmul_packed(x.value(), w, bias.map(Var::value), Layout::ABt)?;
     let w = w.clone();
     let has_bias = bias.is_some();
     let backward: BackwardFn = Box::new(move |outs, needs| {
         let need_bias = has_bias && needs[1];
         let dy = upstream(outs);
         // dx = dy · W (W read as stored, [out, in]).
-        let dx = if needs[0] { Some(quant::matmul_packed(&dy, &w, None, false)?) } else { None };
+        let dx = if needs[0] { Some(quant::matmul_packed(&dy, &w, None, Layout::AB)?) } else { None };
         let mut v = vec![dx];
         if has_bias {
             let n = dy.dim(-1);

@@ -88,8 +88,8 @@ pub fn linear_cross_entropy(
     let mut dh = if need_h { Some(Tensor::zeros(&dev, hv.shape(), hv.dtype())?) } else { None };
     let mut dw: Option<Tensor> = None;
     // The head is prepared once for every chunk's product (packed on the CPU), or kept.
-    let head = panels.prepared(w, true)?;
-    let head_for_dh = if need_h { Some(panels.prepared(w, false)?) } else { None };
+    let head = panels.prepared(w, Layout::ABt)?;
+    let head_for_dh = if need_h { Some(panels.prepared(w, Layout::AB)?) } else { None };
     for ids in &chunks {
         let hc = gather::gather_rows(&hv, ids)?;
         let logits = mm::matmul_prepared(&hc, &head, None)?;

@@ -1,19 +1,36 @@
-//! Layer-level ops: Gemma RMSNorm, LayerNorm, RoPE and masked grouped-query attention.
+//! Layer-level ops: Gemma's RMSNorm (`1 + w`), RMSNorm, LayerNorm, RoPE and masked grouped-query
+//! attention.
 
 use super::upstream;
 use crate::Var;
 use lapidary_core::{Result, Tensor};
 use lapidary_kernels::{attention as at, norm as nm, rope as rp};
 
-/// Gemma RMSNorm `x * rsqrt(mean(x²) + eps) * (1 + w)` over the last axis.
+/// Gemma's RMSNorm `x * rsqrt(mean(x²) + eps) * (1 + w)` over the last axis (Gemma 1-3).
+pub fn gemma_rms_norm(x: &Var, w: &Var, eps: f32) -> Result<Var> {
+    rms_norm_of(x, w, eps, nm::NormKind::GemmaRms)
+}
+
+/// RMSNorm `x * rsqrt(mean(x²) + eps) * w` over the last axis (Gemma 4, Llama, ...).
 pub fn rms_norm(x: &Var, w: &Var, eps: f32) -> Result<Var> {
-    let out = nm::rms_norm(x.value(), w.value(), eps)?;
+    rms_norm_of(x, w, eps, nm::NormKind::Rms)
+}
+
+fn rms_norm_of(x: &Var, w: &Var, eps: f32, kind: nm::NormKind) -> Result<Var> {
+    let gemma = kind == nm::NormKind::GemmaRms;
+    let out =
+        if gemma { nm::gemma_rms_norm(x.value(), w.value(), eps)? } else { nm::rms_norm(x.value(), w.value(), eps)? };
     let (xv, wv) = (x.value().clone(), w.value().clone());
     x.tape().record1(
         &[x, w],
         out,
         Box::new(move |outs, needs| {
-            let g = nm::rms_norm_backward(&xv, &wv, &upstream(outs), eps, needs[1])?;
+            let dy = upstream(outs);
+            let g = if gemma {
+                nm::gemma_rms_norm_backward(&xv, &wv, &dy, eps, needs[1])?
+            } else {
+                nm::rms_norm_backward(&xv, &wv, &dy, eps, needs[1])?
+            };
             Ok(vec![needs[0].then_some(g.x), g.weight])
         }),
     )

@@ -59,8 +59,8 @@ impl TiledShape {
         let props = dev.client().properties();
         let d = q.dim(-1);
         let dp = d.div_ceil(TILE) * TILE;
-        let bf16_products =
-            q.dtype() == DType::F32 && std::env::var("LAPIDARY_ATTENTION_PRODUCTS").as_deref() == Ok("bf16");
+        let bf16_products = q.dtype() == DType::F32
+            && lapidary_core::settings().attention_products == lapidary_core::settings::AttentionProducts::Bf16;
         let staged = if bf16_products { DType::BF16 } else { q.dtype() };
         let elem = staged.size();
         let cpu = dev.is_cpu();

@@ -40,40 +40,18 @@ pub use softmax::{masked_softmax, masked_softmax_backward};
 use crate::matmul::{Layout, Needs, matmul, matmul_backward};
 use lapidary_core::{Error, Result, Tensor};
 
-/// Which implementation [`attention_with`] runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttentionPath {
-    /// Fused on the CPU runtime (faster there at every length measured, 16 to 8,192 tokens:
-    /// benches/RESULTS.md); fused in the GPU's shape on GPUs (tiles in shared memory, tensor
-    /// cores for 16-bit types). `LAPIDARY_ATTENTION=flash|tiled|materialized` overrides the
-    /// choice.
-    Auto,
-    /// Scores and probabilities materialized (the reference).
-    Materialized,
-    /// Fused, O(T·D) memory, in the CPU's shape: a unit per four query rows, a block of keys in
-    /// one vector register (`flash.rs`).
-    Flash,
-    /// Fused, O(T·D) memory, in the GPU's shape: a cube per block of query rows, a plane per 16
-    /// of them, tiles in shared memory, products on tensor cores where the device has them
-    /// (`flash_tiled.rs`). Runs on the CPU runtime too (without tensor cores), where it is
-    /// tested; the CPU-shaped kernel takes over when a tile of the head dimension does not fit
-    /// in the device's shared memory.
-    Tiled,
-}
+/// Which implementation [`attention_with`] runs (`Auto` as [`lapidary_core::settings`] says:
+/// `LAPIDARY_ATTENTION=flash|tiled|materialized` or `Settings::attention`, else by device).
+pub use lapidary_core::settings::AttentionPath;
 
-impl AttentionPath {
-    /// The path `Auto` resolves to on a CPU or a GPU.
-    fn resolve(self, cpu: bool) -> AttentionPath {
-        match self {
-            AttentionPath::Auto => match std::env::var("LAPIDARY_ATTENTION").as_deref() {
-                Ok("flash") => AttentionPath::Flash,
-                Ok("tiled") => AttentionPath::Tiled,
-                Ok("materialized") => AttentionPath::Materialized,
-                _ if cpu => AttentionPath::Flash,
-                _ => AttentionPath::Tiled,
-            },
-            p => p,
-        }
+/// The path `path` resolves to on a CPU or a GPU: `Auto` takes the settings' path, and where
+/// that is `Auto` too, the CPU-shaped fused kernels on the CPU and the GPU-shaped ones on GPUs.
+fn resolve(path: AttentionPath, cpu: bool) -> AttentionPath {
+    let chosen = if path == AttentionPath::Auto { lapidary_core::settings().attention } else { path };
+    match chosen {
+        AttentionPath::Auto if cpu => AttentionPath::Flash,
+        AttentionPath::Auto => AttentionPath::Tiled,
+        p => p,
     }
 }
 
@@ -176,7 +154,7 @@ pub fn attention_with(
         }
     }
     mask.check(b, k.dim(2))?;
-    let path = path.resolve(q.device().is_cpu());
+    let path = resolve(path, q.device().is_cpu());
     if path != AttentionPath::Materialized {
         let tiled = if path == AttentionPath::Tiled { flash_tiled::forward_shape(q) } else { None };
         let (out, lse) = match tiled {

@@ -122,11 +122,13 @@ pub fn matmul_into(a: &Tensor, b: &Tensor, layout: Layout, c: &Tensor, route: Ro
 }
 
 /// `a · op(b) (+ bias)` with 16-bit operands of one dtype and the result stored as `out`
-/// (f32 keeps the f32 accumulation): `a` `[..., M, K]`, `b` a weight `[K, N]` (`[N, K]` with
-/// `trans_b`) shared by every row, `bias` `[N]` in `out`. Tensor cores where the device has
-/// them; cubek's other routines elsewhere (slow on the CPU runtime, which does not call this).
-pub fn matmul_mixed(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, trans_b: bool, out: DType) -> Result<Tensor> {
+/// (f32 keeps the f32 accumulation): `a` `[..., M, K]`, `b` a weight `[K, N]` ([`Layout::AB`]) or
+/// `[N, K]` ([`Layout::ABt`]) shared by every row, `bias` `[N]` in `out`. Tensor cores where the
+/// device has them; cubek's other routines elsewhere (slow on the CPU runtime, which does not
+/// call this).
+pub fn matmul_mixed(a: &Tensor, b: &Tensor, bias: Option<&Tensor>, layout: Layout, out: DType) -> Result<Tensor> {
     let op = "matmul_mixed";
+    let trans_b = layout.b_transposed_only(op)?;
     if a.rank() < 2 {
         return Err(Error::shape(format!("{op}: a"), "[..., M, K] (rank >= 2)", a.shape()));
     }
@@ -193,8 +195,17 @@ mod tests {
         let b = random_tensor(&dev, &b_shape, dt, seed.wrapping_add(1), 1.0);
         let c = Tensor::uninit(&dev, &[batch, m, n], dt).unwrap();
         matmul_into(&a, &b, Layout::new(ta, tb), &c, route).unwrap();
-        let want =
-            reference::matmul(&a.to_f32_vec().unwrap(), &b.to_f32_vec().unwrap(), None, batch, m, k, n, ta, tb, shared);
+        let want = reference::matmul(
+            &a.to_f32_vec().unwrap(),
+            &b.to_f32_vec().unwrap(),
+            None,
+            batch,
+            m,
+            k,
+            n,
+            Layout::new(ta, tb),
+            shared,
+        );
         let t = dt.tol();
         let tol = Tol { abs: t.abs * (k as f64).sqrt().max(1.0), rel: t.rel };
         let what = format!("cubek {route:?} b{batch} m{m} k{k} n{n} ta{ta} tb{tb} shared{shared} {dt}");
@@ -224,10 +235,20 @@ mod tests {
             let a = random_tensor(&dev, &[2, m, k], dt, seed, 1.0);
             let b = random_tensor(&dev, &if tb { [n, k] } else { [k, n] }, dt, seed + 1, 1.0);
             let bias = random_tensor(&dev, &[n], DType::F32, seed + 2, 1.0);
-            let c = super::matmul_mixed(&a, &b, Some(&bias), tb, DType::F32).unwrap();
+            let c = super::matmul_mixed(&a, &b, Some(&bias), Layout::new(false, tb), DType::F32).unwrap();
             assert_eq!((c.shape(), c.dtype()), (&[2, m, n][..], DType::F32));
             let (ah, bh) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
-            let want = reference::matmul(&ah, &bh, Some(&bias.to_f32_vec().unwrap()), 2, m, k, n, false, tb, true);
+            let want = reference::matmul(
+                &ah,
+                &bh,
+                Some(&bias.to_f32_vec().unwrap()),
+                2,
+                m,
+                k,
+                n,
+                Layout::new(false, tb),
+                true,
+            );
             // Exact products of 16-bit values summed in f32: f32's tolerance, not the 16-bit one.
             let t = DType::F32.tol();
             assert_close(
@@ -244,15 +265,15 @@ mod tests {
         let dev = device();
         let a = random_tensor(&dev, &[2, 3, 4], DType::BF16, 1, 1.0);
         let batched_b = random_tensor(&dev, &[2, 4, 5], DType::BF16, 2, 1.0);
-        let e = super::matmul_mixed(&a, &batched_b, None, false, DType::F32).unwrap_err().to_string();
+        let e = super::matmul_mixed(&a, &batched_b, None, Layout::AB, DType::F32).unwrap_err().to_string();
         assert!(e.contains("matmul_mixed: b") && e.contains("[K, N]"), "{e}");
-        let e = super::matmul_mixed(&random_tensor(&dev, &[4], DType::BF16, 3, 1.0), &a, None, false, DType::F32)
+        let e = super::matmul_mixed(&random_tensor(&dev, &[4], DType::BF16, 3, 1.0), &a, None, Layout::AB, DType::F32)
             .unwrap_err()
             .to_string();
         assert!(e.contains("matmul_mixed: a"), "{e}");
         let f32_a = random_tensor(&dev, &[3, 4], DType::F32, 4, 1.0);
         let f32_b = random_tensor(&dev, &[4, 5], DType::F32, 5, 1.0);
-        assert!(super::matmul_mixed(&f32_a, &f32_b, None, false, DType::F32).is_err());
+        assert!(super::matmul_mixed(&f32_a, &f32_b, None, Layout::AB, DType::F32).is_err());
     }
 
     proptest! {

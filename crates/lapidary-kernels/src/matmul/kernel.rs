@@ -298,15 +298,16 @@ pub struct PreparedB {
 }
 
 impl PreparedB {
-    /// Prepares `b` (`[K, N]`, or `[N, K]` when `trans_b`; rank 2, shared by every product).
-    pub fn new(b: &Tensor, trans_b: bool) -> Result<Self> {
-        Self::prepare(b, trans_b, false)
+    /// Prepares `b` (`[K, N]` for [`Layout::AB`], `[N, K]` for [`Layout::ABt`]; rank 2, shared
+    /// by every product).
+    pub fn new(b: &Tensor, layout: Layout) -> Result<Self> {
+        Self::prepare(b, layout.b_transposed_only("PreparedB")?, false)
     }
 
     /// Prepares `b` for many calls (a frozen weight kept between steps): on the CPU always
     /// packed, whatever its size, since the packing is paid once. Same layouts as [`Self::new`].
-    pub fn kept(b: &Tensor, trans_b: bool) -> Result<Self> {
-        Self::prepare(b, trans_b, true)
+    pub fn kept(b: &Tensor, layout: Layout) -> Result<Self> {
+        Self::prepare(b, layout.b_transposed_only("PreparedB")?, true)
     }
 
     /// Packed on the CPU when the register kernel would pack it for `PACK_MIN_M` rows, or always.
@@ -621,7 +622,7 @@ mod tests {
         let biash = bias_t.as_ref().map(|t| t.to_f32_vec().unwrap());
         let c = super::matmul(&a, &b, bias_t.as_ref(), Layout::new(ta, tb)).unwrap();
         assert_eq!(c.shape(), &[batch, m, n]);
-        let want = reference::matmul(&ah, &bh, biash.as_deref(), batch, m, k, n, ta, tb, shared);
+        let want = reference::matmul(&ah, &bh, biash.as_deref(), batch, m, k, n, Layout::new(ta, tb), shared);
         let what = format!("matmul b{batch} m{m} k{k} n{n} ta{ta} tb{tb} shared{shared} bias{bias} {dt}");
         assert_close(&what, &c.to_f32_vec().unwrap(), &want, tol(dt, k));
 
@@ -631,7 +632,7 @@ mod tests {
         let g =
             super::matmul_backward(&a, &b, &dc, Layout::new(ta, tb), Needs { a: true, b: true, bias: bias }).unwrap();
         // dop(A)[b] = dC[b] · op(B)ᵀ  ([m, n] · [n, k])
-        let d_opa = reference::matmul(&dch, &bh, None, batch, m, n, k, false, !tb, shared);
+        let d_opa = reference::matmul(&dch, &bh, None, batch, m, n, k, Layout::new(false, !tb), shared);
         let want_a = if ta { transpose_host(&d_opa, batch, m, k) } else { d_opa };
         assert_close(&format!("{what}: grad a"), &g.a.unwrap().to_f32_vec().unwrap(), &want_a, tol(dt, n));
         // dop(B) = Σ_b op(A)ᵀ · dC  ([k, m] · [m, n])
@@ -639,7 +640,7 @@ mod tests {
         for bi in 0..batch {
             let ab = &ah[bi * m * k..(bi + 1) * m * k];
             let cb = &dch[bi * m * n..(bi + 1) * m * n];
-            let part = reference::matmul(ab, cb, None, 1, k, m, n, !ta, false, false);
+            let part = reference::matmul(ab, cb, None, 1, k, m, n, Layout::new(!ta, false), false);
             let off = if shared { 0 } else { bi * k * n };
             for (o, p) in d_opb[off..off + k * n].iter_mut().zip(&part) {
                 *o += p;
@@ -719,7 +720,7 @@ mod tests {
                 let b = random_tensor(&dev, &b_shape, dt, seed + 1, 1.0);
                 let addend = random_tensor(&dev, &[batch, m, n], dt, seed + 2, 4.0);
                 let (ah, bh, dh) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap(), addend.to_f32_vec().unwrap());
-                let prod = reference::matmul(&ah, &bh, None, batch, m, k, n, ta, tb, shared);
+                let prod = reference::matmul(&ah, &bh, None, batch, m, k, n, Layout::new(ta, tb), shared);
                 let want: Vec<f32> = prod.iter().zip(&dh).map(|(p, d)| p + d).collect();
                 let got = super::matmul_add(&addend, &a, &b, Layout::new(ta, tb)).unwrap();
                 assert_eq!(got.shape(), &[batch, m, n]);
@@ -788,8 +789,11 @@ mod tests {
             for (dt, kept) in [(DType::F32, false), (DType::F32, true), (DType::BF16, false), (DType::BF16, true)] {
                 let seed = 500 + 10 * i as u64;
                 let b = random_tensor(&dev, &if tb { [n, k] } else { [k, n] }, dt, seed, 1.0);
-                let prepared =
-                    if kept { super::PreparedB::kept(&b, tb).unwrap() } else { super::PreparedB::new(&b, tb).unwrap() };
+                let prepared = if kept {
+                    super::PreparedB::kept(&b, Layout::new(false, tb)).unwrap()
+                } else {
+                    super::PreparedB::new(&b, Layout::new(false, tb)).unwrap()
+                };
                 let bh = b.to_f32_vec().unwrap();
                 for (batches, m) in [(1, 3), (1, 37), (2, 19)] {
                     let a = random_tensor(&dev, &[batches, m, k], dt, seed + m as u64, 1.0);
@@ -797,7 +801,7 @@ mod tests {
                     let want: Vec<f32> = (0..batches)
                         .flat_map(|bi| {
                             let a_bi = &ah[bi * m * k..(bi + 1) * m * k];
-                            reference::matmul(a_bi, &bh, None, 1, m, k, n, false, tb, true)
+                            reference::matmul(a_bi, &bh, None, 1, m, k, n, Layout::new(false, tb), true)
                         })
                         .collect();
                     let got = super::matmul_prepared(&a, &prepared, None).unwrap();
@@ -808,8 +812,11 @@ mod tests {
             }
         }
         let b3 = random_tensor(&dev, &[2, 4, 5], DType::F32, 1, 1.0);
-        assert!(super::PreparedB::new(&b3, false).unwrap_err().to_string().contains("PreparedB: b"));
-        assert!(super::PreparedB::kept(&b3, true).unwrap_err().to_string().contains("PreparedB: b"));
+        assert!(super::PreparedB::new(&b3, Layout::AB).unwrap_err().to_string().contains("PreparedB: b"));
+        assert!(super::PreparedB::kept(&b3, Layout::ABt).unwrap_err().to_string().contains("PreparedB: b"));
+        let b2 = random_tensor(&dev, &[3, 4], DType::F32, 1, 1.0);
+        let e = super::PreparedB::new(&b2, Layout::AtB).unwrap_err().to_string();
+        assert!(e.contains("PreparedB") && e.contains("AtB"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,17 @@ impl Layout {
     pub fn transposes_b(self) -> bool {
         matches!(self, Layout::ABt | Layout::AtBt)
     }
+
+    /// For an op that reads `a` as stored and may read `b` transposed ([`Layout::AB`] or
+    /// [`Layout::ABt`]): whether `b` is transposed; an error naming `op` for the other layouts.
+    pub fn b_transposed_only(self, op: &str) -> lapidary_core::Result<bool> {
+        if self.transposes_a() {
+            return Err(lapidary_core::Error::invalid(format!(
+                "{op}: layout {self:?} transposes a, which {op} reads as stored (AB or ABt)"
+            )));
+        }
+        Ok(self.transposes_b())
+    }
 }
 
 /// Which gradients a matmul's backward computes; the others are `None`.

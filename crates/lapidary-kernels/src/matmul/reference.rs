@@ -2,8 +2,8 @@
 //! against; slow on purpose.
 
 /// `C[b] = op(A[b]) · op(B[b]) (+ bias)` with row-major inputs. `a` holds `batch` matrices of
-/// `[m, k]` (`[k, m]` when `trans_a`); `b` holds `batch` (or 1, shared) matrices of `[k, n]`
-/// (`[n, k]` when `trans_b`). Returns `batch × m × n` values.
+/// `[m, k]` (`[k, m]` when `layout` transposes a); `b` holds `batch` (or 1, shared) matrices of
+/// `[k, n]` (`[n, k]` when it transposes b). Returns `batch × m × n` values.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     a: &[f32],
@@ -13,10 +13,10 @@ pub fn matmul(
     m: usize,
     k: usize,
     n: usize,
-    trans_a: bool,
-    trans_b: bool,
+    layout: super::Layout,
     b_shared: bool,
 ) -> Vec<f32> {
+    let (trans_a, trans_b) = (layout.transposes_a(), layout.transposes_b());
     let mut c = vec![0f32; batch * m * n];
     for bi in 0..batch {
         let a0 = bi * m * k;

@@ -1,6 +1,7 @@
-//! Normalization over the last axis, forward and backward side by side: Gemma's RMSNorm
-//! `x * rsqrt(mean(x²) + eps) * (1 + w)` (also used per head for q/k norm, with C = head_dim) and
-//! SigLIP's LayerNorm `(x - mean) * rstd * w + b`. Statistics in f32. A unit owns whole rows on the
+//! Normalization over the last axis, forward and backward side by side ([`NormKind`]): Gemma's
+//! RMSNorm `x * rsqrt(mean(x²) + eps) * (1 + w)` (Gemma 1-3; also used per head for q/k norm, with
+//! C = head_dim), the plain RMSNorm `x * rsqrt(mean(x²) + eps) * w` (Gemma 4, Llama and most
+//! families) and SigLIP's LayerNorm `(x - mean) * rstd * w + b`. Statistics in f32. A unit owns whole rows on the
 //! CPU, a row is shared by up to 256 units of a cube on GPUs (`rows.rs`);
 //! the weight gradients, when asked for (a frozen norm skips them), are a second, column-parallel
 //! pass (deterministic, no atomics), reading the per-row statistics the backward recomputes.
@@ -10,15 +11,19 @@
 //! use lapidary_kernels::norm;
 //! let dev = Device::cpu().unwrap();
 //! let x = Tensor::from_f32(&dev, &[3., 4.], &[1, 2], DType::F32).unwrap();
-//! let w = Tensor::from_f32(&dev, &[0., 1.], &[2], DType::F32).unwrap(); // Gemma: scale 1 + w
-//! let y = norm::rms_norm(&x, &w, 0.0).unwrap().to_f32_vec().unwrap();
+//! let w = Tensor::from_f32(&dev, &[0., 1.], &[2], DType::F32).unwrap();
 //! let r = (12.5f32).sqrt(); // rms of [3, 4]
+//! // Gemma's: scale 1 + w.
+//! let y = norm::gemma_rms_norm(&x, &w, 0.0).unwrap().to_f32_vec().unwrap();
 //! assert!((y[0] - 3. / r).abs() < 1e-6 && (y[1] - 8. / r).abs() < 1e-6);
+//! // The plain one: scale w.
+//! let y = norm::rms_norm(&x, &w, 0.0).unwrap().to_f32_vec().unwrap();
+//! assert!(y[0].abs() < 1e-6 && (y[1] - 4. / r).abs() < 1e-6);
 //! let dy = Tensor::full(&dev, &[1, 2], 1.0, DType::F32).unwrap();
-//! let g = norm::rms_norm_backward(&x, &w, &dy, 0.0, true).unwrap();
+//! let g = norm::gemma_rms_norm_backward(&x, &w, &dy, 0.0, true).unwrap();
 //! assert_eq!((g.x.shape(), g.weight.unwrap().shape()), (&[1, 2][..], &[2][..]));
 //! // A frozen weight: the input's gradient only.
-//! assert!(norm::rms_norm_backward(&x, &w, &dy, 0.0, false).unwrap().weight.is_none());
+//! assert!(norm::gemma_rms_norm_backward(&x, &w, &dy, 0.0, false).unwrap().weight.is_none());
 //! ```
 
 pub mod reference;
@@ -128,18 +133,41 @@ fn row_stats<F: Float, N: Size>(
     (mean, rstd)
 }
 
-/// The effective weight of column vector `j`: `w` (LayerNorm) or `1 + w` (Gemma RMSNorm).
+/// Which normalization a kernel computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// Gemma's RMSNorm (Gemma 1-3): `x * rsqrt(mean(x²) + eps) * (1 + w)`.
+    GemmaRms,
+    /// RMSNorm: `x * rsqrt(mean(x²) + eps) * w` (Gemma 4, Llama, ...).
+    Rms,
+    /// LayerNorm: `(x - mean) * rsqrt(var + eps) * w + b`.
+    Layer,
+}
+
+impl NormKind {
+    /// Whether rows are centred (their mean subtracted) and a bias added: LayerNorm.
+    pub fn centered(self) -> bool {
+        self == NormKind::Layer
+    }
+
+    /// Whether the scale is `1 + w` rather than `w`: Gemma's RMSNorm.
+    pub fn weight_offset(self) -> bool {
+        self == NormKind::GemmaRms
+    }
+}
+
+/// The effective weight of column vector `j`: `1 + w` with `offset` (Gemma's RMSNorm), else `w`.
 #[cube]
-fn weight_at<F: Float, N: Size>(w: &[Vector<F, N>], j: usize, #[comptime] layer_norm: bool) -> Vector<f32, N> {
+fn weight_at<F: Float, N: Size>(w: &[Vector<F, N>], j: usize, #[comptime] offset: bool) -> Vector<f32, N> {
     let mut wv = Vector::<f32, N>::cast_from(w[j]);
-    if !layer_norm {
+    if offset {
         wv += Vector::new(1.0f32);
     }
     wv
 }
 
-/// Forward of both norms. `mode` 0 = Gemma RMSNorm (1 + w), 1 = LayerNorm with bias. Rows laid
-/// over units as `split` says (`rows.rs`).
+/// Forward of every [`NormKind`]: `layer_norm` centres and adds the bias, `one_plus_w` scales by
+/// `1 + w`. Rows laid over units as `split` says (`rows.rs`).
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
 fn norm_forward_kernel<F: Float, N: Size>(
@@ -152,6 +180,7 @@ fn norm_forward_kernel<F: Float, N: Size>(
     cols: f32,
     eps: f32,
     #[comptime] layer_norm: bool,
+    #[comptime] one_plus_w: bool,
     #[comptime] split: RowSplit,
 ) {
     let mut scratch = Shared::<[f32]>::new_slice(comptime!(split.scratch_len()));
@@ -170,7 +199,7 @@ fn norm_forward_kernel<F: Float, N: Size>(
             let mut j = lane;
             while j < cols_vec {
                 let xhat = (Vector::<f32, N>::cast_from(x[base + j]) - mv) * rstd;
-                let mut out = xhat * weight_at(w, j, layer_norm);
+                let mut out = xhat * weight_at(w, j, one_plus_w);
                 if layer_norm {
                     out += Vector::<f32, N>::cast_from(b[j]);
                 }
@@ -196,6 +225,7 @@ fn norm_backward_rows_kernel<F: Float, N: Size>(
     cols: f32,
     eps: f32,
     #[comptime] layer_norm: bool,
+    #[comptime] one_plus_w: bool,
     #[comptime] split: RowSplit,
 ) {
     let mut scratch = Shared::<[f32]>::new_slice(comptime!(split.scratch_len()));
@@ -217,7 +247,7 @@ fn norm_backward_rows_kernel<F: Float, N: Size>(
             let mut j = lane;
             while j < cols_vec {
                 let xhat = (Vector::<f32, N>::cast_from(x[base + j]) - mv) * rstd;
-                let g = Vector::<f32, N>::cast_from(dy[base + j]) * weight_at(w, j, layer_norm);
+                let g = Vector::<f32, N>::cast_from(dy[base + j]) * weight_at(w, j, one_plus_w);
                 sg += g;
                 sgx = fma(g, xhat, sgx);
                 j += comptime!(split.units);
@@ -233,7 +263,7 @@ fn norm_backward_rows_kernel<F: Float, N: Size>(
             let mut j = lane;
             while j < cols_vec {
                 let xhat = (Vector::<f32, N>::cast_from(x[base + j]) - mv) * rstd;
-                let g = Vector::<f32, N>::cast_from(dy[base + j]) * weight_at(w, j, layer_norm);
+                let g = Vector::<f32, N>::cast_from(dy[base + j]) * weight_at(w, j, one_plus_w);
                 dx[base + j] = Vector::cast_from(rstd * (g - mean_g - xhat * mean_gx));
                 j += comptime!(split.units);
             }
@@ -298,7 +328,7 @@ fn check(op: &str, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<usize> 
     Ok(c)
 }
 
-fn forward(op: &str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
+fn forward(op: &str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32, kind: NormKind) -> Result<Tensor> {
     let c = check(op, x, w, b)?;
     let rows = x.numel() / c.max(1);
     let y = Tensor::uninit(x.device(), x.shape(), x.dtype())?;
@@ -312,7 +342,7 @@ fn forward(op: &str, x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Re
             BufferArg::from_raw_parts(w.handle().clone(), c),
             BufferArg::from_raw_parts(bh.handle().clone(), c),
             BufferArg::from_raw_parts(y.handle().clone(), x.numel()),
-            rows, c / vw, c as f32, eps, b.is_some(), split,
+            rows, c / vw, c as f32, eps, kind.centered(), kind.weight_offset(), split,
         )
     });
     Ok(y)
@@ -335,9 +365,10 @@ fn backward(
     w: &Tensor,
     dy: &Tensor,
     eps: f32,
-    layer_norm: bool,
+    kind: NormKind,
     params: bool,
 ) -> Result<NormGrads> {
+    let layer_norm = kind.centered();
     let c = check(op, x, w, None)?;
     dy.expect_shape(&format!("{op}: dy"), x.shape())?;
     let rows = x.numel() / c.max(1);
@@ -357,7 +388,7 @@ fn backward(
             BufferArg::from_raw_parts(dy.handle().clone(), x.numel()),
             BufferArg::from_raw_parts(dx.handle().clone(), x.numel()),
             BufferArg::from_raw_parts(stats.handle().clone(), rows * 2),
-            rows, c / vw, c as f32, eps, layer_norm, split,
+            rows, c / vw, c as f32, eps, layer_norm, kind.weight_offset(), split,
         )
     });
     if !params {
@@ -377,31 +408,44 @@ fn backward(
     Ok(NormGrads { x: dx, weight: Some(dw), bias: layer_norm.then_some(db) })
 }
 
-/// Gemma RMSNorm over the last axis: `x * rsqrt(mean(x²) + eps) * (1 + weight)`, `weight: [C]`.
-/// For q/k norm pass `x` as `[..., heads, head_dim]` and a `[head_dim]` weight.
+/// Gemma's RMSNorm over the last axis: `x * rsqrt(mean(x²) + eps) * (1 + weight)`,
+/// `weight: [C]`. For q/k norm pass `x` as `[..., heads, head_dim]` and a `[head_dim]` weight.
+pub fn gemma_rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    forward("gemma_rms_norm", x, weight, None, eps, NormKind::GemmaRms)
+}
+
+/// Backward of [`gemma_rms_norm`] (statistics recomputed from `x`); the weight's gradient only
+/// when `params` asks for it.
+pub fn gemma_rms_norm_backward(x: &Tensor, weight: &Tensor, dy: &Tensor, eps: f32, params: bool) -> Result<NormGrads> {
+    backward("gemma_rms_norm_backward", x, weight, dy, eps, NormKind::GemmaRms, params)
+}
+
+/// RMSNorm over the last axis: `x * rsqrt(mean(x²) + eps) * weight`, `weight: [C]` (a weightless
+/// norm passes ones).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
-    forward("rms_norm", x, weight, None, eps)
+    forward("rms_norm", x, weight, None, eps, NormKind::Rms)
 }
 
 /// Backward of [`rms_norm`] (statistics recomputed from `x`); the weight's gradient only when
 /// `params` asks for it.
 pub fn rms_norm_backward(x: &Tensor, weight: &Tensor, dy: &Tensor, eps: f32, params: bool) -> Result<NormGrads> {
-    backward("rms_norm_backward", x, weight, dy, eps, false, params)
+    backward("rms_norm_backward", x, weight, dy, eps, NormKind::Rms, params)
 }
 
 /// LayerNorm over the last axis: `(x - mean) * rsqrt(var + eps) * weight + bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<Tensor> {
-    forward("layer_norm", x, weight, Some(bias), eps)
+    forward("layer_norm", x, weight, Some(bias), eps, NormKind::Layer)
 }
 
 /// Backward of [`layer_norm`] (statistics recomputed from `x`); the weight's and bias's
 /// gradients only when `params` asks for them.
 pub fn layer_norm_backward(x: &Tensor, weight: &Tensor, dy: &Tensor, eps: f32, params: bool) -> Result<NormGrads> {
-    backward("layer_norm_backward", x, weight, dy, eps, true, params)
+    backward("layer_norm_backward", x, weight, dy, eps, NormKind::Layer, params)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::NormKind;
     use super::reference as r;
     use crate::test_util::*;
     use lapidary_core::DType;
@@ -411,7 +455,7 @@ mod tests {
     proptest! {
         #![proptest_config(crate::test_util::cases(24))]
         #[test]
-        fn norms_match_reference(rows in 1usize..20, c in 1usize..70, seed in any::<u64>(), dt in dtype_strategy(), ln in any::<bool>(), split in crate::rows::split_strategy()) {
+        fn norms_match_reference(rows in 1usize..20, c in 1usize..70, seed in any::<u64>(), dt in dtype_strategy(), kind in prop_oneof![Just(NormKind::GemmaRms), Just(NormKind::Rms), Just(NormKind::Layer)], split in crate::rows::split_strategy()) {
             crate::rows::force_split(split);
             let dev = device();
             let eps = 1e-6f32;
@@ -420,25 +464,28 @@ mod tests {
             let b = random_tensor(&dev, &[c], dt, seed ^ 5, 1.0);
             let dy = random_tensor(&dev, &[rows, c], dt, seed ^ 7, 1.0);
             let (xh, wh, bh, dyh) = (x.to_f32_vec().unwrap(), w.to_f32_vec().unwrap(), b.to_f32_vec().unwrap(), dy.to_f32_vec().unwrap());
-            let want = r::norm(&xh, &wh, ln.then_some(&bh[..]), c, eps);
-            let (y, g) = if ln {
-                (super::layer_norm(&x, &w, &b, eps).unwrap(), super::layer_norm_backward(&x, &w, &dy, eps, true).unwrap())
-            } else {
-                (super::rms_norm(&x, &w, eps).unwrap(), super::rms_norm_backward(&x, &w, &dy, eps, true).unwrap())
+            let ln = kind == NormKind::Layer;
+            let want = r::norm(&xh, &wh, &bh, c, eps, kind);
+            let backward = |params| match kind {
+                NormKind::GemmaRms => super::gemma_rms_norm_backward(&x, &w, &dy, eps, params),
+                NormKind::Rms => super::rms_norm_backward(&x, &w, &dy, eps, params),
+                NormKind::Layer => super::layer_norm_backward(&x, &w, &dy, eps, params),
             };
+            let y = match kind {
+                NormKind::GemmaRms => super::gemma_rms_norm(&x, &w, eps),
+                NormKind::Rms => super::rms_norm(&x, &w, eps),
+                NormKind::Layer => super::layer_norm(&x, &w, &b, eps),
+            }.unwrap();
+            let g = backward(true).unwrap();
             // Without the parameters' gradients: the same input gradient, nothing else.
-            let g_x = if ln {
-                super::layer_norm_backward(&x, &w, &dy, eps, false).unwrap()
-            } else {
-                super::rms_norm_backward(&x, &w, &dy, eps, false).unwrap()
-            };
+            let g_x = backward(false).unwrap();
             prop_assert!(g_x.weight.is_none() && g_x.bias.is_none());
             prop_assert_eq!(g_x.x.to_f32_vec().unwrap(), g.x.to_f32_vec().unwrap());
             // Normalized values can reach sqrt(C); gradients sum C or `rows` terms.
             let t = dt.tol();
             let tol = Tol { abs: t.abs * 4.0, rel: t.rel * 2.0 };
             assert_close("norm forward", &y.to_f32_vec().unwrap(), &want, tol);
-            let (dx, dw, db) = r::norm_backward(&xh, &wh, &dyh, c, eps, ln);
+            let (dx, dw, db) = r::norm_backward(&xh, &wh, &dyh, c, eps, kind);
             let tg = Tol { abs: t.abs * 4.0 * (c.max(rows) as f64).sqrt(), rel: t.rel * 4.0 };
             assert_close("norm dx", &g.x.to_f32_vec().unwrap(), &dx, tg);
             assert_close("norm dweight", &g.weight.unwrap().to_f32_vec().unwrap(), &dw, tg);
@@ -457,25 +504,26 @@ mod tests {
         let w = lapidary_testkit::random_values(c, 2, 1.0);
         let b = lapidary_testkit::random_values(c, 3, 1.0);
         let dy = lapidary_testkit::random_values(rows * c, 4, 1.0);
-        for ln in [false, true] {
+        for kind in [NormKind::GemmaRms, NormKind::Rms, NormKind::Layer] {
+            let ln = kind;
             let loss = |x: &[f32], w: &[f32]| -> f64 {
-                r::norm(x, w, ln.then_some(&b[..]), c, 1e-6).iter().zip(&dy).map(|(y, g)| *y as f64 * *g as f64).sum()
+                r::norm(x, w, &b, c, 1e-6, kind).iter().zip(&dy).map(|(y, g)| *y as f64 * *g as f64).sum()
             };
-            let (dx, dw, _) = r::norm_backward(&x, &w, &dy, c, 1e-6, ln);
+            let (dx, dw, _) = r::norm_backward(&x, &w, &dy, c, 1e-6, kind);
             let h = 1e-2f32;
             for i in 0..x.len() {
                 let (mut xp, mut xm) = (x.clone(), x.clone());
                 xp[i] += h;
                 xm[i] -= h;
                 let num = (loss(&xp, &w) - loss(&xm, &w)) / (2.0 * h as f64);
-                assert!((num - dx[i] as f64).abs() < 2e-3, "ln={ln} dx[{i}]: {} vs {num}", dx[i]);
+                assert!((num - dx[i] as f64).abs() < 2e-3, "{ln:?} dx[{i}]: {} vs {num}", dx[i]);
             }
             for i in 0..c {
                 let (mut wp, mut wm) = (w.clone(), w.clone());
                 wp[i] += h;
                 wm[i] -= h;
                 let num = (loss(&x, &wp) - loss(&x, &wm)) / (2.0 * h as f64);
-                assert!((num - dw[i] as f64).abs() < 2e-3, "ln={ln} dw[{i}]: {} vs {num}", dw[i]);
+                assert!((num - dw[i] as f64).abs() < 2e-3, "{ln:?} dw[{i}]: {} vs {num}", dw[i]);
             }
         }
     }
@@ -487,5 +535,7 @@ mod tests {
         let w = random_tensor(&dev, &[4], DType::F32, 2, 1.0);
         let e = super::rms_norm(&x, &w, 1e-6).unwrap_err().to_string();
         assert!(e.contains("rms_norm: weight") && e.contains("[8]") && e.contains("[4]"), "{e}");
+        let e = super::gemma_rms_norm(&x, &w, 1e-6).unwrap_err().to_string();
+        assert!(e.contains("gemma_rms_norm: weight"), "{e}");
     }
 }

@@ -8,6 +8,7 @@ pub mod reference;
 #[cfg(test)]
 mod tests;
 
+use crate::matmul::Layout;
 use cubecl::prelude::*;
 use lapidary_core::{DType, Device, Error, Result, Tensor, launch};
 
@@ -248,15 +249,16 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
 }
 
 /// `x · op(W)` for a packed frozen weight `W`: `x` f32 `[..., K]`, `W` `[N, K]` read as `Wᵀ`
-/// (`trans_w`, a Linear's forward) or `[K, N]`-like as `W` (its input gradient, `x` then `[..., N]`),
-/// the result f32, plus `bias` `[N]`.
+/// ([`Layout::ABt`], a Linear's forward) or `[K, N]`-like as `W` ([`Layout::AB`], its input
+/// gradient, `x` then `[..., N]`), the result f32, plus `bias` `[N]`.
 ///
 /// On the CPU runtime W is expanded to f32 and multiplied in f32. On GPUs the product runs on
 /// tensor cores: W in bf16 (its storage, or NF4 expanded straight to bf16), `x` rounded to bf16
 /// (as a bf16 model's activations are), f32 accumulation and output.
-pub fn matmul_packed(x: &Tensor, w: &PackedMatrix, bias: Option<&Tensor>, trans_w: bool) -> Result<Tensor> {
+pub fn matmul_packed(x: &Tensor, w: &PackedMatrix, bias: Option<&Tensor>, layout: Layout) -> Result<Tensor> {
+    layout.b_transposed_only("matmul_packed")?;
     if x.device().is_cpu() {
-        return crate::matmul::matmul(x, &w.to_f32()?, bias, crate::matmul::Layout::new(false, trans_w));
+        return crate::matmul::matmul(x, &w.to_f32()?, bias, layout);
     }
-    crate::matmul::matmul_mixed(&cast(x, DType::BF16)?, &w.expand(DType::BF16)?, bias, trans_w, DType::F32)
+    crate::matmul::matmul_mixed(&cast(x, DType::BF16)?, &w.expand(DType::BF16)?, bias, layout, DType::F32)
 }
