@@ -49,7 +49,7 @@ enum Command {
     Train(Box<TrainArgs>),
     /// Generates a reply to a prompt (optionally with images), greedy or sampled, with a KV cache.
     Generate {
-        /// HF model directory.
+        /// HF model directory or a .gguf file (text-only).
         #[arg(long)]
         model: PathBuf,
         /// A PEFT LoRA adapter directory to apply.
@@ -79,7 +79,7 @@ enum Command {
     },
     /// Folds a LoRA adapter into its base model and writes a 16-bit HF checkpoint.
     Merge {
-        /// HF model directory of the base.
+        /// HF model directory or a .gguf file (text-only) of the base.
         #[arg(long)]
         model: PathBuf,
         /// PEFT LoRA adapter directory.
@@ -126,7 +126,8 @@ enum Command {
     },
     /// Logits, loss and every parameter's gradient of one batch, written to a safetensors file.
     Eval {
-        /// HF model directory (config.json + model.safetensors or a sharded index; either layout).
+        /// HF model directory (config.json + model.safetensors or a sharded index; either layout) or
+        /// a .gguf file (text-only).
         #[arg(long)]
         model: PathBuf,
         /// Batch file: input_ids, attention_mask, token_type_ids, labels (int64 [B, T]) and,
@@ -149,7 +150,7 @@ enum Command {
     /// JSON line: median step time, tokens/s, device memory. What `tools/gpu/run.sh` compares with
     /// HF transformers + PEFT.
     BenchStep {
-        /// HF model directory.
+        /// HF model directory or a .gguf file (text-only).
         #[arg(long)]
         model: PathBuf,
         /// Batch file, as `eval` reads it (with labels).
@@ -193,7 +194,8 @@ struct TrainArgs {
     /// TOML file with any of the options below (flags given here win).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// HF model directory (config.json, weights, tokenizer.json, processor config).
+    /// HF model directory (config.json, weights, tokenizer.json, processor config) or a .gguf
+    /// file (text-only: its tokenizer is in the file).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Training data: JSONL, one {"messages": [...]} conversation a line, image paths relative
@@ -536,5 +538,19 @@ mod tests {
         }
         let c = train_config(&["--adam-beta1", "0.8", "--adam-beta2", "0.95", "--adam-epsilon", "1e-6"]);
         assert_eq!((c.adam_beta1, c.adam_beta2, c.adam_epsilon), (0.8, 0.95, 1e-6));
+    }
+
+    #[test]
+    fn every_command_taking_a_model_says_it_takes_a_gguf_file() {
+        let mut cmd = command();
+        cmd.build();
+        let mut seen = 0;
+        for sub in cmd.get_subcommands() {
+            let Some(model) = sub.get_arguments().find(|a| a.get_id() == "model") else { continue };
+            let help = model.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.contains(".gguf"), "{}: --model's help does not mention .gguf: {help}", sub.get_name());
+            seen += 1;
+        }
+        assert_eq!(seen, 7, "train, generate, merge, export-gguf, tokenize, eval and bench-step take --model");
     }
 }

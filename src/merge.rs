@@ -1,8 +1,10 @@
 //! `lapidary merge`: folds a LoRA adapter into its base (`W + scale · B · A` for every adapted
 //! linear) and writes an HF checkpoint — every base tensor under its original name, in bf16, f16
-//! or f32 — with the base's config, tokenizer and processor files, so transformers loads it as
-//! the base model (a `.gguf` base gives a Gemma3ForCausalLM checkpoint with a config and tokenizer
-//! built from the file's metadata). Not adapter training.
+//! or f32 — with the base's config and the companion files its family lists (tokenizer,
+//! processor, chat template, generation settings; `lapidary_model::write_companions`), so
+//! transformers loads it as the base model (a `.gguf` base gives the causal-LM checkpoint its
+//! family maps it to, e.g. Gemma3ForCausalLM, with a config and tokenizer built from the file's
+//! metadata). Not adapter training.
 
 use crate::core::{DType, Device, Error, Result, Tensor};
 use crate::kernels::elementwise;

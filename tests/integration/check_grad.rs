@@ -12,7 +12,7 @@
 
 use lapidary::autograd::{BackwardOptions, Tape, Trainable, Var, gradcheck, ops};
 use lapidary::core::{DType, Device, Result, Tensor};
-use lapidary::gemma3::{ForwardOptions, OpenOptions};
+use lapidary::gemma3::OpenOptions;
 use lapidary::kernels::attention::AttentionMask;
 use lapidary::lora::LoraAdapter;
 use lapidary::model::{Checkpointing, Model};
@@ -300,17 +300,8 @@ fn real_model_rows() -> Vec<Row> {
                 Gemma3ForConditionalGeneration::open(root.join("model"), &dev, &OpenOptions::all(Trainable::Yes))?;
             let tape = model.tape().clone();
             let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
-            let loss = model
-                .forward(
-                    &batch,
-                    &ForwardOptions {
-                        pixels: pixels.as_ref(),
-                        checkpointing: Checkpointing::each_layer_if(checkpointing),
-                        ..Default::default()
-                    },
-                )?
-                .loss
-                .expect("labels");
+            let loss =
+                model.forward(&batch, &crate::forward_options(pixels.as_ref(), checkpointing))?.loss.expect("labels");
             let mut opts = BackwardOptions::default();
             if pixels.is_none() {
                 opts.allow_missing =
@@ -412,14 +403,7 @@ fn lora_matrix_rows() -> Vec<Row> {
                         }
                         let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
                         let loss = model
-                            .forward(
-                                batch,
-                                &ForwardOptions {
-                                    pixels: pixels.as_ref(),
-                                    checkpointing: Checkpointing::each_layer_if(checkpointing),
-                                    ..Default::default()
-                                },
-                            )?
+                            .forward(batch, &crate::forward_options(pixels.as_ref(), checkpointing))?
                             .loss
                             .expect("labels");
                         // What a text-only batch cannot reach: vision adapters and the projector.

@@ -161,29 +161,9 @@ fn every_gradient_matches_hf() {
             let tape = model.tape().clone();
             let pixels = batch.pixel_values.as_ref().map(|p| tape.param("pixel_values", p.clone(), Trainable::Yes));
             let loss = if fused {
-                model
-                    .loss(
-                        &batch,
-                        &ForwardOptions {
-                            pixels: pixels.as_ref(),
-                            checkpointing: Checkpointing::each_layer_if(checkpointing),
-                            ..Default::default()
-                        },
-                    )
-                    .unwrap()
+                model.loss(&batch, &crate::forward_options(pixels.as_ref(), checkpointing)).unwrap()
             } else {
-                model
-                    .forward(
-                        &batch,
-                        &ForwardOptions {
-                            pixels: pixels.as_ref(),
-                            checkpointing: Checkpointing::each_layer_if(checkpointing),
-                            ..Default::default()
-                        },
-                    )
-                    .unwrap()
-                    .loss
-                    .unwrap()
+                model.forward(&batch, &crate::forward_options(pixels.as_ref(), checkpointing)).unwrap().loss.unwrap()
             };
             let want_loss = f.load("loss", &dev, DType::F32).unwrap().to_f32_vec().unwrap()[0];
             let got_loss = loss.value().to_f32_vec().unwrap()[0];

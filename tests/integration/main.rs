@@ -15,3 +15,16 @@ mod qlora;
 mod training;
 
 pub use lapidary::repo_path;
+
+/// A pass with `pixels` in place of the batch's images, each layer checkpointed when
+/// `checkpointing`.
+pub fn forward_options(
+    pixels: Option<&lapidary::autograd::Var>,
+    checkpointing: bool,
+) -> lapidary::model::ForwardOptions<'_> {
+    lapidary::model::ForwardOptions {
+        pixels,
+        checkpointing: lapidary::model::Checkpointing::each_layer_if(checkpointing),
+        ..Default::default()
+    }
+}

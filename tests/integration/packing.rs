@@ -10,7 +10,7 @@ use lapidary::autograd::{BackwardOptions, Trainable};
 use lapidary::core::{DType, Device};
 use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration};
 use lapidary::gemma3::{ForwardOptions, OpenOptions};
-use lapidary::model::{Checkpointing, Model};
+use lapidary::model::Model;
 use lapidary::nn::safetensors::LoadTensor;
 use lapidary::nn::safetensors::{self, SafetensorsFiles};
 
@@ -82,16 +82,7 @@ fn a_packed_row_gives_each_conversation_hfs_logits_loss_and_gradients() {
                     .unwrap();
             let tape = model.tape().clone();
             let pixels = packed.pixel_values.as_ref().map(|p| tape.param("pixel_values", p.clone(), Trainable::Yes));
-            let out = model
-                .forward(
-                    &packed,
-                    &ForwardOptions {
-                        pixels: pixels.as_ref(),
-                        checkpointing: Checkpointing::each_layer_if(checkpointing),
-                        ..Default::default()
-                    },
-                )
-                .unwrap();
+            let out = model.forward(&packed, &crate::forward_options(pixels.as_ref(), checkpointing)).unwrap();
             let want = f.load("logits", &dev, DType::F32).unwrap().to_f32_vec().unwrap();
             let err = segment_err(&out.logits.value().to_f32_vec().unwrap(), &packed, &want, batch.seq, &placed);
             let loss = out.loss.unwrap();

@@ -103,17 +103,7 @@ fn lora_gradients_flow_through_a_packed_base() {
         )
         .unwrap()
         .len();
-        let loss = m
-            .forward(
-                &batch,
-                &ForwardOptions {
-                    checkpointing: lapidary::model::Checkpointing::each_layer_if(ckpt),
-                    ..Default::default()
-                },
-            )
-            .unwrap()
-            .loss
-            .unwrap();
+        let loss = m.forward(&batch, &crate::forward_options(None, ckpt)).unwrap().loss.unwrap();
         let (grads, report) = tape.backward(&loss).unwrap();
         assert_eq!(report.nonzero(), 2 * n, "every adapter tensor gets a non-zero gradient");
         assert!(report.frozen_touched.is_empty());

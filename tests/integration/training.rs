@@ -485,6 +485,20 @@ fn a_full_fine_tune_saves_every_tensor_in_the_base_checkpoints_shape() {
     }
     assert_eq!(checked, base.names().count(), "the full fine-tune did not save every tensor");
     Gemma3ForConditionalGeneration::open(&out.join("final"), &dev, &OpenOptions::default()).unwrap();
+    // The companion files `merge` writes, from the same list: every one the base has (the bundled
+    // model has generation_config.json, which a full fine-tune once left out), and config.json
+    // with the stored dtype.
+    let family = lapidary::registry::family_of(&bundled_model()).unwrap();
+    let present: Vec<&str> =
+        family.companion_files().iter().copied().filter(|f| bundled_model().join(f).is_file()).collect();
+    assert!(present.contains(&"generation_config.json") && present.len() >= 5, "{present:?}");
+    for f in present {
+        let (a, b) = (std::fs::read(bundled_model().join(f)).unwrap(), std::fs::read(out.join("final").join(f)));
+        assert_eq!(b.unwrap_or_else(|e| panic!("final/{f}: {e}")), a, "final/{f} differs from the base's");
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("final/config.json")).unwrap()).unwrap();
+    assert_eq!(config["dtype"], "float32");
 }
 
 #[test]
