@@ -11,7 +11,7 @@ use crate::core::rng::SplitMix64;
 use crate::core::{Device, Error, Result};
 use crate::kernels::optim::{GUARD_COEF, GUARD_LOSS, GUARD_NORM};
 use crate::kernels::quant::PackFormat;
-use crate::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora};
+use crate::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora_to};
 use crate::model::{Checkpointing, ForwardOptions, OpenOptions};
 use crate::profile::{PassProfile, profile};
 use crate::train::optimizer::{AdamW, AdamWConfig};
@@ -136,9 +136,7 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
         init: LoraInit::Default,
         dropout: None,
     };
-    let naming = model.naming();
-    let linears = model.linears_mut();
-    attach_lora(&lora, linears, naming.part_of, naming.peft_path, &tape, device, &mut SplitMix64::new(0))?;
+    attach_lora_to(&lora, model.as_mut(), device, &mut SplitMix64::new(0))?;
     let params = tape.trainable_params();
     let trainable = params.iter().map(|(_, v)| v.value().shape().iter().product::<usize>()).sum();
     let mut opt = AdamW::new(params, AdamWConfig::default())?;

@@ -61,17 +61,10 @@ pub struct FrozenModel {
 pub fn open_frozen(model_dir: &Path, adapter: Option<&Path>, device: &Device) -> Result<FrozenModel> {
     let mut model = crate::registry::open(model_dir, device, &OpenOptions::default())?;
     let adapted = match adapter {
-        Some(dir) => load_adapter(model.as_mut(), dir, Trainable::No, device)?,
+        Some(dir) => crate::lora::load_peft_adapter_into(dir, model.as_mut(), device, Trainable::No)?,
         None => 0,
     };
     Ok(FrozenModel { model, adapted })
-}
-
-/// Loads the PEFT LoRA adapter in `dir` into `model`'s linears (`trainable` or frozen); returns
-/// the number of linears adapted.
-pub fn load_adapter(model: &mut dyn Model, dir: &Path, trainable: Trainable, device: &Device) -> Result<usize> {
-    let (naming, tape) = (model.naming(), model.tape().clone());
-    crate::lora::load_peft_adapter(dir, model.linears_mut(), naming.peft_path, &tape, device, trainable)
 }
 
 /// Generates a reply to `prompt` shown after `images`.

@@ -28,7 +28,7 @@ pub fn run(
     let batch = model.read_batch(batch_path, device)?;
     let tape = model.tape().clone();
     if let Some(dir) = adapter {
-        crate::cli::load_adapter(model.as_mut(), dir, trainable, device)?;
+        crate::lora::load_peft_adapter_into(dir, model.as_mut(), device, trainable)?;
     }
     let output = model.forward(&batch, &ForwardOptions::default())?;
     let loss = output.loss.ok_or_else(|| Error::invalid("batch has no labels"))?;

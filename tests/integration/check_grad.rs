@@ -15,7 +15,7 @@ use lapidary::core::{DType, Device, Result, Tensor};
 use lapidary::gemma3::OpenOptions;
 use lapidary::kernels::attention::AttentionMask;
 use lapidary::lora::LoraAdapter;
-use lapidary::model::{Checkpointing, Model};
+use lapidary::model::{AdapterHost, Checkpointing, Model};
 use lapidary::nn::{Layer, Linear, ParamFn, checkpointed, map_within};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -348,7 +348,7 @@ type MatrixRun = (BTreeMap<String, Vec<f32>>, usize, usize, usize, usize);
 fn lora_matrix_rows() -> Vec<Row> {
     use lapidary::core::rng::SplitMix64;
     use lapidary::gemma3::{Gemma3ForConditionalGeneration, Parts};
-    use lapidary::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora};
+    use lapidary::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora_to};
     let dev = Device::from_env_or_cpu().unwrap();
     let root = crate::repo_path("tests/fixtures/tiny-gemma3");
     let batches: Vec<(&str, lapidary::gemma3::Batch)> = ["two_rows_one_image_each", "text_only"]
@@ -391,15 +391,7 @@ fn lora_matrix_rows() -> Vec<Row> {
                                 init: LoraInit::Random(0.3),
                                 dropout: None,
                             };
-                            attach_lora(
-                                &cfg,
-                                model.linears_mut(),
-                                lapidary::gemma3::part_of,
-                                Gemma3ForConditionalGeneration::peft_path,
-                                &tape,
-                                &dev,
-                                &mut SplitMix64::new(11),
-                            )?;
+                            attach_lora_to(&cfg, &mut model, &dev, &mut SplitMix64::new(11))?;
                         }
                         let pixels = batch.pixel_values.as_ref().map(|p| tape.input(p.clone()));
                         let loss = model

@@ -16,19 +16,15 @@ use std::path::{Path, PathBuf};
 /// A LoRA adapter on every linear of the bundled model after a few steps (B no longer zero).
 fn trained_adapter(dir: &Path) -> PathBuf {
     write_dataset(dir, "train", 8, 5).unwrap();
+    let d = TrainConfig::default();
     let cfg = TrainConfig {
-        model: bundled_model(),
-        data: dir.join("train.jsonl"),
-        eval_fraction: 0.0,
-        output_dir: dir.join("out"),
-        lora_r: 4,
-        lora_alpha: 8.0,
         learning_rate: 2e-2,
+        lr_scheduler: d.lr_scheduler,
+        warmup_steps: d.warmup_steps,
         max_steps: 3,
-        micro_batch_size: 2,
-        max_len: 64,
+        grad_accum_steps: d.grad_accum_steps,
         seed: 3,
-        ..TrainConfig::default()
+        ..crate::training::config(dir)
     };
     let dev = Device::from_env_or_cpu().unwrap();
     Trainer::new(cfg, &dev).unwrap().run(false).unwrap();

@@ -5,7 +5,7 @@
 //! (tests/fixtures/gemma3-270m-gguf/dequant_reference.json, from tools/reference/gguf_reference.py).
 
 use lapidary::gemma3::{ForwardOptions, OpenOptions};
-use lapidary::model::Model;
+use lapidary::model::{AdapterHost, Model};
 use lapidary::nn::gguf::GgufFile;
 use lapidary::nn::safetensors::LoadTensor;
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use lapidary::autograd::{Tape, Trainable};
 use lapidary::core::{DType, Device};
 use lapidary::gemma3::MultiModalProjector;
 use lapidary::gemma3::{ForwardOptions, OpenOptions};
-use lapidary::model::{Checkpointing, Model};
+use lapidary::model::{AdapterHost, Checkpointing, Model};
 use lapidary::nn::safetensors::LoadTensor;
 use lapidary::nn::safetensors::SafetensorsFiles;
 use lapidary::nn::{Scope, Weights};
@@ -340,7 +340,7 @@ fn adapters_made_here_round_trip_through_peft_files() {
     use lapidary::core::rng::SplitMix64;
     use lapidary::gemma3::Gemma3ForConditionalGeneration;
     use lapidary::lora::{
-        LoraConfig, LoraInit, LoraTargets, PeftAdapterConfig, adapter_tensors, attach_lora, save_peft_adapter,
+        LoraConfig, LoraInit, LoraTargets, PeftAdapterConfig, adapter_tensors, attach_lora_to, save_peft_adapter,
     };
     let dev = Device::from_env_or_cpu().unwrap();
     let (batch, _) = load_batch("two_rows_one_image_each", &dev);
@@ -357,16 +357,7 @@ fn adapters_made_here_round_trip_through_peft_files() {
         Gemma3ForConditionalGeneration::open(fixtures().join("model"), &dev, &OpenOptions::default()).unwrap();
     let tape = model.tape().clone();
     let base_logits = model.forward(&batch, &ForwardOptions::default()).unwrap().logits.value().to_f32_vec().unwrap();
-    let paths = attach_lora(
-        &cfg,
-        model.linears_mut(),
-        lapidary::gemma3::part_of,
-        Gemma3ForConditionalGeneration::peft_path,
-        &tape,
-        &dev,
-        &mut SplitMix64::new(5),
-    )
-    .unwrap();
+    let paths = attach_lora_to(&cfg, &mut model, &dev, &mut SplitMix64::new(5)).unwrap();
     assert_eq!(paths.len(), 33);
     let logits = model.forward(&batch, &ForwardOptions::default()).unwrap().logits.value().to_f32_vec().unwrap();
     assert!(rel_err(&logits, &base_logits) > 1e-3, "the adapter changes the logits");

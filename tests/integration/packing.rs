@@ -10,7 +10,7 @@ use lapidary::autograd::{BackwardOptions, Trainable};
 use lapidary::core::{DType, Device};
 use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration};
 use lapidary::gemma3::{ForwardOptions, OpenOptions};
-use lapidary::model::Model;
+use lapidary::model::{AdapterHost, Model};
 use lapidary::nn::safetensors::LoadTensor;
 use lapidary::nn::safetensors::{self, SafetensorsFiles};
 

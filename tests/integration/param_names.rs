@@ -6,7 +6,7 @@
 use lapidary::autograd::Trainable;
 use lapidary::core::Device;
 use lapidary::core::rng::SplitMix64;
-use lapidary::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora};
+use lapidary::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora_to};
 use lapidary::model::{LayerParams, Model, OpenOptions};
 use lapidary::nn::safetensors::SafetensorsFiles;
 use std::path::{Path, PathBuf};
@@ -55,9 +55,7 @@ fn open_with_lora(dir: &Path, dev: &Device) -> Box<dyn Model> {
         init: LoraInit::Random(0.1),
         dropout: None,
     };
-    let (naming, tape) = (model.naming(), model.tape().clone());
-    let linears = model.linears_mut();
-    attach_lora(&cfg, linears, naming.part_of, naming.peft_path, &tape, dev, &mut SplitMix64::new(5)).unwrap();
+    attach_lora_to(&cfg, model.as_mut(), dev, &mut SplitMix64::new(5)).unwrap();
     model
 }
 

@@ -7,8 +7,8 @@ use lapidary::core::rng::SplitMix64;
 use lapidary::gemma3::Gemma3ForConditionalGeneration;
 use lapidary::gemma3::{ForwardOptions, OpenOptions};
 use lapidary::kernels::quant::PackFormat;
-use lapidary::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora};
-use lapidary::model::Model;
+use lapidary::lora::{LoraConfig, LoraInit, LoraTargets, attach_lora_to};
+use lapidary::model::{AdapterHost, Model};
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
@@ -92,17 +92,7 @@ fn lora_gradients_flow_through_a_packed_base() {
             init: LoraInit::Random(0.1),
             dropout: None,
         };
-        let n = attach_lora(
-            &cfg,
-            m.linears_mut(),
-            lapidary::gemma3::part_of,
-            Gemma3ForConditionalGeneration::peft_path,
-            &tape,
-            &dev,
-            &mut SplitMix64::new(3),
-        )
-        .unwrap()
-        .len();
+        let n = attach_lora_to(&cfg, &mut m, &dev, &mut SplitMix64::new(3)).unwrap().len();
         let loss = m.forward(&batch, &crate::forward_options(None, ckpt)).unwrap().loss.unwrap();
         let (grads, report) = tape.backward(&loss).unwrap();
         assert_eq!(report.nonzero(), 2 * n, "every adapter tensor gets a non-zero gradient");

@@ -7,13 +7,14 @@ use lapidary::data::{Collated, Example, collate, collate_packed, pack};
 use lapidary::demo::{bundled_model, write_dataset};
 use lapidary::gemma3::{Batch, Gemma3ForConditionalGeneration, GenerateOptions, Sampling, argmax};
 use lapidary::gemma3::{ForwardOptions, OpenOptions};
-use lapidary::model::Model;
+use lapidary::model::{AdapterHost, Model};
 use lapidary::nn::safetensors::LoadTensor;
 use lapidary::train::{Gradients, RowCounts};
 use lapidary::train::{Schedule, TrainConfig, Trainer};
 use std::path::{Path, PathBuf};
 
-fn config(dir: &Path) -> TrainConfig {
+/// LoRA r 4 on the bundled model, 6 steps of 2 x 2 rows of `dir/train.jsonl`, output in `dir/out`.
+pub(crate) fn config(dir: &Path) -> TrainConfig {
     TrainConfig {
         model: bundled_model(),
         data: dir.join("train.jsonl"),

@@ -62,8 +62,8 @@ pub use lapidary_autograd::{Tape, Trainable, Var};
 pub use lapidary_core::{DType, Device, Error, Result, Tensor};
 pub use lapidary_kernels::quant::PackFormat;
 pub use lapidary_model::{
-    Batch, Checkpointing, Family, ForwardOptions, GenerateOptions, Model, OpenOptions, Output, Part, Parts, Sampling,
-    argmax,
+    AdapterHost, Batch, Checkpointing, Family, ForwardOptions, GenerateOptions, Model, OpenOptions, Output, Part,
+    Parts, Sampling, argmax,
 };
 pub use lapidary_nn::{Linear, Scope, Weights};
 pub use lapidary_siglip::{SiglipVisionConfig, SiglipVisionModel};

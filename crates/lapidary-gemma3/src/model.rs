@@ -13,8 +13,8 @@ use lapidary_data::Collated;
 use lapidary_kernels::attention::{AttentionMask, segments_from_positions};
 use lapidary_kernels::rope;
 use lapidary_model::generate::decode;
-use lapidary_model::{Batch, ForwardOptions, GenerateOptions, LayerParams, Model, Naming, OpenOptions, Output, Parts};
-use lapidary_nn::{Checkpointing, Layer, Linear, Part, Scope, Weights};
+use lapidary_model::{Batch, ForwardOptions, GenerateOptions, LayerParams, Model, OpenOptions, Output, Parts};
+use lapidary_nn::{AdapterHost, Checkpointing, Layer, Linear, Naming, Part, Scope, Weights};
 use lapidary_siglip::SiglipVisionModel;
 
 /// The part of Gemma 3 parameter `name` (a checkpoint key, a tape leaf or an adapter tensor,
@@ -233,21 +233,9 @@ impl Gemma3ForConditionalGeneration {
     }
 }
 
-impl Model for Gemma3ForConditionalGeneration {
-    fn family(&self) -> &'static str {
-        "gemma3"
-    }
-
+impl AdapterHost for Gemma3ForConditionalGeneration {
     fn tape(&self) -> &Tape {
         &self.tape
-    }
-
-    fn vocab_size(&self) -> usize {
-        self.cfg.text.vocab_size
-    }
-
-    fn has_vision(&self) -> bool {
-        self.vision.is_some()
     }
 
     /// [`part_of`]; PEFT paths by [`Self::peft_path`] for the vision-language model,
@@ -268,6 +256,20 @@ impl Model for Gemma3ForConditionalGeneration {
             v.extend(l.linears_mut());
         }
         v
+    }
+}
+
+impl Model for Gemma3ForConditionalGeneration {
+    fn family(&self) -> &'static str {
+        "gemma3"
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.cfg.text.vocab_size
+    }
+
+    fn has_vision(&self) -> bool {
+        self.vision.is_some()
     }
 
     fn layer_params(&self) -> Vec<LayerParams> {

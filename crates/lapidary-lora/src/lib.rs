@@ -4,7 +4,8 @@
 //! (`lora_A.weight: [r, in]`, `lora_B.weight: [out, r]`) and scaling (`alpha / r`, or
 //! `alpha / √r` with rsLoRA), and [`load_peft_adapter`], which reads a PEFT adapter directory
 //! (`adapter_config.json` + `adapter_model.safetensors`) into the adapter slots of a model's
-//! linears by module path; targeting ([`attach_lora`]), PEFT/gaussian initialization, saving in
+//! linears by module path (a whole model of any family: [`load_peft_adapter_into`]); targeting
+//! ([`attach_lora`], or [`attach_lora_to`] a model), PEFT/gaussian initialization, saving in
 //! PEFT's format, and the weight delta `scale · B · A` used to merge an adapter into its base.
 //! LoRA dropout ([`LoraDropout`]) as PEFT's `lora_dropout`. NF4 (QLoRA) bases live in
 //! `lapidary_kernels::quant` and `lapidary_nn::Linear::pack_base`.
@@ -44,8 +45,8 @@ mod dropout;
 mod peft;
 mod target;
 pub use dropout::LoraDropout;
-pub use peft::{PeftAdapterConfig, adapter_tensors, load_peft_adapter, save_peft_adapter};
-pub use target::{ATTENTION_MODULES, LoraConfig, LoraInit, LoraTargets, MLP_MODULES, attach_lora};
+pub use peft::{PeftAdapterConfig, adapter_tensors, load_peft_adapter, load_peft_adapter_into, save_peft_adapter};
+pub use target::{ATTENTION_MODULES, LoraConfig, LoraInit, LoraTargets, MLP_MODULES, attach_lora, attach_lora_to};
 
 /// A LoRA adapter: `scale · (x · Aᵀ) · Bᵀ`.
 #[derive(Clone, Debug)]

@@ -7,7 +7,7 @@
 use crate::LoraAdapter;
 use lapidary_autograd::{Tape, Trainable};
 use lapidary_core::{DType, Device, Error, Result};
-use lapidary_nn::{Linear, Weights};
+use lapidary_nn::{AdapterHost, Linear, Weights};
 use serde_json::Value;
 use std::path::Path;
 use std::rc::Rc;
@@ -67,6 +67,18 @@ impl PeftAdapterConfig {
         }
         Ok(cfg)
     }
+}
+
+/// [`load_peft_adapter`] into a model's linears (any family: the host names their PEFT modules);
+/// returns the number of linears adapted.
+pub fn load_peft_adapter_into(
+    dir: &Path,
+    host: &mut dyn AdapterHost,
+    device: &Device,
+    trainable: Trainable,
+) -> Result<usize> {
+    let (naming, tape) = (host.naming(), host.tape().clone());
+    load_peft_adapter(dir, host.linears_mut(), naming.peft_path, &tape, device, trainable)
 }
 
 /// Loads the PEFT adapter in `dir` into `linears`: the linear at checkpoint path `p` takes the

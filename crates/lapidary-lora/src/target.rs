@@ -7,7 +7,7 @@ use crate::LoraAdapter;
 use lapidary_autograd::{Tape, Trainable};
 use lapidary_core::rng::SplitMix64;
 use lapidary_core::{DType, Device, Error, Result, Tensor};
-use lapidary_nn::{Linear, Part};
+use lapidary_nn::{AdapterHost, Linear, Part};
 use std::rc::Rc;
 
 /// Attention projections of both towers (SigLIP and Gemma names).
@@ -130,6 +130,18 @@ pub fn attach_lora(
         return Err(Error::invalid(format!("LoRA: no linear matches the targets {:?}", cfg.targets)));
     }
     Ok(adapted)
+}
+
+/// [`attach_lora`] on every linear of a model (any family: the host says which part each linear
+/// lies in and names its PEFT module). Returns the adapted paths.
+pub fn attach_lora_to(
+    cfg: &LoraConfig,
+    host: &mut dyn AdapterHost,
+    device: &Device,
+    rng: &mut SplitMix64,
+) -> Result<Vec<String>> {
+    let (naming, tape) = (host.naming(), host.tape().clone());
+    attach_lora(cfg, host.linears_mut(), naming.part_of, naming.peft_path, &tape, device, rng)
 }
 
 fn init_weights(cfg: &LoraConfig, out: usize, inp: usize, rng: &mut SplitMix64) -> (Vec<f32>, Vec<f32>) {

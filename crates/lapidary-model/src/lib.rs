@@ -7,7 +7,8 @@
 //!   this family, open a checkpoint of it, its processor (tokenizer, chat template, images), its HF
 //!   config, companion files and GGUF layout for llama.cpp ([`GgufExport`]).
 //! - [`Model`], an opened model as a trait object: its tape, its linears (for adapters), the
-//!   [`Part`] each parameter belongs to and its PEFT names ([`Naming`]), how collated rows become
+//!   [`Part`] each parameter belongs to and its PEFT names ([`Naming`], through lapidary-nn's
+//!   [`AdapterHost`], which LoRA attaches through), how collated rows become
 //!   its [`Batch`], forward, loss and generation, and the keys its parameters have in checkpoints.
 //!
 //! The pieces every family shares live here once: [`Batch`] (HF's processor fields, the batch-file
@@ -47,11 +48,11 @@ pub use companions::{torch_dtype_name, write_companions};
 pub use family::Family;
 pub use generate::{GenerateOptions, Sampling, argmax};
 pub use gguf_export::{GgufExport, GgufTensor};
-pub use model::{LayerParams, Model, Naming};
+pub use model::{LayerParams, Model};
 pub use options::{ForwardOptions, OpenOptions, Output, Parts};
 
 // The types this crate's signatures use, so that it can be used on its own.
 pub use lapidary_autograd::{Tape, Trainable, Var};
 pub use lapidary_core::{DType, Device, Error, Result, Tensor};
 pub use lapidary_data::{Collated, Processor};
-pub use lapidary_nn::{Checkpointing, Linear, Part};
+pub use lapidary_nn::{AdapterHost, Checkpointing, Linear, Naming, Part};

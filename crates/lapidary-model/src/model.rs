@@ -1,34 +1,17 @@
 //! [`Model`]: an opened model of any family, as the trainer and the commands use it — its
-//! parameters on a tape, its linears by name with the part each belongs to, its batches, forward,
+//! parameters on a tape and its linears by name with the part each belongs to (through
+//! [`AdapterHost`]), its batches, forward,
 //! loss and generation, and the names its parameters have in HF checkpoints and PEFT adapters.
 //! Not how a family is recognized or opened ([`crate::Family`]).
 
 use crate::batch::Batch;
 use crate::generate::GenerateOptions;
 use crate::options::{ForwardOptions, Output};
-use lapidary_autograd::{Tape, Var};
+use lapidary_autograd::Var;
 use lapidary_core::{Device, Result, Tensor};
 use lapidary_data::Collated;
-use lapidary_nn::{Linear, Part};
+use lapidary_nn::{AdapterHost, Part};
 use std::path::Path;
-
-/// How a family names its parameters, as plain functions (copied freely, so callers can hold them
-/// while borrowing the model's linears mutably).
-#[derive(Clone, Copy)]
-pub struct Naming {
-    /// The part a parameter belongs to, by its name (a tape leaf, checkpoint key or adapter
-    /// tensor, with or without a PEFT prefix).
-    pub part_of: fn(&str) -> Part,
-    /// The module path PEFT gives the linear at a checkpoint path (without `.weight`), e.g.
-    /// `base_model.model.model.language_model.layers.0.self_attn.q_proj`.
-    pub peft_path: fn(&str) -> String,
-}
-
-impl std::fmt::Debug for Naming {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Naming")
-    }
-}
 
 /// One layer's parameters as the layer itself reports them ([`lapidary_nn::Layer::params`]: the
 /// names checkpointing rebinds by), with the layer's path in the checkpoint
@@ -42,27 +25,17 @@ pub struct LayerParams {
 }
 
 /// An opened model. Every method takes the model as it was opened (see [`crate::OpenOptions`]);
-/// adapters are attached to its linears ([`Model::linears_mut`]) and registered on its tape.
-pub trait Model {
+/// adapters are attached to its linears and registered on its tape through [`AdapterHost`] (its
+/// tape, its linears and how it names them).
+pub trait Model: AdapterHost {
     /// The family's name, as [`crate::Family::name`].
     fn family(&self) -> &'static str;
-
-    /// The tape the parameters live on (adapters are registered on it; training takes gradients
-    /// from it).
-    fn tape(&self) -> &Tape;
 
     /// Tokens of the vocabulary (the logits' width).
     fn vocab_size(&self) -> usize;
 
     /// Whether the model has a vision tower (else it is text-only).
     fn has_vision(&self) -> bool;
-
-    /// How the family names its parameters.
-    fn naming(&self) -> Naming;
-
-    /// Every linear of both towers (their paths are checkpoint keys without `.weight`), for
-    /// attaching adapters by path.
-    fn linears_mut(&mut self) -> Vec<&mut Linear>;
 
     /// Every layer of both towers with the parameters it reports. A base weight's tape name is the
     /// layer's path, a dot and the name it reports; an adapter tensor's is its linear's PEFT path

@@ -32,6 +32,7 @@
 
 /// GGUF files, read and written: from the kernel-free `lapidary-io`.
 pub use lapidary_io::gguf;
+mod host;
 mod layer;
 mod linear;
 mod part;
@@ -39,6 +40,7 @@ pub mod safetensors;
 mod scope;
 mod weights;
 
+pub use host::{AdapterHost, Naming};
 pub use layer::{Checkpointing, Layer, ParamFn, checkpointed, map_within};
 pub use linear::{Adapter, Linear};
 pub use part::Part;

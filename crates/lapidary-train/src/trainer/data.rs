@@ -7,19 +7,9 @@ use lapidary_core::Result;
 use lapidary_core::rng::SplitMix64;
 use lapidary_data::{Collated, Dataset, EncodeOptions, Example, OnBadRow, Processor, collate, collate_packed};
 
-/// The rows a run loads.
-pub(super) struct LoadedRows {
-    /// Training rows.
-    pub train: Vec<Example>,
-    /// Held-out rows.
-    pub held_out: Vec<Example>,
-    /// The report of the rows skipped (empty when none).
-    pub skipped: String,
-}
-
 /// The training and held-out rows (`eval_data`, else `eval_fraction` of the data held out by a
 /// seeded shuffle) and the report of the rows skipped.
-pub(super) fn load_data(cfg: &TrainConfig, processor: &Processor) -> Result<LoadedRows> {
+pub(super) fn load_data(cfg: &TrainConfig, processor: &Processor) -> Result<(Vec<Example>, Vec<Example>, String)> {
     let enc = EncodeOptions { max_len: cfg.max_len, responses_only: cfg.responses_only };
     let on_bad = if cfg.skip_bad_rows { OnBadRow::Skip } else { OnBadRow::Error };
     let data = Dataset::load(&cfg.data, processor, &enc, on_bad)?;
@@ -42,7 +32,7 @@ pub(super) fn load_data(cfg: &TrainConfig, processor: &Processor) -> Result<Load
         }
         None => (data.examples, Vec::new()),
     };
-    Ok(LoadedRows { train, held_out: eval, skipped })
+    Ok((train, eval, skipped))
 }
 
 pub(super) fn shuffled(n: usize, seed: u64) -> Vec<usize> {

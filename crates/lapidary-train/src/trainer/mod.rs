@@ -101,18 +101,14 @@ impl Trainer {
     pub fn new(cfg: TrainConfig, device: &Device) -> Result<Self> {
         cfg.validate()?;
         let processor = lapidary_registry::processor(&cfg.model)?;
-        let loaded = data::load_data(&cfg, &processor)?;
-        let (train, eval, skipped) = (loaded.train, loaded.held_out, loaded.skipped);
+        let (train, eval, skipped) = data::load_data(&cfg, &processor)?;
         let mut model = lapidary_registry::open(&cfg.model, device, &open_options(&cfg))?;
         let (mut adapted_modules, mut dropout) = (Vec::new(), None);
         if cfg.method == Method::Lora {
             let lora = lora_config(&cfg);
             dropout = lora.dropout.clone();
             let mut rng = SplitMix64::new(cfg.seed);
-            let (naming, tape) = (model.naming(), model.tape().clone());
-            let linears = model.linears_mut();
-            let paths =
-                lapidary_lora::attach_lora(&lora, linears, naming.part_of, naming.peft_path, &tape, device, &mut rng)?;
+            let paths = lapidary_lora::attach_lora_to(&lora, model.as_mut(), device, &mut rng)?;
             adapted_modules = paths.iter().map(|p| p.rsplit('.').next().unwrap_or(p).to_string()).collect();
         }
         let params = model.tape().trainable_params();
