@@ -32,6 +32,8 @@
 //! assert!(Part::Language.reached_without_images() && Part::Projector.is_vision_side());
 //! ```
 //!
+//! Adding a family, step by step: `FAMILIES.md` beside this crate's manifest.
+//!
 //! Building: this crate depends on CubeCL's CPU runtime through lapidary-core, which links a
 //! local LLVM 22: once per machine, from a checkout of the repository, `cargo xtask setup --user`.
 
