@@ -4,7 +4,7 @@
 //! checkpoint carries. Not the model ([`crate::Gemma3ForConditionalGeneration`]).
 
 use crate::model::Gemma3ForConditionalGeneration;
-use lapidary_core::{Device, Error, Result};
+use lapidary_core::{Device, Result};
 use lapidary_data::Processor;
 use lapidary_model::{Family, GgufExport, Model, OpenOptions};
 use std::path::Path;
@@ -59,9 +59,7 @@ impl Family for Gemma3Family {
         if lapidary_nn::gguf::is_gguf_path(path) {
             return crate::gguf::hf_config(&lapidary_nn::gguf::GgufFile::open(path)?);
         }
-        let config_path = path.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::invalid(format!("{}: invalid JSON: {e}", config_path.display())))
+        lapidary_data::processor::read_json(&path.join("config.json"))
     }
 
     fn companion_files(&self) -> &'static [&'static str] {

@@ -301,25 +301,14 @@ impl Model for Gemma3ForConditionalGeneration {
         if self.from_gguf { name.replacen("language_model.model.", "model.", 1) } else { self.stored_name(name) }
     }
 
-    /// The collated rows' ids, masks and labels as they are; their pixels as `[images, 3, H, W]`.
-    fn batch(&self, rows: &Collated, device: &Device) -> Result<Batch> {
-        let pixel_values = if rows.images > 0 {
-            let mut shape = vec![rows.images];
-            shape.extend(&rows.image_shape);
-            Some(Tensor::from_f32(device, &rows.pixel_values, &shape, DType::F32)?)
-        } else {
-            None
-        };
-        Ok(Batch {
-            batch: rows.batch,
-            seq: rows.seq,
-            input_ids: rows.input_ids.clone(),
-            attention_mask: rows.attention_mask.clone(),
-            token_type_ids: rows.token_type_ids.clone(),
-            labels: Some(rows.labels.clone()),
-            pixel_values,
-            position_ids: rows.position_ids.clone(),
-        })
+    /// `[images, 3, H, W]`, images in row order.
+    fn pixel_values(&self, rows: &Collated, device: &Device) -> Result<Option<Tensor>> {
+        if rows.images == 0 {
+            return Ok(None);
+        }
+        let mut shape = vec![rows.images];
+        shape.extend(&rows.image_shape);
+        Ok(Some(Tensor::from_f32(device, &rows.pixel_values, &shape, DType::F32)?))
     }
 
     fn forward(&self, batch: &Batch, opts: &ForwardOptions<'_>) -> Result<Output> {

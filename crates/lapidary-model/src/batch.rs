@@ -5,6 +5,7 @@
 //! lapidary-data; a model turns a `Collated` into its batch) nor the forward pass.
 
 use lapidary_core::{DType, Device, Error, Result, Tensor};
+use lapidary_data::Collated;
 use lapidary_nn::safetensors::SafetensorsFiles;
 use std::path::Path;
 
@@ -75,6 +76,23 @@ impl Batch {
             )));
         }
         Ok(())
+    }
+
+    /// The collated rows' ids, masks, token types, labels and positions, as they are, without
+    /// their images (each family gives those: [`crate::Model::pixel_values`]). The loss counts
+    /// the same positions in it as in the whole batch, so its [`Self::label_count`] is known
+    /// before any pixel reaches the device.
+    pub fn without_images(rows: &Collated) -> Self {
+        Batch {
+            batch: rows.batch,
+            seq: rows.seq,
+            input_ids: rows.input_ids.clone(),
+            attention_mask: rows.attention_mask.clone(),
+            token_type_ids: rows.token_type_ids.clone(),
+            labels: Some(rows.labels.clone()),
+            pixel_values: None,
+            position_ids: rows.position_ids.clone(),
+        }
     }
 
     /// One row of `ids` without labels or padding (a prompt): token_type_ids 1 where an id is

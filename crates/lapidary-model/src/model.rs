@@ -55,8 +55,14 @@ pub trait Model: AdapterHost {
     /// file's architecture maps to).
     fn hf_checkpoint_key(&self, name: &str) -> String;
 
-    /// The model's batch of collated rows, on `device`.
-    fn batch(&self, rows: &Collated, device: &Device) -> Result<Batch>;
+    /// The collated rows' images as the model takes them, on `device` (`None` without images).
+    fn pixel_values(&self, rows: &Collated, device: &Device) -> Result<Option<Tensor>>;
+
+    /// The model's batch of collated rows, on `device`: [`Batch::without_images`] and
+    /// [`Model::pixel_values`].
+    fn batch(&self, rows: &Collated, device: &Device) -> Result<Batch> {
+        Ok(Batch { pixel_values: self.pixel_values(rows, device)?, ..Batch::without_images(rows) })
+    }
 
     /// Logits and (with labels) the loss of `batch`.
     fn forward(&self, batch: &Batch, opts: &ForwardOptions<'_>) -> Result<Output>;

@@ -5,7 +5,7 @@
 use lapidary_autograd::{Trainable, Var};
 use lapidary_core::DType;
 use lapidary_kernels::quant::PackFormat;
-use lapidary_nn::{Checkpointing, Part};
+use lapidary_nn::Checkpointing;
 
 /// Trainability of a vision-language model's three parts.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -22,15 +22,6 @@ impl Parts {
     /// Every part `trainable`.
     pub fn all(trainable: Trainable) -> Self {
         Parts { vision: trainable, projector: trainable, text: trainable }
-    }
-
-    /// The trainability of `part`.
-    pub fn of(&self, part: Part) -> Trainable {
-        match part {
-            Part::Vision => self.vision,
-            Part::Projector => self.projector,
-            Part::Language => self.text,
-        }
     }
 }
 

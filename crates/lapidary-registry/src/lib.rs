@@ -47,9 +47,7 @@ pub fn family_of(path: &Path) -> Result<&'static dyn Family> {
             path.display()
         )));
     }
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-    let config: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::invalid(format!("{}: invalid JSON: {e}", config_path.display())))?;
+    let config = lapidary_data::processor::read_json(&config_path)?;
     FAMILIES.iter().copied().find(|fam| fam.reads_config(&config)).ok_or_else(|| {
         Error::invalid(format!(
             "{}: model_type {} is not one lapidary reads (families: {})",

@@ -11,7 +11,7 @@ use lapidary_data::Collated;
 use lapidary_kernels::elementwise;
 use lapidary_kernels::gather;
 use lapidary_kernels::optim::{GUARD_COEF, GUARD_LOSS, GUARD_NORM, GUARD_SUMS};
-use lapidary_model::{Checkpointing, ForwardOptions};
+use lapidary_model::{Batch, Checkpointing, ForwardOptions};
 
 /// What one optimizer step did.
 #[derive(Clone, Debug, PartialEq)]
@@ -183,8 +183,10 @@ impl Trainer {
     /// got a gradient, no frozen one did; after a batch without images, vision-side ones may
     /// lack one); finiteness is the step guard's.
     pub(super) fn gradients_unread(&self, micro: &[Collated]) -> Result<Gradients<Tensor>> {
-        let batches: Vec<_> = micro.iter().map(|c| self.model.batch(c, &self.device)).collect::<Result<_>>()?;
-        let label_tokens: usize = batches.iter().map(|b| b.label_count()).sum();
+        // Pixels go to the device one micro-batch at a time; the label count of all of them is
+        // known from the text fields alone.
+        let texts: Vec<Batch> = micro.iter().map(Batch::without_images).collect();
+        let label_tokens: usize = texts.iter().map(Batch::label_count).sum();
         if label_tokens == 0 {
             return Err(Error::invalid("train: a step without any label token"));
         }
@@ -197,14 +199,15 @@ impl Trainer {
             normalizer: Some(label_tokens as f32),
             ..Default::default()
         };
-        for (k, batch) in batches.iter().enumerate() {
+        for (k, (text, rows)) in texts.into_iter().zip(micro).enumerate() {
             if let Some(d) = &self.dropout {
                 // Masks depend on the run's seed, the step and the micro-batch only: a
                 // checkpointed recompute and a resumed run draw the same ones.
                 d.set_seed(self.cfg.seed ^ ((self.state.step as u64) << 20) ^ (k as u64).wrapping_mul(0x9E37_79B9));
             }
+            let batch = Batch { pixel_values: self.model.pixel_values(rows, &self.device)?, ..text };
             tokens += batch.attention_mask.iter().filter(|&&m| m != 0).count();
-            let loss = self.model.loss(batch, &pass)?;
+            let loss = self.model.loss(&batch, &pass)?;
             loss_total = Some(match loss_total.take() {
                 None => loss.value().clone(),
                 Some(acc) => elementwise::add(&acc, loss.value())?,
