@@ -15,6 +15,10 @@ struct Cli {
     /// build has CUDA and the machine one, else cpu).
     #[arg(long, global = true)]
     device: Option<String>,
+    /// On the CPU, the most threads a kernel runs on (default: LAPIDARY_THREADS, else one per
+    /// logical CPU this process may use: its affinity mask and cgroup CPU quota).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -389,7 +393,11 @@ fn main() -> ExitCode {
     };
     let result = (|| {
         // The kernel settings, decided once for the whole run (a malformed variable is an error).
-        lapidary::core::set_settings(lapidary::core::Settings::from_env()?);
+        let mut settings = lapidary::core::Settings::from_env()?;
+        if let Some(threads) = cli.threads {
+            settings.cpu_threads = Some(threads as usize);
+        }
+        lapidary::core::set_settings(settings);
         let device = match &cli.device {
             Some(spec) => Device::parse(spec)?,
             None => Device::from_env()?,

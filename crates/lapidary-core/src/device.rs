@@ -86,10 +86,16 @@ impl Device {
         &self.client
     }
 
-    /// The most units one cube may have on this device (on the CPU runtime: the core count,
-    /// since each unit is an OS thread and barriers spin).
+    /// The most units one cube may have on this device. On the CPU runtime, where each unit is
+    /// an OS thread: the logical CPUs this process may use (its affinity mask and cgroup CPU
+    /// quota), or [`crate::Settings::cpu_threads`] when that is lower — the CPU kernels run one
+    /// unit per thread.
     pub fn max_units_per_cube(&self) -> u32 {
-        self.client.properties().hardware.max_units_per_cube
+        let hardware = self.client.properties().hardware.max_units_per_cube;
+        match crate::settings().cpu_threads {
+            Some(threads) if self.is_cpu() => hardware.min(threads.clamp(1, u32::MAX as usize) as u32),
+            _ => hardware,
+        }
     }
 
     /// What CubeCL's memory pools hold on this device now, every stream together: bytes handed

@@ -1,7 +1,8 @@
 //! [`Settings`]: the process-wide choices of how kernels run — the attention path, whether fused
-//! attention stages f32 products in bf16, CPU launch pacing — decided in one place: read once
-//! from the environment ([`Settings::from_env`]: `LAPIDARY_ATTENTION`,
-//! `LAPIDARY_ATTENTION_PRODUCTS`, `LAPIDARY_CPU_PACING`), or set by a program
+//! attention stages f32 products in bf16, CPU launch pacing, how many threads a CPU kernel runs
+//! on — decided in one place: read once from the environment ([`Settings::from_env`]:
+//! `LAPIDARY_ATTENTION`, `LAPIDARY_ATTENTION_PRODUCTS`, `LAPIDARY_CPU_PACING`,
+//! `LAPIDARY_THREADS`), or set by a program
 //! ([`set_settings`]) before its first kernel. The kernels ask [`settings`]; nothing else reads
 //! these variables. Not the device choice (`Device::from_env`).
 
@@ -46,18 +47,26 @@ pub struct Settings {
     pub attention_products: AttentionProducts,
     /// On the CPU runtime, each kernel runs to completion before the next is issued (`pacing`).
     pub cpu_pacing: bool,
+    /// On the CPU runtime, the most units (threads) one kernel runs on; `None`: one per logical
+    /// CPU this process may use (its affinity mask and cgroup CPU quota). Never more than that.
+    pub cpu_threads: Option<usize>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { attention: AttentionPath::Auto, attention_products: AttentionProducts::AsStored, cpu_pacing: true }
+        Settings {
+            attention: AttentionPath::Auto,
+            attention_products: AttentionProducts::AsStored,
+            cpu_pacing: true,
+            cpu_threads: None,
+        }
     }
 }
 
 impl Settings {
     /// The defaults, changed by `LAPIDARY_ATTENTION=flash|tiled|materialized`,
-    /// `LAPIDARY_ATTENTION_PRODUCTS=bf16` and `LAPIDARY_CPU_PACING=0`. An unknown value is an
-    /// error naming the variable and the values it takes.
+    /// `LAPIDARY_ATTENTION_PRODUCTS=bf16`, `LAPIDARY_CPU_PACING=0` and `LAPIDARY_THREADS=N`. An
+    /// unknown value is an error naming the variable and the values it takes.
     pub fn from_env() -> crate::Result<Self> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -89,6 +98,12 @@ impl Settings {
                 "0" | "off" => false,
                 "1" | "on" => true,
                 other => return Err(bad("LAPIDARY_CPU_PACING", other, "0, 1")),
+            };
+        }
+        if let Some(v) = var("LAPIDARY_THREADS").filter(|v| !v.trim().is_empty()) {
+            s.cpu_threads = match v.trim().parse::<usize>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => return Err(bad("LAPIDARY_THREADS", v.trim(), "a positive number of threads")),
             };
         }
         Ok(s)
@@ -131,6 +146,7 @@ mod tests {
             ("LAPIDARY_ATTENTION", "tiled"),
             ("LAPIDARY_ATTENTION_PRODUCTS", "bf16"),
             ("LAPIDARY_CPU_PACING", "0"),
+            ("LAPIDARY_THREADS", "3"),
         ]))
         .unwrap();
         assert_eq!(
@@ -138,12 +154,19 @@ mod tests {
             Settings {
                 attention: AttentionPath::Tiled,
                 attention_products: AttentionProducts::Bf16,
-                cpu_pacing: false
+                cpu_pacing: false,
+                cpu_threads: Some(3),
             }
         );
         let e = Settings::from_vars(vars(&[("LAPIDARY_ATTENTION", "fast")])).unwrap_err().to_string();
         assert!(e.contains("LAPIDARY_ATTENTION") && e.contains("\"fast\"") && e.contains("materialized"), "{e}");
         let e = Settings::from_vars(vars(&[("LAPIDARY_CPU_PACING", "no")])).unwrap_err().to_string();
         assert!(e.contains("LAPIDARY_CPU_PACING"), "{e}");
+        for bad in ["0", "-1", "two"] {
+            let e = Settings::from_vars(move |name: &str| (name == "LAPIDARY_THREADS").then(|| bad.to_string()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("LAPIDARY_THREADS") && e.contains("positive"), "{e}");
+        }
     }
 }

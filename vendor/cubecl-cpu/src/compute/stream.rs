@@ -1,7 +1,8 @@
 use crate::compute::{
-    alloc_controller::CpuAllocController, schedule::ScheduleTask, threadpool::Threadpool,
+    alloc_controller::CpuAllocController,
+    schedule::ScheduleTask,
+    threadpool::{Threadpool, completion::Completion},
 };
-use crossbeam_utils::CachePadded;
 use cubecl_common::{bytes::Bytes, profile::ProfileDuration};
 use cubecl_core::{
     MemoryConfiguration,
@@ -23,7 +24,7 @@ use cubecl_server::{
     stream::StreamMemory,
     timestamp_profiler::TimestampProfiler,
 };
-use std::sync::{Arc, atomic::AtomicU64};
+use std::sync::Arc;
 
 pub struct CpuStream {
     pub(crate) memory_management: MemoryManagement<BytesStorage>,
@@ -37,7 +38,7 @@ pub struct CpuStream {
     pub(crate) timestamps: TimestampProfiler,
     threadpool: &'static spin::Mutex<Threadpool>,
     next_counter_step: u64,
-    atomic_counter: Arc<CachePadded<AtomicU64>>,
+    completion: Arc<Completion>,
 }
 
 impl StreamMemory for CpuStream {
@@ -116,14 +117,14 @@ impl CpuStream {
         );
         let threadpool = Threadpool::get();
         let next_counter_step = 0;
-        let atomic_counter = Arc::new(CachePadded::new(AtomicU64::new(0)));
+        let completion = Arc::new(Completion::default());
         Self {
             memory_management,
             shared_memory_management,
             timestamps: TimestampProfiler::default(),
             threadpool,
             next_counter_step,
-            atomic_counter,
+            completion,
         }
     }
 
@@ -166,7 +167,7 @@ impl CpuStream {
                     &mut self.shared_memory_management,
                     failures,
                     self.next_counter_step,
-                    &self.atomic_counter,
+                    &self.completion,
                 );
                 self.next_counter_step += units as u64;
             }
@@ -180,23 +181,11 @@ impl CpuStream {
     /// scheduler aligning streams. Whatever is queued stays queued, for the
     /// flush of the stream that owns it.
     pub fn submit(&mut self) {
-        // Spin briefly, then yield between polls: the client is not pinned,
-        // and a pure spin parked on a worker's logical CPU keeps that worker
-        // off it until the next timer tick (~3 ms unit-start stalls).
-        const SPINS_BEFORE_YIELD: u32 = 1_000;
-        let mut spins = 0u32;
-        while self
-            .atomic_counter
-            .load(std::sync::atomic::Ordering::Acquire)
-            != self.next_counter_step
-        {
-            spins += 1;
-            if spins < SPINS_BEFORE_YIELD {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        // Spin briefly, then sleep until the last unit wakes this thread: a
+        // wait that yields in a loop keeps a logical CPU busy for as long as
+        // the work runs, the CPU a worker needs when another process holds
+        // the other cores.
+        self.completion.wait_for(self.next_counter_step);
     }
 
     /// Wait for the queued work. A launch failure is not the flush's to

@@ -1,22 +1,23 @@
-use crossbeam_utils::CachePadded;
 use cubecl_core::CubeDim;
 use cubecl_server::memory_management::PageUpdate;
 use cubecl_server::{
     memory_management::{ErrorGraph, MemoryManagement},
     storage::BytesStorage,
 };
-use std::sync::{Arc, OnceLock, atomic::AtomicU64};
+use std::sync::{Arc, OnceLock};
 
 use cubecl_llvm::{PlironData, PlironEngine, SharedMemories};
 
 use crate::compute::{
     schedule::BindingsResource,
     threadpool::{
+        completion::Completion,
         compute_task::ComputeTask,
         scheduler::{Scheduler, SchedulerVariant},
     },
 };
 
+pub mod completion;
 pub mod compute_task;
 pub mod scheduler;
 
@@ -56,7 +57,7 @@ impl Threadpool {
         memory: &mut MemoryManagement<BytesStorage>,
         failures: &mut ErrorGraph,
         next_counter_step: u64,
-        atomic_counter: &Arc<CachePadded<AtomicU64>>,
+        completion: &Arc<Completion>,
     ) {
         let requirements = pliron_engine.requirements().clone();
 
@@ -95,12 +96,12 @@ impl Threadpool {
                     let mut pliron_data = base_data.clone();
                     pliron_data.set_unit_pos([unit_pos_x, unit_pos_y, unit_pos_z]);
 
-                    let atomic_counter = Arc::clone(atomic_counter);
+                    let completion = Arc::clone(completion);
                     let compute_task = ComputeTask {
                         pliron_engine,
                         pliron_data,
                         next_counter_step,
-                        atomic_counter,
+                        completion,
                     };
                     self.scheduler.send(i, compute_task);
                     i += 1;

@@ -11,7 +11,11 @@ use crossbeam_utils::CachePadded;
 
 use crate::compute::{
     affinity::{CoreId, get_active_cores},
-    threadpool::{ThreadTask, compute_task::ComputeTask, scheduler::Worker},
+    threadpool::{
+        ThreadTask,
+        compute_task::ComputeTask,
+        scheduler::Worker,
+    },
 };
 
 pub struct DispatcherScheduler {
@@ -104,33 +108,17 @@ impl DispatcherWorker {
     }
 }
 
-/// How long an idle worker polls `try_recv`, yielding the CPU between
-/// misses, before parking in the blocking `recv`. A parked worker costs a
-/// futex wake per launch, and a barrier kernel runs at the latency of its
-/// last-woken unit, while the budget caps what an actually-idle pool burns.
-const IDLE_POLL: std::time::Duration = std::time::Duration::from_micros(200);
-
 impl Worker for DispatcherWorker {
     fn work(mut self) {
         loop {
             if self.aside.is_empty() {
-                let mut received = None;
-                let poll_start = std::time::Instant::now();
-                while poll_start.elapsed() < IDLE_POLL {
-                    match self.rx.try_recv() {
-                        Ok(task) => {
-                            received = Some(task);
-                            break;
-                        }
-                        // The workers cover every logical CPU, so polling in earnest
-                        // starves the client and any still-running units.
-                        Err(_) => std::thread::yield_now(),
-                    }
-                }
-                let task = match received {
-                    Some(task) => Ok(task),
-                    None => self.rx.recv(),
-                };
+                // An idle worker sleeps in the blocking `recv`. It neither spins
+                // nor yields in a loop: with as many workers as logical CPUs, a
+                // polling worker takes the CPU that the server thread or a
+                // running unit needs, and on a machine where another process
+                // holds a core it turns into system time (measured: a 20x
+                // slower training with one busy process beside it).
+                let task = self.rx.recv();
                 if let Ok(mut task) = task {
                     if task.is_ready() {
                         task.compute();

@@ -1,7 +1,7 @@
 use std::thread;
 
 use crate::compute::{
-    affinity::{CoreId, set_for_current},
+    affinity::CoreId,
     threadpool::{
         compute_task::ComputeTask,
         scheduler::{
@@ -74,13 +74,14 @@ impl Scheduler {
 
 trait Worker: Sized + Send + 'static {
     fn work(self);
-    fn spawn_thread(self, core_id: CoreId) {
+    /// Starts the worker on a thread of its own. The thread is not pinned to
+    /// `_core_id`: a pinned worker whose CPU another process holds cannot move
+    /// to an idle one, and every launch with a unit on it waits for that
+    /// process's time slice to end.
+    fn spawn_thread(self, _core_id: CoreId) {
         thread::Builder::new()
             .stack_size(resolve_stack_size())
-            .spawn(move || {
-                set_for_current(core_id);
-                self.work()
-            })
+            .spawn(move || self.work())
             .unwrap();
     }
 }
