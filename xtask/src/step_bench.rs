@@ -3,7 +3,9 @@
 //! (`tools/gpu/torch_bench.py lora-step`) on the same CPU, model and batch, one after the other in
 //! this run, with the same number of threads; printed as a ratio with both peak memories and the
 //! CPU's vector flags. Two shapes: a small random VLM (made by torch_bench.py) and the real Gemma 3
-//! 270M GGUF (tools/gguf/fetch.sh). Not a test: nothing here fails on a slow result.
+//! 270M GGUF (tools/gguf/fetch.sh). Each side runs twice: alone, and beside one busy process (a
+//! shell spinning in a loop, as a browser or a build would take a core), so the table shows how
+//! each degrades when the machine is not idle. Not a test: nothing here fails on a slow result.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -79,34 +81,12 @@ pub fn run() -> Result<(), String> {
     }
 
     let mut rows = Vec::new();
-    for s in &shapes {
-        eprintln!("bench: {} — lapidary", s.name);
-        let out = Command::new(&lapidary)
-            .args(["bench-step", "--model", &path(&s.model), "--batch", &path(&s.batch)])
-            .args(["--base-format", "f32", "--steps", s.steps, "--warmup", WARMUP, "--device", "cpu"])
-            .output()
-            .map_err(|e| format!("running {}: {e}", lapidary.display()))?;
-        if !out.status.success() {
-            return Err(format!("lapidary bench-step failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    for load in [Load::Alone, Load::BesideBusyProcess] {
+        for s in &shapes {
+            let _busy = load.start()?;
+            let (ours, theirs) = measure(s, &lapidary, py.as_deref(), &script, &dir, &threads, rows.len())?;
+            rows.push((s.name, load, ours, theirs));
         }
-        let ours = last_json(&String::from_utf8_lossy(&out.stdout))?;
-        let theirs = match &py {
-            Some(py) => {
-                eprintln!("bench: {} — HF transformers + PEFT", s.name);
-                let json = dir.join(format!("torch-{}.json", rows.len()));
-                let mut args: Vec<String> = vec!["lora-step".into()];
-                args.extend(s.torch_source.iter().cloned());
-                args.extend(["--batch".into(), path(&s.batch), "--device".into(), "cpu".into()]);
-                args.extend(["--dtype".into(), "f32".into(), "--threads".into(), threads.clone()]);
-                args.extend(["--steps".into(), s.steps.into(), "--warmup".into(), WARMUP.into()]);
-                args.extend(["--out".into(), path(&json)]);
-                run_py(py, &script, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
-                let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
-                Some(serde_json::from_str::<Value>(&text).map_err(|e| format!("{}: {e}", json.display()))?)
-            }
-            None => None,
-        };
-        rows.push((s.name, ours, theirs));
     }
 
     println!(
@@ -114,16 +94,17 @@ pub fn run() -> Result<(), String> {
         cpu_flags()
     );
     println!(
-        "{:<48} {:>11} {:>11} {:>7} {:>11} {:>11} {:>10} {:>10}",
-        "shape", "lapidary s", "HF+PEFT s", "ratio", "lapidary MB", "HF+PEFT MB", "loss ours", "loss HF"
+        "{:<48} {:<7} {:>11} {:>11} {:>7} {:>11} {:>11} {:>10} {:>10}",
+        "shape", "load", "lapidary s", "HF+PEFT s", "ratio", "lapidary MB", "HF+PEFT MB", "loss ours", "loss HF"
     );
     let mut report = Vec::new();
-    for (name, ours, theirs) in &rows {
+    for (name, load, ours, theirs) in &rows {
         let ms = ours["median_step_s"].as_f64().unwrap_or(f64::NAN);
         let ts = theirs.as_ref().and_then(|t| t["median_step_s"].as_f64());
         let mb = |v: &Value| v["peak_rss_bytes"].as_f64().map_or("-".to_string(), |b| format!("{:.0}", b / 1e6));
         println!(
-            "{name:<48} {ms:>11.3} {:>11} {:>7} {:>11} {:>11} {:>10.6} {:>10}",
+            "{name:<48} {:<7} {ms:>11.3} {:>11} {:>7} {:>11} {:>11} {:>10.6} {:>10}",
+            load.label(),
             ts.map_or("-".into(), |t| format!("{t:.3}")),
             ts.map_or("-".into(), |t| format!("{:.2}x", ms / t)),
             mb(ours),
@@ -131,15 +112,110 @@ pub fn run() -> Result<(), String> {
             ours["first_loss"].as_f64().unwrap_or(f64::NAN),
             theirs.as_ref().and_then(|t| t["first_loss"].as_f64()).map_or("-".into(), |l| format!("{l:.6}")),
         );
-        report.push(serde_json::json!({ "shape": name, "lapidary": ours, "hf_peft": theirs }));
+        report.push(serde_json::json!({ "shape": name, "load": load.label(), "lapidary": ours, "hf_peft": theirs }));
     }
     println!("(ratio: lapidary's median step time over HF + PEFT's; below 1 is faster. MB: peak resident memory.)");
+    println!("\nSlowdown beside one busy process (busy step time over alone):");
+    println!("{:<48} {:>10} {:>10}", "shape", "lapidary", "HF+PEFT");
+    for s in &shapes {
+        let step = |load: Load, side: usize| {
+            rows.iter().find(|r| r.0 == s.name && r.1 == load).and_then(|r| {
+                let v = if side == 0 { Some(&r.2) } else { r.3.as_ref() };
+                v.and_then(|v| v["median_step_s"].as_f64())
+            })
+        };
+        let slowdown = |side| match (step(Load::Alone, side), step(Load::BesideBusyProcess, side)) {
+            (Some(a), Some(b)) => format!("{:.2}x", b / a),
+            _ => "-".into(),
+        };
+        println!("{:<48} {:>10} {:>10}", s.name, slowdown(0), slowdown(1));
+    }
     let out = dir.join("results.json");
     let doc = serde_json::json!({ "cpu": cpu_flags(), "threads": threads, "rows": report });
     std::fs::write(&out, serde_json::to_string_pretty(&doc).unwrap_or_default())
         .map_err(|e| format!("{}: {e}", out.display()))?;
     println!("written to {}", out.display());
     Ok(())
+}
+
+/// What else runs on the machine while a step is measured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    Alone,
+    /// One process spinning on a core (`sh -c 'while :; do :; done'`) for the whole measurement.
+    BesideBusyProcess,
+}
+
+impl Load {
+    fn label(self) -> &'static str {
+        match self {
+            Load::Alone => "alone",
+            Load::BesideBusyProcess => "busy",
+        }
+    }
+
+    /// Starts the load; it stops when the returned guard is dropped.
+    fn start(self) -> Result<Option<BusyProcess>, String> {
+        match self {
+            Load::Alone => Ok(None),
+            Load::BesideBusyProcess => {
+                let child = Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .map_err(|e| format!("starting a busy process: {e}"))?;
+                Ok(Some(BusyProcess(child)))
+            }
+        }
+    }
+}
+
+/// A process spinning on a core, killed when dropped.
+struct BusyProcess(std::process::Child);
+
+impl Drop for BusyProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One shape's step, lapidary's and (with a Python that has the peer's packages) HF + PEFT's.
+fn measure(
+    s: &Shape,
+    lapidary: &Path,
+    py: Option<&Path>,
+    script: &Path,
+    dir: &Path,
+    threads: &str,
+    index: usize,
+) -> Result<(Value, Option<Value>), String> {
+    eprintln!("bench: {} — lapidary", s.name);
+    let out = Command::new(lapidary)
+        .args(["bench-step", "--model", &path(&s.model), "--batch", &path(&s.batch)])
+        .args(["--base-format", "f32", "--steps", s.steps, "--warmup", WARMUP, "--device", "cpu"])
+        .output()
+        .map_err(|e| format!("running {}: {e}", lapidary.display()))?;
+    if !out.status.success() {
+        return Err(format!("lapidary bench-step failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let ours = last_json(&String::from_utf8_lossy(&out.stdout))?;
+    let theirs = match py {
+        Some(py) => {
+            eprintln!("bench: {} — HF transformers + PEFT", s.name);
+            let json = dir.join(format!("torch-{index}.json"));
+            let mut args: Vec<String> = vec!["lora-step".into()];
+            args.extend(s.torch_source.iter().cloned());
+            args.extend(["--batch".into(), path(&s.batch), "--device".into(), "cpu".into()]);
+            args.extend(["--dtype".into(), "f32".into(), "--threads".into(), threads.into()]);
+            args.extend(["--steps".into(), s.steps.into(), "--warmup".into(), WARMUP.into()]);
+            args.extend(["--out".into(), path(&json)]);
+            run_py(py, script, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
+            let text = std::fs::read_to_string(&json).map_err(|e| format!("{}: {e}", json.display()))?;
+            Some(serde_json::from_str::<Value>(&text).map_err(|e| format!("{}: {e}", json.display()))?)
+        }
+        None => None,
+    };
+    Ok((ours, theirs))
 }
 
 /// `LAPIDARY_PYTHON`, else the workspace's `.venv`, else `python3` on the PATH.
