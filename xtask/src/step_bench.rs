@@ -80,7 +80,7 @@ pub fn run() -> Result<(), String> {
         eprintln!("bench: the Gemma 3 270M GGUF is absent (tools/gguf/fetch.sh fetches it); skipped");
     }
 
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for load in [Load::Alone, Load::BesideBusyProcess] {
         for s in &shapes {
             let _busy = load.start()?;
@@ -118,17 +118,16 @@ pub fn run() -> Result<(), String> {
     println!("\nSlowdown beside one busy process (busy step time over alone):");
     println!("{:<48} {:>10} {:>10}", "shape", "lapidary", "HF+PEFT");
     for s in &shapes {
-        let step = |load: Load, side: usize| {
-            rows.iter().find(|r| r.0 == s.name && r.1 == load).and_then(|r| {
-                let v = if side == 0 { Some(&r.2) } else { r.3.as_ref() };
-                v.and_then(|v| v["median_step_s"].as_f64())
-            })
+        // The median step of one side (lapidary's report or HF + PEFT's) under one load.
+        let step = |load: Load, side: fn(&Row) -> Option<&Value>| {
+            rows.iter().find(|r| r.0 == s.name && r.1 == load).and_then(side).and_then(|v| v["median_step_s"].as_f64())
         };
-        let slowdown = |side| match (step(Load::Alone, side), step(Load::BesideBusyProcess, side)) {
-            (Some(a), Some(b)) => format!("{:.2}x", b / a),
-            _ => "-".into(),
-        };
-        println!("{:<48} {:>10} {:>10}", s.name, slowdown(0), slowdown(1));
+        let slowdown =
+            |side: fn(&Row) -> Option<&Value>| match (step(Load::Alone, side), step(Load::BesideBusyProcess, side)) {
+                (Some(alone), Some(busy)) => format!("{:.2}x", busy / alone),
+                _ => "-".into(),
+            };
+        println!("{:<48} {:>10} {:>10}", s.name, slowdown(|r| Some(&r.2)), slowdown(|r| r.3.as_ref()));
     }
     let out = dir.join("results.json");
     let doc = serde_json::json!({ "cpu": cpu_flags(), "threads": threads, "rows": report });
@@ -137,6 +136,9 @@ pub fn run() -> Result<(), String> {
     println!("written to {}", out.display());
     Ok(())
 }
+
+/// One measured step: the shape's name, the load, lapidary's report, HF + PEFT's (when run).
+type Row = (&'static str, Load, Value, Option<Value>);
 
 /// What else runs on the machine while a step is measured.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -6,8 +6,14 @@
 use cubecl::cpu::compute::threadpool::completion::Completion;
 use cubecl::prelude::*;
 use lapidary_core::{DType, Device, Tensor};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// The tests run one at a time: CPU time read for the process would count a test beside it.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn cpu_time(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -18,6 +24,7 @@ fn cpu_time(clock: libc::clockid_t) -> Duration {
 
 #[test]
 fn completion_reaches_every_count_and_loses_no_wake_up() {
+    let _serial = one_at_a_time();
     let completion = Arc::new(Completion::default());
     let units = 20_000;
     let worker = {
@@ -41,6 +48,7 @@ fn completion_reaches_every_count_and_loses_no_wake_up() {
 
 #[test]
 fn a_thread_waiting_for_units_sleeps() {
+    let _serial = one_at_a_time();
     let completion = Arc::new(Completion::default());
     let worker = {
         let completion = completion.clone();
@@ -90,6 +98,7 @@ fn run_long_unit(device: &Device, iters: u32) -> Duration {
 /// idle workers). The original runtime's waiters yielded in a loop: about twice the CPU.
 #[test]
 fn waiting_on_a_long_kernel_uses_no_cpu_of_its_own() {
+    let _serial = one_at_a_time();
     let device = Device::cpu().unwrap();
     run_long_unit(&device, 1_000); // compiles the kernel
     let probe = 20_000_000;

@@ -181,10 +181,9 @@ impl CpuStream {
     /// scheduler aligning streams. Whatever is queued stays queued, for the
     /// flush of the stream that owns it.
     pub fn submit(&mut self) {
-        // Spin briefly, then sleep until the last unit wakes this thread: a
-        // wait that yields in a loop keeps a logical CPU busy for as long as
-        // the work runs, the CPU a worker needs when another process holds
-        // the other cores.
+        // Sleep until the last unit wakes this thread: a wait that yields in
+        // a loop keeps a logical CPU busy for as long as the work runs, the
+        // CPU a worker needs when another process holds the other cores.
         self.completion.wait_for(self.next_counter_step);
     }
 

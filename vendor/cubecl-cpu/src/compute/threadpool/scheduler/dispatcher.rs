@@ -45,10 +45,10 @@ impl DispatcherScheduler {
         scheduler
     }
 
-    /// Spawns workers until at least `n` exist. Overflow workers past the core
-    /// count round-robin over the active cores, so a cube with more units than
-    /// cores still gets one thread per unit — required so the `sync_cube` spin
-    /// barrier never queues two units of the same cube behind each other.
+    /// Spawns workers until at least `n` exist, past the core count if need
+    /// be, so a cube with more units than cores still gets one thread per
+    /// unit — required so the `sync_cube` spin barrier never queues two units
+    /// of the same cube behind each other.
     pub fn ensure_workers(&mut self, n: usize) {
         while self.tx.len() < n {
             let core_id = self.cores[self.tx.len() % self.cores.len()];
