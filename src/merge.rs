@@ -26,19 +26,10 @@ pub fn run(
     overwrite: bool,
 ) -> Result<usize> {
     check_output(out, &[model_dir, adapter_dir], overwrite)?;
-    let final_out = out;
-    let staging = staging_dir(out)?;
-    let out = staging.as_path();
-    let result = write_merged(model_dir, adapter_dir, out, dtype, device);
-    let n = match result {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(out);
-            return Err(e);
-        }
-    };
-    crate::core::fsio::replace_dir(out, final_out)?;
-    Ok(n)
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    crate::core::fsio::write_dir(out, |staged| write_merged(model_dir, adapter_dir, staged, dtype, device))
 }
 
 /// Refuses an output that is (or holds, or lies inside) one of `inputs`, and a non-empty one
@@ -73,19 +64,6 @@ fn check_output(out: &Path, inputs: &[&Path], overwrite: bool) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// A fresh directory beside `out` to write into before the rename.
-fn staging_dir(out: &Path) -> Result<std::path::PathBuf> {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "merged".into());
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let dir = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
-    std::fs::create_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-    Ok(dir)
 }
 
 /// One parameter of a model with its adapter folded in.

@@ -55,6 +55,24 @@ pub fn replace_dir(staged: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes the directory `dst` whole: `fill` writes into a fresh staging directory beside it,
+/// which then replaces `dst` ([`replace_dir`]). On an error the staging directory is removed
+/// and `dst` is left as it was.
+pub fn write_dir<T>(dst: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let staged = sibling(dst, "tmp");
+    if staged.exists() {
+        std::fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+    }
+    std::fs::create_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+    let filled = fill(&staged);
+    if filled.is_err() {
+        let _ = std::fs::remove_dir_all(&staged);
+    } else {
+        replace_dir(&staged, dst)?;
+    }
+    filled
+}
+
 /// `.NAME.KIND-PID` beside `path`.
 fn sibling(path: &Path, kind: &str) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -90,9 +108,21 @@ mod tests {
             assert_eq!(std::fs::read_to_string(dst.join("x")).unwrap(), content);
             assert!(!staged.exists());
         }
-        let names: Vec<String> =
-            std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        assert_eq!(names.len(), 2, "temporary files left behind: {names:?}");
+        let names = || -> Vec<String> {
+            std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+        };
+        assert_eq!(names().len(), 2, "temporary files left behind: {:?}", names());
+        // A directory written whole: a failing writer leaves the old one and no staging behind.
+        let n = write_dir(&dst, |d| std::fs::write(d.join("y"), "third").map(|_| 3).map_err(|e| Error::io(d, e)));
+        assert_eq!(n.unwrap(), 3);
+        assert!(dst.join("y").exists() && !dst.join("x").exists());
+        let failed = write_dir(&dst, |d| -> Result<()> {
+            std::fs::write(d.join("z"), "partial").unwrap();
+            Err(Error::invalid("writer failed"))
+        });
+        assert!(failed.is_err());
+        assert!(dst.join("y").exists() && !dst.join("z").exists());
+        assert_eq!(names().len(), 2, "staging left behind: {:?}", names());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -46,23 +46,17 @@ pub fn save(
     optimizer: &[(String, Tensor)],
     extra: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    let name = dir_name(meta.state.step);
-    let tmp = output_dir.join(format!(".{name}.tmp"));
-    let dst = output_dir.join(&name);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let dst = output_dir.join(dir_name(meta.state.step));
     let entries = |ts: &[(String, Tensor)]| -> Result<Vec<_>> {
         ts.iter().map(|(n, t)| safetensors::entry_of(n.clone(), t)).collect()
     };
-    safetensors::save(tmp.join("trainable.safetensors"), &entries(trainable)?)?;
-    safetensors::save(tmp.join("optimizer.safetensors"), &entries(optimizer)?)?;
-    let json = serde_json::to_string_pretty(meta).map_err(|e| Error::invalid(e.to_string()))?;
-    let state_path = tmp.join("trainer_state.json");
-    lapidary_core::fsio::write_atomic(&state_path, json.as_bytes())?;
-    extra(&tmp)?;
-    lapidary_core::fsio::replace_dir(&tmp, &dst)?;
+    lapidary_core::fsio::write_dir(&dst, |tmp| {
+        safetensors::save(tmp.join("trainable.safetensors"), &entries(trainable)?)?;
+        safetensors::save(tmp.join("optimizer.safetensors"), &entries(optimizer)?)?;
+        let json = serde_json::to_string_pretty(meta).map_err(|e| Error::invalid(e.to_string()))?;
+        lapidary_core::fsio::write_atomic(&tmp.join("trainer_state.json"), json.as_bytes())?;
+        extra(tmp)
+    })?;
     Ok(dst)
 }
 

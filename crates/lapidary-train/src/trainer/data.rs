@@ -24,11 +24,9 @@ pub(super) fn load_data(cfg: &TrainConfig, processor: &Processor) -> Result<(Vec
             let n_eval = ((data.len() as f32 * cfg.eval_fraction).round() as usize).clamp(1, data.len() - 1);
             let order = shuffled(data.len(), cfg.seed ^ 0xE7A1);
             let held: std::collections::HashSet<usize> = order[..n_eval].iter().copied().collect();
-            let (mut tr, mut ev) = (Vec::new(), Vec::new());
-            for (i, ex) in data.examples.into_iter().enumerate() {
-                if held.contains(&i) { ev.push(ex) } else { tr.push(ex) }
-            }
-            (tr, ev)
+            let (ev, tr): (Vec<_>, Vec<_>) = data.examples.into_iter().enumerate().partition(|(i, _)| held.contains(i));
+            let rows = |v: Vec<(usize, Example)>| v.into_iter().map(|(_, ex)| ex).collect();
+            (rows(tr), rows(ev))
         }
         None => (data.examples, Vec::new()),
     };

@@ -2,9 +2,9 @@
 //! device and read back once.
 
 use super::Trainer;
+use super::step::accumulate;
 use lapidary_core::{Result, Tensor};
 use lapidary_data::{Example, collate};
-use lapidary_kernels::elementwise;
 use lapidary_model::ForwardOptions;
 
 impl Trainer {
@@ -21,10 +21,7 @@ impl Trainer {
                 continue;
             }
             let loss = self.model.loss(&batch, &ForwardOptions { normalizer: Some(1.0), ..Default::default() })?;
-            sum = Some(match sum.take() {
-                None => loss.value().clone(),
-                Some(acc) => elementwise::add(&acc, loss.value())?,
-            });
+            accumulate(&mut sum, loss.value())?;
             count += n;
         }
         Ok(match sum {

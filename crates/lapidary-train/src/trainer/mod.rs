@@ -185,11 +185,6 @@ impl Trainer {
         RowCounts { train: self.train.len(), held_out: self.eval.len() }
     }
 
-    /// The held-out rows.
-    pub fn eval_examples(&self) -> &[Example] {
-        &self.eval
-    }
-
     /// Report of the rows skipped when loading (empty when none).
     pub fn skipped_report(&self) -> &str {
         &self.skipped

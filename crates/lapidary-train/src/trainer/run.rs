@@ -4,6 +4,7 @@
 
 use super::Trainer;
 use crate::metrics;
+use indicatif::ProgressDrawTarget;
 use lapidary_core::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,18 +28,14 @@ impl Trainer {
         } else {
             None
         };
-        let bar = if show_progress {
-            indicatif::ProgressBar::new(self.total_steps as u64)
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
+        let target = if show_progress { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+        let bar = indicatif::ProgressBar::with_draw_target(Some(self.total_steps as u64), target);
         bar.set_style(
             indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
                 .expect("a valid template"),
         );
         bar.set_position(self.state.step as u64);
         let started = Instant::now();
-        let mut last_loss = f64::NAN;
         // Tokens and time since the figures were last read: a step's own time is not known
         // until the device has finished it.
         let (mut since, mut tokens_since) = (Instant::now(), 0usize);
@@ -56,7 +53,6 @@ impl Trainer {
             let s = read.last().expect("the step just done");
             tokens_since += read.iter().map(|s| s.tokens).sum::<usize>();
             let tps = tokens_since as f64 / since.elapsed().as_secs_f64().max(1e-9);
-            last_loss = s.loss;
             bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, tps));
             if log {
                 metrics::append(
@@ -83,19 +79,14 @@ impl Trainer {
         bar.finish();
         let final_dir = out.join("final");
         // Staged whole and swapped in, so the adapter's files appear together.
-        let staged = out.join(".final.staging");
-        if staged.exists() {
-            std::fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
-        }
-        self.save_weights(&staged)?;
-        lapidary_core::fsio::replace_dir(&staged, &final_dir)?;
+        lapidary_core::fsio::write_dir(&final_dir, |staged| self.save_weights(staged))?;
         let recs = metrics::read(&metrics_path)?;
         let (train_pts, eval_pts) = (metrics::series(&recs, "loss"), metrics::series(&recs, "eval_loss"));
         metrics::plot_loss(&out.join("loss.png"), &train_pts, &eval_pts)?;
         Ok(RunSummary {
             steps: self.state.step,
             first_loss: train_pts.first().map_or(f64::NAN, |p| p.1),
-            last_loss: if last_loss.is_nan() { train_pts.last().map_or(f64::NAN, |p| p.1) } else { last_loss },
+            last_loss: train_pts.last().map_or(f64::NAN, |p| p.1),
             eval_before,
             eval_after: eval_pts.last().map(|p| p.1),
             seconds: started.elapsed().as_secs_f64(),
@@ -130,12 +121,10 @@ fn earlier_run_files(out: &Path) -> Result<Vec<PathBuf>> {
     for e in entries {
         let e = e.map_err(|err| Error::io(out, err))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        let ours = name == "final"
-            || name == "metrics.jsonl"
-            || name == "loss.png"
-            || name.starts_with("checkpoint-")
-            || name.starts_with(".checkpoint-");
-        if ours {
+        let prefixes = ["checkpoint-", ".checkpoint-", ".final."];
+        if ["final", "metrics.jsonl", "loss.png"].contains(&name.as_str())
+            || prefixes.iter().any(|p| name.starts_with(p))
+        {
             found.push(e.path());
         }
     }

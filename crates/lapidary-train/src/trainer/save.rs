@@ -20,7 +20,7 @@ impl Trainer {
         if let Some(u) = self.unread.first() {
             return Err(Error::invalid(format!(
                 "save_weights: steps {}..={} are not read yet (read_steps checks them first)",
-                u.step, self.state.step
+                u.stats.step, self.state.step
             )));
         }
         self.ensure_finite()?;
@@ -104,22 +104,19 @@ impl Trainer {
                 mismatches.join("; ")
             )));
         }
+        // The names are checked before any parameter changes.
         let names: std::collections::HashSet<&str> = ck.trainable.names().collect();
+        let (stored, trained) = (names.len(), self.opt.params().len());
+        if let Some((name, _)) = self.opt.params().iter().find(|(n, _)| !names.contains(n.as_str())) {
+            return Err(Error::invalid(format!("{}: trainable.safetensors lacks {name}", dir.display())));
+        } else if stored != trained {
+            let what = format!("holds {stored} tensors, this run trains {trained}");
+            return Err(Error::invalid(format!("{}: trainable.safetensors {what}", dir.display())));
+        }
         for (name, var) in self.opt.params() {
-            if !names.contains(name.as_str()) {
-                return Err(Error::invalid(format!("{}: trainable.safetensors lacks {name}", dir.display())));
-            }
             let t = ck.trainable.load(name, &self.device, var.value().dtype())?;
             t.expect_shape(name, var.shape())?;
             gather::copy_into(var.value(), &t)?;
-        }
-        if names.len() != self.opt.params().len() {
-            return Err(Error::invalid(format!(
-                "{}: trainable.safetensors holds {} tensors, this run trains {}",
-                dir.display(),
-                names.len(),
-                self.opt.params().len()
-            )));
         }
         let device = self.device.clone();
         let optimizer = &ck.optimizer;

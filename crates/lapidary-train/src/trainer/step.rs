@@ -41,11 +41,8 @@ impl StepStats {
 
 /// A step done on the device, its figures not read yet.
 pub(super) struct UnreadStep {
-    pub(super) step: usize,
-    pub(super) lr: f32,
-    pub(super) label_tokens: usize,
-    pub(super) tokens: usize,
-    pub(super) slots: usize,
+    /// Its figures but the loss and the gradient norm (NaN until read).
+    pub(super) stats: StepStats,
     /// Indices (optimizer order) of the tensors that got a gradient: the guard's sums, in order.
     pub(super) present: Vec<usize>,
     /// The step guard's buffer.
@@ -103,12 +100,17 @@ impl Trainer {
         let guard = self.opt.step(&grads, lr, self.cfg.max_grad_norm, &loss)?;
         self.state.step += 1;
         self.state.tokens += tokens as u64;
+        let slots = micro.iter().map(|c| c.batch * c.seq).sum();
         self.unread.push(UnreadStep {
-            step: self.state.step,
-            lr,
-            label_tokens,
-            tokens,
-            slots: micro.iter().map(|c| c.batch * c.seq).sum(),
+            stats: StepStats {
+                step: self.state.step,
+                loss: f64::NAN,
+                lr,
+                grad_norm: f32::NAN,
+                label_tokens,
+                tokens,
+                slots,
+            },
             present: (0..grads.len()).filter(|&i| grads[i].is_some()).collect(),
             guard,
         });
@@ -125,10 +127,7 @@ impl Trainer {
         }
         let unread = std::mem::take(&mut self.unread);
         let Some(first) = unread.first() else { return Ok(Vec::new()) };
-        let mut all = first.guard.clone();
-        for u in &unread[1..] {
-            all = gather::concat(&all, &u.guard, 0)?;
-        }
+        let all = unread[1..].iter().try_fold(first.guard.clone(), |all, u| gather::concat(&all, &u.guard, 0))?;
         let values = all.to_f32_vec()?;
         let mut at = 0;
         let mut stats = Vec::with_capacity(unread.len());
@@ -141,26 +140,21 @@ impl Trainer {
                 let names = self.trainable_names();
                 let culprit = u.present.iter().zip(&v[GUARD_SUMS..]).find(|(_, s)| !s.is_finite());
                 let e = if !loss.is_finite() {
-                    non_finite(u.step, "the loss", loss)
+                    non_finite(u.stats.step, "the loss", loss)
                 } else if let Some((&i, &s)) = culprit {
-                    non_finite(u.step, &format!("the gradient of {} (its sum of squares)", names[i]), s as f64)
+                    non_finite(u.stats.step, &format!("the gradient of {} (its sum of squares)", names[i]), s as f64)
                 } else if !grad_norm.is_finite() {
-                    non_finite(u.step, "the gradient norm", grad_norm as f64)
+                    non_finite(u.stats.step, "the gradient norm", grad_norm as f64)
                 } else {
-                    Error::invalid(format!("step {}: skipped on the device after an earlier non-finite step", u.step))
+                    Error::invalid(format!(
+                        "step {}: skipped on the device after an earlier non-finite step",
+                        u.stats.step
+                    ))
                 };
                 self.failed = Some(e.to_string());
                 return Err(e);
             }
-            stats.push(StepStats {
-                step: u.step,
-                loss,
-                lr: u.lr,
-                grad_norm,
-                label_tokens: u.label_tokens,
-                tokens: u.tokens,
-                slots: u.slots,
-            });
+            stats.push(StepStats { loss, grad_norm, ..u.stats });
         }
         Ok(stats)
     }
@@ -208,19 +202,13 @@ impl Trainer {
             let batch = Batch { pixel_values: self.model.pixel_values(rows, &self.device)?, ..text };
             tokens += batch.attention_mask.iter().filter(|&&m| m != 0).count();
             let loss = self.model.loss(&batch, &pass)?;
-            loss_total = Some(match loss_total.take() {
-                None => loss.value().clone(),
-                Some(acc) => elementwise::add(&acc, loss.value())?,
-            });
+            accumulate(&mut loss_total, loss.value())?;
             let allow_missing =
                 if batch.pixel_values.is_none() { self.model.unreachable_without_images() } else { Vec::new() };
             let store = self.tape().backward_unread(&loss, &BackwardOptions { allow_missing })?;
             for (i, (_, p)) in params.iter().enumerate() {
                 if let Some(g) = store.get(p) {
-                    grads[i] = Some(match grads[i].take() {
-                        None => g.clone(),
-                        Some(acc) => elementwise::add(&acc, g)?,
-                    });
+                    accumulate(&mut grads[i], g)?;
                 }
             }
         }
@@ -236,4 +224,13 @@ pub(super) fn non_finite(step: usize, what: &str, value: f64) -> Error {
          saving nothing. Likely causes: non-finite values in the base weights or the pixels, or a \
          learning rate too high (the last checkpoint, if any, is intact)"
     ))
+}
+
+/// Adds `value` to the sum in `acc` (the sum is `value` itself while `acc` is empty).
+pub(super) fn accumulate(acc: &mut Option<Tensor>, value: &Tensor) -> Result<()> {
+    *acc = Some(match acc.take() {
+        None => value.clone(),
+        Some(sum) => elementwise::add(&sum, value)?,
+    });
+    Ok(())
 }
