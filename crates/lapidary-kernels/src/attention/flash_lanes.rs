@@ -5,6 +5,7 @@
 //! lanes per pair. Also the lane-wise helpers those kernels share. Not the row layout the
 //! attention op returns (that stays `[B, H, T, D]`).
 
+use super::flash_mask::TILE_ROWS;
 use cubecl::prelude::*;
 use lapidary_core::{Result, Tensor, launch};
 
@@ -83,10 +84,28 @@ pub(super) fn spill<L: Size>(v: Vector<f32, L>, dst: &mut Array<f32>) {
     }
 }
 
-/// Copies row `base` of `x` (`d` scalars) into `dst` as f32, times `factor`.
+/// One array of `L` lanes per tile row.
 #[cube]
-pub(super) fn load_scaled<F: Float>(x: &[F], base: usize, dst: &mut Array<f32>, factor: f32, #[comptime] d: usize) {
+pub(super) fn lane_arrays<L: Size>() -> Sequence<Array<f32>> {
+    let mut rows = Sequence::<Array<f32>>::new();
+    #[unroll]
+    for _ in 0..TILE_ROWS {
+        rows.push(Array::<f32>::new(L::value()));
+    }
+    rows
+}
+
+/// Copies row `base` of `x` (`d` scalars) into `dst` from `at` as f32, times `factor`.
+#[cube]
+pub(super) fn load_scaled<F: Float>(
+    x: &[F],
+    base: usize,
+    dst: &mut Array<f32>,
+    at: usize,
+    factor: f32,
+    #[comptime] d: usize,
+) {
     for p in 0..d {
-        dst[p] = f32::cast_from(x[base + p]) * factor;
+        dst[at + p] = f32::cast_from(x[base + p]) * factor;
     }
 }

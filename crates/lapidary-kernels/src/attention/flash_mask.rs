@@ -1,11 +1,18 @@
 //! The mask and the visible ranges as the fused (flash) kernels evaluate them, in cube code: the
 //! per-pair test of [`AttentionMask::allows`](super::AttentionMask::allows) and, for a tile of
-//! four queries (or four keys), the smallest index range outside which nothing is visible, so the
-//! kernels skip whole spans (the future of a causal row, keys before a sliding window, other
+//! [`TILE_ROWS`] queries (or keys), the smallest index range outside which nothing is visible, so
+//! the kernels skip whole spans (the future of a causal row, keys before a sliding window, other
 //! segments) without ever storing a mask. Not the materialized softmax (that is `softmax.rs`).
 
 use super::flash::NONE;
 use cubecl::prelude::*;
+
+/// Rows in a tile of the fused kernels: the query rows (or keys) one unit of the CPU-shaped
+/// kernels owns, scored together against a block of keys (or queries), each row's state in
+/// registers. The tiled kernels compute their tiles' visible ranges in the same groups.
+pub(super) const TILE_ROWS: usize = 4;
+/// The last row of a tile.
+const LAST: usize = TILE_ROWS - 1;
 
 /// The mask's switches, fixed per kernel instantiation (a comptime argument).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -95,13 +102,13 @@ pub(super) fn block_seen_by_all(
 ) -> bool {
     let mut all = kb >= lo && kb + lanes <= hi;
     if flags.causal {
-        all = all && kb + lanes <= q.p0 + 1;
+        all = all && kb + lanes <= q.p[0] + 1;
     }
     if flags.use_window {
-        all = all && kb + window > q.p3;
+        all = all && kb + window > q.p[LAST];
     }
     if flags.use_segments {
-        all = all && q.s0 == q.s1 && q.s0 == q.s2 && q.s0 == q.s3;
+        all = all && one_segment(&q.s);
     }
     if flags.use_keep || flags.use_segments {
         let mut l = 0usize;
@@ -111,7 +118,7 @@ pub(super) fn block_seen_by_all(
                 all = keep[i] > 0.0;
             }
             if flags.use_segments {
-                all = all && segments[i] == q.s0;
+                all = all && segments[i] == q.s[0];
             }
             l += 1;
         }
@@ -119,15 +126,26 @@ pub(super) fn block_seen_by_all(
     all
 }
 
-/// The scores of a tile's four rows against one block of keys (keys in lanes).
-pub(super) type Scores4<L> = (Vector<f32, L>, Vector<f32, L>, Vector<f32, L>, Vector<f32, L>);
+/// Whether a tile's rows all lie in one segment.
+#[cube]
+fn one_segment(ids: &Sequence<f32>) -> bool {
+    let mut same = true;
+    #[unroll]
+    for r in 1..TILE_ROWS {
+        same = same && ids[r] == ids[0];
+    }
+    same
+}
+
+/// The scores of a tile's rows against one block of keys (keys in lanes), a vector per row.
+pub(super) type TileScores<L> = Sequence<Vector<f32, L>>;
 
 /// Masks (sets to `NONE`) the lanes of a block of keys from `kb` that query tile `qt` does not
 /// see: outside `[lo, hi)` or refused by the mask.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn mask_keys<L: Size>(
-    s: &mut Scores4<L>,
+    s: &mut TileScores<L>,
     blocks: &[f32],
     keep: &[f32],
     segments: &[f32],
@@ -145,17 +163,11 @@ pub(super) fn mask_keys<L: Size>(
     for l in 0..L::value() {
         let kk = kb + l;
         let inside = kk >= lo && kk < hi;
-        if !(inside && visible(blocks, keep, segments, b, qt.p0, kk, qt.b0, qt.s0, s_len, window, flags)) {
-            s.0.insert(l, none);
-        }
-        if !(inside && visible(blocks, keep, segments, b, qt.p1, kk, qt.b1, qt.s1, s_len, window, flags)) {
-            s.1.insert(l, none);
-        }
-        if !(inside && visible(blocks, keep, segments, b, qt.p2, kk, qt.b2, qt.s2, s_len, window, flags)) {
-            s.2.insert(l, none);
-        }
-        if !(inside && visible(blocks, keep, segments, b, qt.p3, kk, qt.b3, qt.s3, s_len, window, flags)) {
-            s.3.insert(l, none);
+        #[unroll]
+        for r in 0..TILE_ROWS {
+            if !(inside && visible(blocks, keep, segments, b, qt.p[r], kk, qt.b[r], qt.s[r], s_len, window, flags)) {
+                s.index_mut(r).insert(l, none);
+            }
         }
     }
 }
@@ -180,21 +192,22 @@ pub(super) fn queries_see_block(
 ) -> bool {
     let mut all = q0 >= qa && q0 + lanes <= qz;
     if flags.causal {
-        all = all && k.p3 <= q0;
+        all = all && k.p[LAST] <= q0;
     }
     if flags.use_window {
-        all = all && q0 + lanes <= k.p0 + window;
+        all = all && q0 + lanes <= k.p[0] + window;
     }
     if flags.use_keep {
-        let row = b * s_len;
-        all =
-            all && keep[row + k.p0] > 0.0 && keep[row + k.p1] > 0.0 && keep[row + k.p2] > 0.0 && keep[row + k.p3] > 0.0;
+        #[unroll]
+        for r in 0..TILE_ROWS {
+            all = all && keep[b * s_len + k.p[r]] > 0.0;
+        }
     }
     if flags.use_segments {
-        all = all && k.s0 == k.s1 && k.s0 == k.s2 && k.s0 == k.s3;
+        all = all && one_segment(&k.s);
         let mut l = 0usize;
         while all && l < lanes {
-            all = segments[b * s_len + q0 + l] == k.s0;
+            all = segments[b * s_len + q0 + l] == k.s[0];
             l += 1;
         }
     }
@@ -206,7 +219,7 @@ pub(super) fn queries_see_block(
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn mask_queries<L: Size>(
-    s: &mut Scores4<L>,
+    s: &mut TileScores<L>,
     blocks: &[f32],
     keep: &[f32],
     segments: &[f32],
@@ -226,45 +239,41 @@ pub(super) fn mask_queries<L: Size>(
         let inside = pos >= qa && pos < qz;
         let bq = id_at(blocks, b, pos, s_len, 0.0);
         let sq = id_at(segments, b, pos, s_len, -1.0);
-        if !(inside && visible(blocks, keep, segments, b, pos, k.p0, bq, sq, s_len, window, flags)) {
-            s.0.insert(l, none);
-        }
-        if !(inside && visible(blocks, keep, segments, b, pos, k.p1, bq, sq, s_len, window, flags)) {
-            s.1.insert(l, none);
-        }
-        if !(inside && visible(blocks, keep, segments, b, pos, k.p2, bq, sq, s_len, window, flags)) {
-            s.2.insert(l, none);
-        }
-        if !(inside && visible(blocks, keep, segments, b, pos, k.p3, bq, sq, s_len, window, flags)) {
-            s.3.insert(l, none);
+        #[unroll]
+        for r in 0..TILE_ROWS {
+            if !(inside && visible(blocks, keep, segments, b, pos, k.p[r], bq, sq, s_len, window, flags)) {
+                s.index_mut(r).insert(l, none);
+            }
         }
     }
 }
 
-/// Whether `x` equals one of four ids (ids `<= 0` never match when `positive_only`).
+/// Whether `x` equals one of a tile's ids (ids `<= 0` never match when `positive_only`).
 #[cube]
-fn matches4(x: f32, a: f32, b: f32, c: f32, d: f32, #[comptime] positive_only: bool) -> bool {
-    let hit = x == a || x == b || x == c || x == d;
+fn matches_any(x: f32, ids: &Sequence<f32>, #[comptime] positive_only: bool) -> bool {
+    let mut hit = false;
+    #[unroll]
+    for r in 0..TILE_ROWS {
+        hit = hit || x == ids[r];
+    }
     if positive_only { hit && x > 0.0 } else { hit }
 }
 
-/// First index in `[0, end)` whose id (row `b`, length `len`) matches one of four ids, else `end`.
+/// First index in `[0, end)` whose id (row `b`, length `len`) matches one of a tile's ids, else
+/// `end`.
 #[cube]
 pub(super) fn first_match(
     ids: &[f32],
     b: usize,
     len: usize,
     end: usize,
-    a: f32,
-    bb: f32,
-    c: f32,
-    d: f32,
+    tile_ids: &Sequence<f32>,
     #[comptime] positive_only: bool,
 ) -> usize {
     let mut i = 0usize;
     let mut found = end;
     while i < end {
-        if matches4(ids[b * len + i], a, bb, c, d, positive_only) {
+        if matches_any(ids[b * len + i], tile_ids, positive_only) {
             found = i;
             break;
         }
@@ -273,23 +282,20 @@ pub(super) fn first_match(
     found
 }
 
-/// One past the last index in `[start, len)` whose id matches one of four ids, else `start`.
+/// One past the last index in `[start, len)` whose id matches one of a tile's ids, else `start`.
 #[cube]
 pub(super) fn last_match_end(
     ids: &[f32],
     b: usize,
     len: usize,
     start: usize,
-    a: f32,
-    bb: f32,
-    c: f32,
-    d: f32,
+    tile_ids: &Sequence<f32>,
     #[comptime] positive_only: bool,
 ) -> usize {
     let mut i = len;
     let mut found = start;
     while i > start {
-        if matches4(ids[b * len + i - 1], a, bb, c, d, positive_only) {
+        if matches_any(ids[b * len + i - 1], tile_ids, positive_only) {
             found = i;
             break;
         }
@@ -298,34 +304,22 @@ pub(super) fn last_match_end(
     found
 }
 
-/// Four consecutive rows of one head: a tile of queries (or of keys). Rows past the end repeat
-/// the last one, so loads stay in bounds; kernels skip their stores.
+/// [`TILE_ROWS`] consecutive rows of one head: a tile of queries (or of keys), one entry per row.
+/// Rows past the end repeat the last one, so loads stay in bounds; kernels skip their stores.
 #[derive(CubeType)]
 pub(super) struct Tile {
     /// Flat row indices (rows of `[B, heads, len]`).
-    pub r0: usize,
-    pub r1: usize,
-    pub r2: usize,
-    pub r3: usize,
+    pub r: Sequence<usize>,
     /// Absolute positions.
-    pub p0: usize,
-    pub p1: usize,
-    pub p2: usize,
-    pub p3: usize,
+    pub p: Sequence<usize>,
     /// Block ids at those positions (0: none).
-    pub b0: f32,
-    pub b1: f32,
-    pub b2: f32,
-    pub b3: f32,
+    pub b: Sequence<f32>,
     /// Segment ids at those positions (-1 past the keys).
-    pub s0: f32,
-    pub s1: f32,
-    pub s2: f32,
-    pub s3: f32,
+    pub s: Sequence<f32>,
 }
 
-/// The tile of rows `first..first + 4` (of `len`) of the head whose first row is `head_row0`,
-/// at absolute positions from `first + offset`, in batch row `b`.
+/// The tile of rows `first..first + TILE_ROWS` (of `len`) of the head whose first row is
+/// `head_row0`, at absolute positions from `first + offset`, in batch row `b`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn tile(
@@ -338,27 +332,16 @@ pub(super) fn tile(
     offset: usize,
     s_len: usize,
 ) -> Tile {
-    let i1 = min(first + 1, len - 1);
-    let i2 = min(first + 2, len - 1);
-    let i3 = min(first + 3, len - 1);
-    Tile {
-        r0: head_row0 + first,
-        r1: head_row0 + i1,
-        r2: head_row0 + i2,
-        r3: head_row0 + i3,
-        p0: first + offset,
-        p1: i1 + offset,
-        p2: i2 + offset,
-        p3: i3 + offset,
-        b0: id_at(blocks, b, first + offset, s_len, 0.0),
-        b1: id_at(blocks, b, i1 + offset, s_len, 0.0),
-        b2: id_at(blocks, b, i2 + offset, s_len, 0.0),
-        b3: id_at(blocks, b, i3 + offset, s_len, 0.0),
-        s0: id_at(segments, b, first + offset, s_len, -1.0),
-        s1: id_at(segments, b, i1 + offset, s_len, -1.0),
-        s2: id_at(segments, b, i2 + offset, s_len, -1.0),
-        s3: id_at(segments, b, i3 + offset, s_len, -1.0),
+    let mut t = Tile { r: Sequence::new(), p: Sequence::new(), b: Sequence::new(), s: Sequence::new() };
+    #[unroll]
+    for i in 0..TILE_ROWS {
+        let row = min(first + i, len - 1);
+        t.r.push(head_row0 + row);
+        t.p.push(row + offset);
+        t.b.push(id_at(blocks, b, row + offset, s_len, 0.0));
+        t.s.push(id_at(segments, b, row + offset, s_len, -1.0));
     }
+    t
 }
 
 /// Start of the keys a tile of queries can see: the sliding window's start, pulled back to the
@@ -374,14 +357,14 @@ pub(super) fn key_lo(
     #[comptime] flags: MaskFlags,
 ) -> usize {
     let mut lo = 0usize;
-    if flags.use_window && q.p0 + 1 > window {
-        lo = q.p0 + 1 - window;
+    if flags.use_window && q.p[0] + 1 > window {
+        lo = q.p[0] + 1 - window;
     }
     if flags.use_blocks && lo > 0 {
-        lo = min(lo, first_match(blocks, b, s_len, lo, q.b0, q.b1, q.b2, q.b3, true));
+        lo = min(lo, first_match(blocks, b, s_len, lo, &q.b, true));
     }
     if flags.use_segments {
-        lo = max(lo, first_match(segments, b, s_len, s_len, q.s0, q.s1, q.s2, q.s3, false));
+        lo = max(lo, first_match(segments, b, s_len, s_len, &q.s, false));
     }
     lo
 }
@@ -399,13 +382,13 @@ pub(super) fn key_hi(
 ) -> usize {
     let mut hi = s_len;
     if flags.causal {
-        hi = min(s_len, q.p3 + 1);
+        hi = min(s_len, q.p[LAST] + 1);
         if flags.use_blocks && hi < s_len {
-            hi = max(hi, last_match_end(blocks, b, s_len, hi, q.b0, q.b1, q.b2, q.b3, true));
+            hi = max(hi, last_match_end(blocks, b, s_len, hi, &q.b, true));
         }
     }
     if flags.use_segments {
-        hi = min(hi, last_match_end(segments, b, s_len, 0, q.s0, q.s1, q.s2, q.s3, false));
+        hi = min(hi, last_match_end(segments, b, s_len, 0, &q.s, false));
     }
     hi
 }
@@ -423,16 +406,16 @@ pub(super) fn query_lo(
     #[comptime] flags: MaskFlags,
 ) -> usize {
     let mut lo = q_first;
-    if flags.causal && k.p0 > lo {
-        lo = k.p0;
+    if flags.causal && k.p[0] > lo {
+        lo = k.p[0];
         if flags.use_blocks {
             let end = min(lo, s_len);
-            lo = min(lo, first_match(blocks, b, s_len, end, k.b0, k.b1, k.b2, k.b3, true));
+            lo = min(lo, first_match(blocks, b, s_len, end, &k.b, true));
             lo = max(lo, q_first);
         }
     }
     if flags.use_segments {
-        lo = max(lo, first_match(segments, b, s_len, s_len, k.s0, k.s1, k.s2, k.s3, false));
+        lo = max(lo, first_match(segments, b, s_len, s_len, &k.s, false));
     }
     lo
 }
@@ -452,16 +435,16 @@ pub(super) fn query_hi(
     #[comptime] flags: MaskFlags,
 ) -> usize {
     let mut hi = q_end;
-    if flags.use_window && k.p3 + window < hi {
-        hi = k.p3 + window;
+    if flags.use_window && k.p[LAST] + window < hi {
+        hi = k.p[LAST] + window;
         if flags.use_blocks {
             let start = min(hi, s_len);
-            hi = max(hi, last_match_end(blocks, b, s_len, start, k.b0, k.b1, k.b2, k.b3, true));
+            hi = max(hi, last_match_end(blocks, b, s_len, start, &k.b, true));
             hi = min(hi, q_end);
         }
     }
     if flags.use_segments {
-        hi = min(hi, last_match_end(segments, b, s_len, 0, k.s0, k.s1, k.s2, k.s3, false));
+        hi = min(hi, last_match_end(segments, b, s_len, 0, &k.s, false));
     }
     hi
 }

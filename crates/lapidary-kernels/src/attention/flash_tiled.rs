@@ -11,7 +11,7 @@
 
 use super::AttentionMask;
 use super::flash::{NONE, buf, mask_buffers};
-use super::flash_mask::{MaskFlags, id_at, key_hi, key_lo, tile, visible};
+use super::flash_mask::{MaskFlags, TILE_ROWS, id_at, key_hi, key_lo, tile, visible};
 use cubecl::cmma::{self, MatrixIdent, MatrixLayout};
 use cubecl::features::MmaConfig;
 use cubecl::ir::{ElemType, FloatKind};
@@ -296,10 +296,10 @@ pub(super) fn cube_key_range(
     #[comptime] shape: TiledShape,
     #[comptime] flags: MaskFlags,
 ) -> (usize, usize) {
-    let tiles = comptime!(shape.rows() / 4);
+    let tiles = comptime!(shape.rows() / TILE_ROWS);
     let mut i = UNIT_POS as usize;
     while i < tiles {
-        let first = t0 + 4 * i;
+        let first = t0 + TILE_ROWS * i;
         let mut lo = s_len;
         let mut hi = 0usize;
         if first < t_len {

@@ -9,7 +9,7 @@
 
 use super::flash::{NONE, buf, mask_buffers};
 use super::flash_backward::{flash_backward, row_deltas};
-use super::flash_mask::{MaskFlags, id_at, query_hi, query_lo, tile, visible};
+use super::flash_mask::{MaskFlags, TILE_ROWS, id_at, query_hi, query_lo, tile, visible};
 use super::flash_tiled::{
     TILE, TiledShape, cube_key_range, launch_staged, range_union, stage_rows, tile_accumulate, tile_scores, zero_shared,
 };
@@ -156,10 +156,10 @@ fn cube_query_range(
     #[comptime] shape: TiledShape,
     #[comptime] flags: MaskFlags,
 ) -> (usize, usize) {
-    let tiles = comptime!(shape.rows() / 4);
+    let tiles = comptime!(shape.rows() / TILE_ROWS);
     let mut i = UNIT_POS as usize;
     while i < tiles {
-        let first = j0 + 4 * i;
+        let first = j0 + TILE_ROWS * i;
         let mut ta = t_len;
         let mut tz = 0usize;
         if first < s_len {
