@@ -30,7 +30,7 @@ pub(super) fn zero_rows<N: Size>(dst: &mut Array<Vector<f32, N>>, #[comptime] le
 /// `value` as a variable of its own in the kernel (what `let mut` makes in cube code), so that
 /// a `Sequence` entry holding it can be updated in place.
 #[cube]
-#[allow(unused_mut)]
+#[allow(unused_mut, clippy::let_and_return)]
 pub(super) fn variable<T: CubePrimitive>(value: T) -> T {
     let mut v = value;
     v
