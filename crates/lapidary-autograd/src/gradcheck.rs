@@ -134,6 +134,7 @@ pub fn op_cases() -> Vec<OpCase> {
         ("mul_broadcast", vec![vec![3, 4], vec![4]], Box::new(|v: &[Var]| ops::mul(&v[0], &v[1]))),
         ("scale", vec![vec![7]], Box::new(|v: &[Var]| ops::scale(&v[0], -1.5))),
         ("gelu_tanh", vec![vec![9]], Box::new(|v: &[Var]| ops::gelu_tanh(&v[0]))),
+        ("clamp", vec![vec![11]], Box::new(|v: &[Var]| ops::clamp(&v[0], -0.3, 0.35))),
         ("geglu", vec![vec![2, 5], vec![2, 5]], Box::new(|v: &[Var]| ops::geglu(&v[0], &v[1]))),
         ("gemma_rms_norm", vec![vec![3, 6], vec![6]], Box::new(|v: &[Var]| ops::gemma_rms_norm(&v[0], &v[1], 1e-6))),
         ("rms_norm", vec![vec![3, 6], vec![6]], Box::new(|v: &[Var]| ops::rms_norm(&v[0], &v[1], 1e-6))),
@@ -148,6 +149,15 @@ pub fn op_cases() -> Vec<OpCase> {
             Box::new(move |v: &[Var]| {
                 let (c, s) = rope_tabs();
                 ops::rope(&v[0], &c, &s)
+            }),
+        ),
+        (
+            "rope_parts",
+            vec![vec![1, 2, 3, 8]],
+            Box::new(|v: &[Var]| {
+                let pos = [[0.0, 2.0], [1.0, 0.0], [3.0, 1.0]];
+                let (c, s) = lapidary_kernels::rope::axial_tables(&pos, 8, 100.0);
+                ops::rope_parts(&v[0], &t(&c, &[1, 3, 8]), &t(&s, &[1, 3, 8]), 2)
             }),
         ),
         (

@@ -13,8 +13,8 @@ pub use index::{avg_pool, gather_rows, im2col, scatter_rows};
 pub use lapidary_kernels::matmul::Layout;
 pub use linear::{matmul, matmul_add, matmul_frozen, matmul_packed, reshape, swap_middle, transpose};
 pub use loss::{cross_entropy, linear_cross_entropy, sum_all};
-pub use nn::{attention, gemma_rms_norm, layer_norm, rms_norm, rope};
-pub use pointwise::{add, geglu, gelu_tanh, mul, scale};
+pub use nn::{attention, gemma_rms_norm, layer_norm, rms_norm, rope, rope_parts};
+pub use pointwise::{add, clamp, geglu, gelu_tanh, mul, scale};
 
 use lapidary_core::Tensor;
 

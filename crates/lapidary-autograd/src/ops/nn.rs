@@ -61,6 +61,18 @@ pub fn rope(x: &Var, cos: &Tensor, sin: &Tensor) -> Result<Var> {
     x.tape().record1(&[x], out, Box::new(move |outs, _| Ok(vec![Some(rp::rope_backward(&upstream(outs), &c, &s)?)])))
 }
 
+/// [`rope`] over `parts` equal sections of the head, each rotated within itself (Gemma 4's 2D
+/// RoPE of image patches with 2 parts).
+pub fn rope_parts(x: &Var, cos: &Tensor, sin: &Tensor, parts: usize) -> Result<Var> {
+    let out = rp::rope_parts(x.value(), cos, sin, parts)?;
+    let (c, s) = (cos.clone(), sin.clone());
+    x.tape().record1(
+        &[x],
+        out,
+        Box::new(move |outs, _| Ok(vec![Some(rp::rope_parts_backward(&upstream(outs), &c, &s, parts)?)])),
+    )
+}
+
 /// Masked grouped-query attention of `q: [B, H, T, D]` over `k, v: [B, Hkv, S, D]`.
 pub fn attention(q: &Var, k: &Var, v: &Var, scale: f32, mask: &at::AttentionMask) -> Result<Var> {
     let (out, saved) = at::attention(q.value(), k.value(), v.value(), scale, mask)?;

@@ -1,4 +1,4 @@
-//! Elementwise ops: add and mul (with suffix broadcasting), scale, GELU-tanh, GeGLU.
+//! Elementwise ops: add and mul (with suffix broadcasting), scale, GELU-tanh, GeGLU, clamp.
 
 use super::upstream;
 use crate::Var;
@@ -40,6 +40,17 @@ pub fn mul(a: &Var, b: &Var) -> Result<Var> {
 pub fn scale(x: &Var, s: f32) -> Result<Var> {
     let out = ew::scale(x.value(), s)?;
     x.tape().record1(&[x], out, Box::new(move |outs, _| Ok(vec![Some(ew::scale(&upstream(outs), s)?)])))
+}
+
+/// `x` clamped to `[lo, hi]`; the gradient passes where `lo <= x <= hi` (as `torch.clamp`).
+pub fn clamp(x: &Var, lo: f32, hi: f32) -> Result<Var> {
+    let out = ew::clamp(x.value(), lo, hi)?;
+    let xv = x.value().clone();
+    x.tape().record1(
+        &[x],
+        out,
+        Box::new(move |outs, _| Ok(vec![Some(ew::clamp_backward(&xv, &upstream(outs), lo, hi)?)])),
+    )
 }
 
 /// GELU, tanh approximation.

@@ -49,3 +49,23 @@ pub fn geglu(g: &[f32], u: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>)
     let du = act.iter().zip(dy).map(|(a, dy)| a * dy).collect();
     (y, dg, du)
 }
+
+/// `torch.clamp(x, lo, hi)`: NaN kept.
+pub fn clamp(x: &[f32], lo: f32, hi: f32) -> Vec<f32> {
+    x.iter()
+        .map(|&v| {
+            if v < lo {
+                lo
+            } else if v > hi {
+                hi
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// Its gradient: `dy` where `lo <= x <= hi` (bounds included), 0 elsewhere and at NaN.
+pub fn clamp_backward(x: &[f32], dy: &[f32], lo: f32, hi: f32) -> Vec<f32> {
+    x.iter().zip(dy).map(|(&v, &g)| if v >= lo && v <= hi { g } else { 0.0 }).collect()
+}
