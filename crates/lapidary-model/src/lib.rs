@@ -39,6 +39,7 @@
 
 mod batch;
 mod companions;
+pub mod config_json;
 mod family;
 pub mod generate;
 mod gguf_export;

@@ -1,0 +1,24 @@
+//! Gemma 4 for lapidary: the dense models (the 31B's architecture) and the E-series (E2B/E4B:
+//! per-layer embeddings, KV sharing), text and vision. This crate reads and checks their
+//! configuration ([`Gemma4Config`]: either `config.json` form resolves to the same per-layer
+//! settings); the decoder, the vision tower and their registration as a model family build on
+//! it. Audio towers and the mixture-of-experts block (26B-A4B) are not supported: an audio
+//! config is noted and its weights are left out, an MoE config is refused.
+//!
+//! ```
+//! use lapidary_gemma4::{Gemma4Config, KvSharing, LayerKind};
+//! let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny-gemma4-e");
+//! let cfg = Gemma4Config::from_file(format!("{root}/model/config.json")).unwrap();
+//! let last = cfg.text.layer(4);
+//! assert_eq!((last.kind, last.head_dim, last.kv_sharing), (LayerKind::Full, 32, KvSharing::Reuse));
+//! assert_eq!(cfg.text.kv_source(4), 1); // the full layer's K/V come from layer 1
+//! ```
+
+mod config;
+
+pub use config::{
+    Bidirectional, Gemma4Config, Gemma4TextConfig, Gemma4VisionConfig, KvSharing, LayerConfig, LayerKind, Rope,
+};
+
+#[cfg(test)]
+mod config_tests;
