@@ -135,6 +135,7 @@ pub fn op_cases() -> Vec<OpCase> {
         ("scale", vec![vec![7]], Box::new(|v: &[Var]| ops::scale(&v[0], -1.5))),
         ("gelu_tanh", vec![vec![9]], Box::new(|v: &[Var]| ops::gelu_tanh(&v[0]))),
         ("clamp", vec![vec![11]], Box::new(|v: &[Var]| ops::clamp(&v[0], -0.3, 0.35))),
+        ("softcap", vec![vec![9]], Box::new(|v: &[Var]| ops::softcap(&v[0], 0.7))),
         ("geglu", vec![vec![2, 5], vec![2, 5]], Box::new(|v: &[Var]| ops::geglu(&v[0], &v[1]))),
         ("gemma_rms_norm", vec![vec![3, 6], vec![6]], Box::new(|v: &[Var]| ops::gemma_rms_norm(&v[0], &v[1], 1e-6))),
         ("rms_norm", vec![vec![3, 6], vec![6]], Box::new(|v: &[Var]| ops::rms_norm(&v[0], &v[1], 1e-6))),
@@ -186,8 +187,16 @@ pub fn op_cases() -> Vec<OpCase> {
                     &crate::FrozenPanels::default(),
                     &[1, -100, 3, 0, 2],
                     Some(3.0),
-                    Some(2),
+                    ops::HeadLoss::chunks(2),
                 )
+            }),
+        ),
+        (
+            "linear_cross_entropy_softcapped",
+            vec![vec![5, 3], vec![4, 3]],
+            Box::new(|v: &[Var]| {
+                let how = ops::HeadLoss { chunk_rows: Some(2), softcap: Some(0.8) };
+                ops::linear_cross_entropy(&v[0], &v[1], &crate::FrozenPanels::default(), &[1, -100, 3, 0, 2], None, how)
             }),
         ),
     ]

@@ -169,24 +169,32 @@ fn chunked_linear_cross_entropy_equals_the_unfused_ops() {
     let labels: Vec<i64> = (0..n).map(|i| if i % 3 == 1 { -100 } else { (i * 5 % vocab) as i64 }).collect();
     let hv = random_values(n * hid, 41, 1.0);
     let wv = random_values(vocab * hid, 42, 1.0);
-    let run = |fused: Option<Option<usize>>, normalizer: Option<f32>| {
+    let run = |fused: Option<Option<usize>>, normalizer: Option<f32>, softcap: Option<f32>| {
         let tape = Tape::new();
         let h = tape.param("h", t(&hv, &[n, hid]), Trainable::Yes);
         let w = tape.param("w", t(&wv, &[vocab, hid]), Trainable::Yes);
         let loss = match fused {
-            Some(chunk) => {
-                ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &labels, normalizer, chunk).unwrap()
+            Some(chunk_rows) => {
+                let how = ops::HeadLoss { chunk_rows, softcap };
+                ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &labels, normalizer, how).unwrap()
             }
-            None => ops::cross_entropy(&ops::matmul(&h, &w, None, Layout::ABt).unwrap(), &labels, normalizer).unwrap(),
+            None => {
+                let mut logits = ops::matmul(&h, &w, None, Layout::ABt).unwrap();
+                if let Some(cap) = softcap {
+                    logits = ops::softcap(&logits, cap).unwrap();
+                }
+                ops::cross_entropy(&logits, &labels, normalizer).unwrap()
+            }
         };
         let (grads, _) = tape.backward(&loss).unwrap();
         let g = |name: &str| grads.by_name(name).unwrap().to_f32_vec().unwrap();
         (loss.value().to_f32_vec().unwrap()[0], g("h"), g("w"))
     };
-    for normalizer in [None, Some(17.0)] {
-        let (loss, dh, dw) = run(None, normalizer);
+    // A cap of 1.5 saturates many of these logits (|h · w| reaches ~3): the capped gradient differs.
+    for (normalizer, softcap) in [(None, None), (Some(17.0), None), (None, Some(1.5)), (Some(17.0), Some(30.0))] {
+        let (loss, dh, dw) = run(None, normalizer, softcap);
         for chunk in [Some(1), Some(3), None] {
-            let (l, h, w) = run(Some(chunk), normalizer);
+            let (l, h, w) = run(Some(chunk), normalizer, softcap);
             assert!((l - loss).abs() <= 1e-5 * loss.abs(), "chunk {chunk:?}: loss {l} vs {loss}");
             lapidary_testkit::assert_close(&format!("dh, chunk {chunk:?}"), &h, &dh, lapidary_testkit::Tol::F32);
             lapidary_testkit::assert_close(&format!("dw, chunk {chunk:?}"), &w, &dw, lapidary_testkit::Tol::F32);
@@ -211,7 +219,8 @@ fn linear_cross_entropy_scales_its_gradient_by_the_upstream_one() {
         let h = tape.param("h", t(&hv, &[n, hid]), Trainable::Yes);
         let w = tape.param("w", t(&wv, &[vocab, hid]), w_trainable);
         let loss = if fused {
-            ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &labels, None, Some(2)).unwrap()
+            ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &labels, None, ops::HeadLoss::chunks(2))
+                .unwrap()
         } else {
             ops::cross_entropy(&ops::matmul(&h, &w, None, Layout::ABt).unwrap(), &labels, None).unwrap()
         };
@@ -229,13 +238,14 @@ fn linear_cross_entropy_scales_its_gradient_by_the_upstream_one() {
     let tape = Tape::new();
     let h = tape.param("h", t(&hv, &[n, hid]), Trainable::Yes);
     let w = tape.param("w", t(&wv, &[vocab, hid]), Trainable::No);
-    let recorded = ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &labels, None, None)
+    let recorded = ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &labels, None, ops::HeadLoss::default())
         .unwrap()
         .value()
         .to_f32_vec()
         .unwrap();
     let _guard = tape.no_grad();
-    let plain = ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &labels, None, None).unwrap();
+    let plain =
+        ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &labels, None, ops::HeadLoss::default()).unwrap();
     assert!(!plain.requires_grad());
     assert_eq!(plain.value().to_f32_vec().unwrap(), recorded);
 }
@@ -252,7 +262,7 @@ fn kept_head_panels_serve_only_the_weight_they_were_made_from() {
         let tape = Tape::new();
         let h = tape.param("h", t(&hv, &[n, hid]), Trainable::Yes);
         let w = tape.param("w", t(wv, &[vocab, hid]), Trainable::No);
-        let loss = ops::linear_cross_entropy(&h, &w, panels, &labels, None, Some(4)).unwrap();
+        let loss = ops::linear_cross_entropy(&h, &w, panels, &labels, None, ops::HeadLoss::chunks(4)).unwrap();
         let (grads, _) = tape.backward(&loss).unwrap();
         (loss.value().to_f32_vec().unwrap(), grads.by_name("h").unwrap().to_f32_vec().unwrap())
     };
@@ -272,15 +282,21 @@ fn linear_cross_entropy_errors_name_what_is_wrong() {
     let tape = Tape::new();
     let h = tape.param("h", t(&random_values(6, 1, 1.0), &[2, 3]), Trainable::Yes);
     let w = tape.param("w", t(&random_values(8, 2, 1.0), &[2, 4]), Trainable::Yes);
-    let e = ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &[0, 1], None, None).unwrap_err().to_string();
+    let e = ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &[0, 1], None, ops::HeadLoss::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("[N, H] and [V, H]"), "{e}");
     let w = tape.param("w3", t(&random_values(6, 2, 1.0), &[2, 3]), Trainable::Yes);
-    let e =
-        ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &[-100, -100], None, None).unwrap_err().to_string();
+    let e = ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &[-100, -100], None, ops::HeadLoss::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no label to count"), "{e}");
-    let e = ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &[0], None, None).unwrap_err().to_string();
+    let e = ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &[0], None, ops::HeadLoss::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("1 labels for 2 rows"), "{e}");
-    let e =
-        ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &[-100, 5], None, Some(1)).unwrap_err().to_string();
+    let e = ops::linear_cross_entropy(&h, &w, &FrozenPanels::default(), &[-100, 5], None, ops::HeadLoss::chunks(1))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("label 5 at position 1 is outside the vocabulary 0..2"), "{e}");
 }

@@ -255,7 +255,7 @@ impl Gemma3TextModel {
     /// `h: [N, H]` through the tied head, divided by `normalizer` (default: the label count),
     /// with the head and the loss fused: the `[N, vocab]` logits are never materialized.
     pub fn head_loss(&self, h: &Var, labels: &[i64], normalizer: Option<f32>) -> Result<Var> {
-        ops::linear_cross_entropy(h, &self.embed, &self.head_panels, labels, normalizer, None)
+        ops::linear_cross_entropy(h, &self.embed, &self.head_panels, labels, normalizer, ops::HeadLoss::default())
     }
 }
 

@@ -32,9 +32,30 @@ pub fn cross_entropy(logits: &Var, labels: &[i64], normalizer: Option<f32>) -> R
 /// Logits of one chunk are at most this many values (256 MiB in f32) unless a chunk size is given.
 const CHUNK_VALUES: usize = 1 << 26;
 
+/// How [`linear_cross_entropy`] forms its logits.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HeadLoss {
+    /// Rows projected at a time (default: chunks of at most 2^26 logits).
+    pub chunk_rows: Option<usize>,
+    /// Logits soft-capped to `cap · tanh(logits / cap)` before the loss (Gemma 2 and 4).
+    pub softcap: Option<f32>,
+}
+
+impl HeadLoss {
+    /// Chunks of `rows` rows, no soft-capping.
+    pub fn chunks(rows: usize) -> Self {
+        HeadLoss { chunk_rows: Some(rows), softcap: None }
+    }
+
+    /// Logits soft-capped at `cap` (`None`: none), default chunks.
+    pub fn softcapped(cap: Option<f32>) -> Self {
+        HeadLoss { chunk_rows: None, softcap: cap }
+    }
+}
+
 /// `cross_entropy(h · wᵀ, labels, normalizer)` for `h: [N, H]`, `w: [V, H]` (a tied output head),
-/// without the `[N, V]` logits: only rows whose label is not -100 are projected, `chunk_rows` at
-/// a time (default: chunks of at most 2^26 logits), each once: when a gradient is wanted it is
+/// soft-capped first if `how` says so, without the `[N, V]` logits: only rows whose label is not
+/// -100 are projected, `how.chunk_rows` at a time, each once: when a gradient is wanted it is
 /// computed in the forward pass from each chunk's logits, and backward only scales it. Same loss
 /// and gradients as the unfused ops, up to summation order. A frozen `w` on the CPU is served
 /// from `panels`, packed once for every later call (pass a fresh [`FrozenPanels`] to keep
@@ -45,7 +66,7 @@ pub fn linear_cross_entropy(
     panels: &FrozenPanels,
     labels: &[i64],
     normalizer: Option<f32>,
-    chunk_rows: Option<usize>,
+    how: HeadLoss,
 ) -> Result<Var> {
     let (hv, wv) = (h.value().clone(), w.value().clone());
     if hv.rank() != 2 || wv.rank() != 2 || hv.dim(1) != wv.dim(1) {
@@ -75,7 +96,7 @@ pub fn linear_cross_entropy(
         ));
     }
     // Whole vectors of 8 rows per chunk (the product's vector width along them).
-    let step = chunk_rows.unwrap_or((CHUNK_VALUES / vocab.max(1)) / 8 * 8).max(1);
+    let step = how.chunk_rows.unwrap_or((CHUNK_VALUES / vocab.max(1)) / 8 * 8).max(1);
     let chunks: Vec<Vec<u32>> = rows.chunks(step).map(<[u32]>::to_vec).collect();
     let chunk_labels = |ids: &[u32]| -> Vec<i64> { ids.iter().map(|&i| labels[i as usize]).collect() };
     let dev = hv.device().clone();
@@ -92,12 +113,18 @@ pub fn linear_cross_entropy(
     let head_for_dh = if need_h { Some(panels.prepared(w, Layout::AB)?) } else { None };
     for ids in &chunks {
         let hc = gather::gather_rows(&hv, ids)?;
-        let logits = mm::matmul_prepared(&hc, &head, None)?;
+        let mut logits = mm::matmul_prepared(&hc, &head, None)?;
+        if let Some(cap) = how.softcap {
+            logits = ew::softcap(&logits, cap)?;
+        }
         if !(need_h || need_w) {
             loss_sum = ew::add(&loss_sum, &ls::cross_entropy(&logits, &chunk_labels(ids))?.loss_sum)?;
             continue;
         }
-        let (ce, dlogits) = ls::cross_entropy_with_grad(&logits, &chunk_labels(ids), 1.0 / norm)?;
+        let (ce, mut dlogits) = ls::cross_entropy_with_grad(&logits, &chunk_labels(ids), 1.0 / norm)?;
+        if let Some(cap) = how.softcap {
+            dlogits = ew::softcap_backward(&logits, &dlogits, cap)?;
+        }
         loss_sum = ew::add(&loss_sum, &ce.loss_sum)?;
         drop(logits);
         if let (Some(acc), Some(head_for_dh)) = (&dh, &head_for_dh) {

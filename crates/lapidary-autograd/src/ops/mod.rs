@@ -12,9 +12,9 @@ mod pointwise;
 pub use index::{avg_pool, gather_rows, im2col, scatter_rows};
 pub use lapidary_kernels::matmul::Layout;
 pub use linear::{matmul, matmul_add, matmul_frozen, matmul_packed, reshape, swap_middle, transpose};
-pub use loss::{cross_entropy, linear_cross_entropy, sum_all};
+pub use loss::{HeadLoss, cross_entropy, linear_cross_entropy, sum_all};
 pub use nn::{attention, gemma_rms_norm, layer_norm, rms_norm, rope, rope_parts};
-pub use pointwise::{add, clamp, geglu, gelu_tanh, mul, scale};
+pub use pointwise::{add, clamp, geglu, gelu_tanh, mul, scale, softcap};
 
 use lapidary_core::Tensor;
 

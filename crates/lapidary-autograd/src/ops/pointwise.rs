@@ -53,6 +53,17 @@ pub fn clamp(x: &Var, lo: f32, hi: f32) -> Result<Var> {
     )
 }
 
+/// `cap · tanh(x / cap)` (logit soft-capping).
+pub fn softcap(x: &Var, cap: f32) -> Result<Var> {
+    let out = ew::softcap(x.value(), cap)?;
+    let yv = out.clone();
+    x.tape().record1(
+        &[x],
+        out,
+        Box::new(move |outs, _| Ok(vec![Some(ew::softcap_backward(&yv, &upstream(outs), cap)?)])),
+    )
+}
+
 /// GELU, tanh approximation.
 pub fn gelu_tanh(x: &Var) -> Result<Var> {
     let out = ew::gelu_tanh(x.value())?;

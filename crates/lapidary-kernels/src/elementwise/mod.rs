@@ -1,5 +1,5 @@
 //! Elementwise ops and their backward: GELU (tanh approximation), GeGLU, add, mul (with suffix
-//! broadcasting), scale (by a host number or by one on the device) and clamp. Each kernel is a grid-stride
+//! broadcasting), scale (by a host number or by one on the device), clamp and logit soft-capping. Each kernel is a grid-stride
 //! loop over vectors of the storage type, computing in f32. Not for broadcasting ops with
 //! different shapes (those live beside the op that needs them).
 
@@ -7,10 +7,12 @@ mod binary;
 mod clamp;
 mod gelu;
 pub mod reference;
+mod softcap;
 
 pub use binary::{add, add_backward, geglu, geglu_backward, mul, mul_backward, scale, scale_by, sum_to};
 pub use clamp::{clamp, clamp_backward};
 pub use gelu::{gelu_tanh, gelu_tanh_backward};
+pub use softcap::{softcap, softcap_backward};
 
 use lapidary_core::{Error, Result, Tensor};
 

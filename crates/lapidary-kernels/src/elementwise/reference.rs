@@ -69,3 +69,13 @@ pub fn clamp(x: &[f32], lo: f32, hi: f32) -> Vec<f32> {
 pub fn clamp_backward(x: &[f32], dy: &[f32], lo: f32, hi: f32) -> Vec<f32> {
     x.iter().zip(dy).map(|(&v, &g)| if v >= lo && v <= hi { g } else { 0.0 }).collect()
 }
+
+/// `cap * tanh(x / cap)`, in f64.
+pub fn softcap(x: &[f32], cap: f32) -> Vec<f32> {
+    x.iter().map(|&v| ((v as f64 / cap as f64).tanh() * cap as f64) as f32).collect()
+}
+
+/// Its gradient from the output `y`: `dy * (1 - (y / cap)^2)`, in f64.
+pub fn softcap_backward(y: &[f32], dy: &[f32], cap: f32) -> Vec<f32> {
+    y.iter().zip(dy).map(|(&y, &g)| (g as f64 * (1.0 - (y as f64 / cap as f64).powi(2))) as f32).collect()
+}
