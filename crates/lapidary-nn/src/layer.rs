@@ -1,7 +1,7 @@
 //! The one layer abstraction: a [`Layer`] walks its own parameters (adapters included) under
 //! their names within the layer, and can be rebuilt computing with other variables found by those
 //! names, which is all gradient checkpointing needs; [`checkpointed`] is the one place a layer
-//! runs as a recomputed segment. Adding a layer type means writing [`Layer::map_params`] once.
+//! runs as a recomputed segment ([`checkpointed_many`] for several inputs and outputs). Adding a layer type means writing [`Layer::map_params`] once.
 //! Not the layers' forward passes (their signatures differ).
 
 use lapidary_autograd::{Var, checkpoint};
@@ -80,8 +80,21 @@ where
     L: Layer,
     F: Fn(&L, &Var) -> Result<Var> + 'static,
 {
+    let outs = checkpointed_many(layer, &[x], checkpointing, move |l, ins| Ok(vec![forward(l, &ins[0])?]))?;
+    Ok(outs.into_iter().next().expect("one output"))
+}
+
+/// [`checkpointed`] for a layer with several activation inputs and outputs (a layer that hands
+/// its keys and values on to later layers, or takes them from an earlier one): gradients reach
+/// every input that needs one, through every output that receives one.
+pub fn checkpointed_many<L, F>(layer: &L, xs: &[&Var], checkpointing: Checkpointing, forward: F) -> Result<Vec<Var>>
+where
+    L: Layer,
+    F: Fn(&L, &[Var]) -> Result<Vec<Var>> + 'static,
+{
     if checkpointing == Checkpointing::Off {
-        return forward(layer, x);
+        let owned: Vec<Var> = xs.iter().map(|&x| x.clone()).collect();
+        return forward(layer, &owned);
     }
     let (names, params): (Vec<String>, Vec<Var>) = layer.params().into_iter().unzip();
     let mut seen = std::collections::BTreeSet::new();
@@ -92,9 +105,9 @@ where
     let own = layer.clone();
     let segment = move |_: &lapidary_autograd::Tape, ins: &[Var], ps: &[Var]| {
         let by_name: BTreeMap<String, Var> = names.iter().cloned().zip(ps.iter().cloned()).collect();
-        Ok(vec![forward(&own.rebind(&by_name)?, &ins[0])?])
+        forward(&own.rebind(&by_name)?, ins)
     };
-    Ok(checkpoint(&[x], &refs, segment)?.remove(0))
+    checkpoint(xs, &refs, segment)
 }
 
 #[cfg(test)]
@@ -124,6 +137,11 @@ mod tests {
     }
 
     fn block(tape: &Tape, seed: u64) -> Block {
+        block_named(tape, seed, "")
+    }
+
+    /// [`block`] with its tape names prefixed by `prefix`.
+    fn block_named(tape: &Tape, seed: u64, prefix: &str) -> Block {
         let dev = Device::cpu().unwrap();
         let mut rng = SplitMix64::new(seed);
         let mut t = |shape: &[usize]| {
@@ -131,13 +149,14 @@ mod tests {
             let v: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
             Tensor::from_f32(&dev, &v, shape, DType::F32).unwrap()
         };
+        let n = |name: &str| format!("{prefix}{name}");
         Block {
-            ln: (tape.param("ln.w", t(&[8]), Trainable::Yes), tape.param("ln.b", t(&[8]), Trainable::Yes)),
-            fc1: Linear::new("fc1", tape.param("fc1.w", t(&[16, 8]), Trainable::Yes), None),
+            ln: (tape.param(n("ln.w"), t(&[8]), Trainable::Yes), tape.param(n("ln.b"), t(&[8]), Trainable::Yes)),
+            fc1: Linear::new("fc1", tape.param(n("fc1.w"), t(&[16, 8]), Trainable::Yes), None),
             fc2: Linear::new(
                 "fc2",
-                tape.param("fc2.w", t(&[8, 16]), Trainable::No),
-                Some(tape.param("fc2.b", t(&[8]), Trainable::Yes)),
+                tape.param(n("fc2.w"), t(&[8, 16]), Trainable::No),
+                Some(tape.param(n("fc2.b"), t(&[8]), Trainable::Yes)),
             ),
         }
     }
@@ -177,6 +196,43 @@ mod tests {
         let names: Vec<&str> = plain.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["fc1.w", "fc2.b", "ln.b", "ln.w", "x", "y"]);
         assert_eq!(plain, ckpt);
+    }
+
+    /// Two blocks where the first hands a side output to the second (as a layer storing its
+    /// keys and values for a later one): checkpointed or not, the same values and gradients, and
+    /// the first block's parameters receive the gradient that comes back through the side output.
+    #[test]
+    fn side_outputs_carry_gradients_between_checkpointed_layers() {
+        let run = |checkpointing: Checkpointing, use_side: bool| {
+            let tape = Tape::new();
+            let (first, second) = (block_named(&tape, 21, "first."), block_named(&tape, 22, "second."));
+            let v: Vec<f32> = (0..48).map(|i| ((i * 37 % 23) as f32 / 11.0) - 1.0).collect();
+            let x = tape.input(Tensor::from_f32(&Device::cpu().unwrap(), &v, &[2, 3, 8], DType::F32).unwrap());
+            let outs = checkpointed_many(&first, &[&x], checkpointing, |l, ins| {
+                let side = ops::layer_norm(&ins[0], &l.ln.0, &l.ln.1, 1e-6)?;
+                Ok(vec![ops::add(&ins[0], &l.fc2.forward(&ops::gelu_tanh(&l.fc1.forward(&side)?)?)?)?, side])
+            })
+            .unwrap();
+            let ins: Vec<&Var> = if use_side { vec![&outs[0], &outs[1]] } else { vec![&outs[0], &x] };
+            let y = checkpointed_many(&second, &ins, checkpointing, |l, ins| {
+                let h = ops::layer_norm(&ins[0], &l.ln.0, &l.ln.1, 1e-6)?;
+                Ok(vec![ops::mul(&l.fc2.forward(&ops::gelu_tanh(&l.fc1.forward(&h)?)?)?, &ins[1])?])
+            })
+            .unwrap()
+            .remove(0);
+            let (grads, _) = tape.backward(&ops::sum_all(&y).unwrap()).unwrap();
+            let mut out: Vec<(String, Vec<f32>)> =
+                grads.named().into_iter().map(|(n, g)| (n.to_string(), g.to_f32_vec().unwrap())).collect();
+            out.push(("y".into(), y.value().to_f32_vec().unwrap()));
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            out
+        };
+        let plain = run(Checkpointing::Off, true);
+        assert_eq!(plain, run(Checkpointing::EachLayer, true));
+        // Without the side path the first block's norm gets another gradient: the path counts.
+        let ln = |r: &[(String, Vec<f32>)]| r.iter().find(|(n, _)| n == "first.ln.w").map(|(_, g)| g.clone());
+        assert!(ln(&plain).is_some());
+        assert_ne!(ln(&plain), ln(&run(Checkpointing::EachLayer, false)));
     }
 
     #[test]

@@ -41,7 +41,7 @@ mod scope;
 mod weights;
 
 pub use host::{AdapterHost, Naming};
-pub use layer::{Checkpointing, Layer, ParamFn, checkpointed, map_within};
+pub use layer::{Checkpointing, Layer, ParamFn, checkpointed, checkpointed_many, map_within};
 pub use linear::{Adapter, Linear};
 pub use part::Part;
 pub use scope::Scope;
