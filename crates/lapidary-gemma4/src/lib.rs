@@ -15,10 +15,16 @@
 //! ```
 
 mod config;
+mod decoder;
+mod text;
 
 pub use config::{
     Bidirectional, Gemma4Config, Gemma4TextConfig, Gemma4VisionConfig, KvSharing, LayerConfig, LayerKind, Rope,
 };
+pub use decoder::{DecoderContext, DecoderLayer};
+pub use text::Gemma4TextModel;
 
 #[cfg(test)]
 mod config_tests;
+#[cfg(test)]
+mod text_tests;
