@@ -11,7 +11,7 @@ const COEF: f32 = 0.044_715;
 /// overflows; as accurate as f32's tanh near ±1): vector exponentials are polynomials on the CPU
 /// runtime, its `tanh` a library call per lane.
 #[cube]
-fn tanh_f32<N: Size>(z: Vector<f32, N>) -> Vector<f32, N> {
+pub(super) fn tanh_f32<N: Size>(z: Vector<f32, N>) -> Vector<f32, N> {
     let one = Vector::new(1.0f32);
     // The magnitude from |z| (a NaN stays NaN, an infinite z gives e = 0), the sign from z
     // clamped to [-1, 1] (exactly ±1 for |z| >= 1e-30; below, tanh is 0 to within f32).

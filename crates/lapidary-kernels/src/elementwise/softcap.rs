@@ -1,7 +1,9 @@
 //! Logit soft-capping, `cap · tanh(x / cap)`, and its gradient written from the output,
 //! `dy · (1 − (y / cap)²)`, as torch's autograd computes tanh's (Gemma 2 and Gemma 4 cap their
-//! final logits; the fused head loss applies it per chunk). Host references in `reference.rs`.
+//! final logits; the fused head loss applies it per chunk). tanh is GELU's (one exponential, not
+//! a library call per lane on the CPU). Host references in `reference.rs`.
 
+use super::gelu::tanh_f32;
 use cubecl::prelude::*;
 use lapidary_core::{Error, Result, Tensor, launch};
 
@@ -12,7 +14,7 @@ fn softcap_kernel<F: Float, N: Size>(x: &[Vector<F, N>], out: &mut [Vector<F, N>
     let mut i = ABSOLUTE_POS;
     while i < x.len() {
         let v = Vector::<f32, N>::cast_from(x[i]);
-        out[i] = Vector::cast_from(Vector::tanh(v / cap_v) * cap_v);
+        out[i] = Vector::cast_from(tanh_f32(v / cap_v) * cap_v);
         i += stride;
     }
 }
