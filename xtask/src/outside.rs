@@ -1,7 +1,8 @@
 //! The check that a lapidary crate is usable from a project outside this workspace, as a user
 //! would depend on it: a fresh Cargo project in the system's temporary directory (so none of this
 //! workspace's `.cargo/config.toml` applies) that depends on `lapidary-core` and
-//! `lapidary-kernels` by path, is built offline with only what `cargo xtask setup --user` lays
+//! `lapidary-kernels` by path (with the workspace's patched CPU runtime, as vendor/README.md
+//! tells such a project to), is built offline with only what `cargo xtask setup --user` lays
 //! (the LLVM shim in the user's data directory; here a data directory of its own, so the user's
 //! is not touched) and runs a kernel against its host reference. Not a test of the kernels.
 
@@ -42,6 +43,12 @@ edition = "2024"
 lapidary-core = {{ path = "{core}" }}
 lapidary-kernels = {{ path = "{kernels}" }}
 
+# As vendor/README.md advises a program outside the workspace: CubeCL's CPU runtime as the
+# workspace builds it (the lock file below names that copy; the published crate need not be in
+# the local registry for an offline build).
+[patch.crates-io]
+cubecl-cpu = {{ path = "{vendor}" }}
+
 # The README asks for `opt-level = 3` here (kernels crawl without it); this check is of the
 # build's setup (offline, the user-level shim), and unoptimized dependencies build 3x faster:
 # 2 min 45 s against 8 min 49 s on 2 cores.
@@ -52,7 +59,8 @@ debug-assertions = false
 overflow-checks = false
 "#,
         core = crates.join("lapidary-core").display(),
-        kernels = crates.join("lapidary-kernels").display()
+        kernels = crates.join("lapidary-kernels").display(),
+        vendor = root.join("vendor/cubecl-cpu").display()
     );
     write(&dir.join("Cargo.toml"), &manifest)?;
     write(&dir.join("src/main.rs"), MAIN)?;
