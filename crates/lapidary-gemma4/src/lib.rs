@@ -17,14 +17,18 @@
 mod config;
 mod decoder;
 mod text;
+mod vision;
 
 pub use config::{
     Bidirectional, Gemma4Config, Gemma4TextConfig, Gemma4VisionConfig, KvSharing, LayerConfig, LayerKind, Rope,
 };
 pub use decoder::{DecoderContext, DecoderLayer};
 pub use text::Gemma4TextModel;
+pub use vision::{ClippedLinear, Gemma4VisionModel, Pooling, VisionContext, VisionLayer};
 
 #[cfg(test)]
 mod config_tests;
 #[cfg(test)]
 mod text_tests;
+#[cfg(test)]
+mod vision_tests;
