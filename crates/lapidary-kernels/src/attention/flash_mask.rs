@@ -20,6 +20,8 @@ pub(super) struct MaskFlags {
     pub causal: bool,
     pub use_window: bool,
     pub use_blocks: bool,
+    /// The window bounds the blocks too (set only with both a window and blocks).
+    pub blocks_in_window: bool,
     pub use_keep: bool,
     pub use_segments: bool,
 }
@@ -30,6 +32,7 @@ impl MaskFlags {
             causal: mask.causal,
             use_window: mask.window.is_some(),
             use_blocks: mask.blocks.is_some(),
+            blocks_in_window: mask.blocks_in_window && mask.blocks.is_some() && mask.window.is_some(),
             use_keep: mask.key_padding.is_some(),
             use_segments: mask.segments.is_some(),
         }
@@ -66,11 +69,14 @@ pub(super) fn visible(
     if flags.causal {
         ok = k <= q;
     }
-    if flags.use_window {
+    if flags.use_window && !flags.blocks_in_window {
         ok = ok && q < k + window;
     }
     if flags.use_blocks {
         ok = ok || (bq > 0.0 && bq == blocks[b * s_len + k]);
+    }
+    if flags.blocks_in_window {
+        ok = ok && q < k + window;
     }
     if flags.use_keep {
         ok = ok && keep[b * s_len + k] > 0.0;
@@ -84,7 +90,7 @@ pub(super) fn visible(
 /// Whether every query of tile `q` sees every key of the block `[kb, kb + lanes)`, so that the
 /// block needs no mask: inside `[lo, hi)`, before the first query when causal, inside the last
 /// query's window, kept by the padding, in the queries' one segment. Image blocks only add
-/// keys, so they never make it false.
+/// keys (inside the window when it bounds them), so they never make it false.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn block_seen_by_all(
@@ -345,7 +351,8 @@ pub(super) fn tile(
 }
 
 /// Start of the keys a tile of queries can see: the sliding window's start, pulled back to the
-/// first key of a shared image block, pushed forward to the first key of a shared segment.
+/// first key of a shared image block (unless the window bounds blocks), pushed forward to the
+/// first key of a shared segment.
 #[cube]
 pub(super) fn key_lo(
     blocks: &[f32],
@@ -360,7 +367,7 @@ pub(super) fn key_lo(
     if flags.use_window && q.p[0] + 1 > window {
         lo = q.p[0] + 1 - window;
     }
-    if flags.use_blocks && lo > 0 {
+    if flags.use_blocks && !flags.blocks_in_window && lo > 0 {
         lo = min(lo, first_match(blocks, b, s_len, lo, &q.b, true));
     }
     if flags.use_segments {
@@ -437,7 +444,7 @@ pub(super) fn query_hi(
     let mut hi = q_end;
     if flags.use_window && k.p[LAST] + window < hi {
         hi = k.p[LAST] + window;
-        if flags.use_blocks {
+        if flags.use_blocks && !flags.blocks_in_window {
             let start = min(hi, s_len);
             hi = max(hi, last_match_end(blocks, b, s_len, start, &k.b, true));
             hi = min(hi, q_end);

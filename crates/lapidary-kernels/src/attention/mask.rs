@@ -1,13 +1,16 @@
 //! The attention mask, described rather than materialized: causal, sliding window
 //! (`q - window < k <= q`), bidirectional blocks (tokens of one image see each other), key padding,
-//! and segments (several sequences packed in one row never see each other). The kernels evaluate
-//! it per score (`flash_mask.rs`). Not a dense mask tensor.
+//! and segments (several sequences packed in one row never see each other), with blocks either
+//! reaching past the window (Gemma 3) or bounded by it (Gemma 4). The kernels evaluate it per
+//! score (`flash_mask.rs`). Not a dense mask tensor.
 
 use lapidary_core::{Result, Tensor};
 
 /// Which keys each query may see. A query at absolute position `q` sees key `k` when
 /// `(k <= q [causal] and q - k < window [sliding]) or (block[q] > 0 and block[q] == block[k])`,
-/// and key `k` is not padding, and `segment[q] == segment[k]`. A query that sees no key (e.g. a padding query whose whole
+/// and key `k` is not padding, and `segment[q] == segment[k]`. With `blocks_in_window` the
+/// window bounds the blocks too: `q - k < window and (k <= q or same block)`, as Gemma 4's
+/// sliding layers compose them (a block key further back than the window is not seen). A query that sees no key (e.g. a padding query whose whole
 /// sliding window is padding) gets all-zero probabilities, hence a zero output and no gradient,
 /// as HF's default SDPA attention gives (HF's eager attention would attend uniformly instead).
 #[derive(Clone, Debug, Default)]
@@ -19,6 +22,9 @@ pub struct AttentionMask {
     /// `[B, S]` f32 block ids over key positions (0 = none; equal positive ids form a
     /// bidirectional block, e.g. one image's tokens). Queries use the ids at their own position.
     pub blocks: Option<Tensor>,
+    /// The sliding window also bounds the blocks (Gemma 4); `false`: a block is seen whole
+    /// whatever the window (Gemma 3). No effect without both a window and blocks.
+    pub blocks_in_window: bool,
     /// `[B, S]` f32, 1 for real keys and 0 for padding.
     pub key_padding: Option<Tensor>,
     /// `[B, S]` f32 segment ids over key positions: a query sees only keys of its own segment
@@ -48,6 +54,12 @@ impl AttentionMask {
     /// The same mask with bidirectional blocks.
     pub fn with_blocks(mut self, blocks: Tensor) -> Self {
         self.blocks = Some(blocks);
+        self
+    }
+
+    /// The same mask with the window bounding its blocks (see [`AttentionMask::blocks_in_window`]).
+    pub fn with_blocks_in_window(mut self) -> Self {
+        self.blocks_in_window = true;
         self
     }
 
@@ -101,13 +113,11 @@ impl AttentionMask {
         q: usize,
         k: usize,
     ) -> bool {
-        let mut ok = !self.causal || k <= q;
-        if let Some(w) = self.window {
-            ok &= q < k + w;
-        }
+        let in_window = self.window.is_none_or(|w| q < k + w);
+        let mut ok = (!self.causal || k <= q) && in_window;
         if let Some(bl) = blocks {
             let (bq, bk) = (bl[b * s_len + q.min(s_len - 1)], bl[b * s_len + k]);
-            ok |= bq > 0.0 && bq == bk && q < s_len;
+            ok |= bq > 0.0 && bq == bk && q < s_len && (in_window || !self.blocks_in_window);
         }
         if let Some(kp) = keep {
             ok &= kp[b * s_len + k] > 0.0;

@@ -55,9 +55,23 @@ fn check_case(
     path: AttentionPath,
     dims: Dims,
     dt: DType,
-    mut mask: AttentionMask,
+    mask: AttentionMask,
     uses: [bool; 3],
     runs: bool,
+    seed: u64,
+) {
+    let md = mask_data(dims.b, dims.s, seed ^ 4, runs);
+    check_case_with(path, dims, dt, mask, uses, md, seed);
+}
+
+/// [`check_case`] on given mask data.
+fn check_case_with(
+    path: AttentionPath,
+    dims: Dims,
+    dt: DType,
+    mut mask: AttentionMask,
+    uses: [bool; 3],
+    md: MaskData,
     seed: u64,
 ) {
     let dev = device();
@@ -66,7 +80,6 @@ fn check_case(
     let k = random_tensor(&dev, &[b, hkv, s, d], dt, seed ^ 1, 1.0);
     let v = random_tensor(&dev, &[b, hkv, s, d], dt, seed ^ 2, 1.0);
     let dout = random_tensor(&dev, &[b, h, t, d], dt, seed ^ 3, 1.0);
-    let md = mask_data(b, s, seed ^ 4, runs);
     let as_t = |x: &[f32]| Tensor::from_f32(&dev, x, &[b, s], DType::F32).unwrap();
     let [use_blocks, use_pad, use_seg] = uses;
     if use_blocks {
@@ -114,11 +127,11 @@ proptest! {
     fn attention_matches_reference(
         b in 1usize..3, hkv in 1usize..3, groups in 1usize..3, t in 1usize..12, d in 1usize..10,
         causal in any::<bool>(), window in proptest::option::of(1usize..6), use_blocks in any::<bool>(),
-        use_pad in any::<bool>(), use_seg in any::<bool>(), runs in any::<bool>(),
+        blocks_in_window in any::<bool>(), use_pad in any::<bool>(), use_seg in any::<bool>(), runs in any::<bool>(),
         dt in dtype_strategy(), seed in any::<u64>(),
     ) {
         let dims = Dims { b, h: hkv * groups, hkv, t, s: t, d };
-        let mask = AttentionMask { causal, window: if causal { window } else { None }, ..Default::default() };
+        let mask = AttentionMask { causal, window: if causal { window } else { None }, blocks_in_window, ..Default::default() };
         check_case(AttentionPath::Materialized, dims, dt, mask, [use_blocks, use_pad, use_seg], runs, seed);
     }
 
@@ -127,13 +140,15 @@ proptest! {
         b in 1usize..3, hkv in 1usize..3, groups in 1usize..4, t in 1usize..45, cached in 0usize..4,
         d in prop_oneof![1usize..10, Just(16usize), Just(24usize), Just(72usize)],
         causal in any::<bool>(), window in proptest::option::of(1usize..20), use_blocks in any::<bool>(),
-        use_pad in any::<bool>(), use_seg in any::<bool>(), runs in any::<bool>(),
+        blocks_in_window in any::<bool>(), use_pad in any::<bool>(), use_seg in any::<bool>(), runs in any::<bool>(),
         dt in dtype_strategy(), seed in any::<u64>(),
     ) {
         // With a KV cache the queries are the last `t` of `s` positions.
         let cached = if causal { cached } else { 0 };
         let dims = Dims { b, h: hkv * groups, hkv, t, s: t + cached, d };
-        let mask = AttentionMask { causal, window: if causal { window } else { None }, q_offset: cached, ..Default::default() };
+        let mask = AttentionMask {
+            causal, window: if causal { window } else { None }, blocks_in_window, q_offset: cached, ..Default::default()
+        };
         check_case(AttentionPath::Flash, dims, dt, mask, [use_blocks, use_pad, use_seg], runs, seed);
     }
 }
@@ -145,12 +160,14 @@ proptest! {
         b in 1usize..3, hkv in 1usize..3, groups in 1usize..4, t in 1usize..45, cached in 0usize..4,
         d in prop_oneof![1usize..10, Just(16usize), Just(24usize), Just(72usize)],
         causal in any::<bool>(), window in proptest::option::of(1usize..20), use_blocks in any::<bool>(),
-        use_pad in any::<bool>(), use_seg in any::<bool>(), runs in any::<bool>(),
+        blocks_in_window in any::<bool>(), use_pad in any::<bool>(), use_seg in any::<bool>(), runs in any::<bool>(),
         dt in dtype_strategy(), seed in any::<u64>(),
     ) {
         let cached = if causal { cached } else { 0 };
         let dims = Dims { b, h: hkv * groups, hkv, t, s: t + cached, d };
-        let mask = AttentionMask { causal, window: if causal { window } else { None }, q_offset: cached, ..Default::default() };
+        let mask = AttentionMask {
+            causal, window: if causal { window } else { None }, blocks_in_window, q_offset: cached, ..Default::default()
+        };
         check_case(AttentionPath::Tiled, dims, dt, mask, [use_blocks, use_pad, use_seg], runs, seed);
     }
 }
@@ -242,6 +259,37 @@ fn sliding_window_and_blocks_follow_the_definition() {
     let blocks = [0.0, 1.0, 1.0, 0.0, 0.0];
     let allowed: Vec<usize> = (0..5).filter(|&k| m.allows(Some(&blocks), None, None, 5, 0, 1, k)).collect();
     assert_eq!(allowed, vec![0, 1, 2]);
+    // Gemma 4's composition: the window bounds the block. Query 3 of a block over keys 0-3 sees
+    // only keys 2, 3 (the window) where Gemma 3's sees the whole block; query 1 still sees the
+    // block's later keys 2, 3 (inside the window, which only reaches back).
+    let blocks = [1.0, 1.0, 1.0, 1.0, 0.0];
+    let seen = |m: &AttentionMask, q: usize| -> Vec<usize> {
+        (0..5).filter(|&k| m.allows(Some(&blocks), None, None, 5, 0, q, k)).collect()
+    };
+    assert_eq!(seen(&m, 3), vec![0, 1, 2, 3]);
+    let bounded = AttentionMask::sliding(2).with_blocks_in_window();
+    assert_eq!(seen(&bounded, 3), vec![2, 3]);
+    assert_eq!(seen(&bounded, 1), vec![0, 1, 2, 3]);
+    assert_eq!(seen(&bounded, 4), vec![3, 4]);
+}
+
+#[test]
+fn blocks_longer_than_the_window_follow_either_composition_on_every_path() {
+    // Images of 7 and 5 tokens under a window of 3, so both compositions (Gemma 3's block seen
+    // whole, Gemma 4's block bounded by the window) differ from each other; some padding.
+    let (b, s) = (2, 23);
+    let row: Vec<f32> = [vec![0.0; 3], vec![1.0; 7], vec![0.0; 2], vec![2.0; 5], vec![0.0; 6]].concat();
+    let blocks = [row.clone(), row[4..].iter().chain(&row[..4]).copied().collect()].concat();
+    let keep: Vec<f32> = (0..b * s).map(|i| if i % s >= s - 2 && i >= s { 0.0 } else { 1.0 }).collect();
+    let dims = Dims { b, h: 2, hkv: 1, t: s, s, d: 8 };
+    for path in [AttentionPath::Materialized, AttentionPath::Flash, AttentionPath::Tiled] {
+        for bounded in [false, true] {
+            let mut mask = AttentionMask::sliding(3);
+            mask.blocks_in_window = bounded;
+            let md = MaskData { blocks: blocks.clone(), keep: keep.clone(), segments: vec![0.0; b * s] };
+            check_case_with(path, dims, DType::F32, mask, [true, true, false], md, 41);
+        }
+    }
 }
 
 #[test]
