@@ -70,6 +70,8 @@ pub(crate) fn load_batch(case: &str, dev: &Device) -> (lapidary::gemma3::Batch, 
         token_type_ids: f.load_i64("token_type_ids").unwrap().0,
         labels: Some(f.load_i64("labels").unwrap().0),
         pixel_values: f.entry("pixel_values").map(|_| f.load("pixel_values", dev, DType::F32).unwrap()),
+        image_position_ids: None,
+        soft_tokens_per_image: None,
         position_ids: None,
     };
     (batch, f)

@@ -33,6 +33,8 @@ fn pack(batch: &Batch, groups: &[Vec<usize>], extra: usize) -> (Batch, Placement
         token_type_ids: vec![0; n],
         labels: Some(vec![-100; n]),
         pixel_values: batch.pixel_values.clone(),
+        image_position_ids: None,
+        soft_tokens_per_image: None,
         position_ids: Some(vec![0; n]),
     };
     let mut placed = Vec::new();

@@ -148,6 +148,10 @@ pub struct Gemma4Config {
     pub boi_token_id: usize,
     /// Id of the token after an image.
     pub eoi_token_id: usize,
+    /// Id of the video soft token (videos are not supported: a batch holding it is refused).
+    pub video_token_id: usize,
+    /// Id of the audio soft token (audio is not supported: a batch holding it is refused).
+    pub audio_token_id: usize,
 }
 
 /// The vision tower's configuration.
@@ -529,6 +533,8 @@ impl Gemma4Config {
                 image_token_id: none,
                 boi_token_id: none,
                 eoi_token_id: none,
+                video_token_id: none,
+                audio_token_id: none,
             });
         }
         let text = top.get("text_config").ok_or_else(|| Error::invalid("config: no text_config"))?;
@@ -539,6 +545,8 @@ impl Gemma4Config {
             image_token_id: top.usize_or("image_token_id", 258_880)?,
             boi_token_id: top.usize_or("boi_token_id", 255_999)?,
             eoi_token_id: top.usize_or("eoi_token_id", 258_882)?,
+            video_token_id: top.usize_or("video_token_id", 258_884)?,
+            audio_token_id: top.usize_or("audio_token_id", 258_881)?,
         };
         if cfg.vision.is_some() {
             // Placeholders are replaced by the pad token before the lookup, so the image token

@@ -1,9 +1,13 @@
 //! Gemma 4 for lapidary: the dense models (the 31B's architecture) and the E-series (E2B/E4B:
 //! per-layer embeddings, KV sharing), text and vision. This crate reads and checks their
 //! configuration ([`Gemma4Config`]: either `config.json` form resolves to the same per-layer
-//! settings); the decoder, the vision tower and their registration as a model family build on
-//! it. Audio towers and the mixture-of-experts block (26B-A4B) are not supported: an audio
-//! config is noted and its weights are left out, an MoE config is refused.
+//! settings) and computes them as transformers 5.24 does: the decoder ([`Gemma4TextModel`]), the
+//! vision tower with its embedder ([`Gemma4VisionModel`], clipped linears with adapters inside
+//! the clamps) and the two together ([`Gemma4ForConditionalGeneration`], a
+//! [`lapidary_model::Model`]). Audio towers and the mixture-of-experts block (26B-A4B) are not
+//! supported: an audio config is noted and its weights are left out, an MoE config is refused.
+//! Not yet here: the image processor (batches carry HF's `pixel_values` and
+//! `image_position_ids`), Gemma 4's chat template, a KV cache for generation, GGUF export.
 //!
 //! ```
 //! use lapidary_gemma4::{Gemma4Config, KvSharing, LayerKind};
@@ -16,6 +20,7 @@
 
 mod config;
 mod decoder;
+mod model;
 mod text;
 mod vision;
 
@@ -23,11 +28,14 @@ pub use config::{
     Bidirectional, Gemma4Config, Gemma4TextConfig, Gemma4VisionConfig, KvSharing, LayerConfig, LayerKind, Rope,
 };
 pub use decoder::{DecoderContext, DecoderLayer};
+pub use model::{Gemma4ForConditionalGeneration, part_of};
 pub use text::Gemma4TextModel;
 pub use vision::{ClippedLinear, Gemma4VisionModel, Pooling, VisionContext, VisionLayer};
 
 #[cfg(test)]
 mod config_tests;
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod text_tests;
 #[cfg(test)]

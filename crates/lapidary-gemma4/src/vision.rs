@@ -274,6 +274,11 @@ impl Gemma4VisionModel {
         })
     }
 
+    /// The encoder layers.
+    pub fn layers(&self) -> &[VisionLayer] {
+        &self.layers
+    }
+
     /// The encoder layers (their clipped linears take adapters).
     pub fn layers_mut(&mut self) -> &mut [VisionLayer] {
         &mut self.layers

@@ -20,12 +20,20 @@ pub struct Batch {
     pub input_ids: Vec<i64>,
     /// 1 for real tokens, 0 for padding.
     pub attention_mask: Vec<i64>,
-    /// 1 on image soft tokens.
+    /// 1 on image soft tokens (Gemma 3's `token_type_ids`; from Gemma 4's `mm_token_type_ids`,
+    /// 1 where those mark vision).
     pub token_type_ids: Vec<i64>,
     /// Labels (-100 = not counted); `None` for no loss.
     pub labels: Option<Vec<i64>>,
-    /// `[images, 3, H, W]`, images in row order.
+    /// The images in row order, as the family's processor lays them out: `[images, 3, H, W]`
+    /// (Gemma 3) or `[images, patches, 3·p·p]` patches padded to the longest (Gemma 4).
     pub pixel_values: Option<Tensor>,
+    /// Patch positions `[images, patches, 2]` as (x, y), (-1, -1) on padding patches (Gemma 4's
+    /// `image_position_ids`); `None` for images without patches.
+    pub image_position_ids: Option<Vec<i64>>,
+    /// Soft tokens of each image as the processor counted them (Gemma 4's
+    /// `num_soft_tokens_per_image`), checked against the vision tower's; `None` when not given.
+    pub soft_tokens_per_image: Option<Vec<i64>>,
     /// Positions of the tokens `[B, T]`; `None` for `0..T` in every row. A packed row holds
     /// several sequences: each starts where its position is 0 (the padding-free collators'
     /// convention), attends only within itself, and its RoPE positions restart there.
@@ -91,6 +99,8 @@ impl Batch {
             token_type_ids: rows.token_type_ids.clone(),
             labels: Some(rows.labels.clone()),
             pixel_values: None,
+            image_position_ids: None,
+            soft_tokens_per_image: None,
             position_ids: rows.position_ids.clone(),
         }
     }
@@ -106,6 +116,8 @@ impl Batch {
             token_type_ids: ids.iter().map(|&i| i64::from(i as usize == image_token)).collect(),
             labels: None,
             pixel_values,
+            image_position_ids: None,
+            soft_tokens_per_image: None,
             position_ids: None,
         }
     }
@@ -166,10 +178,13 @@ impl Batch {
         )
     }
 
-    /// Reads a batch file (safetensors): `input_ids`, `attention_mask`, `token_type_ids` and
-    /// `labels` (int64 `[B, T]`), with images `pixel_values` (`[N, 3, H, W]`, images in row
-    /// order, f32/bf16/f16) and for packed rows `position_ids` (int64 `[B, T]`). Errors name the
-    /// file and the tensor.
+    /// Reads a batch file (safetensors) with the field names HF's processors write:
+    /// `input_ids`, `attention_mask`, `token_type_ids` (Gemma 3) or `mm_token_type_ids` (Gemma 4:
+    /// 0 text, 1 image, 2 video; audio refused) and `labels` (int64 `[B, T]`); with images
+    /// `pixel_values` (f32/bf16/f16, images in row order: `[N, 3, H, W]`, or Gemma 4's
+    /// `[N, patches, 3·p·p]` with `image_position_ids` int64 `[N, patches, 2]` and optionally
+    /// `num_soft_tokens_per_image` int64 `[N]`); for packed rows `position_ids` (int64 `[B, T]`).
+    /// Errors name the file and the tensor.
     pub fn read(path: &Path, device: &Device) -> Result<Batch> {
         let f = SafetensorsFiles::open(path)?;
         let err = |what: String| Error::invalid(format!("{}: {what}", path.display()));
@@ -193,12 +208,19 @@ impl Batch {
             Ok(Some(v))
         };
         let required = |name: &str| int(name)?.ok_or_else(|| missing(name));
-        let (attention_mask, token_type_ids) = (required("attention_mask")?, required("token_type_ids")?);
+        let attention_mask = required("attention_mask")?;
+        let token_type_ids = match int("mm_token_type_ids")? {
+            None => required("token_type_ids")?,
+            Some(mm) => vision_token_types(&mm, shape[1]).map_err(err)?,
+        };
         let labels = Some(required("labels")?);
         let pixel_values = match f.entry("pixel_values") {
             None => None,
-            Some(e) if e.shape.len() != 4 => {
-                return Err(err(format!("pixel_values has shape {:?}, expected [N, 3, H, W]", e.shape)));
+            Some(e) if e.shape.len() != 4 && e.shape.len() != 3 => {
+                return Err(err(format!(
+                    "pixel_values has shape {:?}, expected [N, 3, H, W] or [N, patches, 3·p·p]",
+                    e.shape
+                )));
             }
             Some(e) => {
                 let dtype = e.dtype.ok_or_else(|| err("pixel_values is not stored as f32, bf16 or f16".into()))?;
@@ -207,10 +229,73 @@ impl Batch {
                 Some(Tensor::from_f32(device, &values, &e.shape, DType::F32)?)
             }
         };
+        let images = pixel_values.as_ref().map(|p| p.shape()[..2].to_vec());
+        let image_position_ids = match (f.entry("image_position_ids"), &images) {
+            (None, _) => None,
+            (Some(_), None) => return Err(err("image_position_ids without pixel_values".into())),
+            (Some(_), Some(np)) => {
+                let (v, s) = f.load_i64("image_position_ids")?;
+                if s != [np[0], np[1], 2] {
+                    return Err(err(format!(
+                        "image_position_ids has shape {s:?}, expected [{}, {}, 2] (images and patches of pixel_values)",
+                        np[0], np[1]
+                    )));
+                }
+                Some(v)
+            }
+        };
+        let soft_tokens_per_image = match f.entry("num_soft_tokens_per_image") {
+            None => None,
+            Some(_) => {
+                let (v, s) = f.load_i64("num_soft_tokens_per_image")?;
+                let n = images.as_ref().map_or(0, |np| np[0]);
+                if s != [n] {
+                    return Err(err(format!(
+                        "num_soft_tokens_per_image has shape {s:?}, expected [{n}] (one per image)"
+                    )));
+                }
+                Some(v)
+            }
+        };
         let position_ids = int("position_ids")?;
         let (batch, seq) = (shape[0], shape[1]);
-        Ok(Batch { batch, seq, input_ids, attention_mask, token_type_ids, labels, pixel_values, position_ids })
+        Ok(Batch {
+            batch,
+            seq,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            labels,
+            pixel_values,
+            image_position_ids,
+            soft_tokens_per_image,
+            position_ids,
+        })
     }
+}
+
+/// Gemma 4's `mm_token_type_ids` (`[B, T]`: 0 text, 1 image, 2 video, 3 audio) as
+/// [`Batch::token_type_ids`]: 1 where vision (HF's image blocks), 0 elsewhere. Audio tokens are
+/// refused (no audio tower here), as are unknown types; the error names the position.
+pub fn vision_token_types(mm_token_type_ids: &[i64], t: usize) -> std::result::Result<Vec<i64>, String> {
+    mm_token_type_ids
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| match m {
+            0 => Ok(0),
+            1 | 2 => Ok(1),
+            3 => Err(format!(
+                "mm_token_type_ids at row {}, position {} is 3 (audio): audio is not supported",
+                i / t,
+                i % t
+            )),
+            _ => Err(format!(
+                "mm_token_type_ids at row {}, position {} is {m}; expected 0 (text), 1 (image) or 2 (video)",
+                i / t,
+                i % t
+            )),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -227,6 +312,8 @@ mod tests {
             token_type_ids: vec![0; n],
             labels,
             pixel_values: None,
+            image_position_ids: None,
+            soft_tokens_per_image: None,
             position_ids: None,
         }
     }
@@ -264,6 +351,16 @@ mod tests {
         assert_eq!(b.next_token_labels().unwrap(), vec![6, -100, -100, 9, 10, -100]);
         b.labels = None;
         assert_eq!((b.label_count(), b.next_token_labels()), (0, None));
+    }
+
+    #[test]
+    fn gemma4_token_types_mark_vision_and_refuse_audio() {
+        use super::vision_token_types;
+        assert_eq!(vision_token_types(&[0, 1, 1, 0, 2, 0], 3).unwrap(), vec![0, 1, 1, 0, 1, 0]);
+        let e = vision_token_types(&[0, 1, 0, 0, 3, 0], 3).unwrap_err();
+        assert!(e.contains("row 1, position 1 is 3 (audio)"), "{e}");
+        let e = vision_token_types(&[0, 7], 2).unwrap_err();
+        assert!(e.contains("row 0, position 1 is 7; expected 0 (text), 1 (image) or 2 (video)"), "{e}");
     }
 
     #[test]

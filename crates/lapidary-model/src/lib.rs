@@ -46,7 +46,7 @@ mod gguf_export;
 mod model;
 mod options;
 
-pub use batch::Batch;
+pub use batch::{Batch, vision_token_types};
 pub use companions::{torch_dtype_name, write_companions};
 pub use family::Family;
 pub use generate::{GenerateOptions, Sampling, argmax};

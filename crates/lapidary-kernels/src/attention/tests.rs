@@ -51,15 +51,7 @@ fn mask_data(b: usize, s: usize, seed: u64, runs: bool) -> MaskData {
 /// One random attention problem checked on `path` against the f64 reference: output, the
 /// materialized path's probabilities, and dq, dk, dv.
 #[allow(clippy::too_many_arguments)]
-fn check_case(
-    path: AttentionPath,
-    dims: Dims,
-    dt: DType,
-    mask: AttentionMask,
-    uses: [bool; 3],
-    runs: bool,
-    seed: u64,
-) {
+fn check_case(path: AttentionPath, dims: Dims, dt: DType, mask: AttentionMask, uses: [bool; 3], runs: bool, seed: u64) {
     let md = mask_data(dims.b, dims.s, seed ^ 4, runs);
     check_case_with(path, dims, dt, mask, uses, md, seed);
 }

@@ -1,0 +1,144 @@
+//! Gemma4ForConditionalGeneration against transformers 5.24 on every case of both fixtures (dense
+//! and E-series; two images of different aspect ratios beside a padded text-only row, one image
+//! per row, text only): hidden states, logits and loss where `attention_mask` is 1, and the
+//! gradient of every parameter and of the pixels, with checkpointing off and on, through the
+//! unfused head and the fused training loss. Also the batch errors only Gemma 4 raises.
+
+use crate::Gemma4ForConditionalGeneration;
+use lapidary_autograd::{BackwardOptions, Trainable};
+use lapidary_core::Device;
+use lapidary_model::{Batch, ForwardOptions, Model, OpenOptions};
+use lapidary_nn::safetensors::SafetensorsFiles;
+use lapidary_nn::{AdapterHost, Checkpointing};
+use lapidary_testkit::max_rel_error;
+use std::path::PathBuf;
+
+fn fixture(kind: &str) -> PathBuf {
+    PathBuf::from(format!("{}/../../tests/fixtures/tiny-gemma4-{kind}", env!("CARGO_MANIFEST_DIR")))
+}
+
+/// `[rows, width]` values kept at the rows where `keep` is non-zero.
+fn kept_rows(v: &[f32], width: usize, keep: &[i64]) -> Vec<f32> {
+    v.chunks(width).zip(keep).filter(|(_, k)| **k != 0).flat_map(|(r, _)| r.iter().copied()).collect()
+}
+
+/// Largest error relative to the larger of |want| and a tenth of want's largest magnitude.
+fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+    max_rel_error(got, want, 0.1 * scale)
+}
+
+fn case_matches_hf(kind: &str, case: &str, checkpointing: Checkpointing, fused: bool) {
+    let dev = Device::from_env_or_cpu().unwrap();
+    let path = fixture(kind).join("cases").join(format!("{case}.safetensors"));
+    let model =
+        Gemma4ForConditionalGeneration::open(fixture(kind).join("model"), &dev, &OpenOptions::all(Trainable::Yes))
+            .unwrap();
+    let batch = Batch::read(&path, &dev).unwrap();
+    let f = SafetensorsFiles::open(&path).unwrap();
+    let tape = model.tape().clone();
+    let pixels = batch.pixel_values.as_ref().map(|p| tape.param("pixel_values", p.clone(), Trainable::Yes));
+    let opts = ForwardOptions { pixels: pixels.as_ref(), checkpointing, normalizer: None };
+    let (hid, vocab) = (model.config().text.hidden_size, model.vocab_size());
+    let mut worst = 0f64;
+    let loss = if fused {
+        model.loss(&batch, &opts).unwrap()
+    } else {
+        let out = model.forward(&batch, &opts).unwrap();
+        for (i, s) in out.hidden_states.iter().enumerate() {
+            let (want, _) = f.load_f32(&format!("hidden_states.{i}")).unwrap();
+            let got = s.value().to_f32_vec().unwrap();
+            let e =
+                rel_err(&kept_rows(&got, hid, &batch.attention_mask), &kept_rows(&want, hid, &batch.attention_mask));
+            assert!(e < 1e-4, "{kind} {case}: hidden_states.{i}: relative error {e:e}");
+            worst = worst.max(e);
+        }
+        let (want, _) = f.load_f32("logits").unwrap();
+        let got = out.logits.value().to_f32_vec().unwrap();
+        let e =
+            rel_err(&kept_rows(&got, vocab, &batch.attention_mask), &kept_rows(&want, vocab, &batch.attention_mask));
+        assert!(e < 1e-4, "{kind} {case}: logits: relative error {e:e}");
+        worst = worst.max(e);
+        out.loss.unwrap()
+    };
+    let (want_loss, _) = f.load_f32("loss").unwrap();
+    let got_loss = loss.value().to_f32_vec().unwrap()[0];
+    assert!(
+        ((got_loss - want_loss[0]) / want_loss[0]).abs() < 1e-5,
+        "{kind} {case}: loss {got_loss} vs {}",
+        want_loss[0]
+    );
+
+    // A text-only batch reaches neither the vision tower nor its embedder (nor does HF's).
+    let mut bopts = BackwardOptions::default();
+    if pixels.is_none() {
+        bopts.allow_missing = model.unreachable_without_images();
+    }
+    let (grads, _) = tape.backward_with(&loss, &bopts).unwrap();
+    let mut checked = 0;
+    for (name, g) in grads.named() {
+        let want_name = format!("grad.{}", name.strip_prefix("model.").unwrap_or(name));
+        let (want, _) = f.load_f32(&want_name).unwrap_or_else(|e| panic!("{kind} {case}: {e}"));
+        let e = rel_err(&g.to_f32_vec().unwrap(), &want);
+        assert!(e < 1e-4, "{kind} {case}: gradient of {name}: relative error {e:e}");
+        worst = worst.max(e);
+        checked += 1;
+    }
+    // Every reference gradient was compared (none left out on either side).
+    let reference = f.names().filter(|n| n.starts_with("grad.")).count();
+    assert_eq!(checked, reference, "{kind} {case}: gradients compared vs reference gradients");
+    eprintln!(
+        "{kind} {case} ({checkpointing:?}, fused {fused}): {checked} gradients, worst relative error {worst:.1e}"
+    );
+}
+
+const CASES: [&str; 3] = ["two_images_and_padded_text_row", "one_image_each", "text_only"];
+
+#[test]
+fn dense_matches_transformers() {
+    for case in CASES {
+        case_matches_hf("dense", case, Checkpointing::Off, false);
+    }
+}
+
+#[test]
+fn e_series_matches_transformers() {
+    for case in CASES {
+        case_matches_hf("e", case, Checkpointing::Off, false);
+    }
+}
+
+#[test]
+fn checkpointed_fused_training_loss_matches_transformers() {
+    // Both towers recomputed layer by layer, the head fused with the loss: the training path.
+    for kind in ["dense", "e"] {
+        case_matches_hf(kind, "two_images_and_padded_text_row", Checkpointing::EachLayer, true);
+    }
+}
+
+#[test]
+fn image_tokens_without_their_images_and_unsupported_modalities_are_clear_errors() {
+    let dev = Device::from_env_or_cpu().unwrap();
+    let model =
+        Gemma4ForConditionalGeneration::open(fixture("e").join("model"), &dev, &OpenOptions::default()).unwrap();
+    let path = fixture("e").join("cases/two_images_and_padded_text_row.safetensors");
+    let batch = Batch::read(&path, &dev).unwrap();
+    let run = |b: &Batch| model.forward(b, &ForwardOptions::default()).err().map(|e| e.to_string()).unwrap_or_default();
+    let no_images = Batch { pixel_values: None, image_position_ids: None, ..batch.clone() };
+    let e = run(&no_images);
+    assert!(e.contains("8 image token(s) but no pixel_values"), "{e}");
+    let no_positions = Batch { image_position_ids: None, ..batch.clone() };
+    assert!(run(&no_positions).contains("without image_position_ids"), "{}", run(&no_positions));
+    let mut cut = batch.clone();
+    cut.input_ids[5] = 7; // one placeholder of the first image cut
+    let e = run(&cut);
+    assert!(e.contains("7 image token(s) but the images give 8 soft tokens ([6, 2] per image)"), "{e}");
+    let mut miscounted = batch.clone();
+    miscounted.soft_tokens_per_image = Some(vec![6, 3]);
+    let e = run(&miscounted);
+    assert!(e.contains("image 1 pools to 2 soft tokens but num_soft_tokens_per_image says Some(3)"), "{e}");
+    let mut video = batch.clone();
+    video.input_ids[30] = model.config().video_token_id as i64;
+    let e = run(&video);
+    assert!(e.contains("row 1, position 6 is the video soft token"), "{e}");
+}
