@@ -142,3 +142,46 @@ fn image_tokens_without_their_images_and_unsupported_modalities_are_clear_errors
     let e = run(&video);
     assert!(e.contains("row 1, position 6 is the video soft token"), "{e}");
 }
+
+#[test]
+fn peft_adapter_gives_peft_logits_loss_and_gradients_on_both_towers() {
+    // The fixture's PEFT 0.21 adapter targets the vision tower's clipped linears by their inner
+    // `.linear` and every decoder projection; the base is frozen.
+    let dev = Device::from_env_or_cpu().unwrap();
+    for kind in ["dense", "e"] {
+        let mut model =
+            Gemma4ForConditionalGeneration::open(fixture(kind).join("model"), &dev, &OpenOptions::default()).unwrap();
+        let adapted =
+            lapidary_lora::load_peft_adapter_into(&fixture(kind).join("adapter"), &mut model, &dev, Trainable::Yes)
+                .unwrap();
+        let path = fixture(kind).join("cases/adapter_two_images_and_padded_text_row.safetensors");
+        let (batch, f) = (Batch::read(&path, &dev).unwrap(), SafetensorsFiles::open(&path).unwrap());
+        let out = model.forward(&batch, &ForwardOptions::default()).unwrap();
+        let vocab = model.vocab_size();
+        let (want, _) = f.load_f32("logits").unwrap();
+        let got = out.logits.value().to_f32_vec().unwrap();
+        let e_logits =
+            rel_err(&kept_rows(&got, vocab, &batch.attention_mask), &kept_rows(&want, vocab, &batch.attention_mask));
+        let loss = out.loss.unwrap();
+        let (want_loss, _) = f.load_f32("loss").unwrap();
+        let got_loss = loss.value().to_f32_vec().unwrap()[0];
+        assert!(e_logits < 1e-4, "{kind}: adapter logits: relative error {e_logits:e}");
+        assert!(((got_loss - want_loss[0]) / want_loss[0]).abs() < 1e-5, "{kind}: adapter loss {got_loss}");
+        let (grads, _) = model.tape().backward(&loss).unwrap();
+        let mut worst = 0f64;
+        let mut vision = 0;
+        for (name, g) in grads.named() {
+            let (want, _) = f.load_f32(&format!("grad.{name}")).unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let e = rel_err(&g.to_f32_vec().unwrap(), &want);
+            assert!(e < 1e-4, "{kind}: gradient of {name}: relative error {e:e}");
+            worst = worst.max(e);
+            vision += usize::from(name.contains("vision_tower"));
+        }
+        let reference = f.names().filter(|n| n.starts_with("grad.")).count();
+        assert_eq!((grads.len(), 2 * adapted), (reference, reference), "{kind}: every adapter tensor, and only those");
+        assert!(vision > 0, "{kind}: the vision tower's adapters get gradients");
+        eprintln!(
+            "{kind} adapter: {adapted} linears ({vision} vision tensors), logits {e_logits:.1e}, worst gradient {worst:.1e}"
+        );
+    }
+}
