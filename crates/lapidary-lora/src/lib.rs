@@ -46,7 +46,10 @@ mod peft;
 mod target;
 pub use dropout::LoraDropout;
 pub use peft::{PeftAdapterConfig, adapter_tensors, load_peft_adapter, load_peft_adapter_into, save_peft_adapter};
-pub use target::{ATTENTION_MODULES, LoraConfig, LoraInit, LoraTargets, MLP_MODULES, attach_lora, attach_lora_to};
+pub use target::{
+    ATTENTION_MODULES, LoraConfig, LoraInit, LoraTargets, MLP_MODULES, attach_lora, attach_lora_to, module_name,
+    peft_target_modules,
+};
 
 /// A LoRA adapter: `scale · (x · Aᵀ) · Bᵀ`.
 #[derive(Clone, Debug)]

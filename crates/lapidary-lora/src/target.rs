@@ -65,8 +65,10 @@ pub struct LoraConfig {
 
 impl LoraTargets {
     /// Whether the linear at checkpoint path `path`, in part `part` of the model, is targeted.
+    /// The inner linear of a wrapper (Gemma 4's clipped linears: `q_proj.linear`) counts as
+    /// its wrapper's module.
     pub fn matches(&self, path: &str, part: Part) -> bool {
-        let module = path.rsplit('.').next().unwrap_or(path);
+        let module = module_name(path);
         match self {
             LoraTargets::AllLinear => true,
             LoraTargets::Modules(m) => m.iter().any(|x| x == module),
@@ -83,6 +85,39 @@ impl LoraTargets {
             }
         }
     }
+}
+
+/// The module name of the linear at `path`: its last component, or for the inner linear of a
+/// wrapper (`...q_proj.linear`, where PEFT can adapt only the inner `nn.Linear`) the wrapper's.
+pub fn module_name(path: &str) -> &str {
+    let mut parts = path.rsplit('.');
+    let last = parts.next().unwrap_or(path);
+    match (last, parts.next()) {
+        ("linear", Some(wrapper)) => wrapper,
+        _ => last,
+    }
+}
+
+/// `target_modules` for the `adapter_config.json` of adapters at checkpoint `paths`: their
+/// module names, or where a wrapper's inner linear is among them (which PEFT must target by its
+/// full name, not by the wrapper's: it cannot adapt the wrapper) every module's path as PEFT
+/// names it (`peft_path` without `base_model.model.`).
+pub fn peft_target_modules(paths: &[String], peft_path: impl Fn(&str) -> String) -> Vec<String> {
+    let wrapped = paths.iter().any(|p| p.ends_with(".linear"));
+    let mut modules: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            if wrapped {
+                let full = peft_path(p);
+                full.strip_prefix("base_model.model.").map_or(full.clone(), str::to_string)
+            } else {
+                p.rsplit('.').next().unwrap_or(p).to_string()
+            }
+        })
+        .collect();
+    modules.sort();
+    modules.dedup();
+    modules
 }
 
 /// Attaches a new adapter to every targeted linear (`part_of` says which part of the model a
@@ -177,8 +212,30 @@ mod tests {
         assert!(t.matches("language_model.model.layers.2.mlp.down_proj", l));
         assert!(!t.matches("language_model.model.layers.2.self_attn.o_proj", l));
         assert!(LoraTargets::AllLinear.matches("anything.q_proj", Part::Projector));
+        // A clipped linear's inner linear is its wrapper's module.
+        let t = LoraTargets::Layers { vision: true, language: false, attention: true, mlp: false };
+        assert!(t.matches("model.vision_tower.encoder.layers.0.self_attn.q_proj.linear", v));
+        assert!(!t.matches("model.vision_tower.encoder.layers.0.mlp.up_proj.linear", v));
         let t = LoraTargets::Modules(vec!["fc1".into(), "q_proj".into()]);
         assert!(t.matches("vision_tower.encoder.layers.1.mlp.fc1", v) && !t.matches("x.fc2", l));
+    }
+
+    #[test]
+    fn peft_targets_name_wrapped_linears_in_full() {
+        let peft = |p: &str| format!("base_model.model.{p}");
+        let plain = ["language_model.model.layers.0.self_attn.q_proj".to_string(), "x.layers.1.mlp.fc1".to_string()];
+        assert_eq!(peft_target_modules(&plain, peft), ["fc1", "q_proj"]);
+        let wrapped = [
+            "model.vision_tower.encoder.layers.0.self_attn.q_proj.linear".to_string(),
+            "model.language_model.layers.0.self_attn.q_proj".to_string(),
+        ];
+        assert_eq!(
+            peft_target_modules(&wrapped, peft),
+            [
+                "model.language_model.layers.0.self_attn.q_proj",
+                "model.vision_tower.encoder.layers.0.self_attn.q_proj.linear"
+            ]
+        );
     }
 
     #[test]

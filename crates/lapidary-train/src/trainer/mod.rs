@@ -109,7 +109,7 @@ impl Trainer {
             dropout = lora.dropout.clone();
             let mut rng = SplitMix64::new(cfg.seed);
             let paths = lapidary_lora::attach_lora_to(&lora, model.as_mut(), device, &mut rng)?;
-            adapted_modules = paths.iter().map(|p| p.rsplit('.').next().unwrap_or(p).to_string()).collect();
+            adapted_modules = lapidary_lora::peft_target_modules(&paths, model.naming().peft_path);
         }
         let params = model.tape().trainable_params();
         if params.is_empty() {
