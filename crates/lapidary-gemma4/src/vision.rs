@@ -284,11 +284,6 @@ impl Gemma4VisionModel {
         &mut self.layers
     }
 
-    /// The patch projection and the embedder's projection, to attach adapters to.
-    pub fn linears_mut(&mut self) -> [&mut Linear; 2] {
-        [&mut self.input_proj, &mut self.embedding_projection]
-    }
-
     /// Soft tokens in the text width, `[kept slots of every image, text_hidden]` in image order,
     /// of `pixels: [images, patches, 3·p·p]` at `positions` (`[images, patches, 2]` as x, y;
     /// (-1, -1) on padding). Also returns the slots kept per image.
@@ -361,8 +356,8 @@ impl Gemma4VisionModel {
         // One zero row past the patches stands for padding patches (zero in HF's pooler) and
         // for the missing patches of a slot at the image's edge.
         let zero_row = rows as u32;
-        let zero = hs.tape().input(Tensor::zeros(hs.value().device(), &[1, h], hs.value().dtype())?);
-        let padded = concat_rows(hs, &zero)?;
+        let zeros = hs.tape().input(Tensor::zeros(hs.value().device(), &[rows + 1, h], hs.value().dtype())?);
+        let padded = ops::scatter_rows(&zeros, hs, &(0..zero_row).collect::<Vec<_>>())?;
         let mut sum: Option<Var> = None;
         for j in 0..pooling.k_squared {
             let ids: Vec<u32> = pooling.slots.iter().map(|s| s.get(j).copied().unwrap_or(zero_row)).collect();
@@ -393,13 +388,4 @@ impl Gemma4VisionModel {
         };
         Ok(VisionContext { rope: (upload(&c)?, upload(&s)?), mask })
     }
-}
-
-/// `a: [N, C]` with `b: [M, C]` appended below, as `[N + M, C]`.
-fn concat_rows(a: &Var, b: &Var) -> Result<Var> {
-    let (n, m, c) = (a.shape()[0], b.shape()[0], a.shape()[1]);
-    // Gather from a table of both (scatter into zeros keeps gradients to both).
-    let zeros = a.tape().input(Tensor::zeros(a.value().device(), &[n + m, c], a.value().dtype())?);
-    let first = ops::scatter_rows(&zeros, a, &(0..n as u32).collect::<Vec<_>>())?;
-    ops::scatter_rows(&first, b, &(n as u32..(n + m) as u32).collect::<Vec<_>>())
 }
