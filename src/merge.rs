@@ -133,6 +133,8 @@ fn write_merged(model_dir: &Path, adapter_dir: &Path, out: &Path, dtype: DType, 
         let stored = Tensor::from_f32(device, &p.values, &p.shape, dtype)?;
         entries.push(safetensors::entry_of(p.stored, &stored)?);
     }
+    let written = entries.iter().map(|e| e.0.clone()).collect();
+    entries.extend(crate::model::untouched_tensors(model_dir, &written)?);
     safetensors::save(out.join("model.safetensors"), &entries)?;
     crate::model::write_companions(crate::registry::family_of(model_dir)?, model_dir, out, dtype)?;
     Ok(merged.adapted)

@@ -146,10 +146,11 @@ impl Source {
             .ok_or_else(|| Error::invalid(format!("{}: config.json has no vocab_size", model.display())))?
             as usize;
         let mean_std = match config.get("vision_config") {
-            Some(_) => {
-                let p = family.processor(model)?;
-                Some((p.image.mean, p.image.std))
-            }
+            Some(_) => match family.processor(model)?.images {
+                lapidary_data::ImageProcessing::Fixed { config, .. } => Some((config.mean, config.std)),
+                lapidary_data::ImageProcessing::Patches(p) => Some((p.mean, p.std)),
+                lapidary_data::ImageProcessing::None => None,
+            },
             None => None,
         };
         Ok(Source {

@@ -145,7 +145,7 @@ fn gemma3_270m_from_gguf_matches_transformers_on_real_text() {
     let prompt: Vec<u32> = ints("prompt_ids").iter().map(|&i| i as u32).collect();
     let want: Vec<u32> = ints("greedy_ids").iter().map(|&i| i as u32).collect();
     let opts = GenerateOptions { max_new_tokens: want.len(), sampling: Sampling::Greedy, stop: vec![] };
-    let got = model.generate(&lapidary::data::Collated::prompt(&prompt, u32::MAX, vec![], 0, vec![]), &opts).unwrap();
+    let got = model.generate(&lapidary::data::Collated::prompt(&prompt, u32::MAX, vec![]), &opts).unwrap();
     assert_eq!(got, want, "greedy generation differs from transformers'");
 }
 

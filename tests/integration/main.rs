@@ -11,6 +11,7 @@ mod hf_parity;
 mod packing;
 mod param_names;
 mod processor;
+mod processor_gemma4;
 mod qlora;
 mod training;
 

@@ -31,7 +31,8 @@ fn rows_match_hf_processor() {
     let mut worst_pixel = 0f32;
     for (i, ex) in ds.examples.iter().enumerate() {
         let conv: template::Conversation = serde_json::from_str(&rows[i]).unwrap();
-        let rendered = template::render(&conv, p.image_tokens, false).unwrap();
+        let lapidary::data::ImageProcessing::Fixed { tokens, .. } = p.images else { panic!("Gemma 3 images") };
+        let rendered = template::render(&conv, tokens, false).unwrap();
         assert_eq!(rendered.text, texts["texts"][i].as_str().unwrap(), "row {i}: rendered text");
         let ids = |name: &str| want.load_i64(&format!("row{i}.{name}")).unwrap().0;
         let got_ids: Vec<i64> = ex.input_ids.iter().map(|&x| x as i64).collect();

@@ -341,6 +341,43 @@ fn merged_adapter_gives_the_adapter_logits() {
     println!("merge: f32 worst {:.2e}, bf16 worst {:.2e} (relative to max |logit|)", worst / scale, worst16 / scale);
 }
 
+/// Gemma 4's merge: both fixtures' PEFT adapters (vision clipped linears and every decoder
+/// projection) folded in give PEFT's logits where the attention mask is 1, and the merged
+/// checkpoint keeps the tensors that are no parameter (clip bounds, layer scalars, the
+/// standardization), unchanged.
+#[test]
+fn gemma4_merged_adapters_give_peft_logits_and_keep_the_buffers() {
+    let dev = Device::from_env_or_cpu().unwrap();
+    for fixture in ["tiny-gemma4-dense", "tiny-gemma4-e"] {
+        let root = crate::repo_path("tests/fixtures").join(fixture);
+        let out = tempfile::tempdir().unwrap();
+        let n = lapidary::merge::run(&root.join("model"), &root.join("adapter"), out.path(), DType::F32, &dev, false)
+            .unwrap();
+        assert!(n > 40, "{fixture}: {n} merged linears");
+        let case = root.join("cases/adapter_two_images_and_padded_text_row.safetensors");
+        let batch = lapidary::model::Batch::read(&case, &dev).unwrap();
+        let merged = lapidary::registry::open(out.path(), &dev, &OpenOptions::default()).unwrap();
+        let got = merged.forward(&batch, &ForwardOptions::default()).unwrap().logits.value().to_f32_vec().unwrap();
+        let f = lapidary::nn::safetensors::SafetensorsFiles::open(&case).unwrap();
+        let want = f.load("logits", &dev, DType::F32).unwrap().to_f32_vec().unwrap();
+        let vocab = want.len() / batch.attention_mask.len();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = (0..batch.attention_mask.len())
+            .filter(|&i| batch.attention_mask[i] == 1)
+            .flat_map(|i| (i * vocab..(i + 1) * vocab).map(|j| (got[j] - want[j]).abs()))
+            .fold(0f32, f32::max);
+        println!("{fixture}: merged vs PEFT worst {:.2e} (relative to max |logit|)", worst / scale);
+        assert!(worst <= 1e-4 * scale, "{fixture}: merged logits differ from PEFT's by {worst} (scale {scale})");
+        let base = lapidary::nn::safetensors::SafetensorsFiles::open(root.join("model")).unwrap();
+        let written = lapidary::nn::safetensors::SafetensorsFiles::open(out.path()).unwrap();
+        let missing: Vec<&str> = base.names().filter(|k| written.entry(k).is_none()).collect();
+        assert!(missing.is_empty(), "{fixture}: merged checkpoint lacks {missing:?}");
+        for key in base.names().filter(|k| k.ends_with("input_max") || k.ends_with("layer_scalar")) {
+            assert_eq!(base.bytes(key).unwrap(), written.bytes(key).unwrap(), "{fixture}: {key} changed");
+        }
+    }
+}
+
 #[test]
 fn lora_dropout_changes_training_gradients_and_survives_checkpointing() {
     let dir = dataset(4);
@@ -548,6 +585,6 @@ fn eval_and_generation_refuse_non_finite_results() {
     assert!(e.contains("the loss is NaN") && e.contains("non-finite"), "{e}");
     let m = Gemma3ForConditionalGeneration::open(&model, &dev, &OpenOptions::default()).unwrap();
     let opts = GenerateOptions { max_new_tokens: 3, sampling: Sampling::Greedy, stop: vec![] };
-    let e = m.generate(&Collated::prompt(&[2, 5, 7], u32::MAX, vec![], 0, vec![]), &opts).unwrap_err().to_string();
+    let e = m.generate(&Collated::prompt(&[2, 5, 7], u32::MAX, vec![]), &opts).unwrap_err().to_string();
     assert!(e.contains("logits of step 0") && e.contains("non-finite"), "{e}");
 }

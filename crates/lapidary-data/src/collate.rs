@@ -1,10 +1,11 @@
 //! The collator: encoded rows to one right-padded batch (pad id, attention mask 0, labels -100,
-//! token_type_ids 0 on padding) with the pixel values of every image in row order; or packed
+//! token_type_ids 0 on padding) with the pixel values of every image in row order (and Gemma 4's
+//! patch positions and soft-token counts); or packed
 //! rows, several conversations each, with position ids that restart at 0 where each begins.
 //! Not the model's label shift nor which labels the loss counts (the model's batch decides), not
 //! the choice of what to pack (`pack.rs`).
 
-use crate::processor::{Example, Processor};
+use crate::processor::{Example, ImagePixels, Processor};
 use lapidary_io::{Error, Result};
 
 /// A padded batch, host side. Integer fields are row-major `[batch, seq]`.
@@ -26,23 +27,24 @@ pub struct Collated {
     pub pixel_values: Vec<f32>,
     /// Number of images.
     pub images: usize,
-    /// The shape of one image's pixel values as the processor lays them out (`[3, H, W]`).
+    /// The shape of one image's pixel values as the processor lays them out (`[3, H, W]`, or
+    /// Gemma 4's `[patches, 3·p·p]`).
     pub image_shape: Vec<usize>,
+    /// `[images, patches, 2]` (x, y) patch positions, -1 on padding (Gemma 4's
+    /// `image_position_ids`); `None` for fixed-size images.
+    pub image_position_ids: Option<Vec<i64>>,
+    /// Soft tokens of each image (Gemma 4's `num_soft_tokens_per_image`); `None` for fixed-size
+    /// images.
+    pub soft_tokens_per_image: Option<Vec<i64>>,
     /// Positions `[batch, seq]` of packed rows (each sequence restarts at 0); `None` when every
     /// row holds one sequence.
     pub position_ids: Option<Vec<i64>>,
 }
 
 impl Collated {
-    /// One row of `ids` without labels or padding, with its images (a prompt for generation):
-    /// `token_type_ids` 1 where an id is `image_token`.
-    pub fn prompt(
-        ids: &[u32],
-        image_token: u32,
-        pixel_values: Vec<f32>,
-        images: usize,
-        image_shape: Vec<usize>,
-    ) -> Self {
+    /// One row of `ids` without labels or padding (a prompt for generation), its images to be
+    /// added with [`Self::push_image`]: `token_type_ids` 1 where an id is `image_token`.
+    pub fn prompt(ids: &[u32], image_token: u32, image_shape: Vec<usize>) -> Self {
         let n = ids.len();
         Collated {
             batch: 1,
@@ -51,11 +53,24 @@ impl Collated {
             attention_mask: vec![1; n],
             token_type_ids: ids.iter().map(|&i| i64::from(i == image_token)).collect(),
             labels: vec![-100; n],
-            pixel_values,
-            images,
+            pixel_values: Vec::new(),
+            images: 0,
             image_shape,
+            image_position_ids: None,
+            soft_tokens_per_image: None,
             position_ids: None,
         }
+    }
+
+    /// Appends one image (after those already there): its pixels, and its patch positions and
+    /// soft-token count when it has patches.
+    pub fn push_image(&mut self, image: &ImagePixels) {
+        self.pixel_values.extend_from_slice(&image.values);
+        if let Some(p) = &image.positions {
+            self.image_position_ids.get_or_insert_with(Vec::new).extend_from_slice(p);
+            self.soft_tokens_per_image.get_or_insert_with(Vec::new).push(image.soft_tokens as i64);
+        }
+        self.images += 1;
     }
 }
 
@@ -88,7 +103,9 @@ fn collate_rows(rows: &[Vec<&Example>], processor: &Processor, packed: bool) -> 
         labels: vec![-100; n],
         pixel_values: Vec::new(),
         images: 0,
-        image_shape: vec![3, processor.image.height, processor.image.width],
+        image_shape: processor.image_shape(),
+        image_position_ids: None,
+        soft_tokens_per_image: None,
         position_ids: packed.then(|| vec![0; n]),
     };
     for (r, group) in rows.iter().enumerate() {
@@ -105,8 +122,7 @@ fn collate_rows(rows: &[Vec<&Example>], processor: &Processor, packed: bool) -> 
             }
             at += ex.input_ids.len();
             for path in &ex.images {
-                c.pixel_values.extend(processor.pixels(path)?);
-                c.images += 1;
+                c.push_image(&*processor.image(path)?);
             }
         }
     }

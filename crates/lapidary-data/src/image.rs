@@ -1,8 +1,9 @@
 //! Image preprocessing as Gemma3ImageProcessor does it on image files (PIL backend): decode (JPEG
 //! through libjpeg as PIL does, PNG, WebP, GIF, BMP), apply the EXIF orientation, convert to RGB
 //! (alpha dropped, as `load_image` does), resize with PIL's bilinear filter (antialiased when
-//! shrinking; 8-bit fixed point, horizontal pass then vertical), rescale by 1/255 and normalize
-//! per channel. Output is `[3, H, W]` f32, channel-major. Not pan-and-scan.
+//! shrinking; 8-bit fixed point, horizontal pass then vertical; the bicubic filter Gemma 4 uses
+//! too), rescale by 1/255 and normalize per channel. Output is `[3, H, W]` f32, channel-major.
+//! Not pan-and-scan, nor Gemma 4's patches (`patches.rs`).
 
 use lapidary_io::{Error, Result};
 use std::path::Path;
@@ -116,23 +117,54 @@ fn to_rgb8(img: image::DynamicImage) -> Vec<u8> {
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// Fixed-point weights of PIL's bilinear filter for one axis: per output index, the first input
-/// index and the weights.
-fn bilinear_coeffs(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+/// PIL's resampling filters that lapidary's processors use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// `Image.BILINEAR` (Gemma 3): a triangle of support 1.
+    Bilinear,
+    /// `Image.BICUBIC` (Gemma 4): Keys' cubic with a = -0.5, support 2.
+    Bicubic,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Filter::Bilinear => 1.0,
+            Filter::Bicubic => 2.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        let x = x.abs();
+        match self {
+            Filter::Bilinear => (1.0 - x).max(0.0),
+            Filter::Bicubic => {
+                const A: f64 = -0.5;
+                if x < 1.0 {
+                    ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+                } else if x < 2.0 {
+                    (((x - 5.0) * x + 8.0) * x - 4.0) * A
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// Fixed-point weights of a PIL filter for one axis: per output index, the first input index and
+/// the weights (the filter widened by the scale when shrinking: antialiased).
+fn filter_coeffs(filter: Filter, in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = filterscale; // the bilinear filter's support is 1
+    let support = filter.support() * filterscale;
     (0..out_size)
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let mut w: Vec<f64> = (xmin..xmax)
-                .map(|x| {
-                    let t = ((x as f64 - center + 0.5) / filterscale).abs();
-                    if t < 1.0 { 1.0 - t } else { 0.0 }
-                })
-                .collect();
+            let mut w: Vec<f64> =
+                (xmin..xmax).map(|x| filter.weight((x as f64 - center + 0.5) / filterscale)).collect();
             let sum: f64 = w.iter().sum();
             if sum != 0.0 {
                 w.iter_mut().for_each(|v| *v /= sum);
@@ -148,13 +180,18 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Resizes with PIL's bilinear filter (`Image.resize(..., BILINEAR)` on an RGB image): the
+/// Resizes with PIL's bilinear filter (`Image.resize(..., BILINEAR)` on an RGB image).
+pub fn resize_bilinear(img: &Rgb8, width: usize, height: usize) -> Rgb8 {
+    resize(img, width, height, Filter::Bilinear)
+}
+
+/// Resizes as PIL's `Image.resize(..., filter)` does an RGB image: 8-bit fixed point, the
 /// horizontal pass first, as Pillow up to 12 always does. Pillow 13 runs the vertical pass first
 /// for some images much taller than wide (those results can differ by one level).
-pub fn resize_bilinear(img: &Rgb8, width: usize, height: usize) -> Rgb8 {
+pub fn resize(img: &Rgb8, width: usize, height: usize, filter: Filter) -> Rgb8 {
     let mut cur = img.clone();
     if width != cur.width {
-        let coeffs = bilinear_coeffs(cur.width, width);
+        let coeffs = filter_coeffs(filter, cur.width, width);
         let mut out = vec![0u8; cur.height * width * 3];
         for y in 0..cur.height {
             let row = &cur.data[y * cur.width * 3..(y + 1) * cur.width * 3];
@@ -171,7 +208,7 @@ pub fn resize_bilinear(img: &Rgb8, width: usize, height: usize) -> Rgb8 {
         cur = Rgb8 { width, height: cur.height, data: out };
     }
     if height != cur.height {
-        let coeffs = bilinear_coeffs(cur.height, height);
+        let coeffs = filter_coeffs(filter, cur.height, height);
         let mut out = vec![0u8; height * cur.width * 3];
         for (y, (ymin, w)) in coeffs.iter().enumerate() {
             for i in 0..cur.width * 3 {

@@ -1,6 +1,7 @@
-//! lapidary-data: the tokenizer, Gemma 3's chat template, image preprocessing, JSONL datasets and
-//! the collator — from a folder of images and a JSONL file to padded batches with labels and
-//! token_type_ids, matching HF's Gemma3Processor; and the tokenizer a Gemma GGUF file carries
+//! lapidary-data: the tokenizer, Gemma 3's and Gemma 4's chat formats, image preprocessing
+//! (fixed-size images, Gemma 4's patches), JSONL datasets and the collator — from a folder of
+//! images and a JSONL file to padded batches with labels and token_type_ids, matching HF's
+//! Gemma3Processor and Gemma4Processor; and the tokenizer a Gemma GGUF file carries
 //! ([`gguf_tokenizer`]). Not the model or the training loop. It needs no CubeCL and no LLVM to
 //! build: its only lapidary dependency is the kernel-free `lapidary-io`.
 //!
@@ -22,11 +23,12 @@ pub mod gguf_tokenizer;
 pub mod image;
 pub mod jpeg;
 pub mod pack;
+pub mod patches;
 pub mod processor;
 pub mod template;
 pub mod tokenizer;
 
 pub use collate::{Collated, collate, collate_packed};
 pub use dataset::{Dataset, OnBadRow, Skipped};
-pub use processor::{EncodeOptions, Example, Processor};
+pub use processor::{EncodeOptions, Example, ImagePixels, ImageProcessing, Processor};
 pub use tokenizer::TextTokenizer;

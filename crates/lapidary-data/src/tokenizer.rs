@@ -1,10 +1,12 @@
-//! The text tokenizer: a `tokenizer.json` (HF `tokenizers` format) and the ids of the Gemma 3
-//! special tokens. Not the chat template (see `template.rs`) nor image expansion.
+//! The text tokenizer: a `tokenizer.json` (HF `tokenizers` format) and the ids of a chat
+//! format's special tokens (Gemma 3's or Gemma 4's). Not the chat template (see `template.rs`)
+//! nor image expansion.
 
+use crate::template::ChatFormat;
 use lapidary_io::{Error, Result};
 use std::path::Path;
 
-/// A tokenizer with Gemma 3's special tokens resolved to ids.
+/// A tokenizer with its chat format's special tokens resolved to ids.
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     /// `<pad>`.
@@ -13,15 +15,15 @@ pub struct TextTokenizer {
     pub bos_id: u32,
     /// `<eos>`.
     pub eos_id: u32,
-    /// `<start_of_turn>`.
+    /// Starts a turn (`<start_of_turn>`, Gemma 4's `<|turn>`).
     pub start_of_turn_id: u32,
-    /// `<end_of_turn>`.
+    /// Ends a turn (`<end_of_turn>`, Gemma 4's `<turn|>`).
     pub end_of_turn_id: u32,
-    /// `<start_of_image>`.
+    /// Starts an image (`<start_of_image>`, Gemma 4's `<|image>`).
     pub boi_id: u32,
-    /// `<end_of_image>`.
+    /// Ends an image (`<end_of_image>`, Gemma 4's `<image|>`).
     pub eoi_id: u32,
-    /// `<image_soft_token>`, the placeholder each image feature replaces.
+    /// The placeholder each image feature replaces (`<image_soft_token>`, Gemma 4's `<|image|>`).
     pub image_id: u32,
 }
 
@@ -43,31 +45,43 @@ pub struct Encoded {
 impl TextTokenizer {
     /// Reads `tokenizer.json`; every Gemma 3 special token must be in its vocabulary.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| Error::invalid(format!("{}: not a readable tokenizer.json: {e}", path.display())))?;
-        Self::from_tokenizer(inner, &path.display().to_string())
+        Self::from_file_as(path, ChatFormat::Gemma3)
     }
 
-    /// Wraps a `tokenizers::Tokenizer`; `origin` names it in errors. The image tokens may be
-    /// missing (a text-only model's vocabulary): their ids are then `u32::MAX`, matching nothing.
+    /// Reads `tokenizer.json`; every special token of `format` must be in its vocabulary.
+    pub fn from_file_as(path: &Path, format: ChatFormat) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::invalid(format!("{}: not a readable tokenizer.json: {e}", path.display())))?;
+        Self::from_tokenizer_as(inner, &path.display().to_string(), format)
+    }
+
+    /// [`Self::from_tokenizer_as`] with Gemma 3's special tokens.
     pub fn from_tokenizer(inner: tokenizers::Tokenizer, origin: &str) -> Result<Self> {
+        Self::from_tokenizer_as(inner, origin, ChatFormat::Gemma3)
+    }
+
+    /// Wraps a `tokenizers::Tokenizer` with `format`'s special tokens; `origin` names it in
+    /// errors. The image tokens may be missing (a text-only model's vocabulary): their ids are
+    /// then `u32::MAX`, matching nothing.
+    pub fn from_tokenizer_as(inner: tokenizers::Tokenizer, origin: &str, format: ChatFormat) -> Result<Self> {
         let id = |token: &str| {
             inner.token_to_id(token).ok_or_else(|| {
                 Error::invalid(format!(
-                    "{origin}: the tokenizer has no {token} token (Gemma 3's special tokens are needed)"
+                    "{origin}: the tokenizer has no {token} token (needed by {format:?}'s chat format)"
                 ))
             })
         };
         let image_token = |token: &str| inner.token_to_id(token).unwrap_or(u32::MAX);
+        let t = format.tokens();
         Ok(TextTokenizer {
             pad_id: id("<pad>")?,
             bos_id: id("<bos>")?,
             eos_id: id("<eos>")?,
-            start_of_turn_id: id("<start_of_turn>")?,
-            end_of_turn_id: id("<end_of_turn>")?,
-            boi_id: image_token("<start_of_image>"),
-            eoi_id: image_token("<end_of_image>"),
-            image_id: image_token("<image_soft_token>"),
+            start_of_turn_id: id(t.start_of_turn)?,
+            end_of_turn_id: id(t.end_of_turn)?,
+            boi_id: image_token(t.boi),
+            eoi_id: image_token(t.eoi),
+            image_id: image_token(t.image),
             inner,
         })
     }

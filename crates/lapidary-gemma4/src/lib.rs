@@ -6,8 +6,8 @@
 //! the clamps) and the two together ([`Gemma4ForConditionalGeneration`], a
 //! [`lapidary_model::Model`]). Audio towers and the mixture-of-experts block (26B-A4B) are not
 //! supported: an audio config is noted and its weights are left out, an MoE config is refused.
-//! Not yet here: the image processor (batches carry HF's `pixel_values` and
-//! `image_position_ids`), Gemma 4's chat template, a KV cache for generation, GGUF export.
+//! [`FAMILY`] makes it a `lapidary_model::Family` (its processor: Gemma 4's chat format and
+//! image patches, from lapidary-data). Not yet here: a KV cache for generation, GGUF export.
 //!
 //! ```
 //! use lapidary_gemma4::{Gemma4Config, KvSharing, LayerKind};
@@ -20,6 +20,7 @@
 
 mod config;
 mod decoder;
+mod family;
 mod model;
 mod text;
 mod vision;
@@ -28,6 +29,7 @@ pub use config::{
     Bidirectional, Gemma4Config, Gemma4TextConfig, Gemma4VisionConfig, KvSharing, LayerConfig, LayerKind, Rope,
 };
 pub use decoder::{DecoderContext, DecoderLayer};
+pub use family::{FAMILY, Gemma4Family};
 pub use model::{Gemma4ForConditionalGeneration, part_of};
 pub use text::Gemma4TextModel;
 pub use vision::{ClippedLinear, Gemma4VisionModel, Pooling, VisionContext, VisionLayer};

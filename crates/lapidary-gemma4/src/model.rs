@@ -308,16 +308,22 @@ impl Model for Gemma4ForConditionalGeneration {
         self.stored_name(name)
     }
 
-    /// Gemma 4's image processor is not part of lapidary yet: collated rows with images are
-    /// refused (batch files carry `pixel_values` as HF's processor writes them).
-    fn pixel_values(&self, rows: &Collated, _device: &Device) -> Result<Option<Tensor>> {
+    /// `[images, patches, 3·p·p]` as Gemma4ImageProcessor lays them out (the positions and
+    /// soft-token counts travel in the batch's other fields).
+    fn pixel_values(&self, rows: &Collated, device: &Device) -> Result<Option<Tensor>> {
         if rows.images == 0 {
             return Ok(None);
         }
-        Err(Error::invalid(
-            "Gemma 4: images from a dataset need Gemma4ImageProcessor's patches, which lapidary does not compute yet; \
-             give batch files with pixel_values and image_position_ids",
-        ))
+        let mut shape = vec![rows.images];
+        shape.extend(&rows.image_shape);
+        if shape.len() != 3 || rows.image_position_ids.is_none() {
+            return Err(Error::invalid(format!(
+                "Gemma 4: collated images of shape {:?} without patch positions; expected Gemma 4 patches \
+                 ([patches, 3·p·p] per image, from Gemma 4's processor)",
+                rows.image_shape
+            )));
+        }
+        Ok(Some(Tensor::from_f32(device, &rows.pixel_values, &shape, DType::F32)?))
     }
 
     fn forward(&self, batch: &Batch, opts: &ForwardOptions<'_>) -> Result<Output> {

@@ -86,8 +86,9 @@ impl Batch {
         Ok(())
     }
 
-    /// The collated rows' ids, masks, token types, labels and positions, as they are, without
-    /// their images (each family gives those: [`crate::Model::pixel_values`]). The loss counts
+    /// The collated rows' ids, masks, token types, labels and positions, as they are (Gemma 4's
+    /// patch positions and soft-token counts too), without their pixels (each family gives
+    /// those: [`crate::Model::pixel_values`]). The loss counts
     /// the same positions in it as in the whole batch, so its [`Self::label_count`] is known
     /// before any pixel reaches the device.
     pub fn without_images(rows: &Collated) -> Self {
@@ -99,8 +100,8 @@ impl Batch {
             token_type_ids: rows.token_type_ids.clone(),
             labels: Some(rows.labels.clone()),
             pixel_values: None,
-            image_position_ids: None,
-            soft_tokens_per_image: None,
+            image_position_ids: rows.image_position_ids.clone(),
+            soft_tokens_per_image: rows.soft_tokens_per_image.clone(),
             position_ids: rows.position_ids.clone(),
         }
     }

@@ -1,7 +1,9 @@
 //! Writing what an HF checkpoint carries besides its weights, once for every command that writes
 //! weights (merge, full fine-tuning): `config.json` with the stored dtype, the family's companion
 //! files copied from the source, and for a `.gguf` source the tokenizer it carries as
-//! `tokenizer.json` + `tokenizer_config.json`. Not the weights.
+//! `tokenizer.json` + `tokenizer_config.json`; and the source's tensors that are no parameter
+//! (buffers such as Gemma 4's clip bounds and layer scalars, weights of towers not loaded),
+//! copied unchanged ([`untouched_tensors`]). Not the parameters.
 
 use crate::family::Family;
 use lapidary_core::{DType, Error, Result};
@@ -39,6 +41,27 @@ pub fn write_companions(family: &dyn Family, source: &Path, out: &Path, stored: 
         }
     }
     Ok(written)
+}
+
+/// The tensors of the HF checkpoint at `source` whose keys are not in `written` (the
+/// parameters' keys, as [`crate::Model::hf_checkpoint_key`] gives them): the buffers and
+/// whatever the model did not load, as stored (dtype and bytes unchanged), so that weights
+/// written from the model make a whole checkpoint. None for a `.gguf` source (its tensors are
+/// all parameters, under other names).
+pub fn untouched_tensors(
+    source: &Path,
+    written: &std::collections::HashSet<String>,
+) -> Result<Vec<lapidary_nn::safetensors::Entry>> {
+    if lapidary_nn::gguf::is_gguf_path(source) {
+        return Ok(Vec::new());
+    }
+    let files = lapidary_nn::safetensors::SafetensorsFiles::open(source)?;
+    let mut out = Vec::new();
+    for name in files.names().filter(|n| !written.contains(*n)) {
+        let e = files.entry(name).expect("listed");
+        out.push((name.to_string(), e.stored, e.shape.clone(), files.bytes(name)?.to_vec()));
+    }
+    Ok(out)
 }
 
 /// The tokenizer a GGUF carries, as `tokenizer.json` + `tokenizer_config.json`.

@@ -47,7 +47,7 @@ mod model;
 mod options;
 
 pub use batch::{Batch, vision_token_types};
-pub use companions::{torch_dtype_name, write_companions};
+pub use companions::{torch_dtype_name, untouched_tensors, write_companions};
 pub use family::Family;
 pub use generate::{GenerateOptions, Sampling, argmax};
 pub use gguf_export::{GgufExport, GgufTensor};

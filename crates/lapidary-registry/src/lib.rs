@@ -23,7 +23,7 @@ pub use lapidary_core::Device;
 pub use lapidary_model::{Family, Model, OpenOptions, Processor};
 
 /// Every family lapidary knows, tried in order.
-pub static FAMILIES: &[&dyn Family] = &[&lapidary_gemma3::FAMILY];
+pub static FAMILIES: &[&dyn Family] = &[&lapidary_gemma3::FAMILY, &lapidary_gemma4::FAMILY];
 
 /// The family of the checkpoint at `path`: an HF directory (by its `config.json`) or a `.gguf`
 /// file (by `general.architecture`). An error names the file and what it found.
@@ -80,6 +80,10 @@ mod tests {
         assert_eq!(family_of(dir.path()).unwrap().name(), "gemma3");
         write(r#"{"model_type": "gemma3_text"}"#);
         assert_eq!(family_of(dir.path()).unwrap().name(), "gemma3");
+        write(r#"{"model_type": "gemma4"}"#);
+        assert_eq!(family_of(dir.path()).unwrap().name(), "gemma4");
+        write(r#"{"architectures": ["Gemma4ForCausalLM"]}"#);
+        assert_eq!(family_of(dir.path()).unwrap().name(), "gemma4");
         write(r#"{"model_type": "llava"}"#);
         let e = family_of(dir.path()).unwrap_err().to_string();
         assert!(e.contains("config.json") && e.contains("\"llava\"") && e.contains("gemma3"), "{e}");

@@ -59,7 +59,7 @@ impl Trainer {
                 // Each tensor under its HF key, in the shape the base checkpoint stores it, so HF
                 // loads the directory; beside it the companion files `merge` writes too.
                 let tensors = self.trainable_tensors();
-                let entries: Vec<_> = tensors
+                let mut entries: Vec<_> = tensors
                     .iter()
                     .map(|(n, t)| {
                         lapidary_nn::safetensors::entry_of(
@@ -68,6 +68,8 @@ impl Trainer {
                         )
                     })
                     .collect::<Result<_>>()?;
+                let written = entries.iter().map(|e| e.0.clone()).collect();
+                entries.extend(lapidary_model::untouched_tensors(&self.cfg.model, &written)?);
                 lapidary_nn::safetensors::save(dir.join("model.safetensors"), &entries)?;
                 let stored = tensors.first().map_or(DType::F32, |(_, t)| t.dtype());
                 let family = lapidary_registry::family_of(&self.cfg.model)?;
