@@ -8,7 +8,8 @@
 //! change a bit. Last, the LoRA matrix on the real tiny model: {vision on/off} x {language on/off}
 //! x {attention, mlp, both} x {projector frozen, trained} x {checkpointing off, on} x {image,
 //! text-only batch}, adapters with random non-zero A and B (with B = 0 every A gradient would be
-//! zero at step 0). Run with `cargo xtask check-grad` to see the table.
+//! zero at step 0). Then the same for both tiny Gemma 4 models (`check_grad_gemma4.rs`). Run
+//! with `cargo xtask check-grad` to see the table.
 
 use lapidary::autograd::{BackwardOptions, Tape, Trainable, Var, gradcheck, ops};
 use lapidary::core::{DType, Device, Result, Tensor};
@@ -20,18 +21,18 @@ use lapidary::nn::{Layer, Linear, ParamFn, checkpointed, map_within};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-struct Row {
-    case: String,
-    trainable: usize,
-    nonzero: usize,
-    frozen_touched: usize,
-    diff: String,
-    ok: bool,
+pub(crate) struct Row {
+    pub(crate) case: String,
+    pub(crate) trainable: usize,
+    pub(crate) nonzero: usize,
+    pub(crate) frozen_touched: usize,
+    pub(crate) diff: String,
+    pub(crate) ok: bool,
 }
 
 impl Row {
     /// A failed case: the error goes in the last column.
-    fn failed(case: String, error: String) -> Row {
+    pub(crate) fn failed(case: String, error: String) -> Row {
         Row { case, trainable: 0, nonzero: 0, frozen_touched: 0, diff: error, ok: false }
     }
 }
@@ -213,7 +214,7 @@ fn run_chain(c: &ChainCase) -> Result<ChainResult> {
     Ok((named, report.rows.len(), report.nonzero(), report.frozen_touched.len()))
 }
 
-fn max_rel_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f64 {
+pub(crate) fn max_rel_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f64 {
     let mut worst = 0f64;
     for (k, va) in a {
         let Some(vb) = b.get(k) else { return f64::INFINITY };
@@ -265,6 +266,7 @@ fn check_grad() {
     }
     rows.extend(real_model_rows());
     rows.extend(lora_matrix_rows());
+    rows.extend(crate::check_grad_gemma4::gemma4_rows());
     println!(
         "\n{:<86} {:>9} {:>16} {:>14}  max rel diff (vs fd / vs no ckpt)",
         "case", "trainable", "finite non-zero", "frozen touched"

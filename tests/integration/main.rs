@@ -3,6 +3,7 @@
 
 mod bench_step;
 mod check_grad;
+mod check_grad_gemma4;
 mod demo;
 mod export_gguf;
 mod gguf;
