@@ -145,36 +145,39 @@ fn saved_bytes(saved: &attention::AttentionSaved, out: &Tensor) -> usize {
 fn bench_attention(c: &mut Criterion) {
     let dev = device();
     let mut g = c.benchmark_group(format!("attention/{dev}"));
-    // One Gemma-3-270M-like layer: 4 query heads, 1 kv head, head dim 256, causal; forward and
+    // One Gemma-3-270M-like layer: 4 query heads, 1 kv head, head dim 256, causal; then the same
+    // at head dim 512 (Gemma 4's global layers, where FlashAttention 2 stops); forward and
     // backward, fused next to materialized scores: the CPU-shaped fused kernels on the CPU, the
     // GPU-shaped ones (tensor cores in bf16) on GPUs.
-    let (b, h, hkv, d) = (1, 4, 1, 256);
+    let (b, h, hkv) = (1, 4, 1);
     let (fused, dtypes) = if dev.is_cpu() {
         (attention::AttentionPath::Flash, &[DType::F32][..])
     } else {
         (attention::AttentionPath::Tiled, &[DType::F32, DType::BF16][..])
     };
-    for (t, &dtype) in attention_lengths().into_iter().flat_map(|t| dtypes.iter().map(move |d| (t, d))) {
+    let cases = [256, 512].into_iter().flat_map(|d| attention_lengths().into_iter().map(move |t| (d, t)));
+    for ((d, t), &dtype) in cases.flat_map(|dt| dtypes.iter().map(move |x| (dt, x))) {
         let q = Tensor::from_f32(&dev, &values(b * h * t * d, 3), &[b, h, t, d], dtype).unwrap();
         let k = Tensor::from_f32(&dev, &values(b * hkv * t * d, 4), &[b, hkv, t, d], dtype).unwrap();
         let v = Tensor::from_f32(&dev, &values(b * hkv * t * d, 5), &[b, hkv, t, d], dtype).unwrap();
         let mask = attention::AttentionMask::causal();
+        let scale = 1.0 / (d as f32).sqrt();
         // Causal: half the scores; forward 2 and backward 4 products of T x S x D.
         g.throughput(Throughput::Elements((6 * b * h * t * t * d) as u64));
         if t >= 4096 {
             g.sample_size(10).measurement_time(Duration::from_secs(1));
         }
         for path in [fused, attention::AttentionPath::Materialized] {
-            let (out, saved) = attention::attention_with(&q, &k, &v, 0.0625, &mask, path).unwrap();
+            let (out, saved) = attention::attention_with(&q, &k, &v, scale, &mask, path).unwrap();
             eprintln!(
-                "attention {path:?} {dtype} t={t}: {:.1} KiB kept for the backward",
+                "attention {path:?} {dtype} t={t} d={d}: {:.1} KiB kept for the backward",
                 saved_bytes(&saved, &out) as f64 / 1024.0
             );
             drop((out, saved));
             g.bench_function(format!("fwd+bwd/{path:?}/{dtype}/h{h}-kv{hkv}-t{t}-d{d}"), |bch| {
                 bch.iter(|| {
-                    let (o, saved) = attention::attention_with(&q, &k, &v, 0.0625, &mask, path).unwrap();
-                    let gr = attention::attention_backward(&q, &saved, &o, 0.0625).unwrap();
+                    let (o, saved) = attention::attention_with(&q, &k, &v, scale, &mask, path).unwrap();
+                    let gr = attention::attention_backward(&q, &saved, &o, scale).unwrap();
                     dev.sync().unwrap();
                     gr
                 })

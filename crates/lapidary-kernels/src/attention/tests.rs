@@ -285,6 +285,50 @@ fn blocks_longer_than_the_window_follow_either_composition_on_every_path() {
 }
 
 #[test]
+fn head_dim_512_matches_the_reference_on_every_path() {
+    // Gemma 4's global layers: head dim 512, grouped-query heads, causal with key padding; f32
+    // and bf16; every path against the f64 reference, forward and backward.
+    let dims = Dims { b: 1, h: 4, hkv: 2, t: 19, s: 19, d: 512 };
+    for (i, path) in [AttentionPath::Materialized, AttentionPath::Flash, AttentionPath::Tiled].into_iter().enumerate() {
+        for dt in [DType::F32, DType::BF16] {
+            check_case(path, dims, dt, AttentionMask::causal(), [false, true, false], false, 512 + i as u64);
+        }
+    }
+    // The tiled kernels themselves at 512 (a GPU's layouts: one group of one or two units, f32
+    // products or bf16 ones), after a cache, with image blocks and a window, against the
+    // CPU-shaped kernels.
+    use super::flash_tiled::{TiledShape, tiled_forward};
+    let dev = device();
+    let (b, h, hkv, t, s, d) = (1, 2, 1, 18, 21, 512);
+    let q = random_tensor(&dev, &[b, h, t, d], DType::F32, 51, 1.0);
+    let k = random_tensor(&dev, &[b, hkv, s, d], DType::F32, 52, 1.0);
+    let v = random_tensor(&dev, &[b, hkv, s, d], DType::F32, 53, 1.0);
+    let dout = random_tensor(&dev, &[b, h, t, d], DType::F32, 54, 1.0);
+    let blocks: Vec<f32> = (0..b * s).map(|i| if (4..12).contains(&(i % s)) { 1.0 } else { 0.0 }).collect();
+    let mut mask = AttentionMask::sliding(6)
+        .with_blocks(Tensor::from_f32(&dev, &blocks, &[b, s], DType::F32).unwrap())
+        .with_blocks_in_window();
+    mask.q_offset = s - t;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (of, sf) = attention_with(&q, &k, &v, scale, &mask, AttentionPath::Flash).unwrap();
+    let gf = attention_backward(&q, &sf, &dout, scale).unwrap();
+    let lse = sf.log_sum_exp().unwrap();
+    for (units, bf16_products) in [(1, false), (2, false), (1, true)] {
+        let tol = if bf16_products { DType::BF16.tol() } else { Tol { abs: 1e-5, rel: 1e-4 } };
+        let shape = TiledShape { groups: 1, units, d, dp: d, tensor_cores: false, bf16_products };
+        let what = |x: &str| format!("{x} at d=512 with {units} units, bf16 products {bf16_products}");
+        let (ot, lt) = tiled_forward(&q, &k, &v, scale, &mask, shape).unwrap();
+        assert_close(&what("out"), &host(&ot), &host(&of), tol);
+        assert_close(&what("lse"), &host(&lt), &host(lse), tol);
+        let g = super::flash_tiled_backward::tiled_backward_in(&q, &k, &v, &of, lse, &dout, scale, &mask, shape, shape)
+            .unwrap();
+        assert_close(&what("dq"), &host(&g.q), &host(&gf.q), tol);
+        assert_close(&what("dk"), &host(&g.k), &host(&gf.k), tol);
+        assert_close(&what("dv"), &host(&g.v), &host(&gf.v), tol);
+    }
+}
+
+#[test]
 fn gqa_shape_error_is_clear() {
     let dev = device();
     let q = random_tensor(&dev, &[1, 3, 4, 8], DType::F32, 1, 1.0);
