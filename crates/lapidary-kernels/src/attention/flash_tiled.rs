@@ -474,7 +474,7 @@ fn tiled_forward_kernel<F: Float, S: Float>(
 
 /// Shared memory of the forward with `groups` groups (`elem`: the staged type's bytes): queries,
 /// output, scores and probabilities per group, one block of keys and values, the row statistics.
-fn forward_bytes(groups: usize, dp: usize, elem: usize) -> usize {
+pub(super) fn forward_bytes(groups: usize, dp: usize, elem: usize) -> usize {
     let rows = TILE * groups;
     rows * dp * (elem + 4) + rows * TILE * (4 + elem) + 2 * TILE * dp * elem + rows * 12 + rows * 2
 }

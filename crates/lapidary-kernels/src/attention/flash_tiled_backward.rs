@@ -4,8 +4,11 @@
 //! kernels, no atomics: dQ with a cube per block of query rows walking blocks of 16 keys
 //! (`dP = dO·Vᵀ`, `S = Q·Kᵀ`, `dQ += dS·K`), and dK, dV with a cube per block of keys of one
 //! key/value head walking blocks of 16 queries of every query head that shares them
-//! (`Sᵀ = K·Qᵀ`, `dPᵀ = V·dOᵀ`, `dV += Pᵀ·dO`, `dK += dSᵀ·Q`). Products on tensor cores where the
-//! device has them, accumulators in shared memory in f32. Not the forward.
+//! (`Sᵀ = K·Qᵀ`, `dPᵀ = V·dOᵀ`, `dV += Pᵀ·dO`, `dK += dSᵀ·Q`). Where dK's and dV's tiles do not
+//! fit shared memory together (head dim 512 in 16-bit types: 134 KB), the dK/dV kernel runs
+//! twice, once per accumulator, `Sᵀ` recomputed in each (a quarter more products, 84 KB and
+//! 99 KB). Products on tensor cores where the device has them, accumulators in shared memory in
+//! f32. Not the forward.
 
 use super::flash::{NONE, buf, mask_buffers};
 use super::flash_backward::{flash_backward, row_deltas};
@@ -175,6 +178,27 @@ fn cube_query_range(
     range_union(scratch, t_len, tiles)
 }
 
+/// Which accumulators one launch of the dK/dV kernel fills.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct KvPass {
+    pub keys: bool,
+    pub values: bool,
+}
+
+impl KvPass {
+    /// dK and dV in one launch.
+    pub(super) const BOTH: KvPass = KvPass { keys: true, values: true };
+    /// dK alone (needs V for `dPᵀ`).
+    pub(super) const KEYS: KvPass = KvPass { keys: true, values: false };
+    /// dV alone (needs neither V nor dP).
+    pub(super) const VALUES: KvPass = KvPass { keys: false, values: true };
+}
+
+/// Elements of a shared buffer that a pass uses (`n`) or leaves out (one, never read).
+fn used(on: bool, n: usize) -> usize {
+    if on { n } else { 1 }
+}
+
 #[allow(clippy::too_many_arguments)]
 #[cube(launch_unchecked)]
 fn tiled_dkdv_kernel<F: Float, S: Float>(
@@ -198,6 +222,7 @@ fn tiled_dkdv_kernel<F: Float, S: Float>(
     scale: f32,
     #[comptime] shape: TiledShape,
     #[comptime] flags: MaskFlags,
+    #[comptime] pass: KvPass,
 ) {
     let dp = comptime!(shape.dp);
     let rows = comptime!(shape.rows());
@@ -211,21 +236,25 @@ fn tiled_dkdv_kernel<F: Float, S: Float>(
     let g = UNIT_POS as usize / units;
     let u = UNIT_POS as usize % units;
     let mut k_s = Shared::<[S]>::new_aligned_slice(comptime!(rows * dp), 32usize);
-    let mut v_s = Shared::<[S]>::new_aligned_slice(comptime!(rows * dp), 32usize);
+    let mut v_s = Shared::<[S]>::new_aligned_slice(comptime!(used(pass.keys, rows * dp)), 32usize);
     let mut q_s = Shared::<[S]>::new_aligned_slice(comptime!(TILE * dp), 32usize);
     let mut do_s = Shared::<[S]>::new_aligned_slice(comptime!(TILE * dp), 32usize);
-    let mut p_s = Shared::<[S]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
-    let mut ds_s = Shared::<[S]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
-    let mut dk_s = Shared::<[f32]>::new_aligned_slice(comptime!(rows * dp), 32usize);
-    let mut dv_s = Shared::<[f32]>::new_aligned_slice(comptime!(rows * dp), 32usize);
+    let mut p_s = Shared::<[S]>::new_aligned_slice(comptime!(used(pass.values, rows * TILE)), 32usize);
+    let mut ds_s = Shared::<[S]>::new_aligned_slice(comptime!(used(pass.keys, rows * TILE)), 32usize);
+    let mut dk_s = Shared::<[f32]>::new_aligned_slice(comptime!(used(pass.keys, rows * dp)), 32usize);
+    let mut dv_s = Shared::<[f32]>::new_aligned_slice(comptime!(used(pass.values, rows * dp)), 32usize);
     let mut s_s = Shared::<[f32]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
-    let mut dp_s = Shared::<[f32]>::new_aligned_slice(comptime!(rows * TILE), 32usize);
+    let mut dp_s = Shared::<[f32]>::new_aligned_slice(comptime!(used(pass.keys, rows * TILE)), 32usize);
     let mut range_s = Shared::<[u32]>::new_slice(comptime!(rows / 2));
 
     stage_rows(k, k_row0, j0, s_len, &mut k_s, rows, shape);
-    stage_rows(v, k_row0, j0, s_len, &mut v_s, rows, shape);
-    zero_shared(&mut dk_s, comptime!(rows * dp), shape);
-    zero_shared(&mut dv_s, comptime!(rows * dp), shape);
+    if comptime!(pass.keys) {
+        stage_rows(v, k_row0, j0, s_len, &mut v_s, rows, shape);
+        zero_shared(&mut dk_s, comptime!(rows * dp), shape);
+    }
+    if comptime!(pass.values) {
+        zero_shared(&mut dv_s, comptime!(rows * dp), shape);
+    }
     let (ta, tz) =
         cube_query_range(blocks, segments, &mut range_s, b, k_row0, j0, t_len, s_len, q_offset, window, shape, flags);
     for qh in 0..groups {
@@ -238,7 +267,9 @@ fn tiled_dkdv_kernel<F: Float, S: Float>(
             sync_cube();
             // Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ for the group's keys.
             tile_scores(&k_s, g * TILE * dp, &q_s, &mut s_s, g * TILE * TILE, shape, u);
-            tile_scores(&v_s, g * TILE * dp, &do_s, &mut dp_s, g * TILE * TILE, shape, u);
+            if comptime!(pass.keys) {
+                tile_scores(&v_s, g * TILE * dp, &do_s, &mut dp_s, g * TILE * TILE, shape, u);
+            }
             sync_cube();
             let mut r = u;
             while r < TILE {
@@ -254,41 +285,89 @@ fn tiled_dkdv_kernel<F: Float, S: Float>(
                         let sq = id_at(segments, b, pos, s_len, -1.0);
                         if visible(blocks, keep, segments, b, pos, key, bq, sq, s_len, window, flags) {
                             p = f32::exp(s_s[row * TILE + i] * scale - lse[q_row0 + t]);
-                            ds = p * (dp_s[row * TILE + i] - delta[q_row0 + t]) * scale;
+                            if comptime!(pass.keys) {
+                                ds = p * (dp_s[row * TILE + i] - delta[q_row0 + t]) * scale;
+                            }
                         }
                     }
-                    p_s[row * TILE + i] = S::cast_from(p);
-                    ds_s[row * TILE + i] = S::cast_from(ds);
+                    if comptime!(pass.values) {
+                        p_s[row * TILE + i] = S::cast_from(p);
+                    }
+                    if comptime!(pass.keys) {
+                        ds_s[row * TILE + i] = S::cast_from(ds);
+                    }
                 }
                 r += units;
             }
             sync_cube();
             // dV += Pᵀ·dO, dK += dSᵀ·Q
-            tile_accumulate(&p_s, g * TILE * TILE, &do_s, &mut dv_s, g * TILE * dp, shape, u);
-            tile_accumulate(&ds_s, g * TILE * TILE, &q_s, &mut dk_s, g * TILE * dp, shape, u);
+            if comptime!(pass.values) {
+                tile_accumulate(&p_s, g * TILE * TILE, &do_s, &mut dv_s, g * TILE * dp, shape, u);
+            }
+            if comptime!(pass.keys) {
+                tile_accumulate(&ds_s, g * TILE * TILE, &q_s, &mut dk_s, g * TILE * dp, shape, u);
+            }
             qb += TILE;
         }
     }
     sync_cube();
-    write_rows(&dk_s, dk, k_row0, j0, s_len, shape);
-    write_rows(&dv_s, dv, k_row0, j0, s_len, shape);
+    if comptime!(pass.keys) {
+        write_rows(&dk_s, dk, k_row0, j0, s_len, shape);
+    }
+    if comptime!(pass.values) {
+        write_rows(&dv_s, dv, k_row0, j0, s_len, shape);
+    }
 }
 
 /// Shared memory of the dQ kernel with `groups` groups.
-fn dq_bytes(groups: usize, dp: usize, elem: usize) -> usize {
+pub(super) fn dq_bytes(groups: usize, dp: usize, elem: usize) -> usize {
     let rows = TILE * groups;
     rows * dp * (2 * elem + 4) + rows * TILE * (elem + 8) + TILE * dp * elem + rows * 2
 }
 
-/// Shared memory of the dK/dV kernel with `groups` groups.
-fn dkdv_bytes(groups: usize, dp: usize, elem: usize) -> usize {
-    let rows = TILE * groups;
-    rows * dp * (2 * elem + 8) + rows * TILE * (2 * elem + 8) + 2 * TILE * dp * elem + rows * 2
+/// Shared memory of the dK/dV kernel's `pass` with `groups` groups.
+pub(super) fn dkdv_bytes(pass: KvPass) -> impl Fn(usize, usize, usize) -> usize {
+    move |groups, dp, elem| {
+        let rows = TILE * groups;
+        let (keys, values) = (usize::from(pass.keys), usize::from(pass.values));
+        rows * dp * (elem + keys * (elem + 4) + values * 4)
+            + rows * TILE * (4 + keys * (4 + elem) + values * elem)
+            + 2 * TILE * dp * elem
+            + rows * 2
+    }
 }
 
-/// Tiled backward: gradients of q, k, v from the forward's output and log-sum-exp. Either kernel
-/// whose tiles do not fit the device's shared memory hands the whole backward to the CPU-shaped
-/// kernels (`flash_backward.rs`), which need none.
+/// How the dK/dV kernel runs: one launch where both accumulators fit, else one per accumulator
+/// (each with its own layout), `None` when not even those fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum KvLaunches {
+    Together(TiledShape),
+    Apart { keys: TiledShape, values: TiledShape },
+}
+
+impl KvLaunches {
+    fn choose(q: &Tensor) -> Option<KvLaunches> {
+        if let Some(shape) = TiledShape::choose(q, dkdv_bytes(KvPass::BOTH)) {
+            return Some(KvLaunches::Together(shape));
+        }
+        let keys = TiledShape::choose(q, dkdv_bytes(KvPass::KEYS))?;
+        let values = TiledShape::choose(q, dkdv_bytes(KvPass::VALUES))?;
+        Some(KvLaunches::Apart { keys, values })
+    }
+
+    /// Each launch: its layout and the accumulators it fills.
+    fn launches(self) -> Vec<(TiledShape, KvPass)> {
+        match self {
+            KvLaunches::Together(shape) => vec![(shape, KvPass::BOTH)],
+            KvLaunches::Apart { keys, values } => vec![(keys, KvPass::KEYS), (values, KvPass::VALUES)],
+        }
+    }
+}
+
+/// Tiled backward: gradients of q, k, v from the forward's output and log-sum-exp. When the dQ
+/// kernel's tiles, or even one accumulator's of the dK/dV kernel, do not fit the device's shared
+/// memory, the whole backward goes to the CPU-shaped kernels (`flash_backward.rs`), which need
+/// none.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn tiled_backward(
     q: &Tensor,
@@ -300,9 +379,9 @@ pub(super) fn tiled_backward(
     scale: f32,
     mask: &AttentionMask,
 ) -> Result<AttentionGrads> {
-    match (TiledShape::choose(q, dq_bytes), TiledShape::choose(q, dkdv_bytes)) {
-        (Some(dq_shape), Some(dkdv_shape)) if q.numel() > 0 && k.numel() > 0 => {
-            tiled_backward_in(q, k, v, out, lse, dout, scale, mask, dq_shape, dkdv_shape)
+    match (TiledShape::choose(q, dq_bytes), KvLaunches::choose(q)) {
+        (Some(dq_shape), Some(kv)) if q.numel() > 0 && k.numel() > 0 => {
+            tiled_backward_in(q, k, v, out, lse, dout, scale, mask, dq_shape, kv)
         }
         _ => flash_backward(q, k, v, out, lse, dout, scale, mask),
     }
@@ -320,7 +399,7 @@ pub(super) fn tiled_backward_in(
     scale: f32,
     mask: &AttentionMask,
     dq_shape: TiledShape,
-    dkdv_shape: TiledShape,
+    kv: KvLaunches,
 ) -> Result<AttentionGrads> {
     let (b, h, t) = (q.dim(0), q.dim(1), q.dim(2));
     let (hkv, s) = (k.dim(1), k.dim(2));
@@ -341,15 +420,17 @@ pub(super) fn tiled_backward_in(
             h, h / hkv, t, s, mask.q_offset, window, scale, dq_shape, flags,
         )
     });
-    let count = CubeCount::Static(s.div_ceil(dkdv_shape.rows()) as u32, (b * hkv) as u32, 1);
-    let dim = CubeDim::new_1d(dkdv_shape.cube_units() as u32);
-    launch_staged!(q.dtype(), dkdv_shape.bf16_products, F, S => unsafe {
-        tiled_dkdv_kernel::launch_unchecked::<F, S>(
-            dev.client(), count, dim,
-            buf(q), buf(k), buf(v), buf(dout), buf(lse), buf(&delta), buf(&dk), buf(&dv),
-            buf(blocks), buf(keep), buf(segments),
-            hkv, h / hkv, t, s, mask.q_offset, window, scale, dkdv_shape, flags,
-        )
-    });
+    for (shape, pass) in kv.launches() {
+        let count = CubeCount::Static(s.div_ceil(shape.rows()) as u32, (b * hkv) as u32, 1);
+        let dim = CubeDim::new_1d(shape.cube_units() as u32);
+        launch_staged!(q.dtype(), shape.bf16_products, F, S => unsafe {
+            tiled_dkdv_kernel::launch_unchecked::<F, S>(
+                dev.client(), count, dim,
+                buf(q), buf(k), buf(v), buf(dout), buf(lse), buf(&delta), buf(&dk), buf(&dv),
+                buf(blocks), buf(keep), buf(segments),
+                hkv, h / hkv, t, s, mask.q_offset, window, scale, shape, flags, pass,
+            )
+        });
+    }
     Ok(AttentionGrads { q: dq, k: dk, v: dv })
 }

@@ -169,6 +169,7 @@ fn tiled_kernels_agree_with_the_cpu_shaped_ones_in_every_layout() {
     // Groups of one or several units, one to three groups a cube, a head dimension padded to a
     // multiple of 16, grouped-query heads, queries after a cache, image blocks and a window.
     use super::flash_tiled::{TiledShape, tiled_forward};
+    use super::flash_tiled_backward::{KvLaunches, tiled_backward_in};
     let dev = device();
     let (b, h, hkv, t, s, d) = (2, 4, 2, 37, 40, 20);
     let q = random_tensor(&dev, &[b, h, t, d], DType::F32, 21, 1.0);
@@ -194,11 +195,14 @@ fn tiled_kernels_agree_with_the_cpu_shaped_ones_in_every_layout() {
         assert_close(&what("lse"), &host(&lt), &host(lse), tol);
         let off = host(&ot).iter().zip(host(&of)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert_eq!(off > 1e-4, bf16_products, "{}: largest difference {off}", what("out"));
-        let g = super::flash_tiled_backward::tiled_backward_in(&q, &k, &v, &of, lse, &dout, scale, &mask, shape, shape)
-            .unwrap();
-        assert_close(&what("dq"), &host(&g.q), &host(&gf.q), tol);
-        assert_close(&what("dk"), &host(&g.k), &host(&gf.k), tol);
-        assert_close(&what("dv"), &host(&g.v), &host(&gf.v), tol);
+        // dK and dV in one launch, and in one launch each (as wide heads run on a GPU).
+        for kv in [KvLaunches::Together(shape), KvLaunches::Apart { keys: shape, values: shape }] {
+            let what = |x: &str| format!("{} ({kv:?})", what(x));
+            let g = tiled_backward_in(&q, &k, &v, &of, lse, &dout, scale, &mask, shape, kv).unwrap();
+            assert_close(&what("dq"), &host(&g.q), &host(&gf.q), tol);
+            assert_close(&what("dk"), &host(&g.k), &host(&gf.k), tol);
+            assert_close(&what("dv"), &host(&g.v), &host(&gf.v), tol);
+        }
     }
 }
 
@@ -298,6 +302,7 @@ fn head_dim_512_matches_the_reference_on_every_path() {
     // products or bf16 ones), after a cache, with image blocks and a window, against the
     // CPU-shaped kernels.
     use super::flash_tiled::{TiledShape, tiled_forward};
+    use super::flash_tiled_backward::{KvLaunches, tiled_backward_in};
     let dev = device();
     let (b, h, hkv, t, s, d) = (1, 2, 1, 18, 21, 512);
     let q = random_tensor(&dev, &[b, h, t, d], DType::F32, 51, 1.0);
@@ -320,11 +325,35 @@ fn head_dim_512_matches_the_reference_on_every_path() {
         let (ot, lt) = tiled_forward(&q, &k, &v, scale, &mask, shape).unwrap();
         assert_close(&what("out"), &host(&ot), &host(&of), tol);
         assert_close(&what("lse"), &host(&lt), &host(lse), tol);
-        let g = super::flash_tiled_backward::tiled_backward_in(&q, &k, &v, &of, lse, &dout, scale, &mask, shape, shape)
-            .unwrap();
-        assert_close(&what("dq"), &host(&g.q), &host(&gf.q), tol);
-        assert_close(&what("dk"), &host(&g.k), &host(&gf.k), tol);
-        assert_close(&what("dv"), &host(&g.v), &host(&gf.v), tol);
+        // dK and dV in one launch, and in one launch each (as wide heads run on a GPU).
+        for kv in [KvLaunches::Together(shape), KvLaunches::Apart { keys: shape, values: shape }] {
+            let what = |x: &str| format!("{} ({kv:?})", what(x));
+            let g = tiled_backward_in(&q, &k, &v, &of, lse, &dout, scale, &mask, shape, kv).unwrap();
+            assert_close(&what("dq"), &host(&g.q), &host(&gf.q), tol);
+            assert_close(&what("dk"), &host(&g.k), &host(&gf.k), tol);
+            assert_close(&what("dv"), &host(&g.v), &host(&gf.v), tol);
+        }
+    }
+}
+
+#[test]
+fn head_dim_512_fits_a_gpu_cube_in_16_bit_products() {
+    // One group (16 rows) staged in bf16 within the 100 KiB a GPU cube is given: the forward and
+    // dQ kernels as they are, the dK/dV kernel only one accumulator at a time.
+    use super::flash_tiled::forward_bytes;
+    use super::flash_tiled_backward::{KvPass, dkdv_bytes, dq_bytes};
+    let budget = 100 << 10;
+    let (dp, bf16) = (512, 2);
+    assert!(forward_bytes(1, dp, bf16) <= budget, "forward {}", forward_bytes(1, dp, bf16));
+    assert!(dq_bytes(1, dp, bf16) <= budget, "dq {}", dq_bytes(1, dp, bf16));
+    assert!(dkdv_bytes(KvPass::BOTH)(1, dp, bf16) > budget, "dk and dv together");
+    for pass in [KvPass::KEYS, KvPass::VALUES] {
+        let bytes = dkdv_bytes(pass)(1, dp, bf16);
+        assert!(bytes <= budget, "{pass:?}: {bytes}");
+    }
+    // Up to head dim 256 (Gemma 3, Gemma 4's sliding layers) dK and dV stay in one launch.
+    for dp in [64, 128, 256] {
+        assert!(dkdv_bytes(KvPass::BOTH)(1, dp, bf16) <= budget, "dk and dv together at {dp}");
     }
 }
 
