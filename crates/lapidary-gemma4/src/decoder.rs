@@ -6,12 +6,14 @@
 //! the sum times the layer's scalar. A layer runs as one (checkpointable) segment whose inputs
 //! are the hidden states, its per-layer input and the K/V it reuses, and whose outputs are the
 //! hidden states and the K/V it stores, so gradients of reused K/V flow back into the layer
-//! that computed them. Not the stack, the embeddings or the head (`text.rs`).
+//! that computed them. For generation a layer also runs after cached tokens, joining its new K/V
+//! to its cache. Not the stack, the embeddings or the head (`text.rs`).
 
 use crate::config::{Gemma4TextConfig, KvSharing, LayerConfig, LayerKind};
 use lapidary_autograd::{Var, ops};
 use lapidary_core::{Error, Result, Tensor};
 use lapidary_kernels::attention::AttentionMask;
+use lapidary_kernels::gather::concat;
 use lapidary_nn::{Layer, Linear, ParamFn, Scope, map_within};
 
 /// RoPE tables and masks every layer of a pass shares.
@@ -166,7 +168,44 @@ impl DecoderLayer {
         if ins.len() != want {
             return Err(Error::invalid(format!("decoder layer: {} inputs, expected {want}", ins.len())));
         }
-        let h = &ins[0];
+        let per_layer_input = self.per_layer.as_ref().map(|_| &ins[1]);
+        let reused = reuses.then(|| (&ins[want - 2], &ins[want - 1]));
+        let (h, kv) = self.run(&ins[0], per_layer_input, reused, None, ctx)?;
+        let mut outs = vec![h];
+        if self.cfg.kv_sharing == KvSharing::Store {
+            outs.extend([kv.0, kv.1]);
+        }
+        Ok(outs)
+    }
+
+    /// [`Self::forward`] for generation, without gradients: a layer with keys and values of its
+    /// own appends this call's (after norm and RoPE) to `cache` and attends over all of them; a
+    /// layer that reuses attends over `reused` (the storing layer's, cached tokens included).
+    /// The mask's `q_offset` must be the cached length. Returns the hidden states and the keys
+    /// and values attended over.
+    pub fn forward_cached(
+        &self,
+        h: &Var,
+        per_layer_input: Option<&Var>,
+        reused: Option<(&Var, &Var)>,
+        cache: &mut LayerCache,
+        ctx: &DecoderContext,
+    ) -> Result<(Var, (Var, Var))> {
+        if self.per_layer.is_some() != per_layer_input.is_some() || self.kv.is_none() != reused.is_some() {
+            return Err(Error::invalid("decoder layer: per-layer input or reused K/V do not match the layer"));
+        }
+        self.run(h, per_layer_input, reused, Some(cache), ctx)
+    }
+
+    /// The layer's computation; `cache` joins the new keys and values to the cached ones.
+    fn run(
+        &self,
+        h: &Var,
+        per_layer_input: Option<&Var>,
+        reused: Option<(&Var, &Var)>,
+        cache: Option<&mut LayerCache>,
+        ctx: &DecoderContext,
+    ) -> Result<(Var, (Var, Var))> {
         let (b, t) = (h.shape()[0], h.shape()[1]);
         let (d, eps) = (self.cfg.head_dim, self.eps);
         let rope = ctx.rope(self.cfg.kind, d)?;
@@ -174,9 +213,10 @@ impl DecoderLayer {
         let heads = |y: &Var, n: usize| -> Result<Var> { ops::swap_middle(&ops::reshape(y, &[b, t, n, d])?) };
         let q = heads(&self.q_proj.forward(&x)?, self.heads)?;
         let q = ops::rope(&ops::rms_norm(&q, &self.q_norm, eps)?, &rope.0, &rope.1)?;
-        let (k, v) = match &self.kv {
-            None => (ins[want - 2].clone(), ins[want - 1].clone()),
-            Some(kv) => {
+        let (k, v) = match (&self.kv, reused) {
+            (None, Some((k, v))) => (k.clone(), v.clone()),
+            (None, None) => return Err(Error::invalid("decoder layer: reuses K/V but none were given")),
+            (Some(kv), _) => {
                 let hkv = self.cfg.num_key_value_heads;
                 let raw_k = heads(&kv.k_proj.forward(&x)?, hkv)?;
                 let raw_v = match &kv.v_proj {
@@ -185,7 +225,17 @@ impl DecoderLayer {
                 };
                 let k = ops::rope(&ops::rms_norm(&raw_k, &kv.k_norm, eps)?, &rope.0, &rope.1)?;
                 let v = ops::rms_norm(&raw_v, &h.tape().input(self.ones.clone()), eps)?;
-                (k, v)
+                match cache {
+                    None => (k, v),
+                    Some(cache) => {
+                        let (ka, va) = match cache.take() {
+                            None => (k.value().clone(), v.value().clone()),
+                            Some((pk, pv)) => (concat(&pk, k.value(), 2)?, concat(&pv, v.value(), 2)?),
+                        };
+                        *cache = Some((ka.clone(), va.clone()));
+                        (h.tape().input(ka), h.tape().input(va))
+                    }
+                }
             }
         };
         let att = ops::attention(&q, &k, &v, 1.0, ctx.mask(self.cfg.kind))?;
@@ -194,17 +244,19 @@ impl DecoderLayer {
         let x = ops::rms_norm(&h, &self.pre_feedforward_layernorm, eps)?;
         let mlp = self.down_proj.forward(&ops::geglu(&self.gate_proj.forward(&x)?, &self.up_proj.forward(&x)?)?)?;
         let mut h = ops::add(&h, &ops::rms_norm(&mlp, &self.post_feedforward_layernorm, eps)?)?;
-        if let Some(p) = &self.per_layer {
-            let gated = ops::mul(&ops::gelu_tanh(&p.gate.forward(&h)?)?, &ins[1])?;
+        if let (Some(p), Some(input)) = (&self.per_layer, per_layer_input) {
+            let gated = ops::mul(&ops::gelu_tanh(&p.gate.forward(&h)?)?, input)?;
             h = ops::add(&h, &ops::rms_norm(&p.projection.forward(&gated)?, &p.norm, eps)?)?;
+        } else if self.per_layer.is_some() {
+            return Err(Error::invalid("decoder layer: per-layer input missing"));
         }
-        let mut outs = vec![ops::scale(&h, self.layer_scalar)?];
-        if self.cfg.kv_sharing == KvSharing::Store {
-            outs.extend([k, v]);
-        }
-        Ok(outs)
+        Ok((ops::scale(&h, self.layer_scalar)?, (k, v)))
     }
 }
+
+/// One layer's cached keys and values, `[B, kv heads, T, head width]` each, on the device; `None`
+/// for a layer that reuses another's (or before the first call).
+pub type LayerCache = Option<(Tensor, Tensor)>;
 
 impl Layer for DecoderLayer {
     fn map_params(&self, f: &mut ParamFn<'_>) -> Result<Self> {

@@ -7,7 +7,8 @@
 //! [`lapidary_model::Model`]). Audio towers and the mixture-of-experts block (26B-A4B) are not
 //! supported: an audio config is noted and its weights are left out, an MoE config is refused.
 //! [`FAMILY`] makes it a `lapidary_model::Family` (its processor: Gemma 4's chat format and
-//! image patches, from lapidary-data). Not yet here: a KV cache for generation, GGUF export.
+//! image patches, from lapidary-data). Generation runs after a KV cache ([`KvCache`]: layers that
+//! reuse another's keys and values cache none). Not yet here: GGUF export.
 //!
 //! ```
 //! use lapidary_gemma4::{Gemma4Config, KvSharing, LayerKind};
@@ -28,10 +29,10 @@ mod vision;
 pub use config::{
     Bidirectional, Gemma4Config, Gemma4TextConfig, Gemma4VisionConfig, KvSharing, LayerConfig, LayerKind, Rope,
 };
-pub use decoder::{DecoderContext, DecoderLayer};
+pub use decoder::{DecoderContext, DecoderLayer, LayerCache};
 pub use family::{FAMILY, Gemma4Family};
 pub use model::{Gemma4ForConditionalGeneration, part_of};
-pub use text::Gemma4TextModel;
+pub use text::{Gemma4TextModel, KvCache};
 pub use vision::{ClippedLinear, Gemma4VisionModel, Pooling, VisionContext, VisionLayer};
 
 #[cfg(test)]

@@ -4,12 +4,12 @@
 //! the soft tokens; the decoder runs with
 //! each run of vision tokens (`mm_token_type_ids` 1 or 2) one bidirectional block on the sliding
 //! layers, bounded by the window, and causal full layers; the tied, soft-capped head; HF's
-//! shifted mean cross-entropy. Generation reruns the sequence each step (no KV cache yet). Not
-//! the image processor: batches come with `pixel_values` as Gemma4ImageProcessor lays them out.
+//! shifted mean cross-entropy. Generation runs the prompt once, then each new token after a KV
+//! cache. Not the image processor: batches come with `pixel_values` as Gemma4ImageProcessor lays them out.
 
 use crate::config::{Bidirectional, Gemma4Config};
 use crate::decoder::DecoderContext;
-use crate::text::Gemma4TextModel;
+use crate::text::{Gemma4TextModel, KvCache};
 use crate::vision::Gemma4VisionModel;
 use lapidary_autograd::{Tape, Var, ops};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
@@ -233,13 +233,43 @@ impl Gemma4ForConditionalGeneration {
         ops::reshape(last, &[batch.batch * batch.seq, self.cfg.text.hidden_size])
     }
 
-    /// The logits of the last position of a one-row `batch`, without recording gradients.
-    fn last_logits(&self, batch: &Batch) -> Result<Vec<f32>> {
+    /// Starts generation: runs the prompt (one row, with its images) and fills `cache` (empty,
+    /// [`KvCache::new`] with the decoder's layer count). Returns the logits of the last position.
+    pub fn prefill(&self, batch: &Batch, cache: &mut KvCache) -> Result<Vec<f32>> {
+        if batch.batch != 1 || !cache.is_empty() {
+            return Err(Error::invalid("prefill: one row and an empty cache"));
+        }
+        self.extend(batch, cache)
+    }
+
+    /// One generation step: the next token after the cached ones; returns its logits.
+    pub fn decode_step(&self, token: u32, cache: &mut KvCache) -> Result<Vec<f32>> {
+        if cache.is_empty() {
+            return Err(Error::invalid("decode_step: the cache is empty (prefill the prompt first)"));
+        }
+        self.extend(&Batch::prompt(&[token], self.cfg.image_token_id, None), cache)
+    }
+
+    /// Runs `batch` (one row) after the cached tokens, without recording gradients, extends
+    /// `cache`, and returns the logits of its last position.
+    fn extend(&self, batch: &Batch, cache: &mut KvCache) -> Result<Vec<f32>> {
         let _guard = self.tape.no_grad();
-        let states = self.hidden_states(batch, &ForwardOptions::default())?;
-        let rows = self.final_rows(batch, &states)?;
+        let pixels = self.pixels(batch, &ForwardOptions::default());
+        let inputs = self.decoder_inputs(batch, pixels.as_ref(), Checkpointing::Off)?;
+        let ctx = if cache.is_empty() {
+            self.context(batch)?
+        } else {
+            self.text.context_after(self.tape_device(), batch.seq, cache.len())?
+        };
+        let h = self.text.forward_cached(&inputs.embeds, inputs.per_layer.as_ref(), &ctx, cache)?;
+        let rows = ops::reshape(&h, &[batch.seq, self.cfg.text.hidden_size])?;
         let last = ops::gather_rows(&rows, &[batch.seq as u32 - 1])?;
         self.text.logits(&last)?.value().to_f32_vec()
+    }
+
+    /// The device the weights are on.
+    fn tape_device(&self) -> &Device {
+        self.text.embed_tokens().value().device()
     }
 }
 
@@ -344,26 +374,13 @@ impl Model for Gemma4ForConditionalGeneration {
         self.text.head_loss(&self.final_rows(batch, &hidden_states)?, &shifted, opts.normalizer)
     }
 
-    /// Reruns the whole sequence for each new token (Gemma 4 has no KV cache here yet).
+    /// The prompt once, then one token at a time after the KV cache.
     fn generate(&self, prompt: &Collated, opts: &GenerateOptions) -> Result<Vec<u32>> {
-        let device = self.text.embed_tokens().value().device().clone();
-        let mut batch = self.batch(prompt, &device)?;
+        let mut batch = self.batch(prompt, self.tape_device())?;
         batch.labels = None;
-        if batch.batch != 1 {
-            return Err(Error::invalid("generate: one row"));
-        }
-        let first = self.last_logits(&batch)?;
-        decode(
-            first,
-            |token| {
-                batch.input_ids.push(token as i64);
-                batch.attention_mask.push(1);
-                batch.token_type_ids.push(0);
-                batch.seq += 1;
-                self.last_logits(&batch)
-            },
-            opts,
-        )
+        let mut cache = KvCache::new(self.text.layers().len());
+        let first = self.prefill(&batch, &mut cache)?;
+        decode(first, |token| self.decode_step(token, &mut cache), opts)
     }
 }
 

@@ -2,7 +2,8 @@
 //! and E-series; two images of different aspect ratios beside a padded text-only row, one image
 //! per row, text only): hidden states, logits and loss where `attention_mask` is 1, and the
 //! gradient of every parameter and of the pixels, with checkpointing off and on, through the
-//! unfused head and the fused training loss. Also the batch errors only Gemma 4 raises.
+//! unfused head and the fused training loss; generation after the KV cache against the full
+//! pass. Also the batch errors only Gemma 4 raises.
 
 use crate::Gemma4ForConditionalGeneration;
 use lapidary_autograd::{BackwardOptions, Trainable};
@@ -183,5 +184,51 @@ fn peft_adapter_gives_peft_logits_loss_and_gradients_on_both_towers() {
         eprintln!(
             "{kind} adapter: {adapted} linears ({vision} vision tensors), logits {e_logits:.1e}, worst gradient {worst:.1e}"
         );
+    }
+}
+
+/// The first `len` tokens of row 0 of `batch` (which holds all of the batch's images), unpadded.
+fn first_row(batch: &Batch, len: usize) -> Batch {
+    Batch {
+        batch: 1,
+        seq: len,
+        input_ids: batch.input_ids[..len].to_vec(),
+        attention_mask: vec![1; len],
+        token_type_ids: batch.token_type_ids[..len].to_vec(),
+        labels: None,
+        position_ids: None,
+        ..batch.clone()
+    }
+}
+
+#[test]
+fn generation_after_the_kv_cache_gives_the_full_pass_logits() {
+    // Row 0 of the two-image case: a prompt of 17 tokens holding both images (bidirectional
+    // blocks, longer than the sliding window of 5), then the row's last 4 tokens one at a time
+    // after the cache; each step's logits against the full pass's at that position. On the
+    // E-series the last layers reuse earlier layers' cached K/V.
+    let dev = Device::from_env_or_cpu().unwrap();
+    for kind in ["dense", "e"] {
+        let model =
+            Gemma4ForConditionalGeneration::open(fixture(kind).join("model"), &dev, &OpenOptions::default()).unwrap();
+        let path = fixture(kind).join("cases/two_images_and_padded_text_row.safetensors");
+        let batch = Batch::read(&path, &dev).unwrap();
+        let (prompt_len, len) = (17, batch.attention_mask[..batch.seq].iter().sum::<i64>() as usize);
+        let full = model.forward(&first_row(&batch, len), &ForwardOptions::default()).unwrap();
+        let vocab = model.vocab_size();
+        let want = full.logits.value().to_f32_vec().unwrap();
+        let mut cache = crate::KvCache::new(model.config().text.num_layers());
+        let mut got = model.prefill(&first_row(&batch, prompt_len), &mut cache).unwrap();
+        for pos in prompt_len - 1..len {
+            let e = rel_err(&got, &want[pos * vocab..(pos + 1) * vocab]);
+            assert!(e < 1e-5, "{kind}: logits at position {pos} after the cache: relative error {e:e}");
+            if pos + 1 < len {
+                got = model.decode_step(batch.input_ids[pos + 1] as u32, &mut cache).unwrap();
+            }
+        }
+        assert_eq!(cache.len(), len, "{kind}");
+        let mut empty = crate::KvCache::new(model.config().text.num_layers());
+        let e = model.decode_step(5, &mut empty).unwrap_err().to_string();
+        assert!(e.contains("prefill the prompt first"), "{e}");
     }
 }

@@ -3,10 +3,11 @@
 //! inputs (a per-layer token embedding plus a normalized projection of the input embeddings,
 //! times `1/sqrt(2)`), the decoder layers with their K/V shared by kind, the final RMSNorm, and
 //! the tied head with final logit soft-capping (fused with the loss). Also the RoPE tables and
-//! causal masks of a text batch. Not the vision tower or the image blocks of a mask.
+//! causal masks of a text batch, and the stack's run after cached tokens with its KV cache
+//! (generation). Not the vision tower or the image blocks of a mask.
 
 use crate::config::{Bidirectional, Gemma4TextConfig, KvSharing, LayerKind};
-use crate::decoder::{DecoderContext, DecoderLayer};
+use crate::decoder::{DecoderContext, DecoderLayer, LayerCache};
 use lapidary_autograd::{FrozenPanels, Var, ops};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use lapidary_kernels::attention::{AttentionMask, segments_from_positions};
@@ -187,6 +188,53 @@ impl Gemma4TextModel {
         Ok(states)
     }
 
+    /// [`Self::forward`] for generation (one row, no gradients) after the tokens in `cache`:
+    /// extends it with this call's keys and values and returns only the final normalized output.
+    /// `ctx` must place the tokens after the cached ones ([`Self::context_after`] once the cache
+    /// holds any).
+    pub fn forward_cached(
+        &self,
+        h: &Var,
+        per_layer_inputs: Option<&Var>,
+        ctx: &DecoderContext,
+        cache: &mut KvCache,
+    ) -> Result<Var> {
+        let (cached, layers) = (cache.layers.len(), self.layers.len());
+        if cached != layers {
+            return Err(Error::invalid(format!("KV cache for {cached} layers used with a model of {layers}")));
+        }
+        let (b, t) = (h.shape()[0], h.shape()[1]);
+        let p = self.cfg.hidden_size_per_layer_input;
+        let mut h = h.clone();
+        // The K/V (cached tokens included) the last storing layer of each kind handed on.
+        let mut stored: Vec<(LayerKind, Var, Var)> = Vec::new();
+        for (i, (layer, entry)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            let lc = *layer.config();
+            let input = match (layer.takes_per_layer_input(), per_layer_inputs) {
+                (false, _) => None,
+                (true, Some(all)) => Some(ops::reshape(&ops::gather_rows(all, &[i as u32])?, &[b, t, p])?),
+                (true, None) => return Err(Error::invalid("decoder: per-layer inputs are needed")),
+            };
+            let reused = match lc.kv_sharing {
+                KvSharing::Reuse => Some(stored.iter().find(|s| s.0 == lc.kind).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "decoder layer {i} reuses the K/V of an earlier {:?} layer; none stored them",
+                        lc.kind
+                    ))
+                })?),
+                _ => None,
+            };
+            let (out, (k, v)) = layer.forward_cached(&h, input.as_ref(), reused.map(|(_, k, v)| (k, v)), entry, ctx)?;
+            if lc.kv_sharing == KvSharing::Store {
+                stored.retain(|s| s.0 != lc.kind);
+                stored.push((lc.kind, k, v));
+            }
+            h = out;
+        }
+        cache.len += t;
+        ops::rms_norm(&h, &self.norm, self.cfg.rms_norm_eps as f32)
+    }
+
     /// Logits `[rows, vocab]` of final hidden states `[rows, hidden]` through the tied head,
     /// soft-capped as the configuration says.
     pub fn logits(&self, h: &Var) -> Result<Var> {
@@ -226,16 +274,7 @@ impl Gemma4TextModel {
             Some(p) => (p.iter().map(|&x| x as f32).collect(), rows),
             None => ((0..t).map(|x| x as f32).collect(), 1),
         };
-        let mut rope = Vec::new();
-        for i in 0..self.layers.len() {
-            let l = self.cfg.layer(i);
-            if rope.iter().any(|(k, d, _)| *k == l.kind && *d == l.head_dim) {
-                continue;
-            }
-            let (c, s) = rope::tables_from(&positions, &l.rope.inv_freq(l.head_dim));
-            let upload = |v: &[f32]| Tensor::from_f32(device, v, &[table_rows, t, l.head_dim], DType::F32);
-            rope.push((l.kind, l.head_dim, (upload(&c)?, upload(&s)?)));
-        }
+        let rope = self.rope_tables(device, &positions, table_rows, t)?;
         let per_token = |v: &[f32]| Tensor::from_f32(device, v, &[rows, t], DType::F32).map(Some);
         let keep: Vec<f32> = attention_mask.iter().map(|&m| f32::from(m != 0)).collect();
         let mut mask_full = AttentionMask { key_padding: per_token(&keep)?, ..AttentionMask::causal() };
@@ -247,5 +286,64 @@ impl Gemma4TextModel {
             mask_sliding: AttentionMask { window: Some(self.cfg.sliding_window), ..mask_full.clone() },
             mask_full,
         })
+    }
+
+    /// RoPE tables and causal masks of one row of `t` tokens after `offset` cached ones
+    /// (generation: positions `offset..offset + t`, no padding).
+    pub fn context_after(&self, device: &Device, t: usize, offset: usize) -> Result<DecoderContext> {
+        let positions: Vec<f32> = (offset..offset + t).map(|x| x as f32).collect();
+        let rope = self.rope_tables(device, &positions, 1, t)?;
+        let mask_full = AttentionMask { q_offset: offset, ..AttentionMask::causal() };
+        Ok(DecoderContext {
+            rope,
+            mask_sliding: AttentionMask { window: Some(self.cfg.sliding_window), ..mask_full.clone() },
+            mask_full,
+        })
+    }
+
+    /// One RoPE table per (layer kind, head width) at `positions` (`rows` rows of `t`).
+    fn rope_tables(
+        &self,
+        device: &Device,
+        positions: &[f32],
+        rows: usize,
+        t: usize,
+    ) -> Result<Vec<(LayerKind, usize, (Tensor, Tensor))>> {
+        let mut rope: Vec<(LayerKind, usize, (Tensor, Tensor))> = Vec::new();
+        for i in 0..self.layers.len() {
+            let l = self.cfg.layer(i);
+            if rope.iter().any(|(k, d, _)| *k == l.kind && *d == l.head_dim) {
+                continue;
+            }
+            let (c, s) = rope::tables_from(positions, &l.rope.inv_freq(l.head_dim));
+            let upload = |v: &[f32]| Tensor::from_f32(device, v, &[rows, t, l.head_dim], DType::F32);
+            rope.push((l.kind, l.head_dim, (upload(&c)?, upload(&s)?)));
+        }
+        Ok(rope)
+    }
+}
+
+/// Keys and values of every layer for the tokens seen so far (generation); layers that reuse
+/// another's keep none.
+#[derive(Clone, Debug)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `layers` decoder layers.
+    pub fn new(layers: usize) -> Self {
+        KvCache { layers: vec![None; layers], len: 0 }
+    }
+
+    /// Tokens cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
