@@ -9,13 +9,14 @@
 
 `kernels` times torch's versions of benches/kernels.rs (same shapes, same work counts; ids as
 criterion's without the device). `make-model` writes a RANDOM Gemma 3 VLM of the 4B shape (or a
-small or tiny one, for the CPU) as an HF checkpoint in bf16 and `batch.safetensors`
+small or tiny one, for the CPU; or `small-gemma4`, a small Gemma 4) as an HF checkpoint in bf16 and
+`batch.safetensors`
 (one row: one image, the rest text, labels on the text after the image) in the form
 `lapidary eval` / `lapidary bench-step` read. `lora-step` times HF transformers + PEFT LoRA steps
 on that model and batch (or a GGUF text model and a text batch): all-linear r16, gradient
 checkpointing, AdamW, bf16 on GPUs and f32 on the CPU (`--dtype`). Nothing is downloaded. Runs
-on the CPU too (`--device cpu`): the `small` shape and the 270M GGUF are `cargo xtask bench`'s
-CPU step comparison.
+on the CPU too (`--device cpu`): the `small` and `small-gemma4` shapes and the 270M GGUF are
+`cargo xtask bench`'s CPU step comparison.
 """
 import argparse
 import json
@@ -87,6 +88,53 @@ SHAPES = {
             vision_use_head=False,
         ),
         mm_tokens_per_image=64,
+        boi_token_index=32000,
+        eoi_token_index=32001,
+        image_token_index=32002,
+        tokens=512,
+    ),
+    # A small Gemma 4 VLM for the CPU step comparison, shaped as the dense Gemma 4 (the 31B's
+    # architecture) is: five sliding layers (head dim 128) and a full one (head dim 512, one KV
+    # head, V from the K projection, proportional partial RoPE), final logit softcapping; a
+    # vision tower of 16-px patches pooled 3 x 3 with a learned 2D position table and 2D RoPE;
+    # one 384 x 384 image (576 patches in a 630-patch slot, 64 soft tokens), 512 tokens.
+    "small-gemma4": dict(
+        family="gemma4",
+        text=dict(
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=128,
+            global_head_dim=512,
+            num_global_key_value_heads=1,
+            attention_k_eq_v=True,
+            vocab_size=32768,
+            sliding_window=128,
+            max_position_embeddings=4096,
+            final_logit_softcapping=30.0,
+            hidden_size_per_layer_input=0,
+            use_bidirectional_attention="vision",
+            layer_types=["sliding_attention"] * 5 + ["full_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0},
+            },
+        ),
+        vision=dict(
+            hidden_size=384,
+            intermediate_size=1536,
+            num_hidden_layers=6,
+            num_attention_heads=6,
+            num_key_value_heads=6,
+            head_dim=64,
+            patch_size=16,
+            pooling_kernel_size=3,
+            position_embedding_size=1024,
+        ),
+        image_px=384,
+        max_soft_tokens=70,
         boi_token_index=32000,
         eoi_token_index=32001,
         image_token_index=32002,
@@ -260,17 +308,71 @@ def make_batch(shape, cfg):
     )
 
 
+def gemma4_config(shape):
+    from transformers import Gemma4Config
+
+    sh = SHAPES[shape]
+    return Gemma4Config(
+        text_config=sh["text"],
+        vision_config=sh["vision"],
+        audio_config=None,
+        boi_token_id=sh["boi_token_index"],
+        eoi_token_id=sh["eoi_token_index"],
+        image_token_id=sh["image_token_index"],
+    )
+
+
+def make_gemma4_batch(shape, cfg):
+    """One row as Gemma4Processor lays it out: BOS, a short prompt, the image block (boi, the soft
+    tokens, eoi), then text with labels; the image's patches row by row in [0, 1] with their (x, y)
+    positions, padded to the budget's patch count with zero patches at position -1."""
+    sh = SHAPES[shape]
+    p, k, px = cfg.vision_config.patch_size, cfg.vision_config.pooling_kernel_size, sh["image_px"]
+    side = px // p
+    soft = side * side // (k * k)
+    slots = sh["max_soft_tokens"] * k * k
+    g = torch.Generator().manual_seed(1)
+    t = sh["tokens"]
+    ids = torch.randint(10, sh["boi_token_index"] - 1, (t,), generator=g)
+    ids[0] = 2
+    start = 6
+    ids[start] = sh["boi_token_index"]
+    ids[start + 1 : start + 1 + soft] = sh["image_token_index"]
+    ids[start + 1 + soft] = sh["eoi_token_index"]
+    labels = ids.clone()
+    labels[: start + 2 + soft] = -100
+    image = torch.rand((3, px, px), generator=g)
+    patches = image.reshape(3, side, p, side, p).permute(1, 3, 2, 4, 0).reshape(side * side, p * p * 3)
+    ys, xs = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    positions = torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=-1)
+    pixels = torch.zeros((1, slots, p * p * 3))
+    pixels[0, : side * side] = patches
+    pos = torch.full((1, slots, 2), -1, dtype=torch.long)
+    pos[0, : side * side] = positions
+    return dict(
+        input_ids=ids[None].long(),
+        attention_mask=torch.ones((1, t), dtype=torch.long),
+        mm_token_type_ids=(ids == sh["image_token_index"]).long()[None],
+        labels=labels[None].long(),
+        pixel_values=pixels.float(),
+        image_position_ids=pos,
+        num_soft_tokens_per_image=torch.tensor([soft], dtype=torch.long),
+    )
+
+
 def make_model(args):
     from safetensors.torch import save_file
-    from transformers import Gemma3ForConditionalGeneration
+    from transformers import Gemma3ForConditionalGeneration, Gemma4ForConditionalGeneration
 
-    cfg = gemma3_config(args.shape)
+    gemma4 = SHAPES[args.shape].get("family") == "gemma4"
+    cfg = gemma4_config(args.shape) if gemma4 else gemma3_config(args.shape)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with torch.device(args.device):
-        model = Gemma3ForConditionalGeneration(cfg).to(torch.bfloat16)
+        model = (Gemma4ForConditionalGeneration if gemma4 else Gemma3ForConditionalGeneration)(cfg).to(torch.bfloat16)
     model.save_pretrained(args.out)
-    save_file(make_batch(args.shape, cfg), os.path.join(args.out, "batch.safetensors"))
+    batch = make_gemma4_batch(args.shape, cfg) if gemma4 else make_batch(args.shape, cfg)
+    save_file(batch, os.path.join(args.out, "batch.safetensors"))
     params = sum(p.numel() for p in model.parameters())
     print(f"make-model: {args.shape}, {params / 1e9:.3f}B parameters, {time.perf_counter() - t0:.1f} s -> {args.out}")
 
@@ -320,9 +422,10 @@ def lora_step(args):
             os.path.dirname(os.path.abspath(args.gguf)), gguf_file=os.path.basename(args.gguf), dtype=dtype
         ).to(dev)
     else:
-        from transformers import Gemma3ForConditionalGeneration
+        # Gemma 3 or Gemma 4, as the checkpoint's config says.
+        from transformers import AutoModelForImageTextToText
 
-        model = Gemma3ForConditionalGeneration.from_pretrained(args.model, dtype=dtype, device_map=dev)
+        model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=dtype, device_map=dev)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     lcfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_r, lora_dropout=0.0, target_modules="all-linear")
@@ -336,6 +439,8 @@ def lora_step(args):
         batch["pixel_values"] = batch["pixel_values"].to(dtype)
     if args.gguf:
         batch.pop("token_type_ids", None)
+    # Gemma 4's soft-token counts are the processor's bookkeeping, not a model input.
+    batch.pop("num_soft_tokens_per_image", None)
     sync(dev)
     load_s = time.perf_counter() - t0
     loaded = torch.cuda.memory_allocated() if dev.startswith("cuda") else 0
@@ -395,7 +500,7 @@ def main():
     b.add_argument("--out", required=True)
     s = sub.add_parser("lora-step")
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="HF checkpoint directory (a Gemma 3 VLM)")
+    src.add_argument("--model", help="HF checkpoint directory (a Gemma 3 or Gemma 4 VLM)")
     src.add_argument("--gguf", help="a GGUF file (a Gemma 3 text model), dequantized by transformers")
     s.add_argument("--batch", help="batch file (default: batch.safetensors in --model)")
     s.add_argument("--dtype", choices=["bf16", "f32"], help="default: f32 on cpu, bf16 on cuda")

