@@ -7,11 +7,12 @@
 //! tokenizer are written here, as the converter does. Files are written through temporary files
 //! and renamed; existing ones are replaced only with `overwrite`. Not quantization to K-quants.
 
+mod hf_bpe;
 mod tokenizer;
 
 use crate::core::{Device, Error, Result};
 use crate::merge::MergedParam;
-use crate::model::{Family, GgufExport};
+use crate::model::{Family, GgufExport, GgufTensor, GgufTokenizer};
 use crate::nn::gguf::dequant::GgmlType;
 use crate::nn::gguf::write::{GgufWriter, Meta};
 use std::borrow::Cow;
@@ -93,7 +94,7 @@ pub fn run(
     let family = crate::registry::family_of(model)?;
     let layout = family.gguf_export(model)?;
     let crate::merge::Merged { params, adapted: merged } = crate::merge::merged_params(model, adapter, device)?;
-    let source = Source::open(model, family, layout.architecture())?;
+    let source = Source::open(model, family, layout.as_ref())?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let text = text_file(layout.as_ref(), &params, &source, out_type)?;
     text.write(&text_path)?;
@@ -125,8 +126,9 @@ pub struct Source {
 
 impl Source {
     /// Reads the name, context length, tokenizer and image normalization of `model`, a model of
-    /// `family` whose GGUF architecture is `architecture`.
-    pub fn open(model: &Path, family: &dyn Family, architecture: &str) -> Result<Self> {
+    /// `family` written in `layout`.
+    pub fn open(model: &Path, family: &dyn Family, layout: &dyn GgufExport) -> Result<Self> {
+        let architecture = layout.architecture();
         if crate::nn::gguf::is_gguf_path(model) {
             let f = crate::nn::gguf::GgufFile::open(model)?;
             let name = f.get("general.name").and_then(|v| v.as_str()).map(str::to_string);
@@ -156,7 +158,10 @@ impl Source {
         Ok(Source {
             name: title_case(&file_stem(model)),
             context_length,
-            tokenizer: tokenizer::from_hf_dir(model, vocab_size)?,
+            tokenizer: match layout.tokenizer() {
+                GgufTokenizer::SentencePiece => tokenizer::from_hf_dir(model, vocab_size)?,
+                GgufTokenizer::HfBpe { model: name, visible } => hf_bpe::from_hf_bpe(model, name, visible)?,
+            },
             mean_std,
         })
     }
@@ -197,28 +202,55 @@ fn size_label(n: usize) -> String {
     format!("{scaled:.fix$}{suffix}")
 }
 
-/// The storage type of a tensor, as the converter chooses it: 1-D tensors and norms in f32;
-/// the projector's input projection in f16; the vision embeddings in f32; a Q8_0 matrix whose
-/// rows are not whole blocks in f16.
-fn storage_type(gguf: &str, shape: &[usize], out: OutType) -> GgmlType {
-    if gguf == "mm.input_projection.weight" {
-        return GgmlType::F16;
+/// `[out, p·p·3]` patch-projection rows (pixels in (row, column, channel) order) as a
+/// `[out, 3, p, p]` convolution kernel.
+fn patches_as_conv(values: &[f32], shape: &[usize], p: usize) -> Result<(Vec<f32>, Vec<usize>)> {
+    let (out, width) = match shape {
+        [o, w] => (*o, *w),
+        _ => return Err(Error::invalid(format!("patch projection of shape {shape:?}: expected [out, p·p·3]"))),
+    };
+    if width != 3 * p * p {
+        return Err(Error::invalid(format!("patch projection of width {width}: expected 3·{p}·{p}")));
     }
-    if gguf.starts_with("v.patch_embd.") || gguf.starts_with("v.position_embd.") {
-        return GgmlType::F32;
+    let mut conv = vec![0f32; values.len()];
+    for o in 0..out {
+        for y in 0..p {
+            for x in 0..p {
+                for c in 0..3 {
+                    conv[((o * 3 + c) * p + y) * p + x] = values[o * width + (y * p + x) * 3 + c];
+                }
+            }
+        }
     }
-    if shape.len() <= 1 || gguf.ends_with("_norm.weight") || !gguf.ends_with(".weight") {
-        return GgmlType::F32;
-    }
-    let t = out.matrix_type();
-    if t == GgmlType::Q8_0 && !shape[shape.len() - 1].is_multiple_of(32) {
-        return GgmlType::F16;
-    }
-    t
+    Ok((conv, vec![out, 3, p, p]))
 }
 
-/// Adds the tensors of `params` that go to the vision file (`vision`) or to the text file; returns
-/// the number of values added. A parameter the layout has no place for is an error.
+/// Adds one tensor as `t` says: shifted by one, laid out as a convolution, stored in the type the
+/// layout picks; returns the number of values added.
+fn add_tensor(
+    w: &mut GgufWriter,
+    t: &GgufTensor,
+    values: &[f32],
+    shape: &[usize],
+    layout: &dyn GgufExport,
+    out: OutType,
+) -> Result<usize> {
+    let mut values: Cow<'_, [f32]> = Cow::Borrowed(values);
+    let mut shape: Cow<'_, [usize]> = Cow::Borrowed(shape);
+    if t.plus_one {
+        values = Cow::Owned(values.iter().map(|v| v + 1.0).collect());
+    }
+    if let Some(p) = t.patches_as_conv {
+        let (v, s) = patches_as_conv(&values, &shape, p).map_err(|e| Error::invalid(format!("{}: {e}", t.name)))?;
+        (values, shape) = (Cow::Owned(v), Cow::Owned(s));
+    }
+    w.add_tensor(&t.name, &shape, &values, layout.storage_type(&t.name, &shape, out.matrix_type()))?;
+    Ok(values.len())
+}
+
+/// Adds the tensors of `params` and the layout's extra tensors that go to the vision file
+/// (`vision`) or to the text file; returns the number of values added. A parameter the layout has
+/// no place for is an error.
 fn add_tensors(
     w: &mut GgufWriter,
     params: &[MergedParam],
@@ -231,13 +263,14 @@ fn add_tensors(
         let Some(t) = layout.tensor(&p.name) else {
             return Err(Error::invalid(format!("{}: no GGUF name for this tensor", p.name)));
         };
-        if t.vision != vision {
-            continue;
+        if t.vision == vision {
+            count += add_tensor(w, &t, &p.values, &p.shape, layout, out)?;
         }
-        let values: Cow<'_, [f32]> =
-            if t.plus_one { Cow::Owned(p.values.iter().map(|v| v + 1.0).collect()) } else { Cow::Borrowed(&p.values) };
-        w.add_tensor(&t.name, &p.shape, &values, storage_type(&t.name, &p.shape, out))?;
-        count += values.len();
+    }
+    for x in layout.extra_tensors() {
+        if x.tensor.vision == vision {
+            count += add_tensor(w, &x.tensor, &x.values, &x.shape, layout, out)?;
+        }
     }
     Ok(count)
 }

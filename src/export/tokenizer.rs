@@ -165,7 +165,7 @@ fn pieces_of_tokenizer_json(t: &serde_json::Value) -> std::result::Result<Vocab,
     Ok(v)
 }
 
-fn is_byte_piece(p: &str) -> bool {
+pub(super) fn is_byte_piece(p: &str) -> bool {
     p.len() == 6 && p.starts_with("<0x") && p.ends_with('>') && p[3..5].chars().all(|c| c.is_ascii_hexdigit())
 }
 

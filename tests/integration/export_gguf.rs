@@ -108,9 +108,14 @@ fn exported_files_hold_the_merged_model() {
     println!("export-gguf read back, logit error relative L2 / worst relative to max |logit|: {}", report.join(", "));
 }
 
-/// The converter's listing of one file.
+/// The converter's listing of one file of the bundled Gemma 3.
 fn listing(kind: &str) -> serde_json::Value {
-    let path = crate::repo_path("tests/fixtures/gguf-export/listing.json");
+    listing_in("listing.json", kind)
+}
+
+/// The converter's listing of one file, from `file` in tests/fixtures/gguf-export.
+fn listing_in(file: &str, kind: &str) -> serde_json::Value {
+    let path = crate::repo_path(&format!("tests/fixtures/gguf-export/{file}"));
     let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     all[kind].clone()
 }
@@ -148,7 +153,10 @@ fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 }
 
 fn check_against_converter(file: &Path, kind: &str, extra_keys: &[&str]) {
-    let want = listing(kind);
+    check_against_listing(file, listing(kind), kind, extra_keys)
+}
+
+fn check_against_listing(file: &Path, want: serde_json::Value, kind: &str, extra_keys: &[&str]) {
     let f = GgufFile::open(file).unwrap();
     let want_meta = want["metadata"].as_object().unwrap();
     for (key, w) in want_meta {
@@ -201,6 +209,89 @@ fn export_writes_what_llama_cpps_converter_writes() {
     let e = lapidary::export::run(&text_only, None, again.path(), OutType::F16, false, &dev).unwrap();
     assert!(e.mmproj.is_none());
     check_against_converter(&e.text, "text-f16", &["gemma3.attention.sliding_window_pattern"]);
+}
+
+/// `src` copied to `dst` (files only, one level).
+fn copy_files(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// `[out, p·p·3]` rows in (row, column, channel) order, as the `[out, 3, p, p]` kernel.
+fn as_conv(values: &[f32], out: usize, p: usize) -> Vec<f32> {
+    let mut conv = vec![0f32; values.len()];
+    for (i, v) in values.iter().enumerate() {
+        let (o, rest) = (i / (3 * p * p), i % (3 * p * p));
+        let (y, x, c) = (rest / (3 * p), rest / 3 % p, rest % 3);
+        conv[((o * 3 + c) * p + y) * p + x] = *v;
+    }
+    assert_eq!(conv.len(), out * 3 * p * p);
+    conv
+}
+
+#[test]
+fn gemma4_export_writes_what_llama_cpps_converter_writes_with_the_merged_values() {
+    // Both tiny Gemma 4s (dense; E-series with per-layer embeddings, KV sharing and the
+    // double-wide MLP): names, shapes, types and metadata of the text and mmproj files in f16 and
+    // Q8_0 as llama.cpp's converter writes them (tests/fixtures/gguf-export/listing-gemma4.json);
+    // then in f32 with the fixture's PEFT adapter folded in, every tensor the merged model's value
+    // (the patch projection as a convolution kernel) and every buffer the checkpoint's.
+    let dev = Device::from_env_or_cpu().unwrap();
+    for kind in ["dense", "e"] {
+        let tmp = tempfile::tempdir().unwrap();
+        // The converter names the model after its directory.
+        let model = tmp.path().join(format!("tiny-gemma4-{kind}"));
+        let fixture = crate::repo_path(&format!("tests/fixtures/tiny-gemma4-{kind}"));
+        copy_files(&fixture.join("model"), &model);
+        for (t, label) in [(OutType::F16, "f16"), (OutType::Q8_0, "q8_0")] {
+            let e = lapidary::export::run(&model, None, &tmp.path().join("out"), t, false, &dev).unwrap();
+            for (file, part) in [(&e.text, "text"), (e.mmproj.as_ref().expect("an mmproj file"), "mmproj")] {
+                let name = format!("{kind}-{part}-{label}");
+                check_against_listing(file, listing_in("listing-gemma4.json", &name), &name, &[]);
+            }
+        }
+        let adapter = fixture.join("adapter");
+        let e =
+            lapidary::export::run(&model, Some(&adapter), &tmp.path().join("f32"), OutType::F32, false, &dev).unwrap();
+        assert!(e.merged > 0, "{kind}: the adapter is folded in");
+        let params = lapidary::merge::merged_params(&model, Some(&adapter), &dev).unwrap().params;
+        let layout = lapidary::registry::family_of(&model).unwrap().gguf_export(&model).unwrap();
+        let (text_f, proj_f) = (GgufFile::open(&e.text).unwrap(), GgufFile::open(e.mmproj.as_ref().unwrap()).unwrap());
+        let extras = layout.extra_tensors();
+        assert_eq!(text_f.tensors.len() + proj_f.tensors.len(), params.len() + extras.len(), "{kind}");
+        let mut checked = 0;
+        let mut check = |name: &str, vision: bool, want: &[f32]| {
+            let f = if vision { &proj_f } else { &text_f };
+            let (got, _) = f.tensor_f32(name).unwrap_or_else(|e| panic!("{kind}: {name}: {e}"));
+            assert_eq!(got, want, "{kind}: {name}");
+            checked += 1;
+        };
+        for p in &params {
+            let t = layout.tensor(&p.name).unwrap_or_else(|| panic!("{kind}: {} has no GGUF name", p.name));
+            let want = match t.patches_as_conv {
+                Some(patch) => as_conv(&p.values, p.shape[0], patch),
+                None => p.values.clone(),
+            };
+            check(&t.name, t.vision, &want);
+        }
+        for x in &extras {
+            check(&x.tensor.name, x.tensor.vision, &x.values);
+        }
+        let scalars = extras.iter().filter(|x| x.tensor.name.ends_with("layer_output_scale.weight")).count();
+        assert_eq!(
+            scalars,
+            text_f.tensors.keys().filter(|n| n.starts_with("blk.") && n.ends_with(".attn_norm.weight")).count()
+        );
+        println!(
+            "gemma4 {kind} export-gguf: {checked} tensors equal the merged model's ({} buffers and tables)",
+            extras.len()
+        );
+    }
 }
 
 /// The real Gemma 3 270M exported to f16 is, byte for byte, the file transformers loaded with the

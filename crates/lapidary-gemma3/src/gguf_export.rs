@@ -8,7 +8,8 @@
 //! writing (the command's).
 
 use crate::config::{Gemma3Config, Gemma3TextConfig, LayerKind};
-use lapidary_model::{GgufExport, GgufTensor};
+use lapidary_model::{GgufExport, GgufTensor, converter_storage_type};
+use lapidary_nn::gguf::dequant::GgmlType;
 use lapidary_nn::gguf::write::{Meta, MetaItem};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -95,7 +96,19 @@ impl GgufExport for Gemma3Gguf {
     fn tensor(&self, name: &str) -> Option<GgufTensor> {
         let gguf = self.names.get(name)?;
         let vision = gguf.starts_with("v.") || gguf.starts_with("mm.");
-        Some(GgufTensor { name: gguf, vision, plus_one: self.names.is_norm_shifted(name) })
+        Some(GgufTensor { plus_one: self.names.is_norm_shifted(name), ..GgufTensor::plain(gguf, vision) })
+    }
+
+    /// The converter's Gemma 3 exceptions: the projector's input projection in f16, the patch
+    /// embedding in f32 (`Gemma3VisionModel.tensor_force_quant`).
+    fn storage_type(&self, gguf: &str, shape: &[usize], matrix: GgmlType) -> GgmlType {
+        if gguf == "mm.input_projection.weight" {
+            return GgmlType::F16;
+        }
+        if gguf.starts_with("v.patch_embd.") {
+            return GgmlType::F32;
+        }
+        converter_storage_type(gguf, shape, matrix)
     }
 
     fn text_metadata(&self, context_length: u64) -> Vec<(String, Meta)> {

@@ -16,12 +16,15 @@ use lapidary_kernels::attention::AttentionMask;
 use lapidary_kernels::gather::concat;
 use lapidary_nn::{Layer, Linear, ParamFn, Scope, map_within};
 
+/// One RoPE table: the layer kind and head width it serves, and `(cos, sin)`.
+pub type RopeTable = (LayerKind, usize, (Tensor, Tensor));
+
 /// RoPE tables and masks every layer of a pass shares.
 #[derive(Clone)]
 pub struct DecoderContext {
     /// `(kind, head width, (cos, sin))`, each table `[rows, T, head width]` (rows: 1, or the
     /// batch's rows when they have positions of their own).
-    pub rope: Vec<(LayerKind, usize, (Tensor, Tensor))>,
+    pub rope: Vec<RopeTable>,
     /// Mask of sliding layers.
     pub mask_sliding: AttentionMask,
     /// Mask of full layers.

@@ -1,13 +1,13 @@
 //! [`FAMILY`]: Gemma 4 as a [`Family`] — which checkpoints are Gemma 4 (`model_type` `gemma4` or
 //! `gemma4_text`), opening one as a [`Model`], its processor (Gemma4Processor's chat format and
-//! Gemma4ImageProcessor's patches) and the files an HF Gemma 4 checkpoint carries. GGUF files
-//! are not read and `export-gguf` does not write them (the default refusal). Not the model
+//! Gemma4ImageProcessor's patches), the files an HF Gemma 4 checkpoint carries and its GGUF
+//! layout for `export-gguf` ([`crate::Gemma4Gguf`]). GGUF files are not read. Not the model
 //! ([`crate::Gemma4ForConditionalGeneration`]).
 
 use crate::model::Gemma4ForConditionalGeneration;
 use lapidary_core::{Device, Result};
 use lapidary_data::Processor;
-use lapidary_model::{Family, Model, OpenOptions};
+use lapidary_model::{Family, GgufExport, Model, OpenOptions};
 use std::path::Path;
 
 /// Gemma 4: Gemma4ForConditionalGeneration (vision tower + embedder + decoder) and the
@@ -61,5 +61,10 @@ impl Family for Gemma4Family {
 
     fn companion_files(&self) -> &'static [&'static str] {
         &COMPANION_FILES
+    }
+
+    fn gguf_export(&self, path: &Path) -> Result<Box<dyn GgufExport>> {
+        let cfg = crate::Gemma4Config::from_file(path.join("config.json"))?;
+        Ok(Box::new(crate::Gemma4Gguf::open(&cfg, path)?))
     }
 }

@@ -8,7 +8,8 @@
 //! supported: an audio config is noted and its weights are left out, an MoE config is refused.
 //! [`FAMILY`] makes it a `lapidary_model::Family` (its processor: Gemma 4's chat format and
 //! image patches, from lapidary-data). Generation runs after a KV cache ([`KvCache`]: layers that
-//! reuse another's keys and values cache none). Not yet here: GGUF export.
+//! reuse another's keys and values cache none). `export-gguf` writes it as llama.cpp's converter
+//! does ([`Gemma4Gguf`]); GGUF files are not read.
 //!
 //! ```
 //! use lapidary_gemma4::{Gemma4Config, KvSharing, LayerKind};
@@ -22,6 +23,7 @@
 mod config;
 mod decoder;
 mod family;
+mod gguf_export;
 mod model;
 mod text;
 mod vision;
@@ -31,6 +33,7 @@ pub use config::{
 };
 pub use decoder::{DecoderContext, DecoderLayer, LayerCache};
 pub use family::{FAMILY, Gemma4Family};
+pub use gguf_export::Gemma4Gguf;
 pub use model::{Gemma4ForConditionalGeneration, part_of};
 pub use text::{Gemma4TextModel, KvCache};
 pub use vision::{ClippedLinear, Gemma4VisionModel, Pooling, VisionContext, VisionLayer};

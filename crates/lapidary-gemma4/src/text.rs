@@ -7,7 +7,7 @@
 //! (generation). Not the vision tower or the image blocks of a mask.
 
 use crate::config::{Bidirectional, Gemma4TextConfig, KvSharing, LayerKind};
-use crate::decoder::{DecoderContext, DecoderLayer, LayerCache};
+use crate::decoder::{DecoderContext, DecoderLayer, LayerCache, RopeTable};
 use lapidary_autograd::{FrozenPanels, Var, ops};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use lapidary_kernels::attention::{AttentionMask, segments_from_positions};
@@ -302,14 +302,8 @@ impl Gemma4TextModel {
     }
 
     /// One RoPE table per (layer kind, head width) at `positions` (`rows` rows of `t`).
-    fn rope_tables(
-        &self,
-        device: &Device,
-        positions: &[f32],
-        rows: usize,
-        t: usize,
-    ) -> Result<Vec<(LayerKind, usize, (Tensor, Tensor))>> {
-        let mut rope: Vec<(LayerKind, usize, (Tensor, Tensor))> = Vec::new();
+    fn rope_tables(&self, device: &Device, positions: &[f32], rows: usize, t: usize) -> Result<Vec<RopeTable>> {
+        let mut rope: Vec<RopeTable> = Vec::new();
         for i in 0..self.layers.len() {
             let l = self.cfg.layer(i);
             if rope.iter().any(|(k, d, _)| *k == l.kind && *d == l.head_dim) {

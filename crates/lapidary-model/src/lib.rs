@@ -50,7 +50,7 @@ pub use batch::{Batch, vision_token_types};
 pub use companions::{torch_dtype_name, untouched_tensors, write_companions};
 pub use family::Family;
 pub use generate::{GenerateOptions, Sampling, argmax};
-pub use gguf_export::{GgufExport, GgufTensor};
+pub use gguf_export::{ExtraTensor, GgufExport, GgufTensor, GgufTokenizer, converter_storage_type};
 pub use model::{LayerParams, Model};
 pub use options::{ForwardOptions, OpenOptions, Output, Parts};
 
