@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 
+from gguf_export_reference import listing  # the same listing as Gemma 3's (this directory)
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 OUT = os.path.join(FIXTURES, "gguf-export", "listing-gemma4.json")
@@ -39,22 +41,6 @@ def llama_style_tokenizer(path):
         {"type": "Fuse"},
     ]}
     json.dump(t, open(path, "w", encoding="utf-8"), ensure_ascii=False)
-
-
-def listing(path):
-    from gguf import GGUFReader
-    r = GGUFReader(path)
-    meta = {}
-    for k, f in r.fields.items():
-        if k.startswith("GGUF."):
-            continue
-        types = [t.name for t in f.types]
-        v = f.contents()
-        if isinstance(v, list) and len(v) > 16:
-            v = {"len": len(v), "head": v[:8], "tail": v[-4:]}
-        meta[k] = {"type": types, "value": v}
-    tensors = {t.name: {"shape": [int(d) for d in reversed(t.shape)], "type": t.tensor_type.name} for t in r.tensors}
-    return {"metadata": meta, "tensors": tensors}
 
 
 def main():

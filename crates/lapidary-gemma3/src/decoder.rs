@@ -6,10 +6,10 @@
 
 use crate::config::{Gemma3TextConfig, LayerKind};
 use lapidary_autograd::{FrozenPanels, Var, ops};
-use lapidary_core::{Error, Result, Tensor};
+use lapidary_core::{Result, Tensor};
 use lapidary_kernels::attention::AttentionMask;
-use lapidary_kernels::gather::concat;
 use lapidary_kernels::matmul::Layout;
+use lapidary_model::{KvCache, LayerCache};
 use lapidary_nn::{Checkpointing, Layer, Linear, ParamFn, Scope, checkpointed, map_within};
 
 /// Per-batch inputs every layer shares: RoPE tables per layer kind and the masks.
@@ -142,11 +142,7 @@ impl DecoderLayer {
         let mut k = ops::rope(&ops::gemma_rms_norm(&k, &self.k_norm, self.eps)?, &rope.0, &rope.1)?;
         let mut v = heads(&self.v_proj, self.kv_heads)?;
         if let Some(cache) = cache {
-            let (ka, va) = match cache.take() {
-                None => (k.value().clone(), v.value().clone()),
-                Some((pk, pv)) => (concat(&pk, k.value(), 2)?, concat(&pv, v.value(), 2)?),
-            };
-            *cache = Some((ka.clone(), va.clone()));
+            let (ka, va) = lapidary_model::kv_cache::append(cache, k.value(), v.value())?;
             k = h.tape().input(ka);
             v = h.tape().input(va);
         }
@@ -234,15 +230,11 @@ impl Gemma3TextModel {
     /// [`Self::forward`] for generation: extends `cache` (one entry per layer) with this call's
     /// keys and values and returns only the final normalized output.
     pub fn forward_cached(&self, h: &Var, ctx: &DecoderContext, cache: &mut KvCache) -> Result<Var> {
-        let (cached, layers) = (cache.layers.len(), self.layers.len());
-        if cached != layers {
-            return Err(Error::invalid(format!("KV cache for {cached} layers used with a model of {layers}")));
-        }
         let mut h = h.clone();
-        for (layer, c) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (layer, c) in self.layers.iter().zip(cache.layers_mut(self.layers.len())?) {
             h = layer.forward_cached(&h, ctx, Some(c))?;
         }
-        cache.len += h.shape()[1];
+        cache.advance(h.shape()[1]);
         ops::gemma_rms_norm(&h, &self.norm, self.cfg.rms_norm_eps as f32)
     }
 
@@ -256,33 +248,5 @@ impl Gemma3TextModel {
     /// with the head and the loss fused: the `[N, vocab]` logits are never materialized.
     pub fn head_loss(&self, h: &Var, labels: &[i64], normalizer: Option<f32>) -> Result<Var> {
         ops::linear_cross_entropy(h, &self.embed, &self.head_panels, labels, normalizer, ops::HeadLoss::default())
-    }
-}
-
-/// One layer's cached keys and values, `[B, kv_heads, T, head_dim]` each, on the device (each
-/// step joins its keys and values to them there: no host copy).
-pub type LayerCache = Option<(Tensor, Tensor)>;
-
-/// Keys and values of every layer for the tokens seen so far (generation).
-#[derive(Clone, Debug)]
-pub struct KvCache {
-    layers: Vec<LayerCache>,
-    len: usize,
-}
-
-impl KvCache {
-    /// An empty cache for `layers` decoder layers.
-    pub fn new(layers: usize) -> Self {
-        KvCache { layers: vec![None; layers], len: 0 }
-    }
-
-    /// Tokens cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }

@@ -52,9 +52,10 @@ mod model;
 mod projector;
 
 pub use config::{Gemma3Config, Gemma3TextConfig, LayerKind, Rope};
-pub use decoder::{DecoderContext, DecoderLayer, Gemma3TextModel, KvCache, LayerCache};
+pub use decoder::{DecoderContext, DecoderLayer, Gemma3TextModel};
 pub use family::{FAMILY, Gemma3Family};
 pub use gguf_export::Gemma3Gguf;
+pub use lapidary_model::{KvCache, LayerCache};
 pub use model::{Gemma3ForConditionalGeneration, part_of};
 
 // The types this crate's signatures use, so that it can be used on its own.

@@ -5,13 +5,14 @@
 //! not padding.
 
 use crate::config::Gemma3Config;
-use crate::decoder::{DecoderContext, Gemma3TextModel, KvCache};
+use crate::decoder::{DecoderContext, Gemma3TextModel};
 use crate::projector::MultiModalProjector;
 use lapidary_autograd::{Tape, Var, ops};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use lapidary_data::Collated;
 use lapidary_kernels::attention::{AttentionMask, segments_from_positions};
 use lapidary_kernels::rope;
+use lapidary_model::KvCache;
 use lapidary_model::generate::decode;
 use lapidary_model::{Batch, ForwardOptions, GenerateOptions, LayerParams, Model, OpenOptions, Output, Parts};
 use lapidary_nn::{AdapterHost, Checkpointing, Layer, Linear, Naming, Part, Scope, Weights};

@@ -13,7 +13,7 @@ use crate::config::{Gemma4TextConfig, KvSharing, LayerConfig, LayerKind};
 use lapidary_autograd::{Var, ops};
 use lapidary_core::{Error, Result, Tensor};
 use lapidary_kernels::attention::AttentionMask;
-use lapidary_kernels::gather::concat;
+use lapidary_model::LayerCache;
 use lapidary_nn::{Layer, Linear, ParamFn, Scope, map_within};
 
 /// One RoPE table: the layer kind and head width it serves, and `(cos, sin)`.
@@ -231,11 +231,7 @@ impl DecoderLayer {
                 match cache {
                     None => (k, v),
                     Some(cache) => {
-                        let (ka, va) = match cache.take() {
-                            None => (k.value().clone(), v.value().clone()),
-                            Some((pk, pv)) => (concat(&pk, k.value(), 2)?, concat(&pv, v.value(), 2)?),
-                        };
-                        *cache = Some((ka.clone(), va.clone()));
+                        let (ka, va) = lapidary_model::kv_cache::append(cache, k.value(), v.value())?;
                         (h.tape().input(ka), h.tape().input(va))
                     }
                 }
@@ -256,10 +252,6 @@ impl DecoderLayer {
         Ok((ops::scale(&h, self.layer_scalar)?, (k, v)))
     }
 }
-
-/// One layer's cached keys and values, `[B, kv heads, T, head width]` each, on the device; `None`
-/// for a layer that reuses another's (or before the first call).
-pub type LayerCache = Option<(Tensor, Tensor)>;
 
 impl Layer for DecoderLayer {
     fn map_params(&self, f: &mut ParamFn<'_>) -> Result<Self> {

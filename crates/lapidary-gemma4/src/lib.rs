@@ -31,11 +31,12 @@ mod vision;
 pub use config::{
     Bidirectional, Gemma4Config, Gemma4TextConfig, Gemma4VisionConfig, KvSharing, LayerConfig, LayerKind, Rope,
 };
-pub use decoder::{DecoderContext, DecoderLayer, LayerCache};
+pub use decoder::{DecoderContext, DecoderLayer, RopeTable};
 pub use family::{FAMILY, Gemma4Family};
 pub use gguf_export::Gemma4Gguf;
+pub use lapidary_model::{KvCache, LayerCache};
 pub use model::{Gemma4ForConditionalGeneration, part_of};
-pub use text::{Gemma4TextModel, KvCache};
+pub use text::Gemma4TextModel;
 pub use vision::{ClippedLinear, Gemma4VisionModel, Pooling, VisionContext, VisionLayer};
 
 #[cfg(test)]

@@ -9,13 +9,13 @@
 
 use crate::config::{Bidirectional, Gemma4Config};
 use crate::decoder::DecoderContext;
-use crate::text::{Gemma4TextModel, KvCache};
+use crate::text::Gemma4TextModel;
 use crate::vision::Gemma4VisionModel;
 use lapidary_autograd::{Tape, Var, ops};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use lapidary_data::Collated;
 use lapidary_model::generate::decode;
-use lapidary_model::{Batch, ForwardOptions, GenerateOptions, LayerParams, Model, OpenOptions, Output, Parts};
+use lapidary_model::{Batch, ForwardOptions, GenerateOptions, KvCache, LayerParams, Model, OpenOptions, Output, Parts};
 use lapidary_nn::{AdapterHost, Checkpointing, Layer, Linear, Naming, Part, Scope, Weights};
 use std::collections::BTreeMap;
 

@@ -7,13 +7,14 @@
 //! (generation). Not the vision tower or the image blocks of a mask.
 
 use crate::config::{Bidirectional, Gemma4TextConfig, KvSharing, LayerKind};
-use crate::decoder::{DecoderContext, DecoderLayer, LayerCache, RopeTable};
+use crate::decoder::{DecoderContext, DecoderLayer, RopeTable};
 use lapidary_autograd::{FrozenPanels, Var, ops};
 use lapidary_core::{DType, Device, Error, Result, Tensor};
 use lapidary_kernels::attention::{AttentionMask, segments_from_positions};
 use lapidary_kernels::gather;
 use lapidary_kernels::matmul::Layout;
 use lapidary_kernels::rope;
+use lapidary_model::KvCache;
 use lapidary_nn::{Checkpointing, Linear, Scope, checkpointed_many};
 
 /// The E-series' per-layer embeddings.
@@ -199,16 +200,12 @@ impl Gemma4TextModel {
         ctx: &DecoderContext,
         cache: &mut KvCache,
     ) -> Result<Var> {
-        let (cached, layers) = (cache.layers.len(), self.layers.len());
-        if cached != layers {
-            return Err(Error::invalid(format!("KV cache for {cached} layers used with a model of {layers}")));
-        }
         let (b, t) = (h.shape()[0], h.shape()[1]);
         let p = self.cfg.hidden_size_per_layer_input;
         let mut h = h.clone();
         // The K/V (cached tokens included) the last storing layer of each kind handed on.
         let mut stored: Vec<(LayerKind, Var, Var)> = Vec::new();
-        for (i, (layer, entry)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+        for (i, (layer, entry)) in self.layers.iter().zip(cache.layers_mut(self.layers.len())?).enumerate() {
             let lc = *layer.config();
             let input = match (layer.takes_per_layer_input(), per_layer_inputs) {
                 (false, _) => None,
@@ -231,7 +228,7 @@ impl Gemma4TextModel {
             }
             h = out;
         }
-        cache.len += t;
+        cache.advance(t);
         ops::rms_norm(&h, &self.norm, self.cfg.rms_norm_eps as f32)
     }
 
@@ -314,30 +311,5 @@ impl Gemma4TextModel {
             rope.push((l.kind, l.head_dim, (upload(&c)?, upload(&s)?)));
         }
         Ok(rope)
-    }
-}
-
-/// Keys and values of every layer for the tokens seen so far (generation); layers that reuse
-/// another's keep none.
-#[derive(Clone, Debug)]
-pub struct KvCache {
-    layers: Vec<LayerCache>,
-    len: usize,
-}
-
-impl KvCache {
-    /// An empty cache for `layers` decoder layers.
-    pub fn new(layers: usize) -> Self {
-        KvCache { layers: vec![None; layers], len: 0 }
-    }
-
-    /// Tokens cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }

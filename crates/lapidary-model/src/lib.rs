@@ -43,6 +43,7 @@ pub mod config_json;
 mod family;
 pub mod generate;
 mod gguf_export;
+pub mod kv_cache;
 mod model;
 mod options;
 
@@ -51,6 +52,7 @@ pub use companions::{torch_dtype_name, untouched_tensors, write_companions};
 pub use family::Family;
 pub use generate::{GenerateOptions, Sampling, argmax};
 pub use gguf_export::{ExtraTensor, GgufExport, GgufTensor, GgufTokenizer, converter_storage_type};
+pub use kv_cache::{KvCache, LayerCache};
 pub use model::{LayerParams, Model};
 pub use options::{ForwardOptions, OpenOptions, Output, Parts};
 
