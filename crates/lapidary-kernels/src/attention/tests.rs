@@ -164,38 +164,46 @@ proptest! {
     }
 }
 
-#[test]
-fn tiled_kernels_agree_with_the_cpu_shaped_ones_in_every_layout() {
-    // Groups of one or several units, one to three groups a cube, a head dimension padded to a
-    // multiple of 16, grouped-query heads, queries after a cache, image blocks and a window.
-    use super::flash_tiled::{TiledShape, tiled_forward};
+/// The tiled kernels in each of `layouts` against the CPU-shaped ones on one case: random q, k, v
+/// and dO of `dims` (seeds from `seed`), queries after `dims.s - dims.t` cached tokens, image
+/// blocks over keys `block`, the sliding `window`; forward, log-sum-exp and every gradient, with
+/// dK and dV in one launch and in one launch each (as wide heads run on a GPU). Returns the
+/// largest forward difference of each layout.
+fn tiled_against_flash(
+    dims: Dims,
+    seed: u64,
+    block: std::ops::Range<usize>,
+    window: usize,
+    blocks_in_window: bool,
+    layouts: &[super::flash_tiled::TiledShape],
+) -> Vec<f32> {
+    use super::flash_tiled::tiled_forward;
     use super::flash_tiled_backward::{KvLaunches, tiled_backward_in};
     let dev = device();
-    let (b, h, hkv, t, s, d) = (2, 4, 2, 37, 40, 20);
-    let q = random_tensor(&dev, &[b, h, t, d], DType::F32, 21, 1.0);
-    let k = random_tensor(&dev, &[b, hkv, s, d], DType::F32, 22, 1.0);
-    let v = random_tensor(&dev, &[b, hkv, s, d], DType::F32, 23, 1.0);
-    let dout = random_tensor(&dev, &[b, h, t, d], DType::F32, 24, 1.0);
-    let blocks: Vec<f32> = (0..b * s).map(|i| if (5..17).contains(&(i % s)) { 1.0 } else { 0.0 }).collect();
+    let Dims { b, h, hkv, t, s, d } = dims;
+    let q = random_tensor(&dev, &[b, h, t, d], DType::F32, seed, 1.0);
+    let k = random_tensor(&dev, &[b, hkv, s, d], DType::F32, seed + 1, 1.0);
+    let v = random_tensor(&dev, &[b, hkv, s, d], DType::F32, seed + 2, 1.0);
+    let dout = random_tensor(&dev, &[b, h, t, d], DType::F32, seed + 3, 1.0);
+    let blocks: Vec<f32> = (0..b * s).map(|i| if block.contains(&(i % s)) { 1.0 } else { 0.0 }).collect();
     let mut mask =
-        AttentionMask::sliding(23).with_blocks(Tensor::from_f32(&dev, &blocks, &[b, s], DType::F32).unwrap());
+        AttentionMask::sliding(window).with_blocks(Tensor::from_f32(&dev, &blocks, &[b, s], DType::F32).unwrap());
+    if blocks_in_window {
+        mask = mask.with_blocks_in_window();
+    }
     mask.q_offset = s - t;
-    let scale = 0.3;
+    let scale = 1.0 / (d as f32).sqrt();
     let (of, sf) = attention_with(&q, &k, &v, scale, &mask, AttentionPath::Flash).unwrap();
     let gf = attention_backward(&q, &sf, &dout, scale).unwrap();
     let lse = sf.log_sum_exp().unwrap();
-    // Last, f32 tensors with their products in bf16 (as tensor cores would take them): within
-    // bf16's tolerance.
-    for (groups, units, bf16_products) in [(1, 1, false), (1, 2, false), (2, 2, false), (3, 1, false), (2, 1, true)] {
-        let tol = if bf16_products { DType::BF16.tol() } else { Tol { abs: 1e-5, rel: 1e-4 } };
-        let shape = TiledShape { groups, units, d, dp: 32, tensor_cores: false, bf16_products };
-        let what = |x: &str| format!("{x} with {groups} groups of {units} units, bf16 products {bf16_products}");
+    let mut offs = Vec::new();
+    for &shape in layouts {
+        let tol = if shape.bf16_products { DType::BF16.tol() } else { Tol { abs: 1e-5, rel: 1e-4 } };
+        let what = |x: &str| format!("{x} at d={d} in {shape:?}");
         let (ot, lt) = tiled_forward(&q, &k, &v, scale, &mask, shape).unwrap();
         assert_close(&what("out"), &host(&ot), &host(&of), tol);
         assert_close(&what("lse"), &host(&lt), &host(lse), tol);
-        let off = host(&ot).iter().zip(host(&of)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert_eq!(off > 1e-4, bf16_products, "{}: largest difference {off}", what("out"));
-        // dK and dV in one launch, and in one launch each (as wide heads run on a GPU).
+        offs.push(host(&ot).iter().zip(host(&of)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max));
         for kv in [KvLaunches::Together(shape), KvLaunches::Apart { keys: shape, values: shape }] {
             let what = |x: &str| format!("{} ({kv:?})", what(x));
             let g = tiled_backward_in(&q, &k, &v, &of, lse, &dout, scale, &mask, shape, kv).unwrap();
@@ -203,6 +211,33 @@ fn tiled_kernels_agree_with_the_cpu_shaped_ones_in_every_layout() {
             assert_close(&what("dk"), &host(&g.k), &host(&gf.k), tol);
             assert_close(&what("dv"), &host(&g.v), &host(&gf.v), tol);
         }
+    }
+    offs
+}
+
+#[test]
+fn tiled_kernels_agree_with_the_cpu_shaped_ones_in_every_layout() {
+    // Groups of one or several units, one to three groups a cube, a head dimension padded to a
+    // multiple of 16, grouped-query heads, queries after a cache, image blocks and a window.
+    // Last, f32 tensors with their products in bf16 (as tensor cores would take them): within
+    // bf16's tolerance, and measurably off the f32 products.
+    use super::flash_tiled::TiledShape;
+    let d = 20;
+    let layouts: Vec<TiledShape> = [(1, 1, false), (1, 2, false), (2, 2, false), (3, 1, false), (2, 1, true)]
+        .into_iter()
+        .map(|(groups, units, bf16_products)| TiledShape {
+            groups,
+            units,
+            d,
+            dp: 32,
+            tensor_cores: false,
+            bf16_products,
+        })
+        .collect();
+    let dims = Dims { b: 2, h: 4, hkv: 2, t: 37, s: 40, d };
+    let offs = tiled_against_flash(dims, 21, 5..17, 23, false, &layouts);
+    for (shape, off) in layouts.iter().zip(offs) {
+        assert_eq!(off > 1e-4, shape.bf16_products, "{shape:?}: largest difference {off}");
     }
 }
 
@@ -299,41 +334,15 @@ fn head_dim_512_matches_the_reference_on_every_path() {
         }
     }
     // The tiled kernels themselves at 512 (a GPU's layouts: one group of one or two units, f32
-    // products or bf16 ones), after a cache, with image blocks and a window, against the
+    // products or bf16 ones), after a cache, with image blocks inside a window, against the
     // CPU-shaped kernels.
-    use super::flash_tiled::{TiledShape, tiled_forward};
-    use super::flash_tiled_backward::{KvLaunches, tiled_backward_in};
-    let dev = device();
-    let (b, h, hkv, t, s, d) = (1, 2, 1, 18, 21, 512);
-    let q = random_tensor(&dev, &[b, h, t, d], DType::F32, 51, 1.0);
-    let k = random_tensor(&dev, &[b, hkv, s, d], DType::F32, 52, 1.0);
-    let v = random_tensor(&dev, &[b, hkv, s, d], DType::F32, 53, 1.0);
-    let dout = random_tensor(&dev, &[b, h, t, d], DType::F32, 54, 1.0);
-    let blocks: Vec<f32> = (0..b * s).map(|i| if (4..12).contains(&(i % s)) { 1.0 } else { 0.0 }).collect();
-    let mut mask = AttentionMask::sliding(6)
-        .with_blocks(Tensor::from_f32(&dev, &blocks, &[b, s], DType::F32).unwrap())
-        .with_blocks_in_window();
-    mask.q_offset = s - t;
-    let scale = 1.0 / (d as f32).sqrt();
-    let (of, sf) = attention_with(&q, &k, &v, scale, &mask, AttentionPath::Flash).unwrap();
-    let gf = attention_backward(&q, &sf, &dout, scale).unwrap();
-    let lse = sf.log_sum_exp().unwrap();
-    for (units, bf16_products) in [(1, false), (2, false), (1, true)] {
-        let tol = if bf16_products { DType::BF16.tol() } else { Tol { abs: 1e-5, rel: 1e-4 } };
-        let shape = TiledShape { groups: 1, units, d, dp: d, tensor_cores: false, bf16_products };
-        let what = |x: &str| format!("{x} at d=512 with {units} units, bf16 products {bf16_products}");
-        let (ot, lt) = tiled_forward(&q, &k, &v, scale, &mask, shape).unwrap();
-        assert_close(&what("out"), &host(&ot), &host(&of), tol);
-        assert_close(&what("lse"), &host(&lt), &host(lse), tol);
-        // dK and dV in one launch, and in one launch each (as wide heads run on a GPU).
-        for kv in [KvLaunches::Together(shape), KvLaunches::Apart { keys: shape, values: shape }] {
-            let what = |x: &str| format!("{} ({kv:?})", what(x));
-            let g = tiled_backward_in(&q, &k, &v, &of, lse, &dout, scale, &mask, shape, kv).unwrap();
-            assert_close(&what("dq"), &host(&g.q), &host(&gf.q), tol);
-            assert_close(&what("dk"), &host(&g.k), &host(&gf.k), tol);
-            assert_close(&what("dv"), &host(&g.v), &host(&gf.v), tol);
-        }
-    }
+    use super::flash_tiled::TiledShape;
+    let d = 512;
+    let layouts: Vec<TiledShape> = [(1, false), (2, false), (1, true)]
+        .into_iter()
+        .map(|(units, bf16_products)| TiledShape { groups: 1, units, d, dp: d, tensor_cores: false, bf16_products })
+        .collect();
+    tiled_against_flash(Dims { b: 1, h: 2, hkv: 1, t: 18, s: 21, d }, 51, 4..12, 6, true, &layouts);
 }
 
 #[test]
