@@ -285,17 +285,15 @@ impl AdapterHost for Gemma4ForConditionalGeneration {
         Naming { part_of, peft_path }
     }
 
-    /// The vision tower's clipped linears (their inner linear) and every decoder linear.
+    /// Every linear PEFT's `all-linear` adapts: the vision tower's (its patch projection, the
+    /// clipped linears' inner linear, the embedder's projection), the E-series' per-layer-input
+    /// projection and every decoder linear; not the tied head.
     fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut v: Vec<&mut Linear> = Vec::new();
         if let Some(vision) = &mut self.vision {
-            for l in vision.layers_mut() {
-                v.extend(l.linears_mut().into_iter().map(|c| c.linear_mut()));
-            }
+            v.extend(vision.linears_mut());
         }
-        for l in self.text.layers_mut() {
-            v.extend(l.linears_mut());
-        }
+        v.extend(self.text.linears_mut());
         v
     }
 }

@@ -144,18 +144,19 @@ fn image_tokens_without_their_images_and_unsupported_modalities_are_clear_errors
     assert!(e.contains("row 1, position 6 is the video soft token"), "{e}");
 }
 
-#[test]
-fn peft_adapter_gives_peft_logits_loss_and_gradients_on_both_towers() {
-    // The fixture's PEFT 0.21 adapter targets the vision tower's clipped linears by their inner
-    // `.linear` and every decoder projection; the base is frozen.
+/// The PEFT 0.21 adapter in `adapter` loaded into each fixture gives PEFT's logits, loss and
+/// gradient of every adapter tensor on `case`; returns the vision tower's adapter tensors per
+/// fixture.
+fn adapter_matches_peft(adapter: &str, case: &str) -> Vec<usize> {
     let dev = Device::from_env_or_cpu().unwrap();
+    let mut visions = Vec::new();
     for kind in ["dense", "e"] {
         let mut model =
             Gemma4ForConditionalGeneration::open(fixture(kind).join("model"), &dev, &OpenOptions::default()).unwrap();
         let adapted =
-            lapidary_lora::load_peft_adapter_into(&fixture(kind).join("adapter"), &mut model, &dev, Trainable::Yes)
+            lapidary_lora::load_peft_adapter_into(&fixture(kind).join(adapter), &mut model, &dev, Trainable::Yes)
                 .unwrap();
-        let path = fixture(kind).join("cases/adapter_two_images_and_padded_text_row.safetensors");
+        let path = fixture(kind).join("cases").join(format!("{case}.safetensors"));
         let (batch, f) = (Batch::read(&path, &dev).unwrap(), SafetensorsFiles::open(&path).unwrap());
         let out = model.forward(&batch, &ForwardOptions::default()).unwrap();
         let vocab = model.vocab_size();
@@ -166,15 +167,15 @@ fn peft_adapter_gives_peft_logits_loss_and_gradients_on_both_towers() {
         let loss = out.loss.unwrap();
         let (want_loss, _) = f.load_f32("loss").unwrap();
         let got_loss = loss.value().to_f32_vec().unwrap()[0];
-        assert!(e_logits < 1e-4, "{kind}: adapter logits: relative error {e_logits:e}");
-        assert!(((got_loss - want_loss[0]) / want_loss[0]).abs() < 1e-5, "{kind}: adapter loss {got_loss}");
+        assert!(e_logits < 1e-4, "{kind} {adapter}: logits: relative error {e_logits:e}");
+        assert!(((got_loss - want_loss[0]) / want_loss[0]).abs() < 1e-5, "{kind} {adapter}: loss {got_loss}");
         let (grads, _) = model.tape().backward(&loss).unwrap();
         let mut worst = 0f64;
         let mut vision = 0;
         for (name, g) in grads.named() {
             let (want, _) = f.load_f32(&format!("grad.{name}")).unwrap_or_else(|e| panic!("{kind}: {e}"));
             let e = rel_err(&g.to_f32_vec().unwrap(), &want);
-            assert!(e < 1e-4, "{kind}: gradient of {name}: relative error {e:e}");
+            assert!(e < 1e-4, "{kind} {adapter}: gradient of {name}: relative error {e:e}");
             worst = worst.max(e);
             vision += usize::from(name.contains("vision_tower"));
         }
@@ -182,8 +183,28 @@ fn peft_adapter_gives_peft_logits_loss_and_gradients_on_both_towers() {
         assert_eq!((grads.len(), 2 * adapted), (reference, reference), "{kind}: every adapter tensor, and only those");
         assert!(vision > 0, "{kind}: the vision tower's adapters get gradients");
         eprintln!(
-            "{kind} adapter: {adapted} linears ({vision} vision tensors), logits {e_logits:.1e}, worst gradient {worst:.1e}"
+            "{kind} {adapter}: {adapted} linears ({vision} vision tensors), logits {e_logits:.1e}, worst gradient {worst:.1e}"
         );
+        visions.push(vision);
+    }
+    visions
+}
+
+#[test]
+fn peft_adapter_gives_peft_logits_loss_and_gradients_on_both_towers() {
+    // The fixture's PEFT 0.21 adapter targets the vision tower's clipped linears by their inner
+    // `.linear` and every decoder projection; the base is frozen.
+    adapter_matches_peft("adapter", "adapter_two_images_and_padded_text_row");
+}
+
+#[test]
+fn peft_all_linear_adapter_loads_with_peft_logits_and_gradients() {
+    // `target_modules="all-linear"`, as TRL and Unsloth pass it: PEFT also adapts the patch
+    // projection, the embedder's projection and (E-series) the per-layer-input projection.
+    let visions = adapter_matches_peft("adapter-all-linear", "adapter_all_linear_two_images_and_padded_text_row");
+    let layers_only = adapter_matches_peft("adapter", "adapter_two_images_and_padded_text_row");
+    for (all, layers) in visions.iter().zip(layers_only) {
+        assert_eq!(*all, layers + 2, "the patch projection's A and B besides the layers'");
     }
 }
 

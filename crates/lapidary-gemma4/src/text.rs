@@ -113,9 +113,14 @@ impl Gemma4TextModel {
         &mut self.layers
     }
 
-    /// The per-layer embedding's projection (E-series), to attach an adapter to.
-    pub fn per_layer_projection_mut(&mut self) -> Option<&mut Linear> {
-        self.per_layer.as_mut().map(|p| &mut p.projection)
+    /// Every linear, to attach adapters to: the per-layer embedding's projection (E-series),
+    /// then each layer's.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v: Vec<&mut Linear> = self.per_layer.as_mut().map(|p| &mut p.projection).into_iter().collect();
+        for l in &mut self.layers {
+            v.extend(l.linears_mut());
+        }
+        v
     }
 
     /// Token embeddings `[ids.len(), hidden]`, scaled by `sqrt(hidden)`. `ids` hold no image

@@ -284,6 +284,18 @@ impl Gemma4VisionModel {
         &mut self.layers
     }
 
+    /// Every linear, to attach adapters to, in PEFT's `all-linear` order: the patch projection,
+    /// the layers' clipped linears (their inner linear, the one PEFT adapts), the embedder's
+    /// projection into the text width.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut v = vec![&mut self.input_proj];
+        for l in &mut self.layers {
+            v.extend(l.linears_mut().into_iter().map(|c| c.linear_mut()));
+        }
+        v.push(&mut self.embedding_projection);
+        v
+    }
+
     /// Soft tokens in the text width, `[kept slots of every image, text_hidden]` in image order,
     /// of `pixels: [images, patches, 3·p·p]` at `positions` (`[images, patches, 2]` as x, y;
     /// (-1, -1) on padding). Also returns the slots kept per image.
