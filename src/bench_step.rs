@@ -108,6 +108,7 @@ impl BenchStepReport {
             "peak_reserved_bytes": self.reserved_bytes,
             "peak_rss_bytes": self.peak_rss_bytes,
             "profile": self.profile.as_ref().map(PassProfile::to_json),
+            "cpu_matmul_blocking": device.is_cpu().then(cpu_matmul_blocking),
         })
         .to_string()
     }
@@ -147,6 +148,9 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
     device.release_memory()?;
     let loaded_bytes = device.memory().in_use;
     eprintln!("bench-step: loaded in {load_s:.1} s, {trainable} adapter values, {loaded_bytes} bytes on {device}");
+    if device.is_cpu() {
+        eprintln!("bench-step: matmul on this CPU: {}", cpu_matmul_blocking());
+    }
     let opts_bw = BackwardOptions::default();
     let (mut first_loss, mut last_loss) = (f32::NAN, f32::NAN);
     let mut step_s = Vec::with_capacity(opts.steps);
@@ -208,6 +212,12 @@ pub fn run(model_dir: &Path, batch_path: &Path, opts: &BenchStepOptions, device:
         peak_rss_bytes: peak_rss_bytes(),
         profile,
     })
+}
+
+/// The CPU register matmul's blocking on this CPU and where its cache sizes came from.
+pub fn cpu_matmul_blocking() -> String {
+    let (blocking, source) = crate::kernels::matmul::CpuBlocking::current();
+    format!("{blocking} (caches: {source})")
 }
 
 /// `VmHWM` of `/proc/self/status`, in bytes.

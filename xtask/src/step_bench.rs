@@ -130,6 +130,9 @@ pub fn run() -> Result<(), String> {
         report.push(serde_json::json!({ "shape": name, "load": load.label(), "lapidary": ours, "hf_peft": theirs }));
     }
     println!("(ratio: lapidary's median step time over HF + PEFT's; below 1 is faster. MB: peak resident memory.)");
+    if let Some(blocking) = rows.first().and_then(|(_, _, ours, _)| ours["cpu_matmul_blocking"].as_str()) {
+        println!("lapidary's matmul on this CPU: {blocking}");
+    }
     println!("\nSlowdown beside one busy process (busy step time over alone):");
     println!("{:<48} {:>10} {:>10}", "shape", "lapidary", "HF+PEFT");
     for s in &shapes {

@@ -21,6 +21,7 @@
 //! dependencies `opt-level = 3` in the dev profile, or kernels crawl. With `--features cuda`
 //! (on `lapidary-core`) kernels also run on NVIDIA GPUs.
 
+pub mod cpu;
 mod device;
 pub mod jit_builtins;
 mod kernel_failure;

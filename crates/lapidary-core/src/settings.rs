@@ -1,8 +1,8 @@
 //! [`Settings`]: the process-wide choices of how kernels run — the attention path, whether fused
 //! attention stages f32 products in bf16, CPU launch pacing, how many threads a CPU kernel runs
-//! on — decided in one place: read once from the environment ([`Settings::from_env`]:
-//! `LAPIDARY_ATTENTION`, `LAPIDARY_ATTENTION_PRODUCTS`, `LAPIDARY_CPU_PACING`,
-//! `LAPIDARY_THREADS`), or set by a program
+//! on, the CPU caches its blocking is sized for — decided in one place: read once from the
+//! environment ([`Settings::from_env`]: `LAPIDARY_ATTENTION`, `LAPIDARY_ATTENTION_PRODUCTS`,
+//! `LAPIDARY_CPU_PACING`, `LAPIDARY_THREADS`, `LAPIDARY_CPU_CACHES`), or set by a program
 //! ([`set_settings`]) before its first kernel. The kernels ask [`settings`]; nothing else reads
 //! these variables. Not the device choice (`Device::from_env`).
 
@@ -50,6 +50,9 @@ pub struct Settings {
     /// On the CPU runtime, the most units (threads) one kernel runs on; `None`: one per logical
     /// CPU this process may use (its affinity mask and cgroup CPU quota). Never more than that.
     pub cpu_threads: Option<usize>,
+    /// On the CPU runtime, the caches kernels size their blocking for; `None`: the running
+    /// CPU's ([`crate::cpu::caches`]).
+    pub cpu_caches: Option<crate::cpu::CpuCaches>,
 }
 
 impl Default for Settings {
@@ -59,13 +62,15 @@ impl Default for Settings {
             attention_products: AttentionProducts::AsStored,
             cpu_pacing: true,
             cpu_threads: None,
+            cpu_caches: None,
         }
     }
 }
 
 impl Settings {
     /// The defaults, changed by `LAPIDARY_ATTENTION=flash|tiled|materialized`,
-    /// `LAPIDARY_ATTENTION_PRODUCTS=bf16`, `LAPIDARY_CPU_PACING=0` and `LAPIDARY_THREADS=N`. An
+    /// `LAPIDARY_ATTENTION_PRODUCTS=bf16`, `LAPIDARY_CPU_PACING=0`, `LAPIDARY_THREADS=N` and
+    /// `LAPIDARY_CPU_CACHES=l1d=32K,l2=512K`. An
     /// unknown value is an error naming the variable and the values it takes.
     pub fn from_env() -> crate::Result<Self> {
         Self::from_vars(|name| std::env::var(name).ok())
@@ -105,6 +110,12 @@ impl Settings {
                 Ok(n) if n > 0 => Some(n),
                 _ => return Err(bad("LAPIDARY_THREADS", v.trim(), "a positive number of threads")),
             };
+        }
+        if let Some(v) = var("LAPIDARY_CPU_CACHES").filter(|v| !v.trim().is_empty()) {
+            s.cpu_caches = Some(
+                crate::cpu::CpuCaches::parse(&v)
+                    .map_err(|e| crate::Error::invalid(format!("LAPIDARY_CPU_CACHES={:?}: {e}", v.trim())))?,
+            );
         }
         Ok(s)
     }
@@ -147,6 +158,7 @@ mod tests {
             ("LAPIDARY_ATTENTION_PRODUCTS", "bf16"),
             ("LAPIDARY_CPU_PACING", "0"),
             ("LAPIDARY_THREADS", "3"),
+            ("LAPIDARY_CPU_CACHES", "l1d=32K,l2=512K"),
         ]))
         .unwrap();
         assert_eq!(
@@ -156,12 +168,15 @@ mod tests {
                 attention_products: AttentionProducts::Bf16,
                 cpu_pacing: false,
                 cpu_threads: Some(3),
+                cpu_caches: Some(crate::cpu::CpuCaches { l1d: 32 << 10, l2: 512 << 10 }),
             }
         );
         let e = Settings::from_vars(vars(&[("LAPIDARY_ATTENTION", "fast")])).unwrap_err().to_string();
         assert!(e.contains("LAPIDARY_ATTENTION") && e.contains("\"fast\"") && e.contains("materialized"), "{e}");
         let e = Settings::from_vars(vars(&[("LAPIDARY_CPU_PACING", "no")])).unwrap_err().to_string();
         assert!(e.contains("LAPIDARY_CPU_PACING"), "{e}");
+        let e = Settings::from_vars(vars(&[("LAPIDARY_CPU_CACHES", "l1d=32K")])).unwrap_err().to_string();
+        assert!(e.contains("LAPIDARY_CPU_CACHES") && e.contains("l2"), "{e}");
         for bad in ["0", "-1", "two"] {
             let e = Settings::from_vars(move |name: &str| (name == "LAPIDARY_THREADS").then(|| bad.to_string()))
                 .unwrap_err()

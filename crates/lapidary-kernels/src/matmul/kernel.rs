@@ -6,7 +6,8 @@
 //! (`[K, N]`, rows N apart) or packed in panels (`pack.rs`: a transposed B, and a large one);
 //! a B used for several products can be packed once ([`PreparedB`]). Units step through tiles
 //! grid-stride, rows fastest, so one unit's consecutive tiles reuse the same panel of B from
-//! cache; a long K is walked in blocks, all tiles taking one block before the next.
+//! cache; K is walked in blocks sized from the CPU's caches (`blocking.rs`), all tiles taking
+//! one block before the next.
 
 use super::transpose;
 use super::{Layout, Needs};
@@ -15,8 +16,8 @@ use cubecl::prelude::*;
 use lapidary_core::{Error, Result, Tensor, launch};
 
 /// Super-block of tiles (in 8-row x 2-vector tiles): 64 rows x 16 vectors of C.
-const SB_M: usize = 8;
-const SB_N: usize = 8;
+const SB_M: usize = super::blocking::SUPER_ROWS;
+const SB_N: usize = super::blocking::SUPER_COLS;
 /// Shortest K read in place by the `A · Bᵀ` kernel.
 const NT_MIN_K: usize = 64;
 /// Fewest rows of A for which packing B pays: below, `A · Bᵀ` reads B in place.
@@ -26,9 +27,9 @@ const PACK_MIN_M: usize = 32;
 const PACK_MIN_B: usize = if cfg!(test) { 1 << 12 } else { 1 << 20 };
 /// Below this K, a transposed B's gradient is taken as the transpose of `Aᵀ · dC` (CPU).
 const SHORT_K: usize = 32;
-/// Longest K walked in one block (beyond, f32 products take K in blocks of 512, which keeps an
-/// unpacked B in cache too).
-const K_BLOCKED: usize = 4096;
+/// Longest K for which a large B that is not transposed is packed; beyond, B is read in place
+/// (each block of K reads only its rows of B).
+const PACK_MAX_K: usize = 4096;
 
 // Kernel code: `div_ceil` is not in the cube language.
 #[allow(clippy::manual_div_ceil)]
@@ -61,10 +62,11 @@ fn matmul_kernel<F: Float, N: Size>(
     let per_sb = SB_M * SB_N;
     let total = batches * sb_rows * sb_cols * per_sb;
     let stride = CUBE_DIM as usize * CUBE_COUNT;
-    // K is walked in blocks of `k_block` (all of it at once unless K is long): every tile takes
-    // one block, then the next, so a block of A and B stays in cache while all tiles use it. A
-    // tile's partial sums wait in C between blocks (f32 C only: the caller passes k_block = k
-    // otherwise, so a 16-bit C is never rounded midway).
+    // K is walked in blocks of `k_block` (`blocking.rs`): every tile takes one block, then the
+    // next, so a block of A and B stays in cache while all tiles use it, and B is read from
+    // memory once whatever M (a tile's partial sums wait in C between blocks, C swept once per
+    // block, as BLIS's loop order does). f32 C only: the caller passes k_block = k otherwise, so
+    // a 16-bit C is never rounded midway.
     let mut k0 = 0;
     while k0 < k {
         let k1 = min(k0 + k_block, k);
@@ -509,14 +511,17 @@ fn matmul_impl(
 /// packing pass is the transpose), and for a large B (4 MiB of f32 or more) once A has enough
 /// rows to reuse it; a small B is read in place from cache.
 fn pack_mode(m: usize, k: usize, n: usize, trans_b: bool) -> bool {
-    trans_b || (m >= PACK_MIN_M && k * n >= PACK_MIN_B && k <= K_BLOCKED)
+    trans_b || (m >= PACK_MIN_M && k * n >= PACK_MIN_B && k <= PACK_MAX_K)
 }
 
-/// Block of K walked by all tiles before the next: long products (K beyond 4,096, such as a
-/// vocabulary-sized K) in blocks of 512 so each block's rows of A and B stay in cache, with f32
-/// partial sums kept in C between blocks; everything else in one block.
+/// Block of K walked by all tiles before the next: from the running CPU's caches
+/// ([`super::CpuBlocking`], decided once per process unless the settings change it).
 fn k_block(k: usize, dtype: lapidary_core::DType) -> usize {
-    if dtype == lapidary_core::DType::F32 && k > K_BLOCKED { 512 } else { k.max(1) }
+    #[cfg(test)]
+    if let Some(block) = tests::K_BLOCK.with(|b| b.get()) {
+        return super::CpuBlocking { k_block: block, ..super::CpuBlocking::current().0 }.k_block_for(k, dtype);
+    }
+    super::CpuBlocking::current().0.k_block_for(k, dtype)
 }
 
 /// Gradients of [`matmul`] with respect to its inputs.
@@ -734,14 +739,49 @@ mod tests {
         assert!(e.unwrap_err().to_string().contains("matmul_add: addend"));
     }
 
+    thread_local! {
+        /// A block of K this thread's products use instead of the CPU's (`k_block`).
+        pub(super) static K_BLOCK: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+
     #[test]
     fn long_k_walked_in_blocks() {
-        // K beyond 4,096 (a vocabulary-sized product): f32 walks K in blocks with partial sums
-        // kept in C — a last block shorter than the others, edges in M and N, the bias added
-        // once, A transposed (a head's weight gradient) or not; bf16 in one block.
+        // K beyond the CPU's block (a vocabulary-sized product): f32 walks K in blocks with
+        // partial sums kept in C — a last block shorter than the others, edges in M and N, the
+        // bias added once, A transposed (a head's weight gradient) or not; bf16 in one block.
         check(2, 11, 4100, 24, false, false, false, true, DType::F32, 21);
         check(1, 9, 5000, 33, true, false, true, true, DType::F32, 22);
         check(1, 3, 4611, 16, false, false, true, false, DType::BF16, 23);
+    }
+
+    #[test]
+    fn any_block_of_k_gives_the_same_bits() {
+        // The block is the CPU's choice, so it must not change the result: every element is
+        // summed in K's order whatever the block (f32 partial sums wait in C exactly).
+        let dev = device();
+        for (m, k, n, ta, tb, bias, seed) in [
+            (37, 700, 72, false, false, true, 61),
+            (40, 1000, 48, true, false, false, 62),
+            (33, 520, 96, false, true, true, 63),
+            (9, 600, 40, false, false, false, 64),
+        ] {
+            let (a_shape, b_shape) = (if ta { [k, m] } else { [m, k] }, if tb { [n, k] } else { [k, n] });
+            let a = random_tensor(&dev, &a_shape, DType::F32, seed, 1.0);
+            let b = random_tensor(&dev, &b_shape, DType::F32, seed + 100, 1.0);
+            let bias = bias.then(|| random_tensor(&dev, &[n], DType::F32, seed + 200, 1.0));
+            let product = |block: usize| {
+                K_BLOCK.with(|b| b.set(Some(block)));
+                let c = super::matmul(&a, &b, bias.as_ref(), Layout::new(ta, tb)).unwrap().to_f32_vec().unwrap();
+                K_BLOCK.with(|b| b.set(None));
+                c
+            };
+            let whole = product(k);
+            for block in [64, 160, 256] {
+                let blocked = product(block);
+                let differ = whole.iter().zip(&blocked).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+                assert_eq!(differ, 0, "m{m} k{k} n{n} ta{ta} tb{tb}: block {block} changed {differ} values");
+            }
+        }
     }
 
     #[test]

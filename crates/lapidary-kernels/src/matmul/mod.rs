@@ -27,9 +27,11 @@
 //! ```
 
 pub mod accelerated;
+mod blocking;
 mod kernel;
 mod layout;
 pub use accelerated::matmul_mixed;
+pub use blocking::CpuBlocking;
 mod nt;
 mod pack;
 pub mod reference;
