@@ -4,7 +4,7 @@
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use lapidary::core::Device;
-use lapidary::train::{BaseFormat, Method, Schedule, TrainConfig};
+use lapidary::train::{BaseFormat, Method, ReportTo, Schedule, TrainConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -326,6 +326,10 @@ struct TrainArgs {
     /// in the output directory.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
     resume: Option<PathBuf>,
+    /// Also write the logged figures as TensorBoard event files under <output-dir>/runs
+    /// (`tensorboard`), or not (`none`).
+    #[arg(long)]
+    report_to: Option<ReportTo>,
 }
 
 impl TrainArgs {
@@ -352,7 +356,7 @@ impl TrainArgs {
         set!(learning_rate, weight_decay, warmup_steps, max_steps, num_epochs, micro_batch_size, grad_accum_steps);
         set!(max_grad_norm, max_len, responses_only, skip_bad_rows, gradient_checkpointing, seed, eval_every);
         set!(save_every, log_every, overwrite_output_dir, packing, method, base_format, lr_scheduler);
-        set!(adam_beta1, adam_beta2, adam_epsilon);
+        set!(adam_beta1, adam_beta2, adam_epsilon, report_to);
         if self.eval_data.is_some() {
             c.eval_data = self.eval_data.clone();
         }

@@ -14,6 +14,7 @@ mod param_names;
 mod processor;
 mod processor_gemma4;
 mod qlora;
+mod tensorboard;
 mod training;
 
 pub use lapidary::repo_path;

@@ -58,6 +58,18 @@ pub enum Schedule {
     Constant,
 }
 
+/// Where the run's figures go besides `metrics.jsonl` and `loss.png` (HF's `report_to`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum ReportTo {
+    /// Nowhere else.
+    #[default]
+    None,
+    /// TensorBoard event files under `<output_dir>/runs/` (`tensorboard --logdir <output_dir>`).
+    Tensorboard,
+}
+
 /// Everything a training run needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -147,6 +159,8 @@ pub struct TrainConfig {
     /// A fresh run in an output directory that holds an earlier run's checkpoints, final weights
     /// or metrics removes them; without this it is refused.
     pub overwrite_output_dir: bool,
+    /// Also write the logged figures as TensorBoard event files (`tensorboard`) or not (`none`).
+    pub report_to: ReportTo,
 }
 
 impl Default for TrainConfig {
@@ -191,6 +205,7 @@ impl Default for TrainConfig {
             eval_every: 0,
             save_every: 0,
             overwrite_output_dir: false,
+            report_to: ReportTo::None,
         }
     }
 }

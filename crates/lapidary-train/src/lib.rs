@@ -25,7 +25,8 @@ pub mod metrics;
 pub mod optimizer;
 pub mod plot;
 pub mod schedule;
+pub mod tensorboard;
 pub mod trainer;
 
-pub use config::{BaseFormat, Method, Schedule, TrainConfig};
+pub use config::{BaseFormat, Method, ReportTo, Schedule, TrainConfig};
 pub use trainer::{Gradients, RowCounts, RunSummary, StepStats, Trainer};

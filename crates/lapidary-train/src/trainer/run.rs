@@ -1,9 +1,10 @@
-//! [`Trainer::run`]: the loop to the end — progress bar, `metrics.jsonl`, held-out loss,
-//! checkpoints, the final adapter or weights swapped in whole, and `loss.png`; a fresh run refuses
+//! [`Trainer::run`]: the loop to the end — progress bar, `metrics.jsonl` (and TensorBoard event
+//! files when asked), held-out loss, checkpoints, the final adapter or weights swapped in whole, and `loss.png`; a fresh run refuses
 //! (or with overwrite clears) an output directory holding an earlier run. Not a step (`step`).
 
 use super::Trainer;
 use crate::metrics;
+use crate::tensorboard::EventWriter;
 use indicatif::ProgressDrawTarget;
 use lapidary_core::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -21,9 +22,18 @@ impl Trainer {
         } else {
             metrics::truncate_after(&metrics_path, self.state.step)?;
         }
+        let mut events = match self.cfg.report_to {
+            crate::ReportTo::Tensorboard => {
+                Some(EventWriter::create(&out.join("runs"), (self.state.step > 0).then_some(self.state.step + 1))?)
+            }
+            crate::ReportTo::None => None,
+        };
         let eval_before = if self.state.step == 0 && !self.eval.is_empty() {
             let l = self.eval_loss()?;
             metrics::append(&metrics_path, &serde_json::json!({"step": 0, "eval_loss": l}))?;
+            if let Some(w) = events.as_mut() {
+                w.scalars(0, &[("eval/loss", l)])?;
+            }
             Some(l)
         } else {
             None
@@ -65,10 +75,26 @@ impl Trainer {
                         "rss_mib": metrics::resident_mib(),
                     }),
                 )?;
+                if let Some(w) = events.as_mut() {
+                    let mut scalars = vec![
+                        ("train/loss", s.loss),
+                        ("train/learning_rate", s.lr as f64),
+                        ("train/grad_norm", s.grad_norm as f64),
+                        ("train/epoch", self.state.epoch as f64),
+                        ("train/tokens_per_s", tps),
+                        ("train/padding", s.padding_fraction()),
+                        ("train/label_tokens", s.label_tokens as f64),
+                    ];
+                    scalars.extend(metrics::resident_mib().map(|m| ("train/memory_mib", m)));
+                    w.scalars(s.step, &scalars)?;
+                }
             }
             if eval {
                 let l = self.eval_loss()?;
                 metrics::append(&metrics_path, &serde_json::json!({"step": step, "eval_loss": l}))?;
+                if let Some(w) = events.as_mut() {
+                    w.scalars(step, &[("eval/loss", l)])?;
+                }
                 bar.println(format!("step {step}: held-out loss {l:.4}"));
             }
             if save {
@@ -114,7 +140,8 @@ pub struct RunSummary {
     pub output: PathBuf,
 }
 
-/// What an earlier run leaves in an output directory: checkpoints, the final weights, metrics.
+/// What an earlier run leaves in an output directory: checkpoints, the final weights, metrics
+/// (TensorBoard's event files included).
 fn earlier_run_files(out: &Path) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(out) else { return Ok(found) };
@@ -122,7 +149,7 @@ fn earlier_run_files(out: &Path) -> Result<Vec<PathBuf>> {
         let e = e.map_err(|err| Error::io(out, err))?;
         let name = e.file_name().to_string_lossy().into_owned();
         let prefixes = ["checkpoint-", ".checkpoint-", ".final."];
-        if ["final", "metrics.jsonl", "loss.png"].contains(&name.as_str())
+        if ["final", "metrics.jsonl", "loss.png", "runs"].contains(&name.as_str())
             || prefixes.iter().any(|p| name.starts_with(p))
         {
             found.push(e.path());
