@@ -133,6 +133,18 @@ fn bad_rows_name_file_and_line_or_are_skipped_and_reported() {
         assert_eq!((ds.len(), ds.skipped.len(), ds.skipped[0].line), (2, 1, 3), "case {k}");
         assert!(ds.skipped_report().contains(why));
     }
+    // A line that is not UTF-8 (Latin-1 text) is a bad row named by its line, not a failure to
+    // read the whole file; Windows line ends are read as line ends.
+    let latin1 = good.replace("A dot.", "Un caf\u{e9}.").replace('\u{e9}', "\u{1}");
+    let mut bytes = format!("{good}\r\n\r\n").into_bytes();
+    bytes.extend(latin1.as_bytes().iter().map(|&b| if b == 1 { 0xe9 } else { b }));
+    bytes.extend(format!("\r\n{good}\r\n").into_bytes());
+    let path = tmp.path().join("latin1.jsonl");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Dataset::load(&path, &p, &EncodeOptions::default(), OnBadRow::Error).unwrap_err().to_string();
+    assert!(err.contains("latin1.jsonl:3:") && err.contains("not UTF-8") && err.contains("column 143"), "{err}");
+    let ds = Dataset::load(&path, &p, &EncodeOptions::default(), OnBadRow::Skip).unwrap();
+    assert_eq!((ds.len(), ds.skipped.len(), ds.skipped[0].line), (2, 1, 3));
 }
 
 #[test]
@@ -169,6 +181,12 @@ fn truncation_never_cuts_an_image_block() {
     let cut = Dataset::load(&path, &p, &opts, OnBadRow::Error).unwrap();
     assert_eq!(cut.examples[0].input_ids[..], full.examples[0].input_ids[..len - 3]);
     assert_eq!(cut.examples[0].labels.len(), len - 3);
+    // And counted: the row, its length before the cut, a report naming both.
+    assert_eq!((full.cut_rows(), full.cut_report(opts.max_len)), (vec![], String::new()));
+    assert_eq!(cut.cut_rows(), [(1, len)]);
+    let report = cut.cut_report(opts.max_len);
+    assert!(report.contains(&format!("1 of 1 rows longer than max_len {}", len - 3)), "{report}");
+    assert!(report.contains(&format!("longest {len} tokens; line 1)")), "{report}");
     // Cutting into the image block is an error, or a counted skip.
     let opts = EncodeOptions { max_len: eoi, ..Default::default() };
     let err = Dataset::load(&path, &p, &opts, OnBadRow::Error).unwrap_err().to_string();

@@ -41,17 +41,25 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Reads and encodes a JSONL file. Blank lines are ignored.
+    /// Reads and encodes a JSONL file. Blank lines are ignored; a line that is not UTF-8 is a
+    /// bad row like any other (an error naming its line, or skipped).
     pub fn load(path: &Path, processor: &Processor, opts: &EncodeOptions, on_bad: OnBadRow) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let mut ds = Dataset { path: path.to_path_buf(), examples: Vec::new(), lines: Vec::new(), skipped: Vec::new() };
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
+        for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            let line = std::str::from_utf8(raw).map_err(|e| {
+                format!("not UTF-8 text (invalid byte at column {}); JSONL files are UTF-8", e.valid_up_to() + 1)
+            });
+            if line.as_ref().is_ok_and(|l| l.trim().is_empty()) {
                 continue;
             }
-            let row = serde_json::from_str::<Conversation>(line)
-                .map_err(|e| format!("not a conversation ({{\"messages\": [...]}}): {e}"))
+            let row = line
+                .and_then(|line| {
+                    serde_json::from_str::<Conversation>(line)
+                        .map_err(|e| format!("not a conversation ({{\"messages\": [...]}}): {e}"))
+                })
                 .and_then(|conv| processor.encode(&conv, base, opts));
             match row {
                 Ok(ex) => {
@@ -90,5 +98,31 @@ impl Dataset {
     /// A printable summary of the skipped rows (empty when none).
     pub fn skipped_report(&self) -> String {
         self.skipped.iter().map(|s| format!("{}:{}: skipped: {}\n", self.path.display(), s.line, s.reason)).collect()
+    }
+
+    /// The rows cut to `max_len` as `(line, tokens before the cut)`, in file order.
+    pub fn cut_rows(&self) -> Vec<(usize, usize)> {
+        self.examples.iter().zip(&self.lines).filter_map(|(ex, &line)| Some((line, ex.cut_from?))).collect()
+    }
+
+    /// A printable line on the rows cut to `max_len` (empty when none): how many, the longest,
+    /// the first lines.
+    pub fn cut_report(&self, max_len: usize) -> String {
+        let cut = self.cut_rows();
+        if cut.is_empty() {
+            return String::new();
+        }
+        let longest = cut.iter().map(|c| c.1).max().unwrap_or(0);
+        let lines: Vec<String> = cut.iter().take(5).map(|c| c.0.to_string()).collect();
+        format!(
+            "{}: {} of {} rows longer than max_len {max_len} were cut at the end (longest {longest} tokens; \
+             line{} {}{}); raise --max-len to keep them whole\n",
+            self.path.display(),
+            cut.len(),
+            self.examples.len(),
+            if cut.len() == 1 { "" } else { "s" },
+            lines.join(", "),
+            if cut.len() > lines.len() { ", ..." } else { "" },
+        )
     }
 }

@@ -103,6 +103,8 @@ pub struct Example {
     pub token_type_ids: Vec<u8>,
     /// The row's image files, in order.
     pub images: Vec<PathBuf>,
+    /// The row's length in tokens before it was cut to `max_len` (`None`: not cut).
+    pub cut_from: Option<usize>,
 }
 
 /// How rows are encoded.
@@ -411,6 +413,7 @@ impl Processor {
                 images.len()
             ));
         }
+        let cut_from = (input_ids.len() > opts.max_len).then_some(input_ids.len());
         if input_ids.len() > opts.max_len {
             let cut = &input_ids[opts.max_len..];
             if cut.iter().any(|&i| i == t.image_id || i == t.boi_id || i == t.eoi_id) {
@@ -427,7 +430,7 @@ impl Processor {
             return Err("no token to train on (no assistant turn, or it was cut off by max_len)".into());
         }
         let token_type_ids = input_ids.iter().map(|&i| u8::from(i == t.image_id)).collect();
-        Ok(Example { input_ids, labels, token_type_ids, images })
+        Ok(Example { input_ids, labels, token_type_ids, images, cut_from })
     }
 
     /// Encodes a prompt for generation (the format's generation prompt appended): ids and

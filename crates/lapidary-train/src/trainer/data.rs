@@ -8,16 +8,17 @@ use lapidary_core::rng::SplitMix64;
 use lapidary_data::{Collated, Dataset, EncodeOptions, Example, OnBadRow, Processor, collate, collate_packed};
 
 /// The training and held-out rows (`eval_data`, else `eval_fraction` of the data held out by a
-/// seeded shuffle) and the report of the rows skipped.
+/// seeded shuffle) and the report of the rows skipped or cut to `max_len`.
 pub(super) fn load_data(cfg: &TrainConfig, processor: &Processor) -> Result<(Vec<Example>, Vec<Example>, String)> {
     let enc = EncodeOptions { max_len: cfg.max_len, responses_only: cfg.responses_only };
     let on_bad = if cfg.skip_bad_rows { OnBadRow::Skip } else { OnBadRow::Error };
     let data = Dataset::load(&cfg.data, processor, &enc, on_bad)?;
-    let mut skipped = data.skipped_report();
+    let mut skipped = data.skipped_report() + &data.cut_report(cfg.max_len);
     let (train, eval) = match &cfg.eval_data {
         Some(path) => {
             let ev = Dataset::load(path, processor, &enc, on_bad)?;
             skipped.push_str(&ev.skipped_report());
+            skipped.push_str(&ev.cut_report(cfg.max_len));
             (data.examples, ev.examples)
         }
         None if cfg.eval_fraction > 0.0 && data.len() >= 2 => {

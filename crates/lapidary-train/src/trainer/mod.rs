@@ -185,7 +185,8 @@ impl Trainer {
         RowCounts { train: self.train.len(), held_out: self.eval.len() }
     }
 
-    /// Report of the rows skipped when loading (empty when none).
+    /// Report of the rows skipped, and of those cut to `max_len`, when loading (empty when
+    /// none).
     pub fn skipped_report(&self) -> &str {
         &self.skipped
     }
