@@ -155,7 +155,7 @@ impl Trainer {
 /// The settings that may change when a run resumes: where and how often it reports and saves,
 /// how long it runs, and gradient checkpointing (which gives bit-identical results). Every other
 /// setting defines the run, including any added later.
-const MAY_CHANGE_ON_RESUME: [&str; 8] = [
+const MAY_CHANGE_ON_RESUME: [&str; 9] = [
     "output_dir",
     "overwrite_output_dir",
     "max_steps",
@@ -163,6 +163,7 @@ const MAY_CHANGE_ON_RESUME: [&str; 8] = [
     "log_every",
     "eval_every",
     "save_every",
+    "report_to",
     "gradient_checkpointing",
 ];
 
@@ -207,7 +208,7 @@ mod resume_tests {
                 Some(u) => vec![json!(u + 1)],
                 None => vec![json!(n.as_f64().unwrap() * 0.5 + 0.125)],
             },
-            Value::String(s) => ["full", "lora", "cosine", "linear", "nf4", "bf16"]
+            Value::String(s) => ["full", "lora", "cosine", "linear", "nf4", "bf16", "tensorboard"]
                 .iter()
                 .map(|c| json!(c))
                 .chain([json!(format!("{s}-other"))])
