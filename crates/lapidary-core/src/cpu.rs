@@ -130,38 +130,36 @@ fn from_sysfs(dir: &std::path::Path) -> Option<CpuCaches> {
 #[cfg(target_arch = "x86_64")]
 fn from_cpuid() -> Option<CpuCaches> {
     use std::arch::x86_64::{__cpuid, __cpuid_count};
-    // SAFETY: CPUID exists on every x86-64 CPU; leaves past the reported maximum are not read.
-    unsafe {
-        let max_basic = __cpuid(0).eax;
-        let max_extended = __cpuid(0x8000_0000).eax;
-        let leaf = if max_extended >= 0x8000_001D && __cpuid_count(0x8000_001D, 0).eax & 0x1f != 0 {
-            0x8000_001D
-        } else if max_basic >= 4 {
-            4
-        } else {
-            return None;
-        };
-        let (mut l1d, mut l2) = (None, None);
-        for sub in 0..16 {
-            let r = __cpuid_count(leaf, sub);
-            let kind = r.eax & 0x1f;
-            if kind == 0 {
-                break;
-            }
-            let level = (r.eax >> 5) & 0x7;
-            let ways = ((r.ebx >> 22) & 0x3ff) as usize + 1;
-            let partitions = ((r.ebx >> 12) & 0x3ff) as usize + 1;
-            let line = (r.ebx & 0xfff) as usize + 1;
-            let sets = r.ecx as usize + 1;
-            let bytes = ways * partitions * line * sets;
-            match (level, kind) {
-                (1, 1) => l1d = Some(bytes),
-                (2, 1 | 3) => l2 = Some(bytes),
-                _ => {}
-            }
+    // Leaves past the reported maximum are not read.
+    let max_basic = __cpuid(0).eax;
+    let max_extended = __cpuid(0x8000_0000).eax;
+    let leaf = if max_extended >= 0x8000_001D && __cpuid_count(0x8000_001D, 0).eax & 0x1f != 0 {
+        0x8000_001D
+    } else if max_basic >= 4 {
+        4
+    } else {
+        return None;
+    };
+    let (mut l1d, mut l2) = (None, None);
+    for sub in 0..16 {
+        let r = __cpuid_count(leaf, sub);
+        let kind = r.eax & 0x1f;
+        if kind == 0 {
+            break;
         }
-        plausible(l1d?, l2?)
+        let level = (r.eax >> 5) & 0x7;
+        let ways = ((r.ebx >> 22) & 0x3ff) as usize + 1;
+        let partitions = ((r.ebx >> 12) & 0x3ff) as usize + 1;
+        let line = (r.ebx & 0xfff) as usize + 1;
+        let sets = r.ecx as usize + 1;
+        let bytes = ways * partitions * line * sets;
+        match (level, kind) {
+            (1, 1) => l1d = Some(bytes),
+            (2, 1 | 3) => l2 = Some(bytes),
+            _ => {}
+        }
     }
+    plausible(l1d?, l2?)
 }
 
 #[cfg(not(target_arch = "x86_64"))]
