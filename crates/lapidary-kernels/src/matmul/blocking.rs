@@ -120,7 +120,7 @@ mod tests {
         assert_eq!(b.k_block_for(0, DType::F32), 1);
         for k in 1..3000 {
             let kb = b.k_block_for(k, DType::F32);
-            assert!(kb == k || (kb <= b.k_block && kb % 16 == 0), "k {k}: {kb}");
+            assert!(kb == k || (kb <= b.k_block && kb.is_multiple_of(16)), "k {k}: {kb}");
             assert!(k.div_ceil(kb) == k.div_ceil(b.k_block), "k {k}: no more blocks than needed ({kb})");
         }
     }
