@@ -31,3 +31,17 @@ pub fn forward_options(
         ..Default::default()
     }
 }
+
+/// A test input fetched by a script rather than committed (`fetched_by`, e.g.
+/// `tools/gguf/fetch.sh`): the path when present; absent, the caller skips with a message,
+/// except under `CI=true`, where a missing input fails the test so CI cannot pass without it.
+pub(crate) fn fetched_input(path: std::path::PathBuf, fetched_by: &str) -> Option<std::path::PathBuf> {
+    if path.is_file() {
+        Some(path)
+    } else if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{} is absent and CI=true: CI must run the checks that need it ({fetched_by})", path.display());
+    } else {
+        eprintln!("skipped: {} is absent (run {fetched_by})", path.display());
+        None
+    }
+}

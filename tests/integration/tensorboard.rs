@@ -14,14 +14,7 @@ use std::path::{Path, PathBuf};
 /// The venv's Python with TensorBoard, if present (absent: skip, except under `CI=true`).
 fn reader_python() -> Option<PathBuf> {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tensorboard-venv/bin/python");
-    if python.is_file() {
-        Some(python)
-    } else if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{} is absent and CI=true: run tools/tensorboard/venv.sh", python.display());
-    } else {
-        eprintln!("skipped: {} is absent (run tools/tensorboard/venv.sh)", python.display());
-        None
-    }
+    crate::fetched_input(python, "tools/tensorboard/venv.sh")
 }
 
 /// Every scalar TensorBoard reads from a run directory: tag -> [(step, value)].

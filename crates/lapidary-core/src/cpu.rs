@@ -1,6 +1,7 @@
 //! The running CPU's per-core data caches, which the CPU runtime's kernels size their blocking
-//! from (lapidary-kernels' matmul walks K in blocks that keep a block of tiles in L2). Read once: Linux's `/sys/devices/system/cpu/cpu0/cache`, else CPUID
-//! (leaf 4 on Intel, 0x8000001D on AMD), else [`CpuCaches::FALLBACK`]; `LAPIDARY_CPU_CACHES`
+//! from (lapidary-kernels' matmul walks K in blocks that keep a block of tiles in L2). Read
+//! once: Linux's `/sys/devices/system/cpu/cpu0/cache`, else CPUID (leaf 4 on Intel, 0x8000001D
+//! on AMD), else [`CpuCaches::FALLBACK`]; `LAPIDARY_CPU_CACHES`
 //! (see [`crate::Settings`]) replaces what was read, for a machine that reports its caches wrong
 //! (virtual machines often do) or to see another CPU's choice. Not the vector width
 //! ([`crate::launch::cpu_register_lanes`]) and not the core count.
@@ -82,7 +83,7 @@ fn parse_size(text: &str) -> Option<usize> {
 }
 
 /// A size in KiB or MiB when it is a whole number of them.
-pub fn human(bytes: usize) -> String {
+fn human(bytes: usize) -> String {
     if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else if bytes.is_multiple_of(1024) {

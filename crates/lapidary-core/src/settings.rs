@@ -70,8 +70,8 @@ impl Default for Settings {
 impl Settings {
     /// The defaults, changed by `LAPIDARY_ATTENTION=flash|tiled|materialized`,
     /// `LAPIDARY_ATTENTION_PRODUCTS=bf16`, `LAPIDARY_CPU_PACING=0`, `LAPIDARY_THREADS=N` and
-    /// `LAPIDARY_CPU_CACHES=l1d=32K,l2=512K`. An
-    /// unknown value is an error naming the variable and the values it takes.
+    /// `LAPIDARY_CPU_CACHES=l1d=32K,l2=512K`. An unknown value is an error naming the variable
+    /// and the values it takes.
     pub fn from_env() -> crate::Result<Self> {
         Self::from_vars(|name| std::env::var(name).ok())
     }

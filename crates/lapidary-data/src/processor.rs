@@ -414,7 +414,7 @@ impl Processor {
             ));
         }
         let cut_from = (input_ids.len() > opts.max_len).then_some(input_ids.len());
-        if input_ids.len() > opts.max_len {
+        if cut_from.is_some() {
             let cut = &input_ids[opts.max_len..];
             if cut.iter().any(|&i| i == t.image_id || i == t.boi_id || i == t.eoi_id) {
                 return Err(format!(

@@ -1,6 +1,7 @@
 //! [`Trainer::run`]: the loop to the end — progress bar, `metrics.jsonl` (and TensorBoard event
-//! files when asked), held-out loss, checkpoints, the final adapter or weights swapped in whole, and `loss.png`; a fresh run refuses
-//! (or with overwrite clears) an output directory holding an earlier run. Not a step (`step`).
+//! files when asked), held-out loss, checkpoints, the final adapter or weights swapped in whole,
+//! and `loss.png`; a fresh run refuses (or with overwrite clears) an output directory holding an
+//! earlier run. Not a step (`step`).
 
 use super::Trainer;
 use crate::metrics;
@@ -65,6 +66,7 @@ impl Trainer {
             let tps = tokens_since as f64 / since.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, tps));
             if log {
+                let rss_mib = metrics::resident_mib();
                 metrics::append(
                     &metrics_path,
                     &serde_json::json!({
@@ -72,7 +74,7 @@ impl Trainer {
                         "grad_norm": s.grad_norm, "label_tokens": s.label_tokens, "tokens": s.tokens,
                         "padding": s.padding_fraction(), "tokens_per_s": tps,
                         "elapsed_s": started.elapsed().as_secs_f64(),
-                        "rss_mib": metrics::resident_mib(),
+                        "rss_mib": rss_mib,
                     }),
                 )?;
                 if let Some(w) = events.as_mut() {
@@ -85,7 +87,7 @@ impl Trainer {
                         ("train/padding", s.padding_fraction()),
                         ("train/label_tokens", s.label_tokens as f64),
                     ];
-                    scalars.extend(metrics::resident_mib().map(|m| ("train/memory_mib", m)));
+                    scalars.extend(rss_mib.map(|m| ("train/memory_mib", m)));
                     w.scalars(s.step, &scalars)?;
                 }
             }
