@@ -81,7 +81,7 @@ pub fn generate(
     let model = open_frozen(model_dir, adapter, device)?.model;
     let mut parts: Vec<Part> = images.iter().map(|p| Part::Image { path: p.display().to_string() }).collect();
     parts.push(Part::Text { text: prompt.to_string() });
-    let conv = Conversation { messages: vec![Message { role: "user".into(), content: Content::Parts(parts) }] };
+    let conv = Conversation::new(vec![Message { role: "user".into(), content: Content::Parts(parts) }]);
     let prompt = processor.prompt(&conv, Path::new(""))?;
     let t = &processor.tokenizer;
     let opts = GenerateOptions { max_new_tokens, sampling, stop: vec![t.end_of_turn_id, t.eos_id] };

@@ -203,15 +203,13 @@ pub fn caption_accuracy(trainer: &Trainer, items: &[Item]) -> Result<(Accuracy, 
     );
     for (k, item) in items.iter().enumerate() {
         bar.inc(1);
-        let conv = Conversation {
-            messages: vec![Message {
-                role: "user".into(),
-                content: Content::Parts(vec![
-                    Part::Image { path: item.image.display().to_string() },
-                    Part::Text { text: item.prompt.into() },
-                ]),
-            }],
-        };
+        let conv = Conversation::new(vec![Message {
+            role: "user".into(),
+            content: Content::Parts(vec![
+                Part::Image { path: item.image.display().to_string() },
+                Part::Text { text: item.prompt.into() },
+            ]),
+        }]);
         let out = trainer.model().generate(&p.prompt(&conv, Path::new(""))?, &opts)?;
         let text = p.tokenizer.decode(&out, true)?.trim().to_string();
         if k == 0 {

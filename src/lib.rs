@@ -29,6 +29,7 @@ pub mod cli;
 pub mod demo;
 pub mod eval;
 pub mod export;
+pub mod inspect;
 pub mod merge;
 pub mod profile;
 

@@ -1,6 +1,6 @@
-//! The `lapidary` command-line tool: `demo` (the main job), `train`, `generate`, `merge`,
-//! `export-gguf`, `tokenize`, `eval` and `bench-step`. Each subcommand is a thin layer over the library;
-//! `--help` explains every option.
+//! The `lapidary` command-line tool: `demo` (the main job), `train`, `data inspect`, `generate`,
+//! `merge`, `export-gguf`, `tokenize`, `eval` and `bench-step`. Each subcommand is a thin layer
+//! over the library; `--help` explains every option.
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use lapidary::core::Device;
@@ -150,6 +150,9 @@ enum Command {
         #[arg(long)]
         no_grad: bool,
     },
+    /// Looks at a dataset before training on it.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Times LoRA training steps (every linear adapted, AdamW) on one batch file and prints one
     /// JSON line: median step time, tokens/s, device memory. What `tools/gpu/run.sh` compares with
     /// HF transformers + PEFT.
@@ -182,6 +185,63 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum DataCommand {
+    /// The dataset as training would see it: rows, tokens, image tokens, tokens trained on, the
+    /// length histogram, padding against packing, the rows that would be skipped or cut and
+    /// why, and one row with its trained tokens marked. Reads every row; writes nothing.
+    Inspect(Box<InspectArgs>),
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// A training TOML (`lapidary train --config`): its model, data and row settings, which the
+    /// flags below override.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// HF model directory or a .gguf file (text-only): its tokenizer, chat format and image
+    /// processing.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The dataset, as `train --data` takes it.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Longest row in tokens.
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Whether training packs rows (both costs are shown either way).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    packing: Option<bool>,
+    /// Train on assistant turns only.
+    #[arg(long)]
+    responses_only: Option<bool>,
+    /// Rows per micro-batch.
+    #[arg(long)]
+    micro_batch_size: Option<usize>,
+    /// Seed of the row order.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl InspectArgs {
+    fn config(&self) -> lapidary::core::Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(path) => TrainConfig::from_toml_file(path)?,
+            None => TrainConfig::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
+        }
+        set!(model, data, max_len, packing, responses_only, micro_batch_size, seed);
+        for (flag, path) in [("--model", &c.model), ("--data", &c.data)] {
+            if path.as_os_str().is_empty() {
+                return Err(lapidary::core::Error::invalid(format!("{flag} is required (or a --config that sets it)")));
+            }
+        }
+        Ok(c)
+    }
+}
+
 /// The stored dtype of a merged model.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum MergedDtype {
@@ -202,11 +262,13 @@ struct TrainArgs {
     /// file (text-only: its tokenizer is in the file).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Training data: JSONL, one {"messages": [...]} conversation a line, image paths relative
-    /// to the file.
+    /// Training data: JSONL (one {"messages": [...]} conversation a line, image paths relative
+    /// to the file), or parquet as HF `datasets` writes it (a file, a folder of shards, or a
+    /// pattern such as data/train-*.parquet; `messages` or `prompt`/`completion` columns, images
+    /// in an `images` or `image` column).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Held-out JSONL (default: hold out --eval-fraction of --data).
+    /// Held-out data, in the forms --data takes (default: hold out --eval-fraction of --data).
     #[arg(long)]
     eval_data: Option<PathBuf>,
     /// Share of --data held out when --eval-data is not given.
@@ -471,6 +533,11 @@ fn main() -> ExitCode {
                 };
                 let report = lapidary::bench_step::run(&model, &batch, &opts, &device)?;
                 println!("{}", report.to_json(&device));
+                Ok(())
+            }
+            Command::Data(DataCommand::Inspect(args)) => {
+                let cfg = args.config()?;
+                print!("{}", lapidary::inspect::run(&cfg.model, &cfg.data, &cfg)?);
                 Ok(())
             }
             Command::Eval { model, batch, out, adapter, no_grad } => {

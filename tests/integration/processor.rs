@@ -1,6 +1,7 @@
 //! The data pipeline against HF's Gemma3Processor (fixtures from tools/reference/make_demo.py):
 //! chat template, token ids, labels, token_type_ids and pixel values of every row of a JSONL file
-//! with PNG (alpha), greyscale JPEG and WebP images; the tokenizer on varied text; bad rows.
+//! with PNG (alpha), greyscale JPEG and WebP images; the tokenizer on varied text; bad rows;
+//! `lapidary data inspect`'s report.
 
 use lapidary::core::Device;
 use lapidary::data::{Dataset, EncodeOptions, OnBadRow, Processor, collate, template};
@@ -130,7 +131,7 @@ fn bad_rows_name_file_and_line_or_are_skipped_and_reported() {
         let err = Dataset::load(&path, &p, &EncodeOptions::default(), OnBadRow::Error).unwrap_err().to_string();
         assert!(err.contains(&format!("d{k}.jsonl:3:")) && err.contains(why), "case {k}: {err}");
         let ds = Dataset::load(&path, &p, &EncodeOptions::default(), OnBadRow::Skip).unwrap();
-        assert_eq!((ds.len(), ds.skipped.len(), ds.skipped[0].line), (2, 1, 3), "case {k}");
+        assert_eq!((ds.len(), ds.skipped.len(), ds.skipped[0].at), (2, 1, lapidary::data::RowAt::Line(3)), "case {k}");
         assert!(ds.skipped_report().contains(why));
     }
     // A line that is not UTF-8 (Latin-1 text) is a bad row named by its line, not a failure to
@@ -144,7 +145,7 @@ fn bad_rows_name_file_and_line_or_are_skipped_and_reported() {
     let err = Dataset::load(&path, &p, &EncodeOptions::default(), OnBadRow::Error).unwrap_err().to_string();
     assert!(err.contains("latin1.jsonl:3:") && err.contains("not UTF-8") && err.contains("column 143"), "{err}");
     let ds = Dataset::load(&path, &p, &EncodeOptions::default(), OnBadRow::Skip).unwrap();
-    assert_eq!((ds.len(), ds.skipped.len(), ds.skipped[0].line), (2, 1, 3));
+    assert_eq!((ds.len(), ds.skipped.len(), ds.skipped[0].at), (2, 1, lapidary::data::RowAt::Line(3)));
 }
 
 #[test]
@@ -183,7 +184,7 @@ fn truncation_never_cuts_an_image_block() {
     assert_eq!(cut.examples[0].labels.len(), len - 3);
     // And counted: the row, its length before the cut, a report naming both.
     assert_eq!((full.cut_rows(), full.cut_report(opts.max_len)), (vec![], String::new()));
-    assert_eq!(cut.cut_rows(), [(1, len)]);
+    assert_eq!(cut.cut_rows(), [(lapidary::data::RowAt::Line(1), len)]);
     let report = cut.cut_report(opts.max_len);
     assert!(report.contains(&format!("1 of 1 rows longer than max_len {}", len - 3)), "{report}");
     assert!(report.contains(&format!("longest {len} tokens; line 1)")), "{report}");
@@ -248,4 +249,30 @@ fn images_decoded_while_loading_are_not_decoded_again() {
     assert_eq!(p.pixels(&img).unwrap(), want);
     let other = tmp.path().join("never-loaded.png");
     assert!(p.pixels(&other).is_err());
+}
+
+#[test]
+fn data_inspect_reports_the_rows_tokens_costs_and_a_row_with_its_trained_tokens_marked() {
+    let data = root().join("tests/fixtures/parquet/bad-rows.parquet");
+    let cfg = lapidary::train::TrainConfig {
+        model: root().join("assets/tiny-vlm"),
+        data: data.clone(),
+        micro_batch_size: 2,
+        ..Default::default()
+    };
+    let report = lapidary::inspect::run(&cfg.model, &cfg.data, &cfg).unwrap();
+    // The figures are the dataset's, the unusable rows listed with their reasons.
+    let ds = Dataset::load(&data, &processor(), &EncodeOptions::default(), OnBadRow::Skip).unwrap();
+    let tokens: usize = ds.examples.iter().map(|e| e.input_ids.len()).sum();
+    assert!(report.contains(&format!("rows: 2 used, 4 skipped, 0 cut to max_len {}", cfg.max_len)), "{report}");
+    assert!(report.contains(&format!("tokens: {tokens} (")), "{report}");
+    assert!(report.contains("bad-rows.parquet row 1: column images[0]: cannot decode the image"), "{report}");
+    assert!(report.contains("bad-rows.parquet row 4: column messages is null"), "{report}");
+    assert!(report.contains("padded: 2 sequences in 1 micro-batches"), "{report}");
+    assert!(report.contains("packed: 1 sequences in 1 micro-batches"), "{report}");
+    // The row shown: its image collapsed, the answer marked as trained and the question not.
+    assert!(report.contains("bad-rows.parquet row 0 as the model sees it"), "{report}");
+    assert!(report.contains("<image_soft_token>×") && report.contains("What is in the image?"), "{report}");
+    assert!(report.contains("«A red circle.<end_of_turn>\n»"), "{report}");
+    assert!(!report.contains("«What"), "{report}");
 }

@@ -588,3 +588,28 @@ fn eval_and_generation_refuse_non_finite_results() {
     let e = m.generate(&Collated::prompt(&[2, 5, 7], u32::MAX, vec![]), &opts).unwrap_err().to_string();
     assert!(e.contains("logits of step 0") && e.contains("non-finite"), "{e}");
 }
+
+#[test]
+fn a_parquet_dataset_trains_as_the_same_rows_in_jsonl() {
+    // The processor fixture's rows, as JSONL with image files and as parquet written by
+    // `datasets` with the images embedded (row groups of 2): the same batches, the same losses.
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::from_env_or_cpu().unwrap();
+    let run = |data: &str, out: &str| {
+        let cfg = TrainConfig {
+            data: lapidary::repo_path(data),
+            output_dir: dir.path().join(out),
+            max_steps: 3,
+            max_len: 128,
+            packing: true,
+            ..config(dir.path())
+        };
+        let mut trainer = Trainer::new(cfg, &dev).unwrap();
+        assert_eq!(trainer.rows().train, 5);
+        (0..3).map(|_| trainer.step().unwrap().loss).collect::<Vec<f64>>()
+    };
+    let jsonl = run("tests/fixtures/processor/data.jsonl", "jsonl");
+    let parquet = run("tests/fixtures/parquet/messages-images.parquet", "parquet");
+    assert!(jsonl.iter().all(|l| l.is_finite() && *l > 0.0), "{jsonl:?}");
+    assert_eq!(jsonl, parquet);
+}

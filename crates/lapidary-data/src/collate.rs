@@ -121,8 +121,8 @@ fn collate_rows(rows: &[Vec<&Example>], processor: &Processor, packed: bool) -> 
                 }
             }
             at += ex.input_ids.len();
-            for path in &ex.images {
-                c.push_image(&*processor.image(path)?);
+            for source in &ex.images {
+                c.push_image(&*processor.image_from(source)?);
             }
         }
     }

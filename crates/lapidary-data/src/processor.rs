@@ -5,6 +5,7 @@
 
 use crate::collate::Collated;
 use crate::image::{self, ImageConfig};
+use crate::image_source::ImageSource;
 use crate::patches::PatchConfig;
 use crate::template::{self, ChatFormat, Conversation};
 use crate::tokenizer::TextTokenizer;
@@ -71,25 +72,37 @@ pub struct ImagePixels {
 /// Bytes of preprocessed pixels a [`Processor`] keeps.
 pub const PIXEL_CACHE_BYTES: usize = 1 << 30;
 
-/// Preprocessed pixels by image path, up to a byte budget (first come, kept; no eviction).
+/// Preprocessed pixels by image source, up to a byte budget (first come, kept; no eviction).
 #[derive(Debug, Default)]
 struct PixelCache {
-    entries: Mutex<(HashMap<PathBuf, Arc<ImagePixels>>, usize)>,
+    entries: Mutex<(HashMap<ImageSource, Arc<ImagePixels>>, usize)>,
 }
 
 impl PixelCache {
-    fn get(&self, path: &Path) -> Option<Arc<ImagePixels>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).0.get(path).cloned()
+    fn get(&self, source: &ImageSource) -> Option<Arc<ImagePixels>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).0.get(source).cloned()
     }
 
-    fn offer(&self, path: &Path, pixels: &Arc<ImagePixels>) {
+    fn offer(&self, source: &ImageSource, pixels: &Arc<ImagePixels>) {
         let mut guard = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = pixels.values.len() * 4 + pixels.positions.as_ref().map_or(0, |p| p.len() * 8);
-        if guard.1 + bytes <= PIXEL_CACHE_BYTES && !guard.0.contains_key(path) {
+        if guard.1 + bytes <= PIXEL_CACHE_BYTES && !guard.0.contains_key(source) {
             guard.1 += bytes;
-            guard.0.insert(path.to_path_buf(), pixels.clone());
+            guard.0.insert(source.clone(), pixels.clone());
         }
     }
+}
+
+/// A row's image as a dataset reader found it: where it is, its bytes when already read, and
+/// how errors name it within the row.
+#[derive(Clone, Debug)]
+pub struct ResolvedImage {
+    /// Where the image is (read again from there when its pixels are not kept).
+    pub source: ImageSource,
+    /// The encoded bytes, when the reader holds them (`None`: read from `source`).
+    pub bytes: Option<Vec<u8>>,
+    /// The image in an error about its row: a path, or a parquet column (`images[1]`).
+    pub label: String,
 }
 
 /// One encoded row.
@@ -101,8 +114,8 @@ pub struct Example {
     pub labels: Vec<i64>,
     /// 1 on image soft tokens.
     pub token_type_ids: Vec<u8>,
-    /// The row's image files, in order.
-    pub images: Vec<PathBuf>,
+    /// The row's images, in order.
+    pub images: Vec<ImageSource>,
     /// The row's length in tokens before it was cut to `max_len` (`None`: not cut).
     pub cut_from: Option<usize>,
 }
@@ -367,23 +380,33 @@ impl Processor {
         base_dir: &Path,
         opts: &EncodeOptions,
     ) -> std::result::Result<Example, String> {
+        self.encode_with(conv, opts, &mut |p| resolve_file(base_dir, p))
+    }
+
+    /// Encodes one conversation whose images `resolve` finds: called with each image part's
+    /// path (empty for a `{"type": "image"}` placeholder), in order. Each image is decoded here
+    /// (an undecodable one stops the row) and its pixels kept for the steps while the budget
+    /// lasts. The error (a plain message) says what is wrong with the row.
+    pub fn encode_with(
+        &self,
+        conv: &Conversation,
+        opts: &EncodeOptions,
+        resolve: &mut dyn FnMut(&str) -> std::result::Result<ResolvedImage, String>,
+    ) -> std::result::Result<Example, String> {
         let mut images = Vec::new();
         let mut soft_tokens = 0;
         let mut load = |p: &str| -> std::result::Result<usize, String> {
             if self.images == ImageProcessing::None {
                 return Err("the model is text-only (no vision tower): rows with images are not supported".into());
             }
-            if ["http://", "https://"].iter().any(|scheme| p.to_ascii_lowercase().starts_with(scheme)) {
-                return Err(format!("image {p}: remote images are not downloaded; save the file and give its path"));
-            }
-            let path = base_dir.join(p);
-            if !path.is_file() {
-                return Err(format!("image {} not found", path.display()));
-            }
-            // Decoded once here (an undecodable image stops the row); kept for the steps.
-            let pixels = Arc::new(self.preprocess(&path).map_err(|e| e.to_string())?);
-            self.pixel_cache.offer(&path, &pixels);
-            images.push(path);
+            let found = resolve(p)?;
+            let bytes = match found.bytes {
+                Some(b) => b,
+                None => found.source.bytes().map_err(|e| e.to_string())?,
+            };
+            let pixels = Arc::new(self.preprocess(&bytes).map_err(|e| format!("{}: {e}", found.label))?);
+            self.pixel_cache.offer(&found.source, &pixels);
+            images.push(found.source);
             soft_tokens += pixels.soft_tokens;
             Ok(pixels.soft_tokens)
         };
@@ -465,10 +488,17 @@ impl Processor {
 
     /// One image file preprocessed (decoded again unless kept from encoding).
     pub fn image(&self, path: &Path) -> Result<Arc<ImagePixels>> {
-        if let Some(p) = self.pixel_cache.get(path) {
+        self.image_from(&ImageSource::File(path.to_path_buf()))
+    }
+
+    /// One image preprocessed, from a file or a parquet row (read and decoded again unless kept
+    /// from encoding). Errors name the file, or the parquet file, row and column.
+    pub fn image_from(&self, source: &ImageSource) -> Result<Arc<ImagePixels>> {
+        if let Some(p) = self.pixel_cache.get(source) {
             return Ok(p);
         }
-        Ok(Arc::new(self.preprocess(path)?))
+        let bytes = source.bytes()?;
+        Ok(Arc::new(self.preprocess(&bytes).map_err(|e| Error::invalid(format!("{source}: {e}")))?))
     }
 
     /// Pixel values of one image file (see [`Self::image`]).
@@ -476,21 +506,37 @@ impl Processor {
         Ok(self.image(path)?.values.clone())
     }
 
-    fn preprocess(&self, path: &Path) -> Result<ImagePixels> {
-        let rgb = image::load_rgb(path)?;
+    /// One image's encoded bytes decoded and preprocessed; the error (a plain message) is to
+    /// be prefixed with what names the image.
+    fn preprocess(&self, bytes: &[u8]) -> std::result::Result<ImagePixels, String> {
+        let rgb = image::decode_rgb(bytes).map_err(|e| format!("cannot decode the image: {e}"))?;
         match &self.images {
-            ImageProcessing::None => {
-                Err(Error::invalid(format!("{}: the model is text-only (no vision tower)", path.display())))
-            }
+            ImageProcessing::None => Err("the model is text-only (no vision tower)".into()),
             ImageProcessing::Fixed { config, tokens } => {
                 Ok(ImagePixels { values: image::preprocess(&rgb, config), positions: None, soft_tokens: *tokens })
             }
             ImageProcessing::Patches(cfg) => {
-                let p = cfg.preprocess(&rgb).map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
+                let p = cfg.preprocess(&rgb)?;
                 Ok(ImagePixels { values: p.values, positions: Some(p.positions), soft_tokens: p.soft_tokens })
             }
         }
     }
+}
+
+/// An image part's file, relative to `base_dir` (a JSONL dataset's folder): remote URLs and
+/// placeholders without a path are refused, and so is a path that is not a file.
+fn resolve_file(base_dir: &Path, p: &str) -> std::result::Result<ResolvedImage, String> {
+    if p.is_empty() {
+        return Err("an image part without a path (give it as \"path\", \"image\" or \"url\")".into());
+    }
+    if ["http://", "https://"].iter().any(|scheme| p.to_ascii_lowercase().starts_with(scheme)) {
+        return Err(format!("image {p}: remote images are not downloaded; save the file and give its path"));
+    }
+    let path = base_dir.join(p);
+    if !path.is_file() {
+        return Err(format!("image {} not found", path.display()));
+    }
+    Ok(ResolvedImage { label: path.display().to_string(), source: ImageSource::File(path), bytes: None })
 }
 
 /// Every id the tokenizer can produce must be a row of the model's embedding (or the image soft

@@ -9,10 +9,22 @@
 use serde::Deserialize;
 
 /// One dataset row: `{"messages": [...]}`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 pub struct Conversation {
     /// The turns, in order.
     pub messages: Vec<Message>,
+    /// The index of the first message whose assistant turns are trained on (responses only):
+    /// 0 for a conversation, the completion's first message for a prompt/completion row (the
+    /// prompt's answers are context, as TRL's completion-only loss has it).
+    #[serde(skip)]
+    pub trained_from: usize,
+}
+
+impl Conversation {
+    /// A conversation trained on all its assistant turns.
+    pub fn new(messages: Vec<Message>) -> Self {
+        Conversation { messages, trained_from: 0 }
+    }
 }
 
 /// One turn.
@@ -44,10 +56,11 @@ pub enum Part {
         text: String,
     },
     /// An image file, by path (relative to the dataset file) under `path`, `image` or `url` (the
-    /// keys HF's processors read; remote URLs are refused when the row is encoded).
+    /// keys HF's processors read; remote URLs are refused when the row is encoded); without one
+    /// (`{"type": "image"}`, TRL's placeholder), the row's next image from its image column.
     Image {
-        /// The file.
-        #[serde(alias = "image", alias = "url")]
+        /// The file; empty for a placeholder.
+        #[serde(alias = "image", alias = "url", default)]
         path: String,
     },
 }
@@ -150,7 +163,8 @@ pub fn render(conv: &Conversation, image_tokens: usize, add_generation_prompt: b
 }
 
 /// Renders `conv` in `format`; `image_tokens` gives each image's soft-token count from its path
-/// (called once per image, in order; its error stops the rendering). Errors name the turn.
+/// (empty for a placeholder; called once per image, in order; its error stops the rendering).
+/// Errors name the turn.
 pub fn render_as(
     format: ChatFormat,
     conv: &Conversation,
@@ -198,10 +212,11 @@ pub fn render_as(
         // Gemma 3's chat template raises on anything else; Gemma 4's takes any order.
         if format == ChatFormat::Gemma3 && (role == "user") != (i % 2 == 0) {
             return Err(format!(
-                "turn {i}: a {} turn where a {} turn is due: after an optional system message, turns must \
+                "turn {i}: {} {} turn where {} turn is due: after an optional system message, turns must \
                  alternate user, assistant, user, … starting with user",
+                if m.role.starts_with('a') { "an" } else { "a" },
                 m.role,
-                if i % 2 == 0 { "user" } else { "assistant" }
+                if i % 2 == 0 { "a user" } else { "an assistant" }
             ));
         }
         text.push_str(tokens.start_of_turn);
@@ -235,7 +250,7 @@ pub fn render_as(
         }
         text.push_str(tokens.end_of_turn);
         text.push('\n');
-        if role == "model" {
+        if role == "model" && i + usize::from(leading_system) >= conv.trained_from {
             response_spans.push((start, text.len()));
         }
     }

@@ -76,9 +76,10 @@ pub enum ReportTo {
 pub struct TrainConfig {
     /// HF model directory (config.json, weights, tokenizer.json, processor config).
     pub model: PathBuf,
-    /// Training JSONL.
+    /// Training data: a JSONL file, a parquet file, a folder of parquet shards or a pattern
+    /// (`data/train-*.parquet`); see `lapidary_data::Dataset::load`.
     pub data: PathBuf,
-    /// Held-out JSONL; without it, `eval_fraction` of `data` is held out.
+    /// Held-out data, in the forms `data` takes; without it, `eval_fraction` of `data` is held out.
     pub eval_data: Option<PathBuf>,
     /// Share of `data` held out for evaluation when `eval_data` is not given (0 = none).
     pub eval_fraction: f32,

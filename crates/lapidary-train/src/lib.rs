@@ -29,4 +29,4 @@ pub mod tensorboard;
 pub mod trainer;
 
 pub use config::{BaseFormat, Method, ReportTo, Schedule, TrainConfig};
-pub use trainer::{Gradients, RowCounts, RunSummary, StepStats, Trainer};
+pub use trainer::{Gradients, RowCounts, RunSummary, StepStats, Trainer, epoch_order};

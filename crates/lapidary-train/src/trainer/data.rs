@@ -44,9 +44,14 @@ pub(super) fn shuffled(n: usize, seed: u64) -> Vec<usize> {
     order
 }
 
+/// The order training takes `units` rows (or packed rows) in during `epoch`, from `seed`.
+pub fn epoch_order(units: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    shuffled(units, seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(epoch as u64 + 1)))
+}
+
 impl Trainer {
     pub(super) fn epoch_order(&self, epoch: usize) -> Vec<usize> {
-        shuffled(self.units.len(), self.cfg.seed.wrapping_add(0x9E37_79B9_7F4A_7C15u64.wrapping_mul(epoch as u64 + 1)))
+        epoch_order(self.units.len(), self.cfg.seed, epoch)
     }
 
     fn next_rows(&mut self, n: usize) -> Vec<usize> {

@@ -21,6 +21,7 @@ use lapidary_data::{Example, Processor};
 use lapidary_lora::{LoraConfig, LoraDropout, LoraInit, LoraTargets};
 use lapidary_model::{Model, OpenOptions, Parts};
 
+pub use data::epoch_order;
 pub use run::RunSummary;
 pub use step::{Gradients, StepStats};
 
