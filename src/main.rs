@@ -223,12 +223,17 @@ struct InspectArgs {
     seed: Option<u64>,
 }
 
+/// The options of a `--config` TOML file, else the defaults: what flags then override.
+fn config_file(path: Option<&std::path::Path>) -> lapidary::core::Result<TrainConfig> {
+    match path {
+        Some(path) => TrainConfig::from_toml_file(path),
+        None => Ok(TrainConfig::default()),
+    }
+}
+
 impl InspectArgs {
     fn config(&self) -> lapidary::core::Result<TrainConfig> {
-        let mut c = match &self.config {
-            Some(path) => TrainConfig::from_toml_file(path)?,
-            None => TrainConfig::default(),
-        };
+        let mut c = config_file(self.config.as_deref())?;
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
@@ -396,10 +401,7 @@ struct TrainArgs {
 
 impl TrainArgs {
     fn config(&self) -> lapidary::core::Result<TrainConfig> {
-        let mut c = match &self.config {
-            Some(path) => TrainConfig::from_toml_file(path)?,
-            None => TrainConfig::default(),
-        };
+        let mut c = config_file(self.config.as_deref())?;
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f.clone() { c.$f = v; } )* };
         }
